@@ -1,0 +1,282 @@
+// The FederatedJob resource: the single source of truth for the job's shape. Its inferred types
+// drive the CLI, the local runner and (later) the CRD's openAPIV3Schema.
+import { z } from 'zod';
+
+export const API_GROUP = 'consort.dev';
+export const API_VERSION = `${API_GROUP}/v1alpha1`;
+export const KIND = 'FederatedJob';
+
+const dnsLabel = z
+  .string()
+  .min(1)
+  .max(63)
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'must be a DNS label: lower-case letters, digits and "-"')
+  .describe('A DNS-1123 label.');
+
+const positiveInt = z.number().int().positive();
+const fraction01 = z.number().gt(0).lte(1);
+
+// ---- model -------------------------------------------------------------------------------
+
+export const ModelSpec = z
+  .discriminatedUnion('type', [
+    z
+      .object({ type: z.literal('logistic') })
+      .strict()
+      .describe('Multinomial logistic regression (one dense softmax layer).'),
+    z
+      .object({
+        type: z.literal('mlp'),
+        hidden: z.array(positiveInt).min(1).max(16).default([64, 32]).describe('Units of each hidden layer.'),
+        activation: z.enum(['relu', 'tanh', 'sigmoid']).default('relu'),
+        dropout: z.number().min(0).lt(1).default(0).describe('Dropout rate after each hidden layer.'),
+      })
+      .strict()
+      .describe('Multi-layer perceptron for tabular features.'),
+    z
+      .object({
+        type: z.literal('cnn'),
+        filters: z.array(positiveInt).min(1).max(8).default([16, 32]).describe('Filters of each conv block.'),
+        kernelSize: positiveInt.max(11).default(3),
+        dense: positiveInt.default(64).describe('Units of the dense layer before the classifier.'),
+      })
+      .strict()
+      .describe('Small convolutional network for images: conv+maxpool blocks, then dense.'),
+    z
+      .object({
+        type: z.literal('layers'),
+        path: z.string().min(1).describe('A TF.js Layers or Keras model JSON file (topology; weights optional).'),
+      })
+      .strict()
+      .describe('A model defined by a TF.js/Keras Layers JSON file.'),
+  ])
+  .describe('The model every site trains. Input shape and classes come from the data.');
+export type ModelSpec = z.infer<typeof ModelSpec>;
+
+// ---- data --------------------------------------------------------------------------------
+
+const splitFields = {
+  test: z.string().min(1).optional().describe('Held-out file/folder; when absent, testFraction of train is held out.'),
+  testFraction: z.number().gt(0).lt(1).default(0.2).describe('Share of train held out when no test set is given.'),
+};
+
+export const CsvData = z
+  .object({
+    type: z.literal('csv'),
+    train: z.string().min(1).describe('CSV file with a header row; relative paths resolve against the job file.'),
+    ...splitFields,
+    labelColumn: z.string().min(1).describe('Header name of the label column.'),
+    delimiter: z.string().length(1).default(','),
+  })
+  .strict();
+
+export const ImageFolderData = z
+  .object({
+    type: z.literal('imageFolder'),
+    train: z.string().min(1).describe('Folder with one sub-folder of PNG/JPEG images per class.'),
+    ...splitFields,
+    width: positiveInt.max(1024).default(28),
+    height: positiveInt.max(1024).default(28),
+    channels: z.union([z.literal(1), z.literal(3)]).default(1),
+  })
+  .strict();
+
+export const SyntheticData = z
+  .discriminatedUnion('generator', [
+    z
+      .object({
+        type: z.literal('synthetic'),
+        generator: z.literal('hospital'),
+        samples: positiveInt.max(10_000_000).default(400).describe('Patients at this hospital.'),
+        prevalence: z.number().gt(0).lt(1).default(0.3).describe('Share of patients with the diagnosis.'),
+        shift: z.number().min(-3).max(3).default(0).describe('Covariate shift of the patient mix (sd units).'),
+        testFraction: z.number().gt(0).lt(1).default(0.25),
+        seed: z.number().int().min(0).optional().describe('Data seed; defaults to a hash of the site name.'),
+      })
+      .strict()
+      .describe('Vitals and lab values of a hospital\'s patients, labelled sepsis or not.'),
+    z
+      .object({
+        type: z.literal('synthetic'),
+        generator: z.literal('fedprox'),
+        alpha: z.number().min(0).default(1),
+        beta: z.number().min(0).default(1),
+        device: z.number().int().min(0).describe('Which device of the FedProx Synthetic(alpha,beta) set.'),
+        seed: z.number().int().min(0).default(0).describe('Seed shared by all devices of one data set.'),
+      })
+      .strict()
+      .describe('FedProx Synthetic(alpha, beta): d = 60, 10 classes, one device per site.'),
+    z
+      .object({
+        type: z.literal('synthetic'),
+        generator: z.literal('iid'),
+        device: z.number().int().min(0),
+        samples: positiveInt.max(10_000_000).optional().describe('Defaults to int(lognormal(4, 2)) + 50.'),
+        features: positiveInt.max(100_000).default(60),
+        classes: z.number().int().min(2).max(1000).default(10),
+        seed: z.number().int().min(0).default(0),
+      })
+      .strict()
+      .describe('IID counterpart of the FedProx set: v = 0, one shared W, b ~ N(0, 1).'),
+  ]);
+
+export const DataSpec = z
+  .discriminatedUnion('type', [CsvData, ImageFolderData, SyntheticData])
+  .describe('Where and how the site reads its own data. It never leaves the site.');
+export type DataSpec = z.infer<typeof DataSpec>;
+export type CsvData = z.infer<typeof CsvData>;
+export type ImageFolderData = z.infer<typeof ImageFolderData>;
+export type SyntheticData = z.infer<typeof SyntheticData>;
+
+export const SiteSpec = z
+  .object({
+    name: dnsLabel.describe('The site\'s name, unique in the job.'),
+    data: DataSpec,
+  })
+  .strict();
+export type SiteSpec = z.infer<typeof SiteSpec>;
+
+// ---- training, strategy, rounds ------------------------------------------------------------
+
+export const TrainingSpec = z
+  .object({
+    epochs: positiveInt.max(10_000).default(1).describe('Local epochs per round.'),
+    batchSize: positiveInt.max(1_000_000).default(32),
+    optimizer: z.enum(['sgd', 'momentum', 'adam']).default('sgd').describe('Local optimizer (reset each round).'),
+    learningRate: z.number().gt(0).lte(10).default(0.05),
+    backend: z
+      .enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'])
+      .default('auto')
+      .describe('TF.js backend; auto picks the fastest available for the model and says why.'),
+  })
+  .strict();
+export type TrainingSpec = z.infer<typeof TrainingSpec>;
+
+const serverLearningRate = z.number().gt(0).lte(100).default(1).describe('Server step size on the mean update.');
+const adaptive = {
+  serverLearningRate: z.number().gt(0).lte(100).default(0.1),
+  beta1: z.number().min(0).lt(1).default(0.9),
+  beta2: z.number().min(0).lt(1).default(0.99),
+  tau: z.number().gt(0).default(1e-3).describe('Adaptivity: the floor of the per-coordinate step denominator.'),
+};
+
+export const StrategySpec = z
+  .discriminatedUnion('name', [
+    z.object({ name: z.literal('fedavg'), serverLearningRate }).strict(),
+    z
+      .object({
+        name: z.literal('fedprox'),
+        mu: z.number().min(0).default(0.01).describe('Weight of the proximal term mu/2 ||w - w_global||^2.'),
+        serverLearningRate,
+      })
+      .strict(),
+    z
+      .object({
+        name: z.literal('fedavgm'),
+        serverLearningRate,
+        momentum: z.number().min(0).lt(1).default(0.9),
+      })
+      .strict(),
+    z.object({ name: z.literal('fedadam'), ...adaptive }).strict(),
+    z.object({ name: z.literal('fedyogi'), ...adaptive }).strict(),
+    z.object({ name: z.literal('fedadagrad'), ...adaptive }).strict(),
+    z.object({ name: z.literal('scaffold'), serverLearningRate }).strict(),
+  ])
+  .describe('How the coordinator turns site updates into the next global model.');
+export type StrategySpec = z.infer<typeof StrategySpec>;
+
+export const SamplingSpec = z
+  .object({
+    fraction: fraction01.optional().describe('Share of sites asked to train each round.'),
+    sitesPerRound: positiveInt.optional().describe('Number of sites asked to train each round.'),
+    minSites: positiveInt.default(1).describe('Fewest updates that close a round.'),
+  })
+  .strict()
+  .refine((s) => !(s.fraction !== undefined && s.sitesPerRound !== undefined), {
+    message: 'set fraction or sitesPerRound, not both',
+    path: ['sitesPerRound'],
+  });
+export type SamplingSpec = z.infer<typeof SamplingSpec>;
+
+export const EvaluationSpec = z
+  .object({
+    every: positiveInt.default(1).describe('Evaluate the global model on the sites\' test splits every N rounds.'),
+    fraction: fraction01.default(1).describe('Share of sites that evaluate (the final evaluation uses all).'),
+    trainLoss: z.boolean().default(false).describe('Also report the global model\'s loss on the train splits.'),
+  })
+  .strict();
+
+export const StoppingSpec = z
+  .object({
+    target: z
+      .object({ metric: z.enum(['accuracy', 'loss', 'auc']), value: z.number() })
+      .strict()
+      .optional()
+      .describe('Stop once the global metric reaches this value (loss: falls to it).'),
+    patience: positiveInt.optional().describe('Stop after this many evaluations without improvement.'),
+  })
+  .strict();
+
+export const FederatedJobSpec = z
+  .object({
+    model: ModelSpec,
+    classes: z
+      .array(z.string().min(1))
+      .min(2)
+      .optional()
+      .describe('Label values in class-index order; CSV/image jobs default to the sorted labels seen.'),
+    sites: z.array(SiteSpec).min(1).max(100_000),
+    rounds: positiveInt.max(100_000).default(20),
+    sampling: SamplingSpec.default({ minSites: 1 }),
+    training: TrainingSpec.default(TrainingSpec.parse({})),
+    strategy: StrategySpec.default({ name: 'fedavg', serverLearningRate: 1 }),
+    evaluation: EvaluationSpec.default(EvaluationSpec.parse({})),
+    stopping: StoppingSpec.default({}),
+    seed: z.number().int().min(0).max(2 ** 31 - 1).default(0).describe('Seeds every source of randomness.'),
+  })
+  .strict()
+  .superRefine((spec, ctx) => {
+    const seen = new Map<string, number>();
+    spec.sites.forEach((s, i) => {
+      const prev = seen.get(s.name);
+      if (prev !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['sites', i, 'name'], message: `duplicate site name "${s.name}" (also sites[${prev}])` });
+      }
+      seen.set(s.name, i);
+    });
+    if (spec.sampling.sitesPerRound !== undefined && spec.sampling.sitesPerRound > spec.sites.length) {
+      ctx.addIssue({ code: 'custom', path: ['sampling', 'sitesPerRound'], message: `exceeds the ${spec.sites.length} sites` });
+    }
+    if (spec.sampling.minSites > spec.sites.length) {
+      ctx.addIssue({ code: 'custom', path: ['sampling', 'minSites'], message: `exceeds the ${spec.sites.length} sites` });
+    }
+  });
+export type FederatedJobSpec = z.infer<typeof FederatedJobSpec>;
+
+export const ObjectMeta = z
+  .object({
+    name: dnsLabel,
+    namespace: dnsLabel.optional(),
+    uid: z.string().optional(),
+    generation: z.number().int().optional(),
+    labels: z.record(z.string(), z.string()).optional(),
+    annotations: z.record(z.string(), z.string()).optional(),
+  })
+  .passthrough();
+
+export const FederatedJob = z.object({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal(KIND),
+  metadata: ObjectMeta,
+  spec: FederatedJobSpec,
+  status: z.record(z.string(), z.unknown()).optional(),
+});
+export type FederatedJob = z.infer<typeof FederatedJob>;
+
+/** Sites asked to train in a round, from the sampling spec. */
+export function sitesPerRound(spec: FederatedJobSpec): number {
+  const n = spec.sites.length;
+  const { fraction, sitesPerRound: k, minSites } = spec.sampling;
+  const want = k ?? (fraction !== undefined ? Math.ceil(fraction * n) : n);
+  return Math.min(n, Math.max(want, minSites));
+}

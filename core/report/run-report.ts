@@ -1,0 +1,68 @@
+// report.json: what `consort run` (and later the operator) writes about a finished job.
+// Other tools read it, so it is versioned and documented in core/report/README.md.
+import { z } from 'zod';
+import { DataQuality } from '../data/quality.ts';
+
+export const REPORT_FORMAT = 'consort.dev/run-report/v1';
+
+export const SiteMetrics = z.object({
+  site: z.string(),
+  /** Test examples the metric was computed on. */
+  samples: z.number().int().min(0),
+  loss: z.number(),
+  accuracy: z.number(),
+  auc: z.number().optional(),
+});
+export type SiteMetrics = z.infer<typeof SiteMetrics>;
+
+export const Spread = z.object({ min: z.number(), max: z.number(), std: z.number() });
+export type Spread = z.infer<typeof Spread>;
+
+export const RoundRecord = z.object({
+  round: z.number().int().min(1),
+  /** Sample-weighted means over the evaluating sites' test splits. */
+  globalLoss: z.number(),
+  globalAccuracy: z.number(),
+  globalAuc: z.number().optional(),
+  /** Loss of the global model on the train splits (evaluation.trainLoss). */
+  trainLoss: z.number().optional(),
+  /** Mean local training loss reported by the sites that trained. */
+  fitLoss: z.number(),
+  participants: z.array(z.string()),
+  sites: z.array(SiteMetrics),
+  accuracySpread: Spread,
+  durationMs: z.number(),
+});
+export type RoundRecord = z.infer<typeof RoundRecord>;
+
+export const RunReport = z.object({
+  format: z.literal(REPORT_FORMAT),
+  job: z.string(),
+  namespace: z.string().optional(),
+  seed: z.number().int(),
+  backend: z.string(),
+  backendReason: z.string(),
+  strategy: z.string(),
+  model: z.object({ type: z.string(), parameters: z.number().int(), inputShape: z.array(z.number().int()), classes: z.array(z.string()) }),
+  startedAt: z.string(),
+  durationMs: z.number(),
+  sites: z.array(z.object({ site: z.string(), quality: DataQuality })),
+  rounds: z.array(RoundRecord),
+  final: z.object({
+    rounds: z.number().int().min(0),
+    stoppedBy: z.enum(['rounds', 'target', 'patience']),
+    accuracy: z.number(),
+    loss: z.number(),
+    auc: z.number().optional(),
+    perSite: z.record(z.string(), SiteMetrics.omit({ site: true })),
+    accuracySpread: Spread,
+    /** --baselines: each site trained alone on its own data, scored on its own test split. */
+    siteAlone: z.record(z.string(), z.number()).optional(),
+    /** Sample-weighted mean of siteAlone, comparable with `accuracy`. */
+    siteAloneMean: z.number().optional(),
+    /** --baselines: one model trained on all sites' data pooled (what the law forbids), same scoring. */
+    pooled: z.number().optional(),
+    modelSha256: z.string().regex(/^[0-9a-f]{64}$/),
+  }),
+});
+export type RunReport = z.infer<typeof RunReport>;
