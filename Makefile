@@ -1,0 +1,50 @@
+# Consort: the two commands are `make demo` and `make test`; both provision what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+NODE_BIN := $(shell bash scripts/node.sh)
+export PATH := $(NODE_BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+STAMP := node_modules/.consort-setup
+
+.PHONY: help setup demo test bench lint typecheck format build clean
+
+help:
+	@echo "make demo   - train the five-hospital example on this machine (out/hospitals/)"
+	@echo "make test   - the whole test suite"
+	@echo "make bench  - benchmarks (FedProx paper, backend throughput, 1000-site simulation)"
+	@echo "make lint   - formatter/linter and type check"
+
+# npm packages (install scripts off: tfjs-node's would download libtensorflow), then the native
+# TF.js backend built from PyPI's tensorflow-cpu wheel (cached outside the checkout).
+$(STAMP): package.json package-lock.json scripts/tfjs-native.sh
+	npm ci --ignore-scripts --no-audit --no-fund
+	bash scripts/tfjs-native.sh
+	@touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	node cli/consort.ts run manifests/examples/hospitals.yaml --baselines --out out/hospitals
+
+test: setup
+	npx vitest run
+
+bench: setup
+	node test/bench/run.ts
+
+typecheck: setup
+	npx tsc --noEmit -p .
+
+lint: setup
+	npx biome check .
+	npx tsc --noEmit -p .
+
+format: setup
+	npx biome check --write .
+
+build: setup
+	npx tsc -p tsconfig.build.json
+
+clean:
+	rm -rf out dist test/artifacts

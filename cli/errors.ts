@@ -1,0 +1,27 @@
+// The `consort` command's error catalogue. Each code maps to an exit status: 2 for bad input
+// (the job file, a flag, the data), 1 for a failure of the run itself.
+
+export const CliErrorCodes = {
+  CONSORT_CLI_USAGE: { exit: 2, what: 'a flag or argument is invalid' },
+  CONSORT_CLI_JOB_FILE: { exit: 2, what: 'the job file cannot be read or parsed' },
+  CONSORT_CLI_JOB_SPEC: { exit: 2, what: 'the job does not match the FederatedJob schema' },
+  CONSORT_CLI_DATA: { exit: 2, what: 'the sites\' data is unusable' },
+  CONSORT_CLI_OUTPUT: { exit: 1, what: 'the results cannot be written' },
+  CONSORT_CLI_RUN: { exit: 1, what: 'the run failed' },
+} as const;
+export type CliErrorCode = keyof typeof CliErrorCodes;
+
+export class CliError extends Error {
+  override readonly name = 'CliError';
+  readonly code: CliErrorCode;
+  /** Extra lines (one per problem) shown under the message. */
+  readonly details: string[];
+  constructor(code: CliErrorCode, message: string, opts: { details?: string[]; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.code = code;
+    this.details = opts.details ?? [];
+  }
+  get exitCode(): number {
+    return CliErrorCodes[this.code].exit;
+  }
+}

@@ -1,0 +1,160 @@
+// MODEL_CARD.md: what the trained model is, how it was trained, how well it does where, and
+// what it must not be used for. Written for a reader who never sees report.json.
+import type { RunReport } from '../../core/report/run-report.ts';
+import {
+  describeStop,
+  escapeMarkdown as md,
+  formatCount,
+  formatDuration,
+  formatNumber,
+  formatPercent,
+  formatPoints,
+  nonZeroEntries,
+  siteOrder,
+  sum,
+} from './format.ts';
+
+export interface ModelCardOptions {
+  /** The weights file, as the reader will find it next to the card. */
+  weightsFile: string;
+  /** Every file that makes up the saved model (topology, weights). */
+  modelFiles: string[];
+}
+
+/** Inline code when the text can be a code span (no backtick, no cell-splitting pipe); escaped text otherwise. */
+function code(text: string): string {
+  return /[`|\n]/.test(text) ? md(text) : `\`${text}\``;
+}
+
+function table(head: string[], rows: string[][], numeric: boolean[]): string {
+  const align = numeric.map((n) => (n ? '---:' : '---'));
+  return [head, align, ...rows].map((r) => `| ${r.join(' | ')} |`).join('\n');
+}
+
+export function renderModelCard(report: RunReport, opts: ModelCardOptions): string {
+  const f = report.final;
+  const m = report.model;
+  const sites = siteOrder(report);
+  const quality = new Map(report.sites.map((s) => [s.site, s.quality]));
+  const hasAuc = f.auc !== undefined || Object.values(f.perSite).some((s) => s.auc !== undefined);
+  const out: string[] = [];
+
+  out.push(`# Model card: ${md(report.job)}`, '');
+  out.push(
+    `A classifier (model type ${md(m.type)}) trained by federated learning with Consort across ${sites.length} site${sites.length === 1 ? '' : 's'}: ` +
+      'each site trained on its own data, and only model updates and aggregate counts left a site.',
+    '',
+  );
+
+  out.push('## Task', '');
+  out.push(`- **Model:** ${md(m.type)}, ${formatCount(m.parameters)} trainable parameters`);
+  out.push(`- **Input shape:** [${m.inputShape.join(', ')}] (per example)`);
+  out.push(`- **Classes** (${m.classes.length}, in output index order): ${m.classes.map((c, i) => `${i} = ${code(c)}`).join(', ')}`);
+  out.push('');
+
+  out.push('## Training', '');
+  if (report.namespace) out.push(`- **Job:** ${md(report.namespace)}/${md(report.job)}`);
+  out.push(`- **Strategy:** ${md(report.strategy)}`);
+  out.push(`- **Rounds completed:** ${f.rounds}, stopped by **${f.stoppedBy}**: ${describeStop(report)}`);
+  out.push(`- **Seed:** ${report.seed}`);
+  out.push(`- **Backend:** ${md(report.backend)} (${md(report.backendReason)})`);
+  out.push(`- **Started:** ${md(report.startedAt)}, ran ${formatDuration(report.durationMs)}`);
+  out.push('');
+
+  out.push('## Sites', '');
+  out.push(
+    table(
+      ['Site', 'Train samples', 'Test samples', 'Rows rejected', 'Missing values'],
+      sites.map((s) => {
+        const q = quality.get(s);
+        if (!q) return [md(s), '—', String(f.perSite[s]?.samples ?? '—'), '—', '—'];
+        return [md(s), String(q.trainSamples), String(q.testSamples), String(sum(Object.values(q.rowsRejected))), String(sum(Object.values(q.missing)))];
+      }),
+      [false, true, true, true, true],
+    ),
+    '',
+  );
+
+  out.push('## Evaluation', '');
+  const testTotal = sum(Object.values(f.perSite).map((s) => s.samples));
+  const globalParts = [`accuracy **${formatPercent(f.accuracy, 2)}**`, `loss ${formatNumber(f.loss)}`];
+  if (f.auc !== undefined) globalParts.push(`AUC ${formatNumber(f.auc)}`);
+  out.push(
+    `Final global model, on the sites' held-out test splits (${testTotal} examples; figures are sample-weighted over sites, loss is mean categorical cross-entropy): ${globalParts.join(', ')}.`,
+    '',
+  );
+  const sp = f.accuracySpread;
+  out.push(
+    `Spread of per-site accuracy: min ${formatPercent(sp.min, 2)}, max ${formatPercent(sp.max, 2)}, standard deviation ${(sp.std * 100).toFixed(2)} percentage points.`,
+    '',
+  );
+  const head = ['Site', 'Test samples', 'Accuracy', 'Loss'];
+  if (hasAuc) head.push('AUC');
+  if (f.siteAlone) head.push('Site alone');
+  const rows = sites.flatMap((s) => {
+    const r = f.perSite[s];
+    if (!r) return [];
+    const row = [md(s), String(r.samples), formatPercent(r.accuracy, 2), formatNumber(r.loss)];
+    if (hasAuc) row.push(formatNumber(r.auc));
+    if (f.siteAlone) row.push(formatPercent(f.siteAlone[s], 2));
+    return [row];
+  });
+  out.push(
+    table(
+      head,
+      rows,
+      head.map((_, i) => i > 0),
+    ),
+    '',
+  );
+
+  out.push('## Baselines', '');
+  if (f.siteAloneMean === undefined && f.pooled === undefined && !f.siteAlone) {
+    out.push('Not run (`consort run --baselines` trains them).', '');
+  } else {
+    if (f.siteAloneMean !== undefined) {
+      out.push(
+        `- **Site alone:** each site trained only on its own data, scored on its own test split: sample-weighted mean ${formatPercent(f.siteAloneMean, 2)} (federated ${formatPoints(f.accuracy - f.siteAloneMean)}).`,
+      );
+    }
+    if (f.pooled !== undefined) {
+      out.push(
+        `- **Pooled:** one model trained on all sites' data together, which federated learning exists to avoid: ${formatPercent(f.pooled, 2)} (federated ${formatPoints(f.accuracy - f.pooled)}).`,
+      );
+    }
+    out.push('');
+  }
+
+  out.push('## Files', '');
+  out.push(`- **Weights:** ${code(opts.weightsFile)}, SHA-256 \`${f.modelSha256}\``);
+  if (opts.modelFiles.length > 0) out.push(`- **Model files:** ${opts.modelFiles.map(code).join(', ')}`);
+  out.push('');
+
+  out.push('## Data quality', '');
+  const notes = report.sites.flatMap(({ site, quality: q }) => {
+    const rejected = nonZeroEntries(q.rowsRejected);
+    const missing = nonZeroEntries(q.missing);
+    if (rejected.length === 0 && missing.length === 0) return [];
+    const parts: string[] = [];
+    if (rejected.length > 0) {
+      const total = sum(rejected.map(([, n]) => n));
+      parts.push(`${total} row${total === 1 ? '' : 's'} rejected (${rejected.map(([r, n]) => `${n} ${md(r)}`).join('; ')})`);
+    }
+    if (missing.length > 0) {
+      parts.push(`missing values imputed with the train mean (${missing.map(([c, n]) => `${md(c)}: ${n}`).join(', ')})`);
+    }
+    return [`- **${md(site)}:** ${parts.join('; ')}.`];
+  });
+  out.push(...(notes.length > 0 ? notes : ['No site rejected rows or had missing values.']), '');
+
+  out.push('## Intended use and limitations', '');
+  out.push(
+    '- Intended for evaluation and research on populations like those of the participating sites; it is not a validated clinical or decision-making tool.',
+    "- Performance is measured on each site's held-out split of its own data. It may not carry over to other sites, later data or different collection procedures; check it on local data before any use.",
+    '- Per-site results differ (see the spread above): the global figure can hide sites where the model does poorly.',
+    "- Training was federated, so no one inspected all the data: biases in any site's data or labels pass into the model unseen.",
+    '- Results are reproducible for the same seed and backend; other backends may differ in the last bits.',
+    '',
+  );
+  return out.join('\n');
+}

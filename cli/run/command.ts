@@ -1,0 +1,95 @@
+// `consort run JOB.yaml`: flags checked with zod, the job read and validated, the run, the
+// outputs written atomically, and a summary table on stdout.
+import { dirname, resolve } from 'node:path';
+import { z } from 'zod';
+import { FederatedJobSpec } from '../../core/job/federated-job.ts';
+import { describeIssues } from '../../core/job/issues.ts';
+import type { RunReport } from '../../core/report/run-report.ts';
+import { CliError } from '../errors.ts';
+import { reportFailure } from '../failure.ts';
+import { readJobFile } from '../job-file.ts';
+import { runLocal } from './local-run.ts';
+import { writeOutputs } from './outputs.ts';
+import { createProgress } from './progress.ts';
+
+const intFlag = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
+
+export const RunFlags = z
+  .object({
+    out: z.string().min(1).optional(),
+    seed: intFlag(0, 2 ** 31 - 1).optional(),
+    rounds: intFlag(1, 100_000).optional(),
+    baselines: z.boolean().default(false),
+    backend: z.enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto'),
+    threads: intFlag(1, 256).optional(),
+    quiet: z.boolean().default(false),
+  })
+  .strict();
+export type RunFlags = z.infer<typeof RunFlags>;
+
+export async function runCommand(jobPath: string, rawFlags: Record<string, unknown>): Promise<number> {
+  const progress = { current: undefined as ReturnType<typeof createProgress> | undefined };
+  try {
+    const parsed = RunFlags.safeParse(rawFlags);
+    if (!parsed.success) {
+      throw new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: describeIssues(parsed.error).map((l) => `--${l}`) });
+    }
+    const flags = parsed.data;
+    const job = readJobFile(jobPath);
+    if (flags.seed !== undefined || flags.rounds !== undefined) {
+      const spec = FederatedJobSpec.safeParse({ ...job.spec, ...(flags.seed !== undefined ? { seed: flags.seed } : {}), ...(flags.rounds !== undefined ? { rounds: flags.rounds } : {}) });
+      if (!spec.success) throw new CliError('CONSORT_CLI_USAGE', 'the flags make the job invalid', { details: describeIssues(spec.error, ['spec']) });
+      job.spec = spec.data;
+    }
+    const outDir = resolve(flags.out ?? `out/${job.metadata.name}`);
+    progress.current = createProgress({ rounds: job.spec.rounds, stream: process.stderr, quiet: flags.quiet });
+    const run = await runLocal({
+      job,
+      baseDir: dirname(resolve(jobPath)),
+      baselines: flags.baselines,
+      backend: flags.backend,
+      ...(flags.threads !== undefined ? { threads: flags.threads } : {}),
+      events: progress.current,
+    });
+    progress.current.stop();
+    const files = await writeOutputs(outDir, run);
+    if (!flags.quiet) process.stdout.write(summaryTable(run.report));
+    process.stdout.write(`wrote ${files.length} files to ${outDir}\n`);
+    return 0;
+  } catch (err) {
+    progress.current?.stop();
+    return reportFailure(err);
+  }
+}
+
+const pct = (x: number | undefined) => (x === undefined || Number.isNaN(x) ? '-' : `${(100 * x).toFixed(1)}%`);
+
+/** Final accuracy per site, the federated model against the baselines. */
+export function summaryTable(r: RunReport): string {
+  const f = r.final;
+  const rows: string[][] = [['site', 'test samples', 'federated', ...(f.siteAlone ? ['site alone'] : [])]];
+  for (const [site, m] of Object.entries(f.perSite)) {
+    rows.push([site, String(m.samples), pct(m.accuracy), ...(f.siteAlone ? [pct(f.siteAlone[site])] : [])]);
+  }
+  rows.push(['all (weighted)', String(Object.values(f.perSite).reduce((n, m) => n + m.samples, 0)), pct(f.accuracy), ...(f.siteAlone ? [pct(f.siteAloneMean)] : [])]);
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
+  const line = (row: string[]) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
+  const out = [
+    '',
+    `${r.job}: ${f.rounds} rounds of ${r.strategy} (${f.stoppedBy === 'rounds' ? 'all rounds done' : `stopped by ${f.stoppedBy}`}), backend ${r.backend}, seed ${r.seed}`,
+    line(rows[0]!),
+    widths.map((w) => '-'.repeat(w)).join('  '),
+    ...rows.slice(1, -1).map(line),
+    widths.map((w) => '-'.repeat(w)).join('  '),
+    line(rows[rows.length - 1]!),
+  ];
+  if (f.pooled !== undefined) out.push(`pooled training (all data in one place): ${pct(f.pooled)}`);
+  out.push(`accuracy spread across sites: min ${pct(f.accuracySpread.min)}, max ${pct(f.accuracySpread.max)}, std ${pct(f.accuracySpread.std)}`);
+  out.push(`model sha256 ${f.modelSha256}`, '');
+  return out.join('\n');
+}

@@ -1,0 +1,160 @@
+// `consort run`: a FederatedJob trained on one machine. Sites run in a thread pool behind the
+// in-process transport; the round loop is the same RoundCoordinator the operator runs.
+import { createHash } from 'node:crypto';
+import type { FederatedJob } from '../../core/job/federated-job.ts';
+import { initialParameters, layoutSize } from '../../core/model/layout.ts';
+import { weightedMean } from '../../core/metrics/aggregate.ts';
+import { REPORT_FORMAT, type RunReport } from '../../core/report/run-report.ts';
+import type { SiteEvaluation } from '../../core/protocol/transport.ts';
+import { RoundCoordinator, type RoundEvents } from '../../operator/coordinator/round-coordinator.ts';
+import type { BackendPreference } from '../../worker/backend.ts';
+import { sortLabels } from '../../worker/data/dataset.ts';
+import { SitePool } from '../../worker/site-pool.ts';
+import type { ExportedModel, SiteDescription } from '../../worker/site-worker.ts';
+import type { ParameterLayout } from '../../core/model/layout.ts';
+import { CliError } from '../errors.ts';
+import { InProcessTransport } from './in-process-transport.ts';
+
+export interface LocalRunOptions {
+  job: FederatedJob;
+  /** Folder that relative paths in the job resolve against. */
+  baseDir: string;
+  baselines: boolean;
+  backend: BackendPreference;
+  threads?: number;
+  events?: RoundEvents & { phase?(what: string): void };
+}
+
+export interface LocalRunResult {
+  report: RunReport;
+  layout: ParameterLayout;
+  weights: Float32Array;
+  tfjsModel: ExportedModel;
+}
+
+/** SHA-256 of the weights as little-endian float32 bytes in layout order. */
+export function weightsSha256(weights: Float32Array): string {
+  const le = new Uint8Array(weights.length * 4);
+  const view = new DataView(le.buffer);
+  for (let i = 0; i < weights.length; i++) view.setFloat32(i * 4, weights[i]!, true);
+  return createHash('sha256').update(le).digest('hex');
+}
+
+export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
+  const { job, baseDir } = opts;
+  const spec = job.spec;
+  const startedAt = new Date();
+  const t0 = performance.now();
+  const pool = SitePool.start({ spec, baseDir, backend: opts.backend }, opts.threads);
+  try {
+    opts.events?.phase?.(`reading the data of ${spec.sites.length} sites on ${pool.size} threads`);
+    const described = await Promise.all(spec.sites.map((_, i) => pool.describe(i)));
+    const classes = spec.classes ?? sortLabels(described.flatMap((d) => d.labels));
+    if (classes.length < 2) {
+      throw new CliError('CONSORT_CLI_DATA', `the sites' data has only the label ${JSON.stringify(classes[0])}: a classifier needs at least two classes`);
+    }
+    const sampleShape = agreeOnShape(described);
+    const prepared = await pool.prepare(classes, sampleShape);
+    opts.events?.phase?.(`backend ${prepared.backend.name}: ${prepared.backend.reason}`);
+    const initial = initialParameters(prepared.layout, spec.seed);
+
+    const coordinator = new RoundCoordinator({
+      spec,
+      initial,
+      transport: new InProcessTransport(pool, spec.sites.map((s) => s.name)),
+      ...(opts.events ? { events: opts.events } : {}),
+    });
+    const result = await coordinator.run();
+    const perSite = Object.fromEntries(result.final.map((s) => [s.site, { samples: s.samples, loss: s.loss, accuracy: s.accuracy, ...(s.auc !== undefined ? { auc: s.auc } : {}) }]));
+    const g = globalOf(result.final);
+
+    let baselines: Pick<RunReport['final'], 'siteAlone' | 'siteAloneMean' | 'pooled'> = {};
+    if (opts.baselines) {
+      opts.events?.phase?.('training the baselines: each site alone, and all data pooled');
+      baselines = await trainBaselines(pool, described, initial, result.roundsCompleted * spec.training.epochs, spec.training.batchSize, result.final);
+    }
+    const tfjsModel = await pool.exportModel(result.global);
+    const report: RunReport = {
+      format: REPORT_FORMAT,
+      job: job.metadata.name,
+      ...(job.metadata.namespace ? { namespace: job.metadata.namespace } : {}),
+      seed: spec.seed,
+      backend: prepared.backend.name,
+      backendReason: prepared.backend.reason,
+      strategy: spec.strategy.name,
+      model: { type: spec.model.type, parameters: layoutSize(prepared.layout), inputShape: sampleShape, classes },
+      startedAt: startedAt.toISOString(),
+      durationMs: performance.now() - t0,
+      sites: described.map((d) => ({ site: d.site, quality: d.quality })),
+      rounds: result.rounds,
+      final: {
+        rounds: result.roundsCompleted,
+        stoppedBy: result.stoppedBy,
+        accuracy: g.accuracy,
+        loss: g.loss,
+        ...(g.auc !== undefined ? { auc: g.auc } : {}),
+        perSite,
+        accuracySpread: g.spread,
+        ...baselines,
+        modelSha256: weightsSha256(result.global),
+      },
+    };
+    return { report, layout: prepared.layout, weights: result.global, tfjsModel };
+  } finally {
+    await pool.close();
+  }
+}
+
+function globalOf(scores: SiteEvaluation[]) {
+  const items = scores.map((s) => ({ samples: s.samples, value: s.accuracy }));
+  const accuracy = weightedMean(items);
+  const loss = weightedMean(scores.map((s) => ({ samples: s.samples, value: s.loss })));
+  const auc = scores.every((s) => s.auc !== undefined) ? weightedMean(scores.map((s) => ({ samples: s.samples, value: s.auc! }))) : undefined;
+  const accs = scores.map((s) => s.accuracy);
+  const mean = accs.reduce((a, b) => a + b, 0) / accs.length;
+  const std = Math.sqrt(accs.reduce((a, b) => a + (b - mean) ** 2, 0) / accs.length);
+  return { accuracy, loss, auc, spread: { min: Math.min(...accs), max: Math.max(...accs), std } };
+}
+
+function agreeOnShape(described: SiteDescription[]): number[] {
+  const first = described[0]!;
+  for (const d of described) {
+    if (d.sampleShape.join('x') !== first.sampleShape.join('x')) {
+      throw new CliError(
+        'CONSORT_CLI_DATA',
+        `sites disagree on the shape of an example: "${first.site}" has [${first.sampleShape.join(', ')}], "${d.site}" has [${d.sampleShape.join(', ')}]`,
+      );
+    }
+  }
+  return first.sampleShape;
+}
+
+/**
+ * Site-alone and pooled baselines under one compute budget: the pooled model trains for the
+ * federated run's total local epochs; each site alone takes as many optimizer steps as that
+ * (so a small site is not short-changed by having few batches per epoch). Scored the same way
+ * as the federated model: on each site's own test split, sample-weighted.
+ */
+async function trainBaselines(
+  pool: SitePool,
+  described: SiteDescription[],
+  initial: Float32Array,
+  epochs: number,
+  batchSize: number,
+  federated: SiteEvaluation[],
+): Promise<Pick<RunReport['final'], 'siteAlone' | 'siteAloneMean' | 'pooled'>> {
+  const all = described.map((_, i) => i);
+  const batches = (n: number) => Math.max(1, Math.ceil(n / batchSize));
+  const pooledSteps = batches(described.reduce((n, d) => n + d.quality.trainSamples, 0)) * epochs;
+  const [pooled, ...alone] = await Promise.all([
+    pool.trainCentral(all, initial, epochs, 0),
+    ...described.map((d, i) => pool.trainCentral([i], initial, Math.ceil(pooledSteps / batches(d.quality.trainSamples)), i + 1)),
+  ]);
+  const siteAlone = Object.fromEntries(alone.map((r) => [r[0]!.site, r[0]!.accuracy]));
+  const weights = new Map(federated.map((s) => [s.site, s.samples]));
+  return {
+    siteAlone,
+    siteAloneMean: weightedMean(alone.map((r) => ({ samples: weights.get(r[0]!.site) ?? r[0]!.samples, value: r[0]!.accuracy }))),
+    pooled: weightedMean(pooled!.map((s) => ({ samples: s.samples, value: s.accuracy }))),
+  };
+}

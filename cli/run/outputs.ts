@@ -1,0 +1,56 @@
+// Writes a finished run's results. Everything goes into a fresh sibling folder first and is
+// renamed into place at the end, so a failed or interrupted run never leaves a half-written
+// folder that looks like a result.
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { renderReportHtml } from '../report/html.ts';
+import { renderModelCard } from '../report/model-card.ts';
+import { CliError } from '../errors.ts';
+import type { LocalRunResult } from './local-run.ts';
+
+export const OUTPUT_FILES = {
+  reportJson: 'report.json',
+  reportHtml: 'report.html',
+  modelCard: 'MODEL_CARD.md',
+  safetensors: 'model.safetensors',
+  tfjsDir: 'tfjs',
+} as const;
+
+export async function writeOutputs(outDir: string, run: LocalRunResult): Promise<string[]> {
+  const staging = join(dirname(outDir), `.${basename(outDir)}.partial-${process.pid}`);
+  try {
+    rmSync(staging, { recursive: true, force: true });
+    mkdirSync(join(staging, OUTPUT_FILES.tfjsDir), { recursive: true });
+    const { report } = run;
+    const files: string[] = [];
+    const put = (name: string, data: string | Uint8Array) => {
+      writeFileSync(join(staging, name), data);
+      files.push(name);
+    };
+    put(OUTPUT_FILES.reportJson, `${JSON.stringify(report, null, 2)}\n`);
+    put(
+      OUTPUT_FILES.safetensors,
+      encodeSafetensors(run.layout, run.weights, { format: 'pt', job: report.job, seed: String(report.seed), sha256: report.final.modelSha256 }),
+    );
+    const weightsName = 'weights.bin';
+    const manifest = [{ paths: [weightsName], weights: run.tfjsModel.weightSpecs }];
+    put(
+      join(OUTPUT_FILES.tfjsDir, 'model.json'),
+      `${JSON.stringify({ format: 'layers-model', generatedBy: 'consort', convertedBy: null, modelTopology: run.tfjsModel.modelTopology, weightsManifest: manifest }, null, 1)}\n`,
+    );
+    put(join(OUTPUT_FILES.tfjsDir, weightsName), new Uint8Array(run.tfjsModel.weightData));
+    put(OUTPUT_FILES.reportHtml, await renderReportHtml(report));
+    put(
+      OUTPUT_FILES.modelCard,
+      renderModelCard(report, { weightsFile: OUTPUT_FILES.safetensors, modelFiles: [`${OUTPUT_FILES.tfjsDir}/model.json`, `${OUTPUT_FILES.tfjsDir}/${weightsName}`] }),
+    );
+    mkdirSync(dirname(outDir), { recursive: true });
+    rmSync(outDir, { recursive: true, force: true });
+    renameSync(staging, outDir);
+    return files.map((f) => join(outDir, f));
+  } catch (err) {
+    rmSync(staging, { recursive: true, force: true });
+    throw new CliError('CONSORT_CLI_OUTPUT', `cannot write the results to ${outDir}: ${(err as Error).message}`, { cause: err });
+  }
+}

@@ -1,0 +1,105 @@
+// Folds the sites' answers of one round into a RoundAggregate as they arrive, keeping one model's
+// worth of exact sums (two with SCAFFOLD's control variates) whatever the number of sites. The
+// sums are exact (see exact-sum.ts), so arrival order never changes the aggregate's bits.
+import type { RoundAggregate, SiteFitResult } from '../strategies/strategy.ts';
+import { ExactWeightedSum } from './exact-sum.ts';
+
+export interface RoundAccumulatorOptions {
+  /** SCAFFOLD: every result must carry a controlDelta (and, without it, none may). */
+  control?: boolean;
+}
+
+export class RoundAccumulator {
+  readonly modelSize: number;
+  readonly control: boolean;
+  private readonly deltas: ExactWeightedSum;
+  private readonly controls: ExactWeightedSum | undefined;
+  /** Site name -> its reported training loss; also the set of sites folded in. */
+  private readonly trainLosses = new Map<string, number>();
+
+  constructor(modelSize: number, options: RoundAccumulatorOptions = {}) {
+    this.modelSize = modelSize;
+    this.control = options.control ?? false;
+    this.deltas = new ExactWeightedSum(modelSize);
+    this.controls = this.control ? new ExactWeightedSum(modelSize) : undefined;
+  }
+
+  /** Sites folded in so far. */
+  get sites(): number {
+    return this.trainLosses.size;
+  }
+
+  /**
+   * Folds one site's result in: its delta weighted by its samples, its controlDelta weighted 1.
+   * Returns false, changing nothing, when this site already contributed to the round (a
+   * redelivered message). Throws RangeError, changing nothing, on a shape mismatch, a sample
+   * count that is not a positive integer, or NaN/Inf values.
+   */
+  add(result: SiteFitResult): boolean {
+    if (this.trainLosses.has(result.site)) return false;
+    const { site, samples, delta, controlDelta } = result;
+    if (!Number.isSafeInteger(samples) || samples < 1) {
+      throw new RangeError(`site "${site}": samples must be a positive integer, got ${samples}`);
+    }
+    if (delta.length !== this.modelSize) {
+      throw new RangeError(`site "${site}": delta has ${delta.length} values, the model has ${this.modelSize}`);
+    }
+    if (this.controls) {
+      if (!controlDelta) throw new RangeError(`site "${site}": SCAFFOLD result without controlDelta`);
+      if (controlDelta.length !== this.modelSize) {
+        throw new RangeError(`site "${site}": controlDelta has ${controlDelta.length} values, the model has ${this.modelSize}`);
+      }
+      this.controls.check(controlDelta, 1); // so that a bad controlDelta cannot leave delta folded in alone
+    } else if (controlDelta) {
+      throw new RangeError(`site "${site}": unexpected controlDelta (the strategy uses no control variates)`);
+    }
+    try {
+      this.deltas.add(delta, samples);
+    } catch (err) {
+      throw new RangeError(`site "${site}": ${(err as Error).message}`, { cause: err });
+    }
+    if (this.controls && controlDelta) this.controls.add(controlDelta, 1);
+    this.trainLosses.set(site, result.trainLoss);
+    return true;
+  }
+
+  /** Folds another partial accumulation of the same round in; the two must share no site. */
+  merge(other: RoundAccumulator): void {
+    if (other === this) throw new RangeError('RoundAccumulator.merge: cannot merge an accumulator into itself');
+    if (other.modelSize !== this.modelSize || other.control !== this.control) {
+      throw new RangeError('RoundAccumulator.merge: accumulators of different shapes');
+    }
+    for (const site of other.trainLosses.keys()) {
+      if (this.trainLosses.has(site)) throw new RangeError(`RoundAccumulator.merge: site "${site}" is in both`);
+    }
+    this.deltas.merge(other.deltas);
+    if (this.controls && other.controls) this.controls.merge(other.controls);
+    for (const [site, loss] of other.trainLosses) this.trainLosses.set(site, loss);
+  }
+
+  /** The sites folded in, sorted by name. */
+  participants(): string[] {
+    return [...this.trainLosses.keys()].sort();
+  }
+
+  /** Unweighted mean of the sites' training losses, summed in site-name order (order-free). */
+  fitLoss(): number {
+    let sum = 0;
+    for (const site of this.participants()) sum += this.trainLosses.get(site)!;
+    return sum / this.trainLosses.size;
+  }
+
+  /** The round's aggregate. Throws when no site contributed. */
+  finish(round: number): RoundAggregate {
+    if (this.sites === 0) throw new RangeError(`round ${round}: no site updates to aggregate`);
+    const aggregate: RoundAggregate = {
+      round,
+      meanDelta: this.deltas.mean(),
+      sites: this.sites,
+      totalSamples: this.deltas.totalWeight,
+    };
+    // Weight 1 per site, so the mean is (1/|S|) Sum controlDelta, as SCAFFOLD defines it.
+    if (this.controls) aggregate.meanControlDelta = this.controls.mean();
+    return aggregate;
+  }
+}

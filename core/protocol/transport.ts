@@ -1,0 +1,37 @@
+// The coordinator's view of the sites, whatever carries the messages: the local runner's
+// in-process pool now, NATS next. The round loop is written against this interface only.
+import type { FitInstructions, SiteFitResult } from '../strategies/strategy.ts';
+import type { SiteMetrics } from '../report/run-report.ts';
+
+export interface SiteEvaluation extends SiteMetrics {
+  /** Loss of the evaluated model on the site's train split, when asked for. */
+  trainLoss?: number;
+}
+
+/** A site that did not answer usefully: it timed out, failed, or sent something rejected. */
+export interface SiteFailure {
+  site: string;
+  reason: string;
+  /** A stable code from the catalogue of whoever detected it. */
+  code: string;
+}
+
+export type Outcome<T> = { ok: true; value: T } | { ok: false; failure: SiteFailure };
+
+export interface SiteTransport {
+  /** Sends round `round`'s fit task to each named site; yields each answer as it arrives. */
+  fit(round: number, sites: readonly string[], global: Float32Array, instructions: FitInstructions): AsyncIterable<Outcome<SiteFitResult>>;
+  /** Asks each named site to score `global` on its test split; yields each answer as it arrives. */
+  evaluate(round: number, sites: readonly string[], global: Float32Array, opts: { trainLoss: boolean }): AsyncIterable<Outcome<SiteEvaluation>>;
+}
+
+/** Yields promises' values in the order they settle (the order answers arrive). */
+export async function* asCompleted<T>(promises: readonly Promise<T>[]): AsyncGenerator<T> {
+  const pending = new Map<number, Promise<{ i: number; v: T }>>();
+  promises.forEach((p, i) => pending.set(i, p.then((v) => ({ i, v }))));
+  while (pending.size > 0) {
+    const { i, v } = await Promise.race(pending.values());
+    pending.delete(i);
+    yield v;
+  }
+}

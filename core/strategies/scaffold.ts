@@ -1,0 +1,51 @@
+// SCAFFOLD (Karimireddy et al. 2020, Algorithm 1 with option II at the sites): the sites correct
+// their gradients with c - c_i (see client-terms.ts); the server steps x <- x + lr * meanDelta
+// and moves its control variate c <- c + (|S|/N) meanControlDelta.
+import type { StrategySpec } from '../job/federated-job.ts';
+import { checkAggregate, checkModelSize, restoreBuffer, restoreStep, serverStep } from './server-step.ts';
+import type { FitInstructions, RoundAggregate, Strategy, StrategyState } from './strategy.ts';
+
+export type ScaffoldSpec = Extract<StrategySpec, { name: 'scaffold' }>;
+
+export class Scaffold implements Strategy {
+  readonly spec: ScaffoldSpec;
+  private readonly modelSize: number;
+  /** N: every site of the job, sampled this round or not. */
+  private readonly totalSites: number;
+  private step: number;
+  private readonly c: Float64Array;
+
+  constructor(spec: ScaffoldSpec, modelSize: number, totalSites: number, state?: StrategyState) {
+    checkModelSize(modelSize);
+    if (!Number.isSafeInteger(totalSites) || totalSites < 1) throw new RangeError(`scaffold: bad totalSites ${totalSites}`);
+    this.spec = spec;
+    this.modelSize = modelSize;
+    this.totalSites = totalSites;
+    this.step = state ? restoreStep(spec, state) : 0;
+    this.c = state ? restoreBuffer(state, 'c', modelSize) : new Float64Array(modelSize);
+  }
+
+  configureFit(_round: number): FitInstructions {
+    return { proximalMu: 0, serverControl: Float32Array.from(this.c) };
+  }
+
+  aggregateFit(global: Float32Array, aggregate: RoundAggregate): Float32Array {
+    checkAggregate('scaffold', this.modelSize, global, aggregate);
+    const dc = aggregate.meanControlDelta;
+    if (!dc || dc.length !== this.modelSize) {
+      throw new RangeError(`scaffold: meanControlDelta is missing or does not have ${this.modelSize} values`);
+    }
+    if (aggregate.sites > this.totalSites) {
+      throw new RangeError(`scaffold: ${aggregate.sites} sites in a round of a ${this.totalSites}-site job`);
+    }
+    const share = aggregate.sites / this.totalSites;
+    const c = this.c;
+    for (let i = 0; i < c.length; i++) c[i] = c[i]! + share * dc[i]!;
+    this.step++;
+    return serverStep(global, aggregate.meanDelta, this.spec.serverLearningRate);
+  }
+
+  state(): StrategyState {
+    return { name: 'scaffold', step: this.step, buffers: { c: this.c.slice() } };
+  }
+}

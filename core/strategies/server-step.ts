@@ -1,0 +1,40 @@
+// What every server strategy shares: shape checks, state restore, and the float64 step that is
+// rounded to float32 once.
+import type { StrategySpec } from '../job/federated-job.ts';
+import type { RoundAggregate, StrategyState } from './strategy.ts';
+
+export function checkAggregate(name: string, modelSize: number, global: Float32Array, aggregate: RoundAggregate): void {
+  if (global.length !== modelSize) {
+    throw new RangeError(`${name}: global model has ${global.length} values, expected ${modelSize}`);
+  }
+  if (aggregate.meanDelta.length !== modelSize) {
+    throw new RangeError(`${name}: meanDelta has ${aggregate.meanDelta.length} values, expected ${modelSize}`);
+  }
+}
+
+/** x + lr * direction, computed in float64 and rounded to float32 once. */
+export function serverStep(global: Float32Array, direction: Float64Array, lr: number): Float32Array {
+  const out = new Float32Array(global.length);
+  for (let i = 0; i < out.length; i++) out[i] = global[i]! + lr * direction[i]!;
+  return out;
+}
+
+/** Validates a checkpointed state against the strategy and returns its step. */
+export function restoreStep(spec: StrategySpec, state: StrategyState): number {
+  if (state.name !== spec.name) throw new RangeError(`state of "${state.name}" cannot restore "${spec.name}"`);
+  if (!Number.isSafeInteger(state.step) || state.step < 0) throw new RangeError(`${spec.name}: bad step ${state.step}`);
+  return state.step;
+}
+
+/** A copy of a checkpointed buffer, checked for length. */
+export function restoreBuffer(state: StrategyState, key: string, size: number): Float64Array {
+  const buf = state.buffers[key];
+  if (!buf || buf.length !== size) {
+    throw new RangeError(`${state.name}: state buffer "${key}" is missing or does not have ${size} values`);
+  }
+  return buf.slice();
+}
+
+export function checkModelSize(modelSize: number): void {
+  if (!Number.isSafeInteger(modelSize) || modelSize < 0) throw new RangeError(`bad model size ${modelSize}`);
+}

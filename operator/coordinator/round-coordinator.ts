@@ -1,0 +1,185 @@
+// The round loop, after Flower's: sample sites, configure, collect and fold updates as they
+// arrive (O(model) memory), let the strategy step, evaluate, decide whether to stop. It holds
+// no transport or Kubernetes code, so the local runner, `consort coordinator` and the operator
+// all run this same loop.
+import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
+import { sitesPerRound } from '../../core/job/federated-job.ts';
+import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
+import { globalMetrics, spread } from '../../core/metrics/aggregate.ts';
+import type { SiteEvaluation, SiteFailure, SiteTransport } from '../../core/protocol/transport.ts';
+import type { RoundRecord } from '../../core/report/run-report.ts';
+import { Rng } from '../../core/rng.ts';
+import { createStrategy } from '../../core/strategies/index.ts';
+import type { Strategy } from '../../core/strategies/strategy.ts';
+import { OperatorError } from '../errors.ts';
+
+export interface RoundEvents {
+  roundStarted?(round: number, sites: readonly string[]): void;
+  siteAnswered?(round: number, site: string, ok: boolean): void;
+  siteFailed?(round: number, failure: SiteFailure): void;
+  roundFinished?(record: RoundRecord | undefined, round: number): void;
+}
+
+export interface CoordinatorResult {
+  global: Float32Array;
+  rounds: RoundRecord[];
+  roundsCompleted: number;
+  stoppedBy: 'rounds' | 'target' | 'patience';
+  /** Every site's score of the final model. */
+  final: SiteEvaluation[];
+}
+
+export class RoundCoordinator {
+  private readonly spec: FederatedJobSpec;
+  private readonly transport: SiteTransport;
+  private readonly events: RoundEvents;
+  private readonly strategy: Strategy;
+  private readonly siteNames: string[];
+  private global: Float32Array;
+
+  constructor(opts: { spec: FederatedJobSpec; initial: Float32Array; transport: SiteTransport; events?: RoundEvents }) {
+    this.spec = opts.spec;
+    this.transport = opts.transport;
+    this.events = opts.events ?? {};
+    this.global = opts.initial;
+    this.siteNames = opts.spec.sites.map((s) => s.name);
+    this.strategy = createStrategy(opts.spec.strategy, opts.initial.length, this.siteNames.length);
+  }
+
+  /** The sites asked to train in a round: uniformly without replacement, seeded per round. */
+  sample(round: number): string[] {
+    const n = this.siteNames.length;
+    const k = sitesPerRound(this.spec);
+    if (k >= n) return [...this.siteNames];
+    return Rng.from(this.spec.seed, 'sampling', round)
+      .sample(n, k)
+      .map((i) => this.siteNames[i]!);
+  }
+
+  private evaluators(round: number, final: boolean): string[] {
+    const n = this.siteNames.length;
+    const k = Math.max(1, Math.ceil(this.spec.evaluation.fraction * n));
+    if (final || k >= n) return [...this.siteNames];
+    return Rng.from(this.spec.seed, 'evaluation', round)
+      .sample(n, k)
+      .map((i) => this.siteNames[i]!);
+  }
+
+  async run(): Promise<CoordinatorResult> {
+    const { rounds: maxRounds, evaluation, stopping } = this.spec;
+    const records: RoundRecord[] = [];
+    let stoppedBy: CoordinatorResult['stoppedBy'] = 'rounds';
+    let best = Number.NEGATIVE_INFINITY;
+    let sinceBest = 0;
+    let last: { round: number; scores: SiteEvaluation[]; all: boolean } | undefined;
+    let round = 0;
+    while (round < maxRounds) {
+      round++;
+      const started = performance.now();
+      const { fitLoss, participants } = await this.fitRound(round);
+      const finalRound = round === maxRounds;
+      let record: RoundRecord | undefined;
+      if (round % evaluation.every === 0 || finalRound) {
+        const sites = this.evaluators(round, false);
+        const scores = await this.evaluateRound(round, sites);
+        last = { round, scores, all: sites.length === this.siteNames.length };
+        record = this.record(round, scores, fitLoss, participants, performance.now() - started);
+        records.push(record);
+        const monitored = this.monitored(record);
+        if (monitored > best) {
+          best = monitored;
+          sinceBest = 0;
+        } else sinceBest++;
+        if (stopping.target && this.reached(record, stopping.target)) stoppedBy = 'target';
+        else if (stopping.patience !== undefined && sinceBest >= stopping.patience) stoppedBy = 'patience';
+      }
+      this.events.roundFinished?.(record, round);
+      if (stoppedBy !== 'rounds') break;
+    }
+    const final = last && last.round === round && last.all ? last.scores : await this.evaluateRound(round, this.evaluators(round, true));
+    return { global: this.global, rounds: records, roundsCompleted: round, stoppedBy, final };
+  }
+
+  private async fitRound(round: number): Promise<{ fitLoss: number; participants: string[] }> {
+    const sites = this.sample(round);
+    this.events.roundStarted?.(round, sites);
+    const instructions = this.strategy.configureFit(round);
+    const acc = new RoundAccumulator(this.global.length);
+    const failures: SiteFailure[] = [];
+    const participants: string[] = [];
+    let lossSum = 0;
+    let samples = 0;
+    for await (const outcome of this.transport.fit(round, sites, this.global, instructions)) {
+      if (outcome.ok) {
+        const r = outcome.value;
+        if (acc.add(r)) {
+          participants.push(r.site);
+          lossSum += r.trainLoss * r.samples;
+          samples += r.samples;
+        }
+        this.events.siteAnswered?.(round, r.site, true);
+      } else {
+        failures.push(outcome.failure);
+        this.events.siteFailed?.(round, outcome.failure);
+        this.events.siteAnswered?.(round, outcome.failure.site, false);
+      }
+    }
+    if (participants.length < this.spec.sampling.minSites) {
+      const why = failures.map((f) => `${f.site}: ${f.reason}`).join('; ');
+      throw new OperatorError(
+        'CONSORT_C_QUORUM',
+        `round ${round}: ${participants.length} of ${sites.length} sites answered, sampling.minSites is ${this.spec.sampling.minSites}${why ? ` (${why})` : ''}`,
+      );
+    }
+    this.global = this.strategy.aggregateFit(this.global, acc.finish(round));
+    participants.sort();
+    return { fitLoss: samples > 0 ? lossSum / samples : Number.NaN, participants };
+  }
+
+  private async evaluateRound(round: number, sites: string[]): Promise<SiteEvaluation[]> {
+    const scores: SiteEvaluation[] = [];
+    const failures: SiteFailure[] = [];
+    for await (const o of this.transport.evaluate(round, sites, this.global, { trainLoss: this.spec.evaluation.trainLoss })) {
+      if (o.ok) scores.push(o.value);
+      else failures.push(o.failure);
+    }
+    if (scores.length === 0) {
+      throw new OperatorError('CONSORT_C_EVALUATION', `round ${round}: no site evaluated the global model (${failures.map((f) => `${f.site}: ${f.reason}`).join('; ')})`);
+    }
+    // Arrival order is not part of the result.
+    return scores.sort((a, b) => (a.site < b.site ? -1 : a.site > b.site ? 1 : 0));
+  }
+
+  private record(round: number, scores: SiteEvaluation[], fitLoss: number, participants: string[], durationMs: number): RoundRecord {
+    const g = globalMetrics(scores);
+    const trainLosses = scores.filter((s) => s.trainLoss !== undefined);
+    const trainSamples = trainLosses.reduce((n, s) => n + s.samples, 0);
+    return {
+      round,
+      globalLoss: g.loss,
+      globalAccuracy: g.accuracy,
+      ...(g.auc !== undefined ? { globalAuc: g.auc } : {}),
+      ...(trainLosses.length > 0 && trainSamples > 0
+        ? { trainLoss: trainLosses.reduce((a, s) => a + s.trainLoss! * s.samples, 0) / trainSamples }
+        : {}),
+      fitLoss,
+      participants,
+      sites: scores.map(({ trainLoss: _t, ...m }) => m),
+      accuracySpread: spread(scores.map((s) => s.accuracy)),
+      durationMs,
+    };
+  }
+
+  private monitored(r: RoundRecord): number {
+    const metric = this.spec.stopping.target?.metric ?? 'accuracy';
+    if (metric === 'loss') return -r.globalLoss;
+    if (metric === 'auc') return r.globalAuc ?? Number.NEGATIVE_INFINITY;
+    return r.globalAccuracy;
+  }
+
+  private reached(r: RoundRecord, target: { metric: 'accuracy' | 'loss' | 'auc'; value: number }): boolean {
+    if (target.metric === 'loss') return r.globalLoss <= target.value;
+    if (target.metric === 'auc') return (r.globalAuc ?? Number.NEGATIVE_INFINITY) >= target.value;
+    return r.globalAccuracy >= target.value;
+  }
+}

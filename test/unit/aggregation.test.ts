@@ -1,0 +1,255 @@
+import { describe, expect, it } from 'vitest';
+import { ExactWeightedSum } from '../../core/aggregation/exact-sum.ts';
+import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
+import { Rng } from '../../core/rng.ts';
+import type { SiteFitResult } from '../../core/strategies/strategy.ts';
+
+const SIZE = 64;
+
+interface Update {
+  values: Float32Array;
+  weight: number;
+}
+
+/** ~20 updates whose elements span 1e-6..1e3 in magnitude, with random signs and weights. */
+function randomUpdates(rng: Rng, count: number, size: number): Update[] {
+  return Array.from({ length: count }, () => {
+    const values = new Float32Array(size);
+    for (let i = 0; i < size; i++) values[i] = (rng.uniform() < 0.5 ? -1 : 1) * 10 ** (-6 + 9 * rng.uniform());
+    // Sample-count-like weights, integer and not, from 1 to ~5000.
+    const weight = rng.uniform() < 0.5 ? 1 + rng.int(5000) : 1 + 4999 * rng.uniform();
+    return { values, weight };
+  });
+}
+
+function bytes(a: Float64Array): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength).slice();
+}
+
+function exactOf(updates: Update[], order: number[]): ExactWeightedSum {
+  const sum = new ExactWeightedSum(SIZE);
+  for (const k of order) sum.add(updates[k]!.values, updates[k]!.weight);
+  return sum;
+}
+
+describe('ExactWeightedSum', () => {
+  const rng = Rng.from(7, 'exact-sum');
+  const updates = randomUpdates(rng, 20, SIZE);
+  const identity = updates.map((_, k) => k);
+
+  it('gives bit-identical means whatever the arrival order (200 shuffles)', () => {
+    const reference = exactOf(updates, identity);
+    const refMean = bytes(reference.mean());
+    const refSum = bytes(reference.sum());
+    for (let t = 0; t < 200; t++) {
+      const order = rng.shuffle([...identity]) as number[];
+      const sum = exactOf(updates, order);
+      expect(bytes(sum.mean())).toEqual(refMean);
+      expect(bytes(sum.sum())).toEqual(refSum);
+      expect(sum.totalWeight).toBe(reference.totalWeight);
+      expect(sum.count).toBe(20);
+    }
+  });
+
+  it('agrees with the naive float64 mean to ~1e-12 of the terms it sums', () => {
+    const mean = exactOf(updates, identity).mean();
+    let weight = 0;
+    for (const u of updates) weight += u.weight;
+    for (let i = 0; i < SIZE; i++) {
+      let naive = 0;
+      let absSum = 0;
+      for (const u of updates) {
+        naive += u.weight * u.values[i]!;
+        absSum += u.weight * Math.abs(u.values[i]!);
+      }
+      naive /= weight;
+      expect(Math.abs(mean[i]! - naive)).toBeLessThanOrEqual(1e-12 * (absSum / weight));
+      // Almost all elements have no catastrophic cancellation: plain relative error too.
+      if (Math.abs(naive) > 1e-3 * (absSum / weight)) {
+        expect(Math.abs(mean[i]! - naive)).toBeLessThanOrEqual(1e-12 * Math.abs(naive));
+      }
+    }
+  });
+
+  it('holds the exact sum of the contributions rounded to 2^-60 (BigInt reference)', () => {
+    const sum = exactOf(updates, identity).sum();
+    for (let i = 0; i < SIZE; i++) {
+      let exact = 0n;
+      for (const u of updates) exact += BigInt(Math.floor(u.weight * u.values[i]! * 2 ** 60 + 0.5));
+      // Number(BigInt) rounds to nearest, as the final hi + lo does: the same double.
+      expect(sum[i]).toBe(Number(exact) * 2 ** -60);
+    }
+  });
+
+  it('is exact where float64 summation is not', () => {
+    const big = new Float32Array([1e6]);
+    const small = new Float32Array([0.001]);
+    const minusBig = new Float32Array([-1e6]);
+    // Naive float64: 5e12 + 0.001 loses part of the 0.001 to rounding (ulp(5e12) = 2^-10).
+    expect(5e12 + Math.fround(0.001) - 5e12).not.toBe(Math.fround(0.001));
+    for (const order of [[big, small, minusBig], [big, minusBig, small], [small, big, minusBig]]) {
+      const sum = new ExactWeightedSum(1);
+      for (const x of order) sum.add(x, x === small ? 1 : 5e6);
+      expect(sum.sum()[0]).toBe(Math.fround(0.001));
+    }
+  });
+
+  it('merges partial sums in any split and order to the same bits', () => {
+    const reference = exactOf(updates, identity).snapshot();
+    for (let t = 0; t < 50; t++) {
+      const parts = 1 + rng.int(6);
+      const partials = Array.from({ length: parts }, () => new ExactWeightedSum(SIZE));
+      for (const k of rng.shuffle([...identity]) as number[]) partials[rng.int(parts)]!.add(updates[k]!.values, updates[k]!.weight);
+      const order = rng.shuffle(partials.map((_, i) => i)) as number[];
+      const total = partials[order[0]!]!;
+      for (const i of order.slice(1)) total.merge(partials[i]!);
+      const snap = total.snapshot();
+      expect(bytes(snap.hi)).toEqual(bytes(reference.hi));
+      expect(bytes(snap.lo)).toEqual(bytes(reference.lo));
+      expect(bytes(snap.weight)).toEqual(bytes(reference.weight));
+      expect(bytes(snap.magnitude)).toEqual(bytes(reference.magnitude));
+      expect(snap.count).toBe(20);
+    }
+  });
+
+  it('round-trips a snapshot: restore then continue equals uninterrupted', () => {
+    const first = exactOf(updates, identity.slice(0, 10));
+    const restored = ExactWeightedSum.fromSnapshot(first.snapshot());
+    for (const k of identity.slice(10)) {
+      first.add(updates[k]!.values, updates[k]!.weight);
+      restored.add(updates[k]!.values, updates[k]!.weight);
+    }
+    expect(bytes(restored.mean())).toEqual(bytes(first.mean()));
+    expect(restored.count).toBe(first.count);
+    expect(restored.totalWeight).toBe(first.totalWeight);
+    // The snapshot is a copy, not a view.
+    const snap = restored.snapshot();
+    snap.hi[0] = 12345;
+    expect(restored.snapshot().hi[0]).not.toBe(12345);
+  });
+
+  it('rejects snapshots that are not canonical', () => {
+    const snap = exactOf(updates, identity).snapshot();
+    expect(() => ExactWeightedSum.fromSnapshot({ ...snap, lo: snap.lo.slice(1) })).toThrow(RangeError);
+    const badLo = snap.lo.slice();
+    badLo[3] = 0.5;
+    expect(() => ExactWeightedSum.fromSnapshot({ ...snap, lo: badLo })).toThrow(RangeError);
+    const badHi = snap.hi.slice();
+    badHi[3] = 0.001;
+    expect(() => ExactWeightedSum.fromSnapshot({ ...snap, hi: badHi })).toThrow(RangeError);
+    expect(() => ExactWeightedSum.fromSnapshot({ ...snap, count: -1 })).toThrow(RangeError);
+  });
+
+  it('rejects bad input with RangeError and leaves its state untouched', () => {
+    const sum = exactOf(updates, identity.slice(0, 3));
+    const before = sum.snapshot();
+    const ok = new Float32Array(SIZE).fill(1);
+    const withNaN = ok.slice();
+    withNaN[5] = Number.NaN;
+    const withInf = ok.slice();
+    withInf[SIZE - 1] = -Infinity;
+    expect(() => sum.add(new Float32Array(SIZE - 1), 1)).toThrow(RangeError);
+    for (const w of [0, -1, Number.NaN, Infinity, 1e-9]) expect(() => sum.add(ok, w)).toThrow(RangeError);
+    expect(() => sum.add(withNaN, 1)).toThrow(/NaN/);
+    expect(() => sum.add(withInf, 1)).toThrow(/NaN or Infinity/);
+    // Beyond the exactness bound (weight * max|x| reaching 2^44).
+    expect(() => sum.add(ok, 2 ** 44)).toThrow(/exact range/);
+    expect(() => sum.merge(new ExactWeightedSum(SIZE + 1))).toThrow(RangeError);
+    expect(() => sum.merge(sum)).toThrow(RangeError);
+    expect(() => new ExactWeightedSum(3).mean()).toThrow(RangeError);
+    const after = sum.snapshot();
+    expect(bytes(after.hi)).toEqual(bytes(before.hi));
+    expect(bytes(after.lo)).toEqual(bytes(before.lo));
+    expect(bytes(after.weight)).toEqual(bytes(before.weight));
+    expect(after.count).toBe(3);
+  });
+});
+
+describe('RoundAccumulator', () => {
+  const result = (site: string, samples: number, delta: number[], controlDelta?: number[]): SiteFitResult => ({
+    site,
+    samples,
+    delta: new Float32Array(delta),
+    ...(controlDelta ? { controlDelta: new Float32Array(controlDelta) } : {}),
+    trainLoss: samples / 100,
+  });
+
+  it('weights deltas by samples and control deltas by 1', () => {
+    const acc = new RoundAccumulator(3, { control: true });
+    expect(acc.add(result('a', 1, [1, 2, -3], [0.5, 0, 1]))).toBe(true);
+    expect(acc.add(result('b', 3, [5, -2, 1], [1.5, 1, -2]))).toBe(true);
+    const agg = acc.finish(4);
+    // (1*[1,2,-3] + 3*[5,-2,1]) / 4 and ([0.5,0,1] + [1.5,1,-2]) / 2
+    expect([...agg.meanDelta]).toEqual([4, -1, 0]);
+    expect([...agg.meanControlDelta!]).toEqual([1, 0.5, -0.5]);
+    expect(agg).toMatchObject({ round: 4, sites: 2, totalSamples: 4 });
+    expect(acc.participants()).toEqual(['a', 'b']);
+    expect(acc.fitLoss()).toBeCloseTo(0.02, 15);
+  });
+
+  it('ignores a second update from the same site', () => {
+    const acc = new RoundAccumulator(2);
+    expect(acc.add(result('a', 2, [1, 1]))).toBe(true);
+    expect(acc.add(result('a', 5, [9, 9]))).toBe(false);
+    expect(acc.sites).toBe(1);
+    expect([...acc.finish(1).meanDelta]).toEqual([1, 1]);
+  });
+
+  it('throws on shape mismatch and bad sample counts, changing nothing', () => {
+    const acc = new RoundAccumulator(2);
+    expect(() => acc.add(result('a', 2, [1, 1, 1]))).toThrow(RangeError);
+    expect(() => acc.add(result('a', 0, [1, 1]))).toThrow(RangeError);
+    expect(() => acc.add(result('a', 1.5, [1, 1]))).toThrow(RangeError);
+    expect(() => acc.add(result('a', 2, [1, 1], [0, 0]))).toThrow(/unexpected controlDelta/);
+    expect(() => acc.add(result('a', 2, [Number.NaN, 1]))).toThrow(/site "a"/);
+    const scaffold = new RoundAccumulator(2, { control: true });
+    expect(() => scaffold.add(result('a', 2, [1, 1]))).toThrow(/without controlDelta/);
+    expect(() => scaffold.add(result('a', 2, [1, 1], [0]))).toThrow(RangeError);
+    expect(() => scaffold.add(result('a', 2, [1, 1], [Number.NaN, 0]))).toThrow(RangeError);
+    expect(acc.sites).toBe(0);
+    expect(scaffold.sites).toBe(0);
+    expect(() => acc.finish(1)).toThrow(RangeError);
+    // A failed attempt does not count as the site's update.
+    expect(acc.add(result('a', 2, [1, 1]))).toBe(true);
+  });
+
+  it('is order-free and merges disjoint partials to the same bits', () => {
+    const rng = Rng.from(3, 'round-accumulator');
+    const results = randomUpdates(rng, 12, SIZE).map((u, k) => ({
+      site: `site-${k}`,
+      samples: 1 + rng.int(1000),
+      delta: u.values,
+      controlDelta: randomUpdates(rng, 1, SIZE)[0]!.values,
+      trainLoss: rng.uniform(),
+    }));
+    const single = new RoundAccumulator(SIZE, { control: true });
+    for (const r of results) single.add(r);
+    const ref = single.finish(2);
+    for (let t = 0; t < 20; t++) {
+      const a = new RoundAccumulator(SIZE, { control: true });
+      const b = new RoundAccumulator(SIZE, { control: true });
+      for (const r of rng.shuffle([...results]) as SiteFitResult[]) (rng.uniform() < 0.5 ? a : b).add(r);
+      if (rng.uniform() < 0.5) {
+        a.merge(b);
+      } else {
+        b.merge(a);
+      }
+      const merged = (a.sites === 12 ? a : b).finish(2);
+      expect(bytes(merged.meanDelta)).toEqual(bytes(ref.meanDelta));
+      expect(bytes(merged.meanControlDelta!)).toEqual(bytes(ref.meanControlDelta!));
+      expect(merged.totalSamples).toBe(ref.totalSamples);
+      expect((a.sites === 12 ? a : b).fitLoss()).toBe(single.fitLoss());
+    }
+  });
+
+  it('refuses to merge overlapping or differently shaped partials', () => {
+    const a = new RoundAccumulator(2);
+    const b = new RoundAccumulator(2);
+    a.add(result('x', 1, [1, 1]));
+    b.add(result('x', 1, [1, 1]));
+    expect(() => a.merge(b)).toThrow(/both/);
+    expect(() => a.merge(new RoundAccumulator(3))).toThrow(RangeError);
+    expect(() => a.merge(new RoundAccumulator(2, { control: true }))).toThrow(RangeError);
+    expect(a.sites).toBe(1);
+  });
+});

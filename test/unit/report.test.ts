@@ -1,0 +1,184 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { escapeHtml, escapeMarkdown, formatDuration, formatNumber, formatPercent, formatPoints } from '../../cli/report/format.ts';
+import { renderReportHtml } from '../../cli/report/html.ts';
+import { renderModelCard } from '../../cli/report/model-card.ts';
+import { RunReport } from '../../core/report/run-report.ts';
+import { fiveHospitals, MARKUP_REASON, manySites, threeSitesPlain } from '../fixtures/report/run-reports.ts';
+
+const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), '..', 'artifacts');
+const CARD_FILES = { weightsFile: 'weights.bin', modelFiles: ['model.json', 'weights.bin'] };
+
+function count(haystack: string, needle: string): number {
+  return haystack.split(needle).length - 1;
+}
+
+/** Every URL in the document once the SVG namespace declarations are taken out. */
+function externalUrls(html: string): string[] {
+  const withoutXmlns = html.replace(/\sxmlns(?::\w+)?="[^"]*"/g, '');
+  return withoutXmlns.match(/(?:https?:)?\/\/[a-z0-9.-]+\.[a-z]{2,}[^\s"'<>)]*/gi) ?? [];
+}
+
+function expectSelfContained(html: string): void {
+  expect(html).not.toMatch(/<script/i);
+  expect(html).not.toMatch(/<link\b/i);
+  expect(html).not.toMatch(/@import/i);
+  expect(html).not.toMatch(/\b(?:src|href)\s*=\s*["']?\s*(?:[a-z][a-z0-9+.-]*:|\/\/)/i);
+  expect(html).not.toMatch(/url\(\s*["']?(?!#)/i);
+  expect(externalUrls(html)).toEqual([]);
+}
+
+describe('report formatting', () => {
+  it('escapes HTML and markdown', () => {
+    expect(escapeHtml(`<a href="x">'&'</a>`)).toBe('&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;');
+    expect(escapeMarkdown('a|b <i>*c*</i>')).toBe('a\\|b \\<i\\>\\*c\\*\\</i\\>');
+  });
+
+  it('formats fractions, differences, losses and durations', () => {
+    expect(formatPercent(0.8734)).toBe('87.3%');
+    expect(formatPercent(undefined)).toBe('—');
+    expect(formatPoints(0.021)).toBe('+2.1 pp');
+    expect(formatPoints(-0.015)).toBe('−1.5 pp');
+    expect(formatNumber(0.26)).toBe('0.2600');
+    expect(formatDuration(850)).toBe('850 ms');
+    expect(formatDuration(192_000)).toBe('3 min 12 s');
+  });
+});
+
+describe('report fixtures', () => {
+  it('are valid report.json documents', () => {
+    for (const report of [fiveHospitals(), threeSitesPlain(), manySites(30)]) {
+      expect(RunReport.parse(JSON.parse(JSON.stringify(report)))).toEqual(report);
+    }
+  });
+});
+
+describe('renderReportHtml', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  it('renders the five-hospital run into one self-contained page with three plots', async () => {
+    const warn = vi.spyOn(console, 'warn');
+    const report = RunReport.parse(fiveHospitals());
+    const html = await renderReportHtml(report);
+    // vega-lite warns on specs it had to second-guess.
+    expect(warn).not.toHaveBeenCalled();
+    await mkdir(ARTIFACTS, { recursive: true });
+    await writeFile(join(ARTIFACTS, 'report-fixture.html'), html);
+
+    expect(html.startsWith('<!doctype html>')).toBe(true);
+    expect(count(html, '<svg')).toBeGreaterThanOrEqual(3);
+    expectSelfContained(html);
+    // No empty plots: each has its marks.
+    expect(count(html, 'role-mark')).toBeGreaterThan(10);
+    for (const s of report.sites) expect(html).toContain(s.site);
+    expect(html).toContain(report.final.modelSha256);
+    expect(html).toContain('Pooled baseline');
+    expect(html).toContain('Site-alone mean');
+    expect(html).toContain('wasm');
+    // Site names reach the SVG legends and axes as text.
+    expect(html).toMatch(/<text[^>]*>st-mary<\/text>/);
+  });
+
+  it('escapes text that came from the job', async () => {
+    const html = await renderReportHtml(fiveHospitals());
+    expect(html).not.toContain(MARKUP_REASON);
+    expect(html).toContain(escapeHtml(MARKUP_REASON));
+    expect(html).toContain('non-numeric value in &lt;b&gt;lactate&lt;/b&gt;');
+
+    const hostile = fiveHospitals();
+    const evil = '<img src=x onerror=alert(1)>';
+    const old = 'lakeview';
+    hostile.sites = hostile.sites.map((s) => (s.site === old ? { ...s, site: evil } : s));
+    for (const r of hostile.rounds) r.sites = r.sites.map((m) => (m.site === old ? { ...m, site: evil } : m));
+    const { [old]: lake, ...rest } = hostile.final.perSite;
+    hostile.final.perSite = { ...rest, [evil]: lake! };
+    hostile.final.siteAlone = { ...hostile.final.siteAlone, [evil]: 0.7 };
+    hostile.job = 'job"><script>x</script>';
+    hostile.model.classes = ['no sepsis', 'sepsis & "shock"'];
+    const out = await renderReportHtml(RunReport.parse(hostile));
+    expect(out).not.toContain('<img');
+    expect(out).not.toContain('<script');
+    expect(out).toContain('&lt;img src=x onerror=alert(1)&gt;');
+    expect(out).toContain('sepsis &amp; &quot;shock&quot;');
+  });
+
+  it('renders a run without baselines and without AUC', async () => {
+    const report = RunReport.parse(threeSitesPlain());
+    const html = await renderReportHtml(report);
+    expect(count(html, '<svg')).toBe(3);
+    expectSelfContained(html);
+    expect(html).not.toContain('Global AUC');
+    expect(html).not.toContain('vs pooled');
+    expect(html).toContain('run with --baselines');
+    expect(html).toContain('patience');
+  });
+
+  it('switches to a band and a histogram for many sites', async () => {
+    for (const n of [30, 80]) {
+      const html = await renderReportHtml(RunReport.parse(manySites(n)));
+      expect(count(html, '<svg')).toBe(3);
+      expectSelfContained(html);
+      expect(html).toContain(`range over ${n} sites`);
+    }
+  });
+
+  it('renders the same report to the same bytes', async () => {
+    const a = await renderReportHtml(fiveHospitals());
+    const b = await renderReportHtml(fiveHospitals());
+    expect(b).toBe(a);
+    // Each plot owns its clip-path ids: no id is defined twice in the document.
+    const ids = [...a.matchAll(/\sid="([^"]+)"/g)].map((m) => m[1]);
+    expect(new Set(ids).size).toBe(ids.length);
+  });
+});
+
+describe('renderModelCard', () => {
+  it('describes the model, the sites and their numbers', async () => {
+    const report = RunReport.parse(fiveHospitals());
+    const card = renderModelCard(report, CARD_FILES);
+    await mkdir(ARTIFACTS, { recursive: true });
+    await writeFile(join(ARTIFACTS, 'report-fixture.md'), card);
+
+    expect(card).toContain(report.final.modelSha256);
+    expect(card).toContain('`weights.bin`');
+    expect(card).toContain('`model.json`');
+    for (const { site, quality } of report.sites) {
+      const row = card.split('\n').find((l) => l.startsWith(`| ${escapeMarkdown(site)} | ${quality.trainSamples} | ${quality.testSamples} |`));
+      expect(row, site).toBeDefined();
+    }
+    expect(card).toContain('stopped by **rounds**');
+    expect(card).toContain('**Seed:** 42');
+    expect(card).toContain('**Backend:** wasm');
+    expect(card).toContain('[12]');
+    expect(card).toContain('**Pooled:**');
+    // Data-quality notes name the site with rejected rows, markup escaped.
+    expect(card).toMatch(/st-mary.*5 rows rejected/);
+    expect(card).toContain('non-numeric value in \\<b\\>lactate\\</b\\>');
+    expect(card).not.toContain('<b>');
+    expect(card).toContain('lakeview');
+    expect(card).toMatch(/Intended use/);
+  });
+
+  it('says when baselines were not run and leaves out AUC', () => {
+    const card = renderModelCard(RunReport.parse(threeSitesPlain()), CARD_FILES);
+    expect(card).toContain('Not run');
+    expect(card).not.toContain('AUC');
+    expect(card).toContain('No site rejected rows or had missing values.');
+    expect(card).toContain('stopped by **patience**');
+  });
+
+  it('keeps table cells whole when a site name carries a pipe', () => {
+    const report = threeSitesPlain();
+    const pipe = 'a|b';
+    report.sites[0] = { ...report.sites[0]!, site: pipe };
+    report.final.perSite = { [pipe]: report.final.perSite.alpha!, beta: report.final.perSite.beta!, gamma: report.final.perSite.gamma! };
+    const card = renderModelCard(report, CARD_FILES);
+    const row = card.split('\n').find((l) => l.startsWith('| a\\|b |'));
+    expect(row).toBeDefined();
+    expect(row!.replace(/\\\|/g, '').split('|').length).toBe(7);
+  });
+});

@@ -1,0 +1,203 @@
+// The CSV loader. Broken data fails the load with file and line rather than vanishing: a wrong
+// field count or a non-numeric value is an error, a label outside the job's classes is an error.
+// Only two things are tolerated, and both are counted in the quality report: an empty feature
+// value (missing; imputed with the train split's mean) and an empty label (the row is skipped).
+import { CsvError, parse } from 'csv-parse/sync';
+import type { CsvData } from '../../core/job/federated-job.ts';
+import { Rng } from '../../core/rng.ts';
+import { WorkerError } from '../errors.ts';
+import { addCounts, type LoadContext, type SiteData, sortLabels, splitIndices } from './dataset.ts';
+import { readDataFile, resolveDataPath } from './files.ts';
+import { type RawSplit, selectRows, tabularSiteData } from './tabular.ts';
+
+export const MISSING_LABEL = 'missing label';
+
+/** One parsed CSV file: feature values (NaN = missing) and labels of the usable rows. */
+interface CsvTable {
+  shown: string;
+  resolved: string;
+  features: string[];
+  /** n × features.length, row-major, NaN where the value was empty. */
+  values: Float64Array;
+  labels: string[];
+  /** 1-based line of each usable row, for error messages. */
+  lines: number[];
+  n: number;
+  missing: Record<string, number>;
+  rejected: Record<string, number>;
+}
+
+// A decimal number as people write them; Number() alone would also take "0x1A", "Infinity" or "".
+const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
+function quote(s: string): string {
+  return JSON.stringify(s.length > 40 ? `${s.slice(0, 40)}…` : s);
+}
+
+function parseCsvTable(text: string, shown: string, resolved: string, delimiter: string, labelColumn: string): CsvTable {
+  let records: { record: string[]; info: { lines: number } }[];
+  try {
+    records = parse(text, { delimiter, bom: true, trim: true, skip_empty_lines: true, relax_column_count: true, info: true }) as unknown as typeof records;
+  } catch (err) {
+    const line = err instanceof CsvError ? (err as CsvError & { lines?: number }).lines : undefined;
+    const where = line !== undefined ? ` line ${line}` : '';
+    throw new WorkerError('CONSORT_W_DATA_ROW', `${shown}${where}: ${err instanceof Error ? err.message : String(err)}`, {
+      file: resolved,
+      ...(line !== undefined ? { line } : {}),
+      cause: err,
+    });
+  }
+  const first = records[0];
+  if (first === undefined) {
+    throw new WorkerError('CONSORT_W_DATA_EMPTY', `${shown}: the file is empty; a header row is required`, { file: resolved });
+  }
+  const header = first.record;
+  const seen = new Set<string>();
+  header.forEach((name, i) => {
+    if (name === '') {
+      throw new WorkerError('CONSORT_W_DATA_SCHEMA', `${shown} line ${first.info.lines}: column ${i + 1} of the header has no name`, {
+        file: resolved,
+        line: first.info.lines,
+      });
+    }
+    if (seen.has(name)) {
+      throw new WorkerError('CONSORT_W_DATA_SCHEMA', `${shown} line ${first.info.lines}: column "${name}" appears twice in the header`, {
+        file: resolved,
+        line: first.info.lines,
+      });
+    }
+    seen.add(name);
+  });
+  const labelAt = header.indexOf(labelColumn);
+  if (labelAt < 0) {
+    throw new WorkerError(
+      'CONSORT_W_DATA_COLUMN',
+      `${shown}: label column "${labelColumn}" not found; the file has columns ${header.map((h) => `"${h}"`).join(', ')}`,
+      { file: resolved, line: first.info.lines },
+    );
+  }
+  const features = header.filter((_, i) => i !== labelAt);
+  if (features.length === 0) {
+    throw new WorkerError('CONSORT_W_DATA_SCHEMA', `${shown}: no feature columns besides the label column "${labelColumn}"`, { file: resolved });
+  }
+  const d = features.length;
+  const values: number[] = [];
+  const labels: string[] = [];
+  const lines: number[] = [];
+  const missing: Record<string, number> = {};
+  const rejected: Record<string, number> = {};
+  const row = new Float64Array(d);
+  for (let r = 1; r < records.length; r++) {
+    const { record, info } = records[r]!;
+    const line = info.lines;
+    if (record.length !== header.length) {
+      throw new WorkerError('CONSORT_W_DATA_ROW', `${shown} line ${line}: ${record.length} fields, but the header has ${header.length}`, {
+        file: resolved,
+        line,
+      });
+    }
+    let missingHere = 0;
+    for (let c = 0, j = 0; c < record.length; c++) {
+      if (c === labelAt) continue;
+      const field = record[c]!;
+      if (field === '') {
+        row[j++] = Number.NaN;
+        missingHere++;
+      } else if (NUMBER.test(field)) {
+        row[j++] = Number(field);
+      } else {
+        throw new WorkerError(
+          'CONSORT_W_DATA_ROW',
+          `${shown} line ${line}: column "${header[c]}" is ${quote(field)}, not a number (leave the field empty for a missing value)`,
+          { file: resolved, line },
+        );
+      }
+    }
+    const label = record[labelAt]!;
+    if (label === '') {
+      rejected[MISSING_LABEL] = (rejected[MISSING_LABEL] ?? 0) + 1;
+      continue;
+    }
+    if (missingHere > 0) {
+      for (let j = 0; j < d; j++) if (Number.isNaN(row[j]!)) missing[features[j]!] = (missing[features[j]!] ?? 0) + 1;
+    }
+    for (let j = 0; j < d; j++) values.push(row[j]!);
+    labels.push(label);
+    lines.push(line);
+  }
+  return { shown, resolved, features, values: Float64Array.from(values), labels, lines, n: labels.length, missing, rejected };
+}
+
+async function readCsvTable(path: string, ctx: LoadContext, delimiter: string, labelColumn: string): Promise<CsvTable> {
+  const resolved = resolveDataPath(ctx.baseDir, path);
+  const bytes = await readDataFile(resolved, path);
+  const table = parseCsvTable(bytes.toString('utf8'), path, resolved, delimiter, labelColumn);
+  if (table.n === 0) {
+    throw new WorkerError('CONSORT_W_DATA_EMPTY', `site "${ctx.site}": ${path} has no usable rows`, { file: resolved });
+  }
+  return table;
+}
+
+/** The test table's columns reordered to the train table's feature order. */
+function alignColumns(test: CsvTable, features: string[]): CsvTable {
+  const extra = test.features.filter((f) => !features.includes(f));
+  const absent = features.filter((f) => !test.features.includes(f));
+  if (extra.length > 0 || absent.length > 0) {
+    const parts = [
+      absent.length > 0 ? `lacks ${absent.map((f) => `"${f}"`).join(', ')}` : '',
+      extra.length > 0 ? `has extra ${extra.map((f) => `"${f}"`).join(', ')}` : '',
+    ].filter((p) => p !== '');
+    throw new WorkerError('CONSORT_W_DATA_SCHEMA', `${test.shown}: feature columns differ from the train file's: it ${parts.join(' and ')}`, {
+      file: test.resolved,
+    });
+  }
+  if (test.features.every((f, i) => f === features[i])) return test;
+  const d = features.length;
+  const from = features.map((f) => test.features.indexOf(f));
+  const values = new Float64Array(test.n * d);
+  for (let i = 0; i < test.n; i++) for (let j = 0; j < d; j++) values[i * d + j] = test.values[i * d + from[j]!]!;
+  return { ...test, features, values };
+}
+
+function classIndices(table: CsvTable, classes: readonly string[]): Int32Array {
+  const index = new Map(classes.map((c, i) => [c, i]));
+  const y = new Int32Array(table.n);
+  for (let i = 0; i < table.n; i++) {
+    const k = index.get(table.labels[i]!);
+    if (k === undefined) {
+      throw new WorkerError(
+        'CONSORT_W_DATA_LABEL',
+        `${table.shown} line ${table.lines[i]}: label ${quote(table.labels[i]!)} is not one of the job's classes (${classes.map((c) => `"${c}"`).join(', ')})`,
+        { file: table.resolved, line: table.lines[i]! },
+      );
+    }
+    y[i] = k;
+  }
+  return y;
+}
+
+export async function loadCsv(spec: CsvData, ctx: LoadContext): Promise<SiteData> {
+  const trainTable = await readCsvTable(spec.train, ctx, spec.delimiter, spec.labelColumn);
+  const testTable = spec.test === undefined ? undefined : alignColumns(await readCsvTable(spec.test, ctx, spec.delimiter, spec.labelColumn), trainTable.features);
+  const classes = ctx.classes ?? sortLabels([...trainTable.labels, ...(testTable?.labels ?? [])]);
+  const d = trainTable.features.length;
+  const yAll = classIndices(trainTable, classes);
+  const missing: Record<string, number> = {};
+  const rejected: Record<string, number> = {};
+  addCounts(missing, trainTable.missing);
+  addCounts(rejected, trainTable.rejected);
+  let train: RawSplit;
+  let test: RawSplit;
+  if (testTable !== undefined) {
+    addCounts(missing, testTable.missing);
+    addCounts(rejected, testTable.rejected);
+    train = { values: trainTable.values, y: yAll, n: trainTable.n };
+    test = { values: testTable.values, y: classIndices(testTable, classes), n: testTable.n };
+  } else {
+    const split = splitIndices(trainTable.n, spec.testFraction, Rng.from(ctx.jobSeed, 'split', ctx.site));
+    const all: RawSplit = { values: trainTable.values, y: yAll, n: trainTable.n };
+    train = selectRows(all, d, split.train);
+    test = selectRows(all, d, split.test);
+  }
+  return tabularSiteData({ features: trainTable.features, classes, train, test, missing, rejected });
+}

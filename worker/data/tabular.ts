@@ -1,0 +1,52 @@
+// Tabular site data, whichever source the rows came from (CSV file or synthetic hospital): the
+// same scaling and the same quality report, so a CSV written from synthetic rows loads identically.
+import type { DataQuality } from '../../core/data/quality.ts';
+import { type Dataset, labelCounts, type SiteData } from './dataset.ts';
+import { applyStandardizer, fitStandardizer } from './standardize.ts';
+
+/** Raw (unscaled) rows of one split: n × d values, NaN where missing, with class indices. */
+export interface RawSplit {
+  values: Float64Array;
+  y: Int32Array;
+  n: number;
+}
+
+/** The rows at indices, in that order. */
+export function selectRows(raw: RawSplit, d: number, indices: ArrayLike<number>): RawSplit {
+  const values = new Float64Array(indices.length * d);
+  const y = new Int32Array(indices.length);
+  for (let i = 0; i < indices.length; i++) {
+    const j = indices[i]!;
+    values.set(raw.values.subarray(j * d, (j + 1) * d), i * d);
+    y[i] = raw.y[j]!;
+  }
+  return { values, y, n: indices.length };
+}
+
+/**
+ * Site data from raw feature rows: standardised with the train split's own mean and std (missing
+ * values become that mean), with the quality report.
+ */
+export function tabularSiteData(args: {
+  features: string[];
+  classes: string[];
+  train: RawSplit;
+  test: RawSplit;
+  missing: Record<string, number>;
+  rejected: Record<string, number>;
+}): SiteData {
+  const d = args.features.length;
+  const scaler = fitStandardizer(args.train.values, args.train.n, d);
+  const train: Dataset = { x: applyStandardizer(args.train.values, args.train.n, d, scaler), y: args.train.y, n: args.train.n, sampleShape: [d] };
+  const test: Dataset = { x: applyStandardizer(args.test.values, args.test.n, d, scaler), y: args.test.y, n: args.test.n, sampleShape: [d] };
+  const quality: DataQuality = {
+    rowsUsed: train.n + test.n,
+    rowsRejected: args.rejected,
+    missing: args.missing,
+    labels: labelCounts(args.classes, train, test),
+    trainSamples: train.n,
+    testSamples: test.n,
+  };
+  return { train, test, classes: args.classes, featureNames: args.features, quality };
+}
+

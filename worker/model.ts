@@ -1,0 +1,105 @@
+// Builds the job's model with TF.js layers. Weights are never initialised here: they arrive as
+// the global model (round 1: core's seeded initialParameters), so the builder's own random
+// initialisers never decide anything.
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { ModelSpec } from '../core/job/federated-job.ts';
+import type { ParameterLayout } from '../core/model/layout.ts';
+import { tf } from './backend.ts';
+import { WorkerError } from './errors.ts';
+
+export interface BuiltModel {
+  model: tf.LayersModel;
+  layout: ParameterLayout;
+  /** True when the last layer already applies softmax (user Layers models); ours emit logits. */
+  outputsProbabilities: boolean;
+}
+
+export async function buildModel(spec: ModelSpec, inputShape: number[], classes: number, baseDir: string): Promise<BuiltModel> {
+  const model = await buildLayers(spec, inputShape, classes, baseDir);
+  const layout = model.weights.map((w) => ({ name: w.originalName ?? w.name, shape: w.shape.map((d) => d ?? 1) }));
+  const last = model.layers[model.layers.length - 1];
+  const activation = (last?.getConfig() as { activation?: string } | undefined)?.activation;
+  const outputShape = model.outputs[0]?.shape ?? [];
+  if (outputShape[outputShape.length - 1] !== classes) {
+    throw new WorkerError('CONSORT_W_MODEL', `model output has ${outputShape[outputShape.length - 1]} units, the job has ${classes} classes`);
+  }
+  return { model, layout, outputsProbabilities: activation === 'softmax' };
+}
+
+/** Whether the spec builds a convolutional model (for backend choice). */
+export function isConvolutional(spec: ModelSpec): boolean {
+  return spec.type === 'cnn';
+}
+
+async function buildLayers(spec: ModelSpec, inputShape: number[], classes: number, baseDir: string): Promise<tf.LayersModel> {
+  const zeros = 'zeros';
+  switch (spec.type) {
+    case 'logistic': {
+      const m = tf.sequential({ name: 'logistic' });
+      if (inputShape.length > 1) m.add(tf.layers.flatten({ inputShape, name: 'flatten' }));
+      m.add(tf.layers.dense({ units: classes, kernelInitializer: zeros, name: 'logits', ...(inputShape.length > 1 ? {} : { inputShape }) }));
+      return m;
+    }
+    case 'mlp': {
+      const m = tf.sequential({ name: 'mlp' });
+      if (inputShape.length > 1) m.add(tf.layers.flatten({ inputShape, name: 'flatten' }));
+      spec.hidden.forEach((units, i) => {
+        m.add(
+          tf.layers.dense({
+            units,
+            activation: spec.activation,
+            kernelInitializer: zeros,
+            name: `hidden${i + 1}`,
+            ...(i === 0 && inputShape.length === 1 ? { inputShape } : {}),
+          }),
+        );
+        // A seeded dropout mask would repeat every step; dropout is off unless asked for.
+        if (spec.dropout > 0) m.add(tf.layers.dropout({ rate: spec.dropout, name: `dropout${i + 1}` }));
+      });
+      m.add(tf.layers.dense({ units: classes, kernelInitializer: zeros, name: 'logits' }));
+      return m;
+    }
+    case 'cnn': {
+      if (inputShape.length !== 3) {
+        throw new WorkerError('CONSORT_W_MODEL', `a cnn needs image data [height, width, channels]; the data has shape [${inputShape.join(', ')}]`);
+      }
+      const m = tf.sequential({ name: 'cnn' });
+      spec.filters.forEach((filters, i) => {
+        m.add(
+          tf.layers.conv2d({
+            filters,
+            kernelSize: spec.kernelSize,
+            padding: 'same',
+            activation: 'relu',
+            kernelInitializer: zeros,
+            name: `conv${i + 1}`,
+            ...(i === 0 ? { inputShape } : {}),
+          }),
+        );
+        m.add(tf.layers.maxPooling2d({ poolSize: 2, name: `pool${i + 1}` }));
+      });
+      m.add(tf.layers.flatten({ name: 'flatten' }));
+      m.add(tf.layers.dense({ units: spec.dense, activation: 'relu', kernelInitializer: zeros, name: 'dense' }));
+      m.add(tf.layers.dense({ units: classes, kernelInitializer: zeros, name: 'logits' }));
+      return m;
+    }
+    case 'layers': {
+      const path = resolve(baseDir, spec.path);
+      let json: unknown;
+      try {
+        json = JSON.parse(readFileSync(path, 'utf8'));
+      } catch (err) {
+        throw new WorkerError('CONSORT_W_MODEL', `cannot read the model file ${path}: ${(err as Error).message}`, { file: path, cause: err });
+      }
+      // Accept a TF.js model.json ({modelTopology}) or a bare Keras topology.
+      const topology = (json as { modelTopology?: unknown }).modelTopology ?? json;
+      try {
+        const cfg = topology as { model_config?: unknown };
+        return await tf.models.modelFromJSON((cfg.model_config ?? topology) as tf.serialization.ConfigDict);
+      } catch (err) {
+        throw new WorkerError('CONSORT_W_MODEL', `${path} is not a TF.js/Keras Layers model: ${(err as Error).message}`, { file: path, cause: err });
+      }
+    }
+  }
+}

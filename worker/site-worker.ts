@@ -1,0 +1,253 @@
+// One site's work, behind a small request/response surface: describe the data, train on the
+// global model (fit), score a model (evaluate). The same object serves a single site in a
+// worker Pod or many sites in a thread of the local runner's pool, where one TF.js model is
+// reused for every site the thread serves (a 1000-site simulation is not 1000 models).
+import type { FederatedJobSpec } from '../core/job/federated-job.ts';
+import type { ParameterLayout } from '../core/model/layout.ts';
+import { evaluateProbabilities } from '../core/metrics/classification.ts';
+import { Rng } from '../core/rng.ts';
+import type { DataQuality } from '../core/data/quality.ts';
+import { type BackendChoice, type BackendPreference, selectBackend, tf } from './backend.ts';
+import { concatDatasets, type Dataset, type SiteData } from './data/dataset.ts';
+import { loadSiteData } from './data/load.ts';
+import { WorkerError } from './errors.ts';
+import { buildModel, isConvolutional } from './model.ts';
+import { LocalTrainer } from './trainer.ts';
+
+export interface SiteWorkerConfig {
+  spec: FederatedJobSpec;
+  /** Folder that relative data paths resolve against (the job file's). */
+  baseDir: string;
+  backend: BackendPreference;
+}
+
+export interface SiteDescription {
+  site: string;
+  /** Labels seen at this site (counts stay in quality). */
+  labels: string[];
+  sampleShape: number[];
+  quality: DataQuality;
+}
+
+export interface PreparedModel {
+  layout: ParameterLayout;
+  backend: BackendChoice;
+  convolutional: boolean;
+}
+
+export interface FitTask {
+  round: number;
+  siteIndex: number;
+  global: Float32Array;
+  proximalMu: number;
+  serverControl?: Float32Array;
+}
+
+export interface FitReply {
+  site: string;
+  samples: number;
+  delta: Float32Array;
+  controlDelta?: Float32Array;
+  trainLoss: number;
+  steps: number;
+}
+
+export interface EvaluateTask {
+  siteIndex: number;
+  global: Float32Array;
+  trainLoss: boolean;
+}
+
+export interface EvaluateReply {
+  site: string;
+  samples: number;
+  loss: number;
+  accuracy: number;
+  auc?: number;
+  trainLoss?: number;
+}
+
+export class SiteWorker {
+  private readonly cfg: SiteWorkerConfig;
+  private classes: string[] | undefined;
+  private readonly data = new Map<number, SiteData>();
+  private trainer: LocalTrainer | undefined;
+  /** SCAFFOLD's client control variates c_i: site state that never leaves the site. */
+  private readonly controls = new Map<number, Float32Array>();
+
+  constructor(cfg: SiteWorkerConfig) {
+    this.cfg = cfg;
+    this.classes = cfg.spec.classes;
+  }
+
+  private site(siteIndex: number) {
+    const site = this.cfg.spec.sites[siteIndex];
+    if (!site) throw new RangeError(`no site #${siteIndex}`);
+    return site;
+  }
+
+  private async load(siteIndex: number): Promise<SiteData> {
+    let d = this.data.get(siteIndex);
+    if (!d) {
+      const site = this.site(siteIndex);
+      d = await loadSiteData(site.data, {
+        site: site.name,
+        jobSeed: this.cfg.spec.seed,
+        baseDir: this.cfg.baseDir,
+        ...(this.classes ? { classes: this.classes } : {}),
+      });
+      if (d.train.n === 0) {
+        throw new WorkerError('CONSORT_W_DATA_EMPTY', `site "${site.name}" has no training examples`);
+      }
+      this.data.set(siteIndex, d);
+    }
+    return d;
+  }
+
+  /** Reads the site's data without knowing the job's classes yet. */
+  async describe(siteIndex: number): Promise<SiteDescription> {
+    const d = await this.load(siteIndex);
+    if (this.classes === undefined) this.data.delete(siteIndex); // reload with the job's classes
+    return { site: this.site(siteIndex).name, labels: d.classes, sampleShape: d.train.sampleShape, quality: d.quality };
+  }
+
+  /** Fixes the classes and input shape, picks the backend and builds the model. */
+  async prepare(classes: string[], sampleShape: number[]): Promise<PreparedModel> {
+    this.classes = classes;
+    this.data.clear();
+    const { spec, baseDir } = this.cfg;
+    const convolutional = isConvolutional(spec.model);
+    // Count parameters on the default backend first: the backend choice depends on model size.
+    const probe = await buildModel(spec.model, sampleShape, classes.length, baseDir);
+    const parameters = probe.model.countParams();
+    probe.model.dispose();
+    const backend = await selectBackend(this.cfg.backend === 'auto' ? spec.training.backend : this.cfg.backend, parameters, convolutional);
+    this.trainer?.built.model.dispose();
+    this.trainer = new LocalTrainer(await buildModel(spec.model, sampleShape, classes.length, baseDir));
+    return { layout: this.trainer.built.layout, backend, convolutional };
+  }
+
+  private ready(): { trainer: LocalTrainer; classes: string[] } {
+    if (!this.trainer || !this.classes) throw new Error('SiteWorker.prepare must run before fit/evaluate');
+    return { trainer: this.trainer, classes: this.classes };
+  }
+
+  async fit(task: FitTask): Promise<FitReply> {
+    const { trainer, classes } = this.ready();
+    const data = await this.load(task.siteIndex);
+    const { spec } = this.cfg;
+    const site = this.site(task.siteIndex).name;
+    let correction: Float32Array | undefined;
+    let cLocal: Float32Array | undefined;
+    if (task.serverControl) {
+      cLocal = this.controls.get(task.siteIndex) ?? new Float32Array(task.global.length);
+      correction = new Float32Array(task.global.length);
+      for (let i = 0; i < correction.length; i++) correction[i] = task.serverControl[i]! - cLocal[i]!;
+    }
+    trainer.setWeights(task.global);
+    const { trainLoss, steps } = await trainer.fit(data.train, classes.length, {
+      epochs: spec.training.epochs,
+      batchSize: spec.training.batchSize,
+      optimizer: spec.training.optimizer,
+      learningRate: spec.training.learningRate,
+      shuffle: Rng.from(spec.seed, 'batches', task.round, site),
+      proximalMu: task.proximalMu,
+      ...(correction ? { correction } : {}),
+    });
+    if (!Number.isFinite(trainLoss)) {
+      throw new WorkerError('CONSORT_W_TRAIN', `site "${site}" diverged in round ${task.round} (training loss ${trainLoss}); lower training.learningRate`);
+    }
+    const trained = trainer.getWeights();
+    const delta = new Float32Array(trained.length);
+    for (let i = 0; i < delta.length; i++) delta[i] = trained[i]! - task.global[i]!;
+    const reply: FitReply = { site, samples: data.train.n, delta, trainLoss, steps };
+    if (task.serverControl && cLocal) {
+      // SCAFFOLD option II: c_i+ = c_i - c + (x - y) / (K lr).
+      const scale = 1 / (steps * spec.training.learningRate);
+      const next = new Float32Array(cLocal.length);
+      const controlDelta = new Float32Array(cLocal.length);
+      for (let i = 0; i < next.length; i++) {
+        next[i] = cLocal[i]! - task.serverControl[i]! - delta[i]! * scale;
+        controlDelta[i] = next[i]! - cLocal[i]!;
+      }
+      this.controls.set(task.siteIndex, next);
+      reply.controlDelta = controlDelta;
+    }
+    return reply;
+  }
+
+  async evaluate(task: EvaluateTask): Promise<EvaluateReply> {
+    const { trainer } = this.ready();
+    const data = await this.load(task.siteIndex);
+    trainer.setWeights(task.global);
+    const reply: EvaluateReply = { site: this.site(task.siteIndex).name, ...this.score(data.test) };
+    if (task.trainLoss) reply.trainLoss = this.score(data.train).loss;
+    return reply;
+  }
+
+  private score(ds: Dataset): { samples: number; loss: number; accuracy: number; auc?: number } {
+    const { trainer, classes } = this.ready();
+    if (ds.n === 0) return { samples: 0, loss: Number.NaN, accuracy: Number.NaN };
+    const probs = trainer.predict(ds, classes.length);
+    const m = evaluateProbabilities(probs, classes.length, ds.y);
+    return { samples: ds.n, loss: m.loss, accuracy: m.accuracy, ...(m.auc !== undefined ? { auc: m.auc } : {}) };
+  }
+
+  /**
+   * Baseline: a model trained on the given sites' data only (one site: "site alone"; all sites:
+   * "pooled", what the law forbids), for the same number of local epochs as the federated run
+   * spends in total, scored on each of those sites' test splits.
+   */
+  async trainCentral(siteIndices: number[], initial: Float32Array, epochs: number): Promise<EvaluateReply[]> {
+    const { trainer, classes } = this.ready();
+    const { spec } = this.cfg;
+    const parts = await Promise.all(siteIndices.map((i) => this.load(i)));
+    const train = concatDatasets(parts.map((p) => p.train));
+    trainer.setWeights(initial);
+    await trainer.fit(train, classes.length, {
+      epochs,
+      batchSize: spec.training.batchSize,
+      optimizer: spec.training.optimizer,
+      learningRate: spec.training.learningRate,
+      shuffle: Rng.from(spec.seed, 'baseline', ...siteIndices),
+      proximalMu: 0,
+    });
+    return siteIndices.map((i, k) => ({ site: this.site(i).name, ...this.score(parts[k]!.test) }));
+  }
+
+  /** The global model in TF.js format, for the job's outputs. */
+  async exportModel(global: Float32Array): Promise<ExportedModel> {
+    return exportLayersModel(this.ready().trainer, global);
+  }
+
+  /** Tensors alive in this thread's TF.js engine (leak checks). */
+  numTensors(): number {
+    return tf.memory().numTensors;
+  }
+
+  dispose(): void {
+    this.trainer?.built.model.dispose();
+    this.trainer = undefined;
+  }
+}
+
+/** A trained model in TF.js's own format (model.json topology and weight manifest, one weights file). */
+export interface ExportedModel {
+  modelTopology: unknown;
+  weightSpecs: unknown[];
+  weightData: ArrayBuffer;
+}
+
+export async function exportLayersModel(trainer: LocalTrainer, global: Float32Array): Promise<ExportedModel> {
+  trainer.setWeights(global);
+  let captured: ExportedModel | undefined;
+  await trainer.built.model.save(
+    tf.io.withSaveHandler(async (a) => {
+      const data = Array.isArray(a.weightData) ? tf.io.concatenateArrayBuffers(a.weightData) : a.weightData;
+      captured = { modelTopology: a.modelTopology, weightSpecs: a.weightSpecs ?? [], weightData: data as ArrayBuffer };
+      return { modelArtifactsInfo: { dateSaved: new Date(0), modelTopologyType: 'JSON' } };
+    }),
+  );
+  if (!captured) throw new Error('TF.js did not hand over the model artifacts');
+  return captured;
+}
