@@ -26,6 +26,9 @@ export const SMALL_MODEL_PARAMETERS = 20_000;
 const require = createRequire(import.meta.url);
 // tf-core's environment flag for the native backend's op-overhead: keep TF's banner quiet.
 process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
+// PROD silences tf-core's console advice (e.g. "install our node backend") that would otherwise
+// land in the middle of the progress bars; the backend choice is logged by us instead.
+tf.env().set('PROD', true);
 
 async function tryNative(pkg: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node'): Promise<string | undefined> {
   try {

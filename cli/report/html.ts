@@ -110,7 +110,10 @@ function summaryTable(report: RunReport): string {
     ...(f.auc === undefined ? [] : [['Final AUC', escapeHtml(formatNumber(f.auc, 4))] as [string, string]]),
     ['Site-alone mean', f.siteAloneMean === undefined ? '— <span class="muted">(run with --baselines)</span>' : escapeHtml(formatPercent(f.siteAloneMean, 2))],
     ['Pooled baseline', f.pooled === undefined ? '— <span class="muted">(run with --baselines)</span>' : escapeHtml(formatPercent(f.pooled, 2))],
-    ['Model SHA-256', `<code class="hash">${escapeHtml(f.modelSha256)}</code>`],
+    [
+      'Model SHA-256',
+      `<code class="hash">${escapeHtml(f.modelSha256)}</code> <span class="muted">(of the weights as little-endian float32, not of a file)</span>`,
+    ],
   ];
   return `<table class="kv">\n${rows.map(([k, v]) => `<tr><th scope="row">${escapeHtml(k)}</th><td>${v}</td></tr>`).join('\n')}\n</table>`;
 }

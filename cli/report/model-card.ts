@@ -126,7 +126,9 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   }
 
   out.push('## Files', '');
-  out.push(`- **Weights:** ${code(opts.weightsFile)}, SHA-256 \`${f.modelSha256}\``);
+  out.push(`- **Weights:** ${code(opts.weightsFile)}`);
+  // report.json hashes the weights themselves, not a file format's bytes around them.
+  out.push(`- **SHA-256 of the weights** (little-endian float32 values in layout order, not of the file): \`${f.modelSha256}\``);
   if (opts.modelFiles.length > 0) out.push(`- **Model files:** ${opts.modelFiles.map(code).join(', ')}`);
   out.push('');
 

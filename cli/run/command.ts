@@ -58,7 +58,7 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
     });
     progress.current.stop();
     const files = await writeOutputs(outDir, run);
-    if (!flags.quiet) process.stdout.write(summaryTable(run.report));
+    process.stdout.write(summaryTable(run.report));
     process.stdout.write(`wrote ${files.length} files to ${outDir}\n`);
     return 0;
   } catch (err) {

@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters, layoutSize } from '../../core/model/layout.ts';
-import { weightedMean } from '../../core/metrics/aggregate.ts';
+import { globalMetrics, spread, weightedMean } from '../../core/metrics/aggregate.ts';
 import { REPORT_FORMAT, type RunReport } from '../../core/report/run-report.ts';
 import type { SiteEvaluation } from '../../core/protocol/transport.ts';
 import { RoundCoordinator, type RoundEvents } from '../../operator/coordinator/round-coordinator.ts';
@@ -66,7 +66,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
     });
     const result = await coordinator.run();
     const perSite = Object.fromEntries(result.final.map((s) => [s.site, { samples: s.samples, loss: s.loss, accuracy: s.accuracy, ...(s.auc !== undefined ? { auc: s.auc } : {}) }]));
-    const g = globalOf(result.final);
+    const g = globalMetrics(result.final);
 
     let baselines: Pick<RunReport['final'], 'siteAlone' | 'siteAloneMean' | 'pooled'> = {};
     if (opts.baselines) {
@@ -94,7 +94,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
         loss: g.loss,
         ...(g.auc !== undefined ? { auc: g.auc } : {}),
         perSite,
-        accuracySpread: g.spread,
+        accuracySpread: spread(result.final.map((s) => s.accuracy)),
         ...baselines,
         modelSha256: weightsSha256(result.global),
       },
@@ -103,17 +103,6 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
   } finally {
     await pool.close();
   }
-}
-
-function globalOf(scores: SiteEvaluation[]) {
-  const items = scores.map((s) => ({ samples: s.samples, value: s.accuracy }));
-  const accuracy = weightedMean(items);
-  const loss = weightedMean(scores.map((s) => ({ samples: s.samples, value: s.loss })));
-  const auc = scores.every((s) => s.auc !== undefined) ? weightedMean(scores.map((s) => ({ samples: s.samples, value: s.auc! }))) : undefined;
-  const accs = scores.map((s) => s.accuracy);
-  const mean = accs.reduce((a, b) => a + b, 0) / accs.length;
-  const std = Math.sqrt(accs.reduce((a, b) => a + (b - mean) ** 2, 0) / accs.length);
-  return { accuracy, loss, auc, spread: { min: Math.min(...accs), max: Math.max(...accs), std } };
 }
 
 function agreeOnShape(described: SiteDescription[]): number[] {

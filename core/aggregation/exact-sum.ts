@@ -5,13 +5,13 @@
 //   hi: a multiple of 2^-8,   lo: a multiple of 2^-60 in [0, 2^-8).
 // A contribution q = weight * x (one float64 product, a function of the update alone) is
 // rounded to the grid 2^-60 as floor(q 2^60 + 0.5) 2^-60: within one grid step of q, a no-op
-// for |q| >= 2^-7 (whose ulp is already <= 2^-59), and 4x faster than Math.round in V8.
+// for |q| >= 2^-7 (whose ulp is already <= 2^-59), and ~3x faster than Math.round in V8.
 // It is then split into qh = floor(q 2^8) 2^-8 and ql = q - qh in [0, 2^-8); lo takes ql
-// and hands its whole 2^-8 part to hi as a carry. Every one of those operations is exact as long as
-// |hi| < 2^45 (a multiple of 2^-8 below 2^45 needs at most 53 bits; lo needs at most 53 bits
-// below 2^-7), and (hi, lo) with lo in [0, 2^-8) is the unique representation of the exact
-// sum of the rounded contributions. Exact addition is associative and commutative, so any
-// arrival order, and any split into partial sums merged in any order, gives the same bits.
+// and hands its whole 2^-8 part to hi as a carry. Every one of those operations is exact as
+// long as |hi| < 2^45 (a multiple of 2^-8 below 2^45 needs at most 53 bits; lo needs at most
+// 53 bits below 2^-7), and (hi, lo) with lo in [0, 2^-8) is the unique representation of the
+// exact sum of the rounded contributions. Exact addition is associative and commutative, so
+// any arrival order, and any split into partial sums merged in any order, gives the same bits.
 //
 // The bound is enforced, not assumed: the accumulator keeps (exactly, in the same fixed point)
 // M = Sum weight * max|x| over its updates, an upper bound of every |hi|, and refuses an update
@@ -20,8 +20,9 @@
 //
 // Accuracy: each contribution loses at most 2^-60 to the grid, so mean() is within
 // count * 2^-60 / totalWeight of the exact weighted mean of the float32 inputs (plus the
-// roundings of each product w*x and of the final division). With weights that are sample counts (>= 1) that is at most 2^-60
-// absolute. Tiny weights (say 1e-6) on tiny values would lose relative precision: don't.
+// roundings of each product w*x and of the final division). With weights that are sample
+// counts (>= 1) that is at most 2^-60 absolute. Tiny weights (say 1e-6) on tiny values would
+// lose relative precision, hence the 2^-20 floor on weights.
 
 const TWO60 = 2 ** 60;
 const INV60 = 2 ** -60;
@@ -132,7 +133,7 @@ export class ExactWeightedSum {
     const lo = this.lo;
     const ohi = other.hi;
     const olo = other.lo;
-    for (let i = 0; i < this.size; i++) {
+    for (let i = 0; i < hi.length; i++) {
       const s = lo[i]! + olo[i]!;
       const c = Math.floor(s * TWO8) * INV8;
       hi[i] = hi[i]! + (ohi[i]! + c);
@@ -145,17 +146,19 @@ export class ExactWeightedSum {
 
   /** Sum_k w_k x_k per element, rounded once to float64. */
   sum(): Float64Array {
+    const { hi, lo } = this;
     const out = new Float64Array(this.size);
-    for (let i = 0; i < this.size; i++) out[i] = this.hi[i]! + this.lo[i]!;
+    for (let i = 0; i < out.length; i++) out[i] = hi[i]! + lo[i]!;
     return out;
   }
 
   /** Sum_k w_k x_k / Sum_k w_k per element. Throws when nothing was added. */
   mean(): Float64Array {
     if (this.n === 0) throw new RangeError('ExactWeightedSum.mean: no updates');
+    const { hi, lo } = this;
     const w = this.totalWeight;
     const out = new Float64Array(this.size);
-    for (let i = 0; i < this.size; i++) out[i] = (this.hi[i]! + this.lo[i]!) / w;
+    for (let i = 0; i < out.length; i++) out[i] = (hi[i]! + lo[i]!) / w;
     return out;
   }
 
@@ -217,7 +220,10 @@ export class ExactWeightedSum {
 }
 
 function checkLimit(weight: Float64Array, magnitude: Float64Array): void {
-  for (const [what, pair] of [['total weight', weight], ['Sum weight*max|x|', magnitude]] as const) {
+  for (const [what, pair] of [
+    ['total weight', weight],
+    ['Sum weight*max|x|', magnitude],
+  ] as const) {
     const v = pair[0]! + pair[1]!;
     if (!(v < MAGNITUDE_LIMIT)) {
       throw new RangeError(`ExactWeightedSum: ${what} would reach ${v}, beyond the exact range 2^44`);

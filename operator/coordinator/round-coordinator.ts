@@ -5,7 +5,7 @@
 import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import { sitesPerRound } from '../../core/job/federated-job.ts';
 import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
-import { globalMetrics, spread } from '../../core/metrics/aggregate.ts';
+import { globalMetrics, spread, weightedMean } from '../../core/metrics/aggregate.ts';
 import type { SiteEvaluation, SiteFailure, SiteTransport } from '../../core/protocol/transport.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
 import { Rng } from '../../core/rng.ts';
@@ -104,18 +104,16 @@ export class RoundCoordinator {
     const sites = this.sample(round);
     this.events.roundStarted?.(round, sites);
     const instructions = this.strategy.configureFit(round);
-    const acc = new RoundAccumulator(this.global.length);
+    const acc = new RoundAccumulator(this.global.length, { control: this.spec.strategy.name === 'scaffold' });
     const failures: SiteFailure[] = [];
     const participants: string[] = [];
-    let lossSum = 0;
-    let samples = 0;
+    const losses: Array<{ site: string; loss: number; samples: number }> = [];
     for await (const outcome of this.transport.fit(round, sites, this.global, instructions)) {
       if (outcome.ok) {
         const r = outcome.value;
         if (acc.add(r)) {
           participants.push(r.site);
-          lossSum += r.trainLoss * r.samples;
-          samples += r.samples;
+          losses.push({ site: r.site, loss: r.trainLoss, samples: r.samples });
         }
         this.events.siteAnswered?.(round, r.site, true);
       } else {
@@ -133,7 +131,9 @@ export class RoundCoordinator {
     }
     this.global = this.strategy.aggregateFit(this.global, acc.finish(round));
     participants.sort();
-    return { fitLoss: samples > 0 ? lossSum / samples : Number.NaN, participants };
+    // Summed in site order, so the reported figure does not depend on arrival order either.
+    const fitLoss = weightedMean(losses.sort((a, b) => (a.site < b.site ? -1 : 1)).map((l) => ({ samples: l.samples, value: l.loss })));
+    return { fitLoss, participants };
   }
 
   private async evaluateRound(round: number, sites: string[]): Promise<SiteEvaluation[]> {

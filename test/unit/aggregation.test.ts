@@ -87,7 +87,11 @@ describe('ExactWeightedSum', () => {
     const minusBig = new Float32Array([-1e6]);
     // Naive float64: 5e12 + 0.001 loses part of the 0.001 to rounding (ulp(5e12) = 2^-10).
     expect(5e12 + Math.fround(0.001) - 5e12).not.toBe(Math.fround(0.001));
-    for (const order of [[big, small, minusBig], [big, minusBig, small], [small, big, minusBig]]) {
+    for (const order of [
+      [big, small, minusBig],
+      [big, minusBig, small],
+      [small, big, minusBig],
+    ]) {
       const sum = new ExactWeightedSum(1);
       for (const x of order) sum.add(x, x === small ? 1 : 5e6);
       expect(sum.sum()[0]).toBe(Math.fround(0.001));

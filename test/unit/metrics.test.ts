@@ -50,7 +50,13 @@ describe('evaluateProbabilities', () => {
 describe('aggregate metrics', () => {
   it('weightedMean', () => {
     // (1 * 0.5 + 3 * 0.9) / 4 = 3.2 / 4 = 0.8
-    expect(weightedMean([{ samples: 1, value: 0.5 }, { samples: 3, value: 0.9 }, { samples: 0, value: 7 }])).toBeCloseTo(0.8, 15);
+    expect(
+      weightedMean([
+        { samples: 1, value: 0.5 },
+        { samples: 3, value: 0.9 },
+        { samples: 0, value: 7 },
+      ]),
+    ).toBeCloseTo(0.8, 15);
     expect(() => weightedMean([])).toThrow(RangeError);
     expect(() => weightedMean([{ samples: 0, value: 1 }])).toThrow(RangeError);
   });

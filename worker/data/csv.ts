@@ -178,7 +178,8 @@ function classIndices(table: CsvTable, classes: readonly string[]): Int32Array {
 
 export async function loadCsv(spec: CsvData, ctx: LoadContext): Promise<SiteData> {
   const trainTable = await readCsvTable(spec.train, ctx, spec.delimiter, spec.labelColumn);
-  const testTable = spec.test === undefined ? undefined : alignColumns(await readCsvTable(spec.test, ctx, spec.delimiter, spec.labelColumn), trainTable.features);
+  const testTable =
+    spec.test === undefined ? undefined : alignColumns(await readCsvTable(spec.test, ctx, spec.delimiter, spec.labelColumn), trainTable.features);
   const classes = ctx.classes ?? sortLabels([...trainTable.labels, ...(testTable?.labels ?? [])]);
   const d = trainTable.features.length;
   const yAll = classIndices(trainTable, classes);

@@ -39,7 +39,13 @@ export async function listDataFolder(resolved: string, shown: string): Promise<{
     const out: { name: string; isDir: boolean }[] = [];
     for (const e of entries) {
       // Follow symbolic links: data volumes are often assembled from links.
-      const isDir = e.isDirectory() || (e.isSymbolicLink() && (await stat(resolve(resolved, e.name)).then((s) => s.isDirectory(), () => false)));
+      const isDir =
+        e.isDirectory() ||
+        (e.isSymbolicLink() &&
+          (await stat(resolve(resolved, e.name)).then(
+            (s) => s.isDirectory(),
+            () => false,
+          )));
       out.push({ name: e.name, isDir });
     }
     return out;

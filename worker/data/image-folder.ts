@@ -78,12 +78,7 @@ function decodeImage(bytes: Buffer, shown: string, resolved: string): { width: n
  * The image as height × width × channels floats in [0, 1]. One channel is luminance by ITU-R
  * 601-2 (as PIL's convert("L")); alpha is dropped (as PIL's convert("RGB")).
  */
-export function toSample(
-  img: { width: number; height: number; rgba: Uint8Array },
-  width: number,
-  height: number,
-  channels: 1 | 3,
-): Float32Array {
+export function toSample(img: { width: number; height: number; rgba: Uint8Array }, width: number, height: number, channels: 1 | 3): Float32Array {
   const { width: w0, height: h0, rgba } = img;
   const src = new Float32Array(w0 * h0 * channels);
   for (let p = 0; p < w0 * h0; p++) {

@@ -49,4 +49,3 @@ export function tabularSiteData(args: {
   };
   return { train, test, classes: args.classes, featureNames: args.features, quality };
 }
-
