@@ -2,7 +2,7 @@
 // same scaling and the same quality report, so a CSV written from synthetic rows loads identically.
 import type { DataQuality } from '../../core/data/quality.ts';
 import { type Dataset, labelCounts, type SiteData } from './dataset.ts';
-import { applyStandardizer, fitStandardizer } from './standardize.ts';
+import { applyStandardizer, fitStandardizer, type Standardizer } from './standardize.ts';
 
 /** Raw (unscaled) rows of one split: n × d values, NaN where missing, with class indices. */
 export interface RawSplit {
@@ -25,7 +25,7 @@ export function selectRows(raw: RawSplit, d: number, indices: ArrayLike<number>)
 
 /**
  * Site data from raw feature rows: standardised with the train split's own mean and std (missing
- * values become that mean), with the quality report.
+ * values become that mean) unless a fixed scaler is given, with the quality report.
  */
 export function tabularSiteData(args: {
   features: string[];
@@ -34,9 +34,11 @@ export function tabularSiteData(args: {
   test: RawSplit;
   missing: Record<string, number>;
   rejected: Record<string, number>;
+  /** A scaling fixed in advance (e.g. clinical reference ranges) instead of one fitted on train. */
+  scaler?: Standardizer;
 }): SiteData {
   const d = args.features.length;
-  const scaler = fitStandardizer(args.train.values, args.train.n, d);
+  const scaler = args.scaler ?? fitStandardizer(args.train.values, args.train.n, d);
   const train: Dataset = { x: applyStandardizer(args.train.values, args.train.n, d, scaler), y: args.train.y, n: args.train.n, sampleShape: [d] };
   const test: Dataset = { x: applyStandardizer(args.test.values, args.test.n, d, scaler), y: args.test.y, n: args.test.n, sampleShape: [d] };
   const quality: DataQuality = {

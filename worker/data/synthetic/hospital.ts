@@ -13,13 +13,15 @@
 //              is the hospital's own and the share of positives is as asked (label shift);
 //   samples    the number of patients.
 // Recorded labels carry 5% chart-review noise on top of the Bernoulli draw, so no model is perfect.
-// Values are in clinical units, rounded as charted; the loader standardises them with the site's
-// own train mean and std, exactly as it would a CSV of the same rows.
+// Values are in clinical units, rounded as charted; they are standardised with fixed clinical
+// reference values (HOSPITAL_REFERENCE), not fitted on any site's data. A CSV of the same rows is
+// scaled with the site's own train statistics instead, as every CSV is.
 import type { SyntheticData } from '../../../core/job/federated-job.ts';
 import { Rng, streamHash } from '../../../core/rng.ts';
 import { WorkerError } from '../../errors.ts';
 import { type LoadContext, type SiteData, splitIndices } from '../dataset.ts';
 import { type RawSplit, selectRows, tabularSiteData } from '../tabular.ts';
+import type { Standardizer } from '../standardize.ts';
 
 export type HospitalSpec = Extract<SyntheticData, { generator: 'hospital' }>;
 
@@ -155,6 +157,17 @@ export function toCsvText(table: { header: string[]; rows: (number | string)[][]
   return `${[table.header, ...table.rows].map((r) => r.join(delimiter)).join('\n')}\n`;
 }
 
+/**
+ * Clinical reference values (typical adult inpatient mean and spread of each measurement), the
+ * same at every hospital. Scaling by these rather than by each site's own statistics keeps a
+ * scaled value meaning the same thing everywhere: with a site-fitted scaling, an older, sicker
+ * hospital's "average" patient would look like another's and the shared model would be misled.
+ */
+export const HOSPITAL_REFERENCE: Standardizer = {
+  mean: Float64Array.from([60, 86, 18, 37.1, 126, 97, 8.5, 1.5, 1.05, 255, 0.75, 14.5]),
+  std: Float64Array.from([17, 16, 4.5, 0.7, 19, 2.5, 3.2, 0.8, 0.45, 80, 0.45, 1.3]),
+};
+
 export function hospitalSiteData(spec: HospitalSpec, ctx: LoadContext): SiteData {
   const classes = ctx.classes ?? [...HOSPITAL_CLASSES];
   // The job may name the classes in another order; labels map by name, as a CSV's would.
@@ -175,5 +188,6 @@ export function hospitalSiteData(spec: HospitalSpec, ctx: LoadContext): SiteData
     test: selectRows(all, D, split.test),
     missing: {},
     rejected: {},
+    scaler: HOSPITAL_REFERENCE,
   });
 }
