@@ -1,0 +1,158 @@
+// The TF.js local trainer against core's reference of the client-side corrections: one
+// softmax-regression step computed by hand in float64 must match what the worker does with
+// tensors, for plain SGD, FedProx and SCAFFOLD. And a long-lived worker leaks no tensors.
+import { beforeAll, describe, expect, it } from 'vitest';
+import { FederatedJobSpec } from '../../core/job/federated-job.ts';
+import { initialParameters } from '../../core/model/layout.ts';
+import { Rng } from '../../core/rng.ts';
+import { proximalGradient, scaffoldControlUpdate, scaffoldCorrectedGradient } from '../../core/strategies/client-terms.ts';
+import { selectBackend, tf } from '../../worker/backend.ts';
+import type { Dataset } from '../../worker/data/dataset.ts';
+import { buildModel } from '../../worker/model.ts';
+import { SiteWorker } from '../../worker/site-worker.ts';
+import { LocalTrainer } from '../../worker/trainer.ts';
+
+const D = 3;
+const K = 2;
+
+function tinyData(n: number, seed: number): Dataset {
+  const rng = Rng.from(seed, 'tiny');
+  const x = new Float32Array(n * D);
+  const y = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < D; j++) x[i * D + j] = rng.normal();
+    y[i] = x[i * D]! + 0.5 * x[i * D + 1]! > 0 ? 1 : 0;
+  }
+  return { x, y, n, sampleShape: [D] };
+}
+
+/** Mean softmax cross-entropy gradient of a logistic model; weights = [kernel D×K, bias K]. */
+function referenceGradient(w: Float64Array, data: Dataset): Float64Array {
+  const g = new Float64Array(w.length);
+  for (let i = 0; i < data.n; i++) {
+    const logits = [0, 0].map((_, k) => {
+      let z = w[D * K + k]!;
+      for (let j = 0; j < D; j++) z += data.x[i * D + j]! * w[j * K + k]!;
+      return z;
+    });
+    const m = Math.max(...logits);
+    const e = logits.map((z) => Math.exp(z - m));
+    const s = e[0]! + e[1]!;
+    for (let k = 0; k < K; k++) {
+      const r = e[k]! / s - (data.y[i] === k ? 1 : 0);
+      for (let j = 0; j < D; j++) g[j * K + k]! += (data.x[i * D + j]! * r) / data.n;
+      g[D * K + k]! += r / data.n;
+    }
+  }
+  return g;
+}
+
+const f32 = (a: Float64Array) => Float32Array.from(a);
+
+describe('LocalTrainer (native TF.js backend)', () => {
+  let trainer: LocalTrainer;
+  beforeAll(async () => {
+    const choice = await selectBackend('tensorflow', 0, false);
+    expect(choice.name).toBe('tensorflow');
+    trainer = new LocalTrainer(await buildModel({ type: 'logistic' }, [D], K, '.'));
+  });
+
+  const data = tinyData(16, 1);
+  const start = Float32Array.from([0.2, -0.1, 0.05, 0.3, -0.4, 0.1, 0.01, -0.02]);
+  const lr = 0.5;
+
+  /** Two full-batch SGD steps by hand, with an optional gradient adjustment. */
+  function byHand(adjust: (grad: Float32Array, w: Float32Array) => Float32Array): Float32Array {
+    let w = Float64Array.from(start);
+    for (let step = 0; step < 2; step++) {
+      const g = adjust(f32(referenceGradient(w, data)), f32(w));
+      w = w.map((v, i) => v - lr * g[i]!);
+    }
+    return f32(w);
+  }
+
+  async function byTrainer(proximalMu: number, correction?: Float32Array): Promise<Float32Array> {
+    trainer.setWeights(start);
+    await trainer.fit(data, K, {
+      epochs: 2,
+      batchSize: data.n,
+      optimizer: 'sgd',
+      learningRate: lr,
+      shuffle: Rng.from(0, 'test'),
+      proximalMu,
+      ...(correction ? { correction } : {}),
+    });
+    return trainer.getWeights();
+  }
+
+  it('plain SGD matches the hand-computed steps', async () => {
+    const got = await byTrainer(0);
+    const want = byHand((g) => g);
+    got.forEach((v, i) => expect(v).toBeCloseTo(want[i]!, 5));
+  });
+
+  it('FedProx adds mu (w - w_global) to every gradient', async () => {
+    const mu = 0.7;
+    const got = await byTrainer(mu);
+    const want = byHand((g, w) => proximalGradient(g, w, start, mu));
+    got.forEach((v, i) => expect(v).toBeCloseTo(want[i]!, 5));
+    // The proximal term changes the result (it is not zero after the first step).
+    const plain = byHand((g) => g);
+    expect(Math.max(...got.map((v, i) => Math.abs(v - plain[i]!)))).toBeGreaterThan(1e-3);
+  });
+
+  it("SCAFFOLD adds c - c_i to every gradient", async () => {
+    const cLocal = Float32Array.from([0.1, 0, -0.2, 0.05, 0, 0.3, -0.1, 0.2]);
+    const cServer = Float32Array.from([-0.05, 0.1, 0, 0.2, 0.1, -0.1, 0, 0.05]);
+    const correction = cServer.map((c, i) => c - cLocal[i]!);
+    const got = await byTrainer(0, correction);
+    const want = byHand((g) => scaffoldCorrectedGradient(g, cLocal, cServer));
+    got.forEach((v, i) => expect(v).toBeCloseTo(want[i]!, 5));
+  });
+});
+
+describe('SiteWorker', () => {
+  const spec = FederatedJobSpec.parse({
+    model: { type: 'mlp', hidden: [8] },
+    sites: [{ name: 'a', data: { type: 'synthetic', generator: 'hospital', samples: 120 } }],
+    training: { epochs: 2, batchSize: 16, learningRate: 0.05, backend: 'tensorflow' },
+    strategy: { name: 'scaffold' },
+    seed: 3,
+  });
+
+  it("computes SCAFFOLD's client variate as core's option II", async () => {
+    const worker = new SiteWorker({ spec, baseDir: '.', backend: 'tensorflow' });
+    const d = await worker.describe(0);
+    const prepared = await worker.prepare(['no', 'yes'], d.sampleShape);
+    const global = initialParameters(prepared.layout, spec.seed);
+    const serverControl = Float32Array.from({ length: global.length }, (_, i) => ((i % 7) - 3) * 1e-3);
+    const first = await worker.fit({ round: 1, siteIndex: 0, global, proximalMu: 0, serverControl });
+    const trained = global.map((v, i) => v + first.delta[i]!);
+    const want = scaffoldControlUpdate(new Float32Array(global.length), serverControl, global, trained, first.steps, spec.training.learningRate);
+    first.controlDelta!.forEach((v, i) => expect(v).toBeCloseTo(want[i]!, 4));
+    // The variate persists on the site: the next round's delta of c is measured from it.
+    const second = await worker.fit({ round: 2, siteIndex: 0, global: trained, proximalMu: 0, serverControl });
+    const trained2 = trained.map((v, i) => v + second.delta[i]!);
+    const want2 = scaffoldControlUpdate(want, serverControl, trained, trained2, second.steps, spec.training.learningRate);
+    second.controlDelta!.forEach((v, i) => expect(v).toBeCloseTo(want2[i]! - want[i]!, 4));
+    worker.dispose();
+  });
+
+  it('leaks no tensors: as many alive after round 10 as after round 1', async () => {
+    const worker = new SiteWorker({ spec: { ...spec, strategy: { name: 'fedprox', mu: 0.1, serverLearningRate: 1 } }, baseDir: '.', backend: 'tensorflow' });
+    const d = await worker.describe(0);
+    const prepared = await worker.prepare(['no', 'yes'], d.sampleShape);
+    let global = initialParameters(prepared.layout, spec.seed);
+    const alive: number[] = [];
+    for (let round = 1; round <= 10; round++) {
+      const r = await worker.fit({ round, siteIndex: 0, global, proximalMu: 0.1 });
+      global = global.map((v, i) => v + r.delta[i]!);
+      await worker.evaluate({ siteIndex: 0, global, trainLoss: true });
+      await worker.exportModel(global);
+      alive.push(worker.numTensors());
+    }
+    expect(alive[9]).toBe(alive[0]);
+    expect(tf.memory().numTensors).toBe(alive[9]);
+    worker.dispose();
+  });
+});
