@@ -4,6 +4,12 @@ import { Command, CommanderError, Option } from 'commander';
 import { runCommand } from './run/command.ts';
 import { reportFailure } from './failure.ts';
 
+// `consort ... | head` closes stdout early: that is the reader's choice, not a failure.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw err;
+});
+
 const program = new Command()
   .name('consort')
   .description('Federated learning across sites that never pool their data: train a FederatedJob locally or on Kubernetes.')
@@ -18,7 +24,15 @@ program
   .option('--seed <n>', 'override spec.seed (every random choice derives from it)')
   .option('--rounds <n>', 'override spec.rounds')
   .option('--baselines', 'also train each site alone and all data pooled, and compare', false)
-  .addOption(new Option('--backend <name>', 'TF.js backend (default: spec.training.backend, then auto)').choices(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']))
+  .addOption(
+    new Option('--backend <name>', 'TF.js backend (default: spec.training.backend, then auto)').choices([
+      'auto',
+      'tensorflow-gpu',
+      'tensorflow',
+      'wasm',
+      'cpu',
+    ]),
+  )
   .option('--threads <n>', 'worker threads for the sites (default: one per core)')
   .option('--quiet', 'no progress output', false)
   .addHelpText(

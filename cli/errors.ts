@@ -5,7 +5,7 @@ export const CliErrorCodes = {
   CONSORT_CLI_USAGE: { exit: 2, what: 'a flag or argument is invalid' },
   CONSORT_CLI_JOB_FILE: { exit: 2, what: 'the job file cannot be read or parsed' },
   CONSORT_CLI_JOB_SPEC: { exit: 2, what: 'the job does not match the FederatedJob schema' },
-  CONSORT_CLI_DATA: { exit: 2, what: 'the sites\' data is unusable' },
+  CONSORT_CLI_DATA: { exit: 2, what: "the sites' data is unusable" },
   CONSORT_CLI_OUTPUT: { exit: 1, what: 'the results cannot be written' },
   CONSORT_CLI_RUN: { exit: 1, what: 'the run failed' },
 } as const;

@@ -76,11 +76,17 @@ export function backendOrder(pref: BackendPreference, parameters: number, convol
   const hasGpu = process.env.CONSORT_GPU === '1' || (process.env.CONSORT_GPU !== '0' && (process.env.NVIDIA_VISIBLE_DEVICES ?? '') !== '');
   const native: BackendName[] = hasGpu ? ['tensorflow-gpu', 'tensorflow'] : ['tensorflow'];
   if (!convolutional && parameters < SMALL_MODEL_PARAMETERS) {
-    return { order: ['wasm', ...native, 'cpu'], why: `small dense model (${parameters} parameters < ${SMALL_MODEL_PARAMETERS}): per-op overhead dominates, wasm is fastest` };
+    return {
+      order: ['wasm', ...native, 'cpu'],
+      why: `small dense model (${parameters} parameters < ${SMALL_MODEL_PARAMETERS}): per-op overhead dominates, wasm is fastest`,
+    };
   }
   if (convolutional) {
     // tfjs-backend-wasm 4.22 has no Conv2DBackpropFilter kernel: it cannot train a CNN.
-    return { order: [...native, 'cpu'], why: `convolutional model of ${parameters} parameters: native kernels are fastest (~35x the JS cpu backend)${hasGpu ? ' (GPU visible)' : ''}` };
+    return {
+      order: [...native, 'cpu'],
+      why: `convolutional model of ${parameters} parameters: native kernels are fastest (~35x the JS cpu backend)${hasGpu ? ' (GPU visible)' : ''}`,
+    };
   }
   return {
     order: [...native, 'wasm', 'cpu'],

@@ -6,16 +6,10 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { WorkerError, type WorkerErrorCode, WorkerErrorCodes } from './errors.ts';
 import type { SiteOp, SiteRequest, SiteResponse } from './site-thread.ts';
-import type {
-  EvaluateReply,
-  EvaluateTask,
-  ExportedModel,
-  FitReply,
-  FitTask,
-  PreparedModel,
-  SiteDescription,
-  SiteWorkerConfig,
-} from './site-worker.ts';
+import type { EvaluateReply, EvaluateTask, ExportedModel, FitReply, FitTask, PreparedModel, SiteDescription, SiteWorkerConfig } from './site-worker.ts';
+
+// Run from source (.ts, type stripping) or from the dist/ build (.js).
+const THREAD_ENTRY = new URL(`./site-thread.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
 
 interface Pending {
   resolve: (v: unknown) => void;
@@ -29,7 +23,7 @@ class PoolThread {
   private failed: Error | undefined;
 
   constructor(cfg: SiteWorkerConfig) {
-    this.worker = new Worker(new URL('./site-thread.ts', import.meta.url), { workerData: cfg });
+    this.worker = new Worker(THREAD_ENTRY, { workerData: cfg });
     this.worker.on('message', (res: SiteResponse) => {
       const p = this.pending.get(res.id);
       if (!p) return;

@@ -2,7 +2,7 @@
 // (the thread's single TF.js model is shared by the sites it serves).
 import { parentPort, workerData } from 'node:worker_threads';
 import { SiteWorker, type SiteWorkerConfig } from './site-worker.ts';
-import { WorkerError } from './errors.ts';
+import type { WorkerError } from './errors.ts';
 
 export type SiteOp = 'describe' | 'prepare' | 'fit' | 'evaluate' | 'trainCentral' | 'exportModel' | 'numTensors';
 export interface SiteRequest {

@@ -4,7 +4,7 @@
 // batch happens inside tf.tidy so that a 200-round job leaks no tensors.
 import type { TrainingSpec } from '../core/job/federated-job.ts';
 import { layoutOffsets } from '../core/model/layout.ts';
-import { Rng } from '../core/rng.ts';
+import type { Rng } from '../core/rng.ts';
 import { tf } from './backend.ts';
 import type { Dataset } from './data/dataset.ts';
 import type { BuiltModel } from './model.ts';

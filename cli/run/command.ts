@@ -12,12 +12,7 @@ import { runLocal } from './local-run.ts';
 import { writeOutputs } from './outputs.ts';
 import { createProgress } from './progress.ts';
 
-const intFlag = (min: number, max: number) =>
-  z
-    .string()
-    .regex(/^\d+$/, 'must be a whole number')
-    .transform(Number)
-    .pipe(z.number().int().min(min).max(max));
+const intFlag = (min: number, max: number) => z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(min).max(max));
 
 export const RunFlags = z
   .object({
@@ -42,7 +37,11 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
     const flags = parsed.data;
     const job = readJobFile(jobPath);
     if (flags.seed !== undefined || flags.rounds !== undefined) {
-      const spec = FederatedJobSpec.safeParse({ ...job.spec, ...(flags.seed !== undefined ? { seed: flags.seed } : {}), ...(flags.rounds !== undefined ? { rounds: flags.rounds } : {}) });
+      const spec = FederatedJobSpec.safeParse({
+        ...job.spec,
+        ...(flags.seed !== undefined ? { seed: flags.seed } : {}),
+        ...(flags.rounds !== undefined ? { rounds: flags.rounds } : {}),
+      });
       if (!spec.success) throw new CliError('CONSORT_CLI_USAGE', 'the flags make the job invalid', { details: describeIssues(spec.error, ['spec']) });
       job.spec = spec.data;
     }
@@ -76,7 +75,12 @@ export function summaryTable(r: RunReport): string {
   for (const [site, m] of Object.entries(f.perSite)) {
     rows.push([site, String(m.samples), pct(m.accuracy), ...(f.siteAlone ? [pct(f.siteAlone[site])] : [])]);
   }
-  rows.push(['all (weighted)', String(Object.values(f.perSite).reduce((n, m) => n + m.samples, 0)), pct(f.accuracy), ...(f.siteAlone ? [pct(f.siteAloneMean)] : [])]);
+  rows.push([
+    'all (weighted)',
+    String(Object.values(f.perSite).reduce((n, m) => n + m.samples, 0)),
+    pct(f.accuracy),
+    ...(f.siteAlone ? [pct(f.siteAloneMean)] : []),
+  ]);
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
   const line = (row: string[]) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
   const out = [

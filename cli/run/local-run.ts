@@ -61,11 +61,16 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
     const coordinator = new RoundCoordinator({
       spec,
       initial,
-      transport: new InProcessTransport(pool, spec.sites.map((s) => s.name)),
+      transport: new InProcessTransport(
+        pool,
+        spec.sites.map((s) => s.name),
+      ),
       ...(opts.events ? { events: opts.events } : {}),
     });
     const result = await coordinator.run();
-    const perSite = Object.fromEntries(result.final.map((s) => [s.site, { samples: s.samples, loss: s.loss, accuracy: s.accuracy, ...(s.auc !== undefined ? { auc: s.auc } : {}) }]));
+    const perSite = Object.fromEntries(
+      result.final.map((s) => [s.site, { samples: s.samples, loss: s.loss, accuracy: s.accuracy, ...(s.auc !== undefined ? { auc: s.auc } : {}) }]),
+    );
     const g = globalMetrics(result.final);
 
     let baselines: Pick<RunReport['final'], 'siteAlone' | 'siteAloneMean' | 'pooled'> = {};

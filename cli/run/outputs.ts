@@ -43,7 +43,10 @@ export async function writeOutputs(outDir: string, run: LocalRunResult): Promise
     put(OUTPUT_FILES.reportHtml, await renderReportHtml(report));
     put(
       OUTPUT_FILES.modelCard,
-      renderModelCard(report, { weightsFile: OUTPUT_FILES.safetensors, modelFiles: [`${OUTPUT_FILES.tfjsDir}/model.json`, `${OUTPUT_FILES.tfjsDir}/${weightsName}`] }),
+      renderModelCard(report, {
+        weightsFile: OUTPUT_FILES.safetensors,
+        modelFiles: [`${OUTPUT_FILES.tfjsDir}/model.json`, `${OUTPUT_FILES.tfjsDir}/${weightsName}`],
+      }),
     );
     mkdirSync(dirname(outDir), { recursive: true });
     rmSync(outDir, { recursive: true, force: true });

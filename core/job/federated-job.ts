@@ -81,44 +81,43 @@ export const ImageFolderData = z
   })
   .strict();
 
-export const SyntheticData = z
-  .discriminatedUnion('generator', [
-    z
-      .object({
-        type: z.literal('synthetic'),
-        generator: z.literal('hospital'),
-        samples: positiveInt.max(10_000_000).default(400).describe('Patients at this hospital.'),
-        prevalence: z.number().gt(0).lt(1).default(0.3).describe('Share of patients with the diagnosis.'),
-        shift: z.number().min(-3).max(3).default(0).describe('Covariate shift of the patient mix (sd units).'),
-        testFraction: z.number().gt(0).lt(1).default(0.25),
-        seed: z.number().int().min(0).optional().describe('Data seed; defaults to a hash of the site name.'),
-      })
-      .strict()
-      .describe('Vitals and lab values of a hospital\'s patients, labelled sepsis or not.'),
-    z
-      .object({
-        type: z.literal('synthetic'),
-        generator: z.literal('fedprox'),
-        alpha: z.number().min(0).default(1),
-        beta: z.number().min(0).default(1),
-        device: z.number().int().min(0).describe('Which device of the FedProx Synthetic(alpha,beta) set.'),
-        seed: z.number().int().min(0).default(0).describe('Seed shared by all devices of one data set.'),
-      })
-      .strict()
-      .describe('FedProx Synthetic(alpha, beta): d = 60, 10 classes, one device per site.'),
-    z
-      .object({
-        type: z.literal('synthetic'),
-        generator: z.literal('iid'),
-        device: z.number().int().min(0),
-        samples: positiveInt.max(10_000_000).optional().describe('Defaults to int(lognormal(4, 2)) + 50.'),
-        features: positiveInt.max(100_000).default(60),
-        classes: z.number().int().min(2).max(1000).default(10),
-        seed: z.number().int().min(0).default(0),
-      })
-      .strict()
-      .describe('IID counterpart of the FedProx set: v = 0, one shared W, b ~ N(0, 1).'),
-  ]);
+export const SyntheticData = z.discriminatedUnion('generator', [
+  z
+    .object({
+      type: z.literal('synthetic'),
+      generator: z.literal('hospital'),
+      samples: positiveInt.max(10_000_000).default(400).describe('Patients at this hospital.'),
+      prevalence: z.number().gt(0).lt(1).default(0.3).describe('Share of patients with the diagnosis.'),
+      shift: z.number().min(-3).max(3).default(0).describe('Covariate shift of the patient mix (sd units).'),
+      testFraction: z.number().gt(0).lt(1).default(0.25),
+      seed: z.number().int().min(0).optional().describe('Data seed; defaults to a hash of the site name.'),
+    })
+    .strict()
+    .describe("Vitals and lab values of a hospital's patients, labelled sepsis or not."),
+  z
+    .object({
+      type: z.literal('synthetic'),
+      generator: z.literal('fedprox'),
+      alpha: z.number().min(0).default(1),
+      beta: z.number().min(0).default(1),
+      device: z.number().int().min(0).describe('Which device of the FedProx Synthetic(alpha,beta) set.'),
+      seed: z.number().int().min(0).default(0).describe('Seed shared by all devices of one data set.'),
+    })
+    .strict()
+    .describe('FedProx Synthetic(alpha, beta): d = 60, 10 classes, one device per site.'),
+  z
+    .object({
+      type: z.literal('synthetic'),
+      generator: z.literal('iid'),
+      device: z.number().int().min(0),
+      samples: positiveInt.max(10_000_000).optional().describe('Defaults to int(lognormal(4, 2)) + 50.'),
+      features: positiveInt.max(100_000).default(60),
+      classes: z.number().int().min(2).max(1000).default(10),
+      seed: z.number().int().min(0).default(0),
+    })
+    .strict()
+    .describe('IID counterpart of the FedProx set: v = 0, one shared W, b ~ N(0, 1).'),
+]);
 
 export const DataSpec = z
   .discriminatedUnion('type', [CsvData, ImageFolderData, SyntheticData])
@@ -130,7 +129,7 @@ export type SyntheticData = z.infer<typeof SyntheticData>;
 
 export const SiteSpec = z
   .object({
-    name: dnsLabel.describe('The site\'s name, unique in the job.'),
+    name: dnsLabel.describe("The site's name, unique in the job."),
     data: DataSpec,
   })
   .strict();
@@ -200,9 +199,9 @@ export type SamplingSpec = z.infer<typeof SamplingSpec>;
 
 export const EvaluationSpec = z
   .object({
-    every: positiveInt.default(1).describe('Evaluate the global model on the sites\' test splits every N rounds.'),
+    every: positiveInt.default(1).describe("Evaluate the global model on the sites' test splits every N rounds."),
     fraction: fraction01.default(1).describe('Share of sites that evaluate (the final evaluation uses all).'),
-    trainLoss: z.boolean().default(false).describe('Also report the global model\'s loss on the train splits.'),
+    trainLoss: z.boolean().default(false).describe("Also report the global model's loss on the train splits."),
   })
   .strict();
 
@@ -220,11 +219,7 @@ export const StoppingSpec = z
 export const FederatedJobSpec = z
   .object({
     model: ModelSpec,
-    classes: z
-      .array(z.string().min(1))
-      .min(2)
-      .optional()
-      .describe('Label values in class-index order; CSV/image jobs default to the sorted labels seen.'),
+    classes: z.array(z.string().min(1)).min(2).optional().describe('Label values in class-index order; CSV/image jobs default to the sorted labels seen.'),
     sites: z.array(SiteSpec).min(1).max(100_000),
     rounds: positiveInt.max(100_000).default(20),
     sampling: SamplingSpec.default({ minSites: 1 }),
@@ -232,7 +227,13 @@ export const FederatedJobSpec = z
     strategy: StrategySpec.default({ name: 'fedavg', serverLearningRate: 1 }),
     evaluation: EvaluationSpec.default(EvaluationSpec.parse({})),
     stopping: StoppingSpec.default({}),
-    seed: z.number().int().min(0).max(2 ** 31 - 1).default(0).describe('Seeds every source of randomness.'),
+    seed: z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 31 - 1)
+      .default(0)
+      .describe('Seeds every source of randomness.'),
   })
   .strict()
   .superRefine((spec, ctx) => {

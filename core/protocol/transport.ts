@@ -28,7 +28,12 @@ export interface SiteTransport {
 /** Yields promises' values in the order they settle (the order answers arrive). */
 export async function* asCompleted<T>(promises: readonly Promise<T>[]): AsyncGenerator<T> {
   const pending = new Map<number, Promise<{ i: number; v: T }>>();
-  promises.forEach((p, i) => pending.set(i, p.then((v) => ({ i, v }))));
+  promises.forEach((p, i) =>
+    pending.set(
+      i,
+      p.then((v) => ({ i, v })),
+    ),
+  );
   while (pending.size > 0) {
     const { i, v } = await Promise.race(pending.values());
     pending.delete(i);

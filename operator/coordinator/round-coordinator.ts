@@ -144,7 +144,10 @@ export class RoundCoordinator {
       else failures.push(o.failure);
     }
     if (scores.length === 0) {
-      throw new OperatorError('CONSORT_C_EVALUATION', `round ${round}: no site evaluated the global model (${failures.map((f) => `${f.site}: ${f.reason}`).join('; ')})`);
+      throw new OperatorError(
+        'CONSORT_C_EVALUATION',
+        `round ${round}: no site evaluated the global model (${failures.map((f) => `${f.site}: ${f.reason}`).join('; ')})`,
+      );
     }
     // Arrival order is not part of the result.
     return scores.sort((a, b) => (a.site < b.site ? -1 : a.site > b.site ? 1 : 0));
@@ -159,9 +162,7 @@ export class RoundCoordinator {
       globalLoss: g.loss,
       globalAccuracy: g.accuracy,
       ...(g.auc !== undefined ? { globalAuc: g.auc } : {}),
-      ...(trainLosses.length > 0 && trainSamples > 0
-        ? { trainLoss: trainLosses.reduce((a, s) => a + s.trainLoss! * s.samples, 0) / trainSamples }
-        : {}),
+      ...(trainLosses.length > 0 && trainSamples > 0 ? { trainLoss: trainLosses.reduce((a, s) => a + s.trainLoss! * s.samples, 0) / trainSamples } : {}),
       fitLoss,
       participants,
       sites: scores.map(({ trainLoss: _t, ...m }) => m),

@@ -101,7 +101,7 @@ describe('LocalTrainer (native TF.js backend)', () => {
     expect(Math.max(...got.map((v, i) => Math.abs(v - plain[i]!)))).toBeGreaterThan(1e-3);
   });
 
-  it("SCAFFOLD adds c - c_i to every gradient", async () => {
+  it('SCAFFOLD adds c - c_i to every gradient', async () => {
     const cLocal = Float32Array.from([0.1, 0, -0.2, 0.05, 0, 0.3, -0.1, 0.2]);
     const cServer = Float32Array.from([-0.05, 0.1, 0, 0.2, 0.1, -0.1, 0, 0.05]);
     const correction = cServer.map((c, i) => c - cLocal[i]!);
