@@ -13,7 +13,10 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
 const program = new Command()
   .name('consort')
   .description('Federated learning across sites that never pool their data: train a FederatedJob locally or on Kubernetes.')
-  .showHelpAfterError()
+  // A usage error is one line in the same form as every other error, then a hint; not the
+  // whole help text, which buries the line that says what is wrong.
+  .configureOutput({ outputError: (str, write) => write(`consort: ${str.trim().replace(/^error: /, '')} [CONSORT_CLI_USAGE]\n`) })
+  .showHelpAfterError('  (add --help for usage)')
   .exitOverride();
 
 program

@@ -24,7 +24,7 @@ export function parseJob(text: string, source: string): FederatedJob {
   if (bad) {
     const e = bad.errors[0]!;
     const line = e.linePos?.[0]?.line;
-    throw new CliError('CONSORT_CLI_JOB_FILE', `${source}${line ? ` line ${line}` : ''}: not valid YAML: ${e.message.split('\n')[0]}`);
+    throw new CliError('CONSORT_CLI_JOB_FILE', `${source}${line ? ` line ${line}` : ''}: not valid YAML: ${e.message.split('\n')[0]!.replace(/:\s*$/, '')}`);
   }
   const values = list.map((d) => d.toJS() as unknown).filter((v) => v !== null && v !== undefined);
   const jobs = values.filter((v) => (v as { kind?: unknown }).kind === KIND);

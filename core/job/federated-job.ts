@@ -178,7 +178,9 @@ export const StrategySpec = z
       .strict(),
     z.object({ name: z.literal('fedadam'), ...adaptive }).strict(),
     z.object({ name: z.literal('fedyogi'), ...adaptive }).strict(),
-    z.object({ name: z.literal('fedadagrad'), ...adaptive }).strict(),
+    // Adagrad's accumulator only grows; with momentum on top its first steps are a tenth of
+    // Adam's, so its default has none (as Flower's).
+    z.object({ name: z.literal('fedadagrad'), ...adaptive, beta1: z.number().min(0).lt(1).default(0) }).strict(),
     z.object({ name: z.literal('scaffold'), serverLearningRate }).strict(),
   ])
   .describe('How the coordinator turns site updates into the next global model.');

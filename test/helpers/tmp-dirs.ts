@@ -5,8 +5,9 @@ import { join } from 'node:path';
 import { afterAll, afterEach } from 'vitest';
 
 /**
- * Returns a function that makes a new empty folder. Folders are removed in afterEach (or in
- * afterAll with `scope: 'file'`, for folders shared by a file's tests).
+ * Returns a function that makes a new empty folder. Folders are removed in afterEach, or in
+ * afterAll with `scope: 'file'`: for folders shared by a file's tests, and for files whose tests
+ * run concurrently (an afterEach would remove the folders of tests still running).
  */
 export function useTmpDirs(scope: 'test' | 'file' = 'test'): (label?: string) => string {
   const made: string[] = [];

@@ -159,16 +159,20 @@ describe('synthetic hospital', () => {
     }
   });
 
-  it('gives 12 standardised vitals and labs', async () => {
+  it('gives 12 vitals and labs scaled by the clinical reference, not by the site', async () => {
     const data = await hospital({ samples: 500 });
     expect(data.featureNames).toEqual([...HOSPITAL_FEATURES]);
     expect(data.train.sampleShape).toEqual([12]);
     expect(data.classes).toEqual(['no', 'yes']);
-    for (let j = 0; j < 12; j++) {
+    // An older, sicker hospital keeps its shift after scaling (a site-fitted scaling would erase it).
+    const mean = (d: typeof data, j: number) => {
       let m = 0;
-      for (let i = 0; i < data.train.n; i++) m += data.train.x[i * 12 + j]! / data.train.n;
-      expect(Math.abs(m)).toBeLessThan(1e-5);
-    }
+      for (let i = 0; i < d.train.n; i++) m += d.train.x[i * 12 + j]! / d.train.n;
+      return m;
+    };
+    const older = await hospital({ samples: 500, shift: 1.5 });
+    expect(mean(older, 0) - mean(data, 0)).toBeGreaterThan(0.4); // age, in reference sd units
+    for (let j = 0; j < 12; j++) expect(Math.abs(mean(data, j))).toBeLessThan(1.5);
     expect(() => DataQuality.parse(data.quality)).not.toThrow();
   });
 

@@ -1,0 +1,205 @@
+// Bad input: each mistake a user can make in a job file, its data or the flags gives exit status
+// 2, one clear message that names the field, flag, file or line, and no output folder (neither
+// the result folder nor its staging sibling) that could pass for a result.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { type CliResult, runConsort, transcript } from '../helpers/consort-cli.ts';
+import { hospitalSpec, leftovers, writeJob } from '../helpers/jobs.ts';
+import { csvData, hospitalCsvText, writeDataFile, writeHospitalCsvSite } from '../helpers/site-data.ts';
+import { useTmpDirs } from '../helpers/tmp-dirs.ts';
+
+// The tests run concurrently (most of their time is process start-up): folders go after all.
+const tmp = useTmpDirs('file');
+
+/** Runs `consort run JOB --out DIR FLAGS...` in a fresh folder and checks the failure contract. */
+async function expectBadInput(job: string, out: string, flags: string[] = []): Promise<{ message: string; result: CliResult }> {
+  const result = await runConsort(['run', job, '--quiet', '--out', out, ...flags]);
+  const why = transcript(result);
+  expect(result.code, why).toBe(2);
+  expect(result.stdout, why).toBe('');
+  // One message: one line that says what is wrong (problem lines may follow it, indented), no
+  // stack trace, no usage dump.
+  const lines = result.stderr.split('\n').filter((l) => l.trim() !== '');
+  const headlines = lines.filter((l) => /^(consort|error)\b/.test(l));
+  expect(headlines, why).toHaveLength(1);
+  expect(
+    lines.every((l) => l === headlines[0] || /^ {2}\S/.test(l)),
+    why,
+  ).toBe(true);
+  expect(result.stderr, why).not.toMatch(/^\s+at .+:\d+:\d+\)?$/m);
+  expect(result.stderr, why).not.toContain('Usage:');
+  expect(leftovers(out), why).toEqual([]);
+  return { message: result.stderr, result };
+}
+
+/** A folder with a job over two good CSV sites and `broken` (whose data entry is given). */
+function csvJob(dir: string, broken: Record<string, unknown>, extra: Record<string, unknown> = {}): string {
+  const good = [
+    writeHospitalCsvSite(dir, { name: 'north', train: 40, test: 15, prevalence: 0.3, shift: 0 }, 1),
+    writeHospitalCsvSite(dir, { name: 'south', train: 40, test: 15, prevalence: 0.4, shift: 0.3 }, 2),
+  ];
+  return writeJob(dir, {
+    model: { type: 'logistic' },
+    sites: [...good.map((s) => ({ name: s.name, data: csvData(s) })), { name: 'broken-site', data: broken }],
+    rounds: 2,
+    ...extra,
+  });
+}
+
+describe('a job file with a wrong field', () => {
+  it.concurrent.each([
+    ['a value of the wrong type', { training: { learningRate: 'fast' } }, ['spec.training.learningRate', 'number']],
+    ['a number out of range', { training: { learningRate: -1 } }, ['spec.training.learningRate']],
+    ['an unknown field', { training: { learningRat: 0.1 } }, ['spec.training', 'learningRat']],
+    ['an unknown strategy', { strategy: { name: 'fedsgd' } }, ['spec.strategy.name', 'fedavg']],
+    ['an unknown strategy parameter', { strategy: { name: 'fedavg', mu: 0.1 } }, ['spec.strategy', 'mu']],
+    ['a site name that is not a DNS label', { sites: [{ name: 'St Mary', data: { type: 'synthetic', generator: 'hospital' } }] }, ['spec.sites[0].name']],
+  ])('%s', async (_what, change, mentions) => {
+    const dir = tmp('bad-spec');
+    const job = writeJob(dir, hospitalSpec(undefined, change as Record<string, unknown>));
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain(job);
+    for (const m of mentions) expect(message).toContain(m);
+  });
+
+  it.concurrent('a document that is not a FederatedJob', async () => {
+    const dir = tmp('bad-kind');
+    const job = join(dir, 'job.yaml');
+    writeFileSync(job, 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n');
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain('kind');
+  });
+});
+
+describe('a job file that is not valid YAML', () => {
+  it.concurrent('names the line', async () => {
+    const dir = tmp('bad-yaml');
+    const job = join(dir, 'job.yaml');
+    // Line 7 repeats a key of line 6.
+    writeFileSync(
+      job,
+      ['apiVersion: consort.dev/v1alpha1', 'kind: FederatedJob', 'metadata:', '  name: bad-yaml', 'spec:', '  rounds: 3', '  rounds: 4', ''].join('\n'),
+    );
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain(`${job} line 7`);
+    expect(message).toMatch(/yaml/i);
+    expect(message).not.toContain(': [');
+  });
+
+  it.concurrent('an unclosed bracket names its line or the next', async () => {
+    const dir = tmp('bad-yaml');
+    const job = join(dir, 'job.yaml');
+    writeFileSync(
+      job,
+      ['apiVersion: consort.dev/v1alpha1', 'kind: FederatedJob', 'metadata:', '  name: bad-yaml', 'spec:', '  model: { type: logistic', '  rounds: 3', ''].join(
+        '\n',
+      ),
+    );
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toMatch(new RegExp(`${job.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} line [67]\\b`));
+  });
+});
+
+describe('bad site data', () => {
+  it.concurrent('a missing CSV file names the path', async () => {
+    const dir = tmp('bad-data');
+    const job = csvJob(dir, csvData({ train: 'data/broken-site/nowhere.csv' }));
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain('data/broken-site/nowhere.csv');
+    expect(message).toContain('not found');
+  });
+
+  it.concurrent('a non-numeric value names the file, the line and the column', async () => {
+    const dir = tmp('bad-data');
+    const good = '60,86,18,37.1,126,97,8.5,1.5,1.05,255,0.75,15,no';
+    // Line 1 is the header; line 4 has "high" for lactate.
+    const train = writeDataFile(
+      dir,
+      'data/broken-site/train.csv',
+      hospitalCsvText([good, good, '61,90,19,37.5,120,96,9.1,high,1.1,240,0.8,15,yes', good, good]),
+    );
+    const job = csvJob(dir, csvData({ train }));
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain(`${train} line 4`);
+    expect(message).toContain('lactate');
+    expect(message).toContain('"high"');
+  });
+
+  it.concurrent('a row with a missing field names the file and the line', async () => {
+    const dir = tmp('bad-data');
+    const good = '60,86,18,37.1,126,97,8.5,1.5,1.05,255,0.75,15,no';
+    const train = writeDataFile(
+      dir,
+      'data/broken-site/train.csv',
+      hospitalCsvText([good, good, good, good, '60,86,18,37.1,126,97,8.5,1.5,1.05,255,yes', good]),
+    );
+    const job = csvJob(dir, csvData({ train }));
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain(`${train} line 6`);
+  });
+
+  it.concurrent('a bad row in the test file names that file', async () => {
+    const dir = tmp('bad-data');
+    const site = writeHospitalCsvSite(dir, { name: 'broken-site', train: 30, test: 10, prevalence: 0.3, shift: 0 }, 5);
+    const good = '60,86,18,37.1,126,97,8.5,1.5,1.05,255,0.75,15,no';
+    writeDataFile(dir, site.test, hospitalCsvText([good, '60,86,18,37.1,126,97,8.5,1.5,1.05,255,0.75,fifteen,no', good]));
+    const job = csvJob(dir, csvData(site));
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain(`${site.test} line 3`);
+    expect(message).toContain('gcs');
+  });
+
+  it.concurrent('a label column that is not there names the column', async () => {
+    const dir = tmp('bad-data');
+    const site = writeHospitalCsvSite(dir, { name: 'broken-site', train: 30, test: 10, prevalence: 0.3, shift: 0 }, 5);
+    const job = csvJob(dir, csvData(site, 'diagnosis'));
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain('"diagnosis"');
+    expect(message).toContain(site.train);
+  });
+
+  it.concurrent('an empty site (a header and no rows) names the site and the file', async () => {
+    const dir = tmp('bad-data');
+    const train = writeDataFile(dir, 'data/broken-site/train.csv', hospitalCsvText([]));
+    const job = csvJob(dir, csvData({ train }));
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain('broken-site');
+    expect(message).toContain(train);
+  });
+
+  it.concurrent('an empty CSV file (not even a header) names the file', async () => {
+    const dir = tmp('bad-data');
+    const train = writeDataFile(dir, 'data/broken-site/train.csv', '');
+    const job = csvJob(dir, csvData({ train }));
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain(train);
+  });
+});
+
+describe('bad flags', () => {
+  it.concurrent.each([
+    [['--rounds', '0'], '--rounds'],
+    [['--rounds', '2.5'], '--rounds'],
+    [['--seed', 'abc'], '--seed'],
+    [['--threads', '-1'], '--threads'],
+    [['--threads', '0'], '--threads'],
+    [['--backend', 'x'], '--backend'],
+    [['--colour', 'blue'], '--colour'],
+  ])('%j names %s', async (flags, flag) => {
+    const dir = tmp('bad-flag');
+    const job = writeJob(dir, hospitalSpec());
+    const { message } = await expectBadInput(job, join(dir, 'out'), flags);
+    expect(message).toContain(flag);
+  });
+});
+
+describe('a missing job file', () => {
+  it.concurrent('names the path', async () => {
+    const dir = tmp('no-job');
+    const job = join(dir, 'no-such-job.yaml');
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain(job);
+    expect(message).toContain('no such file');
+  });
+});

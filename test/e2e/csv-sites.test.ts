@@ -1,0 +1,61 @@
+// The CSV path end to end: three hospitals' train and test files on disk, a job that names them
+// relative to its own folder, and per-site results and data-quality counts in the report.
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { runConsort, transcript } from '../helpers/consort-cli.ts';
+import { readReport, writeJob } from '../helpers/jobs.ts';
+import { csvData, writeHospitalCsvSite } from '../helpers/site-data.ts';
+import { useTmpDirs } from '../helpers/tmp-dirs.ts';
+
+describe('consort run on CSV sites', () => {
+  const tmp = useTmpDirs();
+
+  it("trains on each site's train.csv and reports per-site test accuracy and data quality", async () => {
+    const root = tmp('csv-sites');
+    // The job sits in its own folder; the run's working directory is the repository, so the
+    // relative paths only work if they resolve against the job file's folder.
+    const jobDir = join(root, 'consortium');
+    const sites = [
+      writeHospitalCsvSite(jobDir, { name: 'north', train: 160, test: 60, prevalence: 0.3, shift: 0 }, 11),
+      writeHospitalCsvSite(jobDir, { name: 'south', train: 120, test: 45, prevalence: 0.4, shift: 0.4, blanks: { lactate: 3, temperature: 2 } }, 12),
+      writeHospitalCsvSite(jobDir, { name: 'east', train: 90, test: 35, prevalence: 0.25, shift: -0.3 }, 13),
+    ];
+    const job = writeJob(jobDir, {
+      model: { type: 'mlp', hidden: [16] },
+      sites: sites.map((s) => ({ name: s.name, data: csvData(s) })),
+      rounds: 4,
+      training: { epochs: 3, batchSize: 16, learningRate: 0.1 },
+      seed: 3,
+    });
+    const out = join(root, 'out');
+    const r = await runConsort(['run', job, '--quiet', '--out', out]);
+    expect(r.code, transcript(r)).toBe(0);
+    const report = readReport(out);
+
+    expect(report.model.classes).toEqual(['no', 'yes']);
+    expect(report.model.inputShape).toEqual([12]);
+    expect(report.rounds).toHaveLength(4);
+    for (const s of sites) {
+      const final = report.final.perSite[s.name];
+      expect(final, s.name).toBeDefined();
+      expect(final!.samples, `${s.name}: test samples = rows of test.csv`).toBe(s.testRows);
+      expect(final!.accuracy).toBeGreaterThanOrEqual(0);
+      expect(final!.accuracy).toBeLessThanOrEqual(1);
+      expect(report.rounds.at(-1)!.sites.find((m) => m.site === s.name)?.samples).toBe(s.testRows);
+
+      const q = report.sites.find((x) => x.site === s.name)?.quality;
+      expect(q, s.name).toBeDefined();
+      expect(q!.trainSamples).toBe(s.trainRows);
+      expect(q!.testSamples).toBe(s.testRows);
+      expect(q!.rowsUsed).toBe(s.trainRows + s.testRows);
+      expect(q!.rowsRejected).toEqual({});
+      expect(q!.labels.no! + q!.labels.yes!).toBe(s.trainRows + s.testRows);
+      expect(q!.missing, s.name).toEqual(s.name === 'south' ? { lactate: 3, temperature: 2 } : {});
+    }
+    // Sample-weighted global accuracy over the test files, and a model that learned something.
+    const total = sites.reduce((n, s) => n + s.testRows, 0);
+    const weighted = sites.reduce((a, s) => a + report.final.perSite[s.name]!.accuracy * s.testRows, 0) / total;
+    expect(report.final.accuracy).toBeCloseTo(weighted, 9);
+    expect(report.final.accuracy).toBeGreaterThan(0.7);
+  });
+});
