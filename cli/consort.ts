@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // The `consort` command: thin wiring of core, worker and operator.
 import { Command, CommanderError, Option } from 'commander';
+import { coordinatorCommand, siteCommand } from './federation/commands.ts';
+import { natsConfigCommand } from './nats/config.ts';
 import { runCommand } from './run/command.ts';
 import { reportFailure } from './failure.ts';
 
@@ -47,6 +49,62 @@ if the run fails. Exit status: 0 done, 2 bad input (job file, flag or data), 1 r
   )
   .action(async (job: string, flags: Record<string, unknown>) => {
     process.exitCode = await runCommand(job, flags);
+  });
+
+program
+  .command('nats-config')
+  .description("Write a job's nats-server configuration: JetStream, one account, an NKey user per site and for the coordinator, least-privilege permissions.")
+  .argument('<job>', 'FederatedJob manifest (YAML): its name, namespace and sites name the account, users, subjects and buckets')
+  .requiredOption('--out <dir>', 'folder to write into (created; must not already hold a configuration: new keys would lock out every site)')
+  .option('--listen <host:port>', 'address the server listens on for clients', '127.0.0.1:4222')
+  .option('--store <dir>', "JetStream's store directory, where models, updates and checkpoints live (default: <out>/jetstream)")
+  .addHelpText(
+    'after',
+    `
+Writes into --out: nats-server.conf (start it with nats-server -c), coordinator.nk and
+sites/<site>.nk (NKey seeds, mode 0600: give each site only its own), keys.json (the public
+keys the coordinator trusts to verify signed updates). Exit status: 0 written, 2 bad input,
+1 the files cannot be written.`,
+  )
+  .action(async (job: string, flags: Record<string, unknown>) => {
+    process.exitCode = await natsConfigCommand(job, flags);
+  });
+
+const backendOption = () =>
+  new Option('--backend <name>', 'TF.js backend (default: spec.training.backend, then auto)').choices(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']);
+
+program
+  .command('coordinator')
+  .description("Run a job's round loop alone over NATS: sites are separate processes (consort site), anywhere.")
+  .argument('<job>', 'FederatedJob manifest (YAML)')
+  .requiredOption('--nats <url>', 'NATS server URL, e.g. nats://127.0.0.1:4222')
+  .requiredOption('--creds <file>', "the coordinator's NKey seed file (coordinator.nk from consort nats-config)")
+  .requiredOption('--keys <file>', 'keys.json from consort nats-config: the site keys whose signatures are accepted')
+  .option('--out <dir>', 'where to write the report and model (default: out/<job name>)')
+  .option('--join-timeout <seconds>', 'wait this long for every site, then start with a quorum (sampling.minSites)', '30')
+  .option('--quiet', 'no log lines', false)
+  .addHelpText(
+    'after',
+    `
+A checkpoint goes into the job's state bucket after every round: start the coordinator again
+after a crash and it resumes there. Exit status: 0 done, 2 bad input, 1 run failure.`,
+  )
+  .action(async (job: string, flags: Record<string, unknown>) => {
+    process.exitCode = await coordinatorCommand(job, flags);
+  });
+
+program
+  .command('site')
+  .description("Run one site of a job over NATS: its data stays here; it trains on the coordinator's tasks and sends signed updates.")
+  .requiredOption('--job <file>', 'FederatedJob manifest (YAML): the site reads its own data entry from it')
+  .requiredOption('--site <name>', 'which of spec.sites this is')
+  .requiredOption('--nats <url>', 'NATS server URL')
+  .requiredOption('--creds <file>', "the site's NKey seed file (sites/<site>.nk from consort nats-config)")
+  .addOption(backendOption())
+  .option('--quiet', 'no log lines', false)
+  .addHelpText('after', '\nStarts before or after the coordinator; joins the next round; exits when the job is done.')
+  .action(async (flags: Record<string, unknown>) => {
+    process.exitCode = await siteCommand(flags);
   });
 
 try {

@@ -8,6 +8,8 @@ export const CliErrorCodes = {
   CONSORT_CLI_DATA: { exit: 2, what: "the sites' data is unusable" },
   CONSORT_CLI_OUTPUT: { exit: 1, what: 'the results cannot be written' },
   CONSORT_CLI_RUN: { exit: 1, what: 'the run failed' },
+  CONSORT_CLI_CREDENTIALS: { exit: 2, what: 'a NATS credentials (NKey seed) file cannot be read' },
+  CONSORT_CLI_NATS: { exit: 1, what: 'the NATS server refused or dropped the connection' },
 } as const;
 export type CliErrorCode = keyof typeof CliErrorCodes;
 

@@ -67,6 +67,11 @@ export interface EvaluateReply {
   trainLoss?: number;
 }
 
+/** Whether a site keeps state between rounds (SCAFFOLD's c_i), so that it must always be served by the same SiteWorker. */
+export function keepsSiteState(spec: FederatedJobSpec): boolean {
+  return spec.strategy.name === 'scaffold';
+}
+
 export class SiteWorker {
   private readonly cfg: SiteWorkerConfig;
   private classes: string[] | undefined;
@@ -157,9 +162,10 @@ export class SiteWorker {
     if (!Number.isFinite(trainLoss)) {
       throw new WorkerError('CONSORT_W_TRAIN', `site "${site}" diverged in round ${task.round} (training loss ${trainLoss}); lower training.learningRate`);
     }
-    const trained = trainer.getWeights();
-    const delta = new Float32Array(trained.length);
-    for (let i = 0; i < delta.length; i++) delta[i] = trained[i]! - task.global[i]!;
+    // The trained weights become the delta in place: one model-sized allocation per task, not two.
+    const delta = trainer.getWeights();
+    const global = task.global;
+    for (let i = 0; i < delta.length; i++) delta[i] = delta[i]! - global[i]!;
     const reply: FitReply = { site, samples: data.train.n, delta, trainLoss, steps };
     if (task.serverControl && cLocal) {
       // SCAFFOLD option II: c_i+ = c_i - c + (x - y) / (K lr).

@@ -1,10 +1,10 @@
 // `consort run`: a FederatedJob trained on one machine. Sites run in a thread pool behind the
 // in-process transport; the round loop is the same RoundCoordinator the operator runs.
-import { createHash } from 'node:crypto';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
-import { initialParameters, layoutSize } from '../../core/model/layout.ts';
-import { globalMetrics, spread, weightedMean } from '../../core/metrics/aggregate.ts';
-import { REPORT_FORMAT, type RunReport } from '../../core/report/run-report.ts';
+import { initialParameters } from '../../core/model/layout.ts';
+import { weightedMean } from '../../core/metrics/aggregate.ts';
+import { assembleRunReport } from '../../core/report/assemble.ts';
+import type { RunReport } from '../../core/report/run-report.ts';
 import type { SiteEvaluation } from '../../core/protocol/transport.ts';
 import { RoundCoordinator, type RoundEvents } from '../../operator/coordinator/round-coordinator.ts';
 import type { BackendPreference } from '../../worker/backend.ts';
@@ -30,14 +30,6 @@ export interface LocalRunResult {
   layout: ParameterLayout;
   weights: Float32Array;
   tfjsModel: ExportedModel;
-}
-
-/** SHA-256 of the weights as little-endian float32 bytes in layout order. */
-export function weightsSha256(weights: Float32Array): string {
-  const le = new Uint8Array(weights.length * 4);
-  const view = new DataView(le.buffer);
-  for (let i = 0; i < weights.length; i++) view.setFloat32(i * 4, weights[i]!, true);
-  return createHash('sha256').update(le).digest('hex');
 }
 
 export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
@@ -68,42 +60,24 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
       ...(opts.events ? { events: opts.events } : {}),
     });
     const result = await coordinator.run();
-    const perSite = Object.fromEntries(
-      result.final.map((s) => [s.site, { samples: s.samples, loss: s.loss, accuracy: s.accuracy, ...(s.auc !== undefined ? { auc: s.auc } : {}) }]),
-    );
-    const g = globalMetrics(result.final);
-
     let baselines: Pick<RunReport['final'], 'siteAlone' | 'siteAloneMean' | 'pooled'> = {};
     if (opts.baselines) {
       opts.events?.phase?.('training the baselines: each site alone, and all data pooled');
       baselines = await trainBaselines(pool, described, initial, result.roundsCompleted * spec.training.epochs, spec.training.batchSize, result.final);
     }
     const tfjsModel = await pool.exportModel(result.global);
-    const report: RunReport = {
-      format: REPORT_FORMAT,
-      job: job.metadata.name,
-      ...(job.metadata.namespace ? { namespace: job.metadata.namespace } : {}),
-      seed: spec.seed,
-      backend: prepared.backend.name,
-      backendReason: prepared.backend.reason,
-      strategy: spec.strategy.name,
-      model: { type: spec.model.type, parameters: layoutSize(prepared.layout), inputShape: sampleShape, classes },
-      startedAt: startedAt.toISOString(),
+    const report = assembleRunReport({
+      job,
+      layout: prepared.layout,
+      classes,
+      sampleShape,
+      backend: prepared.backend,
+      startedAt,
       durationMs: performance.now() - t0,
       sites: described.map((d) => ({ site: d.site, quality: d.quality })),
-      rounds: result.rounds,
-      final: {
-        rounds: result.roundsCompleted,
-        stoppedBy: result.stoppedBy,
-        accuracy: g.accuracy,
-        loss: g.loss,
-        ...(g.auc !== undefined ? { auc: g.auc } : {}),
-        perSite,
-        accuracySpread: spread(result.final.map((s) => s.accuracy)),
-        ...baselines,
-        modelSha256: weightsSha256(result.global),
-      },
-    };
+      result,
+      baselines,
+    });
     return { report, layout: prepared.layout, weights: result.global, tfjsModel };
   } finally {
     await pool.close();

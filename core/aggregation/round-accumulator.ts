@@ -36,7 +36,10 @@ export class RoundAccumulator {
    * count that is not a positive integer, or NaN/Inf values.
    */
   add(result: SiteFitResult): boolean {
-    if (this.trainLosses.has(result.site)) return false;
+    // A late update (buffered mode) is its own contribution, beside the site's current one.
+    const staleness = result.staleness ?? 0;
+    const key = staleness > 0 ? `${result.site}~${staleness}` : result.site;
+    if (this.trainLosses.has(key)) return false;
     const { site, samples, delta, controlDelta } = result;
     if (!Number.isSafeInteger(samples) || samples < 1) {
       throw new RangeError(`site "${site}": samples must be a positive integer, got ${samples}`);
@@ -54,12 +57,13 @@ export class RoundAccumulator {
       throw new RangeError(`site "${site}": unexpected controlDelta (the strategy uses no control variates)`);
     }
     try {
-      this.deltas.add(delta, samples);
+      // FedBuff's staleness weight: an update s rounds late counts 1/sqrt(1 + s) as much.
+      this.deltas.add(delta, staleness > 0 ? samples / Math.sqrt(1 + staleness) : samples);
     } catch (err) {
       throw new RangeError(`site "${site}": ${(err as Error).message}`, { cause: err });
     }
     if (this.controls && controlDelta) this.controls.add(controlDelta, 1);
-    this.trainLosses.set(site, result.trainLoss);
+    this.trainLosses.set(key, result.trainLoss);
     return true;
   }
 

@@ -218,6 +218,26 @@ export const StoppingSpec = z
   })
   .strict();
 
+export const CompressionSpec = z
+  .object({
+    codec: z.enum(['none', 'fp16', 'int8', 'topk']).default('none').describe('How sites encode their updates on the wire.'),
+    topkFraction: z.number().gt(0).lte(1).default(0.01).describe('topk: share of coordinates sent; the rest stays on the site as error feedback.'),
+  })
+  .strict();
+export type CompressionSpec = z.infer<typeof CompressionSpec>;
+
+export const AggregationSpec = z
+  .object({
+    mode: z
+      .enum(['sync', 'buffered'])
+      .default('sync')
+      .describe('sync: a late update is refused; buffered (after FedBuff): folded into the next round with a staleness weight.'),
+    maxStaleness: z.number().int().min(1).max(1000).default(4).describe('buffered: rounds after which a late update is refused.'),
+    roundDeadlineSeconds: z.number().gt(0).max(7 * 24 * 3600).default(600).describe('A round closes at this deadline with whatever quorum it has.'),
+  })
+  .strict();
+export type AggregationSpec = z.infer<typeof AggregationSpec>;
+
 export const FederatedJobSpec = z
   .object({
     model: ModelSpec,
@@ -229,6 +249,8 @@ export const FederatedJobSpec = z
     strategy: StrategySpec.default({ name: 'fedavg', serverLearningRate: 1 }),
     evaluation: EvaluationSpec.default(EvaluationSpec.parse({})),
     stopping: StoppingSpec.default({}),
+    aggregation: AggregationSpec.default(AggregationSpec.parse({})),
+    compression: CompressionSpec.default(CompressionSpec.parse({})),
     seed: z
       .number()
       .int()

@@ -19,6 +19,8 @@ export interface SiteFailure {
 export type Outcome<T> = { ok: true; value: T } | { ok: false; failure: SiteFailure };
 
 export interface SiteTransport {
+  /** Sites that can be asked now (joined and alive); absent: every site of the job. */
+  available?(): Promise<string[]>;
   /** Sends round `round`'s fit task to each named site; yields each answer as it arrives. */
   fit(round: number, sites: readonly string[], global: Float32Array, instructions: FitInstructions): AsyncIterable<Outcome<SiteFitResult>>;
   /** Asks each named site to score `global` on its test split; yields each answer as it arrives. */

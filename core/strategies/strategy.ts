@@ -22,6 +22,8 @@ export interface SiteFitResult {
   controlDelta?: Float32Array;
   /** Mean training loss over the site's last local epoch. */
   trainLoss: number;
+  /** Buffered mode: how many rounds late this update is (0 or absent: on time). */
+  staleness?: number;
 }
 
 /** The folded updates of one round. */

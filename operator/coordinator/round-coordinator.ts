@@ -12,6 +12,7 @@ import { Rng } from '../../core/rng.ts';
 import { createStrategy } from '../../core/strategies/index.ts';
 import type { Strategy } from '../../core/strategies/strategy.ts';
 import { OperatorError } from '../errors.ts';
+import { type Checkpoint, type CheckpointStore, encodeCheckpoint } from './checkpoint.ts';
 
 export interface RoundEvents {
   roundStarted?(round: number, sites: readonly string[]): void;
@@ -37,23 +38,46 @@ export class RoundCoordinator {
   private readonly siteNames: string[];
   private global: Float32Array;
 
-  constructor(opts: { spec: FederatedJobSpec; initial: Float32Array; transport: SiteTransport; events?: RoundEvents }) {
+  private readonly job: string;
+  private readonly checkpoints: CheckpointStore | undefined;
+  private readonly transportState: (() => unknown) | undefined;
+  private readonly resume: Checkpoint | undefined;
+
+  constructor(opts: {
+    spec: FederatedJobSpec;
+    initial: Float32Array;
+    transport: SiteTransport;
+    events?: RoundEvents;
+    /** Where to write a checkpoint after every round, and the job's name in it. */
+    checkpoints?: { store: CheckpointStore; job: string; transportState?: () => unknown };
+    /** A checkpoint to carry on from. */
+    resume?: Checkpoint;
+  }) {
     this.spec = opts.spec;
     this.transport = opts.transport;
     this.events = opts.events ?? {};
-    this.global = opts.initial;
     this.siteNames = opts.spec.sites.map((s) => s.name);
-    this.strategy = createStrategy(opts.spec.strategy, opts.initial.length, this.siteNames.length);
+    this.job = opts.checkpoints?.job ?? '';
+    this.checkpoints = opts.checkpoints?.store;
+    this.transportState = opts.checkpoints?.transportState;
+    this.resume = opts.resume;
+    this.global = opts.resume ? opts.resume.global : opts.initial;
+    this.strategy = createStrategy(opts.spec.strategy, this.global.length, this.siteNames.length, opts.resume?.strategy);
   }
 
-  /** The sites asked to train in a round: uniformly without replacement, seeded per round. */
-  sample(round: number): string[] {
-    const n = this.siteNames.length;
-    const k = sitesPerRound(this.spec);
-    if (k >= n) return [...this.siteNames];
+  /**
+   * The sites asked to train in a round: uniformly without replacement, seeded per round, among
+   * the sites the transport can reach (all of them, in order, when every site is there).
+   */
+  async sample(round: number): Promise<string[]> {
+    const reachable = this.transport.available ? new Set(await this.transport.available()) : undefined;
+    const candidates = reachable ? this.siteNames.filter((s) => reachable.has(s)) : this.siteNames;
+    const n = candidates.length;
+    const k = Math.min(n, sitesPerRound(this.spec));
+    if (k >= n) return [...candidates];
     return Rng.from(this.spec.seed, 'sampling', round)
       .sample(n, k)
-      .map((i) => this.siteNames[i]!);
+      .map((i) => candidates[i]!);
   }
 
   private evaluators(round: number, final: boolean): string[] {
@@ -67,13 +91,13 @@ export class RoundCoordinator {
 
   async run(): Promise<CoordinatorResult> {
     const { rounds: maxRounds, evaluation, stopping } = this.spec;
-    const records: RoundRecord[] = [];
-    let stoppedBy: CoordinatorResult['stoppedBy'] = 'rounds';
-    let best = Number.NEGATIVE_INFINITY;
-    let sinceBest = 0;
+    const records: RoundRecord[] = [...(this.resume?.records ?? [])];
+    let stoppedBy: CoordinatorResult['stoppedBy'] = this.resume?.stoppedBy ?? 'rounds';
+    let best = this.resume?.best ?? Number.NEGATIVE_INFINITY;
+    let sinceBest = this.resume?.sinceBest ?? 0;
     let last: { round: number; scores: SiteEvaluation[]; all: boolean } | undefined;
-    let round = 0;
-    while (round < maxRounds) {
+    let round = this.resume?.round ?? 0;
+    while (round < maxRounds && stoppedBy === 'rounds') {
       round++;
       const started = performance.now();
       const { fitLoss, participants } = await this.fitRound(round);
@@ -93,15 +117,23 @@ export class RoundCoordinator {
         if (stopping.target && this.reached(record, stopping.target)) stoppedBy = 'target';
         else if (stopping.patience !== undefined && sinceBest >= stopping.patience) stoppedBy = 'patience';
       }
+      await this.saveCheckpoint({ round, records, best, sinceBest, stoppedBy });
       this.events.roundFinished?.(record, round);
-      if (stoppedBy !== 'rounds') break;
     }
     const final = last && last.round === round && last.all ? last.scores : await this.evaluateRound(round, this.evaluators(round, true));
     return { global: this.global, rounds: records, roundsCompleted: round, stoppedBy, final };
   }
 
+  private async saveCheckpoint(c: Pick<Checkpoint, 'round' | 'records' | 'best' | 'sinceBest' | 'stoppedBy'>): Promise<void> {
+    if (!this.checkpoints) return;
+    const transport = this.transportState?.();
+    await this.checkpoints.save(
+      encodeCheckpoint({ job: this.job, global: this.global, strategy: this.strategy.state(), ...c, ...(transport !== undefined ? { transport } : {}) }),
+    );
+  }
+
   private async fitRound(round: number): Promise<{ fitLoss: number; participants: string[] }> {
-    const sites = this.sample(round);
+    const sites = await this.sample(round);
     this.events.roundStarted?.(round, sites);
     const instructions = this.strategy.configureFit(round);
     const acc = new RoundAccumulator(this.global.length, { control: this.spec.strategy.name === 'scaffold' });

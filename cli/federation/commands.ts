@@ -1,0 +1,175 @@
+// `consort coordinator` and `consort site`: the two processes of a job over NATS. Flags are
+// checked with zod; each process stops cleanly on SIGINT/SIGTERM.
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { z } from 'zod';
+import { describeIssues } from '../../core/job/issues.ts';
+import { assembleRunReport } from '../../core/report/assemble.ts';
+import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
+import { exportLayersModel } from '../../worker/site-worker.ts';
+import { buildModel } from '../../worker/model.ts';
+import { LocalTrainer } from '../../worker/trainer.ts';
+import { runSite } from '../../worker/nats/site-runner.ts';
+import { CliError } from '../errors.ts';
+import { reportFailure } from '../failure.ts';
+import { readJobFile } from '../job-file.ts';
+import { TrustedKeys } from '../nats/config.ts';
+import { connectAs, readSeed } from '../nats/connect.ts';
+import { COORDINATOR_USER } from '../nats/permissions.ts';
+import { writeOutputs } from '../run/outputs.ts';
+import { summaryTable } from '../run/command.ts';
+
+const seconds = z
+  .string()
+  .regex(/^\d+(\.\d+)?$/, 'must be a number of seconds')
+  .transform(Number);
+
+export const CoordinatorFlags = z
+  .object({
+    nats: z.string().min(1),
+    creds: z.string().min(1),
+    keys: z.string().min(1),
+    out: z.string().min(1).optional(),
+    joinTimeout: seconds.default(30),
+    quiet: z.boolean().default(false),
+  })
+  .strict();
+
+export const SiteFlags = z
+  .object({
+    job: z.string().min(1),
+    site: z.string().min(1),
+    nats: z.string().min(1),
+    creds: z.string().min(1),
+    backend: z.enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto'),
+    quiet: z.boolean().default(false),
+  })
+  .strict();
+
+function parseFlags<T extends z.ZodType>(schema: T, raw: Record<string, unknown>): z.infer<T> {
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) throw new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: describeIssues(parsed.error).map((l) => `--${l}`) });
+  return parsed.data;
+}
+
+function readKeys(path: string): TrustedKeys {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new CliError('CONSORT_CLI_CREDENTIALS', `${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new CliError('CONSORT_CLI_CREDENTIALS', `${path}: not JSON: ${(err as Error).message}`);
+  }
+  const keys = TrustedKeys.safeParse(value);
+  if (!keys.success) throw new CliError('CONSORT_CLI_CREDENTIALS', `${path}: not a keys file of consort nats-config`, { details: describeIssues(keys.error) });
+  return keys.data;
+}
+
+/** An AbortSignal that fires on SIGINT/SIGTERM (once), so both processes stop cleanly. */
+function stopSignal(): AbortSignal {
+  const ctl = new AbortController();
+  const stop = () => ctl.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return ctl.signal;
+}
+
+const logTo = (quiet: boolean) => (line: string) => {
+  if (!quiet) process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+};
+
+export async function coordinatorCommand(jobPath: string, raw: Record<string, unknown>): Promise<number> {
+  try {
+    const flags = parseFlags(CoordinatorFlags, raw);
+    const job = readJobFile(jobPath);
+    const keys = readKeys(flags.keys);
+    const missing = job.spec.sites.map((s) => s.name).filter((s) => !keys.sites[s]);
+    if (missing.length > 0) throw new CliError('CONSORT_CLI_CREDENTIALS', `${flags.keys} has no key for site(s) ${missing.join(', ')}`);
+    const log = logTo(flags.quiet);
+    const nc = await connectAs(flags.nats, flags.creds, COORDINATOR_USER);
+    const startedAt = new Date();
+    const t0 = performance.now();
+    try {
+      const result = await runNatsCoordinator({
+        job,
+        nc,
+        siteKeys: keys.sites,
+        log,
+        joinTimeoutMs: flags.joinTimeout * 1000,
+        signal: stopSignal(),
+        events: {
+          roundFinished: (r, round) =>
+            log(r ? `round ${round}: loss ${r.globalLoss.toFixed(4)} accuracy ${r.globalAccuracy.toFixed(4)} (${r.participants.length} sites)` : `round ${round} done`),
+        },
+      });
+      const first = Object.values(result.sites)[0];
+      const classes = job.spec.classes ?? first?.labels ?? [];
+      const sampleShape = first?.sampleShape ?? [];
+      const backend = first?.backend ?? { name: 'unknown', reason: 'no site reported its backend' };
+      const report = assembleRunReport({
+        job,
+        layout: result.layout,
+        classes,
+        sampleShape,
+        backend,
+        startedAt,
+        durationMs: performance.now() - t0,
+        sites: job.spec.sites.flatMap((s) => {
+          const q = result.sites[s.name]?.quality;
+          return q ? [{ site: s.name, quality: q }] : [];
+        }),
+        result,
+      });
+      // The TF.js format needs the model's topology: build it here (no data, no training).
+      const built = await buildModel(job.spec.model, sampleShape, classes.length, dirname(resolve(jobPath)));
+      const tfjsModel = await exportLayersModel(new LocalTrainer(built), result.global);
+      const outDir = resolve(flags.out ?? `out/${job.metadata.name}`);
+      const files = await writeOutputs(outDir, { report, layout: result.layout, weights: result.global, tfjsModel });
+      const rejected = Object.entries(result.rejections).filter(([, n]) => n > 0);
+      if (!flags.quiet) process.stdout.write(summaryTable(report));
+      process.stdout.write(
+        `${rejected.length ? `rejected messages: ${rejected.map(([c, n]) => `${c} ${n}`).join(', ')}\n` : ''}wrote ${files.length} files to ${outDir}\n`,
+      );
+      return 0;
+    } finally {
+      await nc.drain().catch(() => nc.close());
+    }
+  } catch (err) {
+    return reportFailure(err);
+  }
+}
+
+export async function siteCommand(raw: Record<string, unknown>): Promise<number> {
+  try {
+    const flags = parseFlags(SiteFlags, raw);
+    const job = readJobFile(flags.job);
+    if (!job.spec.sites.some((s) => s.name === flags.site)) {
+      throw new CliError('CONSORT_CLI_USAGE', `--site: "${flags.site}" is not a site of ${job.metadata.name} (${job.spec.sites.map((s) => s.name).join(', ')})`);
+    }
+    const seed = readSeed(flags.creds);
+    const nc = await connectAs(flags.nats, seed, flags.site);
+    try {
+      const summary = await runSite({
+        job,
+        site: flags.site,
+        nc,
+        seed,
+        baseDir: dirname(resolve(flags.job)),
+        backend: flags.backend,
+        log: logTo(flags.quiet),
+        signal: stopSignal(),
+      });
+      logTo(flags.quiet)(`site ${summary.site}: done (${summary.fits} updates, ${summary.evaluations} evaluations, ${summary.rejected} refused)`);
+      return 0;
+    } finally {
+      await nc.drain().catch(() => nc.close());
+    }
+  } catch (err) {
+    return reportFailure(err);
+  }
+}

@@ -1,0 +1,182 @@
+// `consort nats-config JOB.yaml --out DIR`: the nats-server configuration of a job (JetStream on,
+// one account for the job, one NKey user per site and one for the coordinator, each with
+// least-privilege permissions from permissions.ts), the users' seeds, and keys.json (the public
+// keys the coordinator trusts). natsAuthFor does the same in memory for tests and embedded runs.
+import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createUser } from '@nats-io/nkeys';
+import { z } from 'zod';
+import type { FederatedJob } from '../../core/job/federated-job.ts';
+import { describeIssues } from '../../core/job/issues.ts';
+import { inboxPrefix, jobKey } from '../../core/protocol/subjects.ts';
+import { CliError } from '../errors.ts';
+import { reportFailure } from '../failure.ts';
+import { readJobFile } from '../job-file.ts';
+import { COORDINATOR_USER, coordinatorPermissions, sitePermissions, type UserPermissions } from './permissions.ts';
+
+export const DEFAULT_LISTEN = '127.0.0.1:4222';
+
+const publicUserKey = z.string().regex(/^U[A-Z2-7]{55}$/, 'must be an NKey user public key (U...)');
+
+/** keys.json: the public keys the coordinator trusts, to verify what sites sign. */
+export const TrustedKeys = z
+  .object({
+    coordinator: publicUserKey,
+    sites: z.record(z.string(), publicUserKey),
+  })
+  .strict();
+export type TrustedKeys = z.infer<typeof TrustedKeys>;
+
+/** One NATS user of the job: its name (which fixes its inbox prefix), NKey seed and public key. */
+export interface NatsUser {
+  user: string;
+  seed: string;
+  publicKey: string;
+}
+
+export interface NatsAuth {
+  /** The job's account: `jobKey(job.metadata)`. */
+  account: string;
+  /** nats-server.conf text. */
+  config: string;
+  coordinator: NatsUser;
+  sites: Record<string, NatsUser>;
+  keys: TrustedKeys;
+}
+
+export interface NatsConfigOptions {
+  /** host:port the server listens on (default 127.0.0.1:4222). */
+  listen?: string;
+  /** JetStream store directory; absent: the server's default or its -sd flag. */
+  storeDir?: string;
+}
+
+type JobShape = Pick<FederatedJob, 'metadata' | 'spec'>;
+
+/** Fresh NKeys for the coordinator and every site of the job, and the server configuration that admits them. */
+export function natsAuthFor(job: JobShape, opts: NatsConfigOptions = {}): NatsAuth {
+  const fresh = (user: string): NatsUser => {
+    const kp = createUser();
+    return { user, seed: new TextDecoder().decode(kp.getSeed()), publicKey: kp.getPublicKey() };
+  };
+  const coordinator = fresh(COORDINATOR_USER);
+  const sites = Object.fromEntries(job.spec.sites.map((s) => [s.name, fresh(s.name)]));
+  const keys: TrustedKeys = {
+    coordinator: coordinator.publicKey,
+    sites: Object.fromEntries(Object.entries(sites).map(([name, u]) => [name, u.publicKey])),
+  };
+  return { account: jobKey(job.metadata), config: renderNatsConfig(job, keys, opts), coordinator, sites, keys };
+}
+
+/** nats-server.conf for the job's users, given their public keys. */
+export function renderNatsConfig(job: JobShape, keys: TrustedKeys, opts: NatsConfigOptions = {}): string {
+  const account = jobKey(job.metadata);
+  const siteNames = job.spec.sites.map((s) => s.name);
+  const q = (s: string) => JSON.stringify(s);
+  const list = (items: string[], indent: string) => `[\n${items.map((i) => `${indent}  ${q(i)}`).join('\n')}\n${indent}]`;
+  const user = (label: string, nkey: string, p: UserPermissions) =>
+    [
+      `      # ${label}`,
+      '      {',
+      `        nkey: ${q(nkey)}`,
+      '        permissions: {',
+      `          publish: { allow: ${list(p.publish, '          ')} }`,
+      `          subscribe: { allow: ${list(p.subscribe, '          ')} }`,
+      `          allow_responses: ${p.allowResponses}`,
+      '        }',
+      '      }',
+    ].join('\n');
+  const users = [
+    user(`coordinator (inbox prefix ${inboxPrefix(COORDINATOR_USER)})`, keys.coordinator, coordinatorPermissions(account, siteNames)),
+    ...siteNames.map((s) => {
+      const key = keys.sites[s];
+      if (!key) throw new Error(`renderNatsConfig: no key for site ${s}`);
+      return user(`site ${s} (inbox prefix ${inboxPrefix(s)})`, key, sitePermissions(account, s));
+    }),
+  ];
+  return [
+    `# nats-server configuration of FederatedJob ${job.metadata.namespace ?? 'default'}/${job.metadata.name}, written by \`consort nats-config\`.`,
+    '# Users authenticate with NKeys; each may publish and subscribe only what its role needs (cli/nats/README.md).',
+    `listen: ${q(opts.listen ?? DEFAULT_LISTEN)}`,
+    opts.storeDir === undefined ? 'jetstream: enabled' : `jetstream {\n  store_dir: ${q(opts.storeDir)}\n}`,
+    'accounts {',
+    `  ${q(account)}: {`,
+    '    jetstream: enabled',
+    '    users: [',
+    users.join('\n'),
+    '    ]',
+    '  }',
+    '}',
+    '',
+  ].join('\n');
+}
+
+// ---- the command ----------------------------------------------------------------------------
+
+const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-.A-Za-z0-9]*[A-Za-z0-9])?):(\d{1,5})$/;
+const hostPort = z.string().superRefine((s, ctx) => {
+  const m = HOST_PORT.exec(s);
+  if (!m) ctx.addIssue({ code: 'custom', message: `"${s}" is not HOST:PORT (e.g. 127.0.0.1:4222 or [::1]:4222)` });
+  else if (Number(m[3]) < 1 || Number(m[3]) > 65535) ctx.addIssue({ code: 'custom', message: `port ${m[3]} is not 1 to 65535` });
+});
+
+export const NatsConfigFlags = z
+  .object({
+    out: z.string().min(1, 'must name a folder'),
+    listen: hostPort.default(DEFAULT_LISTEN),
+    store: z.string().min(1, 'must name a folder').optional(),
+  })
+  .strict();
+export type NatsConfigFlags = z.infer<typeof NatsConfigFlags>;
+
+/** The files `consort nats-config` writes, relative to --out. */
+export function natsConfigFiles(sites: readonly string[]): string[] {
+  return ['nats-server.conf', 'keys.json', 'coordinator.nk', ...sites.map((s) => join('sites', `${s}.nk`))];
+}
+
+export async function natsConfigCommand(jobPath: string, rawFlags: Record<string, unknown>): Promise<number> {
+  try {
+    const parsed = NatsConfigFlags.safeParse(rawFlags);
+    if (!parsed.success) {
+      throw new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: describeIssues(parsed.error).map((l) => `--${l}`) });
+    }
+    const flags = parsed.data;
+    const job = readJobFile(jobPath);
+    const out = resolve(flags.out);
+    const storeDir = resolve(flags.store ?? join(out, 'jetstream'));
+    const files = natsConfigFiles(job.spec.sites.map((s) => s.name));
+    // New keys lock out every site holding the old ones: never replace them by accident.
+    const existing = files.filter((f) => existsSync(join(out, f)));
+    if (existing.length > 0) {
+      throw new CliError('CONSORT_CLI_USAGE', `--out ${flags.out} already holds a NATS configuration (${existing.join(', ')}); remove it or choose another folder`);
+    }
+    const auth = natsAuthFor(job, { listen: flags.listen, storeDir });
+    try {
+      mkdirSync(join(out, 'sites'), { recursive: true });
+      writeFileSync(join(out, 'nats-server.conf'), auth.config, { flag: 'wx' });
+      writeFileSync(join(out, 'keys.json'), `${JSON.stringify(auth.keys, null, 2)}\n`, { flag: 'wx' });
+      writeSeed(join(out, 'coordinator.nk'), auth.coordinator.seed);
+      for (const [name, u] of Object.entries(auth.sites)) writeSeed(join(out, 'sites', `${name}.nk`), u.seed);
+    } catch (err) {
+      throw new CliError('CONSORT_CLI_OUTPUT', `cannot write into ${out}: ${(err as Error).message}`, { cause: err });
+    }
+    process.stdout.write(
+      [
+        `wrote the NATS configuration of ${auth.account} (coordinator and ${job.spec.sites.length} site${job.spec.sites.length === 1 ? '' : 's'}) to ${out}:`,
+        ...files.map((f) => `  ${f}`),
+        `start the server: nats-server -c ${join(out, 'nats-server.conf')}`,
+        'give each site only its own sites/<site>.nk (a secret); keys.json goes to the coordinator.',
+        '',
+      ].join('\n'),
+    );
+    return 0;
+  } catch (err) {
+    return reportFailure(err);
+  }
+}
+
+/** A seed file: the seed and a newline, readable by its owner only. */
+function writeSeed(path: string, seed: string): void {
+  writeFileSync(path, `${seed}\n`, { flag: 'wx', mode: 0o600 });
+  chmodSync(path, 0o600); // whatever the umask
+}

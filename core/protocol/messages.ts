@@ -1,0 +1,157 @@
+// Every message of protocol v1 as a zod schema: what crosses the wire is parsed with these on
+// receipt and refused, with a reason, when it does not fit.
+import { z } from 'zod';
+import { DataQuality } from '../data/quality.ts';
+import { ParameterLayout } from '../model/layout.ts';
+
+const name = z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/).max(63);
+const jobKey = z.string().regex(/^[a-z0-9-]+_[a-z0-9-]+$/).max(127);
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
+const nonce = z.string().regex(/^[A-Za-z0-9_-]{16,64}$/);
+const round = z.number().int().min(0).max(1_000_000);
+const base64 = z.string().regex(/^[A-Za-z0-9+/_-]+={0,2}$/).max(512);
+/** Envelopes say which version they speak; a coordinator refuses others by name. */
+const protocol = z.number().int().min(1).max(1000);
+
+export const ObjectRef = z
+  .object({
+    bucket: z.string().regex(/^[-_A-Za-z0-9]+$/).max(255),
+    name: z.string().min(1).max(255),
+    sha256,
+    size: z.number().int().min(0).max(2 ** 50),
+  })
+  .strict();
+export type ObjectRef = z.infer<typeof ObjectRef>;
+
+export const Hello = z
+  .object({
+    type: z.literal('hello'),
+    protocol,
+    job: jobKey,
+    site: name,
+    nonce,
+    sentAt: z.number().int().min(0),
+    sampleShape: z.array(z.number().int().positive()).min(1).max(8),
+    labels: z.array(z.string().max(256)).max(10_000),
+    layout: ParameterLayout.max(10_000),
+    codecs: z.array(z.enum(['none', 'fp16', 'int8', 'topk'])),
+    /** Counts only: the site's data-quality report, for the job's report and model card. */
+    quality: DataQuality.optional(),
+    /** The TF.js backend the site trains on, and why. */
+    backend: z.object({ name: z.string().max(64), reason: z.string().max(1000) }).strict().optional(),
+    signature: base64,
+  })
+  .strict();
+export type Hello = z.infer<typeof Hello>;
+
+export const Welcome = z
+  .object({
+    type: z.literal('welcome'),
+    protocol,
+    accepted: z.boolean(),
+    reason: z.string().max(1000).optional(),
+    code: z.string().max(64).optional(),
+    /** The round the job is in (0 before the first). */
+    round,
+    done: z.boolean(),
+  })
+  .strict();
+export type Welcome = z.infer<typeof Welcome>;
+
+const taskBase = {
+  protocol,
+  job: jobKey,
+  site: name,
+  round,
+  taskId: nonce,
+  model: ObjectRef,
+  /** Epoch milliseconds after which the coordinator no longer waits. */
+  deadline: z.number().int().min(0),
+};
+
+export const FitTask = z
+  .object({
+    type: z.literal('fit'),
+    ...taskBase,
+    proximalMu: z.number().min(0),
+    /** SCAFFOLD's server control variate, stored beside the model. */
+    control: ObjectRef.optional(),
+  })
+  .strict();
+export type FitTask = z.infer<typeof FitTask>;
+
+export const EvaluateTask = z
+  .object({
+    type: z.literal('evaluate'),
+    ...taskBase,
+    trainLoss: z.boolean(),
+  })
+  .strict();
+export type EvaluateTask = z.infer<typeof EvaluateTask>;
+
+export const Task = z.discriminatedUnion('type', [FitTask, EvaluateTask]);
+export type Task = z.infer<typeof Task>;
+
+export const UpdateEnvelope = z
+  .object({
+    type: z.literal('update'),
+    protocol,
+    job: jobKey,
+    site: name,
+    round,
+    taskId: nonce,
+    nonce,
+    samples: z.number().int().positive().max(2 ** 40),
+    trainLoss: z.number(),
+    steps: z.number().int().min(0),
+    codec: z.enum(['none', 'fp16', 'int8', 'topk']),
+    /** The encoded update (safetensors) in the site's update bucket. */
+    object: ObjectRef,
+    signature: base64.optional(),
+  })
+  .strict();
+export type UpdateEnvelope = z.infer<typeof UpdateEnvelope>;
+
+export const EvaluationEnvelope = z
+  .object({
+    type: z.literal('evaluation'),
+    protocol,
+    job: jobKey,
+    site: name,
+    round,
+    taskId: nonce,
+    nonce,
+    samples: z.number().int().min(0),
+    loss: z.number(),
+    accuracy: z.number().min(0).max(1),
+    auc: z.number().min(0).max(1).optional(),
+    trainLoss: z.number().optional(),
+    signature: base64.optional(),
+  })
+  .strict();
+export type EvaluationEnvelope = z.infer<typeof EvaluationEnvelope>;
+
+/** The coordinator's answer to an update or evaluation. */
+export const Ack = z
+  .object({
+    type: z.literal('ack'),
+    accepted: z.boolean(),
+    /** True when this exact envelope was already counted (a redelivery): do not send it again. */
+    duplicate: z.boolean().optional(),
+    code: z.string().max(64).optional(),
+    reason: z.string().max(1000).optional(),
+  })
+  .strict();
+export type Ack = z.infer<typeof Ack>;
+
+export const RoundNotice = z
+  .object({
+    type: z.literal('round'),
+    protocol,
+    job: jobKey,
+    round,
+    phase: z.enum(['started', 'closed', 'done']),
+    sites: z.array(name).max(100_000).optional(),
+  })
+  .strict();
+export type RoundNotice = z.infer<typeof RoundNotice>;

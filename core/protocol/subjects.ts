@@ -1,0 +1,54 @@
+// The subject map of protocol v1 (documented in README.md beside this file). The version is part
+// of every data subject, so a site of another version never reads or writes v1 traffic; the
+// hello subject alone is version-free, so that such a site is told why it is refused.
+
+export const PROTOCOL_VERSION = 1;
+
+/** A job's key in subjects and bucket names: "<namespace>_<name>" ("_" never occurs in either). */
+export function jobKey(job: { name: string; namespace?: string | undefined }): string {
+  return `${job.namespace ?? 'default'}_${job.name}`;
+}
+
+export function subjects(job: string, v: number = PROTOCOL_VERSION) {
+  const base = `consort.v${v}.${job}`;
+  return {
+    /** site → coordinator, request/reply: join or heartbeat (version-free). */
+    hello: (site: string) => `consort.hello.${job}.${site}`,
+    helloAll: `consort.hello.${job}.*`,
+    /** coordinator → one site: fit and evaluate tasks. */
+    task: (site: string) => `${base}.task.${site}`,
+    /** site → coordinator, request/reply: a signed update envelope. */
+    update: (site: string) => `${base}.update.${site}`,
+    updateAll: `${base}.update.*`,
+    /** site → coordinator, request/reply: a signed evaluation. */
+    evaluation: (site: string) => `${base}.eval.${site}`,
+    evaluationAll: `${base}.eval.*`,
+    /** coordinator → everyone: round started/closed, job done. */
+    round: `${base}.round`,
+    /** anyone with the coordinator's rights → coordinator: counters and state. */
+    status: `${base}.status`,
+    /** Reserved for secure aggregation (key advertisement, share exchange, unmasking). */
+    secagg: (phase: 'advertise' | 'share' | 'unmask', site: string) => `${base}.secagg.${phase}.${site}`,
+  };
+}
+
+/** Object Store buckets of a job: global models (sites read), one per site for its updates (only it writes, only the coordinator reads), coordinator state. */
+export function buckets(job: string) {
+  return {
+    models: `consort-${job}-models`,
+    updates: (site: string) => `consort-${job}-up-${site}`,
+    state: `consort-${job}-state`,
+  };
+}
+
+export const objectNames = {
+  global: (round: number) => `global/r${round}`,
+  control: (round: number) => `control/r${round}`,
+  update: (round: number, nonce: string) => `update/r${round}/${nonce}`,
+  checkpoint: 'checkpoint',
+};
+
+/** Inbox prefix of a user, so that replies to one site cannot be read by another. */
+export function inboxPrefix(user: string): string {
+  return `_INBOX_${user}`;
+}

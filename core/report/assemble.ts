@@ -1,0 +1,68 @@
+// Builds report.json from what the round loop returns: shared by the local runner and the
+// NATS coordinator, so both write the same document for the same run.
+import type { FederatedJob } from '../job/federated-job.ts';
+import { globalMetrics, spread } from '../metrics/aggregate.ts';
+import { type ParameterLayout, layoutSize } from '../model/layout.ts';
+import type { DataQuality } from '../data/quality.ts';
+import type { SiteEvaluation } from '../protocol/transport.ts';
+import { REPORT_FORMAT, type RoundRecord, type RunReport } from './run-report.ts';
+import { sha256Hex } from '../protocol/digest.ts';
+
+/** SHA-256 of the weights as little-endian float32 bytes in layout order. */
+export function weightsSha256(weights: Float32Array): string {
+  const le = new Uint8Array(weights.length * 4);
+  const view = new DataView(le.buffer);
+  for (let i = 0; i < weights.length; i++) view.setFloat32(i * 4, weights[i]!, true);
+  return sha256Hex(le);
+}
+
+export interface RunFacts {
+  job: FederatedJob;
+  layout: ParameterLayout;
+  classes: string[];
+  sampleShape: number[];
+  backend: { name: string; reason: string };
+  startedAt: Date;
+  durationMs: number;
+  sites: Array<{ site: string; quality: DataQuality }>;
+  result: {
+    global: Float32Array;
+    rounds: RoundRecord[];
+    roundsCompleted: number;
+    stoppedBy: RunReport['final']['stoppedBy'];
+    final: SiteEvaluation[];
+  };
+  baselines?: Pick<RunReport['final'], 'siteAlone' | 'siteAloneMean' | 'pooled'>;
+}
+
+export function assembleRunReport(f: RunFacts): RunReport {
+  const { job, result } = f;
+  const g = globalMetrics(result.final);
+  return {
+    format: REPORT_FORMAT,
+    job: job.metadata.name,
+    ...(job.metadata.namespace ? { namespace: job.metadata.namespace } : {}),
+    seed: job.spec.seed,
+    backend: f.backend.name,
+    backendReason: f.backend.reason,
+    strategy: job.spec.strategy.name,
+    model: { type: job.spec.model.type, parameters: layoutSize(f.layout), inputShape: f.sampleShape, classes: f.classes },
+    startedAt: f.startedAt.toISOString(),
+    durationMs: f.durationMs,
+    sites: f.sites,
+    rounds: result.rounds,
+    final: {
+      rounds: result.roundsCompleted,
+      stoppedBy: result.stoppedBy,
+      accuracy: g.accuracy,
+      loss: g.loss,
+      ...(g.auc !== undefined ? { auc: g.auc } : {}),
+      perSite: Object.fromEntries(
+        result.final.map((s) => [s.site, { samples: s.samples, loss: s.loss, accuracy: s.accuracy, ...(s.auc !== undefined ? { auc: s.auc } : {}) }]),
+      ),
+      accuracySpread: spread(result.final.map((s) => s.accuracy)),
+      ...(f.baselines ?? {}),
+      modelSha256: weightsSha256(result.global),
+    },
+  };
+}

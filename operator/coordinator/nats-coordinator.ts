@@ -1,0 +1,268 @@
+// `consort coordinator`: the round loop of one job over NATS. It creates the job's buckets,
+// admits sites by their signed hello (and keeps track of who is alive), waits for the sites to
+// join, resumes from the last checkpoint if there is one, runs the RoundCoordinator over the
+// NatsTransport, and announces the end. A checkpoint goes into the job's state bucket after
+// every round, so a coordinator killed at any point carries on where it stopped.
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { Objm, type ObjectStore, setSha256Backend, StorageType } from '@nats-io/obj';
+import type { DataQuality } from '../../core/data/quality.ts';
+import type { FederatedJob } from '../../core/job/federated-job.ts';
+import { initialParameters, type ParameterLayout } from '../../core/model/layout.ts';
+import { UpdateIngestor } from '../../core/protocol/ingestion.ts';
+import { Hello, type RoundNotice, type Welcome } from '../../core/protocol/messages.ts';
+import { verifyEnvelope } from '../../core/protocol/signing.ts';
+import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { OperatorError } from '../errors.ts';
+import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
+import { NatsTransport } from './nats-transport.ts';
+import { type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
+
+setSha256Backend('native');
+
+export interface NatsCoordinatorOptions {
+  job: FederatedJob;
+  nc: NatsConnection;
+  /** Public NKeys of the sites: the only keys whose signatures are accepted. */
+  siteKeys: Record<string, string>;
+  log: (line: string) => void;
+  events?: RoundEvents;
+  /** How long to wait for every site before starting with a quorum (sampling.minSites). */
+  joinTimeoutMs?: number;
+  /** A site not heard from for this long is not sampled. */
+  aliveMs?: number;
+  /** Largest update object accepted. */
+  maxUpdateBytes?: number;
+  signal?: AbortSignal;
+}
+
+export interface JoinedSite {
+  labels: string[];
+  sampleShape: number[];
+  quality?: DataQuality;
+  backend?: { name: string; reason: string };
+}
+
+export interface NatsCoordinatorResult extends CoordinatorResult {
+  layout: ParameterLayout;
+  /** What each site said of itself when it joined (counts and shapes only). */
+  sites: Record<string, JoinedSite>;
+  resumedFrom: number;
+  rejections: Record<string, number>;
+  bytesIn: Record<number, number>;
+  bytesOut: Record<number, number>;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const json = (v: unknown) => encoder.encode(JSON.stringify(v));
+function parseJson(data: Uint8Array): unknown {
+  try {
+    return JSON.parse(decoder.decode(data));
+  } catch {
+    return undefined;
+  }
+}
+
+async function openOrCreate(objm: Objm, name: string): Promise<ObjectStore> {
+  try {
+    return await objm.create(name, { storage: StorageType.File });
+  } catch {
+    return await objm.open(name);
+  }
+}
+
+/** The job's checkpoint as one object in its state bucket (replaced atomically each round). */
+class BucketCheckpointStore implements CheckpointStore {
+  private readonly store: ObjectStore;
+  constructor(store: ObjectStore) {
+    this.store = store;
+  }
+  async load(): Promise<Uint8Array | undefined> {
+    return (await this.store.getBlob(objectNames.checkpoint)) ?? undefined;
+  }
+  async save(bytes: Uint8Array): Promise<void> {
+    await this.store.putBlob({ name: objectNames.checkpoint }, bytes);
+  }
+}
+
+interface TransportState {
+  layout: ParameterLayout;
+  ingestor: unknown;
+}
+
+export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<NatsCoordinatorResult> {
+  const { job, nc, log } = o;
+  const spec = job.spec;
+  const key = jobKey(job.metadata);
+  const subj = subjects(key);
+  const bucket = buckets(key);
+  const siteNames = spec.sites.map((s) => s.name);
+  const objm = new Objm(nc);
+  const models = await openOrCreate(objm, bucket.models);
+  const state = await openOrCreate(objm, bucket.state);
+  const updateStores = new Map<string, ObjectStore>();
+  for (const s of siteNames) updateStores.set(s, await openOrCreate(objm, bucket.updates(s)));
+  const checkpoints = new BucketCheckpointStore(state);
+
+  let resume: Checkpoint | undefined;
+  const saved = await checkpoints.load();
+  if (saved) {
+    resume = decodeCheckpoint(saved);
+    log(`resuming ${job.metadata.name} from its checkpoint after round ${resume.round}`);
+  }
+  const resumedState = resume?.transport as TransportState | undefined;
+  let layout: ParameterLayout | undefined = resumedState?.layout;
+  let ingestor: UpdateIngestor | undefined;
+  let round = resume?.round ?? 0;
+  let done = false;
+  const lastSeen = new Map<string, number>();
+  const joined: Record<string, JoinedSite> = {};
+  const aliveMs = o.aliveMs ?? 5000;
+  const alive = () => siteNames.filter((s) => (lastSeen.get(s) ?? 0) > Date.now() - aliveMs);
+
+  const makeIngestor = (l: ParameterLayout) => {
+    const ing = new UpdateIngestor({
+      job: key,
+      protocol: PROTOCOL_VERSION,
+      siteKeys: new Map(Object.entries(o.siteKeys)),
+      layout: l,
+      codec: spec.compression.codec,
+      topkFraction: spec.compression.topkFraction,
+      control: spec.strategy.name === 'scaffold',
+      maxUpdateBytes: o.maxUpdateBytes ?? 64 * 1024 * 1024 + l.reduce((n, t) => n + 16 * t.shape.reduce((a, b) => a * b, 1), 0),
+      mode: spec.aggregation.mode,
+      maxStaleness: spec.aggregation.maxStaleness,
+    });
+    if (resumedState?.ingestor !== undefined) ing.restore(resumedState.ingestor);
+    return ing;
+  };
+  if (layout) ingestor = makeIngestor(layout);
+
+  const welcome = (msg: Msg, w: Omit<Welcome, 'type' | 'protocol' | 'round' | 'done'>) =>
+    msg.respond(json({ type: 'welcome', protocol: PROTOCOL_VERSION, round, done, ...w } satisfies Welcome));
+  const refusedHello = new Set<string>();
+  const onHello = (msg: Msg) => {
+    const site = msg.subject.split('.').pop() ?? '';
+    const raw = parseJson(msg.data) as { protocol?: unknown } | undefined;
+    const refuse = (code: string, reason: string) => {
+      if (!refusedHello.has(`${site}\u0000${code}`)) {
+        refusedHello.add(`${site}\u0000${code}`);
+        log(`refused site "${site}": ${reason} [${code}]`);
+      }
+      welcome(msg, { accepted: false, code, reason });
+    };
+    if (raw && typeof raw.protocol === 'number' && raw.protocol !== PROTOCOL_VERSION) {
+      return refuse('CONSORT_R_UNKNOWN_PROTOCOL', `the site speaks protocol v${raw.protocol}; this coordinator speaks v${PROTOCOL_VERSION}`);
+    }
+    const h = Hello.safeParse(raw);
+    if (!h.success) return refuse('CONSORT_R_MALFORMED', `not a hello: ${h.error.issues[0]?.path.join('.')}: ${h.error.issues[0]?.message}`);
+    if (h.data.site !== site) return refuse('CONSORT_R_SUBJECT_MISMATCH', `hello for "${h.data.site}" on ${msg.subject}`);
+    if (h.data.job !== key) return refuse('CONSORT_R_WRONG_JOB', `hello for job ${h.data.job}`);
+    const pk = o.siteKeys[site];
+    if (!pk || !siteNames.includes(site)) return refuse('CONSORT_R_UNKNOWN_SITE', `"${site}" is not a site of ${job.metadata.name}`);
+    if (!verifyEnvelope(h.data, pk)) return refuse('CONSORT_R_BAD_SIGNATURE', 'the hello is not signed by the site\'s key');
+    if (!layout) {
+      layout = h.data.layout;
+      ingestor = makeIngestor(layout);
+      log(`model layout from site "${site}": ${layout.length} tensors`);
+    } else if (JSON.stringify(layout) !== JSON.stringify(h.data.layout)) {
+      return refuse('CONSORT_R_WRONG_SHAPE', 'the site builds a different model (check its data shape and classes)');
+    }
+    if (!lastSeen.has(site)) log(`site "${site}" joined`);
+    joined[site] = {
+      labels: h.data.labels,
+      sampleShape: h.data.sampleShape,
+      ...(h.data.quality ? { quality: h.data.quality } : {}),
+      ...(h.data.backend ? { backend: h.data.backend } : {}),
+    };
+    lastSeen.set(site, Date.now());
+    welcome(msg, { accepted: true });
+  };
+
+  let transport: NatsTransport | undefined;
+  // Envelopes are handled one at a time, so the ingestor's view never races.
+  let inbox: Promise<void> = Promise.resolve();
+  const serially = (fn: () => Promise<void> | void) => {
+    inbox = inbox.then(fn).catch((err: unknown) => log(`message handling failed: ${(err as Error).message}`));
+  };
+  const notReady = (msg: Msg): void => {
+    if (msg.reply) msg.respond(json({ type: 'ack', accepted: false, code: 'CONSORT_R_NOT_READY', reason: 'no round is open yet' }));
+  };
+  const lastToken = (msg: Msg) => msg.subject.split('.').pop() ?? '';
+  const on = (subject: string, handle: (msg: Msg) => void) =>
+    nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (!err) handle(msg);
+      },
+    });
+  const subs: Subscription[] = [
+    on(subj.helloAll, onHello),
+    on(subj.updateAll, (msg) => serially(() => (transport ? transport.onUpdate(lastToken(msg), msg) : notReady(msg)))),
+    on(subj.evaluationAll, (msg) => serially(() => (transport ? transport.onEvaluation(lastToken(msg), msg) : notReady(msg)))),
+    on(subj.status, (msg) => {
+      msg.respond(json({ job: key, round, done, joined: [...lastSeen.keys()].sort(), alive: alive(), rejections: ingestor?.counts() ?? {} }));
+    }),
+  ];
+  await nc.flush();
+
+  try {
+    // Wait for the sites: all of them, or a quorum once the join window has passed.
+    const joinDeadline = Date.now() + (o.joinTimeoutMs ?? 30_000);
+    for (;;) {
+      if (o.signal?.aborted) throw new OperatorError('CONSORT_C_QUORUM', 'stopped before the sites joined');
+      const n = alive().length;
+      if (layout && n === siteNames.length) break;
+      if (layout && n >= spec.sampling.minSites && Date.now() > joinDeadline) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    log(`${alive().length} of ${siteNames.length} sites joined; ${resume ? `resuming after round ${resume.round}` : 'starting'}`);
+    transport = new NatsTransport({
+      nc,
+      spec,
+      job: key,
+      subjects: subj,
+      layout: layout!,
+      models,
+      modelsBucket: bucket.models,
+      updates: async (s) => updateStores.get(s) ?? (await objm.open(bucket.updates(s))),
+      ingestor: ingestor!,
+      alive,
+      log,
+    });
+    const events: RoundEvents = {
+      ...o.events,
+      roundStarted: (r, sites) => {
+        round = r;
+        nc.publish(subj.round, json({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: r, phase: 'started', sites: [...sites] } satisfies RoundNotice));
+        o.events?.roundStarted?.(r, sites);
+      },
+    };
+    const coordinator = new RoundCoordinator({
+      spec,
+      initial: resume?.global ?? initialParameters(layout!, spec.seed),
+      transport,
+      events,
+      checkpoints: { store: checkpoints, job: key, transportState: () => ({ layout: layout!, ingestor: ingestor!.snapshot() }) satisfies TransportState },
+      ...(resume ? { resume } : {}),
+    });
+    const result = await coordinator.run();
+    await models.putBlob({ name: 'global/final' }, encodeSafetensors(layout!, result.global, { job: key }));
+    done = true;
+    nc.publish(subj.round, json({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: result.roundsCompleted, phase: 'done' } satisfies RoundNotice));
+    await nc.flush();
+    return {
+      ...result,
+      layout: layout!,
+      sites: joined,
+      resumedFrom: resume?.round ?? 0,
+      rejections: ingestor!.counts(),
+      bytesIn: Object.fromEntries(transport.bytesIn),
+      bytesOut: Object.fromEntries(transport.bytesOut),
+    };
+  } finally {
+    transport?.shutdown();
+    for (const s of subs) s.unsubscribe();
+    await inbox;
+  }
+}

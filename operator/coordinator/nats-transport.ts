@@ -1,0 +1,268 @@
+// The coordinator's side of protocol v1: tasks out to each sampled site on its own subject,
+// signed envelopes in, each checked by the UpdateIngestor before its payload is fetched from the
+// site's updates bucket and handed to the round loop. A rejected message is answered with its
+// reason, counted, logged once per (site, reason), and changes nothing.
+import type { Msg, NatsConnection } from '@nats-io/transport-node';
+import type { ObjectStore } from '@nats-io/obj';
+import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
+import type { ParameterLayout } from '../../core/model/layout.ts';
+import { sha256Hex } from '../../core/protocol/digest.ts';
+import type { UpdateIngestor } from '../../core/protocol/ingestion.ts';
+import type { Ack, EvaluateTask, FitTask, ObjectRef } from '../../core/protocol/messages.ts';
+import { newNonce } from '../../core/protocol/signing.ts';
+import { objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
+import type { Outcome, SiteEvaluation, SiteTransport } from '../../core/protocol/transport.ts';
+import type { FitInstructions, SiteFitResult } from '../../core/strategies/strategy.ts';
+import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { Channel } from './channel.ts';
+
+const encoder = new TextEncoder();
+const json = (v: unknown) => encoder.encode(JSON.stringify(v));
+
+interface OpenRound<T> {
+  round: number;
+  kind: 'fit' | 'evaluate';
+  sites: Set<string>;
+  answered: Set<string>;
+  channel: Channel<Outcome<T>>;
+  timer: NodeJS.Timeout;
+}
+
+export interface NatsTransportOptions {
+  nc: NatsConnection;
+  spec: FederatedJobSpec;
+  job: string;
+  subjects: ReturnType<typeof subjects>;
+  layout: ParameterLayout;
+  models: ObjectStore;
+  modelsBucket: string;
+  updates: (site: string) => Promise<ObjectStore>;
+  ingestor: UpdateIngestor;
+  /** Sites heard from lately. */
+  alive: () => string[];
+  log: (line: string) => void;
+}
+
+export class NatsTransport implements SiteTransport {
+  private readonly o: NatsTransportOptions;
+  private fitRound: OpenRound<SiteFitResult> | undefined;
+  private evalRound: OpenRound<SiteEvaluation> | undefined;
+  /** Buffered mode: late updates that arrived between rounds, folded into the next one. */
+  private late: SiteFitResult[] = [];
+  private readonly logged = new Set<string>();
+  /** Bytes of updates accepted, per round (for the compression table and metrics). */
+  readonly bytesIn = new Map<number, number>();
+  readonly bytesOut = new Map<number, number>();
+
+  constructor(o: NatsTransportOptions) {
+    this.o = o;
+  }
+
+  async available(): Promise<string[]> {
+    return this.o.alive();
+  }
+
+  private get deadlineMs(): number {
+    return this.o.spec.aggregation.roundDeadlineSeconds * 1000;
+  }
+
+  /** Puts a model (or control variate) into the models bucket once; returns its reference. */
+  private async publishModel(name: string, values: Float32Array): Promise<ObjectRef> {
+    const bytes = encodeSafetensors(this.o.layout, values);
+    const sha256 = sha256Hex(bytes);
+    // The store keeps its own SHA-256 (padded base64url): an identical model is not written twice.
+    const info = await this.o.models.info(name).catch(() => null);
+    const b64 = Buffer.from(sha256, 'hex').toString('base64url');
+    const digest = `SHA-256=${b64}${'='.repeat((4 - (b64.length % 4)) % 4)}`;
+    if (!info || info.deleted || info.digest !== digest) await this.o.models.putBlob({ name }, bytes);
+    return { bucket: this.o.modelsBucket, name, sha256, size: bytes.length };
+  }
+
+  private open<T>(round: number, kind: 'fit' | 'evaluate', sites: readonly string[]): OpenRound<T> {
+    const channel = new Channel<Outcome<T>>();
+    const r: OpenRound<T> = {
+      round,
+      kind,
+      sites: new Set(sites),
+      answered: new Set(),
+      channel,
+      timer: setTimeout(() => this.close(r, 'no answer before the round deadline'), this.deadlineMs),
+    };
+    return r;
+  }
+
+  private close<T>(r: OpenRound<T>, reason: string): void {
+    clearTimeout(r.timer);
+    if (r.kind === 'fit' && !r.channel.isClosed) this.o.ingestor.closeRound(r.round);
+    for (const site of r.sites) {
+      if (!r.answered.has(site)) r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_DEADLINE', reason } });
+    }
+    r.channel.close();
+  }
+
+  private answered<T>(r: OpenRound<T>, site: string): void {
+    r.answered.add(site);
+    if ([...r.sites].every((s) => r.answered.has(s))) this.close(r, '');
+  }
+
+  /** Sends a task; a site that is not listening fails at once (no responders), others are retried until the deadline. */
+  private async sendTask<T>(r: OpenRound<T>, site: string, task: FitTask | EvaluateTask): Promise<void> {
+    const body = json(task);
+    const until = Date.now() + this.deadlineMs;
+    let wait = 200;
+    let lastError = '';
+    while (Date.now() < until && !r.channel.isClosed) {
+      try {
+        await this.o.nc.request(this.o.subjects.task(site), body, { timeout: 2000 });
+        return;
+      } catch (err) {
+        lastError = (err as Error).message;
+        await new Promise((res) => setTimeout(res, wait));
+        wait = Math.min(wait * 2, 2000);
+      }
+    }
+    if (!r.answered.has(site) && !r.channel.isClosed) {
+      r.answered.add(site);
+      r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_UNREACHABLE', reason: `task not delivered: ${lastError}` } });
+      if ([...r.sites].every((s) => r.answered.has(s))) this.close(r, '');
+    }
+  }
+
+  fit(round: number, sites: readonly string[], global: Float32Array, instructions: FitInstructions): AsyncIterable<Outcome<SiteFitResult>> {
+    const r = this.open<SiteFitResult>(round, 'fit', sites);
+    this.fitRound = r;
+    this.o.ingestor.beginRound(round, [...sites]);
+    for (const late of this.late) r.channel.push({ ok: true, value: { ...late, staleness: (late.staleness ?? 0) + 1 } });
+    this.late = [];
+    void (async () => {
+      const model = await this.publishModel(objectNames.global(round - 1), global);
+      const control = instructions.serverControl ? await this.publishModel(objectNames.control(round), instructions.serverControl) : undefined;
+      this.bytesOut.set(round, model.size * sites.length);
+      const deadline = Date.now() + this.deadlineMs;
+      await Promise.all(
+        sites.map((site) =>
+          this.sendTask(r, site, {
+            type: 'fit',
+            protocol: PROTOCOL_VERSION,
+            job: this.o.job,
+            site,
+            round,
+            taskId: newNonce(),
+            model,
+            deadline,
+            proximalMu: instructions.proximalMu,
+            ...(control ? { control } : {}),
+          }),
+        ),
+      );
+    })().catch((err: unknown) => {
+      this.o.log(`round ${round}: cannot send the tasks: ${(err as Error).message}`);
+      this.close(r, `tasks not sent: ${(err as Error).message}`);
+    });
+    return r.channel;
+  }
+
+  evaluate(round: number, sites: readonly string[], global: Float32Array, opts: { trainLoss: boolean }): AsyncIterable<Outcome<SiteEvaluation>> {
+    const r = this.open<SiteEvaluation>(round, 'evaluate', sites);
+    this.evalRound = r;
+    this.o.ingestor.beginEvaluation(round, sites);
+    void (async () => {
+      const model = await this.publishModel(objectNames.global(round), global);
+      const deadline = Date.now() + this.deadlineMs;
+      await Promise.all(
+        sites.map((site) =>
+          this.sendTask(r, site, {
+            type: 'evaluate',
+            protocol: PROTOCOL_VERSION,
+            job: this.o.job,
+            site,
+            round,
+            taskId: newNonce(),
+            model,
+            deadline,
+            trainLoss: opts.trainLoss,
+          }),
+        ),
+      );
+    })().catch((err: unknown) => this.close(r, `tasks not sent: ${(err as Error).message}`));
+    return r.channel;
+  }
+
+  private reply(msg: Msg, ack: Ack): void {
+    if (msg.reply) msg.respond(json(ack));
+  }
+
+  private reject(msg: Msg, site: string, code: string, reason: string): void {
+    const key = `${site}\u0000${code}`;
+    if (!this.logged.has(key)) {
+      this.logged.add(key);
+      this.o.log(`refused a message from site "${site}": ${reason} [${code}] (logged once per site and reason)`);
+    }
+    this.reply(msg, { type: 'ack', accepted: false, code, reason });
+  }
+
+  /** An update envelope from `site` (the subject's last token, never the envelope's word). */
+  async onUpdate(site: string, msg: Msg): Promise<void> {
+    const checked = this.o.ingestor.checkEnvelope(site, msg.data);
+    if (!checked.ok) return this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
+    if ('duplicate' in checked && checked.duplicate) return this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
+    const env = checked.envelope;
+    let bytes: Uint8Array | null = null;
+    try {
+      const store = await this.o.updates(site);
+      bytes = await store.getBlob(env.object.name);
+    } catch {
+      bytes = null;
+    }
+    if (!bytes) {
+      const rej = this.o.ingestor.reject(env, 'CONSORT_R_OBJECT_MISSING', `update object ${env.object.name} not found in ${env.object.bucket}`);
+      return this.reject(msg, site, rej.code, rej.reason);
+    }
+    const obj = this.o.ingestor.checkObject(env, bytes);
+    if (!obj.ok) return this.reject(msg, site, obj.rejection.code, obj.rejection.reason);
+    const result = obj.result;
+    const r = this.fitRound;
+    const onTime = r && r.round === result.round && !r.channel.isClosed && r.sites.has(site) && !r.answered.has(site);
+    if (onTime) {
+      r.channel.push({ ok: true, value: result });
+      this.answered(r, site);
+    } else if (this.o.spec.aggregation.mode === 'buffered' && (result.staleness ?? 0) >= 0) {
+      // FedBuff: folded into the open round if there is one, else into the next.
+      if (r && !r.channel.isClosed) r.channel.push({ ok: true, value: { ...result, staleness: Math.max(1, result.staleness ?? 0) } });
+      else this.late.push({ ...result, staleness: Math.max(0, result.staleness ?? 0) });
+    } else {
+      const rej = this.o.ingestor.reject(env, 'CONSORT_R_STALE_ROUND', `round ${result.round} is closed`);
+      return this.reject(msg, site, rej.code, rej.reason);
+    }
+    this.o.ingestor.commit(env);
+    this.bytesIn.set(result.round, (this.bytesIn.get(result.round) ?? 0) + bytes.length);
+    this.reply(msg, { type: 'ack', accepted: true });
+  }
+
+  onEvaluation(site: string, msg: Msg): void {
+    const checked = this.o.ingestor.checkEvaluation(site, msg.data);
+    if (!checked.ok) return this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
+    const e = checked.envelope;
+    const r = this.evalRound;
+    if (!r || r.round !== e.round || r.channel.isClosed || !r.sites.has(site) || r.answered.has(site)) {
+      return this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
+    }
+    r.channel.push({
+      ok: true,
+      value: {
+        site,
+        samples: e.samples,
+        loss: e.loss,
+        accuracy: e.accuracy,
+        ...(e.auc !== undefined ? { auc: e.auc } : {}),
+        ...(e.trainLoss !== undefined ? { trainLoss: e.trainLoss } : {}),
+      },
+    });
+    this.answered(r, site);
+    this.reply(msg, { type: 'ack', accepted: true });
+  }
+
+  shutdown(): void {
+    for (const r of [this.fitRound, this.evalRound]) if (r) this.close(r as OpenRound<unknown>, 'coordinator stopping');
+  }
+}

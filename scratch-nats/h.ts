@@ -1,0 +1,16 @@
+import { NatsServer } from '../test/helpers/nats-server.ts';
+import { connect } from '@nats-io/transport-node';
+const t0 = performance.now();
+const s = await NatsServer.start();
+console.log('started', s.url, Math.round(performance.now() - t0), 'ms');
+const nc = await connect({ servers: s.url, reconnectTimeWait: 100, maxReconnectAttempts: -1 });
+const rec = (async () => { for await (const st of nc.status()) { console.log('status', st.type); if (st.type === 'reconnect') return; } })();
+const t1 = performance.now();
+await s.restart({ downMs: 200 });
+console.log('restarted', Math.round(performance.now() - t1), 'ms');
+await rec;
+await nc.flush();
+console.log('flushed after restart');
+await nc.close();
+await s.stop();
+console.log(s.log().split('\n').slice(0, 4).join('\n'));

@@ -1,0 +1,110 @@
+// `consort nats-config` as a user runs it: the files it writes (seeds readable by their owner
+// only), a configuration nats-server accepts and that admits the written seeds, and exit status
+// 2 with the flag named for bad input.
+import { execFileSync } from 'node:child_process';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fromSeed } from '@nats-io/nkeys';
+import { describe, expect, it } from 'vitest';
+import { natsConfigFiles, TrustedKeys } from '../../cli/nats/config.ts';
+import { connectAs } from '../../cli/nats/connect.ts';
+import { COORDINATOR_USER } from '../../cli/nats/permissions.ts';
+import { subjects } from '../../core/protocol/subjects.ts';
+import { runConsort, transcript } from '../helpers/consort-cli.ts';
+import { hospitalSpec, writeJob } from '../helpers/jobs.ts';
+import { NatsServer, natsServerBinary } from '../helpers/nats-server.ts';
+import { useTmpDirs } from '../helpers/tmp-dirs.ts';
+
+const tmp = useTmpDirs('file');
+const SITES = ['north', 'south', 'east'];
+
+describe('consort nats-config', () => {
+  it('writes the server configuration, the seeds (mode 0600) and keys.json, which work together', async () => {
+    const dir = tmp('nats-config');
+    const job = writeJob(dir, hospitalSpec(), { name: 'clinic' });
+    const out = join(dir, 'nats');
+    const r = await runConsort(['nats-config', job, '--out', out, '--listen', '127.0.0.1:14222']);
+    expect(r.code, transcript(r)).toBe(0);
+    expect(r.stderr).toBe('');
+    for (const f of natsConfigFiles(SITES)) {
+      expect(r.stdout, f).toContain(f);
+      const mode = statSync(join(out, f)).mode & 0o777;
+      if (f.endsWith('.nk')) expect(mode, f).toBe(0o600);
+    }
+    const conf = readFileSync(join(out, 'nats-server.conf'), 'utf8');
+    expect(conf).toContain('listen: "127.0.0.1:14222"');
+    expect(conf).toContain(`store_dir: ${JSON.stringify(join(out, 'jetstream'))}`);
+    expect(conf).toContain('"default_clinic": {');
+    execFileSync(natsServerBinary(), ['-t', '-c', join(out, 'nats-server.conf')], { stdio: 'pipe' });
+
+    // keys.json holds the public halves of the written seeds.
+    const keys = TrustedKeys.parse(JSON.parse(readFileSync(join(out, 'keys.json'), 'utf8')));
+    const publicOf = (file: string) => fromSeed(new TextEncoder().encode(readFileSync(join(out, file), 'utf8').trim())).getPublicKey();
+    expect(keys.coordinator).toBe(publicOf('coordinator.nk'));
+    expect(Object.keys(keys.sites)).toEqual(SITES);
+    for (const s of SITES) expect(keys.sites[s], s).toBe(publicOf(join('sites', `${s}.nk`)));
+
+    // The server, started on that configuration, admits each seed file as its user.
+    const server = await NatsServer.start({ config: conf });
+    try {
+      const coordinator = await connectAs(server.url, join(out, 'coordinator.nk'), COORDINATOR_USER);
+      const north = await connectAs(server.url, join(out, 'sites', 'north.nk'), 'north');
+      const subj = subjects('default_clinic');
+      const sub = coordinator.subscribe(subj.helloAll, { callback: (_err, m) => m.respond('welcome') });
+      await coordinator.flush();
+      expect((await north.request(subj.hello('north'), 'hi', { timeout: 5000 })).string()).toBe('welcome');
+      sub.unsubscribe();
+      await Promise.all([coordinator.close(), north.close()]);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('--store chooses the JetStream folder; a folder that already holds keys is refused', async () => {
+    const dir = tmp('nats-config');
+    const job = writeJob(dir, hospitalSpec(), { name: 'clinic' });
+    const out = join(dir, 'nats');
+    const store = join(dir, 'js-store');
+    const first = await runConsort(['nats-config', job, '--out', out, '--store', store]);
+    expect(first.code, transcript(first)).toBe(0);
+    expect(readFileSync(join(out, 'nats-server.conf'), 'utf8')).toContain(`store_dir: ${JSON.stringify(store)}`);
+    const seed = readFileSync(join(out, 'coordinator.nk'), 'utf8');
+    const again = await runConsort(['nats-config', job, '--out', out]);
+    expect(again.code, transcript(again)).toBe(2);
+    expect(again.stderr).toMatch(/--out .* already holds a NATS configuration/);
+    expect(readFileSync(join(out, 'coordinator.nk'), 'utf8')).toBe(seed);
+  });
+
+  it.each([
+    ['an address that is not HOST:PORT', ['--listen', 'localhost'], '--listen'],
+    ['a port out of range', ['--listen', '127.0.0.1:70000'], '--listen'],
+    ['an unknown flag', ['--out', 'x', '--bogus'], '--bogus'],
+    ['no --out', [], '--out'],
+  ])('%s: exit 2, naming the flag', async (_what, flags, named) => {
+    const dir = tmp('nats-config');
+    const job = writeJob(dir, hospitalSpec(), { name: 'clinic' });
+    const args = flags.includes('--out') ? flags : [...flags, ...(named === '--out' ? [] : ['--out', join(dir, 'nats')])];
+    const r = await runConsort(['nats-config', job, ...args]);
+    expect(r.code, transcript(r)).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr.split('\n')[0]).toMatch(/^consort: .*\[CONSORT_CLI_USAGE\]$/);
+    expect(r.stderr).toContain(named);
+  });
+
+  it('a job file that is not a FederatedJob: exit 2, naming the field', async () => {
+    const dir = tmp('nats-config');
+    const job = join(dir, 'job.yaml');
+    writeFileSync(job, 'apiVersion: consort.dev/v1alpha1\nkind: FederatedJob\nmetadata: {name: Bad_Name}\nspec: {}\n');
+    const r = await runConsort(['nats-config', job, '--out', join(dir, 'nats')]);
+    expect(r.code, transcript(r)).toBe(2);
+    expect(r.stderr).toMatch(/CONSORT_CLI_JOB_SPEC/);
+    expect(r.stderr).toContain('metadata.name');
+  });
+
+  it('--help explains every flag', async () => {
+    const r = await runConsort(['nats-config', '--help']);
+    expect(r.code, transcript(r)).toBe(0);
+    expect(r.stdout).toMatch(/Usage: consort nats-config \[options\] <job>/);
+    for (const flag of ['--out', '--listen', '--store']) expect(r.stdout, flag).toMatch(new RegExp(`^\\s+${flag}\\b[^\\n]*\\s{2,}\\w`, 'm'));
+  });
+});

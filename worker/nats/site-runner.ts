@@ -1,0 +1,257 @@
+// A site as its own process: joins the job over NATS (signed hello, repeated as a heartbeat),
+// takes fit and evaluate tasks addressed to it alone, fetches the global model from the job's
+// models bucket, trains and scores with a SiteWorker, and sends back a signed update whose
+// payload sits in its own updates bucket. Raw data never leaves; only updates, metrics, counts.
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { Objm, type ObjectStore, setSha256Backend } from '@nats-io/obj';
+import type { FederatedJob } from '../../core/job/federated-job.ts';
+import { encodeUpdate } from '../../core/protocol/codecs.ts';
+import { sha256Hex } from '../../core/protocol/digest.ts';
+import { Ack, type EvaluateTask, type EvaluationEnvelope, type FitTask, type Hello, RoundNotice, Task, type UpdateEnvelope, Welcome } from '../../core/protocol/messages.ts';
+import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
+import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
+import type { BackendPreference } from '../backend.ts';
+import { WorkerError } from '../errors.ts';
+import { SiteWorker } from '../site-worker.ts';
+
+// Object Store digests with node's native SHA-256 (the JS fallback is 3-4x slower).
+setSha256Backend('native');
+
+export interface SiteRunnerOptions {
+  job: FederatedJob;
+  site: string;
+  nc: NatsConnection;
+  /** The site's NKey seed: signs every hello, update and evaluation. */
+  seed: string;
+  baseDir: string;
+  backend: BackendPreference;
+  log: (line: string) => void;
+  heartbeatMs?: number;
+  /** Ends the runner early (tests, signals). */
+  signal?: AbortSignal;
+}
+
+export interface SiteRunSummary {
+  site: string;
+  fits: number;
+  evaluations: number;
+  rejected: number;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const json = (v: unknown) => encoder.encode(JSON.stringify(v));
+/** JSON from the wire, or undefined: a garbled message is the sender's problem, never a crash. */
+function parseJson(data: Uint8Array): unknown {
+  try {
+    return JSON.parse(decoder.decode(data));
+  } catch {
+    return undefined;
+  }
+}
+
+export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> {
+  const { job, site, nc, log } = opts;
+  const spec = job.spec;
+  const key = jobKey(job.metadata);
+  const subj = subjects(key);
+  const bucket = buckets(key);
+  const siteIndex = spec.sites.findIndex((s) => s.name === site);
+  if (siteIndex < 0) throw new WorkerError('CONSORT_W_DATA_SCHEMA', `site "${site}" is not in spec.sites of job ${job.metadata.name}`);
+  const siteSpec = spec.sites[siteIndex]!;
+
+  const worker = new SiteWorker({ spec, baseDir: opts.baseDir, backend: opts.backend });
+  const described = await worker.describe(siteIndex);
+  const classes = spec.classes ?? (siteSpec.data.type === 'synthetic' ? described.labels : undefined);
+  if (!classes) {
+    throw new WorkerError(
+      'CONSORT_W_DATA_SCHEMA',
+      'spec.classes is required when sites run as separate processes with CSV or image data (each site only sees its own labels)',
+    );
+  }
+  const prepared = await worker.prepare(classes, described.sampleShape);
+  log(`site ${site}: ${described.quality.trainSamples} train / ${described.quality.testSamples} test examples; backend ${prepared.backend.name} (${prepared.backend.reason})`);
+
+  const objm = new Objm(nc);
+  let models: ObjectStore | undefined;
+  let updates: ObjectStore | undefined;
+  const summary: SiteRunSummary = { site, fits: 0, evaluations: 0, rejected: 0 };
+  /** The last envelope sent per round: a repeated task (coordinator restarted) is answered with it, not retrained. */
+  const sent = new Map<string, Uint8Array>();
+  /** Top-k error feedback: what compression left out stays here. */
+  let residual: Float32Array | undefined;
+
+  let finish: () => void = () => {};
+  const finished = new Promise<void>((resolve) => {
+    finish = resolve;
+  });
+  opts.signal?.addEventListener('abort', () => finish(), { once: true });
+
+  const hello = (): Uint8Array => {
+    const h: Omit<Hello, 'signature'> = {
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      job: key,
+      site,
+      nonce: newNonce(),
+      sentAt: Date.now(),
+      sampleShape: described.sampleShape,
+      labels: described.labels,
+      layout: prepared.layout,
+      codecs: ['none', 'fp16', 'int8', 'topk'],
+      quality: described.quality,
+      backend: { name: prepared.backend.name, reason: prepared.backend.reason },
+    };
+    return json(signEnvelope(h, opts.seed));
+  };
+
+  // Join, then keep saying hello: the coordinator samples only sites it has heard from lately.
+  let joined = false;
+  const heartbeat = async (): Promise<void> => {
+    try {
+      const reply = await nc.request(subj.hello(site), hello(), { timeout: 2000 });
+      const w = Welcome.safeParse(parseJson(reply.data));
+      if (!w.success) return;
+      if (!w.data.accepted) {
+        log(`site ${site}: refused by the coordinator: ${w.data.reason ?? w.data.code}`);
+        if (w.data.code === 'CONSORT_R_UNKNOWN_PROTOCOL' || w.data.code === 'CONSORT_R_UNKNOWN_SITE') finish();
+        return;
+      }
+      if (!joined) log(`site ${site}: joined ${job.metadata.name} at round ${w.data.round}`);
+      joined = true;
+      if (w.data.done) finish();
+    } catch {
+      // No coordinator yet (or a restart under way): keep trying.
+    }
+  };
+
+  const fetchModel = async (ref: { name: string; sha256: string }): Promise<Float32Array> => {
+    models ??= await objm.open(bucket.models);
+    const bytes = await models.getBlob(ref.name);
+    if (!bytes) throw new Error(`model object ${ref.name} not found`);
+    if (sha256Hex(bytes) !== ref.sha256) throw new Error(`model object ${ref.name}: SHA-256 does not match the task`);
+    return decodeSafetensors(bytes).values;
+  };
+
+  /** Sends an envelope until the coordinator answers, or the deadline passes. */
+  const deliver = async (subject: string, body: Uint8Array, deadline: number, what: string): Promise<void> => {
+    let wait = 250;
+    while (Date.now() < deadline + 60_000 && !opts.signal?.aborted) {
+      try {
+        const reply = await nc.request(subject, body, { timeout: 5000 });
+        const ack = Ack.safeParse(parseJson(reply.data));
+        if (ack.success && !ack.data.accepted) {
+          summary.rejected++;
+          log(`site ${site}: ${what} refused: ${ack.data.reason ?? ack.data.code}`);
+        }
+        return;
+      } catch {
+        await new Promise((r) => setTimeout(r, wait));
+        wait = Math.min(wait * 2, 5000);
+      }
+    }
+  };
+
+  const fit = async (task: FitTask): Promise<void> => {
+    const already = sent.get(`fit/${task.round}`);
+    if (already) return deliver(subj.update(site), already, task.deadline, `update of round ${task.round}`);
+    const global = await fetchModel(task.model);
+    const serverControl = task.control ? await fetchModel(task.control) : undefined;
+    const r = await worker.fit({ round: task.round, siteIndex, global, proximalMu: task.proximalMu, ...(serverControl ? { serverControl } : {}) });
+    const encoded = encodeUpdate(r.delta, prepared.layout, spec.compression, {
+      ...(residual ? { residual } : {}),
+      ...(r.controlDelta ? { control: r.controlDelta } : {}),
+    });
+    if (encoded.residual) residual = encoded.residual;
+    const nonce = newNonce();
+    const name = objectNames.update(task.round, nonce);
+    updates ??= await objm.open(bucket.updates(site));
+    await updates.putBlob({ name }, encoded.bytes);
+    const envelope: Omit<UpdateEnvelope, 'signature'> = {
+      type: 'update',
+      protocol: PROTOCOL_VERSION,
+      job: key,
+      site,
+      round: task.round,
+      taskId: task.taskId,
+      nonce,
+      samples: r.samples,
+      trainLoss: r.trainLoss,
+      steps: r.steps,
+      codec: spec.compression.codec,
+      object: { bucket: bucket.updates(site), name, sha256: sha256Hex(encoded.bytes), size: encoded.bytes.length },
+    };
+    const body = json(signEnvelope(envelope, opts.seed));
+    sent.set(`fit/${task.round}`, body);
+    summary.fits++;
+    await deliver(subj.update(site), body, task.deadline, `update of round ${task.round}`);
+  };
+
+  const evaluate = async (task: EvaluateTask): Promise<void> => {
+    const already = sent.get(`eval/${task.round}/${task.model.sha256}`);
+    if (already) return deliver(subj.evaluation(site), already, task.deadline, `evaluation of round ${task.round}`);
+    const global = await fetchModel(task.model);
+    const m = await worker.evaluate({ siteIndex, global, trainLoss: task.trainLoss });
+    const envelope: Omit<EvaluationEnvelope, 'signature'> = {
+      type: 'evaluation',
+      protocol: PROTOCOL_VERSION,
+      job: key,
+      site,
+      round: task.round,
+      taskId: task.taskId,
+      nonce: newNonce(),
+      samples: m.samples,
+      loss: m.loss,
+      accuracy: m.accuracy,
+      ...(m.auc !== undefined ? { auc: m.auc } : {}),
+      ...(m.trainLoss !== undefined ? { trainLoss: m.trainLoss } : {}),
+    };
+    const body = json(signEnvelope(envelope, opts.seed));
+    sent.set(`eval/${task.round}/${task.model.sha256}`, body);
+    summary.evaluations++;
+    await deliver(subj.evaluation(site), body, task.deadline, `evaluation of round ${task.round}`);
+  };
+
+  // Tasks run one at a time, in arrival order: the site has one model.
+  let queue: Promise<void> = Promise.resolve();
+  const onTask = (msg: Msg) => {
+    let task: Task;
+    try {
+      task = Task.parse(JSON.parse(decoder.decode(msg.data)));
+      if (task.site !== site || task.job !== key) throw new Error(`task for ${task.job}/${task.site}`);
+    } catch (err) {
+      msg.respond(json({ type: 'ack', accepted: false, code: 'CONSORT_R_MALFORMED', reason: (err as Error).message }));
+      return;
+    }
+    msg.respond(json({ type: 'ack', accepted: true }));
+    queue = queue.then(() =>
+      (task.type === 'fit' ? fit(task) : evaluate(task)).catch((err: unknown) => {
+        log(`site ${site}: ${task.type} of round ${task.round} failed: ${(err as Error).message}`);
+      }),
+    );
+  };
+  const subs: Subscription[] = [
+    nc.subscribe(subj.task(site), { callback: (err, msg) => (err ? undefined : onTask(msg)) }),
+    nc.subscribe(subj.round, {
+      callback: (err, msg) => {
+        if (err) return;
+        const n = RoundNotice.safeParse(parseJson(msg.data));
+        if (n.success && n.data.phase === 'done') finish();
+      },
+    }),
+  ];
+  await nc.flush();
+  // Subscribed first, then join: a task sent right after the welcome is not lost.
+  await heartbeat();
+  const beat = setInterval(() => void heartbeat(), opts.heartbeatMs ?? 1000);
+  try {
+    await finished;
+    await queue;
+  } finally {
+    clearInterval(beat);
+    for (const s of subs) s.unsubscribe();
+    worker.dispose();
+  }
+  return summary;
+}
