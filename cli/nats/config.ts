@@ -148,7 +148,10 @@ export async function natsConfigCommand(jobPath: string, rawFlags: Record<string
     // New keys lock out every site holding the old ones: never replace them by accident.
     const existing = files.filter((f) => existsSync(join(out, f)));
     if (existing.length > 0) {
-      throw new CliError('CONSORT_CLI_USAGE', `--out ${flags.out} already holds a NATS configuration (${existing.join(', ')}); remove it or choose another folder`);
+      throw new CliError(
+        'CONSORT_CLI_USAGE',
+        `--out ${flags.out} already holds a NATS configuration (${existing.join(', ')}); remove it or choose another folder`,
+      );
     }
     const auth = natsAuthFor(job, { listen: flags.listen, storeDir });
     try {

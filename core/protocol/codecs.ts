@@ -12,7 +12,15 @@
 // which never leaves the site. For top-k that is what makes sparsification converge.
 import type { CompressionSpec } from '../job/federated-job.ts';
 import { type ParameterLayout, layoutOffsets, layoutSize } from '../model/layout.ts';
-import { type NamedTensor, type TensorDtype, bytesOfTensors, decodeTensors, encodeTensors } from '../tensor/safetensors.ts';
+import {
+  bytesOfTensors,
+  encodeTensors,
+  type NamedTensor,
+  readFloat32Into,
+  readSafetensorsHeader,
+  readTensorData,
+  type TensorDtype,
+} from '../tensor/safetensors.ts';
 
 export type Codec = CompressionSpec['codec'];
 export const UPDATE_FORMAT = 'consort.update/v1';
@@ -154,14 +162,17 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
   const n = layoutSize(layout);
   const k0 = limits.topkFraction !== undefined ? topkCount(n, limits.topkFraction) : undefined;
   const withControl = planUpdate(layout, codec, k0 ?? 1, true);
-  let decoded: ReturnType<typeof decodeTensors>;
+  let header: ReturnType<typeof readSafetensorsHeader>;
   try {
     // A few tensors too many is a shape problem (reported as such below); many more, a malformed object.
-    decoded = decodeTensors(bytes, { maxBytes: limits.maxBytes, maxTensors: withControl.length + 16 });
+    header = readSafetensorsHeader(bytes, { maxBytes: limits.maxBytes, maxTensors: withControl.length + 16 });
   } catch (err) {
     throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', (err as Error).message, { cause: err });
   }
-  const { tensors, metadata } = decoded;
+  // Data is read only once everything is validated, F32 straight into the flat vectors (peak
+  // memory: the object plus one model, whatever its size).
+  const { entries: tensors, metadata } = header;
+  const data = (name: string) => readTensorData(bytes, tensors.get(name)!);
   if (metadata.format !== UPDATE_FORMAT) {
     throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', `update format ${JSON.stringify(metadata.format)}, expected ${UPDATE_FORMAT}`);
   }
@@ -191,12 +202,12 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
   const delta = new Float32Array(n);
   switch (codec) {
     case 'none':
-      layout.forEach((t, i) => delta.set(tensors.get(t.name)!.data as Float32Array, offsets[i]!.offset));
+      layout.forEach((t, i) => readFloat32Into(bytes, tensors.get(t.name)!, delta, offsets[i]!.offset));
       break;
     case 'fp16': {
       const table = float16Table();
       layout.forEach((t, i) => {
-        const half = tensors.get(t.name)!.data as Uint16Array;
+        const half = data(t.name) as Uint16Array;
         const at = offsets[i]!.offset;
         for (let j = 0; j < half.length; j++) {
           if ((half[j]! & 0x7c00) === 0x7c00) throw new UpdateDecodeError('CONSORT_R_NON_FINITE', `tensor ${t.name}[${j}] is an fp16 NaN or Infinity`);
@@ -207,8 +218,8 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
     }
     case 'int8':
       layout.forEach((t, i) => {
-        const q = tensors.get(t.name)!.data as Int8Array;
-        const scale = (tensors.get(`${t.name}:scale`)!.data as Float32Array)[0]!;
+        const q = data(t.name) as Int8Array;
+        const scale = (data(`${t.name}:scale`) as Float32Array)[0]!;
         if (!Number.isFinite(scale)) throw new UpdateDecodeError('CONSORT_R_NON_FINITE', `tensor ${t.name}: scale is ${scale}`);
         if (scale < 0) throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', `tensor ${t.name}: negative scale ${scale}`);
         const at = offsets[i]!.offset;
@@ -224,8 +235,8 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
       });
       break;
     case 'topk': {
-      const indices = tensors.get('indices')!.data as Int32Array;
-      const values = tensors.get('values')!.data as Float32Array;
+      const indices = data('indices') as Int32Array;
+      const values = data('values') as Float32Array;
       if (n > 0 && indices.length === 0) throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', 'topk update with no coordinates');
       let previous = -1;
       for (let j = 0; j < indices.length; j++) {
@@ -243,7 +254,7 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
   if (codec === 'none') requireDecodedFinite('delta', delta, layout);
   if (controls === 0) return { delta };
   const control = new Float32Array(n);
-  layout.forEach((t, i) => control.set(tensors.get(controlName(t.name))!.data as Float32Array, offsets[i]!.offset));
+  layout.forEach((t, i) => readFloat32Into(bytes, tensors.get(controlName(t.name))!, control, offsets[i]!.offset));
   requireDecodedFinite('control', control, layout);
   return { delta, control };
 }

@@ -99,6 +99,15 @@ export function encodeTensors(entries: readonly NamedTensor[], metadata: Record<
   return out;
 }
 
+/** A validated header entry: where a tensor's data lies in the file (absolute byte offsets). */
+export interface TensorEntry {
+  name: string;
+  dtype: TensorDtype;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
 /**
  * Parses safetensors bytes from an untrusted source. Every problem is a RangeError that says
  * what is wrong: too large for `limits`, a header length beyond the bytes, a header that is not
@@ -107,6 +116,14 @@ export function encodeTensors(entries: readonly NamedTensor[], metadata: Record<
  * in data order, each with its own freshly allocated (aligned) array.
  */
 export function decodeTensors(bytes: Uint8Array, limits: SafetensorsLimits): { tensors: Map<string, NamedTensor>; metadata: Record<string, string> } {
+  const { entries, metadata } = readSafetensorsHeader(bytes, limits);
+  const tensors = new Map<string, NamedTensor>();
+  for (const e of entries.values()) tensors.set(e.name, { name: e.name, dtype: e.dtype, shape: e.shape, data: readTensorData(bytes, e) });
+  return { tensors, metadata };
+}
+
+/** The checks of decodeTensors without reading any data: entries in data order, validated against the bytes. */
+export function readSafetensorsHeader(bytes: Uint8Array, limits: SafetensorsLimits): { entries: Map<string, TensorEntry>; metadata: Record<string, string> } {
   if (bytes.length > limits.maxBytes) throw new RangeError(`safetensors: ${bytes.length} bytes exceed the limit of ${limits.maxBytes}`);
   if (bytes.length < 8) throw new RangeError(`safetensors: ${bytes.length} bytes, shorter than the 8-byte header length`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -132,7 +149,7 @@ export function decodeTensors(bytes: Uint8Array, limits: SafetensorsLimits): { t
   const dataStart = 8 + n;
   const dataLength = bytes.length - dataStart;
   const metadata: Record<string, string> = {};
-  const plans: Array<{ name: string; dtype: TensorDtype; shape: number[]; begin: number; end: number }> = [];
+  const plans: TensorEntry[] = [];
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
     if (name === '__metadata__') {
       if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new RangeError('safetensors: __metadata__ is not an object');
@@ -155,17 +172,32 @@ export function decodeTensors(bytes: Uint8Array, limits: SafetensorsLimits): { t
     cursor = p.end;
   }
   if (cursor !== dataLength) throw new RangeError(`safetensors: ${dataLength - cursor} bytes of data after the last tensor`);
+  const entries = new Map<string, TensorEntry>();
+  for (const p of plans) entries.set(p.name, { ...p, begin: dataStart + p.begin, end: dataStart + p.end });
+  return { entries, metadata };
+}
 
-  const tensors = new Map<string, NamedTensor>();
-  for (const p of plans) {
-    tensors.set(p.name, { name: p.name, dtype: p.dtype, shape: p.shape, data: readData(bytes, dataStart + p.begin, p.end - p.begin, p.dtype) });
+/** A copy of one tensor's data (a fresh, aligned array of its dtype). */
+export function readTensorData(bytes: Uint8Array, entry: TensorEntry): TensorData {
+  return readData(bytes, entry.begin, entry.end - entry.begin, entry.dtype);
+}
+
+/** Copies an F32 tensor's values into `out` from index `at`, with no intermediate array. */
+export function readFloat32Into(bytes: Uint8Array, entry: TensorEntry, out: Float32Array, at: number): void {
+  if (entry.dtype !== 'F32') throw new RangeError(`safetensors: tensor ${entry.name} is ${entry.dtype}, not F32`);
+  const count = (entry.end - entry.begin) / 4;
+  if (at < 0 || at + count > out.length) throw new RangeError(`safetensors: tensor ${entry.name} does not fit at ${at} of ${out.length}`);
+  if (LITTLE_ENDIAN) {
+    new Uint8Array(out.buffer, out.byteOffset + at * 4, count * 4).set(bytes.subarray(entry.begin, entry.end));
+    return;
   }
-  return { tensors, metadata };
+  const view = new DataView(bytes.buffer, bytes.byteOffset + entry.begin, count * 4);
+  for (let i = 0; i < count; i++) out[at + i] = view.getFloat32(i * 4, true);
 }
 
 const ARRAY_OF = { F32: Float32Array, F16: Uint16Array, I8: Int8Array, I32: Int32Array } as const;
 
-function planEntry(name: string, raw: unknown, dataLength: number): { name: string; dtype: TensorDtype; shape: number[]; begin: number; end: number } {
+function planEntry(name: string, raw: unknown, dataLength: number): TensorEntry {
   const bad = (why: string) => new RangeError(`safetensors: tensor ${JSON.stringify(name.slice(0, 200))}: ${why}`);
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad('entry is not an object');
   const keys = Object.keys(raw);

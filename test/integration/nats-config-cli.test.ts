@@ -18,7 +18,8 @@ import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 const tmp = useTmpDirs('file');
 const SITES = ['north', 'south', 'east'];
 
-describe('consort nats-config', () => {
+// Concurrent: most of each test is the CLI's start-up.
+describe.concurrent('consort nats-config', () => {
   it('writes the server configuration, the seeds (mode 0600) and keys.json, which work together', async () => {
     const dir = tmp('nats-config');
     const job = writeJob(dir, hospitalSpec(), { name: 'clinic' });
@@ -50,7 +51,11 @@ describe('consort nats-config', () => {
       const coordinator = await connectAs(server.url, join(out, 'coordinator.nk'), COORDINATOR_USER);
       const north = await connectAs(server.url, join(out, 'sites', 'north.nk'), 'north');
       const subj = subjects('default_clinic');
-      const sub = coordinator.subscribe(subj.helloAll, { callback: (_err, m) => m.respond('welcome') });
+      const sub = coordinator.subscribe(subj.helloAll, {
+        callback: (_err, m) => {
+          m.respond('welcome');
+        },
+      });
       await coordinator.flush();
       expect((await north.request(subj.hello('north'), 'hi', { timeout: 5000 })).string()).toBe('welcome');
       sub.unsubscribe();

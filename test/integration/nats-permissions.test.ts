@@ -19,10 +19,13 @@ import { useNatsServer } from '../helpers/nats-server.ts';
 const A = 'site-a';
 const B = 'site-b';
 const job = FederatedJob.parse({
-  ...jobManifest('perm', hospitalSpec([
-    { name: A, samples: 50 },
-    { name: B, samples: 50 },
-  ])),
+  ...jobManifest(
+    'perm',
+    hospitalSpec([
+      { name: A, samples: 50 },
+      { name: B, samples: 50 },
+    ]),
+  ),
   metadata: { name: 'perm', namespace: 'lab' },
 });
 const key = jobKey(job.metadata);
@@ -63,7 +66,11 @@ async function violation(c: Client, operation: 'publish' | 'subscription', subje
 /** The messages a subscription receives, in order. */
 function collect(nc: NatsConnection, subject: string): { sub: Subscription; msgs: Msg[] } {
   const msgs: Msg[] = [];
-  const sub = nc.subscribe(subject, { callback: (err, m) => (err ? undefined : msgs.push(m)) });
+  const sub = nc.subscribe(subject, {
+    callback: (err, m) => {
+      if (!err) msgs.push(m);
+    },
+  });
   return { sub, msgs };
 }
 
@@ -141,7 +148,7 @@ describe('a site reads the models and writes only its own updates', () => {
     expect(siteA.violations.slice(before)).toEqual([]);
   });
 
-  it("site A puts its update into its own bucket, and the coordinator reads it back (e)", async () => {
+  it('site A puts its update into its own bucket, and the coordinator reads it back (e)', async () => {
     const up = await new Objm(siteA.nc).open(bucket.updates(A));
     await up.putBlob({ name: objectNames.update(1, 'a-nonce-0000000001') }, UPDATE_A);
     const back = await (await new Objm(coordinator.nc).open(bucket.updates(A))).getBlob(objectNames.update(1, 'a-nonce-0000000001'));
@@ -190,7 +197,9 @@ describe('a site reads the models and writes only its own updates', () => {
     const jsm = await jetstreamManager(siteA.nc);
     const models = `OBJ_${bucket.models}`;
     await expect(new Objm(siteA.nc).create(`consort-${key}-evil`)).rejects.toThrow(/Permissions Violation/);
-    await expect(jsm.streams.add({ name: 'evil', subjects: ['consort.>'] })).rejects.toThrow(/Permissions Violation for Publish to "\$JS\.API\.STREAM\.CREATE\.evil"/);
+    await expect(jsm.streams.add({ name: 'evil', subjects: ['consort.>'] })).rejects.toThrow(
+      /Permissions Violation for Publish to "\$JS\.API\.STREAM\.CREATE\.evil"/,
+    );
     await expect(jsm.streams.delete(models)).rejects.toThrow(/Permissions Violation for Publish to "\$JS\.API\.STREAM\.DELETE\./);
     await expect(jsm.streams.purge(models)).rejects.toThrow(/Permissions Violation for Publish to "\$JS\.API\.STREAM\.PURGE\./);
     await expect(jsm.streams.delete(`OBJ_${bucket.updates(A)}`)).rejects.toThrow(/Permissions Violation/);
@@ -224,8 +233,12 @@ describe('a site speaks only as itself', () => {
     expect(msgs.map((m) => [m.subject, m.string()])).toEqual([[subject(A), 'genuine']]);
   });
 
-  it('site A asks the coordinator (request/reply through its own inbox), but not in B\'s name', async () => {
-    const sub = coordinator.nc.subscribe(subj.updateAll, { callback: (_err, m) => m.respond(`ack ${m.subject}`) });
+  it("site A asks the coordinator (request/reply through its own inbox), but not in B's name", async () => {
+    const sub = coordinator.nc.subscribe(subj.updateAll, {
+      callback: (_err, m) => {
+        m.respond(`ack ${m.subject}`);
+      },
+    });
     await coordinator.nc.flush();
     expect((await siteA.nc.request(subj.update(A), 'envelope', { timeout: 5000 })).string()).toBe(`ack ${subj.update(A)}`);
     await expect(siteA.nc.request(subj.update(B), 'envelope', { timeout: 5000 })).rejects.toThrow(/Permissions Violation for Publish/);
@@ -260,7 +273,11 @@ describe('a site hears only its own tasks and replies', () => {
     siteA.nc.publish(unasked, 'spoof');
     await violation(siteA, 'publish', unasked);
     // A's answer to a request reaches the same inbox, and after the spoof would have.
-    const sub = siteA.nc.subscribe(subj.task(A), { callback: (_err, m) => m.respond('accepted') });
+    const sub = siteA.nc.subscribe(subj.task(A), {
+      callback: (_err, m) => {
+        m.respond('accepted');
+      },
+    });
     await siteA.nc.flush();
     expect((await coordinator.nc.request(subj.task(A), 'fit', { timeout: 5000 })).string()).toBe('accepted');
     sub.unsubscribe();
@@ -268,16 +285,23 @@ describe('a site hears only its own tasks and replies', () => {
     expect(seen.msgs).toEqual([]);
   });
 
-  it.each([`${inboxPrefix(B)}.>`, '_INBOX.>', `${inboxPrefix(COORDINATOR_USER)}.>`])('site A cannot subscribe to %s, where replies to others go', async (inbox) => {
-    const spy = collect(siteA.nc, inbox);
-    await violation(siteA, 'subscription', inbox);
-    // B's own requests still get their replies, and A saw none of them.
-    const sub = coordinator.nc.subscribe(subj.helloAll, { callback: (_err, m) => m.respond('welcome') });
-    await coordinator.nc.flush();
-    expect((await siteB.nc.request(subj.hello(B), 'hi', { timeout: 5000 })).string()).toBe('welcome');
-    sub.unsubscribe();
-    expect(spy.msgs).toEqual([]);
-  });
+  it.each([`${inboxPrefix(B)}.>`, '_INBOX.>', `${inboxPrefix(COORDINATOR_USER)}.>`])(
+    'site A cannot subscribe to %s, where replies to others go',
+    async (inbox) => {
+      const spy = collect(siteA.nc, inbox);
+      await violation(siteA, 'subscription', inbox);
+      // B's own requests still get their replies, and A saw none of them.
+      const sub = coordinator.nc.subscribe(subj.helloAll, {
+        callback: (_err, m) => {
+          m.respond('welcome');
+        },
+      });
+      await coordinator.nc.flush();
+      expect((await siteB.nc.request(subj.hello(B), 'hi', { timeout: 5000 })).string()).toBe('welcome');
+      sub.unsubscribe();
+      expect(spy.msgs).toEqual([]);
+    },
+  );
 });
 
 describe('connecting', () => {

@@ -1,4 +1,0 @@
-import { NatsServer } from '../test/helpers/nats-server.ts';
-const s = await NatsServer.start();
-console.log('up', s.url);
-setInterval(() => {}, 1000);
