@@ -39,6 +39,7 @@ program
     ]),
   )
   .option('--threads <n>', 'worker threads for the sites (default: one per core)')
+  .option('--nats <url>', 'run the coordinator and each site as separate processes over this NATS server; "embedded" starts one')
   .option('--quiet', 'no progress output', false)
   .addHelpText(
     'after',

@@ -104,7 +104,11 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         signal: stopSignal(),
         events: {
           roundFinished: (r, round) =>
-            log(r ? `round ${round}: loss ${r.globalLoss.toFixed(4)} accuracy ${r.globalAccuracy.toFixed(4)} (${r.participants.length} sites)` : `round ${round} done`),
+            log(
+              r
+                ? `round ${round}: loss ${r.globalLoss.toFixed(4)} accuracy ${r.globalAccuracy.toFixed(4)} (${r.participants.length} sites)`
+                : `round ${round} done`,
+            ),
         },
       });
       const first = Object.values(result.sites)[0];
@@ -149,7 +153,10 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
     const flags = parseFlags(SiteFlags, raw);
     const job = readJobFile(flags.job);
     if (!job.spec.sites.some((s) => s.name === flags.site)) {
-      throw new CliError('CONSORT_CLI_USAGE', `--site: "${flags.site}" is not a site of ${job.metadata.name} (${job.spec.sites.map((s) => s.name).join(', ')})`);
+      throw new CliError(
+        'CONSORT_CLI_USAGE',
+        `--site: "${flags.site}" is not a site of ${job.metadata.name} (${job.spec.sites.map((s) => s.name).join(', ')})`,
+      );
     }
     const seed = readSeed(flags.creds);
     const nc = await connectAs(flags.nats, seed, flags.site);

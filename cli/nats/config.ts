@@ -154,15 +154,7 @@ export async function natsConfigCommand(jobPath: string, rawFlags: Record<string
       );
     }
     const auth = natsAuthFor(job, { listen: flags.listen, storeDir });
-    try {
-      mkdirSync(join(out, 'sites'), { recursive: true });
-      writeFileSync(join(out, 'nats-server.conf'), auth.config, { flag: 'wx' });
-      writeFileSync(join(out, 'keys.json'), `${JSON.stringify(auth.keys, null, 2)}\n`, { flag: 'wx' });
-      writeSeed(join(out, 'coordinator.nk'), auth.coordinator.seed);
-      for (const [name, u] of Object.entries(auth.sites)) writeSeed(join(out, 'sites', `${name}.nk`), u.seed);
-    } catch (err) {
-      throw new CliError('CONSORT_CLI_OUTPUT', `cannot write into ${out}: ${(err as Error).message}`, { cause: err });
-    }
+    writeNatsConfigFiles(out, auth);
     process.stdout.write(
       [
         `wrote the NATS configuration of ${auth.account} (coordinator and ${job.spec.sites.length} site${job.spec.sites.length === 1 ? '' : 's'}) to ${out}:`,
@@ -175,6 +167,19 @@ export async function natsConfigCommand(jobPath: string, rawFlags: Record<string
     return 0;
   } catch (err) {
     return reportFailure(err);
+  }
+}
+
+/** Writes natsConfigFiles() into `out` (new files only: an existing one is an error). */
+export function writeNatsConfigFiles(out: string, auth: NatsAuth): void {
+  try {
+    mkdirSync(join(out, 'sites'), { recursive: true });
+    writeFileSync(join(out, 'nats-server.conf'), auth.config, { flag: 'wx' });
+    writeFileSync(join(out, 'keys.json'), `${JSON.stringify(auth.keys, null, 2)}\n`, { flag: 'wx' });
+    writeSeed(join(out, 'coordinator.nk'), auth.coordinator.seed);
+    for (const [name, u] of Object.entries(auth.sites)) writeSeed(join(out, 'sites', `${name}.nk`), u.seed);
+  } catch (err) {
+    throw new CliError('CONSORT_CLI_OUTPUT', `cannot write into ${out}: ${(err as Error).message}`, { cause: err });
   }
 }
 

@@ -9,6 +9,7 @@ import { CliError } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
 import { readJobFile } from '../job-file.ts';
 import { runLocal } from './local-run.ts';
+import { runOverNats } from './nats-run.ts';
 import { writeOutputs } from './outputs.ts';
 import { createProgress } from './progress.ts';
 
@@ -22,6 +23,7 @@ export const RunFlags = z
     baselines: z.boolean().default(false),
     backend: z.enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto'),
     threads: intFlag(1, 256).optional(),
+    nats: z.string().min(1).optional(),
     quiet: z.boolean().default(false),
   })
   .strict();
@@ -46,6 +48,10 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
       job.spec = spec.data;
     }
     const outDir = resolve(flags.out ?? `out/${job.metadata.name}`);
+    if (flags.nats !== undefined) {
+      if (flags.baselines) throw new CliError('CONSORT_CLI_USAGE', "--baselines needs every site's data in one process; it cannot be combined with --nats");
+      return await runOverNats({ jobPath, job, nats: flags.nats, outDir, backend: flags.backend, quiet: flags.quiet });
+    }
     progress.current = createProgress({ rounds: job.spec.rounds, stream: process.stderr, quiet: flags.quiet });
     const run = await runLocal({
       job,

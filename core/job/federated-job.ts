@@ -233,7 +233,12 @@ export const AggregationSpec = z
       .default('sync')
       .describe('sync: a late update is refused; buffered (after FedBuff): folded into the next round with a staleness weight.'),
     maxStaleness: z.number().int().min(1).max(1000).default(4).describe('buffered: rounds after which a late update is refused.'),
-    roundDeadlineSeconds: z.number().gt(0).max(7 * 24 * 3600).default(600).describe('A round closes at this deadline with whatever quorum it has.'),
+    roundDeadlineSeconds: z
+      .number()
+      .gt(0)
+      .max(7 * 24 * 3600)
+      .default(600)
+      .describe('A round closes at this deadline with whatever quorum it has.'),
   })
   .strict();
 export type AggregationSpec = z.infer<typeof AggregationSpec>;

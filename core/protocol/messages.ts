@@ -4,21 +4,37 @@ import { z } from 'zod';
 import { DataQuality } from '../data/quality.ts';
 import { ParameterLayout } from '../model/layout.ts';
 
-const name = z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/).max(63);
-const jobKey = z.string().regex(/^[a-z0-9-]+_[a-z0-9-]+$/).max(127);
+const name = z
+  .string()
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/)
+  .max(63);
+const jobKey = z
+  .string()
+  .regex(/^[a-z0-9-]+_[a-z0-9-]+$/)
+  .max(127);
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
 const nonce = z.string().regex(/^[A-Za-z0-9_-]{16,64}$/);
 const round = z.number().int().min(0).max(1_000_000);
-const base64 = z.string().regex(/^[A-Za-z0-9+/_-]+={0,2}$/).max(512);
+const base64 = z
+  .string()
+  .regex(/^[A-Za-z0-9+/_-]+={0,2}$/)
+  .max(512);
 /** Envelopes say which version they speak; a coordinator refuses others by name. */
 const protocol = z.number().int().min(1).max(1000);
 
 export const ObjectRef = z
   .object({
-    bucket: z.string().regex(/^[-_A-Za-z0-9]+$/).max(255),
+    bucket: z
+      .string()
+      .regex(/^[-_A-Za-z0-9]+$/)
+      .max(255),
     name: z.string().min(1).max(255),
     sha256,
-    size: z.number().int().min(0).max(2 ** 50),
+    size: z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 50),
   })
   .strict();
 export type ObjectRef = z.infer<typeof ObjectRef>;
@@ -38,7 +54,10 @@ export const Hello = z
     /** Counts only: the site's data-quality report, for the job's report and model card. */
     quality: DataQuality.optional(),
     /** The TF.js backend the site trains on, and why. */
-    backend: z.object({ name: z.string().max(64), reason: z.string().max(1000) }).strict().optional(),
+    backend: z
+      .object({ name: z.string().max(64), reason: z.string().max(1000) })
+      .strict()
+      .optional(),
     signature: base64,
   })
   .strict();
@@ -101,7 +120,11 @@ export const UpdateEnvelope = z
     round,
     taskId: nonce,
     nonce,
-    samples: z.number().int().positive().max(2 ** 40),
+    samples: z
+      .number()
+      .int()
+      .positive()
+      .max(2 ** 40),
     trainLoss: z.number(),
     steps: z.number().int().min(0),
     codec: z.enum(['none', 'fp16', 'int8', 'topk']),

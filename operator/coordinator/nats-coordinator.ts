@@ -161,7 +161,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     if (h.data.job !== key) return refuse('CONSORT_R_WRONG_JOB', `hello for job ${h.data.job}`);
     const pk = o.siteKeys[site];
     if (!pk || !siteNames.includes(site)) return refuse('CONSORT_R_UNKNOWN_SITE', `"${site}" is not a site of ${job.metadata.name}`);
-    if (!verifyEnvelope(h.data, pk)) return refuse('CONSORT_R_BAD_SIGNATURE', 'the hello is not signed by the site\'s key');
+    if (!verifyEnvelope(h.data, pk)) return refuse('CONSORT_R_BAD_SIGNATURE', "the hello is not signed by the site's key");
     if (!layout) {
       layout = h.data.layout;
       ingestor = makeIngestor(layout);
@@ -190,18 +190,26 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     if (msg.reply) msg.respond(json({ type: 'ack', accepted: false, code: 'CONSORT_R_NOT_READY', reason: 'no round is open yet' }));
   };
   const lastToken = (msg: Msg) => msg.subject.split('.').pop() ?? '';
-  const on = (subject: string, handle: (msg: Msg) => void) =>
-    nc.subscribe(subject, {
+  // A site may have JetStream push model chunks onto any subject it can name (the server does not
+  // check a consumer's delivery subject): only a message whose own subject is the one subscribed
+  // to is looked at; the rest are dropped and counted.
+  let stray = 0;
+  const on = (subject: string, handle: (msg: Msg) => void) => {
+    const pattern = new RegExp(`^${subject.replaceAll('.', '\\.').replace(/\*$/, '[a-z0-9-]+')}$`);
+    return nc.subscribe(subject, {
       callback: (err, msg) => {
-        if (!err) handle(msg);
+        if (err) return;
+        if (pattern.test(msg.subject)) handle(msg);
+        else stray++;
       },
     });
+  };
   const subs: Subscription[] = [
     on(subj.helloAll, onHello),
     on(subj.updateAll, (msg) => serially(() => (transport ? transport.onUpdate(lastToken(msg), msg) : notReady(msg)))),
     on(subj.evaluationAll, (msg) => serially(() => (transport ? transport.onEvaluation(lastToken(msg), msg) : notReady(msg)))),
     on(subj.status, (msg) => {
-      msg.respond(json({ job: key, round, done, joined: [...lastSeen.keys()].sort(), alive: alive(), rejections: ingestor?.counts() ?? {} }));
+      msg.respond(json({ job: key, round, done, joined: [...lastSeen.keys()].sort(), alive: alive(), rejections: ingestor?.counts() ?? {}, stray }));
     }),
   ];
   await nc.flush();
@@ -234,7 +242,10 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       ...o.events,
       roundStarted: (r, sites) => {
         round = r;
-        nc.publish(subj.round, json({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: r, phase: 'started', sites: [...sites] } satisfies RoundNotice));
+        nc.publish(
+          subj.round,
+          json({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: r, phase: 'started', sites: [...sites] } satisfies RoundNotice),
+        );
         o.events?.roundStarted?.(r, sites);
       },
     };

@@ -8,6 +8,7 @@ import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
 import type { UpdateIngestor } from '../../core/protocol/ingestion.ts';
+import type { RejectionCode } from '../../core/protocol/rejections.ts';
 import type { Ack, EvaluateTask, FitTask, ObjectRef } from '../../core/protocol/messages.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
 import { objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
@@ -49,7 +50,6 @@ export class NatsTransport implements SiteTransport {
   private evalRound: OpenRound<SiteEvaluation> | undefined;
   /** Buffered mode: late updates that arrived between rounds, folded into the next one. */
   private late: SiteFitResult[] = [];
-  private readonly logged = new Set<string>();
   /** Bytes of updates accepted, per round (for the compression table and metrics). */
   readonly bytesIn = new Map<number, number>();
   readonly bytesOut = new Map<number, number>();
@@ -192,10 +192,8 @@ export class NatsTransport implements SiteTransport {
     if (msg.reply) msg.respond(json(ack));
   }
 
-  private reject(msg: Msg, site: string, code: string, reason: string): void {
-    const key = `${site}\u0000${code}`;
-    if (!this.logged.has(key)) {
-      this.logged.add(key);
+  private reject(msg: Msg, site: string, code: RejectionCode, reason: string): void {
+    if (this.o.ingestor.rejectedSites.shouldLog(site, code)) {
       this.o.log(`refused a message from site "${site}": ${reason} [${code}] (logged once per site and reason)`);
     }
     this.reply(msg, { type: 'ack', accepted: false, code, reason });

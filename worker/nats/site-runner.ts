@@ -7,7 +7,17 @@ import { Objm, type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
-import { Ack, type EvaluateTask, type EvaluationEnvelope, type FitTask, type Hello, RoundNotice, Task, type UpdateEnvelope, Welcome } from '../../core/protocol/messages.ts';
+import {
+  Ack,
+  type EvaluateTask,
+  type EvaluationEnvelope,
+  type FitTask,
+  type Hello,
+  RoundNotice,
+  Task,
+  type UpdateEnvelope,
+  Welcome,
+} from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
@@ -71,7 +81,9 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     );
   }
   const prepared = await worker.prepare(classes, described.sampleShape);
-  log(`site ${site}: ${described.quality.trainSamples} train / ${described.quality.testSamples} test examples; backend ${prepared.backend.name} (${prepared.backend.reason})`);
+  log(
+    `site ${site}: ${described.quality.trainSamples} train / ${described.quality.testSamples} test examples; backend ${prepared.backend.name} (${prepared.backend.reason})`,
+  );
 
   const objm = new Objm(nc);
   let models: ObjectStore | undefined;

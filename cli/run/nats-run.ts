@@ -1,0 +1,101 @@
+// `consort run JOB.yaml --nats URL|embedded`: the coordinator and every site as separate OS
+// processes talking only through a nats-server, as they will in Pods. `embedded` starts the
+// project's nats-server (with the job's generated accounts and permissions) and stops it after.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { FederatedJob } from '../../core/job/federated-job.ts';
+import { CliError } from '../errors.ts';
+import { natsAuthFor, writeNatsConfigFiles } from '../nats/config.ts';
+import { freePort, NatsServer } from '../nats/server.ts';
+
+const CLI = resolve(import.meta.dirname, '../consort.ts');
+
+export interface NatsRunOptions {
+  jobPath: string;
+  job: FederatedJob;
+  /** A server URL, or "embedded". */
+  nats: string;
+  outDir: string;
+  backend: string;
+  quiet: boolean;
+}
+
+function child(args: string[], label: string, quiet: boolean, stdout: 'inherit' | 'log'): ChildProcess {
+  const p = spawn(process.execPath, [...process.execArgv, CLI, ...args], {
+    stdio: ['ignore', stdout === 'inherit' ? 'inherit' : 'pipe', 'pipe'],
+    env: process.env,
+  });
+  const forward = (stream: NodeJS.ReadableStream | null) => {
+    if (!stream) return;
+    const lines = createInterface({ input: stream });
+    lines.on('line', (line) => {
+      if (!quiet) process.stderr.write(`[${label}] ${line}\n`);
+    });
+  };
+  forward(p.stderr);
+  if (stdout === 'log') forward(p.stdout);
+  return p;
+}
+
+const exited = (p: ChildProcess) =>
+  new Promise<number>((done) => {
+    if (p.exitCode !== null) return done(p.exitCode);
+    p.once('exit', (code, signal) => done(code ?? (signal ? 128 : 1)));
+  });
+
+export async function runOverNats(o: NatsRunOptions): Promise<number> {
+  const dir = mkdtempSync(join(tmpdir(), 'consort-run-'));
+  let server: NatsServer | undefined;
+  const children: ChildProcess[] = [];
+  const stopAll = () => {
+    for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+  };
+  process.once('SIGINT', stopAll);
+  process.once('SIGTERM', stopAll);
+  try {
+    let url = o.nats;
+    // Keys for every run: sites sign their updates whether or not the server checks logins.
+    const auth = natsAuthFor(o.job, { listen: `127.0.0.1:${await freePort()}` });
+    writeNatsConfigFiles(dir, auth);
+    if (o.nats === 'embedded') {
+      server = await NatsServer.start({ config: auth.config });
+      url = server.url;
+      if (!o.quiet) process.stderr.write(`started nats-server on ${url} (JetStream in ${server.storeDir})\n`);
+    } else if (!/^(nats|tls|ws|wss):\/\//.test(o.nats)) {
+      throw new CliError('CONSORT_CLI_USAGE', `--nats: "${o.nats}" is neither a nats:// URL nor "embedded"`);
+    }
+    const quiet = o.quiet ? ['--quiet'] : [];
+    const coordinator = child(
+      ['coordinator', o.jobPath, '--nats', url, '--creds', join(dir, 'coordinator.nk'), '--keys', join(dir, 'keys.json'), '--out', o.outDir, ...quiet],
+      'coordinator',
+      o.quiet,
+      'inherit',
+    );
+    children.push(coordinator);
+    for (const s of o.job.spec.sites) {
+      children.push(
+        child(
+          ['site', '--job', o.jobPath, '--site', s.name, '--nats', url, '--creds', join(dir, 'sites', `${s.name}.nk`), '--backend', o.backend, ...quiet],
+          s.name,
+          o.quiet,
+          'log',
+        ),
+      );
+    }
+    const code = await exited(coordinator);
+    // Sites leave on the coordinator's "done"; give them a moment, then stop the stragglers.
+    const grace = setTimeout(stopAll, code === 0 ? 10_000 : 0);
+    await Promise.all(children.map(exited));
+    clearTimeout(grace);
+    return code;
+  } finally {
+    stopAll();
+    process.off('SIGINT', stopAll);
+    process.off('SIGTERM', stopAll);
+    await server?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
