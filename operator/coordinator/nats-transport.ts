@@ -239,11 +239,15 @@ export class NatsTransport implements SiteTransport {
 
   onEvaluation(site: string, msg: Msg): void {
     const checked = this.o.ingestor.checkEvaluation(site, msg.data);
-    if (!checked.ok) return this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
+    if (!checked.ok) {
+      this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
+      return;
+    }
     const e = checked.envelope;
     const r = this.evalRound;
     if (!r || r.round !== e.round || r.channel.isClosed || !r.sites.has(site) || r.answered.has(site)) {
-      return this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
+      this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
+      return;
     }
     r.channel.push({
       ok: true,

@@ -165,7 +165,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     }
   };
 
-  const fit = async (task: FitTask): Promise<void> => {
+  const train = async (task: FitTask): Promise<void> => {
     const already = sent.get(`fit/${task.round}`);
     if (already) return deliver(subj.update(site), already, task.deadline, `update of round ${task.round}`);
     const global = await fetchModel(task.model);
@@ -200,7 +200,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     await deliver(subj.update(site), body, task.deadline, `update of round ${task.round}`);
   };
 
-  const evaluate = async (task: EvaluateTask): Promise<void> => {
+  const score = async (task: EvaluateTask): Promise<void> => {
     const already = sent.get(`eval/${task.round}/${task.model.sha256}`);
     if (already) return deliver(subj.evaluation(site), already, task.deadline, `evaluation of round ${task.round}`);
     const global = await fetchModel(task.model);
@@ -238,7 +238,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     }
     msg.respond(json({ type: 'ack', accepted: true }));
     queue = queue.then(() =>
-      (task.type === 'fit' ? fit(task) : evaluate(task)).catch((err: unknown) => {
+      (task.type === 'fit' ? train(task) : score(task)).catch((err: unknown) => {
         log(`site ${site}: ${task.type} of round ${task.round} failed: ${(err as Error).message}`);
       }),
     );
