@@ -17,9 +17,11 @@ help:
 
 # npm packages (install scripts off: tfjs-node's would download libtensorflow), then the native
 # TF.js backend built from PyPI's tensorflow-cpu wheel (cached outside the checkout).
-$(STAMP): package.json package-lock.json scripts/tfjs-native.sh
+# And a current nats-server built from its Go module (tests and `consort run --nats embedded`).
+$(STAMP): package.json package-lock.json scripts/tfjs-native.sh scripts/nats-server.sh
 	npm ci --ignore-scripts --no-audit --no-fund
 	bash scripts/tfjs-native.sh
+	bash scripts/nats-server.sh >/dev/null
 	@touch $@
 
 setup: $(STAMP)
