@@ -144,8 +144,10 @@ export class RoundCoordinator {
       if (outcome.ok) {
         const r = outcome.value;
         if (acc.add(r)) {
-          participants.push(r.site);
-          losses.push({ site: r.site, loss: r.trainLoss, samples: r.samples });
+          // A late update (buffered mode) is listed with the round it was trained for.
+          const name = r.staleness ? `${r.site}@r${round - r.staleness}` : r.site;
+          participants.push(name);
+          losses.push({ site: name, loss: r.trainLoss, samples: r.samples });
         }
         this.events.siteAnswered?.(round, r.site, true);
       } else {
