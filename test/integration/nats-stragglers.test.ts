@@ -1,0 +1,162 @@
+// Stragglers over a real nats-server: a site whose update arrives after its round closed is
+// refused with a reason in sync mode, and folded into the next round with a staleness weight in
+// buffered mode (after FedBuff). Site "fast" is a real site runner; site "slow" is played by the
+// test, which answers each task only once the round has moved on.
+import { Objm } from '@nats-io/obj';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { afterEach, describe, expect, it } from 'vitest';
+import { natsAuthFor } from '../../cli/nats/config.ts';
+import { connectAs } from '../../cli/nats/connect.ts';
+import { COORDINATOR_USER } from '../../cli/nats/permissions.ts';
+import { NatsServer } from '../../cli/nats/server.ts';
+import { FederatedJob } from '../../core/job/federated-job.ts';
+import { encodeUpdate } from '../../core/protocol/codecs.ts';
+import { sha256Hex } from '../../core/protocol/digest.ts';
+import { Ack, FitTask, type UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
+import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
+import { runSite } from '../../worker/nats/site-runner.ts';
+import { SiteWorker } from '../../worker/site-worker.ts';
+import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
+
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+
+let cleanup: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanup.reverse()) await c().catch(() => {});
+  cleanup = [];
+});
+
+async function straggle(mode: 'sync' | 'buffered') {
+  const job = FederatedJob.parse(
+    jobManifest(
+      `late-${mode}`,
+      hospitalSpec(
+        [
+          { name: 'fast', samples: 120 },
+          { name: 'slow', samples: 120 },
+        ],
+        { rounds: 3, aggregation: { mode, roundDeadlineSeconds: 1.5 }, sampling: { minSites: 1 } },
+      ),
+    ),
+  );
+  const key = jobKey(job.metadata);
+  const subj = subjects(key);
+  const auth = natsAuthFor(job);
+  const server = await NatsServer.start({ config: auth.config });
+  cleanup.push(() => server.stop());
+  const connections: NatsConnection[] = [];
+  const as = async (user: string, seed: string) => {
+    const nc = await connectAs(server.url, seed, user);
+    connections.push(nc);
+    return nc;
+  };
+  cleanup.push(async () => {
+    for (const nc of connections) await nc.close();
+  });
+
+  // The slow site's model layout, as a real site would build it.
+  const local = new SiteWorker({ spec: job.spec, baseDir: '.', backend: 'cpu' });
+  const described = await local.describe(1);
+  const { layout } = await local.prepare(['no', 'yes'], described.sampleShape);
+  local.dispose();
+
+  const slow = await as('slow', auth.sites.slow!.seed);
+  const acks: Ack[] = [];
+  let lastRoundStarted = 0;
+  slow.subscribe(subj.round, {
+    callback: (_e, m) => {
+      const n = JSON.parse(decoder.decode(m.data)) as { phase: string; round: number };
+      if (n.phase === 'started') lastRoundStarted = n.round;
+    },
+  });
+  const hello = () =>
+    encoder.encode(
+      JSON.stringify(
+        signEnvelope(
+          {
+            type: 'hello',
+            protocol: PROTOCOL_VERSION,
+            job: key,
+            site: 'slow',
+            nonce: newNonce(),
+            sentAt: Date.now(),
+            sampleShape: described.sampleShape,
+            labels: ['no', 'yes'],
+            layout,
+            codecs: ['none'],
+          },
+          auth.sites.slow!.seed,
+        ),
+      ),
+    );
+  const beat = setInterval(() => slow.request(subj.hello('slow'), hello(), { timeout: 1000 }).catch(() => {}), 300);
+  cleanup.push(async () => clearInterval(beat));
+  // The coordinator creates the buckets: open ours once a task shows it is up.
+  const objm = new Objm(slow);
+  slow.subscribe(subj.task('slow'), {
+    callback: (_e, m) => {
+      const task = FitTask.safeParse(JSON.parse(decoder.decode(m.data)));
+      m.respond(encoder.encode(JSON.stringify({ type: 'ack', accepted: true })));
+      if (!task.success || task.data.round !== 1) return; // one late update is the point
+      void (async () => {
+        // Answer only after the next round has started: this update is one round late.
+        while (lastRoundStarted <= task.data.round) await new Promise((r) => setTimeout(r, 50));
+        const delta = new Float32Array(layout.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0)).fill(1e-3);
+        const { bytes } = encodeUpdate(delta, layout, job.spec.compression);
+        const nonce = newNonce();
+        const name = objectNames.update(task.data.round, nonce);
+        const updates = await objm.open(buckets(key).updates('slow'));
+        await updates.putBlob({ name }, bytes);
+        const env: Omit<UpdateEnvelope, 'signature'> = {
+          type: 'update',
+          protocol: PROTOCOL_VERSION,
+          job: key,
+          site: 'slow',
+          round: task.data.round,
+          taskId: task.data.taskId,
+          nonce,
+          samples: 84,
+          trainLoss: 0.5,
+          steps: 6,
+          codec: 'none',
+          object: { bucket: buckets(key).updates('slow'), name, sha256: sha256Hex(bytes), size: bytes.length },
+        };
+        const reply = await slow.request(subj.update('slow'), encoder.encode(JSON.stringify(signEnvelope(env, auth.sites.slow!.seed))), { timeout: 5000 });
+        acks.push(Ack.parse(JSON.parse(decoder.decode(reply.data))));
+      })();
+    },
+  });
+
+  const fast = await as('fast', auth.sites.fast!.seed);
+  const siteRun = runSite({ job, site: 'fast', nc: fast, seed: auth.sites.fast!.seed, baseDir: '.', backend: 'cpu', log: () => {} });
+  const coordinator = await as(COORDINATOR_USER, auth.coordinator.seed);
+  const logs: string[] = [];
+  const result = await runNatsCoordinator({ job, nc: coordinator, siteKeys: auth.keys.sites, log: (l) => logs.push(l), joinTimeoutMs: 10_000, aliveMs: 3000 });
+  await siteRun;
+  return { result, acks, logs };
+}
+
+describe('stragglers', () => {
+  it('sync: an update for a closed round is refused with a reason and counted', async () => {
+    const { result, acks, logs } = await straggle('sync');
+    expect(acks).toHaveLength(1);
+    expect(acks[0]).toMatchObject({ accepted: false, code: 'CONSORT_R_STALE_ROUND' });
+    expect(result.rejections.CONSORT_R_STALE_ROUND).toBe(1);
+    expect(logs.some((l) => l.includes('site "slow"') && l.includes('CONSORT_R_STALE_ROUND'))).toBe(true);
+    // Round 1 closed at its deadline with the fast site alone; nobody late was folded in anywhere.
+    expect(result.rounds[0]!.participants).toEqual(['fast']);
+    expect(result.rounds.flatMap((r) => r.participants).filter((p) => p.startsWith('slow'))).toEqual([]);
+  }, 60_000);
+
+  it('buffered: the late update is folded into the next round with a staleness weight', async () => {
+    const { result, acks } = await straggle('buffered');
+    expect(acks).toHaveLength(1);
+    expect(acks[0]).toMatchObject({ accepted: true });
+    expect(result.rejections.CONSORT_R_STALE_ROUND ?? 0).toBe(0);
+    expect(result.rounds[0]!.participants).toEqual(['fast']);
+    expect(result.rounds.slice(1).some((r) => r.participants.includes('slow@r1'))).toBe(true);
+  }, 60_000);
+});
