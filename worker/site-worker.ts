@@ -117,7 +117,20 @@ export class SiteWorker {
   }
 
   /** Fixes the classes and input shape, picks the backend and builds the model. */
-  async prepare(classes: string[], sampleShape: number[]): Promise<PreparedModel> {
+  /**
+   * Picking a backend switches TF.js's engine for the whole thread: SiteWorkers sharing a thread
+   * (tests, benchmarks) prepare one at a time, or one would build on a backend another is
+   * still initialising.
+   */
+  private static preparing: Promise<unknown> = Promise.resolve();
+
+  prepare(classes: string[], sampleShape: number[]): Promise<PreparedModel> {
+    const next = SiteWorker.preparing.then(() => this.prepareNow(classes, sampleShape));
+    SiteWorker.preparing = next.catch(() => {});
+    return next;
+  }
+
+  private async prepareNow(classes: string[], sampleShape: number[]): Promise<PreparedModel> {
     this.classes = classes;
     this.data.clear();
     const { spec, baseDir } = this.cfg;
