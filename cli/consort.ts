@@ -82,6 +82,8 @@ program
   .requiredOption('--creds <file>', "the coordinator's NKey seed file (coordinator.nk from consort nats-config)")
   .requiredOption('--keys <file>', 'keys.json from consort nats-config: the site keys whose signatures are accepted')
   .option('--out <dir>', 'where to write the report and model (default: out/<job name>)')
+  .option('--seed <n>', 'override spec.seed (the sites must be given the same)')
+  .option('--rounds <n>', 'override spec.rounds')
   .option('--join-timeout <seconds>', 'wait this long for every site, then start with a quorum (sampling.minSites)', '30')
   .option('--quiet', 'no log lines', false)
   .addHelpText(
@@ -102,6 +104,7 @@ program
   .requiredOption('--nats <url>', 'NATS server URL')
   .requiredOption('--creds <file>', "the site's NKey seed file (sites/<site>.nk from consort nats-config)")
   .addOption(backendOption())
+  .option('--seed <n>', "override spec.seed (the coordinator's must be the same)")
   .option('--quiet', 'no log lines', false)
   .addHelpText('after', '\nStarts before or after the coordinator; joins the next round; exits when the job is done.')
   .action(async (flags: Record<string, unknown>) => {

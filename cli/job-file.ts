@@ -2,7 +2,7 @@
 // accepted when exactly one document is a FederatedJob (others, e.g. a Namespace, are ignored).
 import { readFileSync } from 'node:fs';
 import { parseAllDocuments } from 'yaml';
-import { FederatedJob, KIND } from '../core/job/federated-job.ts';
+import { FederatedJob, FederatedJobSpec, KIND } from '../core/job/federated-job.ts';
 import { describeIssues } from '../core/job/issues.ts';
 import { CliError } from './errors.ts';
 
@@ -43,4 +43,16 @@ function validate(value: unknown, source: string): FederatedJob {
     throw new CliError('CONSORT_CLI_JOB_SPEC', `${source}: not a valid ${KIND} (${details.length} problem${details.length > 1 ? 's' : ''})`, { details });
   }
   return parsed.data;
+}
+
+/** The job with `--seed` / `--rounds` from the command line in place of spec.seed / spec.rounds (validated again). */
+export function withOverrides(job: FederatedJob, flags: { seed?: number | undefined; rounds?: number | undefined }): FederatedJob {
+  if (flags.seed === undefined && flags.rounds === undefined) return job;
+  const spec = FederatedJobSpec.safeParse({
+    ...job.spec,
+    ...(flags.seed !== undefined ? { seed: flags.seed } : {}),
+    ...(flags.rounds !== undefined ? { rounds: flags.rounds } : {}),
+  });
+  if (!spec.success) throw new CliError('CONSORT_CLI_USAGE', 'the flags make the job invalid', { details: describeIssues(spec.error, ['spec']) });
+  return { ...job, spec: spec.data };
 }

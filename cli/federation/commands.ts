@@ -12,12 +12,12 @@ import { LocalTrainer } from '../../worker/trainer.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
 import { CliError } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
-import { readJobFile } from '../job-file.ts';
+import { readJobFile, withOverrides } from '../job-file.ts';
 import { TrustedKeys } from '../nats/config.ts';
 import { connectAs, readSeed } from '../nats/connect.ts';
 import { COORDINATOR_USER } from '../nats/permissions.ts';
 import { writeOutputs } from '../run/outputs.ts';
-import { summaryTable } from '../run/command.ts';
+import { intFlag, summaryTable } from '../run/command.ts';
 
 const seconds = z
   .string()
@@ -30,6 +30,8 @@ export const CoordinatorFlags = z
     creds: z.string().min(1),
     keys: z.string().min(1),
     out: z.string().min(1).optional(),
+    seed: intFlag(0, 2 ** 31 - 1).optional(),
+    rounds: intFlag(1, 100_000).optional(),
     joinTimeout: seconds.default(30),
     quiet: z.boolean().default(false),
   })
@@ -42,6 +44,7 @@ export const SiteFlags = z
     nats: z.string().min(1),
     creds: z.string().min(1),
     backend: z.enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto'),
+    seed: intFlag(0, 2 ** 31 - 1).optional(),
     quiet: z.boolean().default(false),
   })
   .strict();
@@ -86,7 +89,7 @@ const logTo = (quiet: boolean) => (line: string) => {
 export async function coordinatorCommand(jobPath: string, raw: Record<string, unknown>): Promise<number> {
   try {
     const flags = parseFlags(CoordinatorFlags, raw);
-    const job = readJobFile(jobPath);
+    const job = withOverrides(readJobFile(jobPath), flags);
     const keys = readKeys(flags.keys);
     const missing = job.spec.sites.map((s) => s.name).filter((s) => !keys.sites[s]);
     if (missing.length > 0) throw new CliError('CONSORT_CLI_CREDENTIALS', `${flags.keys} has no key for site(s) ${missing.join(', ')}`);
@@ -151,7 +154,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
 export async function siteCommand(raw: Record<string, unknown>): Promise<number> {
   try {
     const flags = parseFlags(SiteFlags, raw);
-    const job = readJobFile(flags.job);
+    const job = withOverrides(readJobFile(flags.job), flags);
     if (!job.spec.sites.some((s) => s.name === flags.site)) {
       throw new CliError(
         'CONSORT_CLI_USAGE',

@@ -2,18 +2,19 @@
 // outputs written atomically, and a summary table on stdout.
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
-import { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import { describeIssues } from '../../core/job/issues.ts';
 import type { RunReport } from '../../core/report/run-report.ts';
 import { CliError } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
-import { readJobFile } from '../job-file.ts';
+import { readJobFile, withOverrides } from '../job-file.ts';
 import { runLocal } from './local-run.ts';
 import { runOverNats } from './nats-run.ts';
 import { writeOutputs } from './outputs.ts';
 import { createProgress } from './progress.ts';
 
-const intFlag = (min: number, max: number) => z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(min).max(max));
+/** A whole-number flag in [min, max]. */
+export const intFlag = (min: number, max: number) =>
+  z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(min).max(max));
 
 export const RunFlags = z
   .object({
@@ -37,20 +38,20 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
       throw new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: describeIssues(parsed.error).map((l) => `--${l}`) });
     }
     const flags = parsed.data;
-    const job = readJobFile(jobPath);
-    if (flags.seed !== undefined || flags.rounds !== undefined) {
-      const spec = FederatedJobSpec.safeParse({
-        ...job.spec,
-        ...(flags.seed !== undefined ? { seed: flags.seed } : {}),
-        ...(flags.rounds !== undefined ? { rounds: flags.rounds } : {}),
-      });
-      if (!spec.success) throw new CliError('CONSORT_CLI_USAGE', 'the flags make the job invalid', { details: describeIssues(spec.error, ['spec']) });
-      job.spec = spec.data;
-    }
+    const job = withOverrides(readJobFile(jobPath), flags);
     const outDir = resolve(flags.out ?? `out/${job.metadata.name}`);
     if (flags.nats !== undefined) {
       if (flags.baselines) throw new CliError('CONSORT_CLI_USAGE', "--baselines needs every site's data in one process; it cannot be combined with --nats");
-      return await runOverNats({ jobPath, job, nats: flags.nats, outDir, backend: flags.backend, quiet: flags.quiet });
+      return await runOverNats({
+        jobPath,
+        job,
+        nats: flags.nats,
+        outDir,
+        backend: flags.backend,
+        quiet: flags.quiet,
+        ...(flags.seed !== undefined ? { seed: flags.seed } : {}),
+        ...(flags.rounds !== undefined ? { rounds: flags.rounds } : {}),
+      });
     }
     progress.current = createProgress({ rounds: job.spec.rounds, stream: process.stderr, quiet: flags.quiet });
     const run = await runLocal({

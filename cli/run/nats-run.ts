@@ -21,6 +21,9 @@ export interface NatsRunOptions {
   outDir: string;
   backend: string;
   quiet: boolean;
+  /** --seed / --rounds of `consort run`, passed on: every process reads the job file itself. */
+  seed?: number;
+  rounds?: number;
 }
 
 function child(args: string[], label: string, quiet: boolean, stdout: 'inherit' | 'log'): ChildProcess {
@@ -68,8 +71,24 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
       throw new CliError('CONSORT_CLI_USAGE', `--nats: "${o.nats}" is neither a nats:// URL nor "embedded"`);
     }
     const quiet = o.quiet ? ['--quiet'] : [];
+    const seed = o.seed !== undefined ? ['--seed', String(o.seed)] : [];
+    const rounds = o.rounds !== undefined ? ['--rounds', String(o.rounds)] : [];
     const coordinator = child(
-      ['coordinator', o.jobPath, '--nats', url, '--creds', join(dir, 'coordinator.nk'), '--keys', join(dir, 'keys.json'), '--out', o.outDir, ...quiet],
+      [
+        'coordinator',
+        o.jobPath,
+        '--nats',
+        url,
+        '--creds',
+        join(dir, 'coordinator.nk'),
+        '--keys',
+        join(dir, 'keys.json'),
+        '--out',
+        o.outDir,
+        ...seed,
+        ...rounds,
+        ...quiet,
+      ],
       'coordinator',
       o.quiet,
       'inherit',
@@ -78,7 +97,21 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
     for (const s of o.job.spec.sites) {
       children.push(
         child(
-          ['site', '--job', o.jobPath, '--site', s.name, '--nats', url, '--creds', join(dir, 'sites', `${s.name}.nk`), '--backend', o.backend, ...quiet],
+          [
+            'site',
+            '--job',
+            o.jobPath,
+            '--site',
+            s.name,
+            '--nats',
+            url,
+            '--creds',
+            join(dir, 'sites', `${s.name}.nk`),
+            '--backend',
+            o.backend,
+            ...seed,
+            ...quiet,
+          ],
           s.name,
           o.quiet,
           'log',

@@ -298,6 +298,11 @@ export class UpdateIngestor {
     return out;
   }
 
+  /** Updates counted (committed) for `round`. */
+  acceptedIn(round: number): number {
+    return this.accepted.get(round)?.size ?? 0;
+  }
+
   /** Redeliveries answered as duplicates so far. */
   duplicates(): number {
     return this.duplicateCount;

@@ -10,6 +10,8 @@ import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters, type ParameterLayout } from '../../core/model/layout.ts';
 import { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import { Hello, type RoundNotice, type Welcome } from '../../core/protocol/messages.ts';
+import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejections.ts';
+import { retrying } from '../../core/protocol/retry.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
@@ -72,6 +74,9 @@ async function openOrCreate(objm: Objm, name: string): Promise<ObjectStore> {
   }
 }
 
+/** How long a write of the coordinator's own (checkpoint, final model) is tried again before the job fails. */
+const WRITE_RETRY_MS = 60_000;
+
 /** The job's checkpoint as one object in its state bucket (replaced atomically each round). */
 class BucketCheckpointStore implements CheckpointStore {
   private readonly store: ObjectStore;
@@ -79,10 +84,10 @@ class BucketCheckpointStore implements CheckpointStore {
     this.store = store;
   }
   async load(): Promise<Uint8Array | undefined> {
-    return (await this.store.getBlob(objectNames.checkpoint)) ?? undefined;
+    return (await retrying(() => this.store.getBlob(objectNames.checkpoint), { until: Date.now() + WRITE_RETRY_MS })) ?? undefined;
   }
   async save(bytes: Uint8Array): Promise<void> {
-    await this.store.putBlob({ name: objectNames.checkpoint }, bytes);
+    await retrying(() => this.store.putBlob({ name: objectNames.checkpoint }, bytes), { until: Date.now() + WRITE_RETRY_MS });
   }
 }
 
@@ -104,6 +109,11 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
   const updateStores = new Map<string, ObjectStore>();
   for (const s of siteNames) updateStores.set(s, await openOrCreate(objm, bucket.updates(s)));
   const checkpoints = new BucketCheckpointStore(state);
+  // When the connection to the server was last interrupted: a read that failed since is tried again.
+  let interrupted = 0;
+  void (async () => {
+    for await (const s of nc.status()) if (s.type === 'disconnect' || s.type === 'reconnect') interrupted = Date.now();
+  })();
 
   let resume: Checkpoint | undefined;
   const saved = await checkpoints.load();
@@ -139,13 +149,23 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
   };
   if (layout) ingestor = makeIngestor(layout);
 
+  // Refusals the ingestor never sees (hellos, envelopes before the round loop runs), counted
+  // beside its own: every refused message is counted once, whichever part refused it.
+  const refusedHere = new Map<RejectionCode, number>();
+  const countRefusal = (code: RejectionCode) => refusedHere.set(code, (refusedHere.get(code) ?? 0) + 1);
+  const rejections = (): Record<RejectionCode, number> => {
+    const counts = ingestor?.counts();
+    return Object.fromEntries(REJECTION_CODES.map((c) => [c, (counts?.[c] ?? 0) + (refusedHere.get(c) ?? 0)])) as Record<RejectionCode, number>;
+  };
+
   const welcome = (msg: Msg, w: Omit<Welcome, 'type' | 'protocol' | 'round' | 'done'>) =>
     msg.respond(json({ type: 'welcome', protocol: PROTOCOL_VERSION, round, done, ...w } satisfies Welcome));
   const refusedHello = new Set<string>();
   const onHello = (msg: Msg) => {
     const site = msg.subject.split('.').pop() ?? '';
     const raw = parseJson(msg.data) as { protocol?: unknown } | undefined;
-    const refuse = (code: string, reason: string) => {
+    const refuse = (code: RejectionCode, reason: string) => {
+      countRefusal(code);
       if (!refusedHello.has(`${site}\u0000${code}`)) {
         refusedHello.add(`${site}\u0000${code}`);
         log(`refused site "${site}": ${reason} [${code}]`);
@@ -187,6 +207,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     inbox = inbox.then(fn).catch((err: unknown) => log(`message handling failed: ${(err as Error).message}`));
   };
   const notReady = (msg: Msg): void => {
+    countRefusal('CONSORT_R_NOT_READY');
     if (msg.reply) msg.respond(json({ type: 'ack', accepted: false, code: 'CONSORT_R_NOT_READY', reason: 'no round is open yet' }));
   };
   const lastToken = (msg: Msg) => msg.subject.split('.').pop() ?? '';
@@ -209,7 +230,20 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     on(subj.updateAll, (msg) => serially(() => (transport ? transport.onUpdate(lastToken(msg), msg) : notReady(msg)))),
     on(subj.evaluationAll, (msg) => serially(() => (transport ? transport.onEvaluation(lastToken(msg), msg) : notReady(msg)))),
     on(subj.status, (msg) => {
-      msg.respond(json({ job: key, round, done, joined: [...lastSeen.keys()].sort(), alive: alive(), rejections: ingestor?.counts() ?? {}, stray }));
+      msg.respond(
+        json({
+          job: key,
+          round,
+          done,
+          joined: [...lastSeen.keys()].sort(),
+          alive: alive(),
+          // Updates counted in the current round, redeliveries answered as duplicates, refusals per code.
+          accepted: ingestor?.acceptedIn(round) ?? 0,
+          duplicates: ingestor?.duplicates() ?? 0,
+          rejections: rejections(),
+          stray,
+        }),
+      );
     }),
   ];
   await nc.flush();
@@ -236,6 +270,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       updates: async (s) => updateStores.get(s) ?? (await objm.open(bucket.updates(s))),
       ingestor: ingestor!,
       alive,
+      interruptedSince: (t) => interrupted >= t,
       log,
     });
     const events: RoundEvents = {
@@ -258,7 +293,8 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       ...(resume ? { resume } : {}),
     });
     const result = await coordinator.run();
-    await models.putBlob({ name: 'global/final' }, encodeSafetensors(layout!, result.global, { job: key }));
+    const final = encodeSafetensors(layout!, result.global, { job: key });
+    await retrying(() => models.putBlob({ name: 'global/final' }, final), { until: Date.now() + WRITE_RETRY_MS });
     done = true;
     nc.publish(subj.round, json({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: result.roundsCompleted, phase: 'done' } satisfies RoundNotice));
     await nc.flush();
@@ -267,7 +303,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       layout: layout!,
       sites: joined,
       resumedFrom: resume?.round ?? 0,
-      rejections: ingestor!.counts(),
+      rejections: rejections(),
       bytesIn: Object.fromEntries(transport.bytesIn),
       bytesOut: Object.fromEntries(transport.bytesOut),
     };

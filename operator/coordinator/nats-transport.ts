@@ -9,6 +9,7 @@ import type { ParameterLayout } from '../../core/model/layout.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
 import type { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';
+import { readObjectStream, retrying } from '../../core/protocol/retry.ts';
 import type { Ack, EvaluateTask, FitTask, ObjectRef } from '../../core/protocol/messages.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
 import { objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
@@ -19,6 +20,11 @@ import { Channel } from './channel.ts';
 
 const encoder = new TextEncoder();
 const json = (v: unknown) => encoder.encode(JSON.stringify(v));
+
+/** An update read that receives nothing for this long is abandoned. */
+const READ_IDLE_MS = 5000;
+/** How long an update read interrupted by the connection is tried again. */
+const READ_RETRY_MS = 30_000;
 
 interface OpenRound<T> {
   round: number;
@@ -41,6 +47,8 @@ export interface NatsTransportOptions {
   ingestor: UpdateIngestor;
   /** Sites heard from lately. */
   alive: () => string[];
+  /** Whether the connection to the server was interrupted since `t` (epoch ms): a read that failed meanwhile is tried again. */
+  interruptedSince?: (t: number) => boolean;
   log: (line: string) => void;
 }
 
@@ -66,15 +74,20 @@ export class NatsTransport implements SiteTransport {
     return this.o.spec.aggregation.roundDeadlineSeconds * 1000;
   }
 
-  /** Puts a model (or control variate) into the models bucket once; returns its reference. */
+  /** Puts a model (or control variate) into the models bucket once; returns its reference. Tried again until the round's deadline. */
   private async publishModel(name: string, values: Float32Array): Promise<ObjectRef> {
     const bytes = encodeSafetensors(this.o.layout, values);
     const sha256 = sha256Hex(bytes);
     // The store keeps its own SHA-256 (padded base64url): an identical model is not written twice.
-    const info = await this.o.models.info(name).catch(() => null);
     const b64 = Buffer.from(sha256, 'hex').toString('base64url');
     const digest = `SHA-256=${b64}${'='.repeat((4 - (b64.length % 4)) % 4)}`;
-    if (!info || info.deleted || info.digest !== digest) await this.o.models.putBlob({ name }, bytes);
+    await retrying(
+      async () => {
+        const info = await this.o.models.info(name);
+        if (!info || info.deleted || info.digest !== digest) await this.o.models.putBlob({ name }, bytes);
+      },
+      { until: Date.now() + this.deadlineMs },
+    );
     return { bucket: this.o.modelsBucket, name, sha256, size: bytes.length };
   }
 
@@ -132,6 +145,10 @@ export class NatsTransport implements SiteTransport {
     const r = this.open<SiteFitResult>(round, 'fit', sites);
     this.fitRound = r;
     this.o.ingestor.beginRound(round, [...sites]);
+    // Nobody is asked to evaluate round `round` before its updates are in: an evaluation that
+    // arrives earlier (a site resending after a coordinator restart) is refused, and taken once
+    // its task comes, rather than taken now and then answered as a duplicate and lost.
+    this.o.ingestor.beginEvaluation(round, []);
     for (const late of this.late) r.channel.push({ ok: true, value: { ...late, staleness: (late.staleness ?? 0) + 1 } });
     this.late = [];
     void (async () => {
@@ -205,15 +222,26 @@ export class NatsTransport implements SiteTransport {
     if (!checked.ok) return this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
     if ('duplicate' in checked && checked.duplicate) return this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
     const env = checked.envelope;
+    // Read within bounds: no more than the envelope declares, and not for ever (an object whose
+    // chunks were never written streams nothing); a read cut by a connection interruption is
+    // tried again.
     let bytes: Uint8Array | null = null;
+    let failure = 'not found';
+    let code: RejectionCode = 'CONSORT_R_OBJECT_MISSING';
     try {
-      const store = await this.o.updates(site);
-      bytes = await store.getBlob(env.object.name);
-    } catch {
-      bytes = null;
+      bytes = await retrying(
+        async () => {
+          const object = await (await this.o.updates(site)).get(env.object.name);
+          return object && (await readObjectStream(object, { idleMs: READ_IDLE_MS, maxBytes: env.object.size, what: 'the read' }));
+        },
+        { until: Date.now() + READ_RETRY_MS, retryable: (_err, startedAt) => this.o.interruptedSince?.(startedAt) ?? false },
+      );
+    } catch (err) {
+      failure = (err as Error).message;
+      if (err instanceof RangeError) code = 'CONSORT_R_HASH_MISMATCH';
     }
     if (!bytes) {
-      const rej = this.o.ingestor.reject(env, 'CONSORT_R_OBJECT_MISSING', `update object ${env.object.name} not found in ${env.object.bucket}`);
+      const rej = this.o.ingestor.reject(env, code, `update object ${env.object.name} in ${env.object.bucket}: ${failure}`);
       return this.reject(msg, site, rej.code, rej.reason);
     }
     const obj = this.o.ingestor.checkObject(env, bytes);

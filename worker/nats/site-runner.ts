@@ -7,6 +7,7 @@ import { Objm, type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
+import { readObjectStream, retrying } from '../../core/protocol/retry.ts';
 import {
   Ack,
   type EvaluateTask,
@@ -27,6 +28,9 @@ import { SiteWorker } from '../site-worker.ts';
 
 // Object Store digests with node's native SHA-256 (the JS fallback is 3-4x slower).
 setSha256Backend('native');
+
+/** A model read that receives nothing for this long is abandoned and tried again. */
+const READ_IDLE_MS = 5000;
 
 export interface SiteRunnerOptions {
   job: FederatedJob;
@@ -91,6 +95,14 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   const summary: SiteRunSummary = { site, fits: 0, evaluations: 0, rejected: 0 };
   /** The last envelope sent per round: a repeated task (coordinator restarted) is answered with it, not retrained. */
   const sent = new Map<string, Uint8Array>();
+  /** Keeps the most recent envelopes only: a repeated task is always one of the last few. */
+  const remember = (key: string, body: Uint8Array) => {
+    sent.set(key, body);
+    for (const old of sent.keys()) {
+      if (sent.size <= 64) break;
+      sent.delete(old);
+    }
+  };
   /** Top-k error feedback: what compression left out stays here. */
   let residual: Float32Array | undefined;
 
@@ -138,10 +150,16 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     }
   };
 
-  const fetchModel = async (ref: { name: string; sha256: string }): Promise<Float32Array> => {
-    models ??= await objm.open(bucket.models);
-    const bytes = await models.getBlob(ref.name);
-    if (!bytes) throw new Error(`model object ${ref.name} not found`);
+  // Reads and writes are tried again until the task's deadline: a server that restarts takes
+  // the requests in flight with it, and the work is not lost for that.
+  const patience = (deadline: number) => ({ until: deadline, ...(opts.signal ? { signal: opts.signal } : {}) });
+  const fetchModel = async (ref: { name: string; sha256: string }, deadline: number): Promise<Float32Array> => {
+    const bytes = await retrying(async () => {
+      models ??= await objm.open(bucket.models);
+      const object = await models.get(ref.name);
+      if (!object) throw new Error(`model object ${ref.name} not found`);
+      return await readObjectStream(object, { idleMs: READ_IDLE_MS, what: `model object ${ref.name}` });
+    }, patience(deadline));
     if (sha256Hex(bytes) !== ref.sha256) throw new Error(`model object ${ref.name}: SHA-256 does not match the task`);
     return decodeSafetensors(bytes).values;
   };
@@ -168,8 +186,8 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   const train = async (task: FitTask): Promise<void> => {
     const already = sent.get(`fit/${task.round}`);
     if (already) return deliver(subj.update(site), already, task.deadline, `update of round ${task.round}`);
-    const global = await fetchModel(task.model);
-    const serverControl = task.control ? await fetchModel(task.control) : undefined;
+    const global = await fetchModel(task.model, task.deadline);
+    const serverControl = task.control ? await fetchModel(task.control, task.deadline) : undefined;
     const r = await worker.fit({ round: task.round, siteIndex, global, proximalMu: task.proximalMu, ...(serverControl ? { serverControl } : {}) });
     const encoded = encodeUpdate(r.delta, prepared.layout, spec.compression, {
       ...(residual ? { residual } : {}),
@@ -178,8 +196,10 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     if (encoded.residual) residual = encoded.residual;
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
-    updates ??= await objm.open(bucket.updates(site));
-    await updates.putBlob({ name }, encoded.bytes);
+    await retrying(async () => {
+      updates ??= await objm.open(bucket.updates(site));
+      await updates.putBlob({ name }, encoded.bytes);
+    }, patience(task.deadline));
     const envelope: Omit<UpdateEnvelope, 'signature'> = {
       type: 'update',
       protocol: PROTOCOL_VERSION,
@@ -195,15 +215,15 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       object: { bucket: bucket.updates(site), name, sha256: sha256Hex(encoded.bytes), size: encoded.bytes.length },
     };
     const body = json(signEnvelope(envelope, opts.seed));
-    sent.set(`fit/${task.round}`, body);
+    remember(`fit/${task.round}`, body);
     summary.fits++;
     await deliver(subj.update(site), body, task.deadline, `update of round ${task.round}`);
   };
 
   const score = async (task: EvaluateTask): Promise<void> => {
-    const already = sent.get(`eval/${task.round}/${task.model.sha256}`);
+    const already = sent.get(`eval/${task.taskId}`);
     if (already) return deliver(subj.evaluation(site), already, task.deadline, `evaluation of round ${task.round}`);
-    const global = await fetchModel(task.model);
+    const global = await fetchModel(task.model, task.deadline);
     const m = await worker.evaluate({ siteIndex, global, trainLoss: task.trainLoss });
     const envelope: Omit<EvaluationEnvelope, 'signature'> = {
       type: 'evaluation',
@@ -220,7 +240,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       ...(m.trainLoss !== undefined ? { trainLoss: m.trainLoss } : {}),
     };
     const body = json(signEnvelope(envelope, opts.seed));
-    sent.set(`eval/${task.round}/${task.model.sha256}`, body);
+    remember(`eval/${task.taskId}`, body);
     summary.evaluations++;
     await deliver(subj.evaluation(site), body, task.deadline, `evaluation of round ${task.round}`);
   };

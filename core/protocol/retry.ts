@@ -1,0 +1,86 @@
+// Patience on the wire, for the shells that carry protocol v1 (operator/coordinator/,
+// worker/nats/): a call that fails because the connection was interrupted (a restarting server
+// takes the requests in flight with it) is tried again with backoff until a deadline, and an
+// object read that stops making progress is abandoned rather than awaited for ever (an object
+// whose metadata names chunks that were never written streams nothing, and never ends). No NATS
+// client here: the shells pass their calls in.
+
+/** An object read during which no chunk arrived for too long. */
+export class StalledReadError extends Error {
+  constructor(what: string, idleMs: number) {
+    super(`${what}: no data for ${idleMs} ms`);
+    this.name = 'StalledReadError';
+  }
+}
+
+export interface RetryOptions {
+  /** Epoch ms: no try starts after this; the last error is thrown. */
+  until: number;
+  /** Whether a failure is worth another try (default: every failure); `startedAt` is when the failed try began. */
+  retryable?: (err: unknown, startedAt: number) => boolean;
+  signal?: AbortSignal;
+}
+
+/** `attempt()` until it resolves, waiting 250 ms, doubling to 2 s, between failures. */
+export async function retrying<T>(attempt: () => Promise<T>, o: RetryOptions): Promise<T> {
+  let wait = 250;
+  for (;;) {
+    const startedAt = Date.now();
+    try {
+      return await attempt();
+    } catch (err) {
+      if (o.signal?.aborted || Date.now() + wait > o.until || (o.retryable && !o.retryable(err, startedAt))) throw err;
+      await new Promise((r) => setTimeout(r, wait));
+      wait = Math.min(wait * 2, 2000);
+    }
+  }
+}
+
+/** An object being read (nats.js's ObjectResult, structurally): its chunks, and its outcome (a digest mismatch...). */
+export interface ObjectStream {
+  data: ReadableStream<Uint8Array>;
+  error: Promise<Error | null>;
+}
+
+/**
+ * Reads an object to its end; StalledReadError (and the read cancelled) when no chunk arrives for
+ * `idleMs`, RangeError past `maxBytes` (what the sender declared: no more is held in memory).
+ */
+export async function readObjectStream(object: ObjectStream, o: { idleMs: number; maxBytes?: number; what: string }): Promise<Uint8Array> {
+  const { idleMs, what } = o;
+  // Settled whether or not the read gets that far: a rejection nobody awaits would end the process.
+  const outcome = object.error.then(
+    (err) => err,
+    (err: unknown) => err,
+  );
+  const reader = object.data.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    let timer: NodeJS.Timeout | undefined;
+    const stalled = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new StalledReadError(what, idleMs)), idleMs);
+    });
+    try {
+      const { done, value } = await Promise.race([reader.read(), stalled]);
+      if (done) break;
+      size += value.length;
+      if (o.maxBytes !== undefined && size > o.maxBytes) throw new RangeError(`${what}: more than the ${o.maxBytes} bytes declared`);
+      chunks.push(value);
+    } catch (err) {
+      reader.cancel().catch(() => {});
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  const err = await outcome;
+  if (err) throw err;
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}

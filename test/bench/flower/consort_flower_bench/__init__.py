@@ -1,0 +1,1 @@
+"""Flower app of Consort's orchestration-overhead benchmark."""

@@ -1,0 +1,64 @@
+// A site process killed (SIGKILL) in the middle of a round it was asked to train: the round
+// closes at its deadline with the quorum of the others (sampling.minSites 4), the site started
+// again rejoins and takes part in every round after, and the job completes.
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { readOutput, useFederations } from '../helpers/federation.ts';
+import { useTmpDirs } from '../helpers/tmp-dirs.ts';
+
+const ROUNDS = 6;
+const DEADLINE_S = 4;
+const KILLED_IN = 3;
+const VICTIM = 'northgate';
+
+describe('a site killed mid-round (SIGKILL) and started again', () => {
+  const tmp = useTmpDirs();
+  const federation = useFederations();
+
+  it('the round closes by quorum at its deadline, the site rejoins the next round, and the job completes', async () => {
+    const dir = tmp('nats-site-restart');
+    const f = await federation({ rounds: ROUNDS, sampling: { minSites: 4 }, aggregation: { roundDeadlineSeconds: DEADLINE_S } });
+    const out = join(dir, 'out');
+    const sites = f.sites();
+    const coordinator = f.coordinator(out);
+
+    // Paused once it has scored the round before, so that it cannot have answered round 3 when
+    // it is killed; killed once the coordinator has asked it to train in round 3.
+    await f.evaluationOf(VICTIM, KILLED_IN - 1);
+    sites[VICTIM]!.pause();
+    const started = await f.notice(KILLED_IN);
+    expect(started.value.sites).toContain(VICTIM);
+    await f.tasksOf('fit', KILLED_IN, 5);
+    await sites[VICTIM]!.kill();
+
+    // The four others are counted at once; the round then waits for its deadline, no longer.
+    await f.statusWhere((s) => s.round === KILLED_IN && s.accepted === 4, `round ${KILLED_IN} has the 4 other updates`);
+    const [firstEvaluation] = await f.tasksOf('evaluate', KILLED_IN, 1, (DEADLINE_S + 30) * 1000);
+    const fitTasks = f.tasks.filter((t) => t.value.type === 'fit' && t.value.round === KILLED_IN);
+    const waited = firstEvaluation!.at - Math.min(...fitTasks.map((t) => t.at));
+    expect(waited).toBeGreaterThanOrEqual(DEADLINE_S * 1000 - 250);
+
+    // Started again once the round has closed without it.
+    const again = f.site(VICTIM);
+    const joinedAt = Number((await again.waitFor(/joined hospitals at round (\d+)/))[1]);
+
+    const exit = await coordinator.exited;
+    expect(exit.code, f.logs()).toBe(0);
+    expect((await again.exited).code, again.tail()).toBe(0);
+    for (const [name, s] of Object.entries(sites)) if (name !== VICTIM) expect((await s.exited).code, s.tail()).toBe(0);
+
+    const { report } = readOutput(out);
+    expect(report.rounds.map((r) => r.round)).toEqual(Array.from({ length: ROUNDS }, (_, i) => i + 1));
+    const all = [...f.siteNames].sort();
+    const closed = report.rounds[KILLED_IN - 1]!;
+    expect(closed.participants).toEqual(all.filter((s) => s !== VICTIM));
+    expect(closed.durationMs).toBeGreaterThanOrEqual(DEADLINE_S * 1000 - 250);
+    for (const r of report.rounds.slice(0, KILLED_IN - 1)) expect(r.participants).toEqual(all);
+    // It joined while round `joinedAt` was under way, and took part in every round after it.
+    expect(joinedAt).toBeGreaterThanOrEqual(KILLED_IN);
+    expect(joinedAt).toBeLessThan(ROUNDS);
+    for (const r of report.rounds.slice(joinedAt)) expect(r.participants, `round ${r.round}`).toEqual(all);
+    // Its final score is in the report: it is back.
+    expect(Object.keys(report.final.perSite)).toContain(VICTIM);
+  });
+});

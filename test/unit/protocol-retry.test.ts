@@ -1,0 +1,115 @@
+// Patience on the wire: retries until a deadline, and object reads that give up rather than wait
+// for ever on a stream that sends nothing.
+import { describe, expect, it } from 'vitest';
+import { type ObjectStream, readObjectStream, retrying, StalledReadError } from '../../core/protocol/retry.ts';
+
+/** An object stream of `chunks`, then either its end, an error, or nothing more (`stall`). */
+function stream(chunks: number[][], end: 'close' | 'stall' | Error = 'close'): ObjectStream & { cancelled: () => boolean } {
+  let cancelled = false;
+  let settle: (e: Error | null) => void = () => {};
+  let fail: (e: Error) => void = () => {};
+  const error = new Promise<Error | null>((resolve, reject) => {
+    settle = resolve;
+    fail = reject;
+  });
+  const data = new ReadableStream<Uint8Array>({
+    start(c) {
+      for (const chunk of chunks) c.enqueue(Uint8Array.from(chunk));
+      if (end === 'close') {
+        c.close();
+        settle(null);
+      } else if (end instanceof Error) {
+        c.error(end);
+        fail(end);
+      }
+    },
+    cancel() {
+      cancelled = true;
+      settle(null);
+    },
+  });
+  return { data, error, cancelled: () => cancelled };
+}
+
+describe('readObjectStream', () => {
+  it('reads every chunk, in order, into one array', async () => {
+    const bytes = await readObjectStream(stream([[1, 2], [3], [4, 5, 6]]), { idleMs: 1000, what: 'x' });
+    expect([...bytes]).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+
+  it('gives up, and cancels the read, when no chunk comes for idleMs', async () => {
+    const s = stream([[1, 2]], 'stall');
+    await expect(readObjectStream(s, { idleMs: 50, what: 'update object u' })).rejects.toThrow(StalledReadError);
+    expect(s.cancelled()).toBe(true);
+  });
+
+  it('stops at more bytes than declared', async () => {
+    const s = stream(
+      [
+        [1, 2, 3],
+        [4, 5, 6],
+      ],
+      'stall',
+    );
+    await expect(readObjectStream(s, { idleMs: 1000, maxBytes: 4, what: 'o' })).rejects.toThrow(RangeError);
+    expect(s.cancelled()).toBe(true);
+  });
+
+  it("throws the stream's own error (a digest mismatch), and leaves no rejection unhandled", async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      await expect(readObjectStream(stream([[1]], new Error('digests do not match')), { idleMs: 1000, what: 'o' })).rejects.toThrow(/digests/);
+      await new Promise((r) => setTimeout(r, 20));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+});
+
+describe('retrying', () => {
+  it('tries again after failures until the call succeeds', async () => {
+    let calls = 0;
+    const value = await retrying(
+      async () => {
+        if (++calls < 3) throw new Error(`failure ${calls}`);
+        return 'done';
+      },
+      { until: Date.now() + 5000 },
+    );
+    expect(value).toBe('done');
+    expect(calls).toBe(3);
+  });
+
+  it('throws the last error once the deadline has passed', async () => {
+    let calls = 0;
+    const t0 = Date.now();
+    await expect(
+      retrying(
+        async () => {
+          throw new Error(`failure ${++calls}`);
+        },
+        { until: t0 + 600 },
+      ),
+    ).rejects.toThrow(`failure ${2}`);
+    // 250 ms, then 500 ms would pass the deadline: two tries.
+    expect(calls).toBe(2);
+  });
+
+  it('throws at once what is not worth another try', async () => {
+    let calls = 0;
+    const err = new Error('the object is bad');
+    await expect(
+      retrying(
+        async () => {
+          calls++;
+          throw err;
+        },
+        { until: Date.now() + 5000, retryable: (e) => e !== err },
+      ),
+    ).rejects.toBe(err);
+    expect(calls).toBe(1);
+  });
+});
