@@ -1,11 +1,31 @@
 import { defineConfig } from 'vitest/config';
 
+// Two cores: the native TF backend already uses both, so test files run two at a time, and the
+// NATS end-to-end files (six processes each, timed kill points) run one at a time, after the rest.
+const shared = { testTimeout: 120_000, hookTimeout: 120_000 };
+
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
-    // Two cores: the native TF backend already uses both, so test files run one or two at a time.
     maxWorkers: 2,
-    testTimeout: 120_000,
-    hookTimeout: 120_000,
+    projects: [
+      {
+        test: {
+          ...shared,
+          name: 'suite',
+          include: ['test/**/*.test.ts'],
+          exclude: ['test/e2e/nats-*.test.ts'],
+          sequence: { groupOrder: 0 },
+        },
+      },
+      {
+        test: {
+          ...shared,
+          name: 'nats-e2e',
+          include: ['test/e2e/nats-*.test.ts'],
+          fileParallelism: false,
+          sequence: { groupOrder: 1 },
+        },
+      },
+    ],
   },
 });

@@ -19,6 +19,7 @@ import { OperatorError } from '../errors.ts';
 import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
+import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
 
 setSha256Backend('native');
 
@@ -53,17 +54,6 @@ export interface NatsCoordinatorResult extends CoordinatorResult {
   rejections: Record<string, number>;
   bytesIn: Record<number, number>;
   bytesOut: Record<number, number>;
-}
-
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-const json = (v: unknown) => encoder.encode(JSON.stringify(v));
-function parseJson(data: Uint8Array): unknown {
-  try {
-    return JSON.parse(decoder.decode(data));
-  } catch {
-    return undefined;
-  }
 }
 
 async function openOrCreate(objm: Objm, name: string): Promise<ObjectStore> {

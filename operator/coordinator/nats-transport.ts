@@ -17,9 +17,7 @@ import type { Outcome, SiteEvaluation, SiteTransport } from '../../core/protocol
 import type { FitInstructions, SiteFitResult } from '../../core/strategies/strategy.ts';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
 import { Channel } from './channel.ts';
-
-const encoder = new TextEncoder();
-const json = (v: unknown) => encoder.encode(JSON.stringify(v));
+import { encodeJson as json } from '../../core/protocol/wire.ts';
 
 /** An update read that receives nothing for this long is abandoned. */
 const READ_IDLE_MS = 5000;
@@ -141,6 +139,33 @@ export class NatsTransport implements SiteTransport {
     }
   }
 
+  /**
+   * Publishes what a round's tasks refer to (prepare), then sends each site its task, all with
+   * one deadline; a failure to publish closes the round with that reason.
+   */
+  private dispatch<T>(
+    r: OpenRound<T>,
+    prepare: () => Promise<
+      | Omit<FitTask, 'protocol' | 'job' | 'site' | 'round' | 'taskId' | 'deadline'>
+      | Omit<EvaluateTask, 'protocol' | 'job' | 'site' | 'round' | 'taskId' | 'deadline'>
+    >,
+  ): void {
+    void (async () => {
+      const body = await prepare();
+      const deadline = Date.now() + this.deadlineMs;
+      await Promise.all(
+        [...r.sites].map((site) =>
+          this.sendTask(r, site, { ...body, protocol: PROTOCOL_VERSION, job: this.o.job, site, round: r.round, taskId: newNonce(), deadline } as
+            | FitTask
+            | EvaluateTask),
+        ),
+      );
+    })().catch((err: unknown) => {
+      this.o.log(`round ${r.round}: cannot send the ${r.kind} tasks: ${(err as Error).message}`);
+      this.close(r, `tasks not sent: ${(err as Error).message}`);
+    });
+  }
+
   fit(round: number, sites: readonly string[], global: Float32Array, instructions: FitInstructions): AsyncIterable<Outcome<SiteFitResult>> {
     const r = this.open<SiteFitResult>(round, 'fit', sites);
     this.fitRound = r;
@@ -151,30 +176,11 @@ export class NatsTransport implements SiteTransport {
     this.o.ingestor.beginEvaluation(round, []);
     for (const late of this.late) r.channel.push({ ok: true, value: { ...late, staleness: (late.staleness ?? 0) + 1 } });
     this.late = [];
-    void (async () => {
+    this.dispatch(r, async () => {
       const model = await this.publishModel(objectNames.global(round - 1), global);
       const control = instructions.serverControl ? await this.publishModel(objectNames.control(round), instructions.serverControl) : undefined;
       this.bytesOut.set(round, model.size * sites.length);
-      const deadline = Date.now() + this.deadlineMs;
-      await Promise.all(
-        sites.map((site) =>
-          this.sendTask(r, site, {
-            type: 'fit',
-            protocol: PROTOCOL_VERSION,
-            job: this.o.job,
-            site,
-            round,
-            taskId: newNonce(),
-            model,
-            deadline,
-            proximalMu: instructions.proximalMu,
-            ...(control ? { control } : {}),
-          }),
-        ),
-      );
-    })().catch((err: unknown) => {
-      this.o.log(`round ${round}: cannot send the tasks: ${(err as Error).message}`);
-      this.close(r, `tasks not sent: ${(err as Error).message}`);
+      return { type: 'fit', model, proximalMu: instructions.proximalMu, ...(control ? { control } : {}) };
     });
     return r.channel;
   }
@@ -183,25 +189,7 @@ export class NatsTransport implements SiteTransport {
     const r = this.open<SiteEvaluation>(round, 'evaluate', sites);
     this.evalRound = r;
     this.o.ingestor.beginEvaluation(round, sites);
-    void (async () => {
-      const model = await this.publishModel(objectNames.global(round), global);
-      const deadline = Date.now() + this.deadlineMs;
-      await Promise.all(
-        sites.map((site) =>
-          this.sendTask(r, site, {
-            type: 'evaluate',
-            protocol: PROTOCOL_VERSION,
-            job: this.o.job,
-            site,
-            round,
-            taskId: newNonce(),
-            model,
-            deadline,
-            trainLoss: opts.trainLoss,
-          }),
-        ),
-      );
-    })().catch((err: unknown) => this.close(r, `tasks not sent: ${(err as Error).message}`));
+    this.dispatch(r, async () => ({ type: 'evaluate', model: await this.publishModel(objectNames.global(round), global), trainLoss: opts.trainLoss }));
     return r.channel;
   }
 

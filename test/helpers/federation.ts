@@ -216,6 +216,8 @@ export class Federation {
   readonly processes: ConsortProcess[] = [];
   readonly notices: Seen<RoundNotice>[] = [];
   readonly tasks: Seen<Task>[] = [];
+  /** The site to pause when its fit task of `round` is seen (set by hold). */
+  #holding: { process: ConsortProcess; name: string; round: number } | undefined;
   readonly hellos: Seen<Hello>[] = [];
   readonly updates: Seen<UpdateEnvelope>[] = [];
   readonly evaluations: Seen<EvaluationEnvelope>[] = [];
@@ -236,7 +238,16 @@ export class Federation {
         callback: (err, msg) => {
           if (err) return;
           const value = parse(parseJson(msg.data));
-          if (value !== undefined) into.push({ subject: msg.subject, data: msg.data, value, at: Date.now() });
+          if (value === undefined) return;
+          into.push({ subject: msg.subject, data: msg.data, value, at: Date.now() });
+          // A hold pauses its site the moment its task is on the wire, in this callback, not at
+          // the next poll: the site then cannot answer before it is stopped.
+          const t = value as Partial<Task>;
+          const h = this.#holding;
+          if (h && t.type === 'fit' && t.site === h.name && t.round === h.round) {
+            h.process.pause();
+            this.#holding = undefined;
+          }
         },
       });
     record(this.subj.round, this.notices, (v) => RoundNotice.safeParse(v).data);
@@ -412,15 +423,18 @@ export class Federation {
   }
 
   /**
-   * Holds round `round` open: pauses `site` (SIGSTOP) once it has scored round − 1, so that it
-   * cannot answer round `round`, and resolves with the status once every other site's update of
+   * Holds round `round` open: pauses `site` (SIGSTOP) the moment its fit task of that round is
+   * on the wire, so that it cannot answer it, and resolves with the status once every other site's update of
    * that round is counted. `resume()` the site to let the round close.
    */
   async hold(site: ConsortProcess, name: string, round: number): Promise<CoordinatorStatus> {
-    await this.evaluationOf(name, round - 1);
-    site.pause();
+    this.#holding = { process: site, name, round };
     const others = this.siteNames.length - 1;
-    return await this.statusWhere((s) => s.round === round && s.accepted === others, `round ${round} has ${others} updates counted`);
+    const status = await this.statusWhere((s) => s.round === round && s.accepted === others, `round ${round} has ${others} updates counted`);
+    if (this.updates.some((u) => u.value.site === name && u.value.round === round)) {
+      throw new Error(`hold missed: ${name} answered round ${round} before it was paused`);
+    }
+    return status;
   }
 
   /** The last lines of every process's output, for assertion messages. */

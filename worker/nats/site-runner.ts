@@ -25,6 +25,7 @@ import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
 import type { BackendPreference } from '../backend.ts';
 import { WorkerError } from '../errors.ts';
 import { SiteWorker } from '../site-worker.ts';
+import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
 
 // Object Store digests with node's native SHA-256 (the JS fallback is 3-4x slower).
 setSha256Backend('native');
@@ -51,18 +52,6 @@ export interface SiteRunSummary {
   fits: number;
   evaluations: number;
   rejected: number;
-}
-
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-const json = (v: unknown) => encoder.encode(JSON.stringify(v));
-/** JSON from the wire, or undefined: a garbled message is the sender's problem, never a crash. */
-function parseJson(data: Uint8Array): unknown {
-  try {
-    return JSON.parse(decoder.decode(data));
-  } catch {
-    return undefined;
-  }
 }
 
 export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> {
@@ -250,7 +239,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   const onTask = (msg: Msg) => {
     let task: Task;
     try {
-      task = Task.parse(JSON.parse(decoder.decode(msg.data)));
+      task = Task.parse(parseJson(msg.data));
       if (task.site !== site || task.job !== key) throw new Error(`task for ${task.job}/${task.site}`);
     } catch (err) {
       msg.respond(json({ type: 'ack', accepted: false, code: 'CONSORT_R_MALFORMED', reason: (err as Error).message }));
