@@ -111,15 +111,21 @@ export type EvaluateTask = z.infer<typeof EvaluateTask>;
 export const Task = z.discriminatedUnion('type', [FitTask, EvaluateTask]);
 export type Task = z.infer<typeof Task>;
 
+/** What every signed envelope from a site carries: who, for which task, and a fresh nonce. */
+const envelopeBase = {
+  protocol,
+  job: jobKey,
+  site: name,
+  round,
+  taskId: nonce,
+  nonce,
+  signature: base64.optional(),
+};
+
 export const UpdateEnvelope = z
   .object({
     type: z.literal('update'),
-    protocol,
-    job: jobKey,
-    site: name,
-    round,
-    taskId: nonce,
-    nonce,
+    ...envelopeBase,
     samples: z
       .number()
       .int()
@@ -130,7 +136,6 @@ export const UpdateEnvelope = z
     codec: z.enum(['none', 'fp16', 'int8', 'topk']),
     /** The encoded update (safetensors) in the site's update bucket. */
     object: ObjectRef,
-    signature: base64.optional(),
   })
   .strict();
 export type UpdateEnvelope = z.infer<typeof UpdateEnvelope>;
@@ -138,18 +143,12 @@ export type UpdateEnvelope = z.infer<typeof UpdateEnvelope>;
 export const EvaluationEnvelope = z
   .object({
     type: z.literal('evaluation'),
-    protocol,
-    job: jobKey,
-    site: name,
-    round,
-    taskId: nonce,
-    nonce,
+    ...envelopeBase,
     samples: z.number().int().min(0),
     loss: z.number(),
     accuracy: z.number().min(0).max(1),
     auc: z.number().min(0).max(1).optional(),
     trainLoss: z.number().optional(),
-    signature: base64.optional(),
   })
   .strict();
 export type EvaluationEnvelope = z.infer<typeof EvaluationEnvelope>;
