@@ -19,13 +19,17 @@ export interface BackendChoice {
 
 /**
  * Below this many parameters a dense model is dominated by per-op overhead, where wasm beats
- * the native binding (measured: tiny MLPs train faster on wasm; a CNN ~60x faster on native).
+ * the native binding (make bench, 2 cores: the 978-parameter hospital MLP 4.2x, a 104k-parameter
+ * MLP on 5-example sites 1.5x faster on wasm; a small CNN ~35x faster on native).
  */
-export const SMALL_MODEL_PARAMETERS = 20_000;
+export const SMALL_MODEL_PARAMETERS = 200_000;
 
 const require = createRequire(import.meta.url);
 // tf-core's environment flag for the native backend's op-overhead: keep TF's banner quiet.
 process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
+// oneDNN's graph rewrites cost more than they save on the small per-site models (make bench:
+// 1.05-1.5x faster without); read when libtensorflow loads, so set before the native import.
+process.env.TF_ENABLE_ONEDNN_OPTS ??= '0';
 // PROD silences tf-core's console advice (e.g. "install our node backend") that would otherwise
 // land in the middle of the progress bars; the backend choice is logged by us instead.
 tf.env().set('PROD', true);

@@ -61,7 +61,8 @@ export async function run(args: GoodputArgs): Promise<unknown> {
   const processes: Array<{ kill(): void }> = [];
   try {
     // ---- raw baseline ----
-    const plan: RawPlan = { modelBytes: params * 4, updateBytes: params * 4, chunkBytes: 128 * 1024, window: 64, ackEvery: 8, reps };
+    const plan: RawPlan = { modelBytes: params * 4, updateBytes: params * 4, chunkBytes: 128 * 1024, window: 16, ackEvery: 4, reps };
+    if (process.env.CONSORT_BENCH_DEBUG) setTimeout(() => process.stderr.write(server.log().slice(-3000)), 12_000).unref();
     const rawSites = startSites({ url: server.url, mode: 'raw', sites: names, raw: plan });
     processes.push(rawSites);
     const rawReps = await rawCoordinator(server.url, names, plan);
@@ -195,6 +196,7 @@ export async function run(args: GoodputArgs): Promise<unknown> {
       coordinatorMaxRssBytes: process.resourceUsage().maxRSS * 1024,
     };
   } finally {
+    if (process.env.CONSORT_BENCH_DEBUG) process.stderr.write(server.log().slice(-3000));
     for (const p of processes) p.kill();
     for (const c of connections) await c.close().catch(() => {});
     await server.stop();

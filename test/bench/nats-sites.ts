@@ -89,8 +89,13 @@ export function withRawAccount(config: string): string {
   return `${config.slice(0, end)}  RAW: { users: [ { user: "raw", password: "raw" } ] }\n}\n`;
 }
 
-export function connectRaw(url: string, name: string): Promise<NatsConnection> {
-  return connect({ servers: url, user: 'raw', pass: 'raw', name });
+export async function connectRaw(url: string, name: string): Promise<NatsConnection> {
+  const nc = await connect({ servers: url, user: 'raw', pass: 'raw', name });
+  // A receiver that falls too far behind loses messages: say so rather than wait for ever.
+  void (async () => {
+    for await (const s of nc.status()) if (s.type === 'slowConsumer' || s.type === 'error') process.stderr.write(`raw ${name}: ${JSON.stringify(s)}\n`);
+  })();
+  return nc;
 }
 
 // ---- the sites process --------------------------------------------------------------------
@@ -387,7 +392,10 @@ export interface RawSiteTiming {
 async function sendWindowed(nc: NatsConnection, subject: string, data: Uint8Array, plan: RawPlan, acked: () => number, progress: { wait: () => Promise<void> }): Promise<void> {
   const chunks = Math.ceil(data.length / plan.chunkBytes);
   for (let i = 0; i < chunks; i++) {
+    let waited = 0;
+    const watch = process.env.CONSORT_BENCH_DEBUG ? setInterval(() => debug(`${subject}: at chunk ${i}, acked ${acked()}, waited ${++waited}`), 3000) : undefined;
     while (i - acked() >= plan.window) await progress.wait();
+    clearInterval(watch);
     nc.publish(subject, data.subarray(i * plan.chunkBytes, Math.min(data.length, (i + 1) * plan.chunkBytes)));
   }
   while (acked() < chunks) {
@@ -425,6 +433,7 @@ function receiver(nc: NatsConnection, size: number, plan: RawPlan, ackSubject: s
   return {
     complete,
     buffer,
+    got: () => got,
     take(msg: Msg): void {
       buffer.set(msg.data, got * plan.chunkBytes);
       got++;
@@ -517,7 +526,9 @@ export async function rawCoordinator(url: string, sites: string[], plan: RawPlan
       const slowest = () => Math.min(...sites.map((s) => acks.get(`${rep}/${s}`) ?? 0));
       await sendWindowed(nc, `raw.${rep}.model`, model, plan, slowest, progress);
       debug(`raw coordinator: model ${rep} sent`);
+      const watch = process.env.CONSORT_BENCH_DEBUG ? setInterval(() => debug(`collected: ${sites.map((s) => updateFor(rep, s).got()).join(' ')}`), 2000) : undefined;
       await collected;
+      clearInterval(watch);
       debug(`raw coordinator: rep ${rep} collected`);
       reps.push({ rep, start, end: now() });
       for (const s of sites) updates.delete(`${rep}/${s}`);
