@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { WorkerError } from './errors.ts';
+import { applyNativeDefaults } from './native-env.ts';
 
 export type BackendName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
 export type BackendPreference = 'auto' | BackendName;
@@ -25,11 +26,9 @@ export interface BackendChoice {
 export const SMALL_MODEL_PARAMETERS = 200_000;
 
 const require = createRequire(import.meta.url);
-// tf-core's environment flag for the native backend's op-overhead: keep TF's banner quiet.
-process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
-// oneDNN's graph rewrites cost more than they save on the small per-site models (make bench:
-// 1.05-1.5x faster without); read when libtensorflow loads, so set before the native import.
-process.env.TF_ENABLE_ONEDNN_OPTS ??= '0';
+// Read when libtensorflow loads, so set before the native import (effective in a main thread
+// only: SitePool sets them for its threads).
+applyNativeDefaults();
 // PROD silences tf-core's console advice (e.g. "install our node backend") that would otherwise
 // land in the middle of the progress bars; the backend choice is logged by us instead.
 tf.env().set('PROD', true);

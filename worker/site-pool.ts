@@ -10,6 +10,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { WorkerError, type WorkerErrorCode, WorkerErrorCodes } from './errors.ts';
+import { applyNativeDefaults } from './native-env.ts';
 import type { SiteOp, SiteRequest, SiteResponse } from './site-thread.ts';
 import {
   type EvaluateReply,
@@ -105,6 +106,7 @@ export class SitePool {
 
   /** A pool sized to the machine (never more threads than sites). */
   static start(cfg: SiteWorkerConfig, threads?: number): SitePool {
+    applyNativeDefaults(); // before the threads start: their own process.env cannot reach libtensorflow
     const n = Math.max(1, Math.min(threads ?? availableParallelism(), cfg.spec.sites.length));
     return new SitePool(
       Array.from({ length: n }, () => new PoolThread(cfg)),

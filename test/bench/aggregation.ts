@@ -232,7 +232,13 @@ export async function run(args: AggregationArgs): Promise<unknown> {
     readRateGBps: { float32Sum: read32, float64Sum: read64, memcpy: copy, reference: readRate },
     exactWeightedSum: { seconds: exact, GBps: gbps(inputBytes, exact), ratio: gbps(inputBytes, exact) / readRate },
     roundAccumulator: { seconds: accumulator, GBps: gbps(inputBytes, accumulator), ratio: gbps(inputBytes, accumulator) / readRate, finishSeconds: finishS },
-    blockedExactProposal: { seconds: blocked, GBps: gbps(inputBytes, blocked), ratio: gbps(inputBytes, blocked) / readRate, block, identicalToExactWeightedSum: identical },
+    blockedExactProposal: {
+      seconds: blocked,
+      GBps: gbps(inputBytes, blocked),
+      ratio: gbps(inputBytes, blocked) / readRate,
+      block,
+      identicalToExactWeightedSum: identical,
+    },
     naiveFloat64: { seconds: naive, GBps: gbps(inputBytes, naive), ratio: gbps(inputBytes, naive) / readRate },
   };
 }

@@ -21,7 +21,18 @@ import { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import { buckets, jobKey, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
 import { NatsTransport } from '../../operator/coordinator/nats-transport.ts';
-import { benchJob, benchLayout, benchValues, now, type RawPlan, rawCoordinator, type SitesResult, siteNames, startSites, withRawAccount } from './nats-sites.ts';
+import {
+  benchJob,
+  benchLayout,
+  benchValues,
+  now,
+  type RawPlan,
+  rawCoordinator,
+  type SitesResult,
+  siteNames,
+  startSites,
+  withRawAccount,
+} from './nats-sites.ts';
 import { fixed, median, printTable } from './table.ts';
 
 export interface GoodputArgs {
@@ -130,7 +141,15 @@ export async function run(args: GoodputArgs): Promise<unknown> {
       },
     });
     await nc.flush();
-    const consortSites = startSites({ url: server.url, mode: 'consort', manifest: job, seeds: Object.fromEntries(names.map((s) => [s, auth.sites[s]!.seed])), sites: names, layout, update: 'model' });
+    const consortSites = startSites({
+      url: server.url,
+      mode: 'consort',
+      manifest: job,
+      seeds: Object.fromEntries(names.map((s) => [s, auth.sites[s]!.seed])),
+      sites: names,
+      layout,
+      update: 'model',
+    });
     processes.push(consortSites);
     await everyoneIn;
     const consortStarts: number[] = [];
@@ -168,7 +187,14 @@ export async function run(args: GoodputArgs): Promise<unknown> {
       `Goodput: model broadcast + update collection, ${sites} sites, ${fixed(modelBytes / MB, 0)} MB model, one nats-server (median of ${reps})`,
       ['path', 'round s', 'broadcast MB/s', 'collection MB/s', 'goodput MB/s', 'vs raw'],
       [
-        ['raw nats.js pub/sub (128 KiB messages, windowed)', fixed(median(raw.map((r) => r.seconds)), 2), fixed(rawBroadcast, 0), fixed(rawCollect, 0), fixed(rawRate, 0), '1.00x'],
+        [
+          'raw nats.js pub/sub (128 KiB messages, windowed)',
+          fixed(median(raw.map((r) => r.seconds)), 2),
+          fixed(rawBroadcast, 0),
+          fixed(rawCollect, 0),
+          fixed(rawRate, 0),
+          '1.00x',
+        ],
         [
           'Consort (NatsTransport, Object Store, ingestor)',
           fixed(median(consort.map((r) => r.seconds)), 2),

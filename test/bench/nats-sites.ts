@@ -155,7 +155,17 @@ export async function runSites(args: SitesArgs): Promise<SitesResult> {
   const timings: TaskTiming[] = [];
   await Promise.all(
     args.sites.map((site) =>
-      consortSite({ url: args.url, job, site, seed: args.seeds![site]!, layout, fetchModel: args.fetchModel ?? true, update: args.update ?? 'zeros', shared, timings }),
+      consortSite({
+        url: args.url,
+        job,
+        site,
+        seed: args.seeds![site]!,
+        layout,
+        fetchModel: args.fetchModel ?? true,
+        update: args.update ?? 'zeros',
+        shared,
+        timings,
+      }),
     ),
   );
   return { timings, maxRssBytes: process.resourceUsage().maxRSS * 1024 };
@@ -389,11 +399,20 @@ export interface RawSiteTiming {
 }
 
 /** Sends `data` on `subject` in chunks, at most `window` chunks ahead of what `acked()` says the slowest receiver has. */
-async function sendWindowed(nc: NatsConnection, subject: string, data: Uint8Array, plan: RawPlan, acked: () => number, progress: { wait: () => Promise<void> }): Promise<void> {
+async function sendWindowed(
+  nc: NatsConnection,
+  subject: string,
+  data: Uint8Array,
+  plan: RawPlan,
+  acked: () => number,
+  progress: { wait: () => Promise<void> },
+): Promise<void> {
   const chunks = Math.ceil(data.length / plan.chunkBytes);
   for (let i = 0; i < chunks; i++) {
     let waited = 0;
-    const watch = process.env.CONSORT_BENCH_DEBUG ? setInterval(() => debug(`${subject}: at chunk ${i}, acked ${acked()}, waited ${++waited}`), 3000) : undefined;
+    const watch = process.env.CONSORT_BENCH_DEBUG
+      ? setInterval(() => debug(`${subject}: at chunk ${i}, acked ${acked()}, waited ${++waited}`), 3000)
+      : undefined;
     while (i - acked() >= plan.window) await progress.wait();
     clearInterval(watch);
     nc.publish(subject, data.subarray(i * plan.chunkBytes, Math.min(data.length, (i + 1) * plan.chunkBytes)));
@@ -462,7 +481,7 @@ async function rawSite(url: string, site: string, plan: RawPlan): Promise<RawSit
     if (!r) models.set(rep, (r = receiver(nc, plan.modelBytes, plan, `raw.ack.model.${site}`, rep)));
     return r;
   };
-  nc.subscribe('raw.*.model', { callback: (_e, m) => modelFor(Number(m.subject.split('.')[1])).take(m) });
+  nc.subscribe('raw.data.*.model', { callback: (_e, m) => modelFor(Number(m.subject.split('.')[2])).take(m) });
   // Ready: the coordinator counts these before it starts.
   await nc.flush();
   nc.publish('raw.ready', encoder.encode(site));
@@ -473,7 +492,7 @@ async function rawSite(url: string, site: string, plan: RawPlan): Promise<RawSit
     debug(`raw ${site} has model ${rep}`);
     models.delete(rep);
     acked = 0;
-    await sendWindowed(nc, `raw.${rep}.up.${site}`, updateBytes, plan, () => acked, progress);
+    await sendWindowed(nc, `raw.data.${rep}.up.${site}`, updateBytes, plan, () => acked, progress);
     out.push({ site, rep, modelReceived, updateSent: now() });
   }
   await nc.close();
@@ -508,10 +527,10 @@ export async function rawCoordinator(url: string, sites: string[], plan: RawPlan
       if (!r) updates.set(`${rep}/${site}`, (r = receiver(nc, plan.updateBytes, plan, `raw.ack.up.${site}`, rep)));
       return r;
     };
-    nc.subscribe('raw.*.up.*', {
+    nc.subscribe('raw.data.*.up.*', {
       callback: (_e, m) => {
         const parts = m.subject.split('.');
-        updateFor(Number(parts[1]), parts[3]!).take(m);
+        updateFor(Number(parts[2]), parts[4]!).take(m);
       },
     });
     await nc.flush();
@@ -524,9 +543,11 @@ export async function rawCoordinator(url: string, sites: string[], plan: RawPlan
       const start = now();
       const collected = Promise.all(sites.map((s) => updateFor(rep, s).complete));
       const slowest = () => Math.min(...sites.map((s) => acks.get(`${rep}/${s}`) ?? 0));
-      await sendWindowed(nc, `raw.${rep}.model`, model, plan, slowest, progress);
+      await sendWindowed(nc, `raw.data.${rep}.model`, model, plan, slowest, progress);
       debug(`raw coordinator: model ${rep} sent`);
-      const watch = process.env.CONSORT_BENCH_DEBUG ? setInterval(() => debug(`collected: ${sites.map((s) => updateFor(rep, s).got()).join(' ')}`), 2000) : undefined;
+      const watch = process.env.CONSORT_BENCH_DEBUG
+        ? setInterval(() => debug(`collected: ${sites.map((s) => updateFor(rep, s).got()).join(' ')}`), 2000)
+        : undefined;
       await collected;
       clearInterval(watch);
       debug(`raw coordinator: rep ${rep} collected`);

@@ -1,7 +1,8 @@
 // Local training throughput (examples per second) of each TF.js backend, through the real
-// LocalTrainer, on the models sites train: the hospital example's MLP, a small CNN, and the
-// FedProx benchmark's logistic model. Each backend runs in a process of its own (libtensorflow
-// reads TF_ENABLE_ONEDNN_OPTS when it loads; tfjs-node and tfjs-node-gpu cannot share one).
+// LocalTrainer, on the models sites train: the hospital example's MLP, a small CNN, the FedProx
+// benchmark's logistic model and the 1000-site simulation's MLP. Each backend runs in a process
+// of its own (libtensorflow reads TF_ENABLE_ONEDNN_OPTS when it loads; tfjs-node and
+// tfjs-node-gpu cannot share one).
 import { SyntheticData } from '../../core/job/federated-job.ts';
 import type { ModelSpec } from '../../core/job/federated-job.ts';
 import { initialParameters } from '../../core/model/layout.ts';
@@ -21,6 +22,8 @@ export interface ThroughputArgs {
 interface Workload {
   name: string;
   model: ModelSpec;
+  /** The hospital generator's patients (2 classes), or random 28x28x1 images / 60 features (10 classes). */
+  data: 'hospital' | 'images' | 'features';
   batchSize: number;
   learningRate: number;
   /** Examples in the timed data set (an epoch of it is one fit call). */
@@ -31,6 +34,7 @@ const WORKLOADS: Workload[] = [
   {
     name: 'hospital mlp [32,16], 12 features',
     model: { type: 'mlp', hidden: [32, 16], activation: 'relu', dropout: 0 },
+    data: 'hospital',
     batchSize: 32,
     learningRate: 0.1,
     examples: { quick: 2000, full: 4000 },
@@ -38,11 +42,29 @@ const WORKLOADS: Workload[] = [
   {
     name: 'cnn 28x28x1, filters [8], dense 32',
     model: { type: 'cnn', filters: [8], kernelSize: 3, dense: 32 },
+    data: 'images',
     batchSize: 32,
     learningRate: 0.05,
     examples: { quick: 128, full: 320 },
   },
-  { name: 'fedprox logistic, 60 features', model: { type: 'logistic' }, batchSize: 10, learningRate: 0.01, examples: { quick: 1000, full: 2000 } },
+  {
+    name: 'fedprox logistic, 60 features',
+    model: { type: 'logistic' },
+    data: 'features',
+    batchSize: 10,
+    learningRate: 0.01,
+    examples: { quick: 1000, full: 2000 },
+  },
+  // The 1000-site simulation's model at an ordinary batch size: the parameter count alone does
+  // not decide the backend (5 examples a step: wasm is faster; 32: native is).
+  {
+    name: 'mlp [1024,40], 60 features',
+    model: { type: 'mlp', hidden: [1024, 40], activation: 'relu', dropout: 0 },
+    data: 'features',
+    batchSize: 32,
+    learningRate: 0.05,
+    examples: { quick: 640, full: 1280 },
+  },
 ];
 
 interface BackendConfig {
@@ -53,8 +75,9 @@ interface BackendConfig {
 
 const CONFIGS: BackendConfig[] = [
   { label: 'tensorflow-gpu', backend: 'tensorflow-gpu' },
-  { label: 'tensorflow', backend: 'tensorflow' },
-  { label: 'tensorflow, oneDNN off', backend: 'tensorflow', env: { TF_ENABLE_ONEDNN_OPTS: '0' } },
+  // worker/native-env.ts turns oneDNN's rewrites off unless the environment says otherwise.
+  { label: 'tensorflow (oneDNN off)', backend: 'tensorflow', env: { TF_ENABLE_ONEDNN_OPTS: '0' } },
+  { label: 'tensorflow, oneDNN on', backend: 'tensorflow', env: { TF_ENABLE_ONEDNN_OPTS: '1' } },
   { label: 'wasm', backend: 'wasm' },
   { label: 'cpu', backend: 'cpu' },
 ];
@@ -62,12 +85,12 @@ const CONFIGS: BackendConfig[] = [
 type Measurement = { examplesPerSecond: number; parameters: number; seconds: number; examples: number } | { unavailable: string };
 
 function workloadData(w: Workload, n: number): Dataset {
-  if (w.model.type === 'mlp') {
+  if (w.data === 'hospital') {
     const spec = SyntheticData.parse({ type: 'synthetic', generator: 'hospital', samples: Math.ceil(n / 0.75) + 1, testFraction: 0.25 });
     if (spec.generator !== 'hospital') throw new Error('unreachable');
     return firstExamples(hospitalSiteData(spec, { site: 'bench', jobSeed: 0, baseDir: '.' }).train, n);
   }
-  const sampleShape = w.model.type === 'cnn' ? [28, 28, 1] : [60];
+  const sampleShape = w.data === 'images' ? [28, 28, 1] : [60];
   const size = sampleShape.reduce((a, b) => a * b, 1);
   const rng = Rng.from(0, 'bench-throughput', w.name);
   const x = new Float32Array(n * size);
@@ -97,7 +120,7 @@ export async function measureBackend(args: { backend: BackendName; quick: boolea
   for (const w of WORKLOADS) {
     try {
       const data = workloadData(w, args.quick ? w.examples.quick : w.examples.full);
-      const classes = w.model.type === 'mlp' ? 2 : 10;
+      const classes = w.data === 'hospital' ? 2 : 10;
       const built = await buildModel(w.model, data.sampleShape, classes, '.');
       const trainer = new LocalTrainer(built);
       const initial = initialParameters(built.layout, 0);
