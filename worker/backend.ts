@@ -20,10 +20,10 @@ export interface BackendChoice {
 
 /**
  * Below this many parameters a dense model is dominated by per-op overhead, where wasm beats
- * the native binding (make bench, 2 cores: the 978-parameter hospital MLP 4.2x, a 104k-parameter
- * MLP on 5-example sites 1.5x faster on wasm; a small CNN ~35x faster on native).
+ * the native binding (make bench, 2 cores, batch 32: the 978-parameter hospital MLP 3.2x faster
+ * on wasm; a 104k-parameter MLP 4.3x faster on native, a small CNN ~35x).
  */
-export const SMALL_MODEL_PARAMETERS = 200_000;
+export const SMALL_MODEL_PARAMETERS = 20_000;
 
 const require = createRequire(import.meta.url);
 // Read when libtensorflow loads, so set before the native import (effective in a main thread

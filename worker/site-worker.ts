@@ -65,6 +65,7 @@ export interface EvaluateReply {
   accuracy: number;
   auc?: number;
   trainLoss?: number;
+  trainSamples?: number;
 }
 
 /** Whether a site keeps state between rounds (SCAFFOLD's c_i), so that it must always be served by the same SiteWorker. */
@@ -200,7 +201,10 @@ export class SiteWorker {
     const data = await this.load(task.siteIndex);
     trainer.setWeights(task.global);
     const reply: EvaluateReply = { site: this.site(task.siteIndex).name, ...this.score(data.test) };
-    if (task.trainLoss) reply.trainLoss = this.score(data.train).loss;
+    if (task.trainLoss) {
+      reply.trainLoss = this.score(data.train).loss;
+      reply.trainSamples = data.train.n;
+    }
     return reply;
   }
 

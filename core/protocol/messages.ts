@@ -149,6 +149,7 @@ export const EvaluationEnvelope = z
     accuracy: z.number().min(0).max(1),
     auc: z.number().min(0).max(1).optional(),
     trainLoss: z.number().optional(),
+    trainSamples: z.number().int().min(0).optional(),
   })
   .strict();
 export type EvaluationEnvelope = z.infer<typeof EvaluationEnvelope>;

@@ -6,6 +6,8 @@ import type { SiteMetrics } from '../report/run-report.ts';
 export interface SiteEvaluation extends SiteMetrics {
   /** Loss of the evaluated model on the site's train split, when asked for. */
   trainLoss?: number;
+  /** Train examples that loss was computed on (its weight in the global figure). */
+  trainSamples?: number;
 }
 
 /** A site that did not answer usefully: it timed out, failed, or sent something rejected. */

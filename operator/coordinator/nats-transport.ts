@@ -274,6 +274,7 @@ export class NatsTransport implements SiteTransport {
         accuracy: e.accuracy,
         ...(e.auc !== undefined ? { auc: e.auc } : {}),
         ...(e.trainLoss !== undefined ? { trainLoss: e.trainLoss } : {}),
+        ...(e.trainSamples !== undefined ? { trainSamples: e.trainSamples } : {}),
       },
     });
     this.answered(r, site);

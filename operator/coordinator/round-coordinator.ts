@@ -190,16 +190,18 @@ export class RoundCoordinator {
   private record(round: number, scores: SiteEvaluation[], fitLoss: number, participants: string[], durationMs: number): RoundRecord {
     const g = globalMetrics(scores);
     const trainLosses = scores.filter((s) => s.trainLoss !== undefined);
-    const trainSamples = trainLosses.reduce((n, s) => n + s.samples, 0);
+    // Weighted by the train examples each loss was computed on (the test count for an older site).
+    const weightOf = (s: SiteEvaluation) => s.trainSamples ?? s.samples;
+    const trainSamples = trainLosses.reduce((n, s) => n + weightOf(s), 0);
     return {
       round,
       globalLoss: g.loss,
       globalAccuracy: g.accuracy,
       ...(g.auc !== undefined ? { globalAuc: g.auc } : {}),
-      ...(trainLosses.length > 0 && trainSamples > 0 ? { trainLoss: trainLosses.reduce((a, s) => a + s.trainLoss! * s.samples, 0) / trainSamples } : {}),
+      ...(trainLosses.length > 0 && trainSamples > 0 ? { trainLoss: trainLosses.reduce((a, s) => a + s.trainLoss! * weightOf(s), 0) / trainSamples } : {}),
       fitLoss,
       participants,
-      sites: scores.map(({ trainLoss: _t, ...m }) => m),
+      sites: scores.map(({ trainLoss: _t, trainSamples: _n, ...m }) => m),
       accuracySpread: spread(scores.map((s) => s.accuracy)),
       durationMs,
     };

@@ -227,6 +227,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       accuracy: m.accuracy,
       ...(m.auc !== undefined ? { auc: m.auc } : {}),
       ...(m.trainLoss !== undefined ? { trainLoss: m.trainLoss } : {}),
+      ...(m.trainSamples !== undefined ? { trainSamples: m.trainSamples } : {}),
     };
     const body = json(signEnvelope(envelope, opts.seed));
     remember(`eval/${task.taskId}`, body);
