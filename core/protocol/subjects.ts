@@ -41,6 +41,14 @@ export function buckets(job: string) {
   };
 }
 
+/**
+ * Chunk size of the objects the coordinator and the sites write (models, updates, checkpoints):
+ * nats.js caps it at the server's max_payload (1 MiB unless configured). Its default, 128 KiB,
+ * costs one acknowledged JetStream publish per 128 KiB: a 100 MB object then writes at about
+ * half the rate and reads at about 0.7x (test/bench/nats-goodput.ts).
+ */
+export const OBJECT_CHUNK_BYTES = 1024 * 1024;
+
 export const objectNames = {
   global: (round: number) => `global/r${round}`,
   control: (round: number) => `control/r${round}`,

@@ -13,7 +13,7 @@ import { Hello, type RoundNotice, type Welcome } from '../../core/protocol/messa
 import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejections.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
 import { OperatorError } from '../errors.ts';
 import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
@@ -77,7 +77,9 @@ class BucketCheckpointStore implements CheckpointStore {
     return (await retrying(() => this.store.getBlob(objectNames.checkpoint), { until: Date.now() + WRITE_RETRY_MS })) ?? undefined;
   }
   async save(bytes: Uint8Array): Promise<void> {
-    await retrying(() => this.store.putBlob({ name: objectNames.checkpoint }, bytes), { until: Date.now() + WRITE_RETRY_MS });
+    await retrying(() => this.store.putBlob({ name: objectNames.checkpoint, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, bytes), {
+      until: Date.now() + WRITE_RETRY_MS,
+    });
   }
 }
 
@@ -284,7 +286,9 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     });
     const result = await coordinator.run();
     const final = encodeSafetensors(layout!, result.global, { job: key });
-    await retrying(() => models.putBlob({ name: 'global/final' }, final), { until: Date.now() + WRITE_RETRY_MS });
+    await retrying(() => models.putBlob({ name: 'global/final', options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, final), {
+      until: Date.now() + WRITE_RETRY_MS,
+    });
     done = true;
     nc.publish(subj.round, json({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: result.roundsCompleted, phase: 'done' } satisfies RoundNotice));
     await nc.flush();

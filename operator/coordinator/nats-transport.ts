@@ -12,7 +12,7 @@ import type { RejectionCode } from '../../core/protocol/rejections.ts';
 import { readObjectStream, retrying } from '../../core/protocol/retry.ts';
 import type { Ack, EvaluateTask, FitTask, ObjectRef } from '../../core/protocol/messages.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
-import { objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
+import { OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
 import type { Outcome, SiteEvaluation, SiteTransport } from '../../core/protocol/transport.ts';
 import type { FitInstructions, SiteFitResult } from '../../core/strategies/strategy.ts';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
@@ -82,7 +82,7 @@ export class NatsTransport implements SiteTransport {
     await retrying(
       async () => {
         const info = await this.o.models.info(name);
-        if (!info || info.deleted || info.digest !== digest) await this.o.models.putBlob({ name }, bytes);
+        if (!info || info.deleted || info.digest !== digest) await this.o.models.putBlob({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, bytes);
       },
       { until: Date.now() + this.deadlineMs },
     );

@@ -10,6 +10,7 @@
 // envelope). Raw: one publisher sends the model in 128 KiB core-NATS messages to 10
 // subscribers, then each of 10 publishers sends its 100 MB to one subscriber, with window flow
 // control. Goodput = (10 models delivered + 10 updates collected) / wall time, for both.
+import { availableParallelism } from 'node:os';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Objm, type ObjectStore, StorageType } from '@nats-io/obj';
 import { natsAuthFor } from '../../cli/nats/config.ts';
@@ -18,7 +19,7 @@ import { COORDINATOR_USER } from '../../cli/nats/permissions.ts';
 import { NatsServer } from '../../cli/nats/server.ts';
 import { layoutSize } from '../../core/model/layout.ts';
 import { UpdateIngestor } from '../../core/protocol/ingestion.ts';
-import { buckets, jobKey, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, OBJECT_CHUNK_BYTES, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
 import { NatsTransport } from '../../operator/coordinator/nats-transport.ts';
 import {
@@ -32,6 +33,8 @@ import {
   siteNames,
   startSites,
   withRawAccount,
+  cpuSeconds,
+  cpuSecondsOf,
 } from './nats-sites.ts';
 import { fixed, median, printTable } from './table.ts';
 
@@ -47,6 +50,13 @@ async function openOrCreate(objm: Objm, name: string): Promise<ObjectStore> {
   } catch {
     return await objm.open(name);
   }
+}
+
+/** CPU seconds spent by each process over a whole variant (all its repetitions, set-up included). */
+interface Cpu {
+  coordinator: number;
+  sites: number;
+  server: number;
 }
 
 interface Rep {
@@ -71,18 +81,32 @@ export async function run(args: GoodputArgs): Promise<unknown> {
   const connections: NatsConnection[] = [];
   const processes: Array<{ kill(): void }> = [];
   try {
-    // ---- raw baseline ----
-    const plan: RawPlan = { modelBytes: params * 4, updateBytes: params * 4, chunkBytes: 128 * 1024, window: 16, ackEvery: 4, reps };
-    if (process.env.CONSORT_BENCH_DEBUG) setTimeout(() => process.stderr.write(server.log().slice(-3000)), 12_000).unref();
-    const rawSites = startSites({ url: server.url, mode: 'raw', sites: names, raw: plan });
-    processes.push(rawSites);
-    const rawReps = await rawCoordinator(server.url, names, plan);
-    const rawTimings = (await rawSites.result).raw!;
-    const raw: Rep[] = rawReps.map((r) => ({
-      seconds: (r.end - r.start) / 1000,
-      broadcastSeconds: (Math.max(...rawTimings.filter((t) => t.rep === r.rep).map((t) => t.modelReceived)) - r.start) / 1000,
-      bytes: 2 * sites * plan.modelBytes,
-    }));
+    // ---- raw baselines: 128 KiB messages (the Object Store's default chunk) and 1 MiB (the server's max_payload) ----
+    const rawVariants: Array<{ label: string; plan: RawPlan; reps: Rep[]; cpu: Cpu }> = [];
+    for (const [label, chunkBytes] of [
+      ['128 KiB', 128 * 1024],
+      ['1 MiB', 1024 * 1024],
+    ] as const) {
+      // 2 MiB in flight per sender (with 4 MiB, the server dropped messages to the one reader of 10 senders).
+      const window = Math.max(2, (2 * 1024 * 1024) / chunkBytes);
+      const plan: RawPlan = { modelBytes: params * 4, updateBytes: params * 4, chunkBytes, window, ackEvery: Math.max(1, window / 4), reps };
+      const cpu0 = { me: cpuSeconds(), server: cpuSecondsOf(server.pid) };
+      const rawSites = startSites({ url: server.url, mode: 'raw', sites: names, raw: plan });
+      processes.push(rawSites);
+      const rawReps = await rawCoordinator(server.url, names, plan);
+      const rawResult = await rawSites.result;
+      const rawTimings = rawResult.raw!;
+      rawVariants.push({
+        label,
+        plan,
+        cpu: { coordinator: cpuSeconds() - cpu0.me, sites: rawResult.cpuSeconds, server: cpuSecondsOf(server.pid) - cpu0.server },
+        reps: rawReps.map((r) => ({
+          seconds: (r.end - r.start) / 1000,
+          broadcastSeconds: (Math.max(...rawTimings.filter((t) => t.rep === r.rep).map((t) => t.modelReceived)) - r.start) / 1000,
+          bytes: 2 * sites * plan.modelBytes,
+        })),
+      });
+    }
 
     // ---- Consort: NatsTransport and the UpdateIngestor, sites in their own process ----
     const nc = await connectAs(server.url, auth.coordinator.seed, COORDINATOR_USER);
@@ -141,6 +165,7 @@ export async function run(args: GoodputArgs): Promise<unknown> {
       },
     });
     await nc.flush();
+    const cpu0 = { me: cpuSeconds(), server: cpuSecondsOf(server.pid) };
     const consortSites = startSites({
       url: server.url,
       mode: 'consort',
@@ -169,45 +194,66 @@ export async function run(args: GoodputArgs): Promise<unknown> {
     nc.publish(subj.round, new TextEncoder().encode(JSON.stringify({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: reps, phase: 'done' })));
     await nc.flush();
     const sitesResult: SitesResult = await consortSites.result;
+    const consortCpu: Cpu = { coordinator: cpuSeconds() - cpu0.me, sites: sitesResult.cpuSeconds, server: cpuSecondsOf(server.pid) - cpu0.server };
+    const phases: Array<{
+      firstTaskS: number;
+      modelReadMedianS: number;
+      modelReadMaxS: number;
+      updateWriteMedianS: number;
+      lastWrittenS: number;
+      lastAckS: number;
+    }> = [];
     for (let rep = 0; rep < reps; rep++) {
       const fits = sitesResult.timings.filter((t) => t.type === 'fit' && t.round === rep + 1);
-      consort[rep]!.broadcastSeconds = (Math.max(...fits.map((t) => t.modelRead)) - consortStarts[rep]!) / 1000;
+      const t0 = consortStarts[rep]!;
+      const s = (ms: number) => ms / 1000;
+      phases.push({
+        firstTaskS: s(Math.min(...fits.map((t) => t.received)) - t0),
+        modelReadMedianS: s(median(fits.map((t) => t.modelRead - t.received))),
+        modelReadMaxS: s(Math.max(...fits.map((t) => t.modelRead - t.received))),
+        updateWriteMedianS: s(median(fits.map((t) => t.written - t.deltaReady))),
+        lastWrittenS: s(Math.max(...fits.map((t) => t.written)) - t0),
+        lastAckS: s(Math.max(...fits.map((t) => t.acked)) - t0),
+      });
+      consort[rep]!.broadcastSeconds = (Math.max(...fits.map((t) => t.modelRead)) - t0) / 1000;
       consort[rep]!.bytes = sites * modelBytes + (transport.bytesIn.get(rep + 1) ?? 0);
     }
     if (accepted !== sites * reps) throw new Error(`only ${accepted} of ${sites * reps} updates were accepted`);
 
     const rate = (r: Rep) => r.bytes / MB / r.seconds;
-    const rawRate = median(raw.map(rate));
-    const consortRate = median(consort.map(rate));
-    const rawBroadcast = median(raw.map((r) => (sites * plan.modelBytes) / MB / r.broadcastSeconds));
-    const consortBroadcast = median(consort.map((r) => (sites * modelBytes) / MB / r.broadcastSeconds));
-    const rawCollect = median(raw.map((r) => (sites * plan.updateBytes) / MB / (r.seconds - r.broadcastSeconds)));
-    const consortCollect = median(consort.map((r) => (sites * modelBytes) / MB / (r.seconds - r.broadcastSeconds)));
+    const summary = (list: Rep[], modelSize: number, updateSize: number) => ({
+      seconds: median(list.map((r) => r.seconds)),
+      goodputMBps: median(list.map(rate)),
+      broadcastMBps: median(list.map((r) => (sites * modelSize) / MB / r.broadcastSeconds)),
+      collectionMBps: median(list.map((r) => (sites * updateSize) / MB / (r.seconds - r.broadcastSeconds))),
+    });
+    const raws = rawVariants.map((v) => ({ ...v, ...summary(v.reps, v.plan.modelBytes, v.plan.updateBytes) }));
+    const rawRate = Math.max(...raws.map((r) => r.goodputMBps));
+    const mine = summary(consort, modelBytes, modelBytes);
+    const row = (label: string, r: ReturnType<typeof summary>) => [
+      label,
+      fixed(r.seconds, 2),
+      fixed(r.broadcastMBps, 0),
+      fixed(r.collectionMBps, 0),
+      fixed(r.goodputMBps, 0),
+      `${fixed(r.goodputMBps / rawRate, 2)}x`,
+    ];
+    const med = (f: (p: (typeof phases)[number]) => number) => fixed(median(phases.map(f)), 2);
+    const retried = [...new Set(sitesResult.retries.map((r) => r.replace(/^site-\d+ /, '').replace(/r\d+\/\S+/, 'r…')))];
     printTable(
       `Goodput: model broadcast + update collection, ${sites} sites, ${fixed(modelBytes / MB, 0)} MB model, one nats-server (median of ${reps})`,
       ['path', 'round s', 'broadcast MB/s', 'collection MB/s', 'goodput MB/s', 'vs raw'],
       [
-        [
-          'raw nats.js pub/sub (128 KiB messages, windowed)',
-          fixed(median(raw.map((r) => r.seconds)), 2),
-          fixed(rawBroadcast, 0),
-          fixed(rawCollect, 0),
-          fixed(rawRate, 0),
-          '1.00x',
-        ],
-        [
-          'Consort (NatsTransport, Object Store, ingestor)',
-          fixed(median(consort.map((r) => r.seconds)), 2),
-          fixed(consortBroadcast, 0),
-          fixed(consortCollect, 0),
-          fixed(consortRate, 0),
-          `${fixed(consortRate / rawRate, 2)}x`,
-        ],
+        ...raws.map((r) => row(`raw nats.js pub/sub, ${r.label} messages, windowed`, r)),
+        row(`Consort: NatsTransport, Object Store (${OBJECT_CHUNK_BYTES / 1024} KiB chunks), ingestor`, mine),
       ],
       [
-        `goodput = (${sites} x model delivered + ${sites} x update collected) / wall time from the model's publication to the last update taken; target: Consort >= 0.6x of raw`,
-        'broadcast: until the last site has the model (read, checked and decoded for Consort); collection: the rest of the round',
-        `coordinator and sites in two processes, on ${server.url.split(':')[1]?.replace('//', '')} loopback; Object Store on disk (JetStream file storage) as the product uses it`,
+        `goodput = (${sites} x model delivered + ${sites} x update collected) / wall time from the model's publication to the last update taken; vs raw: against the faster raw variant; target: Consort >= 0.6x`,
+        'broadcast: until the last site has the model (for Consort: read, SHA-256 checked, decoded); collection: the rest of the round',
+        `Consort's round in s: tasks out (model encoded, hashed, written) ${med((p) => p.firstTaskS)}; one site's model read ${med((p) => p.modelReadMedianS)} (slowest ${med((p) => p.modelReadMaxS)}); one site's update write ${med((p) => p.updateWriteMedianS)}; last update written at ${med((p) => p.lastWrittenS)}, last one taken at ${med((p) => p.lastAckS)}`,
+        `CPU seconds per GB moved (coordinator + sites + nats-server; all on this machine's ${availableParallelism()} cores): ${[...raws.map((r) => [`raw ${r.label}`, r.cpu, r.reps.length] as const), ['Consort', consortCpu, consort.length] as const].map(([l, c, n]) => `${l} ${fixed(c.coordinator / ((2 * n * sites * modelBytes) / 1e9), 2)} + ${fixed(c.sites / ((2 * n * sites * modelBytes) / 1e9), 2)} + ${fixed(c.server / ((2 * n * sites * modelBytes) / 1e9), 2)}`).join('; ')}`,
+        `reads and writes tried again after an error (as site-runner does): ${sitesResult.retries.length}${retried.length > 0 ? ` (${retried.slice(0, 3).join('; ')})` : ''}`,
+        'coordinator and sites in two processes on loopback; Object Store on disk (JetStream file storage), as the product uses it',
       ],
     );
     return {
@@ -215,14 +261,23 @@ export async function run(args: GoodputArgs): Promise<unknown> {
       parameters: params,
       modelBytes,
       reps,
-      raw: { reps: raw, goodputMBps: rawRate, broadcastMBps: rawBroadcast, collectionMBps: rawCollect, chunkBytes: plan.chunkBytes, window: plan.window },
-      consort: { reps: consort, goodputMBps: consortRate, broadcastMBps: consortBroadcast, collectionMBps: consortCollect, updateBytesIn: bytesIn },
-      ratio: consortRate / rawRate,
+      raw: raws.map((r) => ({
+        label: r.label,
+        chunkBytes: r.plan.chunkBytes,
+        windowChunks: r.plan.window,
+        reps: r.reps,
+        goodputMBps: r.goodputMBps,
+        broadcastMBps: r.broadcastMBps,
+        collectionMBps: r.collectionMBps,
+        cpuSeconds: r.cpu,
+      })),
+      consort: { chunkBytes: OBJECT_CHUNK_BYTES, reps: consort, phases, ...mine, updateBytesIn: bytesIn, cpuSeconds: consortCpu },
+      ratio: mine.goodputMBps / rawRate,
+      siteRetries: sitesResult.retries,
       sitesProcessMaxRssBytes: sitesResult.maxRssBytes,
       coordinatorMaxRssBytes: process.resourceUsage().maxRSS * 1024,
     };
   } finally {
-    if (process.env.CONSORT_BENCH_DEBUG) process.stderr.write(server.log().slice(-3000));
     for (const p of processes) p.kill();
     for (const c of connections) await c.close().catch(() => {});
     await server.stop();

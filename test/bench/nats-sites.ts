@@ -13,6 +13,7 @@
 //   chunks on the same server, with the window flow control any sender of 100 MB needs (the
 //   server cuts off a slow consumer that falls 64 MB behind).
 import { type ChildProcess, fork } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { Objm, type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { connectAs } from '../../cli/nats/connect.ts';
@@ -21,9 +22,9 @@ import { type ParameterLayout, layoutSize } from '../../core/model/layout.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
 import { Ack, type EvaluationEnvelope, type Hello, RoundNotice, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
-import { readObjectStream } from '../../core/protocol/retry.ts';
+import { readObjectStream, retrying } from '../../core/protocol/retry.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
 
 setSha256Backend('native');
@@ -55,6 +56,23 @@ export function benchJob(name: string, count: number, spec: Record<string, unkno
       ...spec,
     },
   });
+}
+
+/** User + system CPU seconds of this process so far. */
+export function cpuSeconds(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
+/** User + system CPU seconds of another process (Linux /proc), e.g. the nats-server; 0 where unknown. */
+export function cpuSecondsOf(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
 }
 
 export function siteNames(count: number): string[] {
@@ -133,8 +151,12 @@ export interface TaskTiming {
 
 export interface SitesResult {
   timings: TaskTiming[];
+  /** Reads and writes that failed and were tried again: "site what: error". */
+  retries: string[];
   raw?: RawSiteTiming[];
   maxRssBytes: number;
+  /** User + system CPU time of the sites process, from its start. */
+  cpuSeconds: number;
 }
 
 /** Runs the sites until the job is done (consort) or every raw repetition is over; called in the sites process. */
@@ -143,7 +165,7 @@ export async function runSites(args: SitesArgs): Promise<SitesResult> {
   process.on('disconnect', () => process.exit(3));
   if (args.mode === 'raw') {
     const raw = await Promise.all(args.sites.map((s) => rawSite(args.url, s, args.raw!)));
-    return { timings: [], raw: raw.flat(), maxRssBytes: process.resourceUsage().maxRSS * 1024 };
+    return { timings: [], retries: [], raw: raw.flat(), maxRssBytes: process.resourceUsage().maxRSS * 1024, cpuSeconds: cpuSeconds() };
   }
   const job = FederatedJob.parse(args.manifest);
   const layout = args.layout!;
@@ -153,6 +175,7 @@ export async function runSites(args: SitesArgs): Promise<SitesResult> {
     shared = { bytes, sha256: sha256Hex(bytes) };
   }
   const timings: TaskTiming[] = [];
+  const retries: string[] = [];
   await Promise.all(
     args.sites.map((site) =>
       consortSite({
@@ -165,10 +188,11 @@ export async function runSites(args: SitesArgs): Promise<SitesResult> {
         update: args.update ?? 'zeros',
         shared,
         timings,
+        retries,
       }),
     ),
   );
-  return { timings, maxRssBytes: process.resourceUsage().maxRSS * 1024 };
+  return { timings, retries, maxRssBytes: process.resourceUsage().maxRSS * 1024, cpuSeconds: cpuSeconds() };
 }
 
 export interface SitesProcess {
@@ -216,10 +240,11 @@ interface ConsortSiteOptions {
   update: 'zeros' | 'model' | 'shared';
   shared: { bytes: Uint8Array; sha256: string } | undefined;
   timings: TaskTiming[];
+  retries: string[];
 }
 
 async function consortSite(o: ConsortSiteOptions): Promise<void> {
-  const { job, site, seed, layout } = o;
+  const { job, site, seed, layout, retries } = o;
   const key = jobKey(job.metadata);
   const subj = subjects(key);
   const bucket = buckets(key);
@@ -259,13 +284,32 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
       })
       .catch(() => {});
 
-  const readModel = async (name: string, sha256: string): Promise<Float32Array> => {
-    models ??= await objm.open(bucket.models);
-    const object = await models.get(name);
-    if (!object) throw new Error(`model object ${name} not found`);
-    const bytes = await readObjectStream(object, { idleMs: 5000, what: `model object ${name}` });
+  // As site-runner: reads and writes are tried again until the task's deadline.
+  const patiently = <T>(what: string, deadline: number, attempt: () => Promise<T>): Promise<T> =>
+    retrying(
+      () =>
+        attempt().catch((err: unknown) => {
+          retries.push(`${site} ${what}: ${(err as Error).message}`);
+          throw err;
+        }),
+      { until: deadline },
+    );
+  const readModel = async (name: string, sha256: string, deadline: number): Promise<Float32Array> => {
+    const bytes = await patiently(`read ${name}`, deadline, async () => {
+      const t0 = now();
+      models ??= await objm.open(bucket.models);
+      const object = await models.get(name);
+      if (!object) throw new Error(`model object ${name} not found`);
+      const t1 = now();
+      const b = await readObjectStream(object, { idleMs: 5000, what: `model object ${name}` });
+      debug(`${site}: get ${(t1 - t0).toFixed(0)} ms, stream ${(now() - t1).toFixed(0)} ms`);
+      return b;
+    });
+    const t2 = now();
     if (sha256Hex(bytes) !== sha256) throw new Error(`model object ${name}: SHA-256 does not match the task`);
-    return decodeSafetensors(bytes).values;
+    const v = decodeSafetensors(bytes).values;
+    debug(`${site}: check+decode ${(now() - t2).toFixed(0)} ms`);
+    return v;
   };
 
   const deliver = async (subject: string, body: Uint8Array, deadline: number): Promise<boolean> => {
@@ -283,7 +327,7 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
 
   const handle = async (task: Task, received: number): Promise<void> => {
     const t: TaskTiming = { site, type: task.type, round: task.round, received, modelRead: 0, deltaReady: 0, written: 0, acked: 0, workMs: 0, accepted: false };
-    const global = o.fetchModel ? await readModel(task.model.name, task.model.sha256) : undefined;
+    const global = o.fetchModel ? await readModel(task.model.name, task.model.sha256, task.deadline) : undefined;
     t.modelRead = now();
     if (task.type === 'evaluate') {
       const env: Omit<EvaluationEnvelope, 'signature'> = {
@@ -321,8 +365,10 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
     }
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
-    updates ??= await objm.open(bucket.updates(site));
-    await updates.putBlob({ name }, bytes);
+    await patiently(`write ${name}`, task.deadline, async () => {
+      updates ??= await objm.open(bucket.updates(site));
+      await updates.putBlob({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, bytes);
+    });
     t.written = now();
     const env: Omit<UpdateEnvelope, 'signature'> = {
       type: 'update',
@@ -445,15 +491,27 @@ function receiver(nc: NatsConnection, size: number, plan: RawPlan, ackSubject: s
   const chunks = Math.ceil(size / plan.chunkBytes);
   const buffer = new Uint8Array(size);
   let got = 0;
+  let last = Date.now();
   let done: () => void = () => {};
-  const complete = new Promise<void>((r) => {
-    done = r;
+  let fail: (err: Error) => void = () => {};
+  const complete = new Promise<void>((resolve, reject) => {
+    done = resolve;
+    fail = reject;
   });
+  // Core NATS drops what a reader cannot take in time: a stream that stops short never completes.
+  const watchdog = setInterval(() => {
+    if (Date.now() - last > 30_000) fail(new Error(`${ackSubject}: ${got} of ${chunks} chunks, then nothing for 30 s (messages dropped?)`));
+  }, 1000);
+  complete.then(
+    () => clearInterval(watchdog),
+    () => clearInterval(watchdog),
+  );
   return {
     complete,
     buffer,
     got: () => got,
     take(msg: Msg): void {
+      last = Date.now();
       buffer.set(msg.data, got * plan.chunkBytes);
       got++;
       if (got % plan.ackEvery === 0 || got === chunks) nc.publish(ackSubject, encoder.encode(`${rep} ${got}`));

@@ -12,6 +12,11 @@ const BENCHMARKS = {
   fedprox: { module: 'fedprox.ts', what: 'FedProx paper: Synthetic(1,1), (0.5,0.5) and IID, mu 0 and 1, 200 rounds' },
   throughput: { module: 'throughput.ts', what: 'local training throughput of each TF.js backend' },
   simulation: { module: 'simulation.ts', what: '1000-site simulation: s/round and peak RSS' },
+  compression: { module: 'compression.ts', what: 'update compression over NATS: bytes per round and accuracy for none / fp16 / int8 / top-k 1 %' },
+  goodput: { module: 'nats-goodput.ts', what: 'model broadcast + update collection over NATS against raw nats.js publish/subscribe' },
+  overhead: { module: 'nats-overhead.ts', what: 'orchestration overhead per round (10 sites, 1M parameters, no training) against Flower' },
+  'coordinator-rss': { module: 'coordinator-rss.ts', what: 'coordinator peak RSS for a large model with 10 and 50 sites' },
+  aggregation: { module: 'aggregation.ts', what: 'aggregation throughput against the single-core memory read rate' },
 } as const;
 type BenchmarkName = keyof typeof BENCHMARKS;
 

@@ -20,7 +20,7 @@ import {
   Welcome,
 } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
 import type { BackendPreference } from '../backend.ts';
 import { WorkerError } from '../errors.ts';
@@ -187,7 +187,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     const name = objectNames.update(task.round, nonce);
     await retrying(async () => {
       updates ??= await objm.open(bucket.updates(site));
-      await updates.putBlob({ name }, encoded.bytes);
+      await updates.putBlob({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, encoded.bytes);
     }, patience(task.deadline));
     const envelope: Omit<UpdateEnvelope, 'signature'> = {
       type: 'update',
