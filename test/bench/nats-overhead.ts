@@ -119,7 +119,7 @@ export async function run(args: OverheadArgs): Promise<unknown> {
   }
   const flowerMs = flower.measured ? median(flower.seconds) * 1000 : QUOTED_FLOWER_SECONDS * 1000;
   const flowerLabel = flower.measured
-    ? `Flower ${flower.version.replace(/^flwr\s*/i, '')} (measured, ${flower.seconds.length} rounds)`
+    ? `Flower ${/\d+\.\d+\.\d+/.exec(flower.version)?.[0] ?? flower.version} (measured, ${flower.seconds.length} rounds)`
     : `Flower ${FLWR_VERSION} (QUOTED from the issue, not measured)`;
 
   printTable(

@@ -12,6 +12,7 @@
 // - 'raw': the baseline of nats-goodput: plain nats.js publish/subscribe of the same bytes in
 //   chunks on the same server, with the window flow control any sender of 100 MB needs (the
 //   server cuts off a slow consumer that falls 64 MB behind).
+// CONSORT_BENCH_DEBUG=1 prints each site's read times and the raw baseline's flow control.
 import { type ChildProcess, fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { Objm, type ObjectStore, setSha256Backend } from '@nats-io/obj';
