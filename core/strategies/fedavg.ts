@@ -1,33 +1,40 @@
-// FedAvg (McMahan et al. 2017), with a server learning rate: x <- x + lr * meanDelta.
+// FedAvg (McMahan et al. 2017), with a server learning rate: x <- x + lr * meanDelta. FedProx
+// (Li et al. 2020) shares this server step; only what it tells the sites differs (fedprox.ts).
 import type { StrategySpec } from '../job/federated-job.ts';
 import { checkAggregate, checkModelSize, restoreStep, serverStep } from './server-step.ts';
 import type { FitInstructions, RoundAggregate, Strategy, StrategyState } from './strategy.ts';
 
 export type FedAvgSpec = Extract<StrategySpec, { name: 'fedavg' }>;
+type AveragingSpec = Extract<StrategySpec, { name: 'fedavg' | 'fedprox' }>;
 
-export class FedAvg implements Strategy {
-  readonly spec: FedAvgSpec;
+/** The plain averaging server step, whichever local objective the sites use. */
+export abstract class AveragingStrategy<S extends AveragingSpec> implements Strategy {
+  readonly spec: S;
   private readonly modelSize: number;
   private step: number;
 
-  constructor(spec: FedAvgSpec, modelSize: number, state?: StrategyState) {
+  constructor(spec: S, modelSize: number, state?: StrategyState) {
     checkModelSize(modelSize);
     this.spec = spec;
     this.modelSize = modelSize;
     this.step = state ? restoreStep(spec, state) : 0;
   }
 
-  configureFit(_round: number): FitInstructions {
-    return { proximalMu: 0 };
-  }
+  abstract configureFit(round: number): FitInstructions;
 
   aggregateFit(global: Float32Array, aggregate: RoundAggregate): Float32Array {
-    checkAggregate('fedavg', this.modelSize, global, aggregate);
+    checkAggregate(this.spec.name, this.modelSize, global, aggregate);
     this.step++;
     return serverStep(global, aggregate.meanDelta, this.spec.serverLearningRate);
   }
 
   state(): StrategyState {
-    return { name: 'fedavg', step: this.step, buffers: {} };
+    return { name: this.spec.name, step: this.step, buffers: {} };
+  }
+}
+
+export class FedAvg extends AveragingStrategy<FedAvgSpec> {
+  configureFit(_round: number): FitInstructions {
+    return { proximalMu: 0 };
   }
 }
