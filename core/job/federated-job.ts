@@ -127,10 +127,63 @@ export type CsvData = z.infer<typeof CsvData>;
 export type ImageFolderData = z.infer<typeof ImageFolderData>;
 export type SyntheticData = z.infer<typeof SyntheticData>;
 
+// ---- where the work runs (Kubernetes) --------------------------------------------------------
+
+const quantity = z
+  .string()
+  .regex(/^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$/, 'must be a Kubernetes quantity, e.g. 500m, 2, 4Gi')
+  .describe('A Kubernetes resource quantity.');
+
+export const ResourcesSpec = z
+  .object({
+    cpu: quantity.optional().describe('CPU request (and limit), e.g. "2" or "500m".'),
+    memory: quantity.optional().describe('Memory request (and limit), e.g. "4Gi".'),
+    gpus: z.number().int().min(0).max(16).default(0).describe('NVIDIA GPUs (nvidia.com/gpu), requested and limited.'),
+  })
+  .strict();
+export type ResourcesSpec = z.infer<typeof ResourcesSpec>;
+
+export const Toleration = z
+  .object({
+    key: z.string().max(253).optional(),
+    operator: z.enum(['Exists', 'Equal']).default('Equal'),
+    value: z.string().max(63).optional(),
+    effect: z.enum(['NoSchedule', 'PreferNoSchedule', 'NoExecute']).optional(),
+    tolerationSeconds: z.number().int().optional(),
+  })
+  .strict();
+
+export const DataVolume = z
+  .object({
+    claimName: dnsLabel.optional().describe('A PersistentVolumeClaim in the job\'s namespace that holds the site\'s data.'),
+    hostPath: z.string().startsWith('/', 'must be an absolute path').optional().describe('A folder on the node that holds the data.'),
+    mountPath: z.string().startsWith('/', 'must be an absolute path').default('/data').describe('Where the worker sees the volume; relative data paths resolve against it.'),
+    readOnly: z.boolean().default(true),
+  })
+  .strict()
+  .refine((v) => (v.claimName === undefined) !== (v.hostPath === undefined), { message: 'set exactly one of claimName and hostPath', path: ['claimName'] });
+export type DataVolume = z.infer<typeof DataVolume>;
+
+export const WorkerSpec = z
+  .object({
+    image: z.string().min(1).max(512).default('ghcr.io/consort-dev/consort:0.1.0').describe('Container image of the worker (the consort command).'),
+    imagePullPolicy: z.enum(['Always', 'IfNotPresent', 'Never']).default('IfNotPresent'),
+    resources: ResourcesSpec.default({ gpus: 0 }),
+    nodeSelector: z.record(z.string(), z.string()).optional().describe('Node labels the worker Pods must match.'),
+    tolerations: z.array(Toleration).max(32).optional(),
+    serviceAccountName: dnsLabel.optional(),
+  })
+  .strict();
+export type WorkerSpec = z.infer<typeof WorkerSpec>;
+
 export const SiteSpec = z
   .object({
     name: dnsLabel.describe("The site's name, unique in the job."),
     data: DataSpec,
+    volume: DataVolume.optional().describe("The site's data volume, mounted into its worker Pod."),
+    resources: ResourcesSpec.optional().describe('Overrides spec.worker.resources for this site.'),
+    nodeSelector: z.record(z.string(), z.string()).optional().describe('Overrides spec.worker.nodeSelector for this site.'),
+    remote: z.boolean().default(false).describe("The site runs in its own cluster (consort operator --mode site): no Pod is created here."),
   })
   .strict();
 export type SiteSpec = z.infer<typeof SiteSpec>;
@@ -243,6 +296,18 @@ export const AggregationSpec = z
   .strict();
 export type AggregationSpec = z.infer<typeof AggregationSpec>;
 
+export const CoordinatorSpec = z
+  .object({
+    placement: z
+      .enum(['operator', 'pod'])
+      .default('operator')
+      .describe('operator: the round loop runs inside the operator; pod: in a Pod of its own (for models too large to aggregate beside other jobs).'),
+    resources: ResourcesSpec.optional().describe('placement pod: the coordinator Pod\'s resources.'),
+    joinTimeoutSeconds: z.number().int().min(1).max(86_400).default(300).describe('How long to wait for every site before starting with a quorum.'),
+  })
+  .strict();
+export type CoordinatorSpec = z.infer<typeof CoordinatorSpec>;
+
 export const FederatedJobSpec = z
   .object({
     model: ModelSpec,
@@ -263,6 +328,9 @@ export const FederatedJobSpec = z
       .max(2 ** 31 - 1)
       .default(0)
       .describe('Seeds every source of randomness.'),
+    suspend: z.boolean().default(false).describe('Pause after the current round (the checkpoint stays); false resumes.'),
+    worker: WorkerSpec.default(WorkerSpec.parse({})).describe('How the operator runs the site workers as Pods.'),
+    coordinator: CoordinatorSpec.default(CoordinatorSpec.parse({})),
   })
   .strict()
   .superRefine((spec, ctx) => {

@@ -15,6 +15,7 @@ import { retrying } from '../../core/protocol/retry.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { sha256Hex } from '../../core/protocol/digest.ts';
 import { OperatorError } from '../errors.ts';
 import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
 import { NatsTransport } from './nats-transport.ts';
@@ -22,6 +23,9 @@ import { type CoordinatorResult, RoundCoordinator, type RoundEvents } from './ro
 import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
 
 setSha256Backend('native');
+
+/** Object name of the final model in the job's models bucket. */
+export const FINAL_MODEL = 'global/final';
 
 export interface NatsCoordinatorOptions {
   job: FederatedJob;
@@ -37,6 +41,10 @@ export interface NatsCoordinatorOptions {
   /** Largest update object accepted. */
   maxUpdateBytes?: number;
   signal?: AbortSignal;
+  /** Asked after each round: true pauses the job there (OperatorError CONSORT_C_PAUSED). */
+  pauseRequested?: () => boolean;
+  /** Object name of the final model in the models bucket (default global/final). */
+  finalModelName?: string;
 }
 
 export interface JoinedSite {
@@ -54,6 +62,8 @@ export interface NatsCoordinatorResult extends CoordinatorResult {
   rejections: Record<string, number>;
   bytesIn: Record<number, number>;
   bytesOut: Record<number, number>;
+  /** The final model as stored: bucket, object name, SHA-256 and size of its safetensors bytes. */
+  model: { bucket: string; object: string; sha256: string; bytes: number };
 }
 
 async function openOrCreate(objm: Objm, name: string): Promise<ObjectStore> {
@@ -244,7 +254,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     // Wait for the sites: all of them, or a quorum once the join window has passed.
     const joinDeadline = Date.now() + (o.joinTimeoutMs ?? 30_000);
     for (;;) {
-      if (o.signal?.aborted) throw new OperatorError('CONSORT_C_QUORUM', 'stopped before the sites joined');
+      if (o.signal?.aborted) throw new OperatorError('CONSORT_C_ABORTED', 'stopped before the sites joined');
       const n = alive().length;
       if (layout && n === siteNames.length) break;
       if (layout && n >= spec.sampling.minSites && Date.now() > joinDeadline) break;
@@ -283,10 +293,12 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       events,
       checkpoints: { store: checkpoints, job: key, transportState: () => ({ layout: layout!, ingestor: ingestor!.snapshot() }) satisfies TransportState },
       ...(resume ? { resume } : {}),
+      ...(o.signal ? { signal: o.signal } : {}),
+      ...(o.pauseRequested ? { pauseRequested: o.pauseRequested } : {}),
     });
     const result = await coordinator.run();
     const final = encodeSafetensors(layout!, result.global, { job: key });
-    await retrying(() => models.putBlob({ name: 'global/final', options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, final), {
+    await retrying(() => models.putBlob({ name: o.finalModelName ?? FINAL_MODEL, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, final), {
       until: Date.now() + WRITE_RETRY_MS,
     });
     done = true;
@@ -300,6 +312,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       rejections: rejections(),
       bytesIn: Object.fromEntries(transport.bytesIn),
       bytesOut: Object.fromEntries(transport.bytesOut),
+      model: { bucket: bucket.models, object: o.finalModelName ?? FINAL_MODEL, sha256: sha256Hex(final), bytes: final.byteLength },
     };
   } finally {
     transport?.shutdown();

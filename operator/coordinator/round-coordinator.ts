@@ -42,6 +42,8 @@ export class RoundCoordinator {
   private readonly checkpoints: CheckpointStore | undefined;
   private readonly transportState: (() => unknown) | undefined;
   private readonly resume: Checkpoint | undefined;
+  private readonly signal: AbortSignal | undefined;
+  private readonly pauseRequested: (() => boolean) | undefined;
 
   constructor(opts: {
     spec: FederatedJobSpec;
@@ -52,7 +54,13 @@ export class RoundCoordinator {
     checkpoints?: { store: CheckpointStore; job: string; transportState?: () => unknown };
     /** A checkpoint to carry on from. */
     resume?: Checkpoint;
+    /** Ends the run at once (OperatorError CONSORT_C_ABORTED); the last checkpoint stays. */
+    signal?: AbortSignal;
+    /** Asked after each checkpointed round: true ends the run there (OperatorError CONSORT_C_PAUSED). */
+    pauseRequested?: () => boolean;
   }) {
+    this.signal = opts.signal;
+    this.pauseRequested = opts.pauseRequested;
     this.spec = opts.spec;
     this.transport = opts.transport;
     this.events = opts.events ?? {};
@@ -100,12 +108,12 @@ export class RoundCoordinator {
     while (round < maxRounds && stoppedBy === 'rounds') {
       round++;
       const started = performance.now();
-      const { fitLoss, participants } = await this.fitRound(round);
+      const { fitLoss, participants } = await this.guard(this.fitRound(round));
       const finalRound = round === maxRounds;
       let record: RoundRecord | undefined;
       if (round % evaluation.every === 0 || finalRound) {
         const sites = this.evaluators(round, false);
-        const scores = await this.evaluateRound(round, sites);
+        const scores = await this.guard(this.evaluateRound(round, sites));
         last = { round, scores, all: sites.length === this.siteNames.length };
         record = this.record(round, scores, fitLoss, participants, performance.now() - started);
         records.push(record);
@@ -117,11 +125,36 @@ export class RoundCoordinator {
         if (stopping.target && this.reached(record, stopping.target)) stoppedBy = 'target';
         else if (stopping.patience !== undefined && sinceBest >= stopping.patience) stoppedBy = 'patience';
       }
-      await this.saveCheckpoint({ round, records, best, sinceBest, stoppedBy });
+      await this.guard(this.saveCheckpoint({ round, records, best, sinceBest, stoppedBy }));
       this.events.roundFinished?.(record, round);
+      if (round < maxRounds && stoppedBy === 'rounds' && this.pauseRequested?.()) {
+        throw new OperatorError('CONSORT_C_PAUSED', `paused after round ${round} (its checkpoint is saved)`);
+      }
     }
-    const final = last && last.round === round && last.all ? last.scores : await this.evaluateRound(round, this.evaluators(round, true));
+    const final =
+      last && last.round === round && last.all ? last.scores : await this.guard(this.evaluateRound(round, this.evaluators(round, true)));
     return { global: this.global, rounds: records, roundsCompleted: round, stoppedBy, final };
+  }
+
+  /** `p`, or OperatorError CONSORT_C_ABORTED as soon as the run's signal fires. */
+  private guard<T>(p: Promise<T>): Promise<T> {
+    const signal = this.signal;
+    if (!signal) return p;
+    if (signal.aborted) return Promise.reject(new OperatorError('CONSORT_C_ABORTED', 'the run was stopped'));
+    return new Promise<T>((done, fail) => {
+      const onAbort = () => fail(new OperatorError('CONSORT_C_ABORTED', 'the run was stopped'));
+      signal.addEventListener('abort', onAbort, { once: true });
+      p.then(
+        (v) => {
+          signal.removeEventListener('abort', onAbort);
+          done(v);
+        },
+        (e: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          fail(e);
+        },
+      );
+    });
   }
 
   private async saveCheckpoint(c: Pick<Checkpoint, 'round' | 'records' | 'best' | 'sinceBest' | 'stoppedBy'>): Promise<void> {
