@@ -5,6 +5,7 @@ import { coordinatorCommand, siteCommand } from './federation/commands.ts';
 import { natsConfigCommand } from './nats/config.ts';
 import { runCommand } from './run/command.ts';
 import { reportFailure } from './failure.ts';
+import { operatorCommand } from './operator/command.ts';
 
 // `consort ... | head` closes stdout early: that is the reader's choice, not a failure.
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
@@ -54,20 +55,27 @@ if the run fails. Exit status: 0 done, 2 bad input (job file, flag or data), 1 r
 
 program
   .command('nats-config')
-  .description("Write a job's nats-server configuration: JetStream, one account, an NKey user per site and for the coordinator, least-privilege permissions.")
-  .argument('<job>', 'FederatedJob manifest (YAML): its name, namespace and sites name the account, users, subjects and buckets')
+  .description(
+    "Write a nats-server configuration: a job's own (one account, an NKey user per site and for the coordinator), or with --cluster the shared server of every job (JWT auth, users minted per job).",
+  )
+  .argument('[job]', 'FederatedJob manifest (YAML): its name, namespace and sites name the account, users, subjects and buckets (required unless --cluster)')
   .requiredOption('--out <dir>', 'folder to write into (created; must not already hold a configuration: new keys would lock out every site)')
+  .option('--cluster', 'configure one long-running server for every job: it trusts an operator JWT and the Consort account; no <job>', false)
   .option('--listen <host:port>', 'address the server listens on for clients', '127.0.0.1:4222')
   .option('--store <dir>', "JetStream's store directory, where models, updates and checkpoints live (default: <out>/jetstream)")
   .addHelpText(
     'after',
     `
-Writes into --out: nats-server.conf (start it with nats-server -c), coordinator.nk and
-sites/<site>.nk (NKey seeds, mode 0600: give each site only its own), keys.json (the public
-keys the coordinator trusts to verify signed updates). Exit status: 0 written, 2 bad input,
-1 the files cannot be written.`,
+With <job>, writes into --out: nats-server.conf (start it with nats-server -c), coordinator.nk
+and sites/<site>.nk (NKey seeds, mode 0600: give each site only its own), keys.json (the public
+keys the coordinator trusts to verify signed updates).
+With --cluster, writes into --out: nats-server.conf (operator JWT, system and Consort accounts
+preloaded, JetStream), operator.creds (the Consort operator's user: any job, mode 0600) and
+account.nk (the account's signing key, mode 0600: it mints each job's site and coordinator
+.creds with least-privilege permissions and an expiry; the server is never reloaded).
+Exit status: 0 written, 2 bad input, 1 the files cannot be written.`,
   )
-  .action(async (job: string, flags: Record<string, unknown>) => {
+  .action(async (job: string | undefined, flags: Record<string, unknown>) => {
     process.exitCode = await natsConfigCommand(job, flags);
   });
 
@@ -79,7 +87,7 @@ program
   .description("Run a job's round loop alone over NATS: sites are separate processes (consort site), anywhere.")
   .argument('<job>', 'FederatedJob manifest (YAML)')
   .requiredOption('--nats <url>', 'NATS server URL, e.g. nats://127.0.0.1:4222')
-  .requiredOption('--creds <file>', "the coordinator's NKey seed file (coordinator.nk from consort nats-config)")
+  .requiredOption('--creds <file>', "the coordinator's credentials: coordinator.nk from consort nats-config, or a .creds file")
   .requiredOption('--keys <file>', 'keys.json from consort nats-config: the site keys whose signatures are accepted')
   .option('--out <dir>', 'where to write the report and model (default: out/<job name>)')
   .option('--seed <n>', 'override spec.seed (the sites must be given the same)')
@@ -102,13 +110,37 @@ program
   .requiredOption('--job <file>', 'FederatedJob manifest (YAML): the site reads its own data entry from it')
   .requiredOption('--site <name>', 'which of spec.sites this is')
   .requiredOption('--nats <url>', 'NATS server URL')
-  .requiredOption('--creds <file>', "the site's NKey seed file (sites/<site>.nk from consort nats-config)")
+  .requiredOption('--creds <file>', "the site's credentials: sites/<site>.nk from consort nats-config, or its .creds file")
   .addOption(backendOption())
   .option('--seed <n>', "override spec.seed (the coordinator's must be the same)")
+  .option('--data-dir <dir>', "resolve the site's relative data paths against this folder (default: the job file's folder)")
   .option('--quiet', 'no log lines', false)
   .addHelpText('after', '\nStarts before or after the coordinator; joins the next round; exits when the job is done.')
   .action(async (flags: Record<string, unknown>) => {
     process.exitCode = await siteCommand(flags);
+  });
+
+program
+  .command('operator')
+  .description('Run the Kubernetes operator: FederatedJobs in, trained models out (cluster mode), or a hospital\'s site agent (site mode).')
+  .addOption(new Option('--mode <mode>', 'cluster: watch FederatedJobs and run them; site: run this site\'s assignments under a local policy').choices(['cluster', 'site']).default('cluster'))
+  .option('--kubeconfig <file>', 'kubeconfig (default: $KUBECONFIG, ~/.kube/config, or the in-cluster ServiceAccount)')
+  .requiredOption('--nats <url>', 'NATS server URL the operator connects to')
+  .requiredOption('--nats-creds <file>', "the operator's NATS credentials (operator.creds from consort nats-config --cluster; site mode: the site's)")
+  .option('--account-key <file>', 'cluster mode: account.nk from consort nats-config --cluster, which mints every job\'s NATS users')
+  .option('--pod-nats <url>', 'the NATS URL as worker Pods reach it (default: --nats)')
+  .option('--namespace <ns>', 'watch this namespace only (default: all)')
+  .option('--workers <n>', 'reconciles run in parallel', '4')
+  .option('--no-leader-elect', 'do not take a Lease first (one replica only)')
+  .option('--lease-namespace <ns>', 'namespace of the leader-election Lease (default: $POD_NAMESPACE or consort-system)')
+  .option('--lease-name <name>', 'name of the leader-election Lease', 'consort-operator')
+  .option('--identity <id>', 'this replica\'s name in the Lease (default: host-pid)')
+  .option('--site <name>', 'site mode: this site\'s name')
+  .option('--policy <file>', 'site mode: the local policy (YAML): allowed jobs and models, maximum rounds and resources')
+  .option('--quiet', 'no log lines', false)
+  .addHelpText('after', '\nExit status: 0 stopped by SIGINT/SIGTERM, 1 lost its leadership or failed, 2 bad flags or files.')
+  .action(async (flags: Record<string, unknown>) => {
+    process.exitCode = await operatorCommand(flags);
   });
 
 try {

@@ -15,7 +15,7 @@ import { reportFailure } from '../failure.ts';
 import { readJobFile, withOverrides } from '../job-file.ts';
 import { TrustedKeys } from '../nats/config.ts';
 import { connectAs, readSeed } from '../nats/connect.ts';
-import { COORDINATOR_USER } from '../nats/permissions.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { writeOutputs } from '../run/outputs.ts';
 import { intFlag, summaryTable } from '../run/command.ts';
 
@@ -45,6 +45,7 @@ export const SiteFlags = z
     creds: z.string().min(1),
     backend: z.enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto'),
     seed: intFlag(0, 2 ** 31 - 1).optional(),
+    dataDir: z.string().min(1).optional(),
     quiet: z.boolean().default(false),
   })
   .strict();
@@ -161,15 +162,16 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
         `--site: "${flags.site}" is not a site of ${job.metadata.name} (${job.spec.sites.map((s) => s.name).join(', ')})`,
       );
     }
+    // The seed signs updates; the file logs in (a .creds file carries the site's JWT too).
     const seed = readSeed(flags.creds);
-    const nc = await connectAs(flags.nats, seed, flags.site);
+    const nc = await connectAs(flags.nats, flags.creds, flags.site);
     try {
       const summary = await runSite({
         job,
         site: flags.site,
         nc,
         seed,
-        baseDir: dirname(resolve(flags.job)),
+        baseDir: resolve(flags.dataDir ?? dirname(resolve(flags.job))),
         backend: flags.backend,
         log: logTo(flags.quiet),
         signal: stopSignal(),

@@ -112,3 +112,12 @@ export interface CheckpointStore {
   load(): Promise<Uint8Array | undefined>;
   save(bytes: Uint8Array): Promise<void>;
 }
+
+/** Only the header of a checkpoint (round, records, stop reason): what a watcher of the job needs, without decoding the model. */
+export function decodeCheckpointHeader(bytes: Uint8Array): Pick<Checkpoint, 'job' | 'round' | 'records' | 'stoppedBy'> {
+  if (bytes.length < 4) throw new RangeError('checkpoint: truncated');
+  const n = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0, true);
+  if (4 + n > bytes.length) throw new RangeError('checkpoint: header exceeds the file');
+  const h = Header.parse(JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + n))));
+  return { job: h.job, round: h.round, records: h.records, ...(h.stoppedBy ? { stoppedBy: h.stoppedBy } : {}) };
+}

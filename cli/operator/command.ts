@@ -1,0 +1,116 @@
+// `consort operator`: the control plane process. In cluster mode it watches FederatedJobs and runs
+// them (controller, round loops, leader election); in site mode (a hospital's own cluster) it
+// takes the site's assignments over NATS, checks them against the local policy and runs the
+// worker there. Flags are checked with zod; SIGINT/SIGTERM stop it cleanly.
+import { hostname } from 'node:os';
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { describeIssues } from '../../core/job/issues.ts';
+import { FederatedJobController } from '../../operator/controller/federated-job-controller.ts';
+import { KubeClient } from '../../operator/kube/client.ts';
+import { LeaderElector } from '../../operator/kube/leader-election.ts';
+import { parseAccountSigner } from '../../operator/nats/trust.ts';
+import { OPERATOR_USER } from '../../core/protocol/permissions.ts';
+import { CliError } from '../errors.ts';
+import { reportFailure } from '../failure.ts';
+import { connectAs } from '../nats/connect.ts';
+import { intFlag } from '../run/command.ts';
+
+export const OperatorFlags = z
+  .object({
+    mode: z.enum(['cluster', 'site']).default('cluster'),
+    kubeconfig: z.string().min(1).optional(),
+    nats: z.string().regex(/^(nats|tls|ws|wss):\/\//, 'must be a nats:// (or tls://, ws://, wss://) URL'),
+    natsCreds: z.string().min(1),
+    accountKey: z.string().min(1).optional(),
+    podNats: z
+      .string()
+      .regex(/^(nats|tls|ws|wss):\/\//, 'must be a nats:// URL')
+      .optional(),
+    namespace: z.string().min(1).optional(),
+    workers: intFlag(1, 64).default(4),
+    leaderElect: z.boolean().default(true),
+    leaseNamespace: z.string().min(1).default(process.env.POD_NAMESPACE ?? 'consort-system'),
+    leaseName: z.string().min(1).default('consort-operator'),
+    identity: z.string().min(1).default(`${hostname()}-${process.pid}`),
+    site: z.string().min(1).optional(),
+    policy: z.string().min(1).optional(),
+    quiet: z.boolean().default(false),
+  })
+  .strict()
+  .superRefine((f, ctx) => {
+    if (f.mode === 'cluster' && !f.accountKey) ctx.addIssue({ code: 'custom', path: ['account-key'], message: 'is required in cluster mode (it mints the jobs\' NATS users)' });
+    if (f.mode === 'site' && !f.site) ctx.addIssue({ code: 'custom', path: ['site'], message: 'is required in site mode' });
+  });
+export type OperatorFlags = z.infer<typeof OperatorFlags>;
+
+function readText(path: string, what: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new CliError('CONSORT_CLI_CREDENTIALS', `${what} ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+  }
+}
+
+export async function operatorCommand(raw: Record<string, unknown>): Promise<number> {
+  try {
+    const parsed = OperatorFlags.safeParse(raw);
+    if (!parsed.success) throw new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: describeIssues(parsed.error).map((l) => `--${l}`) });
+    const f = parsed.data;
+    const log = (line: string) => {
+      if (!f.quiet) process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+    };
+    if (f.mode === 'site') {
+      const { runSiteOperator } = await import('./site-mode.ts');
+      return await runSiteOperator(f, log);
+    }
+    const signer = parseAccountSigner(readText(f.accountKey!, '--account-key'), f.accountKey);
+    let client: KubeClient;
+    try {
+      client = KubeClient.fromKubeconfig(f.kubeconfig);
+    } catch (err) {
+      throw new CliError('CONSORT_CLI_USAGE', `--kubeconfig: ${(err as Error).message}`);
+    }
+    const nc = await connectAs(f.nats, f.natsCreds, OPERATOR_USER);
+    const controller = new FederatedJobController({
+      client,
+      nc,
+      signer,
+      pods: { natsUrl: f.podNats ?? f.nats },
+      ...(f.namespace ? { namespace: f.namespace } : {}),
+      workers: f.workers,
+      log,
+    });
+    let controllerExit: (code: number) => void = () => {};
+    const stopped = new Promise<number>((done) => {
+      const stop = (code: number) => () => done(code);
+      process.once('SIGINT', stop(0));
+      process.once('SIGTERM', stop(0));
+      controllerExit = done;
+    });
+    await controller.startInformers();
+    log(`operator ${f.identity}: caches synced (${controller.jobs.list().length} FederatedJobs)`);
+    let elector: LeaderElector | undefined;
+    if (f.leaderElect) {
+      elector = new LeaderElector(client, {
+        namespace: f.leaseNamespace,
+        name: f.leaseName,
+        identity: f.identity,
+        log,
+        onStartedLeading: () => controller.startReconciling(),
+        // A leader that lost its lease must stop acting at once: exit, and let the Deployment
+        // restart it as a standby (as controller-runtime does).
+        onStoppedLeading: () => controllerExit(1),
+      });
+      elector.start();
+    } else controller.startReconciling();
+    const code = await stopped;
+    log(`operator ${f.identity}: stopping`);
+    await elector?.stop();
+    await controller.stop();
+    await nc.drain().catch(() => nc.close());
+    return code;
+  } catch (err) {
+    return reportFailure(err);
+  }
+}

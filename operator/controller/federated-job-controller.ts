@@ -1,0 +1,398 @@
+// The FederatedJob controller: informers on jobs and on what they own (Pods, Secrets,
+// ConfigMaps, found again by label), one keyed work queue, and a level-triggered reconcile that
+// looks at the job and its objects as they are now and makes one step towards what the spec
+// asks: finalizer, credentials, spec ConfigMap, worker Pods, the round loop (here or in a Pod),
+// status (written only when it changed), Events. The reconcile never waits for training: the
+// round loop runs beside it and re-queues the job whenever its progress changes.
+import type { NatsConnection } from '@nats-io/transport-node';
+import { Objm } from '@nats-io/obj';
+import { FederatedJobSpec, type FederatedJob } from '../../core/job/federated-job.ts';
+import type { FederatedJobStatus, JobPhase } from '../../core/job/federated-job-status.ts';
+import { describeIssues } from '../../core/job/issues.ts';
+import { buckets, jobKey } from '../../core/protocol/subjects.ts';
+import { isConflict, isNotFound, type KubeClient, type KubeObject, resourcePath, Resources } from '../kube/client.ts';
+import { EventRecorder } from '../kube/events.ts';
+import { Informer, keyOf } from '../kube/informer.ts';
+import { WorkQueue } from '../kube/work-queue.ts';
+import { type AccountSigner, mintJobCreds } from '../nats/trust.ts';
+import { InOperatorRun, type JobRun, PodRun } from './job-runs.ts';
+import {
+  coordinatorPod,
+  FINALIZER,
+  type JobObject,
+  jobConfigMap,
+  LABELS,
+  MANAGED_BY,
+  names,
+  type PodSettings,
+  secret,
+  workerPod,
+} from './manifests.ts';
+import { desiredStatus, sameJson } from './status.ts';
+
+export interface ControllerOptions {
+  client: KubeClient;
+  nc: NatsConnection;
+  signer: AccountSigner;
+  pods: PodSettings;
+  /** Watch one namespace only (default: all). */
+  namespace?: string;
+  workers?: number;
+  /** Credentials minted for a job expire after this long. */
+  credentialsTtlMs?: number;
+  /** Past this long after deletion, cleanup outside Kubernetes is given up (with a Warning) rather than block deletion. */
+  cleanupTimeoutMs?: number;
+  log?: (line: string) => void;
+  /** Work-queue latency, for metrics and the benchmark. */
+  onQueueLatency?: (seconds: number) => void;
+}
+
+const TERMINAL: JobPhase[] = ['Succeeded', 'Failed'];
+const podPhase = (p: KubeObject | undefined) => (p?.status as { phase?: string } | undefined)?.phase;
+const decode = (s: KubeObject | undefined, key: string) => {
+  const v = (s?.data as Record<string, string> | undefined)?.[key];
+  return v === undefined ? undefined : Buffer.from(v, 'base64').toString('utf8');
+};
+
+export class FederatedJobController {
+  readonly jobs: Informer<JobObject>;
+  readonly pods: Informer<KubeObject>;
+  readonly secrets: Informer<KubeObject>;
+  readonly configMaps: Informer<KubeObject>;
+  readonly queue: WorkQueue;
+  readonly runs = new Map<string, JobRun>();
+  readonly #o: ControllerOptions;
+  readonly #events: EventRecorder;
+  readonly #restarts = new Map<string, Map<string, number>>();
+  readonly #refusals = new Map<string, Map<string, string>>();
+  readonly #log: (line: string) => void;
+  #reconciling = false;
+  /** Status writes and reconciles done, for tests and metrics. */
+  statusWrites = 0;
+
+  constructor(o: ControllerOptions) {
+    this.#o = o;
+    this.#log = o.log ?? (() => {});
+    const { client } = o;
+    const ns = o.namespace;
+    const selector = `${LABELS.managedBy}=${MANAGED_BY}`;
+    this.jobs = new Informer<JobObject>(client, { path: resourcePath(Resources.federatedJobs, ns), log: this.#log });
+    this.pods = new Informer(client, { path: resourcePath(Resources.pods, ns), labelSelector: selector, log: this.#log });
+    this.secrets = new Informer(client, { path: resourcePath(Resources.secrets, ns), labelSelector: selector, log: this.#log });
+    this.configMaps = new Informer(client, { path: resourcePath(Resources.configMaps, ns), labelSelector: selector, log: this.#log });
+    this.queue = new WorkQueue({
+      workers: o.workers ?? 4,
+      log: this.#log,
+      ...(o.onQueueLatency ? { onLatency: o.onQueueLatency } : {}),
+    });
+    this.#events = new EventRecorder(client, 'consort-operator', this.#log);
+    this.jobs.on({
+      // Our own status writes come back too; their reconcile finds nothing to change (bounded).
+      upsert: (j) => this.queue.add(keyOf(j)),
+      deleted: (j) => this.queue.add(keyOf(j)),
+    });
+    const owner = (o: KubeObject) => {
+      const job = o.metadata.labels?.[LABELS.job];
+      if (job) this.queue.add(o.metadata.namespace ? `${o.metadata.namespace}/${job}` : job);
+    };
+    for (const inf of [this.pods, this.secrets, this.configMaps]) inf.on({ upsert: owner, deleted: owner });
+  }
+
+  /** Starts the informers (a standby keeps its cache warm too). */
+  async startInformers(): Promise<void> {
+    for (const inf of [this.jobs, this.pods, this.secrets, this.configMaps]) inf.start();
+    await Promise.all([this.jobs, this.pods, this.secrets, this.configMaps].map((i) => i.waitForSync()));
+  }
+
+  /** Starts reconciling (the leader only). */
+  startReconciling(): void {
+    if (this.#reconciling) return;
+    this.#reconciling = true;
+    this.queue.start((key) => this.reconcile(key));
+    for (const j of this.jobs.list()) this.queue.add(keyOf(j));
+  }
+
+  async stop(): Promise<void> {
+    await this.queue.stop();
+    await Promise.all([...this.runs.values()].map((r) => r.stop()));
+    this.runs.clear();
+    await Promise.all([this.jobs, this.pods, this.secrets, this.configMaps].map((i) => i.stop()));
+  }
+
+  #owned(inf: Informer<KubeObject>, ns: string, name: string): KubeObject | undefined {
+    return inf.get(`${ns}/${name}`);
+  }
+
+  async reconcile(key: string): Promise<{ requeueAfterMs?: number } | undefined> {
+    const job = this.jobs.get(key);
+    if (!job) {
+      await this.#stopRun(key);
+      this.queue.forget(key);
+      return undefined;
+    }
+    if (job.metadata.deletionTimestamp) return await this.#finalize(key, job);
+    const ns = job.metadata.namespace!;
+    if (!job.metadata.finalizers?.includes(FINALIZER)) {
+      await this.#o.client.patch(resourcePath(Resources.federatedJobs, ns, job.metadata.name), {
+        metadata: { finalizers: [...(job.metadata.finalizers ?? []), FINALIZER], resourceVersion: job.metadata.resourceVersion },
+      });
+      return undefined; // the update brings the job back with its finalizer
+    }
+    const status = (job.status ?? {}) as FederatedJobStatus;
+    const parsed = FederatedJobSpec.safeParse(job.spec);
+    if (!parsed.success) {
+      // The CRD's schema and rules refuse what zod refuses; this is for an older CRD left installed.
+      const message = describeIssues(parsed.error, ['spec']).join('; ');
+      await this.#writeStatus(job, 'Failed', { problem: { reason: 'InvalidSpec', message } });
+      return undefined;
+    }
+    job.spec = parsed.data;
+    if (TERMINAL.includes(status.phase as JobPhase) && status.observedGeneration === job.metadata.generation) {
+      await this.#stopRun(key);
+      await this.#deleteWorkers(job);
+      return undefined;
+    }
+
+    await this.#ensureConfig(job);
+    const keys = await this.#ensureCredentials(job);
+
+    let run = this.runs.get(key);
+    if (run && run.uid !== job.metadata.uid) {
+      await this.#stopRun(key);
+      run = undefined;
+    }
+    const placement = job.spec.coordinator.placement;
+    if (run && run.placement !== placement) {
+      await this.#stopRun(key);
+      run = undefined;
+    }
+
+    if (job.spec.suspend) {
+      if (run && (run.progress.state === 'joining' || run.progress.state === 'running') && placement === 'operator') {
+        run.requestPause();
+        await this.#writeStatus(job, status.phase === 'Pending' ? 'Pending' : 'Running', {});
+        return undefined; // the run re-queues the job when it pauses
+      }
+      await this.#stopRun(key);
+      await this.#deleteWorkers(job);
+      if (status.phase !== 'Suspended') await this.#events.record(job, 'Normal', 'Suspended', `suspended after round ${status.round ?? 0}`);
+      await this.#writeStatus(job, 'Suspended', {});
+      return undefined;
+    }
+
+    // Worker Pods: one per site of this cluster, recreated when gone or failed.
+    for (const site of job.spec.sites) {
+      if (site.remote) continue;
+      const name = names.workerPod(job.metadata.name, site.name);
+      const pod = this.#owned(this.pods, ns, name);
+      if (pod && !pod.metadata.deletionTimestamp && podPhase(pod) === 'Failed') {
+        await this.#deletePod(ns, name);
+        this.#bumpRestart(key, site.name);
+        await this.#events.record(job, 'Warning', 'WorkerFailed', `worker of site ${site.name} failed; recreating it`);
+        continue;
+      }
+      if (!pod) {
+        const created = await this.#createIfAbsent(resourcePath(Resources.pods, ns), workerPod(job, site, this.#o.pods));
+        if (created && status.phase !== undefined && status.phase !== 'Pending') this.#bumpRestart(key, site.name);
+      }
+    }
+    if (placement === 'pod') {
+      const name = names.coordinatorPod(job.metadata.name);
+      const pod = this.#owned(this.pods, ns, name);
+      if (pod && !pod.metadata.deletionTimestamp && podPhase(pod) === 'Failed') await this.#deletePod(ns, name);
+      else if (!pod) await this.#createIfAbsent(resourcePath(Resources.pods, ns), coordinatorPod(job, this.#o.pods));
+    }
+
+    if (!run || run.progress.state === 'paused' || run.progress.state === 'stopped') {
+      if (run) await this.#stopRun(key);
+      const withUid = job as unknown as FederatedJob & { metadata: { uid: string } };
+      const ctx = { nc: this.#o.nc, log: this.#log, onChange: () => this.queue.add(key) };
+      run = placement === 'operator' ? new InOperatorRun(withUid, keys, ctx) : new PodRun(withUid, ctx);
+      this.runs.set(key, run);
+      if (status.phase === undefined || status.phase === 'Pending') await this.#events.record(job, 'Normal', 'Started', `round loop started (${placement === 'operator' ? 'in the operator' : 'in a coordinator Pod'})`);
+      else await this.#events.record(job, 'Normal', 'Resumed', `round loop resumed from its checkpoint after round ${status.round ?? 0}`);
+    }
+
+    const s = run.progress.state;
+    if (s === 'succeeded') {
+      await this.#writeStatus(job, 'Succeeded', {});
+      await this.#events.record(job, 'Normal', 'Succeeded', `completed ${run.progress.round} rounds; accuracy ${run.progress.last?.globalAccuracy.toFixed(4) ?? 'n/a'}`);
+      await this.#stopRun(key);
+      await this.#deleteWorkers(job);
+      return undefined;
+    }
+    if (s === 'failed') {
+      await this.#writeStatus(job, 'Failed', { problem: { reason: 'CoordinatorFailed', message: run.progress.error ?? 'the round loop failed' } });
+      await this.#events.record(job, 'Warning', 'Failed', run.progress.error ?? 'the round loop failed');
+      await this.#stopRun(key);
+      await this.#deleteWorkers(job);
+      return undefined;
+    }
+    const phase: JobPhase = s === 'running' ? 'Running' : 'Pending';
+    if (phase === 'Running' && status.phase !== 'Running') await this.#events.record(job, 'Normal', 'Running', 'the first round started');
+    await this.#writeStatus(job, phase, {});
+    return undefined;
+  }
+
+  #bumpRestart(key: string, site: string): void {
+    const m = this.#restarts.get(key) ?? new Map<string, number>();
+    m.set(site, (m.get(site) ?? 0) + 1);
+    this.#restarts.set(key, m);
+  }
+
+  async #writeStatus(job: JobObject, phase: JobPhase, extra: { problem?: { reason: string; message: string } }): Promise<void> {
+    const key = keyOf(job);
+    const pods = new Map<string, KubeObject>();
+    for (const site of job.spec.sites) {
+      const p = this.#owned(this.pods, job.metadata.namespace!, names.workerPod(job.metadata.name, site.name));
+      if (p) pods.set(site.name, p);
+    }
+    const run = this.runs.get(key);
+    const next = desiredStatus({
+      job,
+      phase,
+      ...(run ? { progress: run.progress } : {}),
+      pods,
+      refusals: this.#refusals.get(key) ?? new Map(),
+      restarts: this.#restarts.get(key) ?? new Map(),
+      ...(extra.problem ? { problem: extra.problem } : {}),
+      now: new Date(),
+    });
+    if (sameJson(job.status ?? {}, next)) return;
+    try {
+      await this.#o.client.patch(resourcePath(Resources.federatedJobs, job.metadata.namespace, job.metadata.name, 'status'), {
+        status: next,
+      });
+      this.statusWrites++;
+    } catch (err) {
+      if (isNotFound(err)) return;
+      throw err;
+    }
+  }
+
+  async #ensureConfig(job: JobObject): Promise<void> {
+    const ns = job.metadata.namespace!;
+    if (this.#owned(this.configMaps, ns, names.jobConfig(job.metadata.name))) return;
+    await this.#createIfAbsent(resourcePath(Resources.configMaps, ns), jobConfigMap(job));
+  }
+
+  /** The job's NATS credentials, minted once and kept in Secrets: a restarted operator finds them there. Returns the site keys. */
+  async #ensureCredentials(job: JobObject): Promise<Record<string, string>> {
+    const ns = job.metadata.namespace!;
+    const jobName = job.metadata.name;
+    const key = jobKey(job.metadata);
+    const sites = job.spec.sites.map((s) => s.name);
+    let jobSecret = this.#owned(this.secrets, ns, names.jobSecret(jobName));
+    if (!jobSecret) {
+      // Not in the cache: maybe created a moment ago by us; read it before minting anew.
+      jobSecret = await this.#o.client.get(resourcePath(Resources.secrets, ns, names.jobSecret(jobName))).catch((err: unknown) => {
+        if (isNotFound(err)) return undefined;
+        throw err;
+      });
+    }
+    let seeds: Record<string, string> = {};
+    let keys: { coordinator: string; sites: Record<string, string> } | undefined;
+    if (jobSecret) {
+      seeds = JSON.parse(decode(jobSecret, 'seeds.json') ?? '{}') as Record<string, string>;
+      keys = JSON.parse(decode(jobSecret, 'keys.json') ?? 'null') as typeof keys;
+    }
+    const missingSites = sites.filter((s) => !this.#owned(this.secrets, ns, names.siteSecret(jobName, s)));
+    if (jobSecret && keys && missingSites.length === 0) return keys.sites;
+    const expiresAt = new Date(Date.now() + (this.#o.credentialsTtlMs ?? 90 * 24 * 3600_000));
+    // Minted again with the same seeds: the keys (which the coordinator checks signatures with) stay.
+    const creds = await mintJobCreds(this.#o.signer, key, sites, { expiresAt, seeds });
+    if (!jobSecret) {
+      const allSeeds = { _coordinator: creds.coordinator.seed, ...Object.fromEntries(Object.entries(creds.sites).map(([s, u]) => [s, u.seed])) };
+      await this.#createIfAbsent(
+        resourcePath(Resources.secrets, ns),
+        secret(job, names.jobSecret(jobName), 'coordinator', {
+          'keys.json': JSON.stringify(creds.keys),
+          'coordinator.creds': creds.coordinator.creds,
+          'seeds.json': JSON.stringify(allSeeds),
+        }),
+      );
+      keys = creds.keys;
+    }
+    for (const s of missingSites) {
+      await this.#createIfAbsent(
+        resourcePath(Resources.secrets, ns),
+        secret(job, names.siteSecret(jobName, s), 'site', { 'site.creds': creds.sites[s]!.creds }, { [LABELS.site]: s }),
+      );
+    }
+    return keys!.sites;
+  }
+
+  async #createIfAbsent(path: string, body: KubeObject): Promise<boolean> {
+    try {
+      await this.#o.client.create(path, body);
+      return true;
+    } catch (err) {
+      if (isConflict(err) || (err as { reason?: string }).reason === 'AlreadyExists') return false;
+      throw err;
+    }
+  }
+
+  async #deletePod(ns: string, name: string): Promise<void> {
+    try {
+      await this.#o.client.delete(resourcePath(Resources.pods, ns, name));
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+  }
+
+  async #deleteWorkers(job: JobObject): Promise<void> {
+    const ns = job.metadata.namespace!;
+    for (const p of this.pods.list()) {
+      if (p.metadata.namespace !== ns || p.metadata.labels?.[LABELS.job] !== job.metadata.name || p.metadata.deletionTimestamp) continue;
+      await this.#deletePod(ns, p.metadata.name);
+    }
+  }
+
+  async #stopRun(key: string): Promise<void> {
+    const run = this.runs.get(key);
+    if (!run) return;
+    this.runs.delete(key);
+    await run.stop();
+  }
+
+  /** Cleanup outside Kubernetes (the job's NATS buckets), then the finalizer goes; Pods and Secrets follow by owner reference. */
+  async #finalize(key: string, job: JobObject): Promise<{ requeueAfterMs?: number } | undefined> {
+    await this.#stopRun(key);
+    if (!job.metadata.finalizers?.includes(FINALIZER)) return undefined;
+    const jk = jobKey(job.metadata);
+    const b = buckets(jk);
+    const names_ = [b.models, b.state, ...job.spec.sites.map((s) => b.updates(s.name))];
+    const since = Date.now() - Date.parse(job.metadata.deletionTimestamp!);
+    try {
+      const objm = new Objm(this.#o.nc);
+      for (const n of names_) {
+        const store = await objm.open(n).catch(() => undefined);
+        if (store) await store.destroy();
+      }
+    } catch (err) {
+      if (since < (this.#o.cleanupTimeoutMs ?? 60_000)) throw err; // retried with backoff
+      await this.#events.record(job, 'Warning', 'CleanupIncomplete', `could not delete the job's NATS buckets (${(err as Error).message}); giving up so that deletion is not blocked`);
+    }
+    const finalizers = (job.metadata.finalizers ?? []).filter((f) => f !== FINALIZER);
+    try {
+      await this.#o.client.patch(resourcePath(Resources.federatedJobs, job.metadata.namespace, job.metadata.name), {
+        metadata: { finalizers, resourceVersion: job.metadata.resourceVersion },
+      });
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    this.#restarts.delete(key);
+    this.#refusals.delete(key);
+    this.#events.forget(job.metadata.uid!);
+    this.#log(`${key}: deleted; its NATS buckets are removed`);
+    return undefined;
+  }
+
+  /** A site's own operator refused the job (site mode). */
+  recordRefusal(key: string, site: string, reason: string): void {
+    const m = this.#refusals.get(key) ?? new Map<string, string>();
+    m.set(site, reason);
+    this.#refusals.set(key, m);
+    this.queue.add(key);
+  }
+}

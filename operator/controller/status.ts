@@ -1,0 +1,139 @@
+// The job's status as a pure function of what the reconciler observed (its Pods, its run's
+// progress, site refusals), and the rule that a condition's lastTransitionTime moves only when
+// its status does, so that writing the same observation twice changes nothing and the operator
+// writes status only when something really changed.
+import type { Condition, FederatedJobStatus, JobPhase, SiteStatus } from '../../core/job/federated-job-status.ts';
+import type { KubeObject } from '../kube/client.ts';
+import type { RunProgress } from './job-runs.ts';
+import type { JobObject } from './manifests.ts';
+
+export interface Observation {
+  job: JobObject;
+  phase: JobPhase;
+  progress?: RunProgress;
+  /** Worker Pods by site name. */
+  pods: Map<string, KubeObject>;
+  /** Sites whose own operator refused the job, with the reason. */
+  refusals: Map<string, string>;
+  /** Worker Pods recreated per site. */
+  restarts: Map<string, number>;
+  /** Why the job failed or is not starting, if it did or is not. */
+  problem?: { reason: string; message: string };
+  now: Date;
+}
+
+const podPhase = (p: KubeObject | undefined) => (p?.status as { phase?: string } | undefined)?.phase;
+
+function siteStatuses(o: Observation): SiteStatus[] {
+  const prev = new Map(((o.job.status?.sites as SiteStatus[] | undefined) ?? []).map((s) => [s.name, s]));
+  return o.job.spec.sites.map((site) => {
+    const pod = o.pods.get(site.name);
+    const refused = o.refusals.get(site.name);
+    const lastRound = o.progress?.siteLastRound[site.name] ?? prev.get(site.name)?.lastRound;
+    let state: SiteStatus['state'] = 'Pending';
+    let message: string | undefined;
+    if (refused) {
+      state = 'Refused';
+      message = refused;
+    } else if (o.phase === 'Succeeded') state = 'Succeeded';
+    else if (site.remote) state = o.progress?.joined.includes(site.name) ? 'Running' : 'Pending';
+    else if (podPhase(pod) === 'Running') state = 'Running';
+    else if (podPhase(pod) === 'Failed') state = 'Failed';
+    return {
+      name: site.name,
+      state,
+      ...(pod && !site.remote ? { pod: pod.metadata.name } : {}),
+      restarts: o.restarts.get(site.name) ?? prev.get(site.name)?.restarts ?? 0,
+      ...(lastRound !== undefined ? { lastRound } : {}),
+      ...(message ? { message } : {}),
+    };
+  });
+}
+
+export function desiredStatus(o: Observation): FederatedJobStatus {
+  const old = (o.job.status ?? {}) as FederatedJobStatus;
+  const sites = siteStatuses(o);
+  const ready = sites.filter((s) => s.state === 'Running' || s.state === 'Succeeded').length;
+  const last = o.progress?.last;
+  const gen = o.job.metadata.generation ?? 0;
+  const t = o.now.toISOString().replace(/\.\d+Z$/, 'Z');
+  const cond = (type: string, status: boolean, reason: string, message: string): Condition => ({
+    type,
+    status: status ? 'True' : 'False',
+    reason,
+    message,
+    lastTransitionTime: t,
+    observedGeneration: gen,
+  });
+  const conditions: Condition[] = [];
+  const p = o.phase;
+  conditions.push(
+    cond(
+      'Ready',
+      p === 'Running' && ready === sites.length,
+      p === 'Running' ? (ready === sites.length ? 'AllSitesRunning' : 'SitesStarting') : p,
+      `${ready} of ${sites.length} sites running`,
+    ),
+  );
+  conditions.push(
+    cond(
+      'Progressing',
+      p === 'Pending' || p === 'Running',
+      p === 'Running' ? 'RoundsRunning' : p === 'Pending' ? 'Starting' : p,
+      p === 'Running' ? `round ${o.progress?.round ?? old.round ?? 0} of ${o.job.spec.rounds} completed` : p === 'Pending' ? 'creating credentials and Pods; waiting for the sites to join' : `the job is ${p.toLowerCase()}`,
+    ),
+  );
+  conditions.push(cond('Suspended', p === 'Suspended', p === 'Suspended' ? 'SuspendedBySpec' : 'NotSuspended', p === 'Suspended' ? 'paused after a round; set spec.suspend to false to resume' : 'not suspended'));
+  const refusals = [...o.refusals].map(([s, why]) => `${s}: ${why}`);
+  conditions.push(
+    cond(
+      'SitesAccepted',
+      refusals.length === 0,
+      refusals.length === 0 ? 'AllSitesAccepted' : 'SiteRefused',
+      refusals.length === 0 ? 'no site refused the job' : `refused by ${refusals.join('; ')}`,
+    ),
+  );
+  if (p === 'Succeeded') conditions.push(cond('Succeeded', true, 'RoundsCompleted', `completed ${o.progress?.round ?? old.round ?? 0} rounds; the model is in ${o.progress?.model?.bucket ?? old.model?.bucket}`));
+  if (p === 'Failed') conditions.push(cond('Failed', true, o.problem?.reason ?? 'Failed', o.problem?.message ?? 'the job failed'));
+  const model = o.progress?.model ?? old.model;
+  const round = o.progress?.round ?? old.round ?? 0;
+  return {
+    phase: p,
+    observedGeneration: gen,
+    round,
+    rounds: o.job.spec.rounds,
+    ...(last ? { accuracy: round4(last.globalAccuracy), loss: round4(last.globalLoss) } : old.accuracy !== undefined ? { accuracy: old.accuracy, loss: old.loss } : {}),
+    ...(last?.globalAuc !== undefined ? { auc: round4(last.globalAuc) } : old.auc !== undefined ? { auc: old.auc } : {}),
+    sitesReady: `${ready}/${sites.length}`,
+    sites,
+    ...(model ? { model } : {}),
+    ...(old.startTime ? { startTime: old.startTime } : p !== 'Pending' ? { startTime: t } : {}),
+    ...(old.completionTime ? { completionTime: old.completionTime } : p === 'Succeeded' || p === 'Failed' ? { completionTime: t } : {}),
+    conditions: keepTransitionTimes(old.conditions ?? [], conditions),
+  };
+}
+
+const round4 = (x: number) => Math.round(x * 1e4) / 1e4;
+
+/** A condition whose status did not change keeps its lastTransitionTime. */
+export function keepTransitionTimes(old: Condition[], next: Condition[]): Condition[] {
+  const before = new Map(old.map((c) => [c.type, c]));
+  return next.map((c) => {
+    const b = before.get(c.type);
+    return b && b.status === c.status ? { ...c, lastTransitionTime: b.lastTransitionTime } : c;
+  });
+}
+
+/** Deep equality of two JSON values (status as read back vs. as computed). */
+export function sameJson(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  if (Array.isArray(a)) {
+    const bb = b as unknown[];
+    return a.length === bb.length && a.every((x, i) => sameJson(x, bb[i]));
+  }
+  const ka = Object.keys(a).filter((k) => (a as Record<string, unknown>)[k] !== undefined);
+  const kb = Object.keys(b).filter((k) => (b as Record<string, unknown>)[k] !== undefined);
+  return ka.length === kb.length && ka.every((k) => sameJson((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
+}
