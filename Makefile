@@ -7,13 +7,14 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 STAMP := node_modules/.consort-setup
 
-.PHONY: help setup demo test bench lint typecheck format build clean
+.PHONY: help setup demo test bench lint typecheck format build clean crds
 
 help:
 	@echo "make demo   - train the five-hospital example on this machine (out/hospitals/)"
 	@echo "make test   - the whole test suite"
 	@echo "make bench  - benchmarks (FedProx paper, backend throughput, 1000-site simulation)"
 	@echo "make lint   - formatter/linter and type check"
+	@echo "make crds   - regenerate crds/ from the zod FederatedJob schema (core/job)"
 
 # npm packages (install scripts off: tfjs-node's would download libtensorflow), then the native
 # TF.js backend built from PyPI's tensorflow-cpu wheel (cached outside the checkout).
@@ -41,6 +42,11 @@ typecheck: setup
 lint: setup
 	npx biome check .
 	npx tsc --noEmit -p .
+	node operator/crd/generate.ts --check
+
+# The CRD is generated from the zod schema, never edited by hand; `make lint` fails when it is stale.
+crds: setup
+	node operator/crd/generate.ts
 
 format: setup
 	npx biome check --write .

@@ -13,7 +13,7 @@ export default defineConfig({
           ...shared,
           name: 'suite',
           include: ['test/**/*.test.ts'],
-          exclude: ['test/e2e/nats-*.test.ts'],
+          exclude: ['test/e2e/nats-*.test.ts', 'test/e2e/operator-*.test.ts'],
           sequence: { groupOrder: 0 },
         },
       },
@@ -24,6 +24,17 @@ export default defineConfig({
           include: ['test/e2e/nats-*.test.ts'],
           fileParallelism: false,
           sequence: { groupOrder: 1 },
+        },
+      },
+      {
+        // A whole cluster each (etcd, API server, controllers, NATS, operator, a process per Pod).
+        test: {
+          testTimeout: 400_000,
+          hookTimeout: 240_000,
+          name: 'operator-e2e',
+          include: ['test/e2e/operator-*.test.ts'],
+          fileParallelism: false,
+          sequence: { groupOrder: 2 },
         },
       },
     ],

@@ -1,18 +1,22 @@
 // `consort nats-config JOB.yaml --out DIR`: the nats-server configuration of a job (JetStream on,
 // one account for the job, one NKey user per site and one for the coordinator, each with
-// least-privilege permissions from permissions.ts), the users' seeds, and keys.json (the public
-// keys the coordinator trusts). natsAuthFor does the same in memory for tests and embedded runs.
+// least-privilege permissions from core/protocol/permissions.ts), the users' seeds, and keys.json
+// (the public keys the coordinator trusts). natsAuthFor does the same in memory for tests and
+// embedded runs. `consort nats-config --cluster --out DIR`: the shared server of every job instead
+// (decentralized JWT auth, operator/nats/trust.ts), the Consort operator's user and the account
+// signing key that mints each job's users.
 import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createUser } from '@nats-io/nkeys';
 import { z } from 'zod';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
-import { describeIssues } from '../../core/job/issues.ts';
+import { fieldPath } from '../../core/job/issues.ts';
 import { inboxPrefix, jobKey } from '../../core/protocol/subjects.ts';
 import { CliError } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
 import { readJobFile } from '../job-file.ts';
-import { COORDINATOR_USER, coordinatorPermissions, sitePermissions, type UserPermissions } from './permissions.ts';
+import { type AccountSigner, createNatsTrust, mintOperatorCreds, renderAccountSigner, renderClusterNatsConfig } from '../../operator/nats/trust.ts';
+import { COORDINATOR_USER, coordinatorPermissions, sitePermissions, type UserPermissions } from '../../core/protocol/permissions.ts';
 
 export const DEFAULT_LISTEN = '127.0.0.1:4222';
 
@@ -125,34 +129,70 @@ export const NatsConfigFlags = z
     out: z.string().min(1, 'must name a folder'),
     listen: hostPort.default(DEFAULT_LISTEN),
     store: z.string().min(1, 'must name a folder').optional(),
+    cluster: z.boolean().default(false),
   })
   .strict();
 export type NatsConfigFlags = z.infer<typeof NatsConfigFlags>;
+
+/** The <job> argument and the flags together: a job's configuration needs the job; the cluster's takes none. */
+const NatsConfigInput = z.object({ job: z.string().min(1).optional(), flags: NatsConfigFlags }).superRefine(({ job, flags }, ctx) => {
+  if (!flags.cluster && job === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['job'], message: 'a FederatedJob manifest is required, unless --cluster (the shared server of every job)' });
+  }
+  if (flags.cluster && job !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['flags', 'cluster'], message: `configures the shared server of every job: it takes no <job> (got ${job})` });
+  }
+});
 
 /** The files `consort nats-config` writes, relative to --out. */
 export function natsConfigFiles(sites: readonly string[]): string[] {
   return ['nats-server.conf', 'keys.json', 'coordinator.nk', ...sites.map((s) => join('sites', `${s}.nk`))];
 }
 
-export async function natsConfigCommand(jobPath: string, rawFlags: Record<string, unknown>): Promise<number> {
+/** A usage error whose lines name the argument or the flag: `<job>: ...`, `--out: ...`. */
+function usageError(error: z.ZodError): CliError {
+  const lines = error.issues.map((issue) => {
+    const [head, ...rest] = issue.path;
+    if (head === 'job') return `<job>: ${issue.message}`;
+    return `--${fieldPath(rest)}: ${issue.message}`;
+  });
+  return new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: lines });
+}
+
+/** Refuses a folder that holds any of `files` already: new keys lock out everyone holding the old ones. */
+function refuseExisting(out: string, flag: string, files: readonly string[]): void {
+  const existing = files.filter((f) => existsSync(join(out, f)));
+  if (existing.length > 0) {
+    throw new CliError('CONSORT_CLI_USAGE', `--out ${flag} already holds a NATS configuration (${existing.join(', ')}); remove it or choose another folder`);
+  }
+}
+
+export async function natsConfigCommand(jobPath: string | undefined, rawFlags: Record<string, unknown>): Promise<number> {
   try {
-    const parsed = NatsConfigFlags.safeParse(rawFlags);
-    if (!parsed.success) {
-      throw new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: describeIssues(parsed.error).map((l) => `--${l}`) });
-    }
-    const flags = parsed.data;
-    const job = readJobFile(jobPath);
+    const parsed = NatsConfigInput.safeParse({ ...(jobPath === undefined ? {} : { job: jobPath }), flags: rawFlags });
+    if (!parsed.success) throw usageError(parsed.error);
+    const { flags } = parsed.data;
     const out = resolve(flags.out);
     const storeDir = resolve(flags.store ?? join(out, 'jetstream'));
-    const files = natsConfigFiles(job.spec.sites.map((s) => s.name));
-    // New keys lock out every site holding the old ones: never replace them by accident.
-    const existing = files.filter((f) => existsSync(join(out, f)));
-    if (existing.length > 0) {
-      throw new CliError(
-        'CONSORT_CLI_USAGE',
-        `--out ${flags.out} already holds a NATS configuration (${existing.join(', ')}); remove it or choose another folder`,
+    if (flags.cluster) {
+      refuseExisting(out, flags.out, CLUSTER_CONFIG_FILES);
+      const trust = await createNatsTrust();
+      const operatorUser = await mintOperatorCreds(trust.signer);
+      writeClusterConfigFiles(out, renderClusterNatsConfig(trust, { listen: flags.listen, storeDir }), trust.signer, operatorUser.creds);
+      process.stdout.write(
+        [
+          `wrote the NATS configuration of a Consort cluster (operator ${trust.operator.publicKey}, account ${trust.account.publicKey}) to ${out}:`,
+          ...CLUSTER_CONFIG_FILES.map((f) => `  ${f}`),
+          `start the server: nats-server -c ${join(out, 'nats-server.conf')}`,
+          "account.nk (the signing key that mints every job's site and coordinator credentials) and operator.creds (a user that may run any job) go to the Consort operator only.",
+          '',
+        ].join('\n'),
       );
+      return 0;
     }
+    const job = readJobFile(parsed.data.job!);
+    const files = natsConfigFiles(job.spec.sites.map((s) => s.name));
+    refuseExisting(out, flags.out, files);
     const auth = natsAuthFor(job, { listen: flags.listen, storeDir });
     writeNatsConfigFiles(out, auth);
     process.stdout.write(
@@ -167,6 +207,21 @@ export async function natsConfigCommand(jobPath: string, rawFlags: Record<string
     return 0;
   } catch (err) {
     return reportFailure(err);
+  }
+}
+
+/** The files `consort nats-config --cluster` writes, relative to --out. */
+export const CLUSTER_CONFIG_FILES = ['nats-server.conf', 'operator.creds', 'account.nk'] as const;
+
+/** Writes CLUSTER_CONFIG_FILES into `out` (new files only; the secrets readable by their owner only). */
+export function writeClusterConfigFiles(out: string, config: string, signer: AccountSigner, operatorCreds: string): void {
+  try {
+    mkdirSync(out, { recursive: true });
+    writeFileSync(join(out, 'nats-server.conf'), config, { flag: 'wx' });
+    writeSecret(join(out, 'operator.creds'), operatorCreds);
+    writeSecret(join(out, 'account.nk'), renderAccountSigner(signer));
+  } catch (err) {
+    throw new CliError('CONSORT_CLI_OUTPUT', `cannot write into ${out}: ${(err as Error).message}`, { cause: err });
   }
 }
 
@@ -185,6 +240,11 @@ export function writeNatsConfigFiles(out: string, auth: NatsAuth): void {
 
 /** A seed file: the seed and a newline, readable by its owner only. */
 function writeSeed(path: string, seed: string): void {
-  writeFileSync(path, `${seed}\n`, { flag: 'wx', mode: 0o600 });
+  writeSecret(path, `${seed}\n`);
+}
+
+/** A new file readable by its owner only. */
+function writeSecret(path: string, text: string): void {
+  writeFileSync(path, text, { flag: 'wx', mode: 0o600 });
   chmodSync(path, 0o600); // whatever the umask
 }

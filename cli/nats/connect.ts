@@ -1,40 +1,109 @@
-// A connection as one user of a job's NATS account: NKey authentication, the user's own inbox
-// prefix (its permissions allow replies there only), and reconnects that never give up.
+// A connection as one user of a job's NATS account: NKey authentication (a seed file of `consort
+// nats-config JOB`) or a user JWT (a `.creds` file minted with the Consort account's signing key,
+// operator/nats/trust.ts), the user's own inbox prefix (its permissions allow replies there only),
+// and reconnects that never give up.
 import { readFileSync } from 'node:fs';
-import { type ConnectionOptions, connect, type NatsConnection, nkeyAuthenticator } from '@nats-io/transport-node';
+import { type ConnectionOptions, connect, credsAuthenticator, type NatsConnection, nkeyAuthenticator } from '@nats-io/transport-node';
+import { inboxOf } from '../../core/protocol/permissions.ts';
 import { inboxPrefix } from '../../core/protocol/subjects.ts';
 import { CliError } from '../errors.ts';
 
 const SEED = /^SU[A-Z2-7]{56}$/;
+const CREDS_JWT = '-----BEGIN NATS USER JWT-----';
+const JWT = /-----BEGIN NATS USER JWT-----\s*\n\s*([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)\s*\n/;
 
-/** The user seed in `seedOrFile`: a seed itself (SU...) or the path of a seed file (as `consort nats-config` writes). */
-export function readSeed(seedOrFile: string): string {
-  if (SEED.test(seedOrFile)) return seedOrFile;
-  let text: string;
+function readCredentials(file: string): string {
   try {
-    text = readFileSync(seedOrFile, 'utf8');
+    return readFileSync(file, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new CliError('CONSORT_CLI_CREDENTIALS', `${seedOrFile}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { cause: err });
+    throw new CliError('CONSORT_CLI_CREDENTIALS', `${file}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { cause: err });
   }
+}
+
+/**
+ * The user seed in `seedOrFile`: a seed itself (SU...), or the path of a seed file (as `consort
+ * nats-config JOB` writes) or of a `.creds` file (its seed, after the JWT). Sites sign with it.
+ */
+export function readSeed(seedOrFile: string): string {
+  if (SEED.test(seedOrFile)) return seedOrFile;
+  const text = readCredentials(seedOrFile);
   const seed = text.split('\n').find((l) => SEED.test(l.trim()));
   if (!seed) throw new CliError('CONSORT_CLI_CREDENTIALS', `${seedOrFile}: no NKey user seed (a line SU...) in the file`);
   return seed.trim();
 }
 
+interface CredsClaims {
+  name: string;
+  /** The inbox prefix the JWT's permissions allow replies on, when they name one. */
+  inbox: string | undefined;
+}
+
+/** What connectAs needs of a `.creds` file's user JWT (unverified: the server checks the signature). */
+function credsClaims(file: string, text: string): CredsClaims {
+  const m = JWT.exec(text);
+  let claims: { name?: unknown; nats?: { sub?: { allow?: unknown } } } | undefined;
+  try {
+    claims = m ? JSON.parse(Buffer.from(m[1]!.split('.')[1]!, 'base64url').toString('utf8')) : undefined;
+  } catch {
+    claims = undefined;
+  }
+  if (typeof claims?.name !== 'string') {
+    throw new CliError('CONSORT_CLI_CREDENTIALS', `${file}: not a NATS .creds file (no readable user JWT after ${CREDS_JWT})`);
+  }
+  readSeed(file);
+  const allow = claims.nats?.sub?.allow;
+  return { name: claims.name, inbox: Array.isArray(allow) ? inboxOf(allow.filter((a): a is string => typeof a === 'string')) : undefined };
+}
+
+interface Login {
+  authenticator: NonNullable<ConnectionOptions['authenticator']>;
+  inboxPrefix: string;
+}
+
 /**
- * Connects to `url` as `user` ("_coordinator" or a site name). Reconnects forever, every 250 ms
- * plus up to 250 ms of jitter, so that a restarted server finds every client back; `extra`
- * overrides any option. A refused connection (bad credentials, no server) is a CliError whose
- * cause is nats.js's error.
+ * How `seedOrFile` logs in as `user`: an NKey seed (replies on inboxPrefix(user)), or a creds
+ * file, re-read at every connect so that a renewed one is picked up, whose replies come where its
+ * JWT allows (jobInboxPrefix(job, user) for a job's user on a shared server).
+ */
+function loginFor(seedOrFile: string, user: string): Login {
+  if (!SEED.test(seedOrFile)) {
+    let text = readCredentials(seedOrFile);
+    if (text.includes(CREDS_JWT)) {
+      const claims = credsClaims(seedOrFile, text);
+      if (claims.name !== user) {
+        throw new CliError('CONSORT_CLI_CREDENTIALS', `${seedOrFile}: these credentials are for user "${claims.name}", not "${user}"`);
+      }
+      const authenticator = credsAuthenticator(() => {
+        try {
+          const again = readFileSync(seedOrFile, 'utf8');
+          if (again.includes(CREDS_JWT)) text = again;
+        } catch {
+          // Gone for a moment (a Secret being replaced): the last good copy.
+        }
+        return new TextEncoder().encode(text);
+      });
+      return { authenticator, inboxPrefix: claims.inbox ?? inboxPrefix(user) };
+    }
+  }
+  return { authenticator: nkeyAuthenticator(new TextEncoder().encode(readSeed(seedOrFile))), inboxPrefix: inboxPrefix(user) };
+}
+
+/**
+ * Connects to `url` as `user` ("_coordinator", "_operator" or a site name) with an NKey seed, a
+ * seed file or a `.creds` file whose JWT names `user`, with the inbox prefix its permissions
+ * allow replies on (loginFor). Reconnects forever, every 250 ms plus up to
+ * 250 ms of jitter, so that a restarted server finds every client back; `extra` overrides any
+ * option. A refused connection (bad or expired credentials, no server) is a CliError whose cause
+ * is nats.js's error.
  */
 export async function connectAs(url: string | string[], seedOrFile: string, user: string, extra: ConnectionOptions = {}): Promise<NatsConnection> {
-  const seed = new TextEncoder().encode(readSeed(seedOrFile));
+  const login = loginFor(seedOrFile, user);
   try {
     return await connect({
       servers: url,
-      authenticator: nkeyAuthenticator(seed),
-      inboxPrefix: inboxPrefix(user),
+      authenticator: login.authenticator,
+      inboxPrefix: login.inboxPrefix,
       name: `consort ${user}`,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,

@@ -30,7 +30,10 @@ export const OperatorFlags = z
     namespace: z.string().min(1).optional(),
     workers: intFlag(1, 64).default(4),
     leaderElect: z.boolean().default(true),
-    leaseNamespace: z.string().min(1).default(process.env.POD_NAMESPACE ?? 'consort-system'),
+    leaseNamespace: z
+      .string()
+      .min(1)
+      .default(process.env.POD_NAMESPACE ?? 'consort-system'),
     leaseName: z.string().min(1).default('consort-operator'),
     identity: z.string().min(1).default(`${hostname()}-${process.pid}`),
     site: z.string().min(1).optional(),
@@ -39,7 +42,8 @@ export const OperatorFlags = z
   })
   .strict()
   .superRefine((f, ctx) => {
-    if (f.mode === 'cluster' && !f.accountKey) ctx.addIssue({ code: 'custom', path: ['account-key'], message: 'is required in cluster mode (it mints the jobs\' NATS users)' });
+    if (f.mode === 'cluster' && !f.accountKey)
+      ctx.addIssue({ code: 'custom', path: ['account-key'], message: "is required in cluster mode (it mints the jobs' NATS users)" });
     if (f.mode === 'site' && !f.site) ctx.addIssue({ code: 'custom', path: ['site'], message: 'is required in site mode' });
   });
 export type OperatorFlags = z.infer<typeof OperatorFlags>;
@@ -48,7 +52,10 @@ function readText(path: string, what: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (err) {
-    throw new CliError('CONSORT_CLI_CREDENTIALS', `${what} ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+    throw new CliError(
+      'CONSORT_CLI_CREDENTIALS',
+      `${what} ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`,
+    );
   }
 }
 

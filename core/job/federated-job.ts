@@ -155,9 +155,13 @@ export const Toleration = z
 
 export const DataVolume = z
   .object({
-    claimName: dnsLabel.optional().describe('A PersistentVolumeClaim in the job\'s namespace that holds the site\'s data.'),
+    claimName: dnsLabel.optional().describe("A PersistentVolumeClaim in the job's namespace that holds the site's data."),
     hostPath: z.string().startsWith('/', 'must be an absolute path').optional().describe('A folder on the node that holds the data.'),
-    mountPath: z.string().startsWith('/', 'must be an absolute path').default('/data').describe('Where the worker sees the volume; relative data paths resolve against it.'),
+    mountPath: z
+      .string()
+      .startsWith('/', 'must be an absolute path')
+      .default('/data')
+      .describe('Where the worker sees the volume; relative data paths resolve against it.'),
     readOnly: z.boolean().default(true),
   })
   .strict()
@@ -183,7 +187,7 @@ export const SiteSpec = z
     volume: DataVolume.optional().describe("The site's data volume, mounted into its worker Pod."),
     resources: ResourcesSpec.optional().describe('Overrides spec.worker.resources for this site.'),
     nodeSelector: z.record(z.string(), z.string()).optional().describe('Overrides spec.worker.nodeSelector for this site.'),
-    remote: z.boolean().default(false).describe("The site runs in its own cluster (consort operator --mode site): no Pod is created here."),
+    remote: z.boolean().default(false).describe('The site runs in its own cluster (consort operator --mode site): no Pod is created here.'),
   })
   .strict();
 export type SiteSpec = z.infer<typeof SiteSpec>;
@@ -302,7 +306,7 @@ export const CoordinatorSpec = z
       .enum(['operator', 'pod'])
       .default('operator')
       .describe('operator: the round loop runs inside the operator; pod: in a Pod of its own (for models too large to aggregate beside other jobs).'),
-    resources: ResourcesSpec.optional().describe('placement pod: the coordinator Pod\'s resources.'),
+    resources: ResourcesSpec.optional().describe("placement pod: the coordinator Pod's resources."),
     joinTimeoutSeconds: z.number().int().min(1).max(86_400).default(300).describe('How long to wait for every site before starting with a quorum.'),
   })
   .strict();
@@ -312,7 +316,9 @@ export const FederatedJobSpec = z
   .object({
     model: ModelSpec,
     classes: z.array(z.string().min(1)).min(2).optional().describe('Label values in class-index order; CSV/image jobs default to the sorted labels seen.'),
-    sites: z.array(SiteSpec).min(1).max(100_000),
+    // A FederatedJob object must fit etcd's 1.5 MiB, and the CRD's CEL rules run once per site
+    // within the API server's cost budget: 10,000 sites is what a cluster can hold.
+    sites: z.array(SiteSpec).min(1).max(10_000),
     rounds: positiveInt.max(100_000).default(20),
     sampling: SamplingSpec.default({ minSites: 1 }),
     training: TrainingSpec.default(TrainingSpec.parse({})),

@@ -1,12 +1,17 @@
-// Who may do what on a job's NATS account: one user per site and one for the coordinator, each
-// limited to the subjects of the protocol map (core/protocol/subjects.ts) and the JetStream API
-// subjects that its Object Store calls need. Each entry below was found by experiment against
-// nats-server 2.15 with nats.js 3.4 (test/integration/nats-permissions.test.ts checks both what
-// is allowed and what is not); cli/nats/README.md explains each one.
-import { buckets, inboxPrefix, subjects } from '../../core/protocol/subjects.ts';
+// Who may do what on NATS: one user per site and one for the coordinator of each job, each
+// limited to the subjects of the protocol map (subjects.ts) and the JetStream API subjects that its
+// Object Store calls need, and the Consort operator's own user, which runs any job. Each entry
+// below was found by experiment against nats-server 2.15 with nats.js 3.4
+// (test/integration/nats-permissions.test.ts and nats-jwt-auth.test.ts check both what is allowed
+// and what is not); cli/nats/README.md explains each one. Pure: the static per-job configuration
+// (cli/nats/config.ts) and the operator's minted JWTs (operator/nats/trust.ts) both render these.
+import { buckets, inboxPrefix, subjects } from './subjects.ts';
 
 /** The coordinator's user name (its inbox prefix): "_" cannot start a site name, so no site shares it. */
 export const COORDINATOR_USER = '_coordinator';
+
+/** The Consort operator's own user name (its inbox prefix): it coordinates any job over one connection. */
+export const OPERATOR_USER = '_operator';
 
 export interface UserPermissions {
   publish: string[];
@@ -57,8 +62,12 @@ function objectAdmin(bucket: string): string[] {
   ];
 }
 
-/** A site: speaks only as itself, writes only its own updates, reads only the global models. */
-export function sitePermissions(job: string, site: string): UserPermissions {
+/**
+ * A site: speaks only as itself, writes only its own updates, reads only the global models.
+ * `inbox` is the prefix of its replies: inboxPrefix(site) on a server of this job alone,
+ * jobInboxPrefix(job, site) on a server shared by many jobs.
+ */
+export function sitePermissions(job: string, site: string, inbox: string = inboxPrefix(site)): UserPermissions {
   const subj = subjects(job);
   const b = buckets(job);
   return {
@@ -70,14 +79,14 @@ export function sitePermissions(job: string, site: string): UserPermissions {
       ...objectGet(b.models),
       ...objectPut(b.updates(site)),
     ]),
-    subscribe: [subj.task(site), subj.round, `${inboxPrefix(site)}.>`],
+    subscribe: [subj.task(site), subj.round, `${inbox}.>`],
     // A site acknowledges the tasks it is sent (request/reply).
     allowResponses: true,
   };
 }
 
-/** The coordinator: every subject of the job and every bucket of the job, and replies to sites' requests. */
-export function coordinatorPermissions(job: string, sites: readonly string[]): UserPermissions {
+/** The coordinator: every subject of the job and every bucket of the job, and replies to sites' requests. `inbox` as for sites. */
+export function coordinatorPermissions(job: string, sites: readonly string[], inbox: string = inboxPrefix(COORDINATOR_USER)): UserPermissions {
   const subj = subjects(job);
   const b = buckets(job);
   const jobSubjects = [
@@ -97,11 +106,38 @@ export function coordinatorPermissions(job: string, sites: readonly string[]): U
       `${JS}.STREAM.LIST`,
       ...[b.models, b.state, ...sites.map((s) => b.updates(s))].flatMap(objectAdmin),
     ]),
-    subscribe: [...jobSubjects, `${inboxPrefix(COORDINATOR_USER)}.>`],
+    subscribe: [...jobSubjects, `${inbox}.>`],
     allowResponses: true,
   };
 }
 
+/**
+ * The Consort operator: everything of every job (all protocol subjects, the JetStream API, every
+ * Object Store bucket), so that its in-process coordinators share one connection. Subject
+ * wildcards match whole tokens only, and a bucket's name is one token: "every consort bucket"
+ * cannot be said more narrowly than "every bucket", so the operator user is the admin of the
+ * whole Consort account, which holds nothing but jobs.
+ */
+export function operatorPermissions(): UserPermissions {
+  const everyJob = ['consort.>'];
+  return {
+    publish: [...everyJob, `${JS}.>`, '$JS.FC.>', '$JS.ACK.>', '$O.>'],
+    subscribe: [...everyJob, `${inboxPrefix(OPERATOR_USER)}.>`],
+    allowResponses: true,
+  };
+}
+
+/** The inbox prefix a subscribe list allows replies on: P of its one `P.>` with P starting `_INBOX` (undefined unless exactly one). */
+export function inboxOf(subscribe: readonly string[]): string | undefined {
+  const inboxes = subscribe.filter((s) => s.startsWith('_INBOX') && s.endsWith('.>')).map((s) => s.slice(0, -2));
+  return inboxes.length === 1 ? inboxes[0] : undefined;
+}
+
 function unique(list: string[]): string[] {
   return [...new Set(list)];
+}
+
+/** A site's agent (`consort operator --mode site`): reads its own assignments and answers them, nothing else. */
+export function siteAgentPermissions(site: string): UserPermissions {
+  return { publish: [], subscribe: [`consort.assign.${site}`, `${inboxPrefix(site)}.>`], allowResponses: true };
 }

@@ -60,3 +60,13 @@ export const objectNames = {
 export function inboxPrefix(user: string): string {
   return `_INBOX_${user}`;
 }
+
+/**
+ * Inbox prefix of a job's user on a server shared by many jobs, where one site name (or
+ * "_coordinator") is a user of each job it takes part in: `_INBOX_<job>_<user>`, so that a site
+ * or coordinator of one job cannot subscribe to the replies of another job's, JetStream's
+ * included (which carry object chunks). Unambiguous: a job key has one "_", a site name none.
+ */
+export function jobInboxPrefix(job: string, user: string): string {
+  return inboxPrefix(`${job}_${user}`);
+}

@@ -9,25 +9,16 @@ import { Objm } from '@nats-io/obj';
 import { FederatedJobSpec, type FederatedJob } from '../../core/job/federated-job.ts';
 import type { FederatedJobStatus, JobPhase } from '../../core/job/federated-job-status.ts';
 import { describeIssues } from '../../core/job/issues.ts';
-import { buckets, jobKey } from '../../core/protocol/subjects.ts';
+import { type Assignment, AssignmentReply, assignmentSubject } from '../../core/protocol/assignment.ts';
+import { buckets, jobKey, PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
+import { decodeJson, encodeJson } from '../../core/protocol/wire.ts';
 import { isConflict, isNotFound, type KubeClient, type KubeObject, resourcePath, Resources } from '../kube/client.ts';
 import { EventRecorder } from '../kube/events.ts';
 import { Informer, keyOf } from '../kube/informer.ts';
 import { WorkQueue } from '../kube/work-queue.ts';
 import { type AccountSigner, mintJobCreds } from '../nats/trust.ts';
 import { InOperatorRun, type JobRun, PodRun } from './job-runs.ts';
-import {
-  coordinatorPod,
-  FINALIZER,
-  type JobObject,
-  jobConfigMap,
-  LABELS,
-  MANAGED_BY,
-  names,
-  type PodSettings,
-  secret,
-  workerPod,
-} from './manifests.ts';
+import { coordinatorPod, FINALIZER, type JobObject, jobConfigMap, LABELS, MANAGED_BY, names, type PodSettings, secret, workerPod } from './manifests.ts';
 import { desiredStatus, sameJson } from './status.ts';
 
 export interface ControllerOptions {
@@ -65,6 +56,10 @@ export class FederatedJobController {
   readonly #events: EventRecorder;
   readonly #restarts = new Map<string, Map<string, number>>();
   readonly #refusals = new Map<string, Map<string, string>>();
+  /** Jobs this operator saw finish (their terminal status may not be in the cache yet). */
+  readonly #finished = new Map<string, { uid: string; generation: number }>();
+  /** Remote sites' answers, by job uid and site. */
+  readonly #assignments = new Map<string, 'asking' | 'accepted' | 'refused'>();
   readonly #log: (line: string) => void;
   #reconciling = false;
   /** Status writes and reconciles done, for tests and metrics. */
@@ -147,7 +142,13 @@ export class FederatedJobController {
       return undefined;
     }
     job.spec = parsed.data;
-    if (TERMINAL.includes(status.phase as JobPhase) && status.observedGeneration === job.metadata.generation) {
+    // The cache may not have our own terminal status write back yet: remember it, or a reconcile
+    // in between would start the finished job again.
+    const finished = this.#finished.get(key);
+    const terminal =
+      (TERMINAL.includes(status.phase as JobPhase) && status.observedGeneration === job.metadata.generation) ||
+      (finished !== undefined && finished.uid === job.metadata.uid && finished.generation === job.metadata.generation);
+    if (terminal) {
       await this.#stopRun(key);
       await this.#deleteWorkers(job);
       return undefined;
@@ -196,6 +197,7 @@ export class FederatedJobController {
         if (created && status.phase !== undefined && status.phase !== 'Pending') this.#bumpRestart(key, site.name);
       }
     }
+    for (const site of job.spec.sites) if (site.remote) this.#assign(key, job, site.name);
     if (placement === 'pod') {
       const name = names.coordinatorPod(job.metadata.name);
       const pod = this.#owned(this.pods, ns, name);
@@ -209,14 +211,21 @@ export class FederatedJobController {
       const ctx = { nc: this.#o.nc, log: this.#log, onChange: () => this.queue.add(key) };
       run = placement === 'operator' ? new InOperatorRun(withUid, keys, ctx) : new PodRun(withUid, ctx);
       this.runs.set(key, run);
-      if (status.phase === undefined || status.phase === 'Pending') await this.#events.record(job, 'Normal', 'Started', `round loop started (${placement === 'operator' ? 'in the operator' : 'in a coordinator Pod'})`);
+      if (status.phase === undefined || status.phase === 'Pending')
+        await this.#events.record(job, 'Normal', 'Started', `round loop started (${placement === 'operator' ? 'in the operator' : 'in a coordinator Pod'})`);
       else await this.#events.record(job, 'Normal', 'Resumed', `round loop resumed from its checkpoint after round ${status.round ?? 0}`);
     }
 
     const s = run.progress.state;
+    if (s === 'succeeded' || s === 'failed') this.#finished.set(key, { uid: job.metadata.uid!, generation: job.metadata.generation ?? 0 });
     if (s === 'succeeded') {
       await this.#writeStatus(job, 'Succeeded', {});
-      await this.#events.record(job, 'Normal', 'Succeeded', `completed ${run.progress.round} rounds; accuracy ${run.progress.last?.globalAccuracy.toFixed(4) ?? 'n/a'}`);
+      await this.#events.record(
+        job,
+        'Normal',
+        'Succeeded',
+        `completed ${run.progress.round} rounds; accuracy ${run.progress.last?.globalAccuracy.toFixed(4) ?? 'n/a'}`,
+      );
       await this.#stopRun(key);
       await this.#deleteWorkers(job);
       return undefined;
@@ -371,7 +380,12 @@ export class FederatedJobController {
       }
     } catch (err) {
       if (since < (this.#o.cleanupTimeoutMs ?? 60_000)) throw err; // retried with backoff
-      await this.#events.record(job, 'Warning', 'CleanupIncomplete', `could not delete the job's NATS buckets (${(err as Error).message}); giving up so that deletion is not blocked`);
+      await this.#events.record(
+        job,
+        'Warning',
+        'CleanupIncomplete',
+        `could not delete the job's NATS buckets (${(err as Error).message}); giving up so that deletion is not blocked`,
+      );
     }
     const finalizers = (job.metadata.finalizers ?? []).filter((f) => f !== FINALIZER);
     try {
@@ -383,16 +397,56 @@ export class FederatedJobController {
     }
     this.#restarts.delete(key);
     this.#refusals.delete(key);
+    this.#finished.delete(key);
     this.#events.forget(job.metadata.uid!);
     this.#log(`${key}: deleted; its NATS buckets are removed`);
     return undefined;
   }
 
-  /** A site's own operator refused the job (site mode). */
-  recordRefusal(key: string, site: string, reason: string): void {
-    const m = this.#refusals.get(key) ?? new Map<string, string>();
-    m.set(site, reason);
-    this.#refusals.set(key, m);
-    this.queue.add(key);
+  /**
+   * Asks a remote site's agent to run the job (site mode), once per job uid and site, in the
+   * background: an answer re-queues the job; no answer (agent not running yet) is asked again.
+   */
+  #assign(key: string, job: JobObject, site: string): void {
+    const uid = job.metadata.uid!;
+    // Asked again when the spec changes: a new spec may pass a policy the old one failed.
+    const id = `${uid}/${job.metadata.generation ?? 0}/${site}`;
+    const state = this.#assignments.get(id);
+    if (state === 'asking' || state === 'accepted' || state === 'refused') return;
+    const creds = decode(this.#owned(this.secrets, job.metadata.namespace!, names.siteSecret(job.metadata.name, site)), 'site.creds');
+    if (!creds) return; // the Secret's event re-queues the job
+    this.#assignments.set(id, 'asking');
+    const assignment: Assignment = {
+      type: 'assignment',
+      protocol: PROTOCOL_VERSION,
+      site,
+      job: { namespace: job.metadata.namespace!, name: job.metadata.name, uid },
+      spec: job.spec,
+      creds,
+      natsUrl: this.#o.pods.natsUrl,
+    };
+    void (async () => {
+      try {
+        const msg = await this.#o.nc.request(assignmentSubject(site), encodeJson(assignment), { timeout: 5000 });
+        const r = AssignmentReply.safeParse(decodeJson(msg.data));
+        if (!r.success || r.data.uid !== uid) throw new Error(`site ${site}: an answer that is not an assignment reply`);
+        if (r.data.accepted) {
+          this.#assignments.set(id, 'accepted');
+          this.#refusals.get(key)?.delete(site);
+          await this.#events.record(job, 'Normal', 'SiteAccepted', `site ${site} accepted the job; its worker runs in its own cluster`);
+        } else {
+          this.#assignments.set(id, 'refused');
+          const m = this.#refusals.get(key) ?? new Map<string, string>();
+          m.set(site, `${r.data.reason ?? 'refused'} [${r.data.code ?? 'CONSORT_P_REFUSED'}]`);
+          this.#refusals.set(key, m);
+          await this.#events.record(job, 'Warning', 'SiteRefused', `site ${site} refused the job: ${r.data.reason} [${r.data.code}]`);
+        }
+        this.queue.add(key);
+      } catch (err) {
+        this.#assignments.delete(id);
+        this.#log(`${key}: assignment to site ${site} not answered (${(err as Error).message}); asking again`);
+        this.queue.addAfter(key, 5000);
+      }
+    })();
   }
 }

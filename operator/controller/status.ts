@@ -80,10 +80,21 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
       'Progressing',
       p === 'Pending' || p === 'Running',
       p === 'Running' ? 'RoundsRunning' : p === 'Pending' ? 'Starting' : p,
-      p === 'Running' ? `round ${o.progress?.round ?? old.round ?? 0} of ${o.job.spec.rounds} completed` : p === 'Pending' ? 'creating credentials and Pods; waiting for the sites to join' : `the job is ${p.toLowerCase()}`,
+      p === 'Running'
+        ? `round ${o.progress?.round ?? old.round ?? 0} of ${o.job.spec.rounds} completed`
+        : p === 'Pending'
+          ? 'creating credentials and Pods; waiting for the sites to join'
+          : `the job is ${p.toLowerCase()}`,
     ),
   );
-  conditions.push(cond('Suspended', p === 'Suspended', p === 'Suspended' ? 'SuspendedBySpec' : 'NotSuspended', p === 'Suspended' ? 'paused after a round; set spec.suspend to false to resume' : 'not suspended'));
+  conditions.push(
+    cond(
+      'Suspended',
+      p === 'Suspended',
+      p === 'Suspended' ? 'SuspendedBySpec' : 'NotSuspended',
+      p === 'Suspended' ? 'paused after a round; set spec.suspend to false to resume' : 'not suspended',
+    ),
+  );
   const refusals = [...o.refusals].map(([s, why]) => `${s}: ${why}`);
   conditions.push(
     cond(
@@ -93,7 +104,15 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
       refusals.length === 0 ? 'no site refused the job' : `refused by ${refusals.join('; ')}`,
     ),
   );
-  if (p === 'Succeeded') conditions.push(cond('Succeeded', true, 'RoundsCompleted', `completed ${o.progress?.round ?? old.round ?? 0} rounds; the model is in ${o.progress?.model?.bucket ?? old.model?.bucket}`));
+  if (p === 'Succeeded')
+    conditions.push(
+      cond(
+        'Succeeded',
+        true,
+        'RoundsCompleted',
+        `completed ${o.progress?.round ?? old.round ?? 0} rounds; the model is in ${o.progress?.model?.bucket ?? old.model?.bucket}`,
+      ),
+    );
   if (p === 'Failed') conditions.push(cond('Failed', true, o.problem?.reason ?? 'Failed', o.problem?.message ?? 'the job failed'));
   const model = o.progress?.model ?? old.model;
   const round = o.progress?.round ?? old.round ?? 0;
@@ -102,7 +121,11 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
     observedGeneration: gen,
     round,
     rounds: o.job.spec.rounds,
-    ...(last ? { accuracy: round4(last.globalAccuracy), loss: round4(last.globalLoss) } : old.accuracy !== undefined ? { accuracy: old.accuracy, loss: old.loss } : {}),
+    ...(last
+      ? { accuracy: round4(last.globalAccuracy), loss: round4(last.globalLoss) }
+      : old.accuracy !== undefined
+        ? { accuracy: old.accuracy, loss: old.loss }
+        : {}),
     ...(last?.globalAuc !== undefined ? { auc: round4(last.globalAuc) } : old.auc !== undefined ? { auc: old.auc } : {}),
     sitesReady: `${ready}/${sites.length}`,
     sites,

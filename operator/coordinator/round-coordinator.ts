@@ -131,8 +131,7 @@ export class RoundCoordinator {
         throw new OperatorError('CONSORT_C_PAUSED', `paused after round ${round} (its checkpoint is saved)`);
       }
     }
-    const final =
-      last && last.round === round && last.all ? last.scores : await this.guard(this.evaluateRound(round, this.evaluators(round, true)));
+    const final = last && last.round === round && last.all ? last.scores : await this.guard(this.evaluateRound(round, this.evaluators(round, true)));
     return { global: this.global, rounds: records, roundsCompleted: round, stoppedBy, final };
   }
 

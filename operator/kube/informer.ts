@@ -77,13 +77,16 @@ export class Informer<T extends KubeObject> {
 
   start(): this {
     this.#loop = this.#run();
-    this.#watchdog = setInterval(() => {
-      if (this.#ctl && Date.now() - this.#lastHeard > this.#opts.stallMs) {
-        this.#opts.log(`informer ${this.#opts.path}: no event for ${Math.round(this.#opts.stallMs / 1000)} s; re-listing`);
-        this.#rv = '';
-        this.#ctl.abort();
-      }
-    }, Math.min(this.#opts.stallMs, 5000));
+    this.#watchdog = setInterval(
+      () => {
+        if (this.#ctl && Date.now() - this.#lastHeard > this.#opts.stallMs) {
+          this.#opts.log(`informer ${this.#opts.path}: no event for ${Math.round(this.#opts.stallMs / 1000)} s; re-listing`);
+          this.#rv = '';
+          this.#ctl.abort();
+        }
+      },
+      Math.min(this.#opts.stallMs, 5000),
+    );
     this.#watchdog.unref();
     return this;
   }

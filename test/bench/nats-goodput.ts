@@ -15,7 +15,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { Objm, type ObjectStore, StorageType } from '@nats-io/obj';
 import { natsAuthFor } from '../../cli/nats/config.ts';
 import { connectAs } from '../../cli/nats/connect.ts';
-import { COORDINATOR_USER } from '../../cli/nats/permissions.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { NatsServer } from '../../cli/nats/server.ts';
 import { layoutSize } from '../../core/model/layout.ts';
 import { UpdateIngestor } from '../../core/protocol/ingestion.ts';

@@ -9,7 +9,7 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { natsAuthFor } from '../../cli/nats/config.ts';
 import { connectAs } from '../../cli/nats/connect.ts';
-import { COORDINATOR_USER } from '../../cli/nats/permissions.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { NatsServer } from '../../cli/nats/server.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { FLWR_VERSION, flowerRounds } from './flower-baseline.ts';

@@ -119,7 +119,10 @@ export class ConsortCluster {
   }
 
   /** The job's object as the API server has it (admin). */
-  async job(name: string, namespace = 'default'): Promise<{ metadata: Record<string, unknown>; spec: Record<string, unknown>; status?: Record<string, unknown> } | undefined> {
+  async job(
+    name: string,
+    namespace = 'default',
+  ): Promise<{ metadata: Record<string, unknown>; spec: Record<string, unknown>; status?: Record<string, unknown> } | undefined> {
     const r = await this.cp.request(`/apis/consort.dev/v1alpha1/namespaces/${namespace}/federatedjobs/${name}`);
     return r.status === 200 ? (r.body as never) : undefined;
   }
@@ -141,10 +144,23 @@ export class ConsortCluster {
       {
         timeoutMs: opts.timeoutMs ?? 180_000,
         intervalMs: 250,
-        describe: () => `status: ${JSON.stringify(last, null, 1).slice(0, 3000)}\n${this.operators.map((p) => `--- ${p.name}\n${p.log(3000)}`).join('\n')}`,
+        describe: () =>
+          `status: ${JSON.stringify(last, null, 1).slice(0, 3000)}\n${this.operators.map((p) => `--- ${p.name}\n${p.log(3000)}`).join('\n')}\n${this.podLogs(name)}`,
       },
     );
     return last;
+  }
+
+  /** The logs of every Pod of job `job` the runner ran (any namespace), for assertion messages. */
+  podLogs(job: string, tail = 1500): string {
+    return this.runner
+      .podKeys()
+      .filter((k) => k.split('/')[1]!.startsWith(`${job}-`))
+      .map((k) => {
+        const [ns, name] = k.split('/') as [string, string];
+        return `--- pod ${k}\n${this.runner.logs(ns, name).slice(-tail)}`;
+      })
+      .join('\n');
   }
 
   async stop(): Promise<void> {

@@ -16,7 +16,7 @@ import { parse, stringify } from 'yaml';
 import { readJobFile } from '../../cli/job-file.ts';
 import { type NatsAuth, natsAuthFor, writeNatsConfigFiles } from '../../cli/nats/config.ts';
 import { connectAs } from '../../cli/nats/connect.ts';
-import { COORDINATOR_USER } from '../../cli/nats/permissions.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { type EvaluationEnvelope, Hello, RoundNotice, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';

@@ -1,15 +1,17 @@
 // `consort nats-config` as a user runs it: the files it writes (seeds readable by their owner
-// only), a configuration nats-server accepts and that admits the written seeds, and exit status
-// 2 with the flag named for bad input.
+// only), a configuration nats-server accepts and that admits the written seeds (a job's own, and
+// with --cluster the shared server's, its operator user and the users minted with account.nk),
+// and exit status 2 with the flag named for bad input.
 import { execFileSync } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fromSeed } from '@nats-io/nkeys';
 import { describe, expect, it } from 'vitest';
-import { natsConfigFiles, TrustedKeys } from '../../cli/nats/config.ts';
+import { CLUSTER_CONFIG_FILES, natsConfigFiles, TrustedKeys } from '../../cli/nats/config.ts';
 import { connectAs } from '../../cli/nats/connect.ts';
-import { COORDINATOR_USER } from '../../cli/nats/permissions.ts';
+import { COORDINATOR_USER, OPERATOR_USER } from '../../core/protocol/permissions.ts';
 import { subjects } from '../../core/protocol/subjects.ts';
+import { mintJobCreds, parseAccountSigner } from '../../operator/nats/trust.ts';
 import { runConsort, transcript } from '../helpers/consort-cli.ts';
 import { hospitalSpec, writeJob } from '../helpers/jobs.ts';
 import { NatsServer, natsServerBinary } from '../helpers/nats-server.ts';
@@ -106,10 +108,66 @@ describe.concurrent('consort nats-config', () => {
     expect(r.stderr).toContain('metadata.name');
   });
 
+  it('--cluster writes the shared server configuration, operator.creds and account.nk (mode 0600), which work together', async () => {
+    const dir = tmp('nats-config');
+    const out = join(dir, 'cluster');
+    const r = await runConsort(['nats-config', '--cluster', '--out', out, '--listen', '0.0.0.0:14222', '--store', join(dir, 'js')]);
+    expect(r.code, transcript(r)).toBe(0);
+    expect(r.stderr).toBe('');
+    for (const f of CLUSTER_CONFIG_FILES) {
+      expect(r.stdout, f).toContain(f);
+      if (f !== 'nats-server.conf') expect(statSync(join(out, f)).mode & 0o777, f).toBe(0o600);
+    }
+    const conf = readFileSync(join(out, 'nats-server.conf'), 'utf8');
+    expect(conf).toContain('listen: "0.0.0.0:14222"');
+    expect(conf).toContain(`store_dir: ${JSON.stringify(join(dir, 'js'))}`);
+    expect(conf).toMatch(/^operator: "eyJ/m);
+    expect(conf).toMatch(/^resolver: MEMORY$/m);
+    execFileSync(natsServerBinary(), ['-t', '-c', join(out, 'nats-server.conf')], { stdio: 'pipe' });
+
+    // The server admits the operator's user, and a site minted with account.nk.
+    const server = await NatsServer.start({ config: conf });
+    try {
+      const operator = await connectAs(server.url, join(out, 'operator.creds'), OPERATOR_USER);
+      const signer = parseAccountSigner(readFileSync(join(out, 'account.nk'), 'utf8'));
+      const creds = await mintJobCreds(signer, 'default_clinic', ['north'], { expiresAt: new Date(Date.now() + 600_000) });
+      writeFileSync(join(dir, 'north.creds'), creds.sites.north!.creds);
+      const north = await connectAs(server.url, join(dir, 'north.creds'), 'north');
+      const subj = subjects('default_clinic');
+      const sub = operator.subscribe(subj.helloAll, {
+        callback: (_err, m) => {
+          m.respond('welcome');
+        },
+      });
+      await operator.flush();
+      expect((await north.request(subj.hello('north'), 'hi', { timeout: 5000 })).string()).toBe('welcome');
+      sub.unsubscribe();
+      await Promise.all([operator.close(), north.close()]);
+    } finally {
+      await server.stop();
+    }
+    const again = await runConsort(['nats-config', '--cluster', '--out', out]);
+    expect(again.code, transcript(again)).toBe(2);
+    expect(again.stderr).toMatch(/--out .* already holds a NATS configuration \(nats-server.conf, operator.creds, account.nk\)/);
+  });
+
+  it.each([
+    ['no <job> and no --cluster', ['--out', 'x'], '<job>: a FederatedJob manifest is required, unless --cluster'],
+    ['a <job> with --cluster', ['job.yaml', '--cluster', '--out', 'x'], '--cluster: configures the shared server of every job: it takes no <job>'],
+  ])('%s: exit 2, naming what is wrong', async (_what, args, message) => {
+    const r = await runConsort(['nats-config', ...args]);
+    expect(r.code, transcript(r)).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr.split('\n')[0]).toMatch(/^consort: .*\[CONSORT_CLI_USAGE\]$/);
+    expect(r.stderr).toContain(message);
+  });
+
   it('--help explains every flag', async () => {
     const r = await runConsort(['nats-config', '--help']);
     expect(r.code, transcript(r)).toBe(0);
-    expect(r.stdout).toMatch(/Usage: consort nats-config \[options\] <job>/);
-    for (const flag of ['--out', '--listen', '--store']) expect(r.stdout, flag).toMatch(new RegExp(`^\\s+${flag}\\b[^\\n]*\\s{2,}\\w`, 'm'));
+    expect(r.stdout).toMatch(/Usage: consort nats-config \[options\] \[job\]/);
+    for (const flag of ['--out', '--cluster', '--listen', '--store']) expect(r.stdout, flag).toMatch(new RegExp(`^\\s+${flag}\\b[^\\n]*\\s{2,}\\w`, 'm'));
+    expect(r.stdout).toContain('operator.creds');
+    expect(r.stdout).toContain('account.nk');
   });
 });

@@ -2,18 +2,19 @@
 // the protocol needs and nothing that would let it speak as, listen as or read another site.
 // Every refusal is paired with the same operation allowed to the right user, so that a refusal
 // for an unrelated reason (a typo, a missing bucket) cannot pass for a permission.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { type JetStreamManager, jetstreamManager } from '@nats-io/jetstream';
 import { Objm } from '@nats-io/obj';
-import { AuthorizationError, connect, type Msg, type NatsConnection, PermissionViolationError, type Subscription } from '@nats-io/transport-node';
+import { AuthorizationError, connect, PermissionViolationError } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type NatsAuth, natsAuthFor } from '../../cli/nats/config.ts';
 import { connectAs } from '../../cli/nats/connect.ts';
 import { CliError } from '../../cli/errors.ts';
-import { COORDINATOR_USER } from '../../cli/nats/permissions.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { buckets, inboxPrefix, jobKey, objectNames, subjects } from '../../core/protocol/subjects.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
+import { collect, digestOf, soon, violation, type WatchedClient, watchedClient } from '../helpers/nats-clients.ts';
 import { useNatsServer } from '../helpers/nats-server.ts';
 
 const A = 'site-a';
@@ -38,52 +39,10 @@ const MODEL = new Uint8Array(300_000).map((_, i) => (i * 7) % 251); // 3 chunks 
 const UPDATE_A = new Uint8Array(200_000).map((_, i) => (i * 13) % 251);
 const UPDATE_B = new Uint8Array(1000).fill(66);
 
-/** A connection and every permission violation the server has reported on it. */
-interface Client {
-  nc: NatsConnection;
-  violations: PermissionViolationError[];
-}
-
-async function client(user: string, seed: string): Promise<Client> {
-  const nc = await connectAs(nats.url, seed, user);
-  const violations: PermissionViolationError[] = [];
-  (async () => {
-    for await (const s of nc.status()) if (s.type === 'error' && s.error instanceof PermissionViolationError) violations.push(s.error);
-  })();
-  return { nc, violations };
-}
-
-/** Resolves once `c` has been told of a violation for `operation` on `subject`. */
-async function violation(c: Client, operation: 'publish' | 'subscription', subject: string): Promise<void> {
-  const deadline = Date.now() + 5000;
-  while (!c.violations.some((v) => v.operation === operation && v.subject === subject)) {
-    if (Date.now() > deadline) throw new Error(`no ${operation} violation for ${subject}; saw: ${c.violations.map((v) => v.message).join('; ')}`);
-    await c.nc.flush();
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-/** The messages a subscription receives, in order. */
-function collect(nc: NatsConnection, subject: string): { sub: Subscription; msgs: Msg[] } {
-  const msgs: Msg[] = [];
-  const sub = nc.subscribe(subject, {
-    callback: (err, m) => {
-      if (!err) msgs.push(m);
-    },
-  });
-  return { sub, msgs };
-}
-
-/** Bytes by size and digest: quick to compare (deep equality walks megabytes element by element), whatever the array type. */
-const bytes = (b: Uint8Array | null) => (b === null ? null : { size: b.length, sha256: createHash('sha256').update(b).digest('hex') });
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  const deadline = Date.now() + 5000;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+type Client = WatchedClient;
+const client = (user: string, seed: string): Promise<Client> => watchedClient(nats.url, user, seed);
+const bytes = digestOf;
+const until = soon;
 
 let coordinator: Client;
 let siteA: Client;

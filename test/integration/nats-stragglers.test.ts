@@ -7,7 +7,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { afterEach, describe, expect, it } from 'vitest';
 import { natsAuthFor } from '../../cli/nats/config.ts';
 import { connectAs } from '../../cli/nats/connect.ts';
-import { COORDINATOR_USER } from '../../cli/nats/permissions.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { NatsServer } from '../../cli/nats/server.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';

@@ -1,0 +1,142 @@
+// Where the round loop and the sites run: spec.coordinator.placement: pod runs the loop in a
+// coordinator Pod of its own (`consort coordinator`) and ends in the same weights as in the
+// operator; remote sites are assigned over NATS to their own site-mode operator, which checks its
+// local policy: a refusal reaches the job's conditions with the site and the reason, an accepting
+// site trains.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Objm } from '@nats-io/obj';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { connectAs } from '../../cli/nats/connect.ts';
+import { OPERATOR_USER, siteAgentPermissions } from '../../core/protocol/permissions.ts';
+import { buckets, jobKey } from '../../core/protocol/subjects.ts';
+import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { mintUserCreds, parseAccountSigner } from '../../operator/nats/trust.ts';
+import { ConsortCluster } from '../helpers/consort-cluster.ts';
+import { HOSPITALS } from '../helpers/federation.ts';
+import { ManagedProcess, waitUntil } from '../helpers/managed-process.ts';
+import { useTmpDirs } from '../helpers/tmp-dirs.ts';
+
+const CLI = join(import.meta.dirname, '../../cli/consort.ts');
+
+function hospitals(name: string, mutate: (spec: Record<string, unknown>) => void = () => {}): string {
+  const doc = parse(readFileSync(HOSPITALS, 'utf8')) as { metadata: { name: string }; spec: Record<string, unknown> };
+  doc.metadata.name = name;
+  doc.spec.rounds = 6;
+  mutate(doc.spec);
+  return stringify(doc);
+}
+
+describe('coordinator placement and site mode', () => {
+  const tmp = useTmpDirs();
+  let cluster: ConsortCluster;
+  const agents: ManagedProcess[] = [];
+
+  beforeAll(async () => {
+    cluster = await ConsortCluster.start();
+    await cluster.startOperator();
+  }, 180_000);
+  afterAll(async () => {
+    for (const a of agents) await a.stop();
+    await cluster?.stop();
+  });
+
+  async function weights(name: string): Promise<Float32Array> {
+    const nc = await connectAs(cluster.nats.url, cluster.operatorCreds, OPERATOR_USER);
+    try {
+      const bytes = await (await new Objm(nc).open(buckets(jobKey({ name, namespace: 'default' })).models)).getBlob('global/final');
+      return decodeSafetensors(bytes!).values;
+    } finally {
+      await nc.close();
+    }
+  }
+
+  it('spec.coordinator.placement: pod runs the same job to the same final model', async () => {
+    for (const input of [hospitals('in-operator'), hospitals('in-pod', (s) => Object.assign(s, { coordinator: { placement: 'pod' } }))]) {
+      const r = await cluster.kubectl(['apply', '-f', '-'], { input });
+      expect(r.code, r.stderr).toBe(0);
+    }
+    // The loop of "in-pod" runs in its own Pod.
+    await expect
+      .poll(async () => (await cluster.kubectl(['get', 'pod', 'in-pod-coordinator', '-o', 'name'])).stdout.trim(), { timeout: 30_000 })
+      .toBe('pod/in-pod-coordinator');
+    for (const name of ['in-operator', 'in-pod']) {
+      const s = await cluster.waitForJob(name, (st) => st.phase === 'Succeeded' || st.phase === 'Failed', { timeoutMs: 240_000 });
+      expect(s.phase, `${name}: ${JSON.stringify(s)}\n${cluster.runner.logs('default', 'in-pod-coordinator').slice(-3000)}`).toBe('Succeeded');
+      expect(s.round).toBe(6);
+    }
+    const [a, b] = [await weights('in-operator'), await weights('in-pod')];
+    expect(Buffer.from(b.buffer).equals(Buffer.from(a.buffer))).toBe(true);
+    const podStatus = (await cluster.job('in-pod'))!.status!;
+    expect(podStatus.accuracy).toBe((await cluster.job('in-operator'))!.status!.accuracy);
+  });
+
+  it('site mode: a site whose policy refuses the model leaves a condition naming it and why; a site that accepts trains', async () => {
+    const dir = tmp('site-mode');
+    const signer = parseAccountSigner(readFileSync(cluster.accountKey, 'utf8'));
+    // Two hospitals run their own agents, each with its own NATS user and namespace (its "cluster").
+    const policies: Record<string, unknown> = {
+      lakeside: { allowedModels: ['mlp', 'logistic'] },
+      hillcrest: { allowedModels: ['cnn'] },
+    };
+    for (const site of ['lakeside', 'hillcrest']) {
+      const ns = `site-${site}`;
+      await cluster.cp.kubectlOk(['create', 'namespace', ns]);
+      await waitUntil('default ServiceAccount', async () => (await cluster.kubectl(['get', 'sa', 'default', '-n', ns])).code === 0, { timeoutMs: 30_000 });
+      const creds = join(dir, `${site}.creds`);
+      writeFileSync(creds, (await mintUserCreds(signer, { name: site, permissions: siteAgentPermissions(site) })).creds, { mode: 0o600 });
+      const policy = join(dir, `${site}-policy.yaml`);
+      writeFileSync(policy, stringify(policies[site]));
+      const agent = new ManagedProcess(`agent-${site}`, process.execPath, [
+        CLI,
+        'operator',
+        '--mode',
+        'site',
+        '--site',
+        site,
+        '--kubeconfig',
+        cluster.cp.kubeconfig,
+        '--namespace',
+        ns,
+        '--nats',
+        cluster.nats.url,
+        '--nats-creds',
+        creds,
+        '--policy',
+        policy,
+      ]);
+      agents.push(agent);
+      await waitUntil(`site agent ${site}`, async () => /listening on/.test(agent.log()), {
+        timeoutMs: 30_000,
+        gone: () => agent.exited,
+        describe: () => agent.log(),
+      });
+    }
+    const input = hospitals('multi', (spec) => {
+      for (const s of spec.sites as { name: string; remote?: boolean }[]) if (s.name === 'lakeside' || s.name === 'hillcrest') s.remote = true;
+      spec.sampling = { minSites: 4 };
+      spec.coordinator = { joinTimeoutSeconds: 5 };
+    });
+    const r = await cluster.kubectl(['apply', '-f', '-'], { input });
+    expect(r.code, r.stderr).toBe(0);
+    const refused = await cluster.waitForJob('multi', (s) =>
+      ((s.conditions as { type: string; status: string }[] | undefined) ?? []).some((c) => c.type === 'SitesAccepted' && c.status === 'False'),
+    );
+    const cond = (refused.conditions as { type: string; reason: string; message: string }[]).find((c) => c.type === 'SitesAccepted')!;
+    expect(cond.reason).toBe('SiteRefused');
+    expect(cond.message).toMatch(/hillcrest: model type "mlp" is not allowed.*CONSORT_P_MODEL/);
+    // The accepting site's worker runs in its own namespace, not the job's.
+    await expect
+      .poll(async () => (await cluster.kubectl(['get', 'pods', '-n', 'site-lakeside', '-o', 'name'])).stdout.trim(), { timeout: 30_000 })
+      .toBe('pod/multi-site-lakeside');
+    expect((await cluster.kubectl(['get', 'pods', '-n', 'site-hillcrest', '-o', 'name'])).stdout.trim()).toBe('');
+    const done = await cluster.waitForJob('multi', (s) => s.phase === 'Succeeded' || s.phase === 'Failed', { timeoutMs: 240_000 });
+    expect(done.phase, JSON.stringify(done)).toBe('Succeeded');
+    const sites = done.sites as { name: string; state: string; lastRound?: number; message?: string }[];
+    expect(sites.find((s) => s.name === 'lakeside')?.lastRound).toBe(6);
+    expect(sites.find((s) => s.name === 'hillcrest')).toMatchObject({ state: 'Refused' });
+    expect(sites.find((s) => s.name === 'hillcrest')?.lastRound).toBeUndefined();
+    expect((await cluster.kubectl(['describe', 'fj', 'multi'])).stdout).toMatch(/Warning\s+SiteRefused\s+.*hillcrest/);
+  });
+});
