@@ -17,7 +17,7 @@ import { EventRecorder } from '../kube/events.ts';
 import { Informer, keyOf } from '../kube/informer.ts';
 import { WorkQueue } from '../kube/work-queue.ts';
 import { type AccountSigner, mintJobCreds } from '../nats/trust.ts';
-import { InOperatorRun, type JobRun, PodRun } from './job-runs.ts';
+import { InOperatorRun, type JobRun, PodRun, type RunProgress } from './job-runs.ts';
 import { coordinatorPod, FINALIZER, type JobObject, jobConfigMap, LABELS, MANAGED_BY, names, type PodSettings, secret, workerPod } from './manifests.ts';
 import { desiredStatus, sameJson } from './status.ts';
 
@@ -56,10 +56,15 @@ export class FederatedJobController {
   readonly #events: EventRecorder;
   readonly #restarts = new Map<string, Map<string, number>>();
   readonly #refusals = new Map<string, Map<string, string>>();
+  /** Assignments asked at least once without an answer (logged once). */
+  readonly #unanswered = new Set<string>();
   /** Jobs this operator saw finish (their terminal status may not be in the cache yet). */
-  readonly #finished = new Map<string, { uid: string; generation: number }>();
+  readonly #finished = new Map<
+    string,
+    { uid: string; generation: number; phase: JobPhase; progress: RunProgress; problem?: { reason: string; message: string } }
+  >();
   /** Remote sites' answers, by job uid and site. */
-  readonly #assignments = new Map<string, 'asking' | 'accepted' | 'refused'>();
+  readonly #assignments = new Map<string, 'asking' | 'accepted' | 'refused' | number>();
   readonly #log: (line: string) => void;
   #reconciling = false;
   /** Status writes and reconciles done, for tests and metrics. */
@@ -149,6 +154,10 @@ export class FederatedJobController {
       (TERMINAL.includes(status.phase as JobPhase) && status.observedGeneration === job.metadata.generation) ||
       (finished !== undefined && finished.uid === job.metadata.uid && finished.generation === job.metadata.generation);
     if (terminal) {
+      // Our terminal status write may have failed (API server away): write it from what we kept.
+      if (finished && status.phase !== finished.phase) {
+        await this.#writeStatus(job, finished.phase, { progress: finished.progress, ...(finished.problem ? { problem: finished.problem } : {}) });
+      }
       await this.#stopRun(key);
       await this.#deleteWorkers(job);
       return undefined;
@@ -194,7 +203,8 @@ export class FederatedJobController {
       }
       if (!pod) {
         const created = await this.#createIfAbsent(resourcePath(Resources.pods, ns), workerPod(job, site, this.#o.pods));
-        if (created && status.phase !== undefined && status.phase !== 'Pending') this.#bumpRestart(key, site.name);
+        // A Pod gone while the job runs was lost (deleted, evicted): count it; not so after a suspension.
+        if (created && status.phase === 'Running' && this.runs.has(key)) this.#bumpRestart(key, site.name);
       }
     }
     for (const site of job.spec.sites) if (site.remote) this.#assign(key, job, site.name);
@@ -217,7 +227,15 @@ export class FederatedJobController {
     }
 
     const s = run.progress.state;
-    if (s === 'succeeded' || s === 'failed') this.#finished.set(key, { uid: job.metadata.uid!, generation: job.metadata.generation ?? 0 });
+    if (s === 'succeeded' || s === 'failed') {
+      this.#finished.set(key, {
+        uid: job.metadata.uid!,
+        generation: job.metadata.generation ?? 0,
+        phase: s === 'succeeded' ? 'Succeeded' : 'Failed',
+        progress: run.progress,
+        ...(s === 'failed' ? { problem: { reason: 'CoordinatorFailed', message: run.progress.error ?? 'the round loop failed' } } : {}),
+      });
+    }
     if (s === 'succeeded') {
       await this.#writeStatus(job, 'Succeeded', {});
       await this.#events.record(
@@ -238,7 +256,8 @@ export class FederatedJobController {
       return undefined;
     }
     const phase: JobPhase = s === 'running' ? 'Running' : 'Pending';
-    if (phase === 'Running' && status.phase !== 'Running') await this.#events.record(job, 'Normal', 'Running', 'the first round started');
+    if (phase === 'Running' && status.phase !== 'Running')
+      await this.#events.record(job, 'Normal', 'Running', `rounds are running (round ${run.progress.round + 1} of ${job.spec.rounds})`);
     await this.#writeStatus(job, phase, {});
     return undefined;
   }
@@ -249,18 +268,18 @@ export class FederatedJobController {
     this.#restarts.set(key, m);
   }
 
-  async #writeStatus(job: JobObject, phase: JobPhase, extra: { problem?: { reason: string; message: string } }): Promise<void> {
+  async #writeStatus(job: JobObject, phase: JobPhase, extra: { problem?: { reason: string; message: string }; progress?: RunProgress }): Promise<void> {
     const key = keyOf(job);
     const pods = new Map<string, KubeObject>();
     for (const site of job.spec.sites) {
       const p = this.#owned(this.pods, job.metadata.namespace!, names.workerPod(job.metadata.name, site.name));
       if (p) pods.set(site.name, p);
     }
-    const run = this.runs.get(key);
+    const progress = extra.progress ?? this.runs.get(key)?.progress;
     const next = desiredStatus({
       job,
       phase,
-      ...(run ? { progress: run.progress } : {}),
+      ...(progress ? { progress } : {}),
       pods,
       refusals: this.#refusals.get(key) ?? new Map(),
       restarts: this.#restarts.get(key) ?? new Map(),
@@ -413,6 +432,7 @@ export class FederatedJobController {
     const id = `${uid}/${job.metadata.generation ?? 0}/${site}`;
     const state = this.#assignments.get(id);
     if (state === 'asking' || state === 'accepted' || state === 'refused') return;
+    if (state !== undefined && Date.now() < state) return; // not answered lately: asked again at that time
     const creds = decode(this.#owned(this.secrets, job.metadata.namespace!, names.siteSecret(job.metadata.name, site)), 'site.creds');
     if (!creds) return; // the Secret's event re-queues the job
     this.#assignments.set(id, 'asking');
@@ -443,8 +463,10 @@ export class FederatedJobController {
         }
         this.queue.add(key);
       } catch (err) {
-        this.#assignments.delete(id);
-        this.#log(`${key}: assignment to site ${site} not answered (${(err as Error).message}); asking again`);
+        const first = this.#assignments.get(id) === 'asking' && !this.#unanswered.has(id);
+        this.#unanswered.add(id);
+        this.#assignments.set(id, Date.now() + 5000);
+        if (first) this.#log(`${key}: site ${site}'s agent does not answer its assignment (${(err as Error).message}); asking again every 5 s`);
         this.queue.addAfter(key, 5000);
       }
     })();

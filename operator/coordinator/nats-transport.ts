@@ -116,7 +116,7 @@ export class NatsTransport implements SiteTransport {
     if ([...r.sites].every((s) => r.answered.has(s))) this.close(r, '');
   }
 
-  /** Sends a task; a site that is not listening fails at once (no responders), others are retried until the deadline. */
+  /** Sends a task; a site that is not alive (no hello lately) fails at once, others are retried until the deadline. */
   private async sendTask<T>(r: OpenRound<T>, site: string, task: FitTask | EvaluateTask): Promise<void> {
     const body = json(task);
     const until = Date.now() + this.deadlineMs;
@@ -128,6 +128,9 @@ export class NatsTransport implements SiteTransport {
         return;
       } catch (err) {
         lastError = (err as Error).message;
+        // A site that never joined or stopped saying hello is not waited for: it fails now
+        // (one that is alive and momentarily unreachable is tried again until the deadline).
+        if (!this.o.alive().includes(site)) break;
         await new Promise((res) => setTimeout(res, wait));
         wait = Math.min(wait * 2, 2000);
       }

@@ -114,6 +114,8 @@ export class KubeClient {
     if (init.body !== undefined) {
       headers['content-type'] = init.patch ? PATCH_CONTENT[init.patch] : 'application/json';
       payload = JSON.stringify(init.body);
+      // Without a length node sends no body on DELETE, and the API server ignores DeleteOptions.
+      headers['content-length'] = String(Buffer.byteLength(payload));
     }
     const { url, opts } = await this.#options(method, path, init.query, headers);
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
@@ -156,8 +158,12 @@ export class KubeClient {
   put<T = KubeObject>(path: string, body: unknown): Promise<T> {
     return this.request<T>(path, { method: 'PUT', body });
   }
-  delete<T = KubeObject>(path: string, query?: RequestInit['query']): Promise<T> {
-    return this.request<T>(path, { method: 'DELETE', ...(query ? { query } : {}) });
+  delete<T = KubeObject>(path: string, query?: RequestInit['query'], options?: Record<string, unknown>): Promise<T> {
+    return this.request<T>(path, {
+      method: 'DELETE',
+      ...(query ? { query } : {}),
+      ...(options ? { body: { kind: 'DeleteOptions', apiVersion: 'v1', ...options } } : {}),
+    });
   }
 
   /**

@@ -48,6 +48,10 @@ export class ManagedProcess {
     this.command = command;
     this.args = args;
     this.child = spawn(command, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd });
+    // A failed spawn (no such executable) is reported by 'error' after the constructor returns.
+    this.child.on('error', (err) => {
+      this.#log += `spawn failed: ${err.message}\n`;
+    });
     const pgid = this.child.pid;
     if (pgid === undefined) throw new Error(`${name}: spawn failed`);
     track(pgid);
