@@ -7,13 +7,14 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 STAMP := node_modules/.consort-setup
 
-.PHONY: help setup demo test bench lint typecheck format build clean crds
+.PHONY: help setup demo test bench lint typecheck format build clean cluster cluster-down kube crds
 
 help:
 	@echo "make demo   - train the five-hospital example on this machine (out/hospitals/)"
 	@echo "make test   - the whole test suite"
 	@echo "make bench  - benchmarks (FedProx paper, backend throughput, 1000-site simulation)"
 	@echo "make lint   - formatter/linter and type check"
+	@echo "make cluster - a local Kubernetes control plane with the operator (until Ctrl-C or make cluster-down)"
 	@echo "make crds   - regenerate crds/ from the zod FederatedJob schema (core/job)"
 
 # npm packages (install scripts off: tfjs-node's would download libtensorflow), then the native
@@ -30,8 +31,19 @@ setup: $(STAMP)
 demo: setup
 	node cli/consort.ts run manifests/examples/hospitals.yaml --baselines --out out/hospitals
 
-test: setup
+test: setup kube
 	npx vitest run
+
+# The control plane of the tests and `make cluster`: kube-apiserver, controller manager, scheduler,
+# kubectl and etcd built from their Go modules once (several minutes), then cached.
+kube:
+	bash scripts/kube.sh >/dev/null
+
+cluster: setup kube
+	node scripts/cluster.ts
+
+cluster-down:
+	@if [ -f out/cluster/pid ]; then pid=$$(cat out/cluster/pid); kill -TERM $$pid && while kill -0 $$pid 2>/dev/null; do sleep 0.2; done; echo "cluster stopped"; else echo "no cluster running"; fi
 
 bench: setup
 	node test/bench/run.ts

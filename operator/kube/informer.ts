@@ -23,13 +23,16 @@ export interface InformerOptions {
   stallMs?: number;
   backoffMs?: { initial: number; max: number };
   log?: (line: string) => void;
+  /** Each list after the first (a re-list), for the operator's metrics. */
+  onRelist?: () => void;
 }
 
 export const keyOf = (o: KubeObject): string => (o.metadata.namespace ? `${o.metadata.namespace}/${o.metadata.name}` : o.metadata.name);
 
 export class Informer<T extends KubeObject> {
   readonly #client: KubeClient;
-  readonly #opts: Required<Omit<InformerOptions, 'labelSelector' | 'fieldSelector'>> & Pick<InformerOptions, 'labelSelector' | 'fieldSelector'>;
+  readonly #opts: Required<Omit<InformerOptions, 'labelSelector' | 'fieldSelector' | 'onRelist'>> &
+    Pick<InformerOptions, 'labelSelector' | 'fieldSelector' | 'onRelist'>;
   readonly #handlers: InformerHandlers<T>[] = [];
   readonly #cache = new Map<string, T>();
   #rv = '';
@@ -133,6 +136,7 @@ export class Informer<T extends KubeObject> {
       cont = page.metadata.continue || undefined;
     } while (cont);
     this.lists++;
+    if (this.lists > 1) this.#opts.onRelist?.();
     const fresh = new Set<string>();
     for (const item of items) {
       const k = keyOf(item);
