@@ -141,6 +141,8 @@ program
   .option('--identity <id>', "this replica's name in the Lease (default: host-pid)")
   .option('--site <name>', "site mode: this site's name")
   .option('--policy <file>', 'site mode: the local policy (YAML): allowed jobs and models, maximum rounds and resources')
+  .option('--metrics-port <port>', 'cluster mode: serve /metrics (Prometheus), /healthz and /readyz on this port (0: any free port; default: none)')
+  .option('--metrics-address <ip>', 'the address the metrics port listens on', '0.0.0.0')
   .option('--quiet', 'no log lines', false)
   .addHelpText('after', '\nExit status: 0 stopped by SIGINT/SIGTERM, 1 lost its leadership or failed, 2 bad flags or files.')
   .action(async (flags: Record<string, unknown>) => {

@@ -9,6 +9,8 @@ import { describeIssues } from '../../core/job/issues.ts';
 import { FederatedJobController } from '../../operator/controller/federated-job-controller.ts';
 import { KubeClient } from '../../operator/kube/client.ts';
 import { LeaderElector } from '../../operator/kube/leader-election.ts';
+import { OperatorMetrics } from '../../operator/metrics.ts';
+import { type MetricsServer, startMetricsServer } from '../../operator/metrics-server.ts';
 import { parseAccountSigner } from '../../operator/nats/trust.ts';
 import { OPERATOR_USER } from '../../core/protocol/permissions.ts';
 import { CliError } from '../errors.ts';
@@ -38,6 +40,8 @@ export const OperatorFlags = z
     identity: z.string().min(1).default(`${hostname()}-${process.pid}`),
     site: z.string().min(1).optional(),
     policy: z.string().min(1).optional(),
+    metricsPort: intFlag(0, 65_535).optional(),
+    metricsAddress: z.union([z.ipv4(), z.ipv6()]).default('0.0.0.0'),
     quiet: z.boolean().default(false),
   })
   .strict()
@@ -45,6 +49,8 @@ export const OperatorFlags = z
     if (f.mode === 'cluster' && !f.accountKey)
       ctx.addIssue({ code: 'custom', path: ['account-key'], message: "is required in cluster mode (it mints the jobs' NATS users)" });
     if (f.mode === 'site' && !f.site) ctx.addIssue({ code: 'custom', path: ['site'], message: 'is required in site mode' });
+    if (f.mode === 'site' && f.metricsPort !== undefined)
+      ctx.addIssue({ code: 'custom', path: ['metrics-port'], message: 'is served in cluster mode only (site mode has no controller to measure)' });
   });
 export type OperatorFlags = z.infer<typeof OperatorFlags>;
 
@@ -79,6 +85,7 @@ export async function operatorCommand(raw: Record<string, unknown>): Promise<num
       throw new CliError('CONSORT_CLI_USAGE', `--kubeconfig: ${(err as Error).message}`);
     }
     const nc = await connectAs(f.nats, f.natsCreds, OPERATOR_USER);
+    const metrics = f.metricsPort !== undefined ? new OperatorMetrics() : undefined;
     const controller = new FederatedJobController({
       client,
       nc,
@@ -87,7 +94,21 @@ export async function operatorCommand(raw: Record<string, unknown>): Promise<num
       ...(f.namespace ? { namespace: f.namespace } : {}),
       workers: f.workers,
       log,
+      ...(metrics ? { metrics } : {}),
     });
+    let server: MetricsServer | undefined;
+    if (metrics) {
+      try {
+        server = await startMetricsServer({ metrics, port: f.metricsPort!, address: f.metricsAddress, ready: () => controller.synced, log });
+      } catch (err) {
+        await nc.close();
+        throw new CliError('CONSORT_CLI_USAGE', `--metrics-port ${f.metricsPort}: cannot listen on ${f.metricsAddress}: ${(err as Error).message}`, {
+          cause: err,
+        });
+      }
+      const host = f.metricsAddress.includes(':') ? `[${f.metricsAddress}]` : f.metricsAddress;
+      log(`operator ${f.identity}: metrics on http://${host}:${server.port}/metrics (also /healthz, /readyz)`);
+    }
     let controllerExit: (code: number) => void = () => {};
     const stopped = new Promise<number>((done) => {
       const stop = (code: number) => () => done(code);
@@ -115,6 +136,7 @@ export async function operatorCommand(raw: Record<string, unknown>): Promise<num
     log(`operator ${f.identity}: stopping`);
     await elector?.stop();
     await controller.stop();
+    await server?.close();
     await nc.drain().catch(() => nc.close());
     return code;
   } catch (err) {

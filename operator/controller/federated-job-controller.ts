@@ -16,6 +16,7 @@ import { isConflict, isNotFound, type KubeClient, type KubeObject, resourcePath,
 import { EventRecorder } from '../kube/events.ts';
 import { Informer, keyOf } from '../kube/informer.ts';
 import { WorkQueue } from '../kube/work-queue.ts';
+import type { OperatorMetrics } from '../metrics.ts';
 import { type AccountSigner, mintJobCreds } from '../nats/trust.ts';
 import { InOperatorRun, type JobRun, PodRun, type RunProgress } from './job-runs.ts';
 import { coordinatorPod, FINALIZER, type JobObject, jobConfigMap, LABELS, MANAGED_BY, names, type PodSettings, secret, workerPod } from './manifests.ts';
@@ -36,6 +37,8 @@ export interface ControllerOptions {
   log?: (line: string) => void;
   /** Work-queue latency, for metrics and the benchmark. */
   onQueueLatency?: (seconds: number) => void;
+  /** The process's Prometheus metrics: work queue, reconciles, API requests, re-lists. */
+  metrics?: OperatorMetrics;
 }
 
 const TERMINAL: JobPhase[] = ['Succeeded', 'Failed'];
@@ -73,18 +76,40 @@ export class FederatedJobController {
   constructor(o: ControllerOptions) {
     this.#o = o;
     this.#log = o.log ?? (() => {});
-    const { client } = o;
+    const { client, metrics } = o;
     const ns = o.namespace;
     const selector = `${LABELS.managedBy}=${MANAGED_BY}`;
-    this.jobs = new Informer<JobObject>(client, { path: resourcePath(Resources.federatedJobs, ns), log: this.#log });
-    this.pods = new Informer(client, { path: resourcePath(Resources.pods, ns), labelSelector: selector, log: this.#log });
-    this.secrets = new Informer(client, { path: resourcePath(Resources.secrets, ns), labelSelector: selector, log: this.#log });
-    this.configMaps = new Informer(client, { path: resourcePath(Resources.configMaps, ns), labelSelector: selector, log: this.#log });
+    const informer = (r: { group?: string; version: string; plural: string }, labelSelector?: string) => ({
+      path: resourcePath(r, ns),
+      ...(labelSelector ? { labelSelector } : {}),
+      log: this.#log,
+      ...(metrics ? { onRelist: () => metrics.informerRelists.inc({ resource: r.plural }) } : {}),
+    });
+    this.jobs = new Informer<JobObject>(client, informer(Resources.federatedJobs));
+    this.pods = new Informer(client, informer(Resources.pods, selector));
+    this.secrets = new Informer(client, informer(Resources.secrets, selector));
+    this.configMaps = new Informer(client, informer(Resources.configMaps, selector));
+    const onLatency = o.onQueueLatency;
     this.queue = new WorkQueue({
       workers: o.workers ?? 4,
       log: this.#log,
-      ...(o.onQueueLatency ? { onLatency: o.onQueueLatency } : {}),
+      ...(onLatency || metrics
+        ? {
+            onLatency: (s: number) => {
+              metrics?.workqueueLatency.observe(s);
+              onLatency?.(s);
+            },
+          }
+        : {}),
     });
+    if (metrics) {
+      metrics.observeQueueDepth(() => this.queue.length);
+      const previous = client.onResponse;
+      client.onResponse = (method, status) => {
+        metrics.kubeRequests.inc({ method, code: String(status) });
+        previous?.(method, status);
+      };
+    }
     this.#events = new EventRecorder(client, 'consort-operator', this.#log);
     this.jobs.on({
       // Our own status writes come back too; their reconcile finds nothing to change (bounded).
@@ -104,11 +129,16 @@ export class FederatedJobController {
     await Promise.all([this.jobs, this.pods, this.secrets, this.configMaps].map((i) => i.waitForSync()));
   }
 
+  /** Every informer has listed once (the readiness probe). */
+  get synced(): boolean {
+    return [this.jobs, this.pods, this.secrets, this.configMaps].every((i) => i.synced);
+  }
+
   /** Starts reconciling (the leader only). */
   startReconciling(): void {
     if (this.#reconciling) return;
     this.#reconciling = true;
-    this.queue.start((key) => this.reconcile(key));
+    this.queue.start((key) => this.#measured(key));
     for (const j of this.jobs.list()) this.queue.add(keyOf(j));
   }
 
@@ -117,6 +147,22 @@ export class FederatedJobController {
     await Promise.all([...this.runs.values()].map((r) => r.stop()));
     this.runs.clear();
     await Promise.all([this.jobs, this.pods, this.secrets, this.configMaps].map((i) => i.stop()));
+  }
+
+  async #measured(key: string): Promise<{ requeueAfterMs?: number } | undefined> {
+    const metrics = this.#o.metrics;
+    if (!metrics) return await this.reconcile(key);
+    const t0 = performance.now();
+    let result: 'success' | 'error' = 'error';
+    try {
+      const r = await this.reconcile(key);
+      result = 'success';
+      return r;
+    } finally {
+      metrics.reconciled(key, result, (performance.now() - t0) / 1000);
+      // A deleted job's series goes with it.
+      if (!this.jobs.get(key)) metrics.forgetJob(key);
+    }
   }
 
   #owned(inf: Informer<KubeObject>, ns: string, name: string): KubeObject | undefined {
@@ -394,7 +440,11 @@ export class FederatedJobController {
     try {
       const objm = new Objm(this.#o.nc);
       for (const n of names_) {
-        const store = await objm.open(n).catch(() => undefined);
+        // Gone already is done; any other failure (NATS away) is not.
+        const store = await objm.open(n).catch((err: unknown) => {
+          if (/not found/i.test((err as Error).message)) return undefined;
+          throw err;
+        });
         if (store) await store.destroy();
       }
     } catch (err) {

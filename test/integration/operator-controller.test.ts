@@ -1,0 +1,108 @@
+// Parts of the operator against a real API server, in this process: the finalizer never blocks a
+// deletion forever (NATS unreachable: given up after the cleanup timeout, with a Warning);
+// an informer's stall watchdog re-lists a silent watch; two Lease candidates never lead together
+// and a released lease passes at once; status is written only when it changes.
+import { connect } from '@nats-io/transport-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FederatedJobController } from '../../operator/controller/federated-job-controller.ts';
+import { KubeClient, resourcePath, Resources } from '../../operator/kube/client.ts';
+import { Informer } from '../../operator/kube/informer.ts';
+import { LeaderElector } from '../../operator/kube/leader-election.ts';
+import { createNatsTrust } from '../../operator/nats/trust.ts';
+import { ControlPlane } from '../helpers/control-plane.ts';
+import { NatsServer } from '../helpers/nats-server.ts';
+import { waitUntil } from '../helpers/managed-process.ts';
+
+describe('operator parts on a real API server', () => {
+  let cp: ControlPlane;
+  let client: KubeClient;
+
+  beforeAll(async () => {
+    cp = await ControlPlane.start({ crds: true, controllers: false });
+    client = KubeClient.fromKubeconfig(cp.kubeconfig);
+  }, 120_000);
+  afterAll(async () => {
+    await cp?.stop();
+  });
+
+  it('a job whose NATS buckets cannot be removed is still deleted after the cleanup timeout, with a Warning event', async () => {
+    // A connection to a server that is then stopped: every bucket call fails.
+    const nats = await NatsServer.start();
+    const nc = await connect({ servers: nats.url, maxReconnectAttempts: 0 });
+    await nats.stop();
+    const trust = await createNatsTrust();
+    const controller = new FederatedJobController({ client, nc, signer: trust.signer, pods: { natsUrl: 'nats://127.0.0.1:1' }, namespace: 'default', cleanupTimeoutMs: 2000 });
+    try {
+      await controller.startInformers();
+      await client.create(resourcePath(Resources.federatedJobs, 'default'), {
+        apiVersion: 'consort.dev/v1alpha1',
+        kind: 'FederatedJob',
+        metadata: { name: 'stuck', finalizers: ['consort.dev/cleanup'] },
+        spec: { model: { type: 'logistic' }, sites: [{ name: 'a', data: { type: 'synthetic', generator: 'hospital' } }], rounds: 1, suspend: true },
+      });
+      await client.delete(resourcePath(Resources.federatedJobs, 'default', 'stuck'));
+      controller.startReconciling();
+      const t0 = Date.now();
+      await waitUntil('the job is gone', async () => {
+        try {
+          await client.get(resourcePath(Resources.federatedJobs, 'default', 'stuck'));
+          return false;
+        } catch {
+          return true;
+        }
+      }, { timeoutMs: 30_000, intervalMs: 100 });
+      expect(Date.now() - t0).toBeGreaterThan(1000);
+      const events = await cp.kubectlOk(['get', 'events', '--field-selector', 'involvedObject.name=stuck', '-o', 'jsonpath={.items[*].reason}']);
+      expect(events).toContain('CleanupIncomplete');
+    } finally {
+      await controller.stop();
+      await nc.close().catch(() => {});
+    }
+  });
+
+  it("an informer's stall watchdog re-lists a watch that says nothing", async () => {
+    const inf = new Informer(client, { path: resourcePath(Resources.configMaps, 'kube-public'), stallMs: 1500 });
+    inf.start();
+    await inf.waitForSync();
+    expect(inf.lists).toBe(1);
+    await waitUntil('a re-list', async () => inf.lists >= 2, { timeoutMs: 20_000 });
+    // It still sees changes after re-listing.
+    await client.create(resourcePath(Resources.configMaps, 'kube-public'), { metadata: { name: 'after-relist' }, data: { a: 'b' } });
+    await waitUntil('the new object', async () => inf.get('kube-public/after-relist') !== undefined, { timeoutMs: 10_000 });
+    await inf.stop();
+  });
+
+  it('two Lease candidates never lead at once; the holder stepping down hands over at once', async () => {
+    await cp.kubectl(['create', 'namespace', 'consort-system']);
+    const leading = new Set<string>();
+    let overlap = false;
+    const candidate = (id: string) =>
+      new LeaderElector(client, {
+        namespace: 'consort-system',
+        name: 'test-lease',
+        identity: id,
+        leaseDurationMs: 3000,
+        renewDeadlineMs: 2000,
+        retryPeriodMs: 300,
+        onStartedLeading: () => {
+          leading.add(id);
+          if (leading.size > 1) overlap = true;
+        },
+        onStoppedLeading: () => leading.delete(id),
+      });
+    const a = candidate('a');
+    const b = candidate('b');
+    a.start();
+    await waitUntil('a leads', async () => a.leading, { timeoutMs: 10_000 });
+    b.start();
+    await new Promise((r) => setTimeout(r, 2000));
+    expect(b.leading).toBe(false);
+    const t0 = Date.now();
+    await a.stop();
+    await waitUntil('b leads', async () => b.leading, { timeoutMs: 10_000 });
+    // Released, not expired: well under the 3 s lease.
+    expect(Date.now() - t0).toBeLessThan(2500);
+    expect(overlap).toBe(false);
+    await b.stop();
+  });
+});

@@ -1,0 +1,101 @@
+// The job's status as a pure function of what the operator observed: conditions keep their
+// transition time while unchanged (so the same observation writes nothing), per-site state
+// follows Pods and refusals, and the printer columns' fields are there.
+import { describe, expect, it } from 'vitest';
+import { FederatedJobSpec } from '../../core/job/federated-job.ts';
+import { FederatedJobStatus } from '../../core/job/federated-job-status.ts';
+import type { RunProgress } from '../../operator/controller/job-runs.ts';
+import type { JobObject } from '../../operator/controller/manifests.ts';
+import { desiredStatus, keepTransitionTimes, sameJson } from '../../operator/controller/status.ts';
+import type { KubeObject } from '../../operator/kube/client.ts';
+
+const spec = FederatedJobSpec.parse({
+  model: { type: 'logistic' },
+  sites: ['a', 'b', 'c'].map((name) => ({ name, data: { type: 'synthetic', generator: 'hospital' } })),
+  rounds: 5,
+});
+const job = (status?: Record<string, unknown>): JobObject => ({
+  apiVersion: 'consort.dev/v1alpha1',
+  kind: 'FederatedJob',
+  metadata: { name: 'j', namespace: 'ns', uid: 'u', generation: 2 },
+  spec,
+  ...(status ? { status } : {}),
+});
+const pod = (phase: string): KubeObject => ({ metadata: { name: `j-site-x` }, status: { phase } });
+const progress: RunProgress = {
+  state: 'running',
+  round: 3,
+  records: [],
+  last: {
+    round: 3,
+    globalLoss: 0.41234,
+    globalAccuracy: 0.87654,
+    fitLoss: 0.5,
+    participants: ['a', 'b'],
+    sites: [],
+    accuracySpread: { min: 0.8, max: 0.9, std: 0.05 },
+    durationMs: 10,
+  },
+  siteLastRound: { a: 3, b: 3 },
+  joined: ['a', 'b', 'c'],
+};
+
+describe('desiredStatus', () => {
+  it('fills the printer columns, per-site state and conditions, and parses as the status schema', () => {
+    const s = desiredStatus({
+      job: job(),
+      phase: 'Running',
+      progress,
+      pods: new Map([
+        ['a', pod('Running')],
+        ['b', pod('Running')],
+        ['c', pod('Failed')],
+      ]),
+      refusals: new Map(),
+      restarts: new Map([['c', 2]]),
+      now: new Date('2026-01-01T00:00:00Z'),
+    });
+    expect(FederatedJobStatus.safeParse(s).success).toBe(true);
+    expect(s).toMatchObject({ phase: 'Running', round: 3, rounds: 5, accuracy: 0.8765, loss: 0.4123, sitesReady: '2/3', observedGeneration: 2 });
+    expect(s.sites?.map((x) => [x.name, x.state, x.lastRound, x.restarts])).toEqual([
+      ['a', 'Running', 3, 0],
+      ['b', 'Running', 3, 0],
+      ['c', 'Failed', undefined, 2],
+    ]);
+    const ready = s.conditions?.find((c) => c.type === 'Ready');
+    expect(ready).toMatchObject({ status: 'False', reason: 'SitesStarting' });
+  });
+
+  it('the same observation later is the same status (transition times kept), so nothing is written', () => {
+    const o = { phase: 'Running' as const, progress, pods: new Map([['a', pod('Running')]]), refusals: new Map(), restarts: new Map() };
+    const first = desiredStatus({ ...o, job: job(), now: new Date('2026-01-01T00:00:00Z') });
+    const again = desiredStatus({ ...o, job: job(first as Record<string, unknown>), now: new Date('2026-01-01T01:00:00Z') });
+    expect(sameJson(first, again)).toBe(true);
+  });
+
+  it('a refusal names the site and its reason in SitesAccepted; a terminal phase sets completionTime once', () => {
+    const s = desiredStatus({
+      job: job(),
+      phase: 'Failed',
+      pods: new Map(),
+      refusals: new Map([['b', 'model type "mlp" is not allowed [CONSORT_P_MODEL]']]),
+      restarts: new Map(),
+      problem: { reason: 'CoordinatorFailed', message: 'quorum' },
+      now: new Date('2026-01-01T00:00:00Z'),
+    });
+    const c = s.conditions?.find((x) => x.type === 'SitesAccepted');
+    expect(c).toMatchObject({ status: 'False', reason: 'SiteRefused' });
+    expect(c?.message).toContain('b: model type "mlp" is not allowed');
+    expect(s.sites?.find((x) => x.name === 'b')?.state).toBe('Refused');
+    expect(s.conditions?.find((x) => x.type === 'Failed')).toMatchObject({ status: 'True', reason: 'CoordinatorFailed' });
+    expect(s.completionTime).toBe('2026-01-01T00:00:00Z');
+  });
+});
+
+describe('keepTransitionTimes', () => {
+  it('moves lastTransitionTime only when the status changes', () => {
+    const old = [{ type: 'Ready', status: 'True' as const, reason: 'A', message: 'm', lastTransitionTime: 'T0' }];
+    expect(keepTransitionTimes(old, [{ ...old[0]!, reason: 'B', lastTransitionTime: 'T1' }])[0]!.lastTransitionTime).toBe('T0');
+    expect(keepTransitionTimes(old, [{ ...old[0]!, status: 'False', lastTransitionTime: 'T1' }])[0]!.lastTransitionTime).toBe('T1');
+  });
+});
