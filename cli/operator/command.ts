@@ -10,6 +10,7 @@ import { FederatedJobController } from '../../operator/controller/federated-job-
 import { KubeClient } from '../../operator/kube/client.ts';
 import { LeaderElector } from '../../operator/kube/leader-election.ts';
 import { OperatorMetrics } from '../../operator/metrics.ts';
+import { JobMetrics } from '../../operator/job-metrics.ts';
 import { type MetricsServer, startMetricsServer } from '../../operator/metrics-server.ts';
 import { parseAccountSigner } from '../../operator/nats/trust.ts';
 import { OPERATOR_USER } from '../../core/protocol/permissions.ts';
@@ -94,7 +95,7 @@ export async function operatorCommand(raw: Record<string, unknown>): Promise<num
       ...(f.namespace ? { namespace: f.namespace } : {}),
       workers: f.workers,
       log,
-      ...(metrics ? { metrics } : {}),
+      ...(metrics ? { metrics, jobMetrics: new JobMetrics(metrics.registry) } : {}),
     });
     let server: MetricsServer | undefined;
     if (metrics) {

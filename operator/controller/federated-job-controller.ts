@@ -21,6 +21,7 @@ import { type AccountSigner, mintJobCreds } from '../nats/trust.ts';
 import { InOperatorRun, type JobRun, PodRun, type RunProgress } from './job-runs.ts';
 import { coordinatorPod, FINALIZER, type JobObject, jobConfigMap, LABELS, MANAGED_BY, names, type PodSettings, secret, workerPod } from './manifests.ts';
 import { desiredStatus, sameJson } from './status.ts';
+import type { JobMetrics } from '../job-metrics.ts';
 
 export interface ControllerOptions {
   client: KubeClient;
@@ -35,6 +36,8 @@ export interface ControllerOptions {
   /** Past this long after deletion, cleanup outside Kubernetes is given up (with a Warning) rather than block deletion. */
   cleanupTimeoutMs?: number;
   log?: (line: string) => void;
+  /** Per-job series (round, loss, accuracy, sites, bytes, refusals) for Prometheus. */
+  jobMetrics?: JobMetrics;
   /** Work-queue latency, for metrics and the benchmark. */
   onQueueLatency?: (seconds: number) => void;
   /** The process's Prometheus metrics: work queue, reconciles, API requests, re-lists. */
@@ -42,6 +45,19 @@ export interface ControllerOptions {
 }
 
 const TERMINAL: JobPhase[] = ['Succeeded', 'Failed'];
+const EMPTY_SNAPSHOT = {
+  records: [],
+  joined: [],
+  sampled: [],
+  participants: [],
+  refused: 0,
+  missed: {},
+  norms: {},
+  bytesIn: 0,
+  bytesOut: 0,
+  rejections: {},
+  roundSeconds: [],
+};
 const podPhase = (p: KubeObject | undefined) => (p?.status as { phase?: string } | undefined)?.phase;
 const decode = (s: KubeObject | undefined, key: string) => {
   const v = (s?.data as Record<string, string> | undefined)?.[key];
@@ -172,6 +188,8 @@ export class FederatedJobController {
   async reconcile(key: string): Promise<{ requeueAfterMs?: number } | undefined> {
     const job = this.jobs.get(key);
     if (!job) {
+      const [ns, name] = key.split('/') as [string, string];
+      this.#o.jobMetrics?.forget(ns, name);
       await this.#stopRun(key);
       this.queue.forget(key);
       return undefined;
@@ -206,6 +224,17 @@ export class FederatedJobController {
       }
       await this.#stopRun(key);
       await this.#deleteWorkers(job);
+      const done = (job.status ?? {}) as FederatedJobStatus;
+      if (!finished && done.phase) {
+        // A job that ended before this operator started: its figures from its status.
+        this.#o.jobMetrics?.update(ns, job.metadata.name, {
+          ...EMPTY_SNAPSHOT,
+          phase: done.phase,
+          round: done.round ?? 0,
+          roundsPlanned: job.spec.rounds,
+          roundDeadlineSeconds: job.spec.aggregation.roundDeadlineSeconds,
+        });
+      }
       return undefined;
     }
 
@@ -332,6 +361,27 @@ export class FederatedJobController {
       ...(extra.problem ? { problem: extra.problem } : {}),
       now: new Date(),
     });
+    if (this.#o.jobMetrics) {
+      const p = progress;
+      this.#o.jobMetrics.update(job.metadata.namespace!, job.metadata.name, {
+        phase,
+        round: next.round,
+        roundsPlanned: job.spec.rounds,
+        roundDeadlineSeconds: job.spec.aggregation.roundDeadlineSeconds,
+        records: p?.records ?? [],
+        joined: p?.joined ?? [],
+        sampled: p?.sampled ?? [],
+        participants: p?.participants ?? [],
+        refused: this.#refusals.get(key)?.size ?? 0,
+        missed: p?.missed ?? {},
+        norms: p?.norms ?? {},
+        bytesIn: p?.bytesIn ?? 0,
+        bytesOut: p?.bytesOut ?? 0,
+        rejections: p?.rejections ?? {},
+        ...(p?.lastRoundAt !== undefined ? { lastRoundAt: p.lastRoundAt } : {}),
+        roundSeconds: p?.roundSeconds ?? [],
+      });
+    }
     if (sameJson(job.status ?? {}, next)) return;
     try {
       await this.#o.client.patch(resourcePath(Resources.federatedJobs, job.metadata.namespace, job.metadata.name, 'status'), {

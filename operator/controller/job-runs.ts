@@ -13,7 +13,7 @@ import { buckets, jobKey, objectNames, subjects } from '../../core/protocol/subj
 import { decodeJson } from '../../core/protocol/wire.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
 import { decodeCheckpointHeader } from '../coordinator/checkpoint.ts';
-import { FINAL_MODEL, runNatsCoordinator } from '../coordinator/nats-coordinator.ts';
+import { type CoordinatorCounters, FINAL_MODEL, runNatsCoordinator } from '../coordinator/nats-coordinator.ts';
 import { OperatorError } from '../errors.ts';
 
 export type RunState = 'joining' | 'running' | 'paused' | 'succeeded' | 'failed' | 'stopped';
@@ -31,6 +31,38 @@ export interface RunProgress {
   joined: string[];
   model?: ModelReference;
   error?: string;
+  /** Sites asked to train in the latest round, and those that answered. */
+  sampled: string[];
+  participants: string[];
+  /** Consecutive rounds each site was asked to train and sent nothing. */
+  missed: Record<string, number>;
+  /** L2 norm of each site's latest update. */
+  norms: Record<string, number>;
+  /** Bytes received (updates) and sent (models) so far, and refusals per code. */
+  bytesIn: number;
+  bytesOut: number;
+  rejections: Record<string, number>;
+  /** When the latest round finished (ms since the epoch), and the seconds each round took, in order. */
+  lastRoundAt?: number;
+  roundSeconds: number[];
+}
+
+export function emptyProgress(): RunProgress {
+  return {
+    state: 'joining',
+    round: 0,
+    records: [],
+    siteLastRound: {},
+    joined: [],
+    sampled: [],
+    participants: [],
+    missed: {},
+    norms: {},
+    bytesIn: 0,
+    bytesOut: 0,
+    rejections: {},
+    roundSeconds: [],
+  };
 }
 
 export interface JobRun {
@@ -57,7 +89,7 @@ function lastRounds(records: RoundRecord[], into: Record<string, number>): void 
 export class InOperatorRun implements JobRun {
   readonly uid: string;
   readonly placement = 'operator' as const;
-  readonly progress: RunProgress = { state: 'joining', round: 0, records: [], siteLastRound: {}, joined: [] };
+  readonly progress: RunProgress = emptyProgress();
   readonly #ctl = new AbortController();
   #pause = false;
   readonly #done: Promise<void>;
@@ -66,6 +98,9 @@ export class InOperatorRun implements JobRun {
     this.uid = job.metadata.uid;
     const name = `${job.metadata.namespace}/${job.metadata.name}`;
     const log = (line: string) => ctx.log(`[${name}] ${line}`);
+    let counters: CoordinatorCounters | undefined;
+    let answered = new Set<string>();
+    let startedAt = performance.now();
     this.#done = (async () => {
       try {
         const result = await runNatsCoordinator({
@@ -76,14 +111,34 @@ export class InOperatorRun implements JobRun {
           joinTimeoutMs: job.spec.coordinator.joinTimeoutSeconds * 1000,
           signal: this.#ctl.signal,
           pauseRequested: () => this.#pause,
+          onCounters: (c) => {
+            counters = c;
+          },
           events: {
             roundStarted: (round, sites) => {
               this.progress.state = 'running';
               for (const s of sites) if (!this.progress.joined.includes(s)) this.progress.joined.push(s);
+              this.progress.sampled = [...sites];
+              answered = new Set();
+              startedAt = performance.now();
               log(`round ${round} started (${sites.length} sites)`);
               ctx.onChange();
             },
+            siteUpdate: (_round, site, u) => {
+              answered.add(site);
+              this.progress.norms[site] = u.norm;
+            },
             roundFinished: (record, round) => {
+              const p = this.progress;
+              p.participants = [...answered].sort();
+              for (const s of p.sampled) p.missed[s] = answered.has(s) ? 0 : (p.missed[s] ?? 0) + 1;
+              p.lastRoundAt = Date.now();
+              p.roundSeconds.push((performance.now() - startedAt) / 1000);
+              if (counters) {
+                p.bytesIn = [...counters.bytesIn.values()].reduce((a, b) => a + b, 0);
+                p.bytesOut = [...counters.bytesOut.values()].reduce((a, b) => a + b, 0);
+                p.rejections = counters.rejections();
+              }
               this.progress.round = round;
               if (record) {
                 this.progress.last = record;
@@ -128,7 +183,7 @@ export class InOperatorRun implements JobRun {
 export class PodRun implements JobRun {
   readonly uid: string;
   readonly placement = 'pod' as const;
-  readonly progress: RunProgress = { state: 'joining', round: 0, records: [], siteLastRound: {}, joined: [] };
+  readonly progress: RunProgress = emptyProgress();
   readonly #sub: Subscription;
   readonly #ctx: RunContext;
   readonly #key: string;
@@ -165,9 +220,11 @@ export class PodRun implements JobRun {
         const bytes = state ? await state.getBlob(objectNames.checkpoint) : null;
         if (bytes) {
           const h = decodeCheckpointHeader(bytes);
+          if (h.round > this.progress.round) this.progress.lastRoundAt = Date.now();
           this.progress.round = h.round;
           this.progress.records = h.records;
           this.progress.last = h.records.at(-1);
+          this.progress.participants = (h.records.at(-1)?.participants ?? []).map((p) => p.split('@')[0]!);
           lastRounds(h.records, this.progress.siteLastRound);
           if (this.progress.state === 'joining' && h.round > 0) this.progress.state = 'running';
         }

@@ -45,6 +45,15 @@ export interface NatsCoordinatorOptions {
   pauseRequested?: () => boolean;
   /** Object name of the final model in the models bucket (default global/final). */
   finalModelName?: string;
+  /** Called once the round loop starts, with live views of its counters (for metrics). */
+  onCounters?: (view: CoordinatorCounters) => void;
+}
+
+/** Live counters of a running coordinator: refusals per code, bytes in and out per round. */
+export interface CoordinatorCounters {
+  rejections(): Record<string, number>;
+  bytesIn: ReadonlyMap<number, number>;
+  bytesOut: ReadonlyMap<number, number>;
 }
 
 export interface JoinedSite {
@@ -275,6 +284,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       interruptedSince: (t) => interrupted >= t,
       log,
     });
+    o.onCounters?.({ rejections, bytesIn: transport.bytesIn, bytesOut: transport.bytesOut });
     const events: RoundEvents = {
       ...o.events,
       roundStarted: (r, sites) => {

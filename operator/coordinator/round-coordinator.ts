@@ -18,6 +18,8 @@ export interface RoundEvents {
   roundStarted?(round: number, sites: readonly string[]): void;
   siteAnswered?(round: number, site: string, ok: boolean): void;
   siteFailed?(round: number, failure: SiteFailure): void;
+  /** An update was folded in: its weight, loss and the L2 norm of its delta (computed only when this is set). */
+  siteUpdate?(round: number, site: string, u: { samples: number; trainLoss: number; norm: number; staleness: number }): void;
   roundFinished?(record: RoundRecord | undefined, round: number): void;
 }
 
@@ -176,6 +178,11 @@ export class RoundCoordinator {
       if (outcome.ok) {
         const r = outcome.value;
         if (acc.add(r)) {
+          if (this.events.siteUpdate) {
+            let sq = 0;
+            for (const v of r.delta) sq += v * v;
+            this.events.siteUpdate(round, r.site, { samples: r.samples, trainLoss: r.trainLoss, norm: Math.sqrt(sq), staleness: r.staleness ?? 0 });
+          }
           // A late update (buffered mode) is listed with the round it was trained for.
           const name = r.staleness ? `${r.site}@r${round - r.staleness}` : r.site;
           participants.push(name);

@@ -31,7 +31,14 @@ describe('operator parts on a real API server', () => {
     const nc = await connect({ servers: nats.url, maxReconnectAttempts: 0 });
     await nats.stop();
     const trust = await createNatsTrust();
-    const controller = new FederatedJobController({ client, nc, signer: trust.signer, pods: { natsUrl: 'nats://127.0.0.1:1' }, namespace: 'default', cleanupTimeoutMs: 2000 });
+    const controller = new FederatedJobController({
+      client,
+      nc,
+      signer: trust.signer,
+      pods: { natsUrl: 'nats://127.0.0.1:1' },
+      namespace: 'default',
+      cleanupTimeoutMs: 2000,
+    });
     try {
       await controller.startInformers();
       await client.create(resourcePath(Resources.federatedJobs, 'default'), {
@@ -43,14 +50,18 @@ describe('operator parts on a real API server', () => {
       await client.delete(resourcePath(Resources.federatedJobs, 'default', 'stuck'));
       controller.startReconciling();
       const t0 = Date.now();
-      await waitUntil('the job is gone', async () => {
-        try {
-          await client.get(resourcePath(Resources.federatedJobs, 'default', 'stuck'));
-          return false;
-        } catch {
-          return true;
-        }
-      }, { timeoutMs: 30_000, intervalMs: 100 });
+      await waitUntil(
+        'the job is gone',
+        async () => {
+          try {
+            await client.get(resourcePath(Resources.federatedJobs, 'default', 'stuck'));
+            return false;
+          } catch {
+            return true;
+          }
+        },
+        { timeoutMs: 30_000, intervalMs: 100 },
+      );
       expect(Date.now() - t0).toBeGreaterThan(1000);
       const events = await cp.kubectlOk(['get', 'events', '--field-selector', 'involvedObject.name=stuck', '-o', 'jsonpath={.items[*].reason}']);
       expect(events).toContain('CleanupIncomplete');

@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import { FederatedJobStatus } from '../../core/job/federated-job-status.ts';
-import type { RunProgress } from '../../operator/controller/job-runs.ts';
+import { emptyProgress, type RunProgress } from '../../operator/controller/job-runs.ts';
 import type { JobObject } from '../../operator/controller/manifests.ts';
 import { desiredStatus, keepTransitionTimes, sameJson } from '../../operator/controller/status.ts';
 import type { KubeObject } from '../../operator/kube/client.ts';
@@ -23,6 +23,7 @@ const job = (status?: Record<string, unknown>): JobObject => ({
 });
 const pod = (phase: string): KubeObject => ({ metadata: { name: `j-site-x` }, status: { phase } });
 const progress: RunProgress = {
+  ...emptyProgress(),
   state: 'running',
   round: 3,
   records: [],
