@@ -279,7 +279,7 @@ export class FederatedJobController {
       if (!pod) {
         const created = await this.#createIfAbsent(resourcePath(Resources.pods, ns), workerPod(job, site, this.#o.pods));
         // A Pod gone while the job runs was lost (deleted, evicted): count it; not so after a suspension.
-        if (created && status.phase === 'Running' && this.runs.has(key)) this.#bumpRestart(key, site.name);
+        if (created && status.phase === 'Running') this.#bumpRestart(key, site.name);
       }
     }
     for (const site of job.spec.sites) if (site.remote) this.#assign(key, job, site.name);
@@ -330,7 +330,8 @@ export class FederatedJobController {
       await this.#deleteWorkers(job);
       return undefined;
     }
-    const phase: JobPhase = s === 'running' ? 'Running' : 'Pending';
+    // A resumed loop waiting for its sites to rejoin is still a running job, not a pending one.
+    const phase: JobPhase = s === 'running' || status.phase === 'Running' ? 'Running' : 'Pending';
     if (phase === 'Running' && status.phase !== 'Running')
       await this.#events.record(job, 'Normal', 'Running', `rounds are running (round ${run.progress.round + 1} of ${job.spec.rounds})`);
     await this.#writeStatus(job, phase, {});
