@@ -3,6 +3,9 @@
 // `_total` counters) and labels stay bounded: a result, an HTTP method and code, a resource, and
 // for per-job series the namespace and the FederatedJob's name (as kube-state-metrics labels an
 // object by its kind), never a round, a site or a Pod. More metrics join by adding fields here.
+// Per-job series (consort_job_round, consort_job_accuracy, consort_site_accuracy, ...) live in
+// job-metrics.ts, registered in this same Registry, labelled namespace + federatedjob (+ site):
+// not `job`, which Prometheus gives every scraped series (a metric's own would become exported_job).
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 
 /** Add → start of a reconcile: fine from 1 ms to 10 s, with a bound at 0.5 s (the benchmark's target) so that "p99 ≤ 0.5 s" is exact. */
