@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 STAMP := node_modules/.consort-setup
 
-.PHONY: help setup demo test bench lint typecheck format build clean cluster cluster-down kube crds
+.PHONY: help setup demo test bench lint typecheck format build clean cluster cluster-down kube prometheus chromium crds dashboards
 
 help:
 	@echo "make demo   - train the five-hospital example on this machine (out/hospitals/)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint   - formatter/linter and type check"
 	@echo "make cluster - a local Kubernetes control plane with the operator (until Ctrl-C or make cluster-down)"
 	@echo "make crds   - regenerate crds/ from the zod FederatedJob schema (core/job)"
+	@echo "make dashboards - regenerate manifests/grafana/ from the dashboard code (operator/dashboard)"
 
 # npm packages (install scripts off: tfjs-node's would download libtensorflow), then the native
 # TF.js backend built from PyPI's tensorflow-cpu wheel (cached outside the checkout).
@@ -31,13 +32,23 @@ setup: $(STAMP)
 demo: setup
 	node cli/consort.ts run manifests/examples/hospitals.yaml --baselines --out out/hospitals
 
-test: setup kube
+test: setup kube prometheus chromium
 	npx vitest run
 
 # The control plane of the tests and `make cluster`: kube-apiserver, controller manager, scheduler,
 # kubectl and etcd built from their Go modules once (several minutes), then cached.
 kube:
 	bash scripts/kube.sh >/dev/null
+
+# Prometheus 3.x and promtool, built from their Go module once (a few minutes), then cached: the
+# tests scrape the operator with it and check the alert rules and the metrics with promtool.
+prometheus:
+	bash scripts/prometheus.sh >/dev/null
+
+# A headless Chromium (Debian's package, installed once) that playwright-core drives to open the
+# run report (test/e2e/report-browser.test.ts); nothing is downloaded from Playwright's CDN.
+chromium:
+	bash scripts/chromium.sh >/dev/null
 
 cluster: setup kube
 	node scripts/cluster.ts
@@ -55,10 +66,15 @@ lint: setup
 	npx biome check .
 	npx tsc --noEmit -p .
 	node operator/crd/generate.ts --check
+	node operator/dashboard/generate.ts --check
 
 # The CRD is generated from the zod schema, never edited by hand; `make lint` fails when it is stale.
 crds: setup
 	node operator/crd/generate.ts
+
+# The Grafana dashboard (JSON and its sidecar ConfigMap) is generated from TypeScript; `make lint` fails when it is stale.
+dashboards: setup
+	node operator/dashboard/generate.ts
 
 format: setup
 	npx biome check --write .

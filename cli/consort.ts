@@ -41,6 +41,8 @@ program
   )
   .option('--threads <n>', 'worker threads for the sites (default: one per core)')
   .option('--nats <url>', 'run the coordinator and each site as separate processes over this NATS server; "embedded" starts one')
+  .option('--metrics-port <port>', "serve the job's Prometheus metrics at /metrics on this port while it runs (0: any free port)")
+  .option('--metrics-address <ip>', 'the address the metrics port listens on', '127.0.0.1')
   .option('--quiet', 'no progress output', false)
   .addHelpText(
     'after',
@@ -141,8 +143,12 @@ program
   .option('--identity <id>', "this replica's name in the Lease (default: host-pid)")
   .option('--site <name>', "site mode: this site's name")
   .option('--policy <file>', 'site mode: the local policy (YAML): allowed jobs and models, maximum rounds and resources')
-  .option('--metrics-port <port>', 'cluster mode: serve /metrics (Prometheus), /healthz and /readyz on this port (0: any free port; default: none)')
+  .option(
+    '--metrics-port <port>',
+    'cluster mode: serve the HTTP API (/api/v1, /openapi.json), /metrics (Prometheus), /healthz and /readyz on this port (0: any free port; default: none)',
+  )
   .option('--metrics-address <ip>', 'the address the metrics port listens on', '0.0.0.0')
+  .option('--no-metrics-auth', 'serve /metrics without a token (default: a bearer token allowed to get the path /metrics, as kube-rbac-proxy)')
   .option('--quiet', 'no log lines', false)
   .addHelpText('after', '\nExit status: 0 stopped by SIGINT/SIGTERM, 1 lost its leadership or failed, 2 bad flags or files.')
   .action(async (flags: Record<string, unknown>) => {

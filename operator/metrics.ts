@@ -29,6 +29,7 @@ export class OperatorMetrics {
   /** Reconciles per job: a hot loop on one job shows here (the series goes when the job is deleted). */
   readonly jobReconciles: Counter<'namespace' | 'federatedjob'>;
   readonly kubeRequests: Counter<'method' | 'code'>;
+  readonly kubeRequestDuration: Histogram<'method'>;
   readonly informerRelists: Counter<'resource'>;
   #depth: () => number = () => 0;
 
@@ -74,13 +75,25 @@ export class OperatorMetrics {
       labelNames: ['method', 'code'],
       registers,
     });
+    this.kubeRequestDuration = new Histogram({
+      name: 'consort_kube_request_duration_seconds',
+      help: 'Time a request to the Kubernetes API server takes, from sending it to its whole answer (watches excepted), by method.',
+      labelNames: ['method'],
+      buckets: RECONCILE_DURATION_BUCKETS,
+      registers,
+    });
     this.informerRelists = new Counter({
       name: 'consort_informer_relists_total',
       help: 'Times an informer listed its resource again after its first list (watch errors, expired versions, stalls).',
       labelNames: ['resource'],
       registers,
     });
-    if (o.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    if (o.defaultMetrics ?? true) {
+      collectDefaultMetrics({ register: this.registry });
+      // prom-client exports these sums of the per-type gauges as gauges named like counters
+      // (_total), which promtool check metrics rightly refuses; the per-type gauges stay.
+      for (const n of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) this.registry.removeSingleMetric(n);
+    }
   }
 
   /** Where consort_workqueue_depth reads the queue's length at each scrape. */

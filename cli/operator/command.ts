@@ -11,13 +11,15 @@ import { KubeClient } from '../../operator/kube/client.ts';
 import { LeaderElector } from '../../operator/kube/leader-election.ts';
 import { OperatorMetrics } from '../../operator/metrics.ts';
 import { JobMetrics } from '../../operator/job-metrics.ts';
-import { type MetricsServer, startMetricsServer } from '../../operator/metrics-server.ts';
+import { KubeAuthorizer } from '../../operator/api/auth.ts';
+import { ClusterJobSource } from '../../operator/api/job-source.ts';
+import { type ApiServer, startApiServer } from '../../operator/api/server.ts';
 import { parseAccountSigner } from '../../operator/nats/trust.ts';
 import { OPERATOR_USER } from '../../core/protocol/permissions.ts';
 import { CliError } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
 import { connectAs } from '../nats/connect.ts';
-import { intFlag } from '../run/command.ts';
+import { intFlag } from '../flags.ts';
 
 export const OperatorFlags = z
   .object({
@@ -43,6 +45,7 @@ export const OperatorFlags = z
     policy: z.string().min(1).optional(),
     metricsPort: intFlag(0, 65_535).optional(),
     metricsAddress: z.union([z.ipv4(), z.ipv6()]).default('0.0.0.0'),
+    metricsAuth: z.boolean().default(true),
     quiet: z.boolean().default(false),
   })
   .strict()
@@ -97,10 +100,19 @@ export async function operatorCommand(raw: Record<string, unknown>): Promise<num
       log,
       ...(metrics ? { metrics, jobMetrics: new JobMetrics(metrics.registry) } : {}),
     });
-    let server: MetricsServer | undefined;
+    let server: ApiServer | undefined;
     if (metrics) {
       try {
-        server = await startMetricsServer({ metrics, port: f.metricsPort!, address: f.metricsAddress, ready: () => controller.synced, log });
+        server = await startApiServer({
+          registry: metrics.registry,
+          ready: () => controller.synced,
+          jobs: new ClusterJobSource({ jobs: controller.jobs, runs: controller.runs, nc }),
+          authorizer: new KubeAuthorizer(client),
+          metricsAuth: f.metricsAuth,
+          port: f.metricsPort!,
+          address: f.metricsAddress,
+          log,
+        });
       } catch (err) {
         await nc.close();
         throw new CliError('CONSORT_CLI_USAGE', `--metrics-port ${f.metricsPort}: cannot listen on ${f.metricsAddress}: ${(err as Error).message}`, {
@@ -108,7 +120,9 @@ export async function operatorCommand(raw: Record<string, unknown>): Promise<num
         });
       }
       const host = f.metricsAddress.includes(':') ? `[${f.metricsAddress}]` : f.metricsAddress;
-      log(`operator ${f.identity}: metrics on http://${host}:${server.port}/metrics (also /healthz, /readyz)`);
+      log(
+        `operator ${f.identity}: API and metrics on http://${host}:${server.port} (/api/v1, /openapi.json, /metrics${f.metricsAuth ? ' with a token' : ''}, /healthz, /readyz)`,
+      );
     }
     let controllerExit: (code: number) => void = () => {};
     const stopped = new Promise<number>((done) => {

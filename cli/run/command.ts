@@ -3,6 +3,7 @@
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import { describeIssues } from '../../core/job/issues.ts';
+import type { FederatedJob } from '../../core/job/federated-job.ts';
 import type { RunReport } from '../../core/report/run-report.ts';
 import { CliError } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
@@ -11,10 +12,12 @@ import { runLocal } from './local-run.ts';
 import { runOverNats } from './nats-run.ts';
 import { writeOutputs } from './outputs.ts';
 import { createProgress } from './progress.ts';
+import { fanOut, LocalRunMetrics } from './run-metrics.ts';
+import { type ApiServer, startApiServer } from '../../operator/api/server.ts';
+import { intFlag } from '../flags.ts';
 
-/** A whole-number flag in [min, max]. */
-export const intFlag = (min: number, max: number) =>
-  z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(min).max(max));
+/** Kept for the commands that took it from here. */
+export { intFlag };
 
 export const RunFlags = z
   .object({
@@ -25,6 +28,8 @@ export const RunFlags = z
     backend: z.enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto'),
     threads: intFlag(1, 256).optional(),
     nats: z.string().min(1).optional(),
+    metricsPort: intFlag(0, 65_535).optional(),
+    metricsAddress: z.union([z.ipv4(), z.ipv6()]).default('127.0.0.1'),
     quiet: z.boolean().default(false),
   })
   .strict();
@@ -41,6 +46,8 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
     const job = withOverrides(readJobFile(jobPath), flags);
     const outDir = resolve(flags.out ?? `out/${job.metadata.name}`);
     if (flags.nats !== undefined) {
+      if (flags.metricsPort !== undefined)
+        throw new CliError('CONSORT_CLI_USAGE', '--metrics-port serves the metrics of a run in this process; it cannot be combined with --nats');
       if (flags.baselines) throw new CliError('CONSORT_CLI_USAGE', "--baselines needs every site's data in one process; it cannot be combined with --nats");
       return await runOverNats({
         jobPath,
@@ -54,14 +61,25 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
       });
     }
     progress.current = createProgress({ rounds: job.spec.rounds, stream: process.stderr, quiet: flags.quiet });
-    const run = await runLocal({
-      job,
-      baseDir: dirname(resolve(jobPath)),
-      baselines: flags.baselines,
-      backend: flags.backend,
-      ...(flags.threads !== undefined ? { threads: flags.threads } : {}),
-      events: progress.current,
-    });
+    const p = progress.current;
+    const served = flags.metricsPort !== undefined ? await serveMetrics(job, flags.metricsPort, flags.metricsAddress, p.phase) : undefined;
+    let run: Awaited<ReturnType<typeof runLocal>>;
+    try {
+      run = await runLocal({
+        job,
+        baseDir: dirname(resolve(jobPath)),
+        baselines: flags.baselines,
+        backend: flags.backend,
+        ...(flags.threads !== undefined ? { threads: flags.threads } : {}),
+        events: served ? { ...fanOut([p, served.metrics]), phase: p.phase } : p,
+      });
+      served?.metrics.finished('Succeeded');
+    } catch (err) {
+      served?.metrics.finished('Failed');
+      throw err;
+    } finally {
+      await served?.server.close();
+    }
     progress.current.stop();
     const files = await writeOutputs(outDir, run);
     process.stdout.write(summaryTable(run.report));
@@ -71,6 +89,25 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
     progress.current?.stop();
     return reportFailure(err);
   }
+}
+
+/** /metrics (and /healthz, /readyz) for the length of the run; no authentication: loopback by default. */
+async function serveMetrics(
+  job: FederatedJob,
+  port: number,
+  address: string,
+  say: (line: string) => void,
+): Promise<{ metrics: LocalRunMetrics; server: ApiServer }> {
+  const metrics = new LocalRunMetrics(job);
+  let server: ApiServer;
+  try {
+    server = await startApiServer({ registry: metrics.registry, ready: () => true, port, address });
+  } catch (err) {
+    throw new CliError('CONSORT_CLI_USAGE', `--metrics-port ${port}: cannot listen on ${address}: ${(err as Error).message}`, { cause: err });
+  }
+  const host = address.includes(':') ? `[${address}]` : address;
+  say(`metrics on http://${host}:${server.port}/metrics while the job runs`);
+  return { metrics, server };
 }
 
 const pct = (x: number | undefined) => (x === undefined || Number.isNaN(x) ? '-' : `${(100 * x).toFixed(1)}%`);

@@ -4,8 +4,8 @@
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
-import { renderReportHtml } from '../report/html.ts';
-import { renderModelCard } from '../report/model-card.ts';
+import { renderReportHtml } from '../../core/report/html.ts';
+import { renderModelCard } from '../../core/report/model-card.ts';
 import { CliError } from '../errors.ts';
 import type { LocalRunResult } from './local-run.ts';
 

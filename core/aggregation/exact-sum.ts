@@ -1,37 +1,43 @@
 // A streaming weighted sum whose state does not depend on the order updates arrive in, so that
 // "same seed, same model bytes" holds however the network interleaves the sites.
 //
-// Each element keeps the exact sum of its contributions in fixed point, as two float64 words:
-//   hi: a multiple of 2^-8,   lo: a multiple of 2^-60 in [0, 2^-8).
-// A contribution q = weight * x (one float64 product, a function of the update alone) is
-// rounded to the grid 2^-60 as floor(q 2^60 + 0.5) 2^-60: within one grid step of q, a no-op
-// for |q| >= 2^-7 (whose ulp is already <= 2^-59), and ~3x faster than Math.round in V8.
-// It is then split into qh = floor(q 2^8) 2^-8 and ql = q - qh in [0, 2^-8); lo takes ql
-// and hands its whole 2^-8 part to hi as a carry. Every one of those operations is exact as
-// long as |hi| < 2^45 (a multiple of 2^-8 below 2^45 needs at most 53 bits; lo needs at most
-// 53 bits below 2^-7), and (hi, lo) with lo in [0, 2^-8) is the unique representation of the
-// exact sum of the rounded contributions. Exact addition is associative and commutative, so
-// any arrival order, and any split into partial sums merged in any order, gives the same bits.
+// Each contribution q = weight * x (one float64 product, a function of the update alone) is
+// rounded to the grid 2^-60 (ties to even) and added exactly. An element keeps the sum in
+// fixed point as two int64 integers:
+//   H in units of 2^-8:  H += round(q 2^8), the nearest multiple of 2^-8 (|q| < 2^43 is enforced)
+//   L in units of 2^-60: L += round((q - that multiple) 2^60), a value of at most 2^51
+// Integer addition is exact, associative and commutative (int64 wraps, but the true values stay
+// far inside the range: see the bounds below), so any arrival order, and any split into partial
+// sums merged in any order, gives the same (H, L). The splits are two float64 additions of a
+// constant whose ulp is the grid (exact-kernel.ts), so the fold is a handful of SIMD operations per
+// element, in WebAssembly, block by block (8192 elements: the state of a block stays in cache
+// while one or several updates are folded into it).
 //
-// The bound is enforced, not assumed: the accumulator keeps (exactly, in the same fixed point)
-// M = Sum weight * max|x| over its updates, an upper bound of every |hi|, and refuses an update
-// that would take M (or the total weight) to 2^44 or more. Whether a set of updates is refused
-// therefore does not depend on order either (M only grows, and its final value is order-free).
+// Bounds, enforced rather than assumed: every update has weight * max|x| < 2^43 (where the split
+// is exact), and the accumulator keeps M = Sum weight * max|x| (exactly, in the same fixed point),
+// refusing an update that would take M, or the total weight, to 2^44: then |H| < 2^53 always.
+// L grows by at most 2^51 per update; every 1024 updates (and before any read) its multiples of
+// 2^52 are carried into H, leaving the canonical pair: L in [0, 2^52), which is unique. As
+// floats, (hi, lo) = (H 2^-8, L 2^-60) are exact, hi a multiple of 2^-8 below 2^45 and lo in
+// [0, 2^-8), the representation snapshots use. Whether a set of updates is refused does not
+// depend on order either (M only grows, and its final value is order-free).
 //
-// Accuracy: each contribution loses at most 2^-60 to the grid, so mean() is within
-// count * 2^-60 / totalWeight of the exact weighted mean of the float32 inputs (plus the
-// roundings of each product w*x and of the final division). With weights that are sample
-// counts (>= 1) that is at most 2^-60 absolute. Tiny weights (say 1e-6) on tiny values would
-// lose relative precision, hence the 2^-20 floor on weights.
+// Accuracy: each contribution loses at most 2^-61 to the grid, so mean() is within
+// count * 2^-61 / totalWeight of the exact weighted mean of the float32 inputs (plus the
+// roundings of each product w*x, of hi + lo and of the final division). With weights that are
+// sample counts (>= 1) that is at most 2^-61 absolute. Tiny weights (say 1e-6) on tiny values
+// would lose relative precision, hence the 2^-20 floor on weights.
+import { BLOCK, SHARD_ELEMENTS, Shard } from './exact-kernel.ts';
 
-const TWO60 = 2 ** 60;
-const INV60 = 2 ** -60;
-const TWO8 = 2 ** 8;
-const INV8 = 2 ** -8;
-/** Largest admissible bound on |hi| (half of the 2^45 exactness limit, for margin). */
+/** Largest admissible M and total weight: |hi| then stays below 2^44 + 2^-8 * count, far under 2^53 * 2^-8. */
 const MAGNITUDE_LIMIT = 2 ** 44;
+/** Largest weight * max|x| of one update: where the split at 2^-8 is exact. */
+const UPDATE_LIMIT = 2 ** 43;
 /** Smallest weight: its rounding to the 2^-60 grid then costs it at most 2^-40 relative. */
 const MIN_WEIGHT = 2 ** -20;
+/** Updates folded between two carries of L into H: each adds at most 2^51 to |L|, which must stay below 2^63. */
+const CARRY_EVERY = 1024;
+const LARGEST_FLOAT32 = 3.4028234663852886e38;
 
 /** A checkpointable copy of an ExactWeightedSum's state. */
 export interface ExactSumSnapshot {
@@ -46,37 +52,55 @@ export interface ExactSumSnapshot {
   count: number;
 }
 
-/** Folds q into the fixed-point pair [hi, lo]. Exact (see above). */
-function foldScalar(pair: Float64Array, q: number): void {
-  const qr = Math.floor(q * TWO60 + 0.5) * INV60;
-  const qh = Math.floor(qr * TWO8) * INV8;
-  const l = pair[1]! + (qr - qh);
-  const c = Math.floor(l * TWO8) * INV8;
-  pair[0] = pair[0]! + (qh + c);
-  pair[1] = l - c;
+/** One update of a batch: values, weight. */
+export interface WeightedValues {
+  values: Float32Array;
+  weight: number;
 }
 
-/** Adds the canonical pair (h, l) into the pair [hi, lo]. Exact. */
-function mergeScalar(pair: Float64Array, h: number, l: number): void {
-  const s = pair[1]! + l;
-  const c = Math.floor(s * TWO8) * INV8;
-  pair[0] = pair[0]! + (h + c);
-  pair[1] = s - c;
+/** round(x 2^60), ties to even, exactly (x finite). */
+function toFixed60(x: number): bigint {
+  const s = x * 2 ** 60;
+  if (Math.abs(s) >= 2 ** 52) return BigInt(s);
+  const f = Math.floor(s);
+  const frac = s - f;
+  return BigInt(frac > 0.5 || (frac === 0.5 && f % 2 !== 0) ? f + 1 : f);
+}
+
+/** The canonical (hi, lo) of a fixed-point value in units of 2^-60. */
+function pairOf(v: bigint): Float64Array {
+  const h = v >> 52n;
+  return new Float64Array([Number(h) * 2 ** -8, Number(v - (h << 52n)) * 2 ** -60]);
+}
+
+function fromPair(pair: Float64Array): bigint {
+  return (BigInt(pair[0]! * 2 ** 8) << 52n) + BigInt(pair[1]! * 2 ** 60);
+}
+
+/** The same double as hi + lo of the canonical pair: the correctly rounded value. */
+function nearestDouble(v: bigint): number {
+  const [hi, lo] = pairOf(v);
+  return hi! + lo!;
 }
 
 export class ExactWeightedSum {
   readonly size: number;
-  private readonly hi: Float64Array;
-  private readonly lo: Float64Array;
-  private readonly weight = new Float64Array(2);
-  private readonly magnitude = new Float64Array(2);
+  private readonly shards: Shard[];
+  /** Total weight and M, in units of 2^-60. */
+  private weight = 0n;
+  private magnitude = 0n;
   private n = 0;
+  /** Updates folded since L was last carried into H. */
+  private uncarried = 0;
 
-  constructor(size: number) {
+  /** `shardElements` is for tests (several shards on a small model). */
+  constructor(size: number, opts: { shardElements?: number } = {}) {
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`ExactWeightedSum: bad size ${size}`);
+    const per = opts.shardElements ?? SHARD_ELEMENTS;
+    if (!Number.isSafeInteger(per) || per < BLOCK || per % BLOCK !== 0) throw new RangeError(`ExactWeightedSum: bad shard size ${per}`);
     this.size = size;
-    this.hi = new Float64Array(size);
-    this.lo = new Float64Array(size);
+    this.shards = [];
+    for (let start = 0; start < size; start += per) this.shards.push(new Shard(start, Math.min(per, size - start)));
   }
 
   /** Updates folded in (merges included). */
@@ -86,7 +110,7 @@ export class ExactWeightedSum {
 
   /** Sum of the weights (each rounded to 2^-60, then summed exactly). */
   get totalWeight(): number {
-    return this.weight[0]! + this.weight[1]!;
+    return nearestDouble(this.weight);
   }
 
   /**
@@ -96,84 +120,106 @@ export class ExactWeightedSum {
    * themselves, with a message that names the site; the check here is the last line.
    */
   add(values: Float32Array, weight: number): void {
-    const [w, m] = this.admit(values, weight);
-    const n = this.size;
-    const hi = this.hi;
-    const lo = this.lo;
-    for (let i = 0; i < n; i++) {
-      const qr = Math.floor(weight * values[i]! * TWO60 + 0.5) * INV60;
-      const qh = Math.floor(qr * TWO8) * INV8;
-      const l = lo[i]! + (qr - qh);
-      const c = Math.floor(l * TWO8) * INV8;
-      hi[i] = hi[i]! + (qh + c);
-      lo[i] = l - c;
+    this.addAll([{ values, weight }]);
+  }
+
+  /**
+   * Folds several updates at once, block by block (each block of state stays in cache while
+   * every update is folded into it): the same state as adding them one by one, in any order.
+   * All or nothing: when one is refused (as add would refuse it), none is folded in.
+   */
+  addAll(updates: readonly WeightedValues[]): void {
+    const checked = updates.map((u) => this.admitShape(u.values, u.weight));
+    let weight = this.weight;
+    for (const w of checked) weight += toFixed60(w);
+    // Per update: the largest |x| seen so far; M grows by weight * that, checked block by block.
+    const maxAbs = updates.map(() => 0);
+    const done: Array<{ shard: Shard; at: number; count: number; k: number }> = [];
+    try {
+      for (const shard of this.shards) {
+        for (let at = 0; at < shard.length; at += BLOCK) {
+          const count = Math.min(BLOCK, shard.length - at);
+          for (let k = 0; k < updates.length; k++) {
+            const { values } = updates[k]!;
+            const m = shard.scan(values, shard.start + at, count);
+            if (!(m <= LARGEST_FLOAT32)) throw new RangeError('ExactWeightedSum.add: update contains NaN or Infinity');
+            if (m > maxAbs[k]!) {
+              maxAbs[k] = m;
+              this.checkMagnitude(checked, maxAbs, weight);
+            }
+            shard.fold(values, shard.start + at, count, at, checked[k]!, true);
+            done.push({ shard, at, count, k });
+          }
+        }
+      }
+    } catch (err) {
+      // Folding -w x subtracts exactly what w x added (rounding to even is symmetric).
+      for (const { shard, at, count, k } of done) shard.fold(updates[k]!.values, shard.start + at, count, at, -checked[k]!);
+      throw err;
     }
-    this.weight.set(w);
-    this.magnitude.set(m);
-    this.n++;
+    // An empty model still checks the weights.
+    if (this.shards.length === 0) this.checkMagnitude(checked, maxAbs, weight);
+    this.magnitude = this.magnitudeWith(checked, maxAbs);
+    this.weight = weight;
+    this.n += updates.length;
+    this.uncarried += updates.length;
+    if (this.uncarried >= CARRY_EVERY) this.carry();
   }
 
   /** Throws exactly what add(values, weight) would throw, and changes nothing. */
   check(values: Float32Array, weight: number): void {
-    this.admit(values, weight);
+    const w = this.admitShape(values, weight);
+    let maxAbs = 0;
+    for (const shard of this.shards) {
+      for (let at = 0; at < shard.length; at += BLOCK) {
+        const m = shard.scan(values, shard.start + at, Math.min(BLOCK, shard.length - at));
+        if (!(m <= LARGEST_FLOAT32)) throw new RangeError('ExactWeightedSum.add: update contains NaN or Infinity');
+        maxAbs = Math.max(maxAbs, m);
+      }
+    }
+    this.checkMagnitude([w], [maxAbs], this.weight + toFixed60(w));
   }
 
   /** Folds another partial sum in, exactly: partial sums merge to the same bits in any order. */
   merge(other: ExactWeightedSum): void {
     if (other === this) throw new RangeError('ExactWeightedSum.merge: cannot merge a sum into itself');
-    if (other.size !== this.size) {
+    if (other.size !== this.size || other.shards.length !== this.shards.length || other.shards.some((s, i) => s.length !== this.shards[i]!.length)) {
       throw new RangeError(`ExactWeightedSum.merge: size ${other.size} differs from ${this.size}`);
     }
-    const w = this.weight.slice();
-    const m = this.magnitude.slice();
-    mergeScalar(w, other.weight[0]!, other.weight[1]!);
-    mergeScalar(m, other.magnitude[0]!, other.magnitude[1]!);
-    checkLimit(w, m);
-    const hi = this.hi;
-    const lo = this.lo;
-    const ohi = other.hi;
-    const olo = other.lo;
-    for (let i = 0; i < hi.length; i++) {
-      const s = lo[i]! + olo[i]!;
-      const c = Math.floor(s * TWO8) * INV8;
-      hi[i] = hi[i]! + (ohi[i]! + c);
-      lo[i] = s - c;
-    }
-    this.weight.set(w);
-    this.magnitude.set(m);
+    const weight = this.weight + other.weight;
+    const magnitude = this.magnitude + other.magnitude;
+    checkLimit('total weight', weight);
+    checkLimit('Sum weight*max|x|', magnitude);
+    // Both below CARRY_EVERY uncarried updates: the sum stays below 2^63 in L.
+    this.shards.forEach((s, i) => s.addLanes(other.shards[i]!));
+    this.weight = weight;
+    this.magnitude = magnitude;
     this.n += other.n;
+    this.uncarried += other.uncarried;
+    if (this.uncarried >= CARRY_EVERY) this.carry();
   }
 
   /** Sum_k w_k x_k per element, rounded once to float64. */
   sum(): Float64Array {
-    const { hi, lo } = this;
-    const out = new Float64Array(this.size);
-    for (let i = 0; i < out.length; i++) out[i] = hi[i]! + lo[i]!;
-    return out;
+    return this.quotient(1);
   }
 
   /** Sum_k w_k x_k / Sum_k w_k per element. Throws when nothing was added. */
   mean(): Float64Array {
     if (this.n === 0) throw new RangeError('ExactWeightedSum.mean: no updates');
-    const { hi, lo } = this;
-    const w = this.totalWeight;
-    const out = new Float64Array(this.size);
-    for (let i = 0; i < out.length; i++) out[i] = (hi[i]! + lo[i]!) / w;
-    return out;
+    return this.quotient(this.totalWeight);
   }
 
   snapshot(): ExactSumSnapshot {
-    return {
-      hi: this.hi.slice(),
-      lo: this.lo.slice(),
-      weight: this.weight.slice(),
-      magnitude: this.magnitude.slice(),
-      count: this.n,
-    };
+    this.carry();
+    const hi = new Float64Array(this.size);
+    const lo = new Float64Array(this.size);
+    for (const s of this.shards) s.toPairs(hi, lo);
+    return { hi, lo, weight: pairOf(this.weight), magnitude: pairOf(this.magnitude), count: this.n };
   }
 
   /** Restores a snapshot; throws RangeError when it is not a canonical state. */
-  static fromSnapshot(s: ExactSumSnapshot): ExactWeightedSum {
+  static fromSnapshot(s: ExactSumSnapshot, opts: { shardElements?: number } = {}): ExactWeightedSum {
     const size = s.hi.length;
     if (s.lo.length !== size || s.weight.length !== 2 || s.magnitude.length !== 2) {
       throw new RangeError('ExactWeightedSum.fromSnapshot: arrays have inconsistent lengths');
@@ -182,51 +228,63 @@ export class ExactWeightedSum {
       throw new RangeError(`ExactWeightedSum.fromSnapshot: bad count ${s.count}`);
     }
     const canonical = (h: number, l: number): boolean =>
-      Math.abs(h) < 2 ** 45 && Math.floor(h * TWO8) === h * TWO8 && l >= 0 && l < INV8 && Math.floor(l * TWO60) === l * TWO60;
+      Math.abs(h) < 2 ** 45 && Math.floor(h * 2 ** 8) === h * 2 ** 8 && l >= 0 && l < 2 ** -8 && Math.floor(l * 2 ** 60) === l * 2 ** 60;
     for (let i = 0; i < size; i++) {
       if (!canonical(s.hi[i]!, s.lo[i]!)) throw new RangeError(`ExactWeightedSum.fromSnapshot: element ${i} is not canonical`);
     }
     if (!canonical(s.weight[0]!, s.weight[1]!) || !canonical(s.magnitude[0]!, s.magnitude[1]!)) {
       throw new RangeError('ExactWeightedSum.fromSnapshot: weight or magnitude is not canonical');
     }
-    const sum = new ExactWeightedSum(size);
-    sum.hi.set(s.hi);
-    sum.lo.set(s.lo);
-    sum.weight.set(s.weight);
-    sum.magnitude.set(s.magnitude);
+    const sum = new ExactWeightedSum(size, opts);
+    for (const shard of sum.shards) shard.fromPairs(s.hi, s.lo);
+    sum.weight = fromPair(s.weight);
+    sum.magnitude = fromPair(s.magnitude);
     sum.n = s.count;
     return sum;
   }
 
-  /** Validates an update; returns the total weight and magnitude pairs it would lead to. */
-  private admit(values: Float32Array, weight: number): [Float64Array, Float64Array] {
-    const n = this.size;
-    if (values.length !== n) {
-      throw new RangeError(`ExactWeightedSum.add: update has ${values.length} values, expected ${n}`);
+  /** Carries L into H everywhere, leaving the canonical pair. */
+  private carry(): void {
+    if (this.uncarried === 0) return;
+    for (const s of this.shards) s.normalize();
+    this.uncarried = 0;
+  }
+
+  private quotient(divisor: number): Float64Array {
+    this.carry();
+    const out = new Float64Array(this.size);
+    for (const s of this.shards) s.quotient(out, divisor);
+    return out;
+  }
+
+  /** Validates length and weight; returns the weight. */
+  private admitShape(values: Float32Array, weight: number): number {
+    if (values.length !== this.size) {
+      throw new RangeError(`ExactWeightedSum.add: update has ${values.length} values, expected ${this.size}`);
     }
     if (!(weight >= MIN_WEIGHT && weight < Infinity)) {
       throw new RangeError(`ExactWeightedSum.add: weight must be finite and >= 2^-20, got ${weight}`);
     }
-    let maxAbs = 0;
-    for (let i = 0; i < n; i++) maxAbs = Math.max(maxAbs, Math.abs(values[i]!));
-    if (!Number.isFinite(maxAbs)) throw new RangeError('ExactWeightedSum.add: update contains NaN or Infinity');
-    const w = this.weight.slice();
-    const m = this.magnitude.slice();
-    foldScalar(w, weight);
-    foldScalar(m, weight * maxAbs);
-    checkLimit(w, m);
-    return [w, m];
+    return weight;
+  }
+
+  private magnitudeWith(weights: readonly number[], maxAbs: readonly number[]): bigint {
+    let m = this.magnitude;
+    for (let k = 0; k < weights.length; k++) m += toFixed60(weights[k]! * maxAbs[k]!);
+    return m;
+  }
+
+  private checkMagnitude(weights: readonly number[], maxAbs: readonly number[], weight: bigint): void {
+    for (let k = 0; k < weights.length; k++) {
+      const q = weights[k]! * maxAbs[k]!;
+      if (!(q < UPDATE_LIMIT)) throw new RangeError(`ExactWeightedSum: weight*max|x| of ${q} is beyond the exact range 2^43 of one update`);
+    }
+    checkLimit('total weight', weight);
+    checkLimit('Sum weight*max|x|', this.magnitudeWith(weights, maxAbs));
   }
 }
 
-function checkLimit(weight: Float64Array, magnitude: Float64Array): void {
-  for (const [what, pair] of [
-    ['total weight', weight],
-    ['Sum weight*max|x|', magnitude],
-  ] as const) {
-    const v = pair[0]! + pair[1]!;
-    if (!(v < MAGNITUDE_LIMIT)) {
-      throw new RangeError(`ExactWeightedSum: ${what} would reach ${v}, beyond the exact range 2^44`);
-    }
-  }
+function checkLimit(what: string, v: bigint): void {
+  const x = nearestDouble(v);
+  if (!(x < MAGNITUDE_LIMIT)) throw new RangeError(`ExactWeightedSum: ${what} would reach ${x}, beyond the exact range 2^44`);
 }

@@ -11,6 +11,7 @@
 // its residual e, the codec compresses v = delta + e and hands back the new residual v − decoded(v),
 // which never leaves the site. For top-k that is what makes sparsification converge.
 import type { CompressionSpec } from '../job/federated-job.ts';
+import { maxAbs } from '../aggregation/exact-kernel.ts';
 import { type ParameterLayout, layoutOffsets, layoutSize } from '../model/layout.ts';
 import {
   bytesOfTensors,
@@ -20,6 +21,7 @@ import {
   readSafetensorsHeader,
   readTensorData,
   type TensorDtype,
+  type TensorEntry,
 } from '../tensor/safetensors.ts';
 
 export type Codec = CompressionSpec['codec'];
@@ -43,6 +45,9 @@ export interface EncodedUpdate {
 export interface DecodedUpdate {
   delta: Float32Array;
   control?: Float32Array;
+  /** max |delta[i]| and max |control[i]| (finite: anything else is refused). */
+  maxAbs: number;
+  controlMaxAbs?: number;
 }
 
 export interface UpdateLimits {
@@ -156,7 +161,9 @@ export function encodeUpdate(delta: Float32Array, layout: ParameterLayout, spec:
  * code says why: BAD_ENCODING (not safetensors, wrong format or codec, bad dtype, index out of
  * range or not strictly ascending, quantised value out of range), WRONG_SHAPE (tensor names or
  * shapes differ from the layout, control tensors only in part), NON_FINITE (NaN or Infinity in
- * what would be returned).
+ * what would be returned). With codec none, delta and control are views of `bytes` when the
+ * tensors lie in layout order (as encodeUpdate writes them), so no copy of a large update is made:
+ * leave `bytes` unchanged while they are in use.
  */
 export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: Codec, limits: UpdateLimits): DecodedUpdate {
   const n = layoutSize(layout);
@@ -199,12 +206,18 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
   }
 
   const offsets = layoutOffsets(layout);
-  const delta = new Float32Array(n);
+  let delta: Float32Array;
   switch (codec) {
     case 'none':
-      layout.forEach((t, i) => readFloat32Into(bytes, tensors.get(t.name)!, delta, offsets[i]!.offset));
+      delta = float32Tensors(
+        bytes,
+        layout.map((t) => tensors.get(t.name)!),
+        offsets,
+        n,
+      );
       break;
     case 'fp16': {
+      delta = new Float32Array(n);
       const table = float16Table();
       layout.forEach((t, i) => {
         const half = data(t.name) as Uint16Array;
@@ -217,6 +230,7 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
       break;
     }
     case 'int8':
+      delta = new Float32Array(n);
       layout.forEach((t, i) => {
         const q = data(t.name) as Int8Array;
         const scale = (data(`${t.name}:scale`) as Float32Array)[0]!;
@@ -227,14 +241,10 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
           if (q[j] === -128) throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', `tensor ${t.name}[${j}] is -128, outside the symmetric range ±127`);
           delta[at + j] = q[j]! * scale;
         }
-        if (!Number.isFinite(Math.fround(127 * scale))) {
-          for (let j = 0; j < q.length; j++) {
-            if (!Number.isFinite(delta[at + j]!)) throw new UpdateDecodeError('CONSORT_R_NON_FINITE', `tensor ${t.name}[${j}] overflows float32`);
-          }
-        }
       });
       break;
     case 'topk': {
+      delta = new Float32Array(n);
       const indices = data('indices') as Int32Array;
       const values = data('values') as Float32Array;
       if (n > 0 && indices.length === 0) throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', 'topk update with no coordinates');
@@ -251,12 +261,31 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
       break;
     }
   }
-  if (codec === 'none') requireDecodedFinite('delta', delta, layout);
-  if (controls === 0) return { delta };
-  const control = new Float32Array(n);
-  layout.forEach((t, i) => readFloat32Into(bytes, tensors.get(controlName(t.name))!, control, offsets[i]!.offset));
-  requireDecodedFinite('control', control, layout);
-  return { delta, control };
+  // int8 overflows float32 only where 127 * scale does; the other codecs checked above, or here.
+  const deltaMax = requireDecodedFinite('delta', delta, layout);
+  if (controls === 0) return { delta, maxAbs: deltaMax };
+  const control = float32Tensors(
+    bytes,
+    layout.map((t) => tensors.get(controlName(t.name))!),
+    offsets,
+    n,
+  );
+  return { delta, control, maxAbs: deltaMax, controlMaxAbs: requireDecodedFinite('control', control, layout) };
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * F32 tensors, one per layout tensor, as one flat vector: a view of the bytes when they lie
+ * contiguously in layout order at a 4-byte aligned address (what encodeUpdate writes), else a copy.
+ */
+function float32Tensors(bytes: Uint8Array, entries: readonly TensorEntry[], offsets: ReturnType<typeof layoutOffsets>, n: number): Float32Array {
+  const start = entries[0]?.begin ?? 0;
+  const inOrder = entries.every((e, i) => e.begin === start + 4 * offsets[i]!.offset);
+  if (LITTLE_ENDIAN && inOrder && (bytes.byteOffset + start) % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset + start, n);
+  const out = new Float32Array(n);
+  entries.forEach((e, i) => readFloat32Into(bytes, e, out, offsets[i]!.offset));
+  return out;
 }
 
 /** Encoded size in bytes of any update of this layout with this codec (deterministic: it depends on neither values nor residual). */
@@ -380,7 +409,10 @@ function requireFinite(what: string, values: Float32Array, n: number): void {
   for (let i = 0; i < n; i++) if (!Number.isFinite(values[i]!)) throw new RangeError(`encodeUpdate: ${what}[${i}] is ${values[i]}`);
 }
 
-function requireDecodedFinite(what: string, values: Float32Array, layout: ParameterLayout): void {
+/** max |values[i]|; UpdateDecodeError NON_FINITE, naming the first bad element, when one is NaN or infinite. */
+function requireDecodedFinite(what: string, values: Float32Array, layout: ParameterLayout): number {
+  const m = maxAbs(values);
+  if (Number.isFinite(m)) return m;
   for (let i = 0; i < values.length; i++) {
     if (!Number.isFinite(values[i]!)) {
       const offsets = layoutOffsets(layout);
@@ -388,4 +420,5 @@ function requireDecodedFinite(what: string, values: Float32Array, layout: Parame
       throw new UpdateDecodeError('CONSORT_R_NON_FINITE', `${what} tensor ${layout[t]?.name}[${i - (offsets[t]?.offset ?? 0)}] is ${values[i]}`);
     }
   }
+  return m;
 }

@@ -11,6 +11,22 @@ export function sha256Hex(data: Uint8Array | readonly Uint8Array[]): string {
   return hash.digest('hex');
 }
 
+/**
+ * The digest a NATS Object Store keeps in an object's metadata for this SHA-256 (hex): "SHA-256="
+ * and the padded base64url of the hash. The store's client checks an object's chunks against it
+ * as they stream, so an object whose metadata carries this digest has these bytes.
+ */
+export function objectStoreDigest(sha256hex: string): string {
+  const b64 = Buffer.from(sha256hex, 'hex').toString('base64url');
+  return `SHA-256=${b64}${'='.repeat((4 - (b64.length % 4)) % 4)}`;
+}
+
+/** The hex SHA-256 in an Object Store digest (objectStoreDigest's inverse); undefined if it is not one. */
+export function sha256OfObjectStoreDigest(digest: string): string | undefined {
+  const m = /^SHA-256=([A-Za-z0-9_-]{43})=?$/.exec(digest);
+  return m ? Buffer.from(m[1]!, 'base64url').toString('hex') : undefined;
+}
+
 /** An incremental SHA-256, for objects that arrive in chunks. */
 export interface Sha256 {
   update(chunk: Uint8Array): Sha256;

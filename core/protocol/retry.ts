@@ -4,6 +4,7 @@
 // object read that stops making progress is abandoned rather than awaited for ever (an object
 // whose metadata names chunks that were never written streams nothing, and never ends). No NATS
 // client here: the shells pass their calls in.
+import { objectStoreDigest } from './digest.ts';
 
 /** An object read during which no chunk arrived for too long. */
 export class StalledReadError extends Error {
@@ -45,6 +46,9 @@ export interface ObjectStream {
 /**
  * Reads an object to its end; StalledReadError (and the read cancelled) when no chunk arrives for
  * `idleMs`, RangeError past `maxBytes` (what the sender declared: no more is held in memory).
+ * With `maxBytes`, the chunks are copied as they come into one array of that size (each chunk is
+ * dropped at once, and the bytes start 8-byte aligned), and the bytes read are returned as a view
+ * of its beginning.
  */
 export async function readObjectStream(object: ObjectStream, o: { idleMs: number; maxBytes?: number; what: string }): Promise<Uint8Array> {
   const { idleMs, what } = o;
@@ -54,6 +58,7 @@ export async function readObjectStream(object: ObjectStream, o: { idleMs: number
     (err: unknown) => err,
   );
   const reader = object.data.getReader();
+  const into = o.maxBytes !== undefined ? new Uint8Array(o.maxBytes) : undefined;
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
@@ -64,9 +69,10 @@ export async function readObjectStream(object: ObjectStream, o: { idleMs: number
     try {
       const { done, value } = await Promise.race([reader.read(), stalled]);
       if (done) break;
+      if (o.maxBytes !== undefined && size + value.length > o.maxBytes) throw new RangeError(`${what}: more than the ${o.maxBytes} bytes declared`);
+      if (into) into.set(value, size);
+      else chunks.push(value);
       size += value.length;
-      if (o.maxBytes !== undefined && size > o.maxBytes) throw new RangeError(`${what}: more than the ${o.maxBytes} bytes declared`);
-      chunks.push(value);
     } catch (err) {
       reader.cancel().catch(() => {});
       throw err;
@@ -76,6 +82,7 @@ export async function readObjectStream(object: ObjectStream, o: { idleMs: number
   }
   const err = await outcome;
   if (err) throw err;
+  if (into) return into.subarray(0, size);
   const out = new Uint8Array(size);
   let at = 0;
   for (const c of chunks) {
@@ -83,4 +90,23 @@ export async function readObjectStream(object: ObjectStream, o: { idleMs: number
     at += c.length;
   }
   return out;
+}
+
+/** What an Object Store keeps of an object (nats.js's ObjectInfo, structurally). */
+export interface StoredObjectInfo {
+  bucket: string;
+  name: string;
+  size: number;
+  digest: string;
+}
+
+/**
+ * Why the stored object is not the one a reference names (undefined when it is): another bucket
+ * or name (the store follows links), another size, or another digest. A read of an object that
+ * passes is checked by the store against that digest, so the bytes read are the referenced ones.
+ */
+export function storedObjectMismatch(info: StoredObjectInfo, ref: { bucket: string; name: string; sha256: string; size: number }): string | undefined {
+  const digest = objectStoreDigest(ref.sha256);
+  if (info.bucket === ref.bucket && info.name === ref.name && info.size === ref.size && info.digest === digest) return undefined;
+  return `the stored object (${info.bucket}/${info.name}, ${info.size} bytes, ${info.digest}) is not the one referenced (${ref.bucket}/${ref.name}, ${ref.size} bytes, ${digest})`;
 }

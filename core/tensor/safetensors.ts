@@ -37,6 +37,15 @@ const MAX_RANK = 32;
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 export function encodeSafetensors(layout: ParameterLayout, values: Float32Array, metadata: Record<string, string> = {}): Uint8Array {
+  return concatBytes(safetensorsParts(layout, values, metadata));
+}
+
+/**
+ * The bytes of encodeSafetensors(layout, values, metadata) as pieces, without copying the values
+ * on a little-endian machine (the last piece is a view of them): what a streaming writer or a
+ * hash needs, for models too large to copy.
+ */
+export function safetensorsParts(layout: ParameterLayout, values: Float32Array, metadata: Record<string, string> = {}): Uint8Array[] {
   if (values.length !== layoutSize(layout)) throw new RangeError(`safetensors: ${values.length} values for a layout of ${layoutSize(layout)}`);
   const header: Record<string, SafetensorsHeaderEntry | Record<string, string>> = {};
   if (Object.keys(metadata).length > 0) header.__metadata__ = metadata;
@@ -46,29 +55,48 @@ export function encodeSafetensors(layout: ParameterLayout, values: Float32Array,
     header[t.name] = { dtype: 'F32', shape: [...t.shape], data_offsets: [offset * 4, (offset + size) * 4] };
   });
   const headerBytes = paddedHeader(header);
-  const out = new Uint8Array(8 + headerBytes.length + values.length * 4);
-  const view = new DataView(out.buffer);
-  view.setBigUint64(0, BigInt(headerBytes.length), true);
-  out.set(headerBytes, 8);
-  writeData(out, 8 + headerBytes.length, values);
+  const head = new Uint8Array(8 + headerBytes.length);
+  new DataView(head.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
+  head.set(headerBytes, 8);
+  if (LITTLE_ENDIAN) return [head, new Uint8Array(values.buffer, values.byteOffset, values.byteLength)];
+  const data = new Uint8Array(values.byteLength);
+  writeData(data, 0, values);
+  return [head, data];
+}
+
+/** The pieces, one after the other, in one array. */
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
   return out;
 }
 
-/** One float32 model: its tensors in file order as a layout, their values concatenated. Throws RangeError on anything malformed or not F32. */
+/**
+ * One float32 model: its tensors in file order as a layout, their values concatenated. Throws
+ * RangeError on anything malformed or not F32. The values are a view of `bytes` when they can be
+ * (little-endian machine, data 4-byte aligned): no copy of a large model is made.
+ */
 export function decodeSafetensors(bytes: Uint8Array): { layout: ParameterLayout; values: Float32Array; metadata: Record<string, string> } {
-  const { tensors, metadata } = decodeTensors(bytes, { maxBytes: bytes.length, maxTensors: Number.MAX_SAFE_INTEGER });
+  const { entries, metadata } = readSafetensorsHeader(bytes, { maxBytes: bytes.length, maxTensors: Number.MAX_SAFE_INTEGER });
   let total = 0;
-  for (const t of tensors.values()) {
+  for (const t of entries.values()) {
     if (t.dtype !== 'F32') throw new RangeError(`safetensors: tensor ${t.name} has dtype ${t.dtype}; only F32 is supported`);
-    total += t.data.length;
+    total += (t.end - t.begin) / 4;
   }
+  const layout: ParameterLayout = [...entries.values()].map((t) => ({ name: t.name, shape: t.shape }));
+  // Entries tile the data in file order, so the values are the data section itself.
+  const start = bytes.length - 4 * total;
+  if (LITTLE_ENDIAN && (bytes.byteOffset + start) % 4 === 0)
+    return { layout, values: new Float32Array(bytes.buffer, bytes.byteOffset + start, total), metadata };
   const values = new Float32Array(total);
-  const layout: ParameterLayout = [];
   let at = 0;
-  for (const t of tensors.values()) {
-    values.set(t.data as Float32Array, at);
-    at += t.data.length;
-    layout.push({ name: t.name, shape: t.shape });
+  for (const t of entries.values()) {
+    readFloat32Into(bytes, t, values, at);
+    at += (t.end - t.begin) / 4;
   }
   return { layout, values, metadata };
 }

@@ -121,9 +121,10 @@ export class FederatedJobController {
     if (metrics) {
       metrics.observeQueueDepth(() => this.queue.length);
       const previous = client.onResponse;
-      client.onResponse = (method, status) => {
+      client.onResponse = (method, status, seconds) => {
         metrics.kubeRequests.inc({ method, code: String(status) });
-        previous?.(method, status);
+        metrics.kubeRequestDuration.observe({ method }, seconds);
+        previous?.(method, status, seconds);
       };
     }
     this.#events = new EventRecorder(client, 'consort-operator', this.#log);
@@ -162,6 +163,7 @@ export class FederatedJobController {
     await this.queue.stop();
     await Promise.all([...this.runs.values()].map((r) => r.stop()));
     this.runs.clear();
+    await this.#events.flush();
     await Promise.all([this.jobs, this.pods, this.secrets, this.configMaps].map((i) => i.stop()));
   }
 
@@ -238,8 +240,8 @@ export class FederatedJobController {
       return undefined;
     }
 
-    await this.#ensureConfig(job);
-    const keys = await this.#ensureCredentials(job);
+    // Independent objects: created together, not one round trip after another.
+    const [, keys] = await Promise.all([this.#ensureConfig(job), this.#ensureCredentials(job)]);
 
     let run = this.runs.get(key);
     if (run && run.uid !== job.metadata.uid) {
@@ -260,28 +262,30 @@ export class FederatedJobController {
       }
       await this.#stopRun(key);
       await this.#deleteWorkers(job);
-      if (status.phase !== 'Suspended') await this.#events.record(job, 'Normal', 'Suspended', `suspended after round ${status.round ?? 0}`);
+      if (status.phase !== 'Suspended') void this.#events.record(job, 'Normal', 'Suspended', `suspended after round ${status.round ?? 0}`);
       await this.#writeStatus(job, 'Suspended', {});
       return undefined;
     }
 
-    // Worker Pods: one per site of this cluster, recreated when gone or failed.
-    for (const site of job.spec.sites) {
-      if (site.remote) continue;
-      const name = names.workerPod(job.metadata.name, site.name);
-      const pod = this.#owned(this.pods, ns, name);
-      if (pod && !pod.metadata.deletionTimestamp && podPhase(pod) === 'Failed') {
-        await this.#deletePod(ns, name);
-        this.#bumpRestart(key, site.name);
-        await this.#events.record(job, 'Warning', 'WorkerFailed', `worker of site ${site.name} failed; recreating it`);
-        continue;
-      }
-      if (!pod) {
-        const created = await this.#createIfAbsent(resourcePath(Resources.pods, ns), workerPod(job, site, this.#o.pods));
-        // A Pod gone while the job runs was lost (deleted, evicted): count it; not so after a suspension.
-        if (created && status.phase === 'Running') this.#bumpRestart(key, site.name);
-      }
-    }
+    // Worker Pods: one per site of this cluster, recreated when gone or failed (all sites at once).
+    await Promise.all(
+      job.spec.sites.map(async (site) => {
+        if (site.remote) return;
+        const name = names.workerPod(job.metadata.name, site.name);
+        const pod = this.#owned(this.pods, ns, name);
+        if (pod && !pod.metadata.deletionTimestamp && podPhase(pod) === 'Failed') {
+          await this.#deletePod(ns, name);
+          this.#bumpRestart(key, site.name);
+          void this.#events.record(job, 'Warning', 'WorkerFailed', `worker of site ${site.name} failed; recreating it`);
+          return;
+        }
+        if (!pod) {
+          const created = await this.#createIfAbsent(resourcePath(Resources.pods, ns), workerPod(job, site, this.#o.pods));
+          // A Pod gone while the job runs was lost (deleted, evicted): count it; not so after a suspension.
+          if (created && status.phase === 'Running') this.#bumpRestart(key, site.name);
+        }
+      }),
+    );
     for (const site of job.spec.sites) if (site.remote) this.#assign(key, job, site.name);
     if (placement === 'pod') {
       const name = names.coordinatorPod(job.metadata.name);
@@ -297,8 +301,8 @@ export class FederatedJobController {
       run = placement === 'operator' ? new InOperatorRun(withUid, keys, ctx) : new PodRun(withUid, ctx);
       this.runs.set(key, run);
       if (status.phase === undefined || status.phase === 'Pending')
-        await this.#events.record(job, 'Normal', 'Started', `round loop started (${placement === 'operator' ? 'in the operator' : 'in a coordinator Pod'})`);
-      else await this.#events.record(job, 'Normal', 'Resumed', `round loop resumed from its checkpoint after round ${status.round ?? 0}`);
+        void this.#events.record(job, 'Normal', 'Started', `round loop started (${placement === 'operator' ? 'in the operator' : 'in a coordinator Pod'})`);
+      else void this.#events.record(job, 'Normal', 'Resumed', `round loop resumed from its checkpoint after round ${status.round ?? 0}`);
     }
 
     const s = run.progress.state;
@@ -313,7 +317,7 @@ export class FederatedJobController {
     }
     if (s === 'succeeded') {
       await this.#writeStatus(job, 'Succeeded', {});
-      await this.#events.record(
+      void this.#events.record(
         job,
         'Normal',
         'Succeeded',
@@ -325,7 +329,7 @@ export class FederatedJobController {
     }
     if (s === 'failed') {
       await this.#writeStatus(job, 'Failed', { problem: { reason: 'CoordinatorFailed', message: run.progress.error ?? 'the round loop failed' } });
-      await this.#events.record(job, 'Warning', 'Failed', run.progress.error ?? 'the round loop failed');
+      void this.#events.record(job, 'Warning', 'Failed', run.progress.error ?? 'the round loop failed');
       await this.#stopRun(key);
       await this.#deleteWorkers(job);
       return undefined;
@@ -333,7 +337,7 @@ export class FederatedJobController {
     // A resumed loop waiting for its sites to rejoin is still a running job, not a pending one.
     const phase: JobPhase = s === 'running' || status.phase === 'Running' ? 'Running' : 'Pending';
     if (phase === 'Running' && status.phase !== 'Running')
-      await this.#events.record(job, 'Normal', 'Running', `rounds are running (round ${run.progress.round + 1} of ${job.spec.rounds})`);
+      void this.#events.record(job, 'Normal', 'Running', `rounds are running (round ${run.progress.round + 1} of ${job.spec.rounds})`);
     await this.#writeStatus(job, phase, {});
     return undefined;
   }
@@ -407,44 +411,45 @@ export class FederatedJobController {
     const jobName = job.metadata.name;
     const key = jobKey(job.metadata);
     const sites = job.spec.sites.map((s) => s.name);
-    let jobSecret = this.#owned(this.secrets, ns, names.jobSecret(jobName));
-    if (!jobSecret) {
-      // Not in the cache: maybe created a moment ago by us; read it before minting anew.
-      jobSecret = await this.#o.client.get(resourcePath(Resources.secrets, ns, names.jobSecret(jobName))).catch((err: unknown) => {
-        if (isNotFound(err)) return undefined;
-        throw err;
-      });
-    }
-    let seeds: Record<string, string> = {};
-    let keys: { coordinator: string; sites: Record<string, string> } | undefined;
-    if (jobSecret) {
-      seeds = JSON.parse(decode(jobSecret, 'seeds.json') ?? '{}') as Record<string, string>;
-      keys = JSON.parse(decode(jobSecret, 'keys.json') ?? 'null') as typeof keys;
-    }
+    const read = (s: KubeObject) => ({
+      seeds: JSON.parse(decode(s, 'seeds.json') ?? '{}') as Record<string, string>,
+      keys: JSON.parse(decode(s, 'keys.json') ?? 'null') as { coordinator: string; sites: Record<string, string> } | null,
+    });
+    const cached = this.#owned(this.secrets, ns, names.jobSecret(jobName));
+    let stored = cached ? read(cached) : undefined;
     const missingSites = sites.filter((s) => !this.#owned(this.secrets, ns, names.siteSecret(jobName, s)));
-    if (jobSecret && keys && missingSites.length === 0) return keys.sites;
+    if (stored?.keys && missingSites.length === 0) return stored.keys.sites;
     const expiresAt = new Date(Date.now() + (this.#o.credentialsTtlMs ?? 90 * 24 * 3600_000));
     // Minted again with the same seeds: the keys (which the coordinator checks signatures with) stay.
-    const creds = await mintJobCreds(this.#o.signer, key, sites, { expiresAt, seeds });
-    if (!jobSecret) {
-      const allSeeds = { _coordinator: creds.coordinator.seed, ...Object.fromEntries(Object.entries(creds.sites).map(([s, u]) => [s, u.seed])) };
-      await this.#createIfAbsent(
+    const mint = (seeds: Record<string, string>) => mintJobCreds(this.#o.signer, key, sites, { expiresAt, seeds });
+    let creds = await mint(stored?.seeds ?? {});
+    if (!stored) {
+      // Not in the cache: created here, unless it exists after all (created a moment ago, not in
+      // the cache yet): then its keys are the job's, and the sites' credentials are minted from its seeds.
+      const seeds = { _coordinator: creds.coordinator.seed, ...Object.fromEntries(Object.entries(creds.sites).map(([s, u]) => [s, u.seed])) };
+      const created = await this.#createIfAbsent(
         resourcePath(Resources.secrets, ns),
         secret(job, names.jobSecret(jobName), 'coordinator', {
           'keys.json': JSON.stringify(creds.keys),
           'coordinator.creds': creds.coordinator.creds,
-          'seeds.json': JSON.stringify(allSeeds),
+          'seeds.json': JSON.stringify(seeds),
         }),
       );
-      keys = creds.keys;
+      if (created) stored = { seeds, keys: creds.keys };
+      else {
+        stored = read(await this.#o.client.get(resourcePath(Resources.secrets, ns, names.jobSecret(jobName))));
+        creds = await mint(stored.seeds);
+      }
     }
-    for (const s of missingSites) {
-      await this.#createIfAbsent(
-        resourcePath(Resources.secrets, ns),
-        secret(job, names.siteSecret(jobName, s), 'site', { 'site.creds': creds.sites[s]!.creds }, { [LABELS.site]: s }),
-      );
-    }
-    return keys!.sites;
+    await Promise.all(
+      missingSites.map((s) =>
+        this.#createIfAbsent(
+          resourcePath(Resources.secrets, ns),
+          secret(job, names.siteSecret(jobName, s), 'site', { 'site.creds': creds.sites[s]!.creds }, { [LABELS.site]: s }),
+        ),
+      ),
+    );
+    return stored.keys!.sites;
   }
 
   async #createIfAbsent(path: string, body: KubeObject): Promise<boolean> {
@@ -554,13 +559,13 @@ export class FederatedJobController {
         if (r.data.accepted) {
           this.#assignments.set(id, 'accepted');
           this.#refusals.get(key)?.delete(site);
-          await this.#events.record(job, 'Normal', 'SiteAccepted', `site ${site} accepted the job; its worker runs in its own cluster`);
+          void this.#events.record(job, 'Normal', 'SiteAccepted', `site ${site} accepted the job; its worker runs in its own cluster`);
         } else {
           this.#assignments.set(id, 'refused');
           const m = this.#refusals.get(key) ?? new Map<string, string>();
           m.set(site, `${r.data.reason ?? 'refused'} [${r.data.code ?? 'CONSORT_P_REFUSED'}]`);
           this.#refusals.set(key, m);
-          await this.#events.record(job, 'Warning', 'SiteRefused', `site ${site} refused the job: ${r.data.reason} [${r.data.code}]`);
+          void this.#events.record(job, 'Warning', 'SiteRefused', `site ${site} refused the job: ${r.data.reason} [${r.data.code}]`);
         }
         this.queue.add(key);
       } catch (err) {

@@ -98,6 +98,8 @@ export class InOperatorRun implements JobRun {
     this.uid = job.metadata.uid;
     const name = `${job.metadata.namespace}/${job.metadata.name}`;
     const log = (line: string) => ctx.log(`[${name}] ${line}`);
+    // A stalled first round (or one after a resume) must show as stalled too: the clock starts now.
+    this.progress.lastRoundAt = Date.now();
     let counters: CoordinatorCounters | undefined;
     let answered = new Set<string>();
     let startedAt = performance.now();

@@ -4,6 +4,7 @@
 // bit-exact, so a resumed job ends in the same bytes as an uninterrupted one.
 import { z } from 'zod';
 import { RoundRecord } from '../../core/report/run-report.ts';
+import { concatBytes } from '../../core/tensor/safetensors.ts';
 import type { StrategyState } from '../../core/strategies/strategy.ts';
 
 export const CHECKPOINT_FORMAT = 'consort.dev/checkpoint/v1';
@@ -38,6 +39,28 @@ const Header = z.object({
 
 /** [u32 header length][header JSON][global float32][strategy buffers float64], little-endian. */
 export function encodeCheckpoint(c: Checkpoint): Uint8Array {
+  return concatBytes(checkpointParts(c));
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** The bytes of a typed array as stored (little-endian): a view on a little-endian machine, else a copy. */
+function littleEndianBytes(a: Float32Array | Float64Array): Uint8Array {
+  if (LITTLE_ENDIAN) return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  const out = new Uint8Array(a.byteLength);
+  const view = new DataView(out.buffer);
+  for (let i = 0; i < a.length; i++) {
+    if (a instanceof Float32Array) view.setFloat32(4 * i, a[i]!, true);
+    else view.setFloat64(8 * i, a[i]!, true);
+  }
+  return out;
+}
+
+/**
+ * encodeCheckpoint's bytes as pieces, the model and the strategy's buffers as views of their
+ * arrays (no copy of a large model): for a streaming write.
+ */
+export function checkpointParts(c: Checkpoint): Uint8Array[] {
   const buffers = Object.entries(c.strategy.buffers).sort(([a], [b]) => (a < b ? -1 : 1));
   const header = new TextEncoder().encode(
     JSON.stringify({
@@ -54,25 +77,22 @@ export function encodeCheckpoint(c: Checkpoint): Uint8Array {
     }),
   );
   const pad = (8 - ((4 + header.length) % 8)) % 8;
-  const start = 4 + header.length + pad;
-  const size = start + c.global.length * 4 + buffers.reduce((n, [, b]) => n + b.length * 8, 0) + ((c.global.length * 4) % 8);
-  const out = new Uint8Array(size);
-  const view = new DataView(out.buffer);
-  view.setUint32(0, header.length + pad, true);
-  out.set(header, 4);
-  out.fill(0x20, 4 + header.length, start);
-  let at = start;
-  for (const v of c.global) {
-    view.setFloat32(at, v, true);
-    at += 4;
+  const head = new Uint8Array(4 + header.length + pad);
+  new DataView(head.buffer).setUint32(0, header.length + pad, true);
+  head.set(header, 4);
+  head.fill(0x20, 4 + header.length);
+  return [head, littleEndianBytes(c.global), new Uint8Array((c.global.length * 4) % 8), ...buffers.map(([, b]) => littleEndianBytes(b))];
+}
+
+/** Little-endian bytes[at, at + 4 n) as float32, or [at, at + 8 n) as float64, in a fresh array. */
+function readArray<T extends Float32Array | Float64Array>(bytes: Uint8Array, at: number, out: T): T {
+  const width = out.BYTES_PER_ELEMENT;
+  if (LITTLE_ENDIAN) {
+    new Uint8Array(out.buffer).set(bytes.subarray(at, at + width * out.length));
+    return out;
   }
-  at += (c.global.length * 4) % 8;
-  for (const [, b] of buffers) {
-    for (const v of b) {
-      view.setFloat64(at, v, true);
-      at += 8;
-    }
-  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let i = 0; i < out.length; i++) out[i] = width === 4 ? view.getFloat32(at + 4 * i, true) : view.getFloat64(at + 8 * i, true);
   return out;
 }
 
@@ -85,14 +105,12 @@ export function decodeCheckpoint(bytes: Uint8Array): Checkpoint {
   const need = 4 + n + h.globalLength * 4 + ((h.globalLength * 4) % 8) + h.strategy.buffers.reduce((s, b) => s + b.length * 8, 0);
   if (need !== bytes.length) throw new RangeError(`checkpoint: ${bytes.length} bytes, the header describes ${need}`);
   let at = 4 + n;
-  const global = new Float32Array(h.globalLength);
-  for (let i = 0; i < global.length; i++, at += 4) global[i] = view.getFloat32(at, true);
-  at += (h.globalLength * 4) % 8;
+  const global = readArray(bytes, at, new Float32Array(h.globalLength));
+  at += h.globalLength * 4 + ((h.globalLength * 4) % 8);
   const buffers: Record<string, Float64Array> = {};
   for (const b of h.strategy.buffers) {
-    const arr = new Float64Array(b.length);
-    for (let i = 0; i < arr.length; i++, at += 8) arr[i] = view.getFloat64(at, true);
-    buffers[b.name] = arr;
+    buffers[b.name] = readArray(bytes, at, new Float64Array(b.length));
+    at += b.length * 8;
   }
   return {
     job: h.job,
@@ -110,7 +128,8 @@ export function decodeCheckpoint(bytes: Uint8Array): Checkpoint {
 /** Where checkpoints live: a file beside the coordinator, or the job's state bucket in NATS. */
 export interface CheckpointStore {
   load(): Promise<Uint8Array | undefined>;
-  save(bytes: Uint8Array): Promise<void>;
+  /** Stores the checkpoint whose bytes are these pieces, one after the other (checkpointParts). */
+  save(parts: Uint8Array[]): Promise<void>;
 }
 
 /** Only the header of a checkpoint (round, records, stop reason): what a watcher of the job needs, without decoding the model. */

@@ -14,13 +14,13 @@ import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejecti
 import { retrying } from '../../core/protocol/retry.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
-import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { safetensorsParts } from '../../core/tensor/safetensors.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
 import { OperatorError } from '../errors.ts';
 import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
-import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
+import { decodeJson as parseJson, encodeJson as json, streamOfParts } from '../../core/protocol/wire.ts';
 
 setSha256Backend('native');
 
@@ -95,16 +95,19 @@ class BucketCheckpointStore implements CheckpointStore {
   async load(): Promise<Uint8Array | undefined> {
     return (await retrying(() => this.store.getBlob(objectNames.checkpoint), { until: Date.now() + WRITE_RETRY_MS })) ?? undefined;
   }
-  async save(bytes: Uint8Array): Promise<void> {
-    await retrying(() => this.store.putBlob({ name: objectNames.checkpoint, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, bytes), {
-      until: Date.now() + WRITE_RETRY_MS,
-    });
+  async save(parts: Uint8Array[]): Promise<void> {
+    await retrying(
+      () => this.store.put({ name: objectNames.checkpoint, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(parts, OBJECT_CHUNK_BYTES)),
+      { until: Date.now() + WRITE_RETRY_MS },
+    );
   }
 }
 
-interface TransportState {
+/** What the checkpoint keeps beside the model: the layout, replay protection, and what the sites said of themselves (the operator's report reads it). */
+export interface TransportState {
   layout: ParameterLayout;
   ingestor: unknown;
+  sites?: Record<string, JoinedSite>;
 }
 
 export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<NatsCoordinatorResult> {
@@ -138,7 +141,8 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
   let round = resume?.round ?? 0;
   let done = false;
   const lastSeen = new Map<string, number>();
-  const joined: Record<string, JoinedSite> = {};
+  // Kept across a resume: a site that does not come back is still described in the report.
+  const joined: Record<string, JoinedSite> = { ...(resumedState?.sites ?? {}) };
   const aliveMs = o.aliveMs ?? 5000;
   const alive = () => siteNames.filter((s) => (lastSeen.get(s) ?? 0) > Date.now() - aliveMs);
 
@@ -301,16 +305,21 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       initial: resume?.global ?? initialParameters(layout!, spec.seed),
       transport,
       events,
-      checkpoints: { store: checkpoints, job: key, transportState: () => ({ layout: layout!, ingestor: ingestor!.snapshot() }) satisfies TransportState },
+      checkpoints: {
+        store: checkpoints,
+        job: key,
+        transportState: () => ({ layout: layout!, ingestor: ingestor!.snapshot(), sites: joined }) satisfies TransportState,
+      },
       ...(resume ? { resume } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
       ...(o.pauseRequested ? { pauseRequested: o.pauseRequested } : {}),
     });
     const result = await coordinator.run();
-    const final = encodeSafetensors(layout!, result.global, { job: key });
-    await retrying(() => models.putBlob({ name: o.finalModelName ?? FINAL_MODEL, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, final), {
-      until: Date.now() + WRITE_RETRY_MS,
-    });
+    const final = safetensorsParts(layout!, result.global, { job: key });
+    await retrying(
+      () => models.put({ name: o.finalModelName ?? FINAL_MODEL, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(final, OBJECT_CHUNK_BYTES)),
+      { until: Date.now() + WRITE_RETRY_MS },
+    );
     done = true;
     nc.publish(subj.round, json({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: result.roundsCompleted, phase: 'done' } satisfies RoundNotice));
     await nc.flush();
@@ -322,11 +331,12 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       rejections: rejections(),
       bytesIn: Object.fromEntries(transport.bytesIn),
       bytesOut: Object.fromEntries(transport.bytesOut),
-      model: { bucket: bucket.models, object: o.finalModelName ?? FINAL_MODEL, sha256: sha256Hex(final), bytes: final.byteLength },
+      model: { bucket: bucket.models, object: o.finalModelName ?? FINAL_MODEL, sha256: sha256Hex(final), bytes: final.reduce((n, p) => n + p.length, 0) },
     };
   } finally {
     transport?.shutdown();
     for (const s of subs) s.unsubscribe();
     await inbox;
+    await transport?.settled();
   }
 }

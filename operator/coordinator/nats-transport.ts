@@ -3,26 +3,63 @@
 // site's updates bucket and handed to the round loop. A rejected message is answered with its
 // reason, counted, logged once per (site, reason), and changes nothing.
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
-import type { ObjectStore } from '@nats-io/obj';
+import { type ObjectResult, type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
-import { sha256Hex } from '../../core/protocol/digest.ts';
+import { objectStoreDigest, sha256Hex } from '../../core/protocol/digest.ts';
 import type { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';
-import { readObjectStream, retrying } from '../../core/protocol/retry.ts';
-import type { Ack, EvaluateTask, FitTask, ObjectRef } from '../../core/protocol/messages.ts';
+import { readObjectStream, retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
+import type { Ack, EvaluateTask, FitTask, ObjectRef, UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
 import { OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
 import type { Outcome, SiteEvaluation, SiteTransport } from '../../core/protocol/transport.ts';
 import type { FitInstructions, SiteFitResult } from '../../core/strategies/strategy.ts';
-import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { safetensorsParts } from '../../core/tensor/safetensors.ts';
 import { Channel } from './channel.ts';
-import { encodeJson as json } from '../../core/protocol/wire.ts';
+import { encodeJson as json, streamOfParts } from '../../core/protocol/wire.ts';
+
+// The Object Store checks every object it streams against its digest: with node's native SHA-256
+// (the JS fallback is 3-4x slower), and the only hash of an update's bytes the coordinator makes.
+setSha256Backend('native');
 
 /** An update read that receives nothing for this long is abandoned. */
 const READ_IDLE_MS = 5000;
 /** How long an update read interrupted by the connection is tried again. */
 const READ_RETRY_MS = 30_000;
+/**
+ * Bytes of update objects held at once, read or waiting to be folded: updates are read this many
+ * at a time (one at a time when an update alone is larger), so that small ones overlap their
+ * round trips and large ones do not pile up in memory.
+ */
+export const UPDATE_READ_BUDGET_BYTES = 256 * 1024 * 1024;
+
+/** The bytes of updates in memory, bounded: a read waits for room, and frees its share once its update is folded or refused. */
+class ByteBudget {
+  private used = 0;
+  private readonly limit: number;
+  private waiting: Array<() => void> = [];
+
+  constructor(limit: number) {
+    this.limit = limit;
+  }
+
+  /** Waits until `bytes` fit (or nothing else is held); resolves to the function that frees them (idempotent). */
+  async acquire(bytes: number): Promise<() => void> {
+    while (this.used > 0 && this.used + bytes > this.limit) await new Promise<void>((r) => this.waiting.push(r));
+    this.used += bytes;
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.used -= bytes;
+      for (const wake of this.waiting.splice(0)) wake();
+    };
+  }
+}
+
+/** The object's metadata is not the envelope's: a link elsewhere, another size or another digest. */
+class ObjectMismatchError extends Error {}
 
 interface OpenRound<T> {
   round: number;
@@ -54,8 +91,12 @@ export class NatsTransport implements SiteTransport {
   private readonly o: NatsTransportOptions;
   private fitRound: OpenRound<SiteFitResult> | undefined;
   private evalRound: OpenRound<SiteEvaluation> | undefined;
-  /** Buffered mode: late updates that arrived between rounds, folded into the next one. */
-  private late: SiteFitResult[] = [];
+  /** Buffered mode: late updates that arrived between rounds, folded into the next one (with their share of the read budget). */
+  private late: Array<{ result: SiteFitResult; release: () => void }> = [];
+  private readonly budget = new ByteBudget(UPDATE_READ_BUDGET_BYTES);
+  /** Each site's envelopes, one after the other; and all of them under way. */
+  private readonly siteQueues = new Map<string, Promise<void>>();
+  private readonly reads = new Set<Promise<void>>();
   /** Bytes of updates accepted, per round (for the compression table and metrics). */
   readonly bytesIn = new Map<number, number>();
   readonly bytesOut = new Map<number, number>();
@@ -74,19 +115,22 @@ export class NatsTransport implements SiteTransport {
 
   /** Puts a model (or control variate) into the models bucket once; returns its reference. Tried again until the round's deadline. */
   private async publishModel(name: string, values: Float32Array): Promise<ObjectRef> {
-    const bytes = encodeSafetensors(this.o.layout, values);
-    const sha256 = sha256Hex(bytes);
-    // The store keeps its own SHA-256 (padded base64url): an identical model is not written twice.
-    const b64 = Buffer.from(sha256, 'hex').toString('base64url');
-    const digest = `SHA-256=${b64}${'='.repeat((4 - (b64.length % 4)) % 4)}`;
+    // Streamed from the model's own memory: no copy of a large model is made.
+    const parts = safetensorsParts(this.o.layout, values);
+    const sha256 = sha256Hex(parts);
+    const size = parts.reduce((n, p) => n + p.length, 0);
+    // The store keeps its own SHA-256: an identical model is not written twice.
+    const digest = objectStoreDigest(sha256);
     await retrying(
       async () => {
         const info = await this.o.models.info(name);
-        if (!info || info.deleted || info.digest !== digest) await this.o.models.putBlob({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, bytes);
+        if (!info || info.deleted || info.digest !== digest) {
+          await this.o.models.put({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(parts, OBJECT_CHUNK_BYTES));
+        }
       },
       { until: Date.now() + this.deadlineMs },
     );
-    return { bucket: this.o.modelsBucket, name, sha256, size: bytes.length };
+    return { bucket: this.o.modelsBucket, name, sha256, size };
   }
 
   private open<T>(round: number, kind: 'fit' | 'evaluate', sites: readonly string[]): OpenRound<T> {
@@ -177,7 +221,7 @@ export class NatsTransport implements SiteTransport {
     // arrives earlier (a site resending after a coordinator restart) is refused, and taken once
     // its task comes, rather than taken now and then answered as a duplicate and lost.
     this.o.ingestor.beginEvaluation(round, []);
-    for (const late of this.late) r.channel.push({ ok: true, value: { ...late, staleness: (late.staleness ?? 0) + 1 } });
+    for (const { result, release } of this.late) r.channel.push({ ok: true, value: { ...result, staleness: (result.staleness ?? 0) + 1 } }, release);
     this.late = [];
     this.dispatch(r, async () => {
       const model = await this.publishModel(objectNames.global(round - 1), global);
@@ -207,15 +251,49 @@ export class NatsTransport implements SiteTransport {
     this.reply(msg, { type: 'ack', accepted: false, code, reason });
   }
 
-  /** An update envelope from `site` (the subject's last token, never the envelope's word). */
+  /**
+   * An update envelope from `site` (the subject's last token, never the envelope's word). A site's
+   * envelopes are taken one after the other, as they came (the next one is judged once the
+   * previous one's object is taken or refused); different sites' objects are read at the same
+   * time, within the read budget. This resolves at once: `settled()` waits for what it started.
+   */
   async onUpdate(site: string, msg: Msg): Promise<void> {
+    const previous = this.siteQueues.get(site) ?? Promise.resolve();
+    const mine = previous.then(() => this.admitUpdate(site, msg));
+    this.siteQueues.set(site, mine);
+    this.reads.add(mine);
+    void mine.finally(() => {
+      this.reads.delete(mine);
+      if (this.siteQueues.get(site) === mine) this.siteQueues.delete(site);
+    });
+  }
+
+  private async admitUpdate(site: string, msg: Msg): Promise<void> {
     const checked = this.o.ingestor.checkEnvelope(site, msg.data);
     if (!checked.ok) return this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
     if ('duplicate' in checked && checked.duplicate) return this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
     const env = checked.envelope;
+    const release = await this.budget.acquire(env.object.size);
+    try {
+      await this.takeUpdate(site, msg, env, release);
+    } catch (err) {
+      release();
+      this.o.log(`update of site "${site}" for round ${env.round}: ${(err as Error).message}`);
+    }
+  }
+
+  /** Resolves once every update read started so far is over (taken or refused). */
+  async settled(): Promise<void> {
+    while (this.reads.size > 0) await Promise.all([...this.reads]);
+  }
+
+  /** Reads an admitted update's object, checks it and hands it to the round; `release` frees its share of the read budget once it is folded or refused. */
+  private async takeUpdate(site: string, msg: Msg, env: UpdateEnvelope, release: () => void): Promise<void> {
     // Read within bounds: no more than the envelope declares, and not for ever (an object whose
     // chunks were never written streams nothing); a read cut by a connection interruption is
-    // tried again.
+    // tried again. The store checks the bytes against the object's digest as they stream, and
+    // that digest, size, bucket and name must be the envelope's (get() follows a link to another
+    // bucket: its metadata then names that one), so the bytes are the ones the site signed.
     let bytes: Uint8Array | null = null;
     let failure = 'not found';
     let code: RejectionCode = 'CONSORT_R_OBJECT_MISSING';
@@ -223,31 +301,45 @@ export class NatsTransport implements SiteTransport {
       bytes = await retrying(
         async () => {
           const object = await (await this.o.updates(site)).get(env.object.name);
-          return object && (await readObjectStream(object, { idleMs: READ_IDLE_MS, maxBytes: env.object.size, what: 'the read' }));
+          if (!object) return null;
+          const mismatch = storedObjectMismatch(object.info, env.object);
+          if (mismatch) {
+            abandon(object);
+            throw new ObjectMismatchError(mismatch);
+          }
+          return await readObjectStream(object, { idleMs: READ_IDLE_MS, maxBytes: env.object.size, what: 'the read' });
         },
-        { until: Date.now() + READ_RETRY_MS, retryable: (_err, startedAt) => this.o.interruptedSince?.(startedAt) ?? false },
+        {
+          until: Date.now() + READ_RETRY_MS,
+          retryable: (err, startedAt) => !(err instanceof ObjectMismatchError) && (this.o.interruptedSince?.(startedAt) ?? false),
+        },
       );
     } catch (err) {
       failure = (err as Error).message;
-      if (err instanceof RangeError) code = 'CONSORT_R_HASH_MISMATCH';
+      if (err instanceof RangeError || err instanceof ObjectMismatchError || /digests do not match/.test(failure)) code = 'CONSORT_R_HASH_MISMATCH';
     }
     if (!bytes) {
+      release();
       const rej = this.o.ingestor.reject(env, code, `update object ${env.object.name} in ${env.object.bucket}: ${failure}`);
       return this.reject(msg, site, rej.code, rej.reason);
     }
-    const obj = this.o.ingestor.checkObject(env, bytes);
-    if (!obj.ok) return this.reject(msg, site, obj.rejection.code, obj.rejection.reason);
+    const obj = this.o.ingestor.checkObject(env, bytes, { sha256: 'verified' });
+    if (!obj.ok) {
+      release();
+      return this.reject(msg, site, obj.rejection.code, obj.rejection.reason);
+    }
     const result = obj.result;
     const r = this.fitRound;
     const onTime = r && r.round === result.round && !r.channel.isClosed && r.sites.has(site) && !r.answered.has(site);
     if (onTime) {
-      r.channel.push({ ok: true, value: result });
+      r.channel.push({ ok: true, value: result }, release);
       this.answered(r, site);
     } else if (this.o.spec.aggregation.mode === 'buffered' && (result.staleness ?? 0) >= 0) {
       // FedBuff: folded into the open round if there is one, else into the next.
-      if (r && !r.channel.isClosed) r.channel.push({ ok: true, value: { ...result, staleness: Math.max(1, result.staleness ?? 0) } });
-      else this.late.push({ ...result, staleness: Math.max(0, result.staleness ?? 0) });
+      if (r && !r.channel.isClosed) r.channel.push({ ok: true, value: { ...result, staleness: Math.max(1, result.staleness ?? 0) } }, release);
+      else this.late.push({ result: { ...result, staleness: Math.max(0, result.staleness ?? 0) }, release });
     } else {
+      release();
       const rej = this.o.ingestor.reject(env, 'CONSORT_R_STALE_ROUND', `round ${result.round} is closed`);
       return this.reject(msg, site, rej.code, rej.reason);
     }
@@ -286,5 +378,12 @@ export class NatsTransport implements SiteTransport {
 
   shutdown(): void {
     for (const r of [this.fitRound, this.evalRound]) if (r) this.close(r as OpenRound<unknown>, 'coordinator stopping');
+    for (const { release } of this.late.splice(0)) release();
   }
+}
+
+/** Lets go of an object whose data will not be read. */
+function abandon(object: ObjectResult): void {
+  object.error.catch(() => {});
+  object.data.cancel().catch(() => {});
 }

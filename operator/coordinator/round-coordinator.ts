@@ -12,7 +12,7 @@ import { Rng } from '../../core/rng.ts';
 import { createStrategy } from '../../core/strategies/index.ts';
 import type { Strategy } from '../../core/strategies/strategy.ts';
 import { OperatorError } from '../errors.ts';
-import { type Checkpoint, type CheckpointStore, encodeCheckpoint } from './checkpoint.ts';
+import { type Checkpoint, type CheckpointStore, checkpointParts } from './checkpoint.ts';
 
 export interface RoundEvents {
   roundStarted?(round: number, sites: readonly string[]): void;
@@ -162,7 +162,7 @@ export class RoundCoordinator {
     if (!this.checkpoints) return;
     const transport = this.transportState?.();
     await this.checkpoints.save(
-      encodeCheckpoint({ job: this.job, global: this.global, strategy: this.strategy.state(), ...c, ...(transport !== undefined ? { transport } : {}) }),
+      checkpointParts({ job: this.job, global: this.global, strategy: this.strategy.state(), ...c, ...(transport !== undefined ? { transport } : {}) }),
     );
   }
 
@@ -177,7 +177,19 @@ export class RoundCoordinator {
     for await (const outcome of this.transport.fit(round, sites, this.global, instructions)) {
       if (outcome.ok) {
         const r = outcome.value;
-        if (acc.add(r)) {
+        let added: boolean;
+        try {
+          added = acc.add(r);
+        } catch (err) {
+          // Transports refuse what the aggregate cannot take; should one get through (say, the
+          // sites' updates together beyond the exact range), that site fails, not the round.
+          const failure = { site: r.site, code: 'CONSORT_C_AGGREGATE', reason: (err as Error).message };
+          failures.push(failure);
+          this.events.siteFailed?.(round, failure);
+          this.events.siteAnswered?.(round, r.site, false);
+          continue;
+        }
+        if (added) {
           if (this.events.siteUpdate) {
             let sq = 0;
             for (const v of r.delta) sq += v * v;

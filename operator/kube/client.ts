@@ -2,8 +2,8 @@
 // watch streams. Authentication and TLS come from @kubernetes/client-node's KubeConfig (kubeconfig
 // file, in-cluster ServiceAccount, exec plugins); the requests are node's own https, so that a
 // watch is one long response read line by line and an abort ends it at once.
-import { request as httpRequest } from 'node:http';
-import { type RequestOptions, request as httpsRequest } from 'node:https';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import { Agent as HttpsAgent, type RequestOptions, request as httpsRequest } from 'node:https';
 import { KubeConfig } from '@kubernetes/client-node';
 
 export type PatchType = 'merge' | 'json' | 'strategic' | 'apply';
@@ -81,8 +81,14 @@ export interface RequestInit {
 export class KubeClient {
   readonly config: KubeConfig;
   readonly server: string;
-  /** Every answer's status, for the operator's metrics (client-side request counting). */
-  onResponse?: (method: string, status: number) => void;
+  /** Every answer's status and how long it took (request sent → body read), for the operator's metrics. */
+  onResponse?: (method: string, status: number, seconds: number) => void;
+  /**
+   * Connections kept alive between requests. KubeConfig gives every request an agent of its own,
+   * that is a TCP connection, a TLS handshake and a new SecureContext per request; an agent pools
+   * connections by their TLS options, so renewed client certificates still get new ones.
+   */
+  readonly #agents = { https: new HttpsAgent({ keepAlive: true }), http: new HttpAgent({ keepAlive: true }) };
 
   constructor(config: KubeConfig) {
     this.config = config;
@@ -104,6 +110,8 @@ export class KubeClient {
     for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
     const opts: RequestOptions = { method, headers: { accept: 'application/json', ...headers } };
     await this.config.applyToHTTPSOptions(opts);
+    // A proxy's agent stays as KubeConfig made it.
+    if (!this.config.getCurrentCluster()?.proxyUrl) opts.agent = url.protocol === 'https:' ? this.#agents.https : this.#agents.http;
     return { url, opts };
   }
 
@@ -119,6 +127,7 @@ export class KubeClient {
     }
     const { url, opts } = await this.#options(method, path, init.query, headers);
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
+    const t0 = performance.now();
     return await new Promise<T>((done, fail) => {
       const req = send(url, { ...opts, timeout: init.timeoutMs ?? 30_000, ...(init.signal ? { signal: init.signal } : {}) }, (res) => {
         const chunks: Buffer[] = [];
@@ -127,7 +136,7 @@ export class KubeClient {
         res.on('end', () => {
           const text = Buffer.concat(chunks).toString('utf8');
           const status = res.statusCode ?? 0;
-          this.onResponse?.(method, status);
+          this.onResponse?.(method, status, (performance.now() - t0) / 1000);
           let body: unknown;
           try {
             body = text ? JSON.parse(text) : {};

@@ -6,7 +6,7 @@
 // The operator's and the accounts' identity seeds are not kept: the trust never changes after the
 // server starts (resolver MEMORY), and a new one is a new server configuration.
 import { type Account, encodeAccount, encodeOperator, encodeUser, fmtCreds, type User } from '@nats-io/jwt';
-import { createAccount, createOperator, createUser, fromPublic, fromSeed } from '@nats-io/nkeys';
+import { createAccount, createOperator, createUser, fromPublic } from '@nats-io/nkeys';
 import {
   COORDINATOR_USER,
   coordinatorPermissions,
@@ -18,6 +18,7 @@ import {
 } from '../../core/protocol/permissions.ts';
 import { jobInboxPrefix } from '../../core/protocol/subjects.ts';
 import { OperatorError } from '../errors.ts';
+import { nativeKeyPair } from './native-keys.ts';
 
 /** The Consort account's name in its JWT (and in the server's logs). */
 export const CONSORT_ACCOUNT = 'CONSORT';
@@ -53,7 +54,6 @@ export interface NatsTrust {
 }
 
 const decoder = new TextDecoder();
-const encoder = new TextEncoder();
 const seedOf = (kp: { getSeed(): Uint8Array }) => decoder.decode(kp.getSeed());
 
 /** Connections, subscriptions, payloads, imports and exports unlimited (an absent limit would read as 0). */
@@ -180,7 +180,8 @@ export async function mintUserCreds(signer: AccountSigner, opts: MintOptions): P
   if (opts.name !== COORDINATOR_USER && opts.name !== OPERATOR_USER && !SITE_NAME.test(opts.name)) {
     throw new OperatorError('CONSORT_C_NATS_TRUST', `"${opts.name}" is not a user name (a site name, ${COORDINATOR_USER} or ${OPERATOR_USER})`);
   }
-  const kp = opts.seed === undefined ? createUser() : userFromSeed(opts.seed);
+  // nkeys makes the seed; the key pair that signs and derives the public key is native (native-keys.ts).
+  const kp = userFromSeed(opts.seed ?? seedOf(createUser()));
   const p = opts.permissions;
   const allow = (list: string[]) => (list.length > 0 ? { allow: list } : { deny: ['>'] });
   const user: Partial<User> = {
@@ -283,10 +284,19 @@ export function parseAccountSigner(text: string, source = 'account.nk'): Account
   return signer;
 }
 
+/** The account signer's key pairs, by seed: one operator mints for every job with the same signer. */
+const signerKeys = new Map<string, ReturnType<typeof nativeKeyPair>>();
+
 function signerKey(signer: AccountSigner, source = 'the account signer') {
   try {
     fromPublic(signer.account);
-    return fromSeed(encoder.encode(signer.seed));
+    let kp = signerKeys.get(signer.seed);
+    if (!kp) {
+      kp = nativeKeyPair(signer.seed);
+      if (signerKeys.size >= 16) signerKeys.clear();
+      signerKeys.set(signer.seed, kp);
+    }
+    return kp;
   } catch (err) {
     throw new OperatorError('CONSORT_C_NATS_TRUST', `${source}: not a valid account key and signing seed (${(err as Error).message})`, { cause: err });
   }
@@ -294,7 +304,7 @@ function signerKey(signer: AccountSigner, source = 'the account signer') {
 
 function userFromSeed(seed: string) {
   try {
-    const kp = fromSeed(encoder.encode(seed));
+    const kp = nativeKeyPair(seed);
     if (kp.getPublicKey().startsWith('U')) return kp;
   } catch (err) {
     throw new OperatorError('CONSORT_C_NATS_TRUST', `not a user NKey seed: ${(err as Error).message}`, { cause: err });

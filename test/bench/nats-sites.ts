@@ -4,8 +4,8 @@
 //
 // - 'consort': each site speaks protocol v1 the way worker/nats/site-runner.ts does (signed
 //   hello and heartbeat, task acknowledged, global model read from the models bucket with
-//   readObjectStream and checked against the task's SHA-256, update encoded with the job's
-//   codec, put into the site's own updates bucket, signed envelope sent until acknowledged),
+//   readModelObject (the store's digest checked against the task's SHA-256), update encoded with
+//   the job's codec, put into the site's own updates bucket, signed envelope sent until acknowledged),
 //   with no training: the "delta" is ready at once (zeros, the model itself, or bytes encoded
 //   once for every site). What runSite adds on top, a SiteWorker and its TF.js model, is
 //   exactly what these benchmarks leave out.
@@ -21,12 +21,13 @@ import { connectAs } from '../../cli/nats/connect.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { type ParameterLayout, layoutSize } from '../../core/model/layout.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
-import { sha256Hex } from '../../core/protocol/digest.ts';
-import { Ack, type EvaluationEnvelope, type Hello, RoundNotice, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
-import { readObjectStream, retrying } from '../../core/protocol/retry.ts';
+import { sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
+import { Ack, type EvaluationEnvelope, type Hello, type ObjectRef, RoundNotice, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { retrying } from '../../core/protocol/retry.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { readModelObject } from '../../worker/nats/site-runner.ts';
 
 setSha256Backend('native');
 
@@ -295,22 +296,15 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
         }),
       { until: deadline },
     );
-  const readModel = async (name: string, sha256: string, deadline: number): Promise<Float32Array> => {
-    const bytes = await patiently(`read ${name}`, deadline, async () => {
+  const readModel = async (ref: ObjectRef, deadline: number): Promise<Float32Array> => {
+    const bytes = await patiently(`read ${ref.name}`, deadline, async () => {
       const t0 = now();
       models ??= await objm.open(bucket.models);
-      const object = await models.get(name);
-      if (!object) throw new Error(`model object ${name} not found`);
-      const t1 = now();
-      const b = await readObjectStream(object, { idleMs: 5000, what: `model object ${name}` });
-      debug(`${site}: get ${(t1 - t0).toFixed(0)} ms, stream ${(now() - t1).toFixed(0)} ms`);
+      const b = await readModelObject(models, ref, 5000);
+      debug(`${site}: read ${(now() - t0).toFixed(0)} ms`);
       return b;
     });
-    const t2 = now();
-    if (sha256Hex(bytes) !== sha256) throw new Error(`model object ${name}: SHA-256 does not match the task`);
-    const v = decodeSafetensors(bytes).values;
-    debug(`${site}: check+decode ${(now() - t2).toFixed(0)} ms`);
-    return v;
+    return decodeSafetensors(bytes).values;
   };
 
   const deliver = async (subject: string, body: Uint8Array, deadline: number): Promise<boolean> => {
@@ -328,7 +322,7 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
 
   const handle = async (task: Task, received: number): Promise<void> => {
     const t: TaskTiming = { site, type: task.type, round: task.round, received, modelRead: 0, deltaReady: 0, written: 0, acked: 0, workMs: 0, accepted: false };
-    const global = o.fetchModel ? await readModel(task.model.name, task.model.sha256, task.deadline) : undefined;
+    const global = o.fetchModel ? await readModel(task.model, task.deadline) : undefined;
     t.modelRead = now();
     if (task.type === 'evaluate') {
       const env: Omit<EvaluationEnvelope, 'signature'> = {
@@ -362,14 +356,16 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
       t.workMs = now() - w0;
       t.deltaReady = now();
       bytes = encodeUpdate(delta, layout, job.spec.compression).bytes;
-      sha256 = sha256Hex(bytes);
+      sha256 = '';
     }
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
-    await patiently(`write ${name}`, task.deadline, async () => {
+    // As site-runner: the store's digest of what it wrote is the envelope's SHA-256.
+    const stored = await patiently(`write ${name}`, task.deadline, async () => {
       updates ??= await objm.open(bucket.updates(site));
-      await updates.putBlob({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, bytes);
+      return await updates.putBlob({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, bytes);
     });
+    sha256 ||= sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(bytes);
     t.written = now();
     const env: Omit<UpdateEnvelope, 'signature'> = {
       type: 'update',

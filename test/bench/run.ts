@@ -17,6 +17,10 @@ const BENCHMARKS = {
   overhead: { module: 'nats-overhead.ts', what: 'orchestration overhead per round (10 sites, 1M parameters, no training) against Flower' },
   'coordinator-rss': { module: 'coordinator-rss.ts', what: 'coordinator peak RSS for a large model with 10 and 50 sites' },
   aggregation: { module: 'aggregation.ts', what: 'aggregation throughput against the single-core memory read rate' },
+  'operator-scale': {
+    module: 'operator-scale.ts',
+    what: '200 FederatedJobs created at once on a real control plane: work-queue latency, reconciles per job, operator peak RSS, time to Running',
+  },
 } as const;
 type BenchmarkName = keyof typeof BENCHMARKS;
 

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { NatsServer } from '../../cli/nats/server.ts';
 import { createNatsTrust, mintOperatorCreds, renderAccountSigner, renderClusterNatsConfig } from '../../operator/nats/trust.ts';
-import { ControlPlane, OPERATOR_NAMESPACE } from './control-plane.ts';
+import { ControlPlane, type ControlPlaneOptions, OPERATOR_NAMESPACE } from './control-plane.ts';
 import { ManagedProcess, waitUntil } from './managed-process.ts';
 import { PodRunner } from './pod-runner.ts';
 
@@ -19,6 +19,8 @@ export interface ConsortClusterOptions {
   log?: (line: string) => void;
   /** PVC claim name → local folder, for sites' data volumes. */
   claims?: Record<string, string>;
+  /** Extra token users of the API server (ControlPlaneOptions.users). */
+  users?: ControlPlaneOptions['users'];
 }
 
 export interface OperatorProcessOptions {
@@ -57,7 +59,7 @@ export class ConsortCluster {
     let nats: NatsServer | undefined;
     let runner: PodRunner | undefined;
     try {
-      cp = await ControlPlane.start({ crds: true, controllers: true, log });
+      cp = await ControlPlane.start({ crds: true, controllers: true, log, ...(opts.users ? { users: opts.users } : {}) });
       await cp.kubectlOk(['apply', '-f', join(REPO_ROOT, 'manifests/operator/rbac.yaml')]);
       const trust = await createNatsTrust();
       nats = await NatsServer.start({ config: renderClusterNatsConfig(trust, { listen: '127.0.0.1:4222', storeDir: join(dir, 'jetstream') }) });

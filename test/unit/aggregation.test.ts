@@ -26,8 +26,15 @@ function bytes(a: Float64Array): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength).slice();
 }
 
-function exactOf(updates: Update[], order: number[]): ExactWeightedSum {
-  const sum = new ExactWeightedSum(SIZE);
+/** round(v), ties to even, of a finite double, as a BigInt. */
+function roundHalfEven(v: number): bigint {
+  const f = Math.floor(v);
+  const frac = v - f;
+  return BigInt(frac > 0.5 || (frac === 0.5 && f % 2 !== 0) ? f + 1 : f);
+}
+
+function exactOf(updates: Update[], order: number[], opts: { shardElements?: number } = {}): ExactWeightedSum {
+  const sum = new ExactWeightedSum(SIZE, opts);
   for (const k of order) sum.add(updates[k]!.values, updates[k]!.weight);
   return sum;
 }
@@ -71,14 +78,90 @@ describe('ExactWeightedSum', () => {
     }
   });
 
-  it('holds the exact sum of the contributions rounded to 2^-60 (BigInt reference)', () => {
+  it('holds the exact sum of the contributions rounded to 2^-60, ties to even (BigInt reference)', () => {
     const sum = exactOf(updates, identity).sum();
     for (let i = 0; i < SIZE; i++) {
       let exact = 0n;
-      for (const u of updates) exact += BigInt(Math.floor(u.weight * u.values[i]! * 2 ** 60 + 0.5));
+      for (const u of updates) exact += roundHalfEven(u.weight * u.values[i]! * 2 ** 60);
       // Number(BigInt) rounds to nearest, as the final hi + lo does: the same double.
       expect(sum[i]).toBe(Number(exact) * 2 ** -60);
     }
+  });
+
+  it('rounds a contribution that falls exactly between two grid points to the even one', () => {
+    // [weight, x, the contribution rounded to 2^-60]: 1.5 and 2.5 units of 2^-60 both go to 2, also
+    // where the contribution is split at 2^-8 (2^51 + 1.5 units: the part below 2^-8 is the tie).
+    for (const [w, x, expected] of [
+      [2 ** -20, 3 * 2 ** -41, 2 ** -59],
+      [2 ** -20, 5 * 2 ** -41, 2 ** -59],
+      [2 ** -20, -3 * 2 ** -41, -(2 ** -59)],
+      [2 ** -9 + 3 * 2 ** -61, 1, 2 ** -9 + 2 ** -59],
+      [2 ** -9 + 5 * 2 ** -61, 1, 2 ** -9 + 2 ** -59],
+      [2 ** -9 + 3 * 2 ** -61, -1, -(2 ** -9 + 2 ** -59)],
+    ] as const) {
+      const sum = new ExactWeightedSum(1);
+      sum.add(new Float32Array([x]), w);
+      expect(sum.sum()[0]).toBe(expected);
+    }
+  });
+
+  it('gives the same state over several shards, for addAll and for add in any order', () => {
+    const n = 3 * 8192 + 37;
+    const rng2 = Rng.from(11, 'shards');
+    const big = randomUpdates(rng2, 7, n);
+    const one = new ExactWeightedSum(n);
+    for (const u of big) one.add(u.values, u.weight);
+    const reference = one.snapshot();
+    for (const shardElements of [8192, 2 * 8192]) {
+      const sharded = new ExactWeightedSum(n, { shardElements });
+      sharded.addAll((rng2.shuffle([...big]) as Update[]).map((u) => ({ values: u.values, weight: u.weight })));
+      const snap = sharded.snapshot();
+      expect(bytes(snap.hi)).toEqual(bytes(reference.hi));
+      expect(bytes(snap.lo)).toEqual(bytes(reference.lo));
+      expect(bytes(sharded.mean())).toEqual(bytes(one.mean()));
+      const restored = ExactWeightedSum.fromSnapshot(snap, { shardElements });
+      expect(bytes(restored.mean())).toEqual(bytes(one.mean()));
+    }
+  });
+
+  it('carries between its two words every 1024 updates without changing the result', () => {
+    const rng2 = Rng.from(5, 'carries');
+    const few = randomUpdates(rng2, 3, SIZE);
+    const sum = new ExactWeightedSum(SIZE);
+    let exact = Array.from({ length: SIZE }, () => 0n);
+    for (let t = 0; t < 2500; t++) {
+      const u = few[t % 3]!;
+      sum.add(u.values, u.weight);
+      exact = exact.map((e, i) => e + roundHalfEven(u.weight * u.values[i]! * 2 ** 60));
+    }
+    const s = sum.sum();
+    for (let i = 0; i < SIZE; i++) expect(s[i]).toBe(Number(exact[i]!) * 2 ** -60);
+  });
+
+  it('refuses a bad update in a late block, or in a batch, leaving the state untouched', () => {
+    const n = 3 * 8192 + 5;
+    const sum = new ExactWeightedSum(n, { shardElements: 2 * 8192 });
+    const ok = new Float32Array(n).fill(0.25);
+    sum.add(ok, 3);
+    const before = sum.snapshot();
+    const late = ok.slice();
+    late[n - 2] = Number.NaN;
+    expect(() => sum.add(late, 2)).toThrow(/NaN/);
+    const large = ok.slice();
+    large[2 * 8192 + 1] = 2 ** 30;
+    // 2^30 * 2^14 = 2^44: beyond what one update may weigh.
+    expect(() => sum.add(large, 2 ** 14)).toThrow(/exact range/);
+    expect(() =>
+      sum.addAll([
+        { values: ok, weight: 1 },
+        { values: late, weight: 1 },
+      ]),
+    ).toThrow(/NaN/);
+    const after = sum.snapshot();
+    expect(bytes(after.hi)).toEqual(bytes(before.hi));
+    expect(bytes(after.lo)).toEqual(bytes(before.lo));
+    expect(sum.count).toBe(1);
+    expect(sum.totalWeight).toBe(3);
   });
 
   it('is exact where float64 summation is not', () => {

@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FederatedJobController } from '../../operator/controller/federated-job-controller.ts';
 import { KubeClient } from '../../operator/kube/client.ts';
 import { OperatorMetrics } from '../../operator/metrics.ts';
-import { type MetricsServer, startMetricsServer } from '../../operator/metrics-server.ts';
+import { type ApiServer, startApiServer } from '../../operator/api/server.ts';
 import type { AccountSigner } from '../../operator/nats/trust.ts';
 
 /** The value of one sample line of the exposition text, or undefined. */
@@ -40,6 +40,7 @@ describe('OperatorMetrics', () => {
       'consort_reconcile_duration_seconds',
       'consort_job_reconciles_total',
       'consort_kube_requests_total',
+      'consort_kube_request_duration_seconds',
       'consort_informer_relists_total',
       'process_resident_memory_bytes',
     ]) {
@@ -96,13 +97,15 @@ describe('OperatorMetrics', () => {
       controller.queue.add('default/gone');
       await expect.poll(() => controller.queue.runs.get('default/gone')).toBe(1);
       await expect.poll(async () => sample((await metrics.expose()).body, 'consort_reconcile_total{result="success"}')).toBe(1);
-      client.onResponse?.('PATCH', 200);
-      client.onResponse?.('GET', 404);
+      client.onResponse?.('PATCH', 200, 0.004);
+      client.onResponse?.('GET', 404, 0.002);
       const text = (await metrics.expose()).body;
       expect(sample(text, 'consort_workqueue_latency_seconds_count')).toBe(1);
       expect(text).not.toContain('federatedjob="gone"');
       expect(sample(text, 'consort_kube_requests_total{method="PATCH",code="200"}')).toBe(1);
       expect(sample(text, 'consort_kube_requests_total{method="GET",code="404"}')).toBe(1);
+      expect(sample(text, 'consort_kube_request_duration_seconds_count{method="PATCH"}')).toBe(1);
+      expect(sample(text, 'consort_kube_request_duration_seconds_bucket{le="0.005",method="PATCH"}')).toBe(1);
       expect(controller.synced).toBe(false);
     } finally {
       await controller.stop();
@@ -111,7 +114,7 @@ describe('OperatorMetrics', () => {
 });
 
 describe('the metrics endpoint', () => {
-  let server: MetricsServer | undefined;
+  let server: ApiServer | undefined;
   afterEach(async () => {
     await server?.close();
     server = undefined;
@@ -120,7 +123,7 @@ describe('the metrics endpoint', () => {
   it('serves /metrics, /healthz, and /readyz only once ready', async () => {
     const metrics = new OperatorMetrics({ defaultMetrics: false });
     let ready = false;
-    server = await startMetricsServer({ metrics, port: 0, address: '127.0.0.1', ready: () => ready });
+    server = await startApiServer({ registry: metrics.registry, port: 0, address: '127.0.0.1', ready: () => ready });
     const base = `http://127.0.0.1:${server.port}`;
     const m = await fetch(`${base}/metrics`);
     expect(m.status).toBe(200);

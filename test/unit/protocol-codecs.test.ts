@@ -127,8 +127,30 @@ describe('encodeUpdate / decodeUpdate', () => {
     const { bytes, residual } = encodeUpdate(delta, LAYOUT, spec('none'));
     expect(residual).toBeUndefined();
     const back = decodeUpdate(bytes, LAYOUT, 'none', LIMITS);
-    expect(Buffer.from(back.delta.buffer).equals(Buffer.from(delta.buffer))).toBe(true);
+    expect(Buffer.from(back.delta.buffer, back.delta.byteOffset, back.delta.byteLength).equals(Buffer.from(delta.buffer))).toBe(true);
     expect(back.control).toBeUndefined();
+    expect(back.maxAbs).toBe(Math.fround(3.4e38));
+  });
+
+  it('none reads the values in place when they lie in layout order, and copies them otherwise', () => {
+    const rng = Rng.from(9, 'none-order');
+    const delta = randomDelta(rng);
+    const control = randomDelta(rng);
+    const { bytes } = encodeUpdate(delta, LAYOUT, spec('none'), { control });
+    const inPlace = decodeUpdate(bytes, LAYOUT, 'none', LIMITS);
+    expect(inPlace.delta.buffer).toBe(bytes.buffer);
+    expect(inPlace.control!.buffer).toBe(bytes.buffer);
+    // The same tensors written in another order (a valid file): the same values, copied.
+    const { tensors, metadata } = decodeTensors(bytes, { maxBytes: 1 << 20, maxTensors: 64 });
+    const shuffled = encodeTensors([...tensors.values()].reverse(), metadata);
+    const copied = decodeUpdate(shuffled, LAYOUT, 'none', LIMITS);
+    expect(copied.delta.buffer).not.toBe(shuffled.buffer);
+    expect([...copied.delta]).toEqual([...delta]);
+    expect([...copied.control!]).toEqual([...control]);
+    // Not 4-byte aligned in memory: copied too.
+    const odd = new Uint8Array(bytes.length + 1).subarray(1);
+    odd.set(bytes);
+    expect([...decodeUpdate(odd, LAYOUT, 'none', LIMITS).delta]).toEqual([...delta]);
   });
 
   it('fp16 decodes to the nearest half of each value and saturates at ±65504, the rest in the residual', () => {

@@ -2,9 +2,9 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { escapeHtml, escapeMarkdown, formatDuration, formatNumber, formatPercent, formatPoints } from '../../cli/report/format.ts';
-import { renderReportHtml } from '../../cli/report/html.ts';
-import { renderModelCard } from '../../cli/report/model-card.ts';
+import { escapeHtml, escapeMarkdown, formatDuration, formatNumber, formatPercent, formatPoints } from '../../core/report/format.ts';
+import { renderReportHtml } from '../../core/report/html.ts';
+import { renderModelCard } from '../../core/report/model-card.ts';
 import { RunReport } from '../../core/report/run-report.ts';
 import { fiveHospitals, MARKUP_REASON, manySites, threeSitesPlain } from '../fixtures/report/run-reports.ts';
 

@@ -6,14 +6,15 @@ import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node'
 import { Objm, type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
-import { sha256Hex } from '../../core/protocol/digest.ts';
-import { readObjectStream, retrying } from '../../core/protocol/retry.ts';
+import { sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
+import { readObjectStream, retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
 import {
   Ack,
   type EvaluateTask,
   type EvaluationEnvelope,
   type FitTask,
   type Hello,
+  type ObjectRef,
   RoundNotice,
   Task,
   type UpdateEnvelope,
@@ -32,6 +33,23 @@ setSha256Backend('native');
 
 /** A model read that receives nothing for this long is abandoned and tried again. */
 const READ_IDLE_MS = 5000;
+
+/**
+ * The bytes of a model object a task refers to, read into one array (no chunk list, no copy of it).
+ * The stored object must be the referenced one (bucket, name, size, digest), and the store checks
+ * the chunks against that digest as they stream: no second SHA-256 pass over the model.
+ */
+export async function readModelObject(models: ObjectStore, ref: ObjectRef, idleMs: number): Promise<Uint8Array> {
+  const object = await models.get(ref.name);
+  if (!object) throw new Error(`model object ${ref.name} not found`);
+  const mismatch = storedObjectMismatch(object.info, ref);
+  if (mismatch) {
+    object.error.catch(() => {});
+    object.data.cancel().catch(() => {});
+    throw new Error(`model object ${ref.name}: ${mismatch}`);
+  }
+  return await readObjectStream(object, { idleMs, maxBytes: ref.size, what: `model object ${ref.name}` });
+}
 
 export interface SiteRunnerOptions {
   job: FederatedJob;
@@ -142,14 +160,11 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   // Reads and writes are tried again until the task's deadline: a server that restarts takes
   // the requests in flight with it, and the work is not lost for that.
   const patience = (deadline: number) => ({ until: deadline, ...(opts.signal ? { signal: opts.signal } : {}) });
-  const fetchModel = async (ref: { name: string; sha256: string }, deadline: number): Promise<Float32Array> => {
+  const fetchModel = async (ref: ObjectRef, deadline: number): Promise<Float32Array> => {
     const bytes = await retrying(async () => {
       models ??= await objm.open(bucket.models);
-      const object = await models.get(ref.name);
-      if (!object) throw new Error(`model object ${ref.name} not found`);
-      return await readObjectStream(object, { idleMs: READ_IDLE_MS, what: `model object ${ref.name}` });
+      return await readModelObject(models, ref, READ_IDLE_MS);
     }, patience(deadline));
-    if (sha256Hex(bytes) !== ref.sha256) throw new Error(`model object ${ref.name}: SHA-256 does not match the task`);
     return decodeSafetensors(bytes).values;
   };
 
@@ -185,10 +200,12 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     if (encoded.residual) residual = encoded.residual;
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
-    await retrying(async () => {
+    // The store hashes what it writes: its digest is the envelope's SHA-256, with no second pass.
+    const stored = await retrying(async () => {
       updates ??= await objm.open(bucket.updates(site));
-      await updates.putBlob({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, encoded.bytes);
+      return await updates.putBlob({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, encoded.bytes);
     }, patience(task.deadline));
+    const sha256 = sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(encoded.bytes);
     const envelope: Omit<UpdateEnvelope, 'signature'> = {
       type: 'update',
       protocol: PROTOCOL_VERSION,
@@ -201,7 +218,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       trainLoss: r.trainLoss,
       steps: r.steps,
       codec: spec.compression.codec,
-      object: { bucket: bucket.updates(site), name, sha256: sha256Hex(encoded.bytes), size: encoded.bytes.length },
+      object: { bucket: bucket.updates(site), name, sha256, size: encoded.bytes.length },
     };
     const body = json(signEnvelope(envelope, opts.seed));
     remember(`fit/${task.round}`, body);

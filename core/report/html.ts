@@ -1,7 +1,7 @@
 // report.html: one self-contained file that opens offline. Plots are inline SVG rendered here,
 // so nothing loads from a URL and no script runs in the reader's browser.
-import type { DataQuality } from '../../core/data/quality.ts';
-import type { RunReport } from '../../core/report/run-report.ts';
+import type { DataQuality } from '../data/quality.ts';
+import type { RunReport } from './run-report.ts';
 import { finalAccuracySpec, globalCurvesSpec, renderSvg, siteCurvesSpec } from './charts.ts';
 import { describeStop, escapeHtml, formatCount, formatDuration, formatNumber, formatPercent, formatPoints, nonZeroEntries, siteOrder, sum } from './format.ts';
 

@@ -1,6 +1,6 @@
 // MODEL_CARD.md: what the trained model is, how it was trained, how well it does where, and
 // what it must not be used for. Written for a reader who never sees report.json.
-import type { RunReport } from '../../core/report/run-report.ts';
+import type { RunReport } from './run-report.ts';
 import {
   describeStop,
   escapeMarkdown as md,

@@ -1,6 +1,6 @@
 // Number and text formatting shared by the HTML report and the model card, so both say the
 // same thing the same way.
-import type { RunReport } from '../../core/report/run-report.ts';
+import type { RunReport } from './run-report.ts';
 
 const HTML_ESCAPES: Record<string, string> = {
   '&': '&amp;',

@@ -3,7 +3,7 @@
 // overestimates, so labels get room to spare rather than overlap.
 import * as vega from 'vega';
 import { compile, type Config, type TopLevelSpec } from 'vega-lite';
-import type { RunReport } from '../../core/report/run-report.ts';
+import type { RunReport } from './run-report.ts';
 import { siteOrder } from './format.ts';
 
 export const CHART_FONT = 'Helvetica, Arial, sans-serif';

@@ -1,0 +1,65 @@
+// `consort run --metrics-port`: while the job trains on this machine, /metrics serves the same
+// per-job series as the operator (round, phase, accuracy per site, update norms, ...), on
+// loopback and without a token; the port closes with the run.
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { freePort } from '../../cli/nats/server.ts';
+import { runConsort, transcript } from '../helpers/consort-cli.ts';
+import { useTmpDirs } from '../helpers/tmp-dirs.ts';
+
+const EXAMPLE = 'manifests/examples/hospitals.yaml';
+const ROUNDS = 12;
+
+const sample = (text: string, series: string): number | undefined => {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+};
+
+describe('consort run --metrics-port', () => {
+  const tmp = useTmpDirs();
+
+  it('serves the job metrics while it runs, and stops serving when it ends', async () => {
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}`;
+    const run = runConsort(['run', EXAMPLE, '--rounds', String(ROUNDS), '--quiet', '--metrics-port', String(port), '--out', join(tmp(), 'out')]);
+    const job = 'namespace="default",federatedjob="hospitals"';
+    let seen: string | undefined;
+    let ended = false;
+    void run.then(() => {
+      ended = true;
+    });
+    while (!ended) {
+      const text = await fetch(`${base}/metrics`).then(
+        (r) => (r.ok ? r.text() : undefined),
+        () => undefined,
+      );
+      // Mid-run: a round done, not all of them.
+      const round = text === undefined ? undefined : sample(text, `consort_job_round{${job}}`);
+      if (text && round !== undefined && round >= 1 && round < ROUNDS) {
+        seen = text;
+        expect((await fetch(`${base}/healthz`)).status).toBe(200);
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const result = await run;
+    expect(result.code, transcript(result)).toBe(0);
+    expect(seen, 'no scrape caught the job mid-run').toBeDefined();
+    const text = seen!;
+    expect(sample(text, `consort_job_phase{${job},phase="Running"}`)).toBe(1);
+    expect(sample(text, `consort_job_rounds_planned{${job}}`)).toBe(ROUNDS);
+    expect(sample(text, `consort_job_sites{${job},state="participating"}`)).toBe(5);
+    expect(sample(text, `consort_job_accuracy{${job}}`)).toBeGreaterThan(0.5);
+    expect(sample(text, `consort_site_accuracy{${job},site="st-mary"}`)).toBeGreaterThan(0);
+    expect(sample(text, `consort_site_update_norm{${job},site="hillcrest"}`)).toBeGreaterThan(0);
+    expect(text).toContain('process_resident_memory_bytes');
+    // The run is over: nothing listens any more.
+    await expect(fetch(`${base}/metrics`)).rejects.toThrow();
+  });
+
+  it('is refused with --nats (the sites and the coordinator are other processes there)', async () => {
+    const r = await runConsort(['run', EXAMPLE, '--nats', 'embedded', '--metrics-port', '0']);
+    expect(r.code, transcript(r)).toBe(2);
+    expect(r.stderr).toContain('--metrics-port');
+  });
+});
