@@ -3,7 +3,9 @@
 // operator/nats/trust.ts), the user's own inbox prefix (its permissions allow replies there only),
 // and reconnects that never give up.
 import { readFileSync } from 'node:fs';
-import { type ConnectionOptions, connect, credsAuthenticator, type NatsConnection, nkeyAuthenticator } from '@nats-io/transport-node';
+import type { KeyPair } from '@nats-io/nkeys';
+import { type Authenticator, type ConnectionOptions, connect, type NatsConnection } from '@nats-io/transport-node';
+import { nativeKeyPair } from '../../core/protocol/native-keys.ts';
 import { inboxOf } from '../../core/protocol/permissions.ts';
 import { inboxPrefix } from '../../core/protocol/subjects.ts';
 import { CliError } from '../errors.ts';
@@ -74,19 +76,39 @@ function loginFor(seedOrFile: string, user: string): Login {
       if (claims.name !== user) {
         throw new CliError('CONSORT_CLI_CREDENTIALS', `${seedOrFile}: these credentials are for user "${claims.name}", not "${user}"`);
       }
-      const authenticator = credsAuthenticator(() => {
+      const authenticator: Authenticator = (nonce) => {
         try {
           const again = readFileSync(seedOrFile, 'utf8');
           if (again.includes(CREDS_JWT)) text = again;
         } catch {
           // Gone for a moment (a Secret being replaced): the last good copy.
         }
-        return new TextEncoder().encode(text);
-      });
+        const jwt = JWT.exec(text)?.[1];
+        const seed = text
+          .split('\n')
+          .map((l) => l.trim())
+          .find((l) => SEED.test(l));
+        if (!jwt || !seed) throw new Error(`${seedOrFile}: unable to parse the credentials`);
+        return { jwt, ...signNonce(seed, nonce) };
+      };
       return { authenticator, inboxPrefix: claims.inbox ?? inboxPrefix(user) };
     }
   }
-  return { authenticator: nkeyAuthenticator(new TextEncoder().encode(readSeed(seedOrFile))), inboxPrefix: inboxPrefix(user) };
+  const seed = readSeed(seedOrFile);
+  return { authenticator: (nonce) => signNonce(seed, nonce), inboxPrefix: inboxPrefix(user) };
+}
+
+const keyPairs = new Map<string, KeyPair>();
+
+/** What nats.js' nkeyAuthenticator answers (the public key; the server's nonce signed, base64), with native Ed25519. */
+function signNonce(seed: string, nonce: string | undefined): { nkey: string; sig: string } {
+  let kp = keyPairs.get(seed);
+  if (!kp) {
+    kp = nativeKeyPair(seed);
+    if (keyPairs.size >= 1000) keyPairs.clear();
+    keyPairs.set(seed, kp);
+  }
+  return { nkey: kp.getPublicKey(), sig: nonce ? Buffer.from(kp.sign(new TextEncoder().encode(nonce))).toString('base64') : '' };
 }
 
 /**

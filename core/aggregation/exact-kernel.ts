@@ -14,8 +14,12 @@ import { encodeModule, op, type WasmFunction } from './wasm.ts';
 export const BLOCK = 8192;
 /** Large enough for a block of two int64 or float64 lanes. */
 const SCRATCH_BYTES = BLOCK * 16;
-/** Elements per shard by default: 1 GiB of state per linear memory (wasm32 addresses 4 GiB). */
-export const SHARD_ELEMENTS = 2 ** 26;
+/**
+ * Elements per shard by default: as many as one linear memory holds (wasm32 addresses 4 GiB: the
+ * scratch block and 16 bytes per element), so that a model of up to 268M parameters is one shard
+ * and its mean can be written over its own state (Shard.meanInPlace).
+ */
+export const SHARD_ELEMENTS = 2 ** 28 - BLOCK;
 
 /** Splits q = w x (|q| < 2^43) at 2^-8: q + C1 lies in [2^44, 2^45], whose ulp is 2^-8. */
 export const C1 = 1.5 * 2 ** 44;
@@ -394,6 +398,11 @@ export class Shard {
     }
   }
 
+  /** Zeroes the state (a memory that has been used: no page faults, unlike a new one). */
+  reset(): void {
+    this.bytes.fill(0, this.hOffset, this.lOffset + (this.lOffset - this.hOffset));
+  }
+
   normalize(): void {
     const count = Math.ceil(this.length / 2) * 2;
     this.k.normalize(this.hOffset, this.hOffset + 8 * count, this.lOffset);
@@ -406,6 +415,16 @@ export class Shard {
       this.k.quotient(this.hOffset + 8 * at, this.hOffset + 8 * (at + count), this.lOffset + 8 * at, 0, divisor);
       out.set(this.f64.subarray(0, count), this.start + at);
     }
+  }
+
+  /**
+   * (H + L) / divisor of a normalized shard, written over H (each element's H and L are read
+   * before its quotient is stored): the state is spent, and the quotients are a view of its memory.
+   */
+  quotientInPlace(divisor: number): Float64Array {
+    const count = Math.ceil(this.length / 2) * 2;
+    this.k.quotient(this.hOffset, this.hOffset + 8 * count, this.lOffset, this.hOffset, divisor);
+    return new Float64Array(this.bytes.buffer, this.hOffset, this.length);
   }
 
   /** The (hi, lo) float64 pairs of a normalized shard into hi[start...], lo[start...]. */

@@ -92,6 +92,8 @@ export class ExactWeightedSum {
   private n = 0;
   /** Updates folded since L was last carried into H. */
   private uncarried = 0;
+  /** takeMean() wrote over the state: only reset() may follow. */
+  private spent = false;
 
   /** `shardElements` is for tests (several shards on a small model). */
   constructor(size: number, opts: { shardElements?: number } = {}) {
@@ -129,6 +131,7 @@ export class ExactWeightedSum {
    * All or nothing: when one is refused (as add would refuse it), none is folded in.
    */
   addAll(updates: readonly WeightedValues[]): void {
+    this.requireLive();
     const checked = updates.map((u) => this.admitShape(u.values, u.weight));
     let weight = this.weight;
     for (const w of checked) weight += toFixed60(w);
@@ -182,6 +185,8 @@ export class ExactWeightedSum {
 
   /** Folds another partial sum in, exactly: partial sums merge to the same bits in any order. */
   merge(other: ExactWeightedSum): void {
+    this.requireLive();
+    other.requireLive();
     if (other === this) throw new RangeError('ExactWeightedSum.merge: cannot merge a sum into itself');
     if (other.size !== this.size || other.shards.length !== this.shards.length || other.shards.some((s, i) => s.length !== this.shards[i]!.length)) {
       throw new RangeError(`ExactWeightedSum.merge: size ${other.size} differs from ${this.size}`);
@@ -199,18 +204,41 @@ export class ExactWeightedSum {
     if (this.uncarried >= CARRY_EVERY) this.carry();
   }
 
-  /** Sum_k w_k x_k per element, rounded once to float64. */
-  sum(): Float64Array {
-    return this.quotient(1);
+  /** Back to no update at all, keeping the memory (a new sum's memory costs page faults on first use). */
+  reset(): void {
+    this.spent = false;
+    for (const s of this.shards) s.reset();
+    this.weight = 0n;
+    this.magnitude = 0n;
+    this.n = 0;
+    this.uncarried = 0;
   }
 
-  /** Sum_k w_k x_k / Sum_k w_k per element. Throws when nothing was added. */
-  mean(): Float64Array {
+  /** Sum_k w_k x_k per element, rounded once to float64 (into `out` when given). */
+  sum(out?: Float64Array): Float64Array {
+    return this.quotient(1, out);
+  }
+
+  /** Sum_k w_k x_k / Sum_k w_k per element (into `out` when given). Throws when nothing was added. */
+  mean(out?: Float64Array): Float64Array {
     if (this.n === 0) throw new RangeError('ExactWeightedSum.mean: no updates');
-    return this.quotient(this.totalWeight);
+    return this.quotient(this.totalWeight, out);
+  }
+
+  /**
+   * mean(), computed over the sum's own memory when it is one shard (no new array: the largest
+   * buffer of a round saved). The sum is spent: reset() before anything else.
+   */
+  takeMean(): Float64Array {
+    if (this.n === 0) throw new RangeError('ExactWeightedSum.mean: no updates');
+    if (this.shards.length !== 1) return this.mean();
+    this.carry();
+    this.spent = true;
+    return this.shards[0]!.quotientInPlace(this.totalWeight);
   }
 
   snapshot(): ExactSumSnapshot {
+    this.requireLive();
     this.carry();
     const hi = new Float64Array(this.size);
     const lo = new Float64Array(this.size);
@@ -243,6 +271,10 @@ export class ExactWeightedSum {
     return sum;
   }
 
+  private requireLive(): void {
+    if (this.spent) throw new RangeError('ExactWeightedSum: its mean was taken over its state (takeMean): reset() it first');
+  }
+
   /** Carries L into H everywhere, leaving the canonical pair. */
   private carry(): void {
     if (this.uncarried === 0) return;
@@ -250,9 +282,11 @@ export class ExactWeightedSum {
     this.uncarried = 0;
   }
 
-  private quotient(divisor: number): Float64Array {
+  private quotient(divisor: number, into?: Float64Array): Float64Array {
+    this.requireLive();
+    if (into && into.length !== this.size) throw new RangeError(`ExactWeightedSum: an output of ${into.length} values for ${this.size}`);
     this.carry();
-    const out = new Float64Array(this.size);
+    const out = into ?? new Float64Array(this.size);
     for (const s of this.shards) s.quotient(out, divisor);
     return out;
   }

@@ -15,7 +15,8 @@ import { maxAbs } from '../aggregation/exact-kernel.ts';
 import { type ParameterLayout, layoutOffsets, layoutSize } from '../model/layout.ts';
 import {
   bytesOfTensors,
-  encodeTensors,
+  concatBytes,
+  tensorsParts,
   type NamedTensor,
   readFloat32Into,
   readSafetensorsHeader,
@@ -39,6 +40,14 @@ export interface EncodedUpdate {
   /** The safetensors object. */
   bytes: Uint8Array;
   /** Lossy codecs: (delta + residual) − decoded, to keep on the site for the next update. */
+  residual?: Float32Array;
+}
+
+/** An encoded update as pieces of the object (encodeUpdateParts), the uncompressed tensors as views of the inputs. */
+export interface EncodedUpdateParts {
+  parts: Uint8Array[];
+  /** Bytes of the object: the pieces' lengths summed. */
+  size: number;
   residual?: Float32Array;
 }
 
@@ -81,6 +90,16 @@ export function topkCount(n: number, fraction: number): number {
  * layout or an input (delta, residual, control, or delta + residual) holds NaN or Infinity.
  */
 export function encodeUpdate(delta: Float32Array, layout: ParameterLayout, spec: CompressionSpec, options: EncodeUpdateOptions = {}): EncodedUpdate {
+  const { parts, residual } = encodeUpdateParts(delta, layout, spec, options);
+  return { bytes: concatBytes(parts), ...(residual ? { residual } : {}) };
+}
+
+/**
+ * encodeUpdate's object as pieces (for a streaming write): with codec none, and for the control
+ * delta, the values are not copied (the pieces are views of `delta` and `control`, to be written
+ * before they change).
+ */
+export function encodeUpdateParts(delta: Float32Array, layout: ParameterLayout, spec: CompressionSpec, options: EncodeUpdateOptions = {}): EncodedUpdateParts {
   const n = layoutSize(layout);
   const { residual, control } = options;
   requireFinite('delta', delta, n);
@@ -146,14 +165,15 @@ export function encodeUpdate(delta: Float32Array, layout: ParameterLayout, spec:
     }
   }
   if (control) offsets.forEach(({ offset, size }) => data.push(control.subarray(offset, offset + size)));
-  const bytes = encodeTensors(
+  const parts = tensorsParts(
     plan.map((p, i) => ({ ...p, data: data[i]! })),
     { format: UPDATE_FORMAT, codec: spec.codec },
   );
-  if (!decoded) return { bytes };
+  const size = parts.reduce((total, p) => total + p.length, 0);
+  if (!decoded) return { parts, size };
   const next = new Float32Array(n);
   for (let i = 0; i < n; i++) next[i] = v[i]! - decoded[i]!;
-  return { bytes, residual: next };
+  return { parts, size, residual: next };
 }
 
 /**
@@ -406,6 +426,7 @@ function planUpdate(layout: ParameterLayout, codec: Codec, k: number, control: b
 
 function requireFinite(what: string, values: Float32Array, n: number): void {
   if (values.length !== n) throw new RangeError(`encodeUpdate: ${what} has ${values.length} values, the layout ${n}`);
+  if (Number.isFinite(maxAbs(values))) return;
   for (let i = 0; i < n; i++) if (!Number.isFinite(values[i]!)) throw new RangeError(`encodeUpdate: ${what}[${i}] is ${values[i]}`);
 }
 

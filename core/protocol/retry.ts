@@ -46,11 +46,12 @@ export interface ObjectStream {
 /**
  * Reads an object to its end; StalledReadError (and the read cancelled) when no chunk arrives for
  * `idleMs`, RangeError past `maxBytes` (what the sender declared: no more is held in memory).
- * With `maxBytes`, the chunks are copied as they come into one array of that size (each chunk is
- * dropped at once, and the bytes start 8-byte aligned), and the bytes read are returned as a view
- * of its beginning.
+ * With `maxBytes`, the chunks are copied as they come into one array of that size, or into `into`
+ * (at least that large: a buffer used again spares the page faults of a fresh one, which cost
+ * more than the copy), each chunk dropped at once, and the bytes read are returned as a view of
+ * its beginning (8-byte aligned when the array is).
  */
-export async function readObjectStream(object: ObjectStream, o: { idleMs: number; maxBytes?: number; what: string }): Promise<Uint8Array> {
+export async function readObjectStream(object: ObjectStream, o: { idleMs: number; maxBytes?: number; into?: Uint8Array; what: string }): Promise<Uint8Array> {
   const { idleMs, what } = o;
   // Settled whether or not the read gets that far: a rejection nobody awaits would end the process.
   const outcome = object.error.then(
@@ -58,7 +59,8 @@ export async function readObjectStream(object: ObjectStream, o: { idleMs: number
     (err: unknown) => err,
   );
   const reader = object.data.getReader();
-  const into = o.maxBytes !== undefined ? new Uint8Array(o.maxBytes) : undefined;
+  if (o.into && (o.maxBytes === undefined || o.into.length < o.maxBytes)) throw new RangeError(`${what}: a buffer of ${o.into.length} bytes for ${o.maxBytes}`);
+  const into = o.maxBytes !== undefined ? (o.into ?? new Uint8Array(o.maxBytes)) : undefined;
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {

@@ -109,22 +109,30 @@ export function bytesOfTensors(entries: readonly Pick<NamedTensor, 'name' | 'dty
 
 /** Named tensors (in this order in the data) and string metadata, as safetensors bytes. */
 export function encodeTensors(entries: readonly NamedTensor[], metadata: Record<string, string> = {}): Uint8Array {
+  return concatBytes(tensorsParts(entries, metadata));
+}
+
+/** encodeTensors' bytes as pieces: the header, then each tensor's data, a view of its array on a little-endian machine (no copy). */
+export function tensorsParts(entries: readonly NamedTensor[], metadata: Record<string, string> = {}): Uint8Array[] {
   for (const e of entries) {
     if (!(e.data instanceof ARRAY_OF[e.dtype])) throw new RangeError(`safetensors: tensor ${e.name}: ${e.dtype} data must be a ${ARRAY_OF[e.dtype].name}`);
     const count = elementCount(e.name, e.shape);
     if (e.data.length !== count) throw new RangeError(`safetensors: tensor ${e.name} has ${e.data.length} values for shape [${e.shape.join(', ')}]`);
   }
-  const { header, dataBytes } = planHeader(entries, metadata);
+  const { header } = planHeader(entries, metadata);
   const headerBytes = paddedHeader(header);
-  const out = new Uint8Array(8 + headerBytes.length + dataBytes);
-  new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
-  out.set(headerBytes, 8);
-  let at = 8 + headerBytes.length;
-  for (const e of entries) {
-    writeData(out, at, e.data);
-    at += e.data.byteLength;
-  }
-  return out;
+  const head = new Uint8Array(8 + headerBytes.length);
+  new DataView(head.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
+  head.set(headerBytes, 8);
+  return [
+    head,
+    ...entries.map((e) => {
+      if (LITTLE_ENDIAN) return new Uint8Array(e.data.buffer, e.data.byteOffset, e.data.byteLength);
+      const out = new Uint8Array(e.data.byteLength);
+      writeData(out, 0, e.data);
+      return out;
+    }),
+  ];
 }
 
 /** A validated header entry: where a tensor's data lies in the file (absolute byte offsets). */

@@ -15,7 +15,7 @@ import { retrying } from '../../core/protocol/retry.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { safetensorsParts } from '../../core/tensor/safetensors.ts';
-import { sha256Hex } from '../../core/protocol/digest.ts';
+import { sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
 import { OperatorError } from '../errors.ts';
 import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
 import { NatsTransport } from './nats-transport.ts';
@@ -316,7 +316,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     });
     const result = await coordinator.run();
     const final = safetensorsParts(layout!, result.global, { job: key });
-    await retrying(
+    const stored = await retrying(
       () => models.put({ name: o.finalModelName ?? FINAL_MODEL, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(final, OBJECT_CHUNK_BYTES)),
       { until: Date.now() + WRITE_RETRY_MS },
     );
@@ -331,7 +331,13 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       rejections: rejections(),
       bytesIn: Object.fromEntries(transport.bytesIn),
       bytesOut: Object.fromEntries(transport.bytesOut),
-      model: { bucket: bucket.models, object: o.finalModelName ?? FINAL_MODEL, sha256: sha256Hex(final), bytes: final.reduce((n, p) => n + p.length, 0) },
+      model: {
+        bucket: bucket.models,
+        object: o.finalModelName ?? FINAL_MODEL,
+        // The store hashed what it wrote.
+        sha256: sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(final),
+        bytes: final.reduce((n, p) => n + p.length, 0),
+      },
     };
   } finally {
     transport?.shutdown();

@@ -6,7 +6,7 @@ import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { type ObjectResult, type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
-import { objectStoreDigest, sha256Hex } from '../../core/protocol/digest.ts';
+import { objectStoreDigest, sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
 import type { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';
 import { readObjectStream, retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
@@ -28,13 +28,24 @@ const READ_IDLE_MS = 5000;
 /** How long an update read interrupted by the connection is tried again. */
 const READ_RETRY_MS = 30_000;
 /**
- * Bytes of update objects held at once, read or waiting to be folded: updates are read this many
- * at a time (one at a time when an update alone is larger), so that small ones overlap their
- * round trips and large ones do not pile up in memory.
+ * Bytes of update objects held at once, read or waiting to be folded (one update alone may be
+ * larger): small updates are read several at a time, a large one alone, so that the coordinator
+ * holds one model, its exact sum and one update, whatever the number of sites. (Folding is fast
+ * beside reading: a second update in memory would hardly shorten the round.)
  */
-export const UPDATE_READ_BUDGET_BYTES = 256 * 1024 * 1024;
+export const UPDATE_MEMORY_BUDGET_BYTES = 64 * 1024 * 1024;
+/**
+ * Bytes the server may be sending the coordinator's connection at once for its object reads. A
+ * read is an Object Store consumer whose flow control lets up to 32 MiB be outstanding, and
+ * nats-server drops a connection that has more than 64 MiB pending (max_pending) as a slow
+ * consumer: two concurrent reads of large objects do that. So a read counts min(size, 32 MiB),
+ * and reads run together only within this budget: many small updates at once (their round trips
+ * overlap), large ones one after the other.
+ */
+export const UPDATE_READ_WINDOW_BYTES = 48 * 1024 * 1024;
+const CONSUMER_WINDOW_BYTES = 32 * 1024 * 1024;
 
-/** The bytes of updates in memory, bounded: a read waits for room, and frees its share once its update is folded or refused. */
+/** A bound on bytes (in memory, or on the way): a taker waits for room (one alone may exceed it), and frees its share when done. */
 class ByteBudget {
   private used = 0;
   private readonly limit: number;
@@ -55,6 +66,43 @@ class ByteBudget {
       this.used -= bytes;
       for (const wake of this.waiting.splice(0)) wake();
     };
+  }
+}
+
+/**
+ * Update buffers used again from one read to the next (a fresh 100 MB array costs ten times its
+ * copy in page faults), up to `limit` bytes of them kept; a buffer is taken while its update is
+ * read and folded, and given back after.
+ */
+class BufferPool {
+  private readonly free: Uint8Array[] = [];
+  private readonly limit: number;
+
+  constructor(limit: number) {
+    this.limit = limit;
+  }
+
+  /** The smallest free buffer of at least `bytes`, or a new one. */
+  take(bytes: number): Uint8Array {
+    let best = -1;
+    this.free.forEach((b, i) => {
+      if (b.length >= bytes && (best < 0 || b.length < this.free[best]!.length)) best = i;
+    });
+    return best >= 0 ? this.free.splice(best, 1)[0]! : new Uint8Array(bytes);
+  }
+
+  give(buffer: Uint8Array): void {
+    this.free.push(buffer);
+    this.free.sort((a, b) => b.length - a.length);
+    let kept = 0;
+    for (let i = 0; i < this.free.length; i++) {
+      kept += this.free[i]!.length;
+      // Always keep the largest one; the rest while they fit.
+      if (i > 0 && kept > this.limit) {
+        this.free.length = i;
+        break;
+      }
+    }
   }
 }
 
@@ -91,9 +139,11 @@ export class NatsTransport implements SiteTransport {
   private readonly o: NatsTransportOptions;
   private fitRound: OpenRound<SiteFitResult> | undefined;
   private evalRound: OpenRound<SiteEvaluation> | undefined;
-  /** Buffered mode: late updates that arrived between rounds, folded into the next one (with their share of the read budget). */
+  /** Buffered mode: late updates that arrived between rounds, folded into the next one (with their share of the memory budget). */
   private late: Array<{ result: SiteFitResult; release: () => void }> = [];
-  private readonly budget = new ByteBudget(UPDATE_READ_BUDGET_BYTES);
+  private readonly memory = new ByteBudget(UPDATE_MEMORY_BUDGET_BYTES);
+  private readonly buffers = new BufferPool(UPDATE_MEMORY_BUDGET_BYTES);
+  private readonly window = new ByteBudget(UPDATE_READ_WINDOW_BYTES);
   /** Each site's envelopes, one after the other; and all of them under way. */
   private readonly siteQueues = new Map<string, Promise<void>>();
   private readonly reads = new Set<Promise<void>>();
@@ -117,20 +167,23 @@ export class NatsTransport implements SiteTransport {
   private async publishModel(name: string, values: Float32Array): Promise<ObjectRef> {
     // Streamed from the model's own memory: no copy of a large model is made.
     const parts = safetensorsParts(this.o.layout, values);
-    const sha256 = sha256Hex(parts);
     const size = parts.reduce((n, p) => n + p.length, 0);
-    // The store keeps its own SHA-256: an identical model is not written twice.
-    const digest = objectStoreDigest(sha256);
+    // The store hashes what it writes, so the model is hashed here only when an object of that
+    // name is there already (a restarted coordinator): an identical model is not written twice.
+    let sha256: string | undefined;
     await retrying(
       async () => {
         const info = await this.o.models.info(name);
-        if (!info || info.deleted || info.digest !== digest) {
-          await this.o.models.put({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(parts, OBJECT_CHUNK_BYTES));
+        if (info && !info.deleted && info.size === size) {
+          sha256 ??= sha256Hex(parts);
+          if (info.digest === objectStoreDigest(sha256)) return;
         }
+        const stored = await this.o.models.put({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(parts, OBJECT_CHUNK_BYTES));
+        sha256 = sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(parts);
       },
       { until: Date.now() + this.deadlineMs },
     );
-    return { bucket: this.o.modelsBucket, name, sha256, size };
+    return { bucket: this.o.modelsBucket, name, sha256: sha256 ?? sha256Hex(parts), size };
   }
 
   private open<T>(round: number, kind: 'fit' | 'evaluate', sites: readonly string[]): OpenRound<T> {
@@ -259,7 +312,7 @@ export class NatsTransport implements SiteTransport {
    */
   async onUpdate(site: string, msg: Msg): Promise<void> {
     const previous = this.siteQueues.get(site) ?? Promise.resolve();
-    const mine = previous.then(() => this.admitUpdate(site, msg));
+    const mine = previous.then(() => this.admitUpdate(site, msg)).catch((err: unknown) => this.o.log(`update of site "${site}": ${(err as Error).message}`));
     this.siteQueues.set(site, mine);
     this.reads.add(mine);
     void mine.finally(() => {
@@ -273,9 +326,17 @@ export class NatsTransport implements SiteTransport {
     if (!checked.ok) return this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
     if ('duplicate' in checked && checked.duplicate) return this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
     const env = checked.envelope;
-    const release = await this.budget.acquire(env.object.size);
+    const freeMemory = await this.memory.acquire(env.object.size);
+    const buffer = this.buffers.take(env.object.size);
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      this.buffers.give(buffer);
+      freeMemory();
+    };
     try {
-      await this.takeUpdate(site, msg, env, release);
+      await this.takeUpdate(site, msg, env, buffer, release);
     } catch (err) {
       release();
       this.o.log(`update of site "${site}" for round ${env.round}: ${(err as Error).message}`);
@@ -287,8 +348,8 @@ export class NatsTransport implements SiteTransport {
     while (this.reads.size > 0) await Promise.all([...this.reads]);
   }
 
-  /** Reads an admitted update's object, checks it and hands it to the round; `release` frees its share of the read budget once it is folded or refused. */
-  private async takeUpdate(site: string, msg: Msg, env: UpdateEnvelope, release: () => void): Promise<void> {
+  /** Reads an admitted update's object, checks it and hands it to the round; `release` frees its share of the memory budget once it is folded or refused. */
+  private async takeUpdate(site: string, msg: Msg, env: UpdateEnvelope, buffer: Uint8Array, release: () => void): Promise<void> {
     // Read within bounds: no more than the envelope declares, and not for ever (an object whose
     // chunks were never written streams nothing); a read cut by a connection interruption is
     // tried again. The store checks the bytes against the object's digest as they stream, and
@@ -297,6 +358,7 @@ export class NatsTransport implements SiteTransport {
     let bytes: Uint8Array | null = null;
     let failure = 'not found';
     let code: RejectionCode = 'CONSORT_R_OBJECT_MISSING';
+    const reading = await this.window.acquire(Math.min(env.object.size, CONSUMER_WINDOW_BYTES));
     try {
       bytes = await retrying(
         async () => {
@@ -307,7 +369,7 @@ export class NatsTransport implements SiteTransport {
             abandon(object);
             throw new ObjectMismatchError(mismatch);
           }
-          return await readObjectStream(object, { idleMs: READ_IDLE_MS, maxBytes: env.object.size, what: 'the read' });
+          return await readObjectStream(object, { idleMs: READ_IDLE_MS, maxBytes: env.object.size, into: buffer, what: 'the read' });
         },
         {
           until: Date.now() + READ_RETRY_MS,
@@ -317,6 +379,8 @@ export class NatsTransport implements SiteTransport {
     } catch (err) {
       failure = (err as Error).message;
       if (err instanceof RangeError || err instanceof ObjectMismatchError || /digests do not match/.test(failure)) code = 'CONSORT_R_HASH_MISMATCH';
+    } finally {
+      reading();
     }
     if (!bytes) {
       release();

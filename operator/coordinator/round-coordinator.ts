@@ -39,6 +39,7 @@ export class RoundCoordinator {
   private readonly strategy: Strategy;
   private readonly siteNames: string[];
   private global: Float32Array;
+  private accumulator: RoundAccumulator | undefined;
 
   private readonly job: string;
   private readonly checkpoints: CheckpointStore | undefined;
@@ -170,7 +171,10 @@ export class RoundCoordinator {
     const sites = await this.sample(round);
     this.events.roundStarted?.(round, sites);
     const instructions = this.strategy.configureFit(round);
-    const acc = new RoundAccumulator(this.global.length, { control: this.spec.strategy.name === 'scaffold' });
+    // One accumulator for the whole run, emptied each round: its memory is faulted in once.
+    this.accumulator ??= new RoundAccumulator(this.global.length, { control: this.spec.strategy.name === 'scaffold' });
+    const acc = this.accumulator;
+    acc.reset();
     const failures: SiteFailure[] = [];
     const participants: string[] = [];
     const losses: Array<{ site: string; loss: number; samples: number }> = [];

@@ -1,10 +1,11 @@
 // A small REST client for the Kubernetes API: JSON requests, the patch content types, and
-// watch streams. Authentication and TLS come from @kubernetes/client-node's KubeConfig (kubeconfig
-// file, in-cluster ServiceAccount, exec plugins); the requests are node's own https, so that a
-// watch is one long response read line by line and an abort ends it at once.
+// watch streams. Authentication and TLS come from the kubeconfig (kubeconfig.ts: in-cluster
+// ServiceAccount, tokens, client certificates; exec plugins through @kubernetes/client-node's
+// KubeConfig); the requests are node's own https, so that a watch is one long response read line
+// by line and an abort ends it at once.
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { Agent as HttpsAgent, type RequestOptions, request as httpsRequest } from 'node:https';
-import { KubeConfig } from '@kubernetes/client-node';
+import { type KubeAccess, loadKubeAccess } from './kubeconfig.ts';
 
 export type PatchType = 'merge' | 'json' | 'strategic' | 'apply';
 const PATCH_CONTENT: Record<PatchType, string> = {
@@ -79,18 +80,19 @@ export interface RequestInit {
 }
 
 export class KubeClient {
-  readonly config: KubeConfig;
+  readonly config: KubeAccess;
   readonly server: string;
   /** Every answer's status and how long it took (request sent → body read), for the operator's metrics. */
   onResponse?: (method: string, status: number, seconds: number) => void;
   /**
-   * Connections kept alive between requests. KubeConfig gives every request an agent of its own,
+   * Connections kept alive between requests. client-node's KubeConfig gives every request an agent of its own,
    * that is a TCP connection, a TLS handshake and a new SecureContext per request; an agent pools
    * connections by their TLS options, so renewed client certificates still get new ones.
    */
   readonly #agents = { https: new HttpsAgent({ keepAlive: true }), http: new HttpAgent({ keepAlive: true }) };
 
-  constructor(config: KubeConfig) {
+  /** `config`: loadKubeAccess's, or a @kubernetes/client-node KubeConfig (the same shape). */
+  constructor(config: KubeAccess) {
     this.config = config;
     const cluster = config.getCurrentCluster();
     if (!cluster) throw new Error('the kubeconfig names no current cluster');
@@ -99,10 +101,7 @@ export class KubeClient {
 
   /** From a kubeconfig file, or (none given) $KUBECONFIG, ~/.kube/config or the in-cluster ServiceAccount. */
   static fromKubeconfig(path?: string): KubeClient {
-    const kc = new KubeConfig();
-    if (path) kc.loadFromFile(path);
-    else kc.loadFromDefault();
-    return new KubeClient(kc);
+    return new KubeClient(loadKubeAccess(path));
   }
 
   async #options(method: string, path: string, query: RequestInit['query'], headers: Record<string, string>): Promise<{ url: URL; opts: RequestOptions }> {
@@ -110,7 +109,7 @@ export class KubeClient {
     for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
     const opts: RequestOptions = { method, headers: { accept: 'application/json', ...headers } };
     await this.config.applyToHTTPSOptions(opts);
-    // A proxy's agent stays as KubeConfig made it.
+    // A proxy's agent stays as client-node's KubeConfig made it.
     if (!this.config.getCurrentCluster()?.proxyUrl) opts.agent = url.protocol === 'https:' ? this.#agents.https : this.#agents.http;
     return { url, opts };
   }

@@ -18,7 +18,7 @@ import {
 } from '../../core/protocol/permissions.ts';
 import { jobInboxPrefix } from '../../core/protocol/subjects.ts';
 import { OperatorError } from '../errors.ts';
-import { nativeKeyPair } from './native-keys.ts';
+import { nativeKeyPair } from '../../core/protocol/native-keys.ts';
 
 /** The Consort account's name in its JWT (and in the server's logs). */
 export const CONSORT_ACCOUNT = 'CONSORT';

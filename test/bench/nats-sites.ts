@@ -20,13 +20,14 @@ import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node'
 import { connectAs } from '../../cli/nats/connect.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { type ParameterLayout, layoutSize } from '../../core/model/layout.ts';
-import { encodeUpdate } from '../../core/protocol/codecs.ts';
+import { encodeUpdate, encodeUpdateParts } from '../../core/protocol/codecs.ts';
 import { sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
 import { Ack, type EvaluationEnvelope, type Hello, type ObjectRef, RoundNotice, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { streamOfParts } from '../../core/protocol/wire.ts';
 import { readModelObject } from '../../worker/nats/site-runner.ts';
 
 setSha256Backend('native');
@@ -296,11 +297,15 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
         }),
       { until: deadline },
     );
+  // As site-runner: one model buffer, used again every task.
+  let buffer: Uint8Array | undefined;
   const readModel = async (ref: ObjectRef, deadline: number): Promise<Float32Array> => {
+    if (!buffer || buffer.length < ref.size) buffer = new Uint8Array(ref.size);
+    const into = buffer;
     const bytes = await patiently(`read ${ref.name}`, deadline, async () => {
       const t0 = now();
       models ??= await objm.open(bucket.models);
-      const b = await readModelObject(models, ref, 5000);
+      const b = await readModelObject(models, ref, 5000, into);
       debug(`${site}: read ${(now() - t0).toFixed(0)} ms`);
       return b;
     });
@@ -344,28 +349,31 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
       return;
     }
     // The "training": nothing but producing the delta.
-    let bytes: Uint8Array;
+    let parts: Uint8Array[];
+    let size: number;
     let sha256: string;
     const w0 = now();
     if (o.update === 'shared') {
       t.workMs = now() - w0;
       t.deltaReady = now();
-      ({ bytes, sha256 } = o.shared!);
+      parts = [o.shared!.bytes];
+      size = o.shared!.bytes.length;
+      sha256 = o.shared!.sha256;
     } else {
       const delta = o.update === 'model' && global ? global : new Float32Array(layoutSize(layout));
       t.workMs = now() - w0;
       t.deltaReady = now();
-      bytes = encodeUpdate(delta, layout, job.spec.compression).bytes;
+      ({ parts, size } = encodeUpdateParts(delta, layout, job.spec.compression));
       sha256 = '';
     }
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
-    // As site-runner: the store's digest of what it wrote is the envelope's SHA-256.
+    // As site-runner: streamed from the delta, and the store's digest of what it wrote is the envelope's SHA-256.
     const stored = await patiently(`write ${name}`, task.deadline, async () => {
       updates ??= await objm.open(bucket.updates(site));
-      return await updates.putBlob({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, bytes);
+      return await updates.put({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(parts, OBJECT_CHUNK_BYTES));
     });
-    sha256 ||= sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(bytes);
+    sha256 ||= sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(parts);
     t.written = now();
     const env: Omit<UpdateEnvelope, 'signature'> = {
       type: 'update',
@@ -379,7 +387,7 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
       trainLoss: 0.5,
       steps: 1,
       codec: job.spec.compression.codec,
-      object: { bucket: bucket.updates(site), name, sha256, size: bytes.length },
+      object: { bucket: bucket.updates(site), name, sha256, size },
     };
     t.accepted = await deliver(subj.update(site), json(signEnvelope(env, seed)), task.deadline);
     t.acked = now();

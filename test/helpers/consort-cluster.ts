@@ -30,6 +30,8 @@ export interface OperatorProcessOptions {
   args?: string[];
   /** Run as admin instead of the operator's ServiceAccount (never in the tests that prove RBAC). */
   asAdmin?: boolean;
+  /** Node's own flags, before the script (e.g. the V8 heap settings of manifests/operator/deployment.yaml). */
+  nodeArgs?: string[];
 }
 
 export class ConsortCluster {
@@ -84,6 +86,7 @@ export class ConsortCluster {
     const identity = o.identity ?? `operator-${this.operators.length + 1}`;
     const args = [
       ...process.execArgv,
+      ...(o.nodeArgs ?? []),
       CLI,
       'operator',
       '--kubeconfig',

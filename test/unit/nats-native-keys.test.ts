@@ -1,9 +1,9 @@
-// operator/nats/native-keys.ts against nkeys itself: the same public and private keys from the
+// core/protocol/native-keys.ts against nkeys itself: the same public and private keys from the
 // same seed, signatures byte for byte (Ed25519 is deterministic), each verifying the other's,
 // and bad seeds refused as nkeys refuses them.
 import { createAccount, createOperator, createUser, fromPublic, fromSeed } from '@nats-io/nkeys';
 import { describe, expect, it } from 'vitest';
-import { nativeKeyPair } from '../../operator/nats/native-keys.ts';
+import { nativeKeyPair } from '../../core/protocol/native-keys.ts';
 
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
 const bytes = (s: string) => new TextEncoder().encode(s);

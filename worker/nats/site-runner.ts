@@ -5,7 +5,7 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { Objm, type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
-import { encodeUpdate } from '../../core/protocol/codecs.ts';
+import { encodeUpdateParts } from '../../core/protocol/codecs.ts';
 import { sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
 import { readObjectStream, retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
 import {
@@ -26,7 +26,7 @@ import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
 import type { BackendPreference } from '../backend.ts';
 import { WorkerError } from '../errors.ts';
 import { SiteWorker } from '../site-worker.ts';
-import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
+import { decodeJson as parseJson, encodeJson as json, streamOfParts } from '../../core/protocol/wire.ts';
 
 // Object Store digests with node's native SHA-256 (the JS fallback is 3-4x slower).
 setSha256Backend('native');
@@ -39,7 +39,7 @@ const READ_IDLE_MS = 5000;
  * The stored object must be the referenced one (bucket, name, size, digest), and the store checks
  * the chunks against that digest as they stream: no second SHA-256 pass over the model.
  */
-export async function readModelObject(models: ObjectStore, ref: ObjectRef, idleMs: number): Promise<Uint8Array> {
+export async function readModelObject(models: ObjectStore, ref: ObjectRef, idleMs: number, into?: Uint8Array): Promise<Uint8Array> {
   const object = await models.get(ref.name);
   if (!object) throw new Error(`model object ${ref.name} not found`);
   const mismatch = storedObjectMismatch(object.info, ref);
@@ -48,7 +48,7 @@ export async function readModelObject(models: ObjectStore, ref: ObjectRef, idleM
     object.data.cancel().catch(() => {});
     throw new Error(`model object ${ref.name}: ${mismatch}`);
   }
-  return await readObjectStream(object, { idleMs, maxBytes: ref.size, what: `model object ${ref.name}` });
+  return await readObjectStream(object, { idleMs, maxBytes: ref.size, ...(into && into.length >= ref.size ? { into } : {}), what: `model object ${ref.name}` });
 }
 
 export interface SiteRunnerOptions {
@@ -160,10 +160,15 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   // Reads and writes are tried again until the task's deadline: a server that restarts takes
   // the requests in flight with it, and the work is not lost for that.
   const patience = (deadline: number) => ({ until: deadline, ...(opts.signal ? { signal: opts.signal } : {}) });
-  const fetchModel = async (ref: ObjectRef, deadline: number): Promise<Float32Array> => {
+  // The model (and SCAFFOLD's control variate) are read into the same arrays every round: a fresh
+  // one costs page faults worth several times the copy. Tasks run one at a time, and nothing
+  // keeps a task's model once it is done, so the next task may overwrite it.
+  const buffers: Record<'model' | 'control', Uint8Array | undefined> = { model: undefined, control: undefined };
+  const fetchModel = async (ref: ObjectRef, deadline: number, slot: 'model' | 'control' = 'model'): Promise<Float32Array> => {
+    const buffer = buffers[slot] && buffers[slot].length >= ref.size ? buffers[slot] : (buffers[slot] = new Uint8Array(ref.size));
     const bytes = await retrying(async () => {
       models ??= await objm.open(bucket.models);
-      return await readModelObject(models, ref, READ_IDLE_MS);
+      return await readModelObject(models, ref, READ_IDLE_MS, buffer);
     }, patience(deadline));
     return decodeSafetensors(bytes).values;
   };
@@ -191,9 +196,10 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     const already = sent.get(`fit/${task.round}`);
     if (already) return deliver(subj.update(site), already, task.deadline, `update of round ${task.round}`);
     const global = await fetchModel(task.model, task.deadline);
-    const serverControl = task.control ? await fetchModel(task.control, task.deadline) : undefined;
+    const serverControl = task.control ? await fetchModel(task.control, task.deadline, 'control') : undefined;
     const r = await worker.fit({ round: task.round, siteIndex, global, proximalMu: task.proximalMu, ...(serverControl ? { serverControl } : {}) });
-    const encoded = encodeUpdate(r.delta, prepared.layout, spec.compression, {
+    // Streamed from the delta itself (codec none): no copy of a large update is made.
+    const encoded = encodeUpdateParts(r.delta, prepared.layout, spec.compression, {
       ...(residual ? { residual } : {}),
       ...(r.controlDelta ? { control: r.controlDelta } : {}),
     });
@@ -203,9 +209,9 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     // The store hashes what it writes: its digest is the envelope's SHA-256, with no second pass.
     const stored = await retrying(async () => {
       updates ??= await objm.open(bucket.updates(site));
-      return await updates.putBlob({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, encoded.bytes);
+      return await updates.put({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(encoded.parts, OBJECT_CHUNK_BYTES));
     }, patience(task.deadline));
-    const sha256 = sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(encoded.bytes);
+    const sha256 = sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(encoded.parts);
     const envelope: Omit<UpdateEnvelope, 'signature'> = {
       type: 'update',
       protocol: PROTOCOL_VERSION,
@@ -218,7 +224,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       trainLoss: r.trainLoss,
       steps: r.steps,
       codec: spec.compression.codec,
-      object: { bucket: bucket.updates(site), name, sha256, size: encoded.bytes.length },
+      object: { bucket: bucket.updates(site), name, sha256, size: encoded.size },
     };
     const body = json(signEnvelope(envelope, opts.seed));
     remember(`fit/${task.round}`, body);

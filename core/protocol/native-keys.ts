@@ -1,9 +1,10 @@
 // nkeys' KeyPair with the Ed25519 arithmetic done by node's crypto. nkeys (tweetnacl, pure JS)
 // derives the key pair from the seed again at every getPublicKey, getPrivateKey and sign: a
-// scalar multiplication of ~7 ms here, and @nats-io/jwt calls them about seven times per user
-// JWT, so a job of two sites cost the operator ~150 ms of blocked event loop. Here the public key
-// is derived once, natively, and signing is native too (~0.05 ms); Ed25519 is deterministic, so
-// the signatures are nkeys' own, byte for byte. nkeys still parses and checks the seed.
+// scalar multiplication of ~7 ms here. @nats-io/jwt calls them about seven times per user JWT
+// (a job of two sites cost the operator ~150 ms of blocked event loop) and nats.js three times
+// per login. Here the public key is derived once, natively, and signing is native too (~0.05
+// ms); Ed25519 is deterministic, so the signatures are nkeys' own, byte for byte. nkeys still
+// parses and checks the seed.
 import { createPrivateKey, createPublicKey, type KeyObject, sign, verify } from 'node:crypto';
 import { fromSeed, type KeyPair } from '@nats-io/nkeys';
 

@@ -1,0 +1,2 @@
+import { run } from './test/bench/aggregation.ts';
+await run({ quick: false });
