@@ -11,7 +11,7 @@
 import { encodeModule, op, type WasmFunction } from './wasm.ts';
 
 /** Elements per block: 32 KiB of float32 input, 128 KiB of state, both cache-resident while folded. */
-export const BLOCK = 8192;
+export const BLOCK = 16384;
 /** Large enough for a block of two int64 or float64 lanes. */
 const SCRATCH_BYTES = BLOCK * 16;
 /**
@@ -25,6 +25,15 @@ export const SHARD_ELEMENTS = 2 ** 28 - BLOCK;
 export const C1 = 1.5 * 2 ** 44;
 /** Rounds the rest (|r| <= 2^-9) to 2^-60: r + C2 lies in [2^-8, 2^-7], whose ulp is 2^-60. */
 export const C2 = 1.5 * 2 ** -8;
+
+/** The int64 bit patterns of C1 and C2. */
+function bitsOf(x: number): bigint {
+  const v = new DataView(new ArrayBuffer(8));
+  v.setFloat64(0, x, true);
+  return v.getBigInt64(0, true);
+}
+const C1_BITS = bitsOf(C1);
+const C2_BITS = bitsOf(C2);
 
 // Locals of fold: parameters p, end, h, l, w; then W, K1, K2, q, t.
 const [P, END, H, L, W_ARG] = [0, 1, 2, 3, 4];
@@ -40,7 +49,8 @@ function foldPair(xo: number, so: number): number[][] {
     op.localGet(W),
     op.f64x2Mul,
     op.localSet(Q),
-    // t = q + C1: its bits minus C1's are round(q 2^8), ties to even
+    // t = q + C1: its bits minus C1's are round(q 2^8), ties to even (H takes t's bits: C1's are
+    // taken out, once per fold, when the block is normalized)
     op.localGet(Q),
     op.localGet(K1),
     op.f64x2Add,
@@ -49,11 +59,9 @@ function foldPair(xo: number, so: number): number[][] {
     op.localGet(H),
     op.v128Load(so),
     op.localGet(T),
-    op.localGet(K1),
-    op.i64x2Sub,
     op.i64x2Add,
     op.v128Store(so),
-    // r = q - (t - C1), exact, |r| <= 2^-9; (r + C2)'s bits minus C2's are round(r 2^60)
+    // r = q - (t - C1), exact, |r| <= 2^-9; (r + C2)'s bits minus C2's are round(r 2^60) (same)
     op.localGet(L),
     op.localGet(L),
     op.v128Load(so),
@@ -64,10 +72,25 @@ function foldPair(xo: number, so: number): number[][] {
     op.f64x2Sub,
     op.localGet(K2),
     op.f64x2Add,
-    op.localGet(K2),
-    op.i64x2Sub,
     op.i64x2Add,
     op.v128Store(so),
+  ];
+}
+
+/** The largest of an f32x4's lanes (NaN if any is NaN), from the vector in local `v`. */
+function maxLane(v: number): number[][] {
+  return [
+    op.localGet(v),
+    op.f32x4ExtractLane(0),
+    op.localGet(v),
+    op.f32x4ExtractLane(1),
+    op.f32Max,
+    op.localGet(v),
+    op.f32x4ExtractLane(2),
+    op.localGet(v),
+    op.f32x4ExtractLane(3),
+    op.f32Max,
+    op.f32Max,
   ];
 }
 
@@ -90,7 +113,8 @@ function loop(ptr: number, end: number, body: number[][], advance: Array<[number
 
 const FUNCTIONS: WasmFunction[] = [
   {
-    // fold(p, end, h, l, w): H += round(w x 2^8), L += round((w x - that 2^-8) 2^60), for the float32 x in [p, end)
+    // fold(p, end, h, l, w): H += round(w x 2^8), L += round((w x - that 2^-8) 2^60), for the
+    // float32 x in [p, end) (scanned first: finite, and w |x| <= 2^43, where the split is exact)
     name: 'fold',
     params: ['i32', 'i32', 'i32', 'i32', 'f64'],
     results: [],
@@ -119,37 +143,44 @@ const FUNCTIONS: WasmFunction[] = [
   },
   {
     // scan(p, end) -> max |x| over the float32 in [p, end) (a multiple of 64 bytes); NaN if any is
-    // NaN. Four running maxima, so that the loop is not one chain of dependent max operations.
+    // NaN. Four running maxima (pmax: one instruction), so that the loop is not one chain of
+    // dependent operations; NaN lanes go to a flag, or-ed in at the end.
     name: 'scan',
     params: ['i32', 'i32'],
     results: ['f32'],
-    locals: ['v128', 'v128', 'v128', 'v128'],
+    locals: ['v128', 'v128', 'v128', 'v128', 'v128', 'v128'],
     body: [
       ...loop(
         0,
         1,
-        [2, 3, 4, 5].flatMap((acc, i) => [op.localGet(acc), op.localGet(0), op.v128Load(16 * i), op.f32x4Abs, op.f32x4Max, op.localSet(acc)]),
+        [2, 3, 4, 5].flatMap((acc, i) => [
+          op.localGet(0),
+          op.v128Load(16 * i),
+          op.localTee(6),
+          op.f32x4Abs,
+          op.localGet(acc),
+          op.f32x4Pmax,
+          op.localSet(acc),
+          op.localGet(6),
+          op.localGet(6),
+          op.f32x4Ne,
+          op.localGet(7),
+          op.v128Or,
+          op.localSet(7),
+        ]),
         [[0, 64]],
       ),
       op.localGet(2),
       op.localGet(3),
-      op.f32x4Max,
+      op.f32x4Pmax,
       op.localGet(4),
       op.localGet(5),
-      op.f32x4Max,
-      op.f32x4Max,
+      op.f32x4Pmax,
+      op.f32x4Pmax,
+      op.localGet(7),
+      op.v128Or,
       op.localSet(2),
-      op.localGet(2),
-      op.f32x4ExtractLane(0),
-      op.localGet(2),
-      op.f32x4ExtractLane(1),
-      op.f32Max,
-      op.localGet(2),
-      op.f32x4ExtractLane(2),
-      op.localGet(2),
-      op.f32x4ExtractLane(3),
-      op.f32Max,
-      op.f32Max,
+      ...maxLane(2),
     ],
   },
   {
@@ -186,39 +217,54 @@ const FUNCTIONS: WasmFunction[] = [
     ),
   },
   {
-    // normalize(h, end, l): moves L's multiples of 2^52 into H, leaving L in [0, 2^52) (the canonical pair)
+    // normalize(h, end, l, oh, ol): takes out the constants the folds left (oh from H, ol from L),
+    // then moves L's multiples of 2^52 into H, leaving L in [0, 2^52) (the canonical pair)
     name: 'normalize',
-    params: ['i32', 'i32', 'i32'],
+    params: ['i32', 'i32', 'i32', 'i64', 'i64'],
     results: [],
-    locals: ['v128'],
-    body: loop(
-      0,
-      1,
-      [
-        op.localGet(0),
-        op.localGet(0),
-        op.v128Load(),
-        op.localGet(2),
-        op.v128Load(),
-        op.i32Const(52),
-        op.i64x2ShrS,
-        op.localTee(3),
-        op.i64x2Add,
-        op.v128Store(),
-        op.localGet(2),
-        op.localGet(2),
-        op.v128Load(),
-        op.localGet(3),
-        op.i32Const(52),
-        op.i64x2Shl,
-        op.i64x2Sub,
-        op.v128Store(),
-      ],
-      [
-        [0, 16],
-        [2, 16],
-      ],
-    ),
+    locals: ['v128', 'v128', 'v128', 'v128'],
+    body: [
+      op.localGet(3),
+      op.i64x2Splat,
+      op.localSet(5),
+      op.localGet(4),
+      op.i64x2Splat,
+      op.localSet(6),
+      ...loop(
+        0,
+        1,
+        [
+          // L - ol, and its carry c = (L - ol) >> 52
+          op.localGet(2),
+          op.v128Load(),
+          op.localGet(6),
+          op.i64x2Sub,
+          op.localTee(8),
+          op.i32Const(52),
+          op.i64x2ShrS,
+          op.localSet(7),
+          op.localGet(0),
+          op.localGet(0),
+          op.v128Load(),
+          op.localGet(5),
+          op.i64x2Sub,
+          op.localGet(7),
+          op.i64x2Add,
+          op.v128Store(),
+          op.localGet(2),
+          op.localGet(8),
+          op.localGet(7),
+          op.i32Const(52),
+          op.i64x2Shl,
+          op.i64x2Sub,
+          op.v128Store(),
+        ],
+        [
+          [0, 16],
+          [2, 16],
+        ],
+      ),
+    ],
   },
   {
     // quotient(h, end, l, out, d): out = (H 2^-8 + L 2^-60) / d as float64, of a normalized pair
@@ -326,7 +372,7 @@ interface KernelExports {
   fold(p: number, end: number, h: number, l: number, w: number): void;
   scan(p: number, end: number): number;
   addLanes(h: number, end: number, l: number, sh: number, sl: number): void;
-  normalize(h: number, end: number, l: number): void;
+  normalize(h: number, end: number, l: number, oh: bigint, ol: bigint): void;
   quotient(h: number, end: number, l: number, out: number, d: number): void;
   toPair(h: number, end: number, l: number, hi: number, lo: number): void;
   fromPair(h: number, end: number, l: number, hi: number, lo: number): void;
@@ -353,10 +399,19 @@ export class Shard {
   private readonly f32: Float32Array;
   private readonly f64: Float64Array;
   private readonly bytes: Uint8Array;
+  /**
+   * Folds into each block since it was last normalized: each left C1's bits in H and C2's in L of
+   * every element of the block (int64 arithmetic wraps, and the true values stay far inside the
+   * range, so subtracting them later gives the same exact sums).
+   */
+  private readonly folds: Uint32Array;
+  /** Folded into or added to since the last normalize. */
+  private dirty = false;
 
   constructor(start: number, length: number) {
     this.start = start;
     this.length = length;
+    this.folds = new Uint32Array(Math.ceil(length / BLOCK));
     const capacity = Math.ceil(length / 16) * 16;
     this.hOffset = SCRATCH_BYTES;
     this.lOffset = SCRATCH_BYTES + 8 * capacity;
@@ -382,14 +437,23 @@ export class Shard {
     return this.k.scan(0, this.load(values, from, count));
   }
 
-  /** Folds weight * values[from, from + count) into this shard's elements at `at` (count <= BLOCK; values already loaded by scan when `loaded`). */
+  /**
+   * Folds weight * values[from, from + count) into this shard's elements at `at` (count <= BLOCK),
+   * values already checked (scan): finite, and weight * |x| <= 2^43. With `loaded`, the values
+   * are the ones scan just copied to scratch. Folding with -weight takes out exactly what went in.
+   */
   fold(values: Float32Array, from: number, count: number, at: number, weight: number, loaded = false): void {
+    if (at % BLOCK !== 0) throw new RangeError(`Shard.fold: ${at} is not the start of a block`);
     const end = loaded ? Math.ceil(count / 16) * 64 : this.load(values, from, count);
     this.k.fold(0, end, this.hOffset + 8 * at, this.lOffset + 8 * at, weight);
+    this.folds[at / BLOCK]!++;
+    this.dirty = true;
   }
 
-  /** Adds another shard's lanes (same start and length), block by block. */
+  /** Adds another shard's lanes (same start and length), block by block, constants and all. */
   addLanes(other: Shard): void {
+    for (let b = 0; b < this.folds.length; b++) this.folds[b]! += other.folds[b]!;
+    this.dirty = true;
     for (let at = 0; at < this.length; at += BLOCK) {
       const count = Math.ceil(Math.min(BLOCK, this.length - at) / 2) * 2;
       this.bytes.set(other.bytes.subarray(other.hOffset + 8 * at, other.hOffset + 8 * (at + count)), 0);
@@ -401,11 +465,27 @@ export class Shard {
   /** Zeroes the state (a memory that has been used: no page faults, unlike a new one). */
   reset(): void {
     this.bytes.fill(0, this.hOffset, this.lOffset + (this.lOffset - this.hOffset));
+    this.folds.fill(0);
+    this.dirty = false;
   }
 
+  /** Takes out the folds' constants and carries L into H, block by block: the canonical pairs. */
   normalize(): void {
-    const count = Math.ceil(this.length / 2) * 2;
-    this.k.normalize(this.hOffset, this.hOffset + 8 * count, this.lOffset);
+    if (!this.dirty) return;
+    this.dirty = false;
+    for (let b = 0; b < this.folds.length; b++) {
+      const at = b * BLOCK;
+      const count = Math.ceil(Math.min(BLOCK, this.length - at) / 2) * 2;
+      const n = BigInt(this.folds[b]!);
+      this.k.normalize(
+        this.hOffset + 8 * at,
+        this.hOffset + 8 * (at + count),
+        this.lOffset + 8 * at,
+        BigInt.asIntN(64, n * C1_BITS),
+        BigInt.asIntN(64, n * C2_BITS),
+      );
+    }
+    this.folds.fill(0);
   }
 
   /** out[start + i] = (H + L) / divisor for every element, of a normalized shard. */

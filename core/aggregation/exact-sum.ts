@@ -4,29 +4,37 @@
 // Each contribution q = weight * x (one float64 product, a function of the update alone) is
 // rounded to the grid 2^-60 (ties to even) and added exactly. An element keeps the sum in
 // fixed point as two int64 integers:
-//   H in units of 2^-8:  H += round(q 2^8), the nearest multiple of 2^-8 (|q| < 2^43 is enforced)
-//   L in units of 2^-60: L += round((q - that multiple) 2^60), a value of at most 2^51
+//   H in units of 2^-8:  H += round(q 2^8), the nearest multiple of 2^-8
+//   L in units of 2^-60: L += round((q - that multiple) 2^60), at most 2^51 in magnitude
 // Integer addition is exact, associative and commutative (int64 wraps, but the true values stay
 // far inside the range: see the bounds below), so any arrival order, and any split into partial
-// sums merged in any order, gives the same (H, L). The splits are two float64 additions of a
-// constant whose ulp is the grid (exact-kernel.ts), so the fold is a handful of SIMD operations per
-// element, in WebAssembly, block by block (8192 elements: the state of a block stays in cache
-// while one or several updates are folded into it).
+// sums merged in any order, gives the same sums. Both roundings are one float64 addition of a
+// constant whose ulp is the grid, read as an integer (exact-kernel.ts), so the fold is a handful
+// of WebAssembly SIMD operations per element, block by block (the state of a block stays in
+// cache while one or several updates are folded into it).
 //
-// Bounds, enforced rather than assumed: every update has weight * max|x| < 2^43 (where the split
-// is exact), and the accumulator keeps M = Sum weight * max|x| (exactly, in the same fixed point),
-// refusing an update that would take M, or the total weight, to 2^44: then |H| < 2^53 always.
-// L grows by at most 2^51 per update; every 1024 updates (and before any read) its multiples of
-// 2^52 are carried into H, leaving the canonical pair: L in [0, 2^52), which is unique. As
-// floats, (hi, lo) = (H 2^-8, L 2^-60) are exact, hi a multiple of 2^-8 below 2^45 and lo in
-// [0, 2^-8), the representation snapshots use. Whether a set of updates is refused does not
-// depend on order either (M only grows, and its final value is order-free).
+// Bounds, enforced rather than assumed: every update has weight * max|x| <= 2^43 (where the split
+// is exact; max|x| is checked block by block before the block is folded, and a refused update's
+// blocks already folded are folded again with -weight, which takes out exactly what went in), and
+// the accumulator keeps M = Sum weight * max|x| (exactly, in the same fixed point), refusing an
+// update that would take M, or the total weight, to 2^44: then |H| < 2^53 always. L grows by at
+// most 2^51 per update; every 1024 updates (and before any read) its multiples of 2^52 are carried
+// into H, leaving the canonical pair: L in [0, 2^52), which is unique. As floats, (hi, lo) =
+// (H 2^-8, L 2^-60) are exact, hi a multiple of 2^-8 below 2^45 and lo in [0, 2^-8): the
+// representation snapshots use, and the same as the float64 pairs this sum used to keep, so the
+// sums are those of before but for contributions exactly halfway between two multiples of 2^-60,
+// now rounded to even. Whether a set of updates is refused does not depend on order either (M
+// only grows, and its final value is order-free).
 //
 // Accuracy: each contribution loses at most 2^-61 to the grid, so mean() is within
 // count * 2^-61 / totalWeight of the exact weighted mean of the float32 inputs (plus the
 // roundings of each product w*x, of hi + lo and of the final division). With weights that are
 // sample counts (>= 1) that is at most 2^-61 absolute. Tiny weights (say 1e-6) on tiny values
 // would lose relative precision, hence the 2^-20 floor on weights.
+//
+// Memory: 16 bytes per element (four times a float32 model), in WebAssembly linear memories of up
+// to 4 GiB each (one per 268M elements); reset() empties the sum for another round without new
+// memory, whose page faults would cost more than the folds.
 import { BLOCK, SHARD_ELEMENTS, Shard } from './exact-kernel.ts';
 
 /** Largest admissible M and total weight: |hi| then stays below 2^44 + 2^-8 * count, far under 2^53 * 2^-8. */
@@ -65,6 +73,19 @@ function toFixed60(x: number): bigint {
   const f = Math.floor(s);
   const frac = s - f;
   return BigInt(frac > 0.5 || (frac === 0.5 && f % 2 !== 0) ? f + 1 : f);
+}
+
+const F32 = new Float32Array(1);
+const U32 = new Uint32Array(F32.buffer);
+
+/**
+ * The values one update of this weight may hold: |x| below the largest float32 `limit` with
+ * weight * limit <= 2^43, where the fold's split is exact.
+ */
+function valueLimit(weight: number): number {
+  F32[0] = UPDATE_LIMIT / weight;
+  while (F32[0]! * weight > UPDATE_LIMIT) U32[0] = U32[0]! - 1;
+  return F32[0]!;
 }
 
 /** The canonical (hi, lo) of a fixed-point value in units of 2^-60. */
@@ -133,6 +154,7 @@ export class ExactWeightedSum {
   addAll(updates: readonly WeightedValues[]): void {
     this.requireLive();
     const checked = updates.map((u) => this.admitShape(u.values, u.weight));
+    const limits = checked.map(valueLimit);
     let weight = this.weight;
     for (const w of checked) weight += toFixed60(w);
     // Per update: the largest |x| seen so far; M grows by weight * that, checked block by block.
@@ -143,14 +165,14 @@ export class ExactWeightedSum {
         for (let at = 0; at < shard.length; at += BLOCK) {
           const count = Math.min(BLOCK, shard.length - at);
           for (let k = 0; k < updates.length; k++) {
-            const { values } = updates[k]!;
-            const m = shard.scan(values, shard.start + at, count);
+            // Each block is checked (from scratch, in cache) before it is folded.
+            const m = shard.scan(updates[k]!.values, shard.start + at, count);
             if (!(m <= LARGEST_FLOAT32)) throw new RangeError('ExactWeightedSum.add: update contains NaN or Infinity');
             if (m > maxAbs[k]!) {
               maxAbs[k] = m;
-              this.checkMagnitude(checked, maxAbs, weight);
+              this.checkMagnitude(checked, limits, maxAbs, weight);
             }
-            shard.fold(values, shard.start + at, count, at, checked[k]!, true);
+            shard.fold(updates[k]!.values, shard.start + at, count, at, checked[k]!, true);
             done.push({ shard, at, count, k });
           }
         }
@@ -161,7 +183,7 @@ export class ExactWeightedSum {
       throw err;
     }
     // An empty model still checks the weights.
-    if (this.shards.length === 0) this.checkMagnitude(checked, maxAbs, weight);
+    if (this.shards.length === 0) this.checkMagnitude(checked, limits, maxAbs, weight);
     this.magnitude = this.magnitudeWith(checked, maxAbs);
     this.weight = weight;
     this.n += updates.length;
@@ -171,6 +193,7 @@ export class ExactWeightedSum {
 
   /** Throws exactly what add(values, weight) would throw, and changes nothing. */
   check(values: Float32Array, weight: number): void {
+    this.requireLive();
     const w = this.admitShape(values, weight);
     let maxAbs = 0;
     for (const shard of this.shards) {
@@ -180,7 +203,7 @@ export class ExactWeightedSum {
         maxAbs = Math.max(maxAbs, m);
       }
     }
-    this.checkMagnitude([w], [maxAbs], this.weight + toFixed60(w));
+    this.checkMagnitude([w], [valueLimit(w)], [maxAbs], this.weight + toFixed60(w));
   }
 
   /** Folds another partial sum in, exactly: partial sums merge to the same bits in any order. */
@@ -277,7 +300,6 @@ export class ExactWeightedSum {
 
   /** Carries L into H everywhere, leaving the canonical pair. */
   private carry(): void {
-    if (this.uncarried === 0) return;
     for (const s of this.shards) s.normalize();
     this.uncarried = 0;
   }
@@ -308,10 +330,11 @@ export class ExactWeightedSum {
     return m;
   }
 
-  private checkMagnitude(weights: readonly number[], maxAbs: readonly number[], weight: bigint): void {
+  private checkMagnitude(weights: readonly number[], limits: readonly number[], maxAbs: readonly number[], weight: bigint): void {
     for (let k = 0; k < weights.length; k++) {
-      const q = weights[k]! * maxAbs[k]!;
-      if (!(q < UPDATE_LIMIT)) throw new RangeError(`ExactWeightedSum: weight*max|x| of ${q} is beyond the exact range 2^43 of one update`);
+      if (!(maxAbs[k]! < limits[k]!)) {
+        throw new RangeError(`ExactWeightedSum: weight*max|x| of ${weights[k]! * maxAbs[k]!} is beyond the exact range 2^43 of one update`);
+      }
     }
     checkLimit('total weight', weight);
     checkLimit('Sum weight*max|x|', this.magnitudeWith(weights, maxAbs));

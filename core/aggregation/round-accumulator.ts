@@ -100,21 +100,29 @@ export class RoundAccumulator {
     return sum / this.trainLosses.size;
   }
 
-  /**
-   * The round's aggregate. Throws when no site contributed. Its arrays are computed over the
-   * accumulator's own memory where they can be: the accumulator is spent, and they stay valid,
-   * until its reset().
-   */
+  /** The round's aggregate. Throws when no site contributed. */
   finish(round: number): RoundAggregate {
+    return this.aggregate(round, (sum) => sum.mean());
+  }
+
+  /**
+   * finish(), with the means computed over the accumulator's own memory where they can be (no new
+   * model-sized array): the accumulator is spent, and the arrays stay valid, until its reset().
+   */
+  take(round: number): RoundAggregate {
+    return this.aggregate(round, (sum) => sum.takeMean());
+  }
+
+  private aggregate(round: number, mean: (sum: ExactWeightedSum) => Float64Array): RoundAggregate {
     if (this.sites === 0) throw new RangeError(`round ${round}: no site updates to aggregate`);
     const aggregate: RoundAggregate = {
       round,
       sites: this.sites,
       totalSamples: this.deltas.totalWeight,
-      meanDelta: this.deltas.takeMean(),
+      meanDelta: mean(this.deltas),
     };
     // Weight 1 per site, so the mean is (1/|S|) Sum controlDelta, as SCAFFOLD defines it.
-    if (this.controls) aggregate.meanControlDelta = this.controls.takeMean();
+    if (this.controls) aggregate.meanControlDelta = mean(this.controls);
     return aggregate;
   }
 }

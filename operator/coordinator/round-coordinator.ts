@@ -218,7 +218,8 @@ export class RoundCoordinator {
         `round ${round}: ${participants.length} of ${sites.length} sites answered, sampling.minSites is ${this.spec.sampling.minSites}${why ? ` (${why})` : ''}`,
       );
     }
-    this.global = this.strategy.aggregateFit(this.global, acc.finish(round));
+    // The mean is written over the accumulator's memory (reset next round): no model-sized array more.
+    this.global = this.strategy.aggregateFit(this.global, acc.take(round));
     participants.sort();
     // Summed in site order, so the reported figure does not depend on arrival order either.
     const fitLoss = weightedMean(losses.sort((a, b) => (a.site < b.site ? -1 : 1)).map((l) => ({ samples: l.samples, value: l.loss })));

@@ -165,7 +165,7 @@ export async function run(args: AggregationArgs): Promise<unknown> {
       const acc = roundAccumulator;
       for (let k = 0; k < count; k++) acc.add({ site: `site-${k}`, samples: weights[k]!, delta: ups[k]!, trainLoss: 0 });
       const t0 = performance.now();
-      const agg = acc.finish(1);
+      const agg = acc.take(1);
       finishS = (performance.now() - t0) / 1000;
       return agg.meanDelta;
     },
@@ -185,7 +185,7 @@ export async function run(args: AggregationArgs): Promise<unknown> {
     ['read rate: memcpy (TypedArray.set)', copy, copy / readRate],
     ['ExactWeightedSum.add x10, one update at a time', gbps(inputBytes, exact), gbps(inputBytes, exact) / readRate],
     ['ExactWeightedSum.addAll of the 10, block by block', gbps(inputBytes, blocked), gbps(inputBytes, blocked) / readRate],
-    ['RoundAccumulator.add x10 + finish', gbps(inputBytes, accumulator), gbps(inputBytes, accumulator) / readRate],
+    ['RoundAccumulator.add x10 + take (the mean)', gbps(inputBytes, accumulator), gbps(inputBytes, accumulator) / readRate],
     ['naive float64 acc[i] += w*x[i] x10', gbps(inputBytes, naive), gbps(inputBytes, naive) / readRate],
   ] as const;
   printTable(
@@ -196,7 +196,7 @@ export async function run(args: AggregationArgs): Promise<unknown> {
       `read rate = the fastest of the three reads (${fixed(readRate, 2)} GB/s); target for the exact sum: >= 0.5x of it`,
       `ExactWeightedSum keeps two int64 per element (WebAssembly SIMD): one update at a time, each element moves 4 bytes of input and reads and writes 16 bytes of state (36 bytes of memory traffic per 4 bytes of input); block by block, the state stays in cache`,
       `add and addAll leave the same state bit for bit: ${identical ? 'yes' : 'NO'}`,
-      `RoundAccumulator.finish (the mean of ${(n / 1e6).toFixed(0)}M elements, over the sum's own memory): ${fixed(finishS * 1000, 0)} ms; best of ${reps} runs each`,
+      `RoundAccumulator.take (the mean of ${(n / 1e6).toFixed(0)}M elements, over the sum's own memory, as the coordinator takes it): ${fixed(finishS * 1000, 0)} ms; best of ${reps} runs each`,
     ],
   );
   if (sunk === 0.123456789) process.stdout.write(' ');

@@ -193,7 +193,7 @@ export async function run(args: RssArgs): Promise<unknown> {
         (r) =>
           `${fixed(r.modelBytes / MB, 0)} MB x ${r.sites}: ${r.participants} updates folded, ${r.rejections} refused, ${r.siteRetries} site retries; RSS at ${r.samples.map((s) => `${s.at} ${fixed(s.rss / MB, 0)}`).join(', ')} MB`,
       ),
-      'where it goes (per element of the model, 4 bytes): global model 4, ExactWeightedSum hi+lo 16, the update object as read (chunks, then one copy) 4-8, its decoded delta 4, the safetensors encodings of the model and the checkpoint 4 each',
+      'where it goes (per element of the model, 4 bytes): global model 4, the exact sum (two int64 words) 16, one update buffer 4 (read into, decoded in place, used again), the next global model while the strategy steps 4: 28 bytes = 7x the model; the published model, checkpoint and final model are streamed from the model itself, the mean is written over the exact sum',
     ],
   );
   return {

@@ -408,7 +408,7 @@ export async function run(args: OperatorScaleArgs): Promise<unknown> {
       what,
       `${shown(figure, digits)}${unit}`,
       target === undefined ? '' : `${fixed(target, digits)}${unit}`,
-      target === undefined ? '' : figure === Number.POSITIVE_INFINITY ? `> ${fixed(tail / target, 0)}x` : `${fixed(figure / target, 2)}x`,
+      target === undefined || target === 0 ? '' : figure === Number.POSITIVE_INFINITY ? `> ${fixed(tail / target, 0)}x` : `${fixed(figure / target, 2)}x`,
       target === undefined ? '' : (ok ?? figure <= target) ? 'yes' : 'NO',
     ];
     printTable(

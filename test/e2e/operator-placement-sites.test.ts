@@ -18,6 +18,9 @@ import { HOSPITALS } from '../helpers/federation.ts';
 import { ManagedProcess, waitUntil } from '../helpers/managed-process.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 
+/** The bytes of a typed array itself (decoded tensors may be views into a larger buffer). */
+const bytesOf = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
 const CLI = join(import.meta.dirname, '../../cli/consort.ts');
 
 function hospitals(name: string, mutate: (spec: Record<string, unknown>) => void = () => {}): string {
@@ -67,7 +70,7 @@ describe('coordinator placement and site mode', () => {
       expect(s.round).toBe(6);
     }
     const [a, b] = [await weights('in-operator'), await weights('in-pod')];
-    expect(Buffer.from(b.buffer).equals(Buffer.from(a.buffer))).toBe(true);
+    expect(bytesOf(b).equals(bytesOf(a))).toBe(true);
     const podStatus = (await cluster.job('in-pod'))!.status!;
     expect(podStatus.accuracy).toBe((await cluster.job('in-operator'))!.status!.accuracy);
   });

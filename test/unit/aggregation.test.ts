@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { BLOCK } from '../../core/aggregation/exact-kernel.ts';
 import { ExactWeightedSum } from '../../core/aggregation/exact-sum.ts';
 import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
 import { Rng } from '../../core/rng.ts';
@@ -106,13 +107,13 @@ describe('ExactWeightedSum', () => {
   });
 
   it('gives the same state over several shards, for addAll and for add in any order', () => {
-    const n = 3 * 8192 + 37;
+    const n = 3 * BLOCK + 37;
     const rng2 = Rng.from(11, 'shards');
     const big = randomUpdates(rng2, 7, n);
     const one = new ExactWeightedSum(n);
     for (const u of big) one.add(u.values, u.weight);
     const reference = one.snapshot();
-    for (const shardElements of [8192, 2 * 8192]) {
+    for (const shardElements of [BLOCK, 2 * BLOCK]) {
       const sharded = new ExactWeightedSum(n, { shardElements });
       sharded.addAll((rng2.shuffle([...big]) as Update[]).map((u) => ({ values: u.values, weight: u.weight })));
       const snap = sharded.snapshot();
@@ -139,8 +140,8 @@ describe('ExactWeightedSum', () => {
   });
 
   it('refuses a bad update in a late block, or in a batch, leaving the state untouched', () => {
-    const n = 3 * 8192 + 5;
-    const sum = new ExactWeightedSum(n, { shardElements: 2 * 8192 });
+    const n = 3 * BLOCK + 5;
+    const sum = new ExactWeightedSum(n, { shardElements: 2 * BLOCK });
     const ok = new Float32Array(n).fill(0.25);
     sum.add(ok, 3);
     const before = sum.snapshot();
@@ -148,7 +149,7 @@ describe('ExactWeightedSum', () => {
     late[n - 2] = Number.NaN;
     expect(() => sum.add(late, 2)).toThrow(/NaN/);
     const large = ok.slice();
-    large[2 * 8192 + 1] = 2 ** 30;
+    large[2 * BLOCK + 1] = 2 ** 30;
     // 2^30 * 2^14 = 2^44: beyond what one update may weigh.
     expect(() => sum.add(large, 2 ** 14)).toThrow(/exact range/);
     expect(() =>
@@ -162,6 +163,27 @@ describe('ExactWeightedSum', () => {
     expect(bytes(after.lo)).toEqual(bytes(before.lo));
     expect(sum.count).toBe(1);
     expect(sum.totalWeight).toBe(3);
+    // And it goes on as if nothing had been tried.
+    const clean = new ExactWeightedSum(n, { shardElements: 2 * BLOCK });
+    clean.add(ok, 3);
+    for (const s of [sum, clean])
+      s.add(
+        ok.map((x, i) => x * (i % 7)),
+        5,
+      );
+    expect(bytes(sum.mean())).toEqual(bytes(clean.mean()));
+  });
+
+  it('takes the mean over its own memory once, then only reset() may follow', () => {
+    const sum = exactOf(updates, identity);
+    const mean = sum.mean();
+    const taken = sum.takeMean();
+    expect(bytes(taken)).toEqual(bytes(mean));
+    expect(() => sum.add(updates[0]!.values, 1)).toThrow(/reset/);
+    expect(() => sum.mean()).toThrow(/reset/);
+    sum.reset();
+    for (const k of identity) sum.add(updates[k]!.values, updates[k]!.weight);
+    expect(bytes(sum.mean())).toEqual(bytes(mean));
   });
 
   it('is exact where float64 summation is not', () => {
@@ -272,6 +294,22 @@ describe('RoundAccumulator', () => {
     expect(agg).toMatchObject({ round: 4, sites: 2, totalSamples: 4 });
     expect(acc.participants()).toEqual(['a', 'b']);
     expect(acc.fitLoss()).toBeCloseTo(0.02, 15);
+  });
+
+  it('takes the aggregate over its own memory: the same bits as finish, then reset() for the next round', () => {
+    const acc = new RoundAccumulator(3, { control: true });
+    acc.add(result('a', 1, [1, 2, -3], [0.5, 0, 1]));
+    acc.add(result('b', 3, [5, -2, 1], [1.5, 1, -2]));
+    const finished = acc.finish(4);
+    const taken = acc.take(4);
+    expect(bytes(taken.meanDelta)).toEqual(bytes(finished.meanDelta));
+    expect(bytes(taken.meanControlDelta!)).toEqual(bytes(finished.meanControlDelta!));
+    expect(() => acc.finish(4)).toThrow(/reset/);
+    acc.reset();
+    expect(acc.sites).toBe(0);
+    acc.add(result('a', 1, [1, 2, -3], [0.5, 0, 1]));
+    acc.add(result('b', 3, [5, -2, 1], [1.5, 1, -2]));
+    expect(bytes(acc.take(5).meanDelta)).toEqual(bytes(finished.meanDelta));
   });
 
   it('ignores a second update from the same site', () => {

@@ -1,7 +1,9 @@
 // Patience on the wire: retries until a deadline, and object reads that give up rather than wait
 // for ever on a stream that sends nothing.
 import { describe, expect, it } from 'vitest';
-import { type ObjectStream, readObjectStream, retrying, StalledReadError } from '../../core/protocol/retry.ts';
+import { objectStoreDigest, sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
+import { type ObjectStream, readObjectStream, retrying, StalledReadError, storedObjectMismatch } from '../../core/protocol/retry.ts';
+import { streamOfParts } from '../../core/protocol/wire.ts';
 
 /** An object stream of `chunks`, then either its end, an error, or nothing more (`stall`). */
 function stream(chunks: number[][], end: 'close' | 'stall' | Error = 'close'): ObjectStream & { cancelled: () => boolean } {
@@ -111,5 +113,52 @@ describe('retrying', () => {
       ),
     ).rejects.toBe(err);
     expect(calls).toBe(1);
+  });
+});
+
+describe('readObjectStream into one array', () => {
+  it('copies the chunks into the array given (or one of maxBytes) and returns a view of what came', async () => {
+    const into = new Uint8Array(16).fill(9);
+    const bytes = await readObjectStream(stream([[1, 2], [3], [4, 5, 6]]), { idleMs: 1000, maxBytes: 8, into, what: 'x' });
+    expect([...bytes]).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(bytes.buffer).toBe(into.buffer);
+    const own = await readObjectStream(stream([[1, 2], [3]]), { idleMs: 1000, maxBytes: 3, what: 'x' });
+    expect([...own]).toEqual([1, 2, 3]);
+    await expect(readObjectStream(stream([[1]]), { idleMs: 1000, maxBytes: 8, into: new Uint8Array(4), what: 'x' })).rejects.toThrow(RangeError);
+  });
+});
+
+describe('storedObjectMismatch', () => {
+  const sha256 = sha256Hex(new Uint8Array([1, 2, 3]));
+  const ref = { bucket: 'b', name: 'update/r1/n', sha256, size: 3 };
+  const info = { bucket: 'b', name: 'update/r1/n', size: 3, digest: objectStoreDigest(sha256) };
+
+  it('accepts the referenced object, and names what differs otherwise', () => {
+    expect(storedObjectMismatch(info, ref)).toBeUndefined();
+    for (const other of [{ bucket: 'c' }, { name: 'update/r1/m' }, { size: 4 }, { digest: objectStoreDigest(sha256Hex(new Uint8Array([1]))) }]) {
+      expect(storedObjectMismatch({ ...info, ...other }, ref)).toMatch(/is not the one referenced/);
+    }
+  });
+
+  it("speaks the store's digest: SHA-256= and the padded base64url of the hash, both ways", () => {
+    // As nats.js writes it (Base64UrlPaddedCodec of the raw digest).
+    expect(objectStoreDigest(sha256)).toBe(`SHA-256=${Buffer.from(sha256, 'hex').toString('base64url')}=`);
+    expect(sha256OfObjectStoreDigest(objectStoreDigest(sha256))).toBe(sha256);
+    expect(sha256OfObjectStoreDigest('SHA-256=abc')).toBeUndefined();
+    expect(sha256OfObjectStoreDigest('MD5=xyz')).toBeUndefined();
+  });
+});
+
+describe('streamOfParts', () => {
+  it('streams the pieces in order, no piece longer than asked', async () => {
+    const parts = [Uint8Array.from([1, 2, 3]), new Uint8Array(0), Uint8Array.from([4, 5, 6, 7, 8])];
+    const reader = streamOfParts(parts, 2).getReader();
+    const got: number[][] = [];
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      got.push([...value]);
+    }
+    expect(got).toEqual([[1, 2], [3], [4, 5], [6, 7], [8]]);
   });
 });

@@ -1,6 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import { Rng } from '../../core/rng.ts';
-import { bytesOfTensors, decodeSafetensors, decodeTensors, encodeSafetensors, encodeTensors, type NamedTensor } from '../../core/tensor/safetensors.ts';
+import {
+  bytesOfTensors,
+  concatBytes,
+  decodeSafetensors,
+  decodeTensors,
+  encodeSafetensors,
+  encodeTensors,
+  type NamedTensor,
+  safetensorsParts,
+  tensorsParts,
+} from '../../core/tensor/safetensors.ts';
 
 const LIMITS = { maxBytes: 1 << 20, maxTensors: 100 };
 
@@ -188,5 +198,41 @@ describe('decodeTensors on hostile input', () => {
       }
     }
     expect(refused).toBeGreaterThan(1000);
+  });
+});
+
+describe('pieces and in-place reads (streamed writes and large models)', () => {
+  it('gives the same bytes as pieces, the data pieces views of the arrays', () => {
+    const tensors = sample();
+    const parts = tensorsParts(tensors, { k: 'v' });
+    expect(Buffer.concat(parts).equals(Buffer.from(encodeTensors(tensors, { k: 'v' })))).toBe(true);
+    expect(parts[1]!.buffer).toBe(tensors[0]!.data.buffer);
+    const layout = [
+      { name: 'a', shape: [3, 2] },
+      { name: 'b', shape: [5] },
+    ];
+    const values = Float32Array.from({ length: 11 }, (_, i) => i / 3);
+    const model = safetensorsParts(layout, values, { job: 'j' });
+    expect(Buffer.concat(model).equals(Buffer.from(encodeSafetensors(layout, values, { job: 'j' })))).toBe(true);
+    expect(model[1]!.buffer).toBe(values.buffer);
+    expect(concatBytes(model)).toEqual(encodeSafetensors(layout, values, { job: 'j' }));
+  });
+
+  it('decodes a model in place when aligned, and copies it when not', () => {
+    const layout = [
+      { name: 'a', shape: [3, 2] },
+      { name: 'b', shape: [5] },
+    ];
+    const values = Float32Array.from({ length: 11 }, (_, i) => i / 3 - 1);
+    const bytes = encodeSafetensors(layout, values);
+    const inPlace = decodeSafetensors(bytes);
+    expect(inPlace.values.buffer).toBe(bytes.buffer);
+    expect([...inPlace.values]).toEqual([...values]);
+    expect(inPlace.layout).toEqual(layout);
+    const odd = new Uint8Array(bytes.length + 1).subarray(1);
+    odd.set(bytes);
+    const copied = decodeSafetensors(odd);
+    expect(copied.values.buffer).not.toBe(odd.buffer);
+    expect([...copied.values]).toEqual([...values]);
   });
 });

@@ -1,2 +1,0 @@
-import { run } from './test/bench/aggregation.ts';
-await run({ quick: false });
