@@ -5,33 +5,38 @@
 // exports what they report; a job's series are removed when the job is deleted.
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { JobPhase } from '../core/job/federated-job-status.ts';
-import type { RoundRecord } from '../core/report/run-report.ts';
+import type { FederatedJobSpec } from '../core/job/federated-job.ts';
+import { emptyTally, type RoundTally } from './coordinator/round-tally.ts';
 
 const PHASES: JobPhase[] = ['Pending', 'Running', 'Suspended', 'Succeeded', 'Failed'];
 const SITE_STATES = ['joined', 'participating', 'straggling', 'refused'] as const;
 /** Round durations: from a fraction of a second (tiny models) to the default deadline (600 s). */
 export const ROUND_DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800];
 
-/** One job as seen at a moment: everything the metrics are set from. */
-export interface JobSnapshot {
+/** One job as seen at a moment: everything the metrics are set from (the round loop's tally, and what the transport and the controller add). */
+export interface JobSnapshot extends RoundTally {
   phase: JobPhase;
-  round: number;
   roundsPlanned: number;
   roundDeadlineSeconds: number;
-  /** Every evaluated round so far, in order (the latest gives loss, accuracy and per-site figures). */
-  records: readonly RoundRecord[];
-  joined: readonly string[];
-  sampled: readonly string[];
-  participants: readonly string[];
+  /** Sites whose own policy refused the job. */
   refused: number;
-  missed: Readonly<Record<string, number>>;
-  norms: Readonly<Record<string, number>>;
   bytesIn: number;
   bytesOut: number;
-  rejections: Readonly<Record<string, number>>;
-  lastRoundAt?: number;
-  /** Seconds each round took, in order (only new ones are observed). */
-  roundSeconds: readonly number[];
+  rejections: Record<string, number>;
+}
+
+/** A job with nothing observed yet. */
+export function emptySnapshot(phase: JobPhase, spec: Pick<FederatedJobSpec, 'rounds' | 'aggregation'>): JobSnapshot {
+  return {
+    ...emptyTally(),
+    phase,
+    roundsPlanned: spec.rounds,
+    roundDeadlineSeconds: spec.aggregation.roundDeadlineSeconds,
+    refused: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    rejections: {},
+  };
 }
 
 type JobLabels = 'namespace' | 'federatedjob';

@@ -29,10 +29,11 @@ export interface NatsServerOptions {
   stopTimeoutMs?: number;
 }
 
-// Process groups still running, killed when this process exits however it exits normally.
+// Process groups still running, killed when this process exits however it exits normally (the
+// test harness's ManagedProcess tracks its groups here too).
 const live = new Set<number>();
 let exitHook = false;
-function track(pgid: number): void {
+export function trackProcessGroup(pgid: number): void {
   live.add(pgid);
   if (exitHook) return;
   exitHook = true;
@@ -41,7 +42,12 @@ function track(pgid: number): void {
   });
 }
 
-function signalGroup(pgid: number, signal: NodeJS.Signals): void {
+/** The group has exited: no need to kill it at exit. */
+export function untrackProcessGroup(pgid: number): void {
+  live.delete(pgid);
+}
+
+export function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(-pgid, signal);
   } catch {
@@ -212,7 +218,7 @@ export class NatsServer {
     const child = spawn(natsServerBinary(), args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     const pgid = child.pid;
     if (pgid === undefined) throw new Error('nats-server: spawn failed');
-    track(pgid);
+    trackProcessGroup(pgid);
     const watcher = spawn('sh', ['-c', WATCHER, String(pgid), this.dir], { detached: true, stdio: ['pipe', 'ignore', 'ignore'] });
     watcher.unref();
     (watcher.stdin as Socket).unref();
@@ -228,7 +234,7 @@ export class NatsServer {
     this.#running = { child, closed, watcherGone };
     closed.then(() => {
       exited = true;
-      live.delete(pgid);
+      untrackProcessGroup(pgid);
       watcher.kill('SIGKILL');
       if (this.#running?.child === child) this.#running = undefined;
     });

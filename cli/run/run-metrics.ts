@@ -6,22 +6,17 @@ import type { FederatedJob } from '../../core/job/federated-job.ts';
 import type { JobPhase } from '../../core/job/federated-job-status.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
 import type { RoundEvents } from '../../operator/coordinator/round-coordinator.ts';
-import { JobMetrics, type JobSnapshot } from '../../operator/job-metrics.ts';
+import { tallyRounds } from '../../operator/coordinator/round-tally.ts';
+import { emptySnapshot, JobMetrics, type JobSnapshot } from '../../operator/job-metrics.ts';
 
 export class LocalRunMetrics implements RoundEvents {
   readonly registry = new Registry();
   readonly #metrics: JobMetrics;
   readonly #namespace: string;
   readonly #name: string;
-  readonly #s: JobSnapshot & {
-    records: RoundRecord[];
-    joined: string[];
-    missed: Record<string, number>;
-    norms: Record<string, number>;
-    roundSeconds: number[];
-  };
-  #answered = new Set<string>();
-  #startedAt = 0;
+  // In one process the model and the updates move in memory: no bytes cross a wire.
+  readonly #s: JobSnapshot;
+  readonly #tally: ReturnType<typeof tallyRounds>;
 
   constructor(job: FederatedJob) {
     this.#metrics = new JobMetrics(this.registry);
@@ -30,50 +25,23 @@ export class LocalRunMetrics implements RoundEvents {
     for (const n of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) this.registry.removeSingleMetric(n);
     this.#namespace = job.metadata.namespace ?? 'default';
     this.#name = job.metadata.name;
-    this.#s = {
-      phase: 'Pending',
-      round: 0,
-      roundsPlanned: job.spec.rounds,
-      roundDeadlineSeconds: job.spec.aggregation.roundDeadlineSeconds,
-      records: [],
-      joined: [],
-      sampled: [],
-      participants: [],
-      refused: 0,
-      missed: {},
-      norms: {},
-      // In one process the model and the updates move in memory: no bytes cross a wire.
-      bytesIn: 0,
-      bytesOut: 0,
-      rejections: {},
-      roundSeconds: [],
-    };
+    this.#s = emptySnapshot('Pending', job.spec);
+    this.#tally = tallyRounds(this.#s);
     this.#push();
   }
 
-  roundStarted(_round: number, sites: readonly string[]): void {
-    const s = this.#s;
-    s.phase = 'Running';
-    s.sampled = [...sites];
-    for (const site of sites) if (!s.joined.includes(site)) s.joined.push(site);
-    this.#answered = new Set();
-    this.#startedAt = performance.now();
+  roundStarted(round: number, sites: readonly string[]): void {
+    this.#s.phase = 'Running';
+    this.#tally.roundStarted(round, sites);
     this.#push();
   }
 
-  siteUpdate(_round: number, site: string, u: { norm: number }): void {
-    this.#answered.add(site);
-    this.#s.norms[site] = u.norm;
+  siteUpdate(round: number, site: string, u: { samples: number; trainLoss: number; norm: number; staleness: number }): void {
+    this.#tally.siteUpdate(round, site, u);
   }
 
   roundFinished(record: RoundRecord | undefined, round: number): void {
-    const s = this.#s;
-    s.round = round;
-    s.participants = [...this.#answered].sort();
-    for (const site of s.sampled) s.missed[site] = this.#answered.has(site) ? 0 : (s.missed[site] ?? 0) + 1;
-    s.lastRoundAt = Date.now();
-    s.roundSeconds.push((performance.now() - this.#startedAt) / 1000);
-    if (record) s.records.push(record);
+    this.#tally.roundFinished(record, round);
     this.#push();
   }
 

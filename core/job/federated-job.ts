@@ -6,7 +6,7 @@ export const API_GROUP = 'consort.dev';
 export const API_VERSION = `${API_GROUP}/v1alpha1`;
 export const KIND = 'FederatedJob';
 
-const dnsLabel = z
+export const dnsLabel = z
   .string()
   .min(1)
   .max(63)

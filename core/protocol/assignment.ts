@@ -3,15 +3,10 @@
 // site's agent (`consort operator --mode site`) may read. The agent checks the job against its
 // local policy and answers; a refusal's reason reaches the job's status.
 import { z } from 'zod';
-import { FederatedJobSpec } from '../job/federated-job.ts';
+import { dnsLabel, FederatedJobSpec } from '../job/federated-job.ts';
 
 /** Version-free, like hello: an agent of another protocol version is still told why it is refused. */
 export const assignmentSubject = (site: string) => `consort.assign.${site}`;
-
-const dnsLabel = z
-  .string()
-  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/)
-  .max(63);
 
 export const Assignment = z
   .object({

@@ -107,7 +107,8 @@ function crc16(data: Uint8Array): number {
   return crc;
 }
 
-function base32Decode(text: string): Uint8Array {
+/** Decodes unpadded RFC 4648 base32 (an NKey's text) to bytes. */
+export function base32Decode(text: string): Uint8Array {
   const out = new Uint8Array(Math.floor((text.length * 5) / 8));
   let bits = 0;
   let value = 0;

@@ -5,6 +5,7 @@
 // (test/integration/nats-permissions.test.ts and nats-jwt-auth.test.ts check both what is allowed
 // and what is not); cli/nats/README.md explains each one. Pure: the static per-job configuration
 // (cli/nats/config.ts) and the operator's minted JWTs (operator/nats/trust.ts) both render these.
+import { assignmentSubject } from './assignment.ts';
 import { buckets, inboxPrefix, subjects } from './subjects.ts';
 
 /** The coordinator's user name (its inbox prefix): "_" cannot start a site name, so no site shares it. */
@@ -139,5 +140,5 @@ function unique(list: string[]): string[] {
 
 /** A site's agent (`consort operator --mode site`): reads its own assignments and answers them, nothing else. */
 export function siteAgentPermissions(site: string): UserPermissions {
-  return { publish: [], subscribe: [`consort.assign.${site}`, `${inboxPrefix(site)}.>`], allowResponses: true };
+  return { publish: [], subscribe: [assignmentSubject(site), `${inboxPrefix(site)}.>`], allowResponses: true };
 }

@@ -4,6 +4,7 @@
 // envelope and the site's public key, whatever key order or whitespace the JSON arrived in.
 import { createUser, fromPublic, fromSeed } from '@nats-io/nkeys';
 import { ed25519Signer, ed25519Verifier } from './digest.ts';
+import { base32Decode } from './native-keys.ts';
 
 const encoder = new TextEncoder();
 /** 64 signature bytes in unpadded base64url. */
@@ -102,25 +103,6 @@ function signerOf(seed: string): (message: Uint8Array) => Uint8Array {
     signers.set(seed, s);
   }
   return s;
-}
-
-const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-function base32Decode(text: string): Uint8Array {
-  const out = new Uint8Array(Math.floor((text.length * 5) / 8));
-  let bits = 0;
-  let value = 0;
-  let at = 0;
-  for (const ch of text) {
-    const v = BASE32.indexOf(ch);
-    if (v < 0) throw new RangeError('not base32');
-    value = (value << 5) | v;
-    bits += 5;
-    if (bits >= 8) {
-      out[at++] = (value >>> (bits - 8)) & 0xff;
-      bits -= 8;
-    }
-  }
-  return out;
 }
 
 function toBase64Url(bytes: Uint8Array): string {

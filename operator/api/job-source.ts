@@ -13,7 +13,7 @@ import type { RoundRecord, RunReport } from '../../core/report/run-report.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
 import type { JobRun } from '../controller/job-runs.ts';
 import type { JobObject } from '../controller/manifests.ts';
-import { decodeCheckpoint, decodeCheckpointHeader } from '../coordinator/checkpoint.ts';
+import { decodeCheckpoint, type decodeCheckpointHeader, readCheckpointHeader } from '../coordinator/checkpoint.ts';
 import type { TransportState } from '../coordinator/nats-coordinator.ts';
 import { OperatorError } from '../errors.ts';
 import { assembleJobReport } from './job-report.ts';
@@ -51,29 +51,6 @@ const unavailable = (what: string, err: unknown) =>
   new OperatorError('CONSORT_API_UNAVAILABLE', `cannot read ${what} from NATS: ${(err as Error).message}`, { cause: err });
 
 /** Reads an object's first bytes only: enough for a checkpoint's header, without its model. */
-async function readHeaderBytes(r: ObjectResult): Promise<Uint8Array> {
-  r.error.catch(() => {}); // a cancelled read may end in an error nobody waits for
-  const reader = r.data.getReader();
-  const chunks: Uint8Array[] = [];
-  let have = 0;
-  let need = 4;
-  try {
-    while (have < need) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      chunks.push(value);
-      have += value.length;
-      if (need === 4 && have >= 4) {
-        const first = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-        need = 4 + new DataView(first.buffer, first.byteOffset, first.byteLength).getUint32(0, true);
-      }
-    }
-  } finally {
-    await reader.cancel().catch(() => {});
-  }
-  return Buffer.concat(chunks);
-}
-
 export class ClusterJobSource implements JobSource {
   readonly #o: ClusterJobSourceOptions;
   readonly #objm: Objm;
@@ -169,7 +146,9 @@ export class ClusterJobSource implements JobSource {
     if (!state) return undefined;
     try {
       const r = await state.get(objectNames.checkpoint);
-      return r ? decodeCheckpointHeader(await readHeaderBytes(r)) : undefined;
+      if (!r) return undefined;
+      r.error.catch(() => {}); // a cancelled read may end in an error nobody waits for
+      return await readCheckpointHeader(r.data);
     } catch (err) {
       throw unavailable("the job's checkpoint", err);
     }

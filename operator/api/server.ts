@@ -24,6 +24,7 @@ import {
 import { Counter, type Registry } from 'prom-client';
 import { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import { FederatedJobStatus } from '../../core/job/federated-job-status.ts';
+import { sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
 import { renderReportHtml } from '../../core/report/html.ts';
 import type { JobObject } from '../controller/manifests.ts';
 import { API_ERROR_STATUS, type ApiErrorCode, isApiErrorCode, OperatorError } from '../errors.ts';
@@ -267,7 +268,7 @@ export async function buildApiServer(o: ApiServerOptions): Promise<FastifyInstan
         const job = await findJob(req, req.params);
         const model = await jobs.model(job);
         if (!model) throw fail('CONSORT_API_NOT_READY', `FederatedJob "${job.metadata.name}" has no final model yet (phase ${phaseOf(job)})`);
-        const sha = Buffer.from(model.digest.replace(/^SHA-256=/, ''), 'base64url').toString('hex');
+        const sha = sha256OfObjectStoreDigest(model.digest) ?? 'unknown';
         reply
           .header('content-type', 'application/octet-stream')
           .header('content-length', String(model.size))

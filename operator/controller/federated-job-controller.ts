@@ -21,7 +21,7 @@ import { type AccountSigner, mintJobCreds } from '../nats/trust.ts';
 import { InOperatorRun, type JobRun, PodRun, type RunProgress } from './job-runs.ts';
 import { coordinatorPod, FINALIZER, type JobObject, jobConfigMap, LABELS, MANAGED_BY, names, type PodSettings, secret, workerPod } from './manifests.ts';
 import { desiredStatus, sameJson } from './status.ts';
-import type { JobMetrics } from '../job-metrics.ts';
+import { emptySnapshot, type JobMetrics } from '../job-metrics.ts';
 
 export interface ControllerOptions {
   client: KubeClient;
@@ -45,19 +45,6 @@ export interface ControllerOptions {
 }
 
 const TERMINAL: JobPhase[] = ['Succeeded', 'Failed'];
-const EMPTY_SNAPSHOT = {
-  records: [],
-  joined: [],
-  sampled: [],
-  participants: [],
-  refused: 0,
-  missed: {},
-  norms: {},
-  bytesIn: 0,
-  bytesOut: 0,
-  rejections: {},
-  roundSeconds: [],
-};
 const podPhase = (p: KubeObject | undefined) => (p?.status as { phase?: string } | undefined)?.phase;
 /** A change of a job other than of its status. */
 const jobChanged = (old: KubeObject, j: KubeObject) =>
@@ -250,13 +237,7 @@ export class FederatedJobController {
       const done = (job.status ?? {}) as FederatedJobStatus;
       if (!finished && done.phase) {
         // A job that ended before this operator started: its figures from its status.
-        this.#o.jobMetrics?.update(ns, job.metadata.name, {
-          ...EMPTY_SNAPSHOT,
-          phase: done.phase,
-          round: done.round ?? 0,
-          roundsPlanned: job.spec.rounds,
-          roundDeadlineSeconds: job.spec.aggregation.roundDeadlineSeconds,
-        });
+        this.#o.jobMetrics?.update(ns, job.metadata.name, { ...emptySnapshot(done.phase, job.spec), round: done.round ?? 0 });
       }
       return undefined;
     }
@@ -342,7 +323,7 @@ export class FederatedJobController {
         job,
         'Normal',
         'Succeeded',
-        `completed ${run.progress.round} rounds; accuracy ${run.progress.last?.globalAccuracy.toFixed(4) ?? 'n/a'}`,
+        `completed ${run.progress.round} rounds; accuracy ${run.progress.records.at(-1)?.globalAccuracy.toFixed(4) ?? 'n/a'}`,
       );
       await this.#stopRun(key);
       await this.#deleteWorkers(job);
@@ -387,27 +368,13 @@ export class FederatedJobController {
       ...(extra.problem ? { problem: extra.problem } : {}),
       now: new Date(),
     });
-    if (this.#o.jobMetrics) {
-      const p = progress;
-      this.#o.jobMetrics.update(job.metadata.namespace!, job.metadata.name, {
-        phase,
-        round: next.round,
-        roundsPlanned: job.spec.rounds,
-        roundDeadlineSeconds: job.spec.aggregation.roundDeadlineSeconds,
-        records: p?.records ?? [],
-        joined: p?.joined ?? [],
-        sampled: p?.sampled ?? [],
-        participants: p?.participants ?? [],
-        refused: this.#refusals.get(key)?.size ?? 0,
-        missed: p?.missed ?? {},
-        norms: p?.norms ?? {},
-        bytesIn: p?.bytesIn ?? 0,
-        bytesOut: p?.bytesOut ?? 0,
-        rejections: p?.rejections ?? {},
-        ...(p?.lastRoundAt !== undefined ? { lastRoundAt: p.lastRoundAt } : {}),
-        roundSeconds: p?.roundSeconds ?? [],
-      });
-    }
+    this.#o.jobMetrics?.update(job.metadata.namespace!, job.metadata.name, {
+      ...emptySnapshot(phase, job.spec),
+      ...progress,
+      phase,
+      round: next.round,
+      refused: this.#refusals.get(key)?.size ?? 0,
+    });
     if (sameJson(job.status ?? {}, next)) return;
     try {
       await this.#o.client.patch(resourcePath(Resources.federatedJobs, job.metadata.namespace, job.metadata.name, 'status'), {

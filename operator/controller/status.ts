@@ -54,7 +54,7 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
   const old = (o.job.status ?? {}) as FederatedJobStatus;
   const sites = siteStatuses(o);
   const ready = sites.filter((s) => s.state === 'Running' || s.state === 'Succeeded').length;
-  const last = o.progress?.last;
+  const last = o.progress?.records.at(-1);
   const gen = o.job.metadata.generation ?? 0;
   const t = o.now.toISOString().replace(/\.\d+Z$/, 'Z');
   const cond = (type: string, status: boolean, reason: string, message: string): Condition => ({

@@ -140,3 +140,29 @@ export function decodeCheckpointHeader(bytes: Uint8Array): Pick<Checkpoint, 'job
   const h = Header.parse(JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + n))));
   return { job: h.job, round: h.round, records: h.records, ...(h.stoppedBy ? { stoppedBy: h.stoppedBy } : {}) };
 }
+
+/**
+ * Reads only as much of a checkpoint stream as its header needs, then cancels the rest: a watcher
+ * of the job (the operator's PodRun, the API's history) never pulls the model-sized body.
+ */
+export async function readCheckpointHeader(data: ReadableStream<Uint8Array>): Promise<Pick<Checkpoint, 'job' | 'round' | 'records' | 'stoppedBy'>> {
+  const reader = data.getReader();
+  const chunks: Uint8Array[] = [];
+  let have = 0;
+  let need = 4;
+  try {
+    while (have < need) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      have += value.length;
+      if (need === 4 && have >= 4) {
+        const first = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+        need = 4 + new DataView(first.buffer, first.byteOffset, first.byteLength).getUint32(0, true);
+      }
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+  return decodeCheckpointHeader(Buffer.concat(chunks));
+}

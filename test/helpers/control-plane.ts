@@ -225,30 +225,26 @@ export class ControlPlane {
 
   async #startControllers(): Promise<void> {
     const kc = this.kubeconfigFor('admin');
-    this.controllerManager = new ManagedProcess('kube-controller-manager', join(this.bin, 'kube-controller-manager'), [
+    // Both run as admin, without leader election, serving their health port on loopback.
+    const common = async () => [
       `--kubeconfig=${kc}`,
       `--authentication-kubeconfig=${kc}`,
       `--authorization-kubeconfig=${kc}`,
       '--leader-elect=false',
       `--secure-port=${await freePort()}`,
       '--bind-address=127.0.0.1',
+      '--v=0',
+    ];
+    this.controllerManager = new ManagedProcess('kube-controller-manager', join(this.bin, 'kube-controller-manager'), [
+      ...(await common()),
       // What a cluster does for the operator's objects: cascading deletion by owner reference,
       // namespace teardown, each namespace's default ServiceAccount (Pods need it), node health.
       '--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token,nodelifecycle,ttl-after-finished',
       `--service-account-private-key-file=${join(this.dir, 'sa.key')}`,
       '--use-service-account-credentials=false',
       '--concurrent-gc-syncs=5',
-      '--v=0',
     ]);
-    this.scheduler = new ManagedProcess('kube-scheduler', join(this.bin, 'kube-scheduler'), [
-      `--kubeconfig=${kc}`,
-      `--authentication-kubeconfig=${kc}`,
-      `--authorization-kubeconfig=${kc}`,
-      '--leader-elect=false',
-      `--secure-port=${await freePort()}`,
-      '--bind-address=127.0.0.1',
-      '--v=0',
-    ]);
+    this.scheduler = new ManagedProcess('kube-scheduler', join(this.bin, 'kube-scheduler'), await common());
     // Ready once the default namespace's ServiceAccount exists (Pods cannot be created before).
     const kcm = this.controllerManager;
     await waitUntil('kube-controller-manager', async () => (await this.request('/api/v1/namespaces/default/serviceaccounts/default')).status === 200, {

@@ -1,31 +1,15 @@
 // A server process of the test harness (etcd, kube-apiserver, ...): its own process group, its
 // output kept for assertion messages, killed as a group on stop() and, should this process die
 // without teardown (SIGKILL, a crashed runner), by a small sh watcher whose stdin pipe closes
-// then. The same scheme as cli/nats/server.ts, for any command.
+// then. The same scheme as cli/nats/server.ts (whose process-group bookkeeping it shares), for any command.
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Socket } from 'node:net';
+import { signalGroup, trackProcessGroup, untrackProcessGroup } from '../../cli/nats/server.ts';
+
+export { signalGroup };
 
 const LOG_LIMIT = 256 * 1024;
 const WATCHER = 'while read -r _; do :; done; kill -TERM "-$0" 2>/dev/null; sleep 2; kill -KILL "-$0" 2>/dev/null';
-
-const live = new Set<number>();
-let exitHook = false;
-function track(pgid: number): void {
-  live.add(pgid);
-  if (exitHook) return;
-  exitHook = true;
-  process.on('exit', () => {
-    for (const id of live) signalGroup(id, 'SIGKILL');
-  });
-}
-
-export function signalGroup(pgid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pgid, signal);
-  } catch {
-    // ESRCH: gone already.
-  }
-}
 
 export interface ManagedProcessOptions {
   env?: NodeJS.ProcessEnv;
@@ -54,7 +38,7 @@ export class ManagedProcess {
     });
     const pgid = this.child.pid;
     if (pgid === undefined) throw new Error(`${name}: spawn failed`);
-    track(pgid);
+    trackProcessGroup(pgid);
     const watcher = spawn('sh', ['-c', WATCHER, String(pgid)], { detached: true, stdio: ['pipe', 'ignore', 'ignore'] });
     watcher.unref();
     (watcher.stdin as Socket).unref();
@@ -69,7 +53,7 @@ export class ManagedProcess {
     this.closed = new Promise((done) =>
       this.child.on('close', (code, signal) => {
         this.#exited = true;
-        live.delete(pgid);
+        untrackProcessGroup(pgid);
         watcher.kill('SIGKILL');
         done({ code, signal });
       }),
