@@ -68,12 +68,6 @@ export const op = {
   /** Loads 8 bytes into the low half, zeroes the high half. */
   v128Load64Zero: (offset = 0) => [...simd(0x5d), ...memarg(3, offset)],
   f32x4ExtractLane: (lane: number) => [...simd(0x1f), lane],
-  /** Lanes of the two operands (0-15 the first, 16-31 the second), byte by byte. */
-  i8x16Shuffle: (lanes: readonly number[]) => [...simd(0x0d), ...lanes],
-  f32x4Splat: simd(0x13),
-  /** All ones where a < b (false for NaN), else zeros. */
-  f32x4Lt: simd(0x43),
-  v128And: simd(0x4e),
   f64x2Splat: simd(0x14),
   i64x2Splat: simd(0x12),
   i64x2Shl: simd(0xcb),
@@ -81,8 +75,6 @@ export const op = {
   i64x2Add: simd(0xce),
   i64x2Sub: simd(0xd1),
   f32x4Abs: simd(0xe0),
-  /** NaN if either operand is NaN (several instructions on x86, for NaN and -0). */
-  f32x4Max: simd(0xe9),
   /** b > a ? b : a, one instruction (a NaN b is not taken). */
   f32x4Pmax: simd(0xeb),
   /** All ones where a != b: where x != x, x is NaN. */
