@@ -136,7 +136,7 @@ program
   .option('--account-key <file>', "cluster mode: account.nk from consort nats-config --cluster, which mints every job's NATS users")
   .option('--pod-nats <url>', 'the NATS URL as worker Pods reach it (default: --nats)')
   .option('--namespace <ns>', 'watch this namespace only (default: all)')
-  .option('--workers <n>', 'reconciles run in parallel', '4')
+  .option('--workers <n>', 'reconciles run in parallel (default 8)')
   .option('--no-leader-elect', 'do not take a Lease first (one replica only)')
   .option('--lease-namespace <ns>', 'namespace of the leader-election Lease (default: $POD_NAMESPACE or consort-system)')
   .option('--lease-name <name>', 'name of the leader-election Lease', 'consort-operator')

@@ -33,7 +33,7 @@ export const OperatorFlags = z
       .regex(/^(nats|tls|ws|wss):\/\//, 'must be a nats:// URL')
       .optional(),
     namespace: z.string().min(1).optional(),
-    workers: intFlag(1, 64).default(4),
+    workers: intFlag(1, 64).default(8),
     leaderElect: z.boolean().default(true),
     leaseNamespace: z
       .string()

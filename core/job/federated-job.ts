@@ -176,6 +176,13 @@ export const WorkerSpec = z
     nodeSelector: z.record(z.string(), z.string()).optional().describe('Node labels the worker Pods must match.'),
     tolerations: z.array(Toleration).max(32).optional(),
     serviceAccountName: dnsLabel.optional(),
+    schedulerName: z
+      .string()
+      .min(1)
+      .max(253)
+      .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a DNS subdomain (lower case letters, digits, - and .)')
+      .optional()
+      .describe("The scheduler that places the worker Pods (a gang or queueing scheduler such as Volcano's or Kueue's); the cluster's default when absent."),
   })
   .strict();
 export type WorkerSpec = z.infer<typeof WorkerSpec>;

@@ -15,6 +15,7 @@ import { decodeJson, encodeJson } from '../../core/protocol/wire.ts';
 import { isConflict, isNotFound, type KubeClient, type KubeObject, resourcePath, Resources } from '../kube/client.ts';
 import { EventRecorder } from '../kube/events.ts';
 import { Informer, keyOf } from '../kube/informer.ts';
+import { OwnWrites } from '../kube/own-writes.ts';
 import { WorkQueue } from '../kube/work-queue.ts';
 import type { OperatorMetrics } from '../metrics.ts';
 import { type AccountSigner, mintJobCreds } from '../nats/trust.ts';
@@ -44,7 +45,15 @@ export interface ControllerOptions {
   metrics?: OperatorMetrics;
 }
 
+type JobKeys = { coordinator: string; sites: Record<string, string> };
+interface StoredCredentials {
+  seeds: Record<string, string>;
+  keys: JobKeys | null;
+}
+
 const TERMINAL: JobPhase[] = ['Succeeded', 'Failed'];
+/** Progress that changes no state (a round's figures) is written to status at most this often per job. */
+const PROGRESS_WRITE_INTERVAL_MS = 1000;
 const podPhase = (p: KubeObject | undefined) => (p?.status as { phase?: string } | undefined)?.phase;
 /** A change of a job other than of its status. */
 const jobChanged = (old: KubeObject, j: KubeObject) =>
@@ -80,6 +89,10 @@ export class FederatedJobController {
   /** Remote sites' answers, by job uid and site. */
   readonly #assignments = new Map<string, 'asking' | 'accepted' | 'refused' | number>();
   readonly #log: (line: string) => void;
+  /** Credentials this process stored for a job (by uid) that its cache may not show yet. */
+  readonly #minted = new Map<string, StoredCredentials>();
+  /** Our own creates and patches, whose echoes are not news. */
+  readonly #own = new OwnWrites();
   #reconciling = false;
   /** Status writes and reconciles done, for tests and metrics. */
   statusWrites = 0;
@@ -127,23 +140,39 @@ export class FederatedJobController {
     // its status, which only this controller writes (its own writes would each bring the job
     // back for nothing); of a Pod, its phase and its deletion; of a Secret or ConfigMap, that it
     // exists. A burst of 200 jobs is a third fewer reconciles.
+    // Nor is the echo of our own write (own-writes.ts): the reconcile that made it acted on it.
+    const own = this.#own;
     this.jobs.on({
       upsert: (j, old) => {
+        if (own.isEcho('federatedjobs', j)) return;
         if (!old || jobChanged(old, j)) this.queue.add(keyOf(j));
       },
-      deleted: (j) => this.queue.add(keyOf(j)),
+      deleted: (j) => {
+        own.forget('federatedjobs', j);
+        this.queue.add(keyOf(j));
+      },
     });
     const owner = (o: KubeObject) => {
       const job = o.metadata.labels?.[LABELS.job];
       if (job) this.queue.add(o.metadata.namespace ? `${o.metadata.namespace}/${job}` : job);
     };
+    const gone = (resource: string) => (o: KubeObject) => {
+      own.forget(resource, o);
+      owner(o);
+    };
     this.pods.on({
       upsert: (p, old) => {
+        if (own.isEcho('pods', p)) return;
         if (!old || podPhase(old) !== podPhase(p) || old.metadata.deletionTimestamp !== p.metadata.deletionTimestamp) owner(p);
       },
-      deleted: owner,
+      deleted: gone('pods'),
     });
-    for (const inf of [this.secrets, this.configMaps]) inf.on({ upsert: (o, old) => (old ? undefined : owner(o)), deleted: owner });
+    for (const [resource, inf] of [
+      ['secrets', this.secrets],
+      ['configmaps', this.configMaps],
+    ] as const) {
+      inf.on({ upsert: (o, old) => (own.isEcho(resource, o) || old ? undefined : owner(o)), deleted: gone(resource) });
+    }
   }
 
   /** Starts the informers (a standby keeps its cache warm too). */
@@ -194,27 +223,38 @@ export class FederatedJobController {
   }
 
   async reconcile(key: string): Promise<{ requeueAfterMs?: number } | undefined> {
-    let job = this.jobs.get(key);
-    if (!job) {
+    const cached = this.jobs.get(key);
+    if (!cached) {
       const [ns, name] = key.split('/') as [string, string];
       this.#o.jobMetrics?.forget(ns, name);
       await this.#stopRun(key);
       this.queue.forget(key);
       return undefined;
     }
-    if (job.metadata.deletionTimestamp) return await this.#finalize(key, job);
+    if (cached.metadata.deletionTimestamp) return await this.#finalize(key, cached);
+    // A copy: the cache's objects are the informer's, never changed here.
+    const job: JobObject = { ...cached, metadata: { ...cached.metadata } };
     const ns = job.metadata.namespace!;
-    if (!job.metadata.finalizers?.includes(FINALIZER)) {
-      // Go on with the API server's answer, which holds the finalizer: a new job is set up in this
-      // reconcile, not one trip through the queue later (its update event still comes back, and
-      // finds nothing to do).
-      job = await this.#o.client.patch<JobObject>(resourcePath(Resources.federatedJobs, ns, job.metadata.name), {
-        metadata: { finalizers: [...(job.metadata.finalizers ?? []), FINALIZER], resourceVersion: job.metadata.resourceVersion },
-      });
-    }
+    // The finalizer must be on the job before anything outside Kubernetes (its NATS buckets) is
+    // made; what Kubernetes holds is the garbage collector's by owner reference. So a new job's
+    // finalizer goes on while its ConfigMap and Secrets are created, not one round trip before.
+    const finalizer = job.metadata.finalizers?.includes(FINALIZER)
+      ? undefined
+      : this.#o.client
+          .patch<JobObject>(resourcePath(Resources.federatedJobs, ns, job.metadata.name), {
+            metadata: { finalizers: [...(job.metadata.finalizers ?? []), FINALIZER], resourceVersion: job.metadata.resourceVersion },
+          })
+          .then((patched) => {
+            this.#own.wrote('federatedjobs', patched);
+            // Go on with the API server's answer (its resourceVersion), keeping the spec parsed here.
+            job.metadata = patched.metadata;
+          });
+    // Awaited on every path below; this only keeps a path that fails first from leaving it unhandled.
+    finalizer?.catch(() => {});
     const status = (job.status ?? {}) as FederatedJobStatus;
     const parsed = FederatedJobSpec.safeParse(job.spec);
     if (!parsed.success) {
+      await finalizer;
       // The CRD's schema and rules refuse what zod refuses; this is for an older CRD left installed.
       const message = describeIssues(parsed.error, ['spec']).join('; ');
       await this.#writeStatus(job, 'Failed', { problem: { reason: 'InvalidSpec', message } });
@@ -228,6 +268,7 @@ export class FederatedJobController {
       (TERMINAL.includes(status.phase as JobPhase) && status.observedGeneration === job.metadata.generation) ||
       (finished !== undefined && finished.uid === job.metadata.uid && finished.generation === job.metadata.generation);
     if (terminal) {
+      await finalizer;
       // Our terminal status write may have failed (API server away): write it from what we kept.
       if (finished && status.phase !== finished.phase) {
         await this.#writeStatus(job, finished.phase, { progress: finished.progress, ...(finished.problem ? { problem: finished.problem } : {}) });
@@ -242,9 +283,6 @@ export class FederatedJobController {
       return undefined;
     }
 
-    // Independent objects: created together, not one round trip after another.
-    const [, keys] = await Promise.all([this.#ensureConfig(job), this.#ensureCredentials(job)]);
-
     let run = this.runs.get(key);
     if (run && run.uid !== job.metadata.uid) {
       await this.#stopRun(key);
@@ -257,6 +295,7 @@ export class FederatedJobController {
     }
 
     if (job.spec.suspend) {
+      await finalizer;
       if (run && (run.progress.state === 'joining' || run.progress.state === 'running') && placement === 'operator') {
         run.requestPause();
         await this.#writeStatus(job, status.phase === 'Pending' ? 'Pending' : 'Running', {});
@@ -269,38 +308,22 @@ export class FederatedJobController {
       return undefined;
     }
 
-    // Worker Pods: one per site of this cluster, recreated when gone or failed (all sites at once).
-    await Promise.all(
-      job.spec.sites.map(async (site) => {
-        if (site.remote) return;
-        const name = names.workerPod(job.metadata.name, site.name);
-        const pod = this.#owned(this.pods, ns, name);
-        if (pod && !pod.metadata.deletionTimestamp && podPhase(pod) === 'Failed') {
-          await this.#deletePod(ns, name);
-          this.#bumpRestart(key, site.name);
-          void this.#events.record(job, 'Warning', 'WorkerFailed', `worker of site ${site.name} failed; recreating it`);
-          return;
-        }
-        if (!pod) {
-          const created = await this.#createIfAbsent(resourcePath(Resources.pods, ns), workerPod(job, site, this.#o.pods));
-          // A Pod gone while the job runs was lost (deleted, evicted): count it; not so after a suspension.
-          if (created && status.phase === 'Running') this.#bumpRestart(key, site.name);
-        }
-      }),
-    );
-    for (const site of job.spec.sites) if (site.remote) this.#assign(key, job, site.name);
-    if (placement === 'pod') {
-      const name = names.coordinatorPod(job.metadata.name);
-      const pod = this.#owned(this.pods, ns, name);
-      if (pod && !pod.metadata.deletionTimestamp && podPhase(pod) === 'Failed') await this.#deletePod(ns, name);
-      else if (!pod) await this.#createIfAbsent(resourcePath(Resources.pods, ns), coordinatorPod(job, this.#o.pods));
-    }
+    // Independent objects, created together rather than one round trip after another: a Pod
+    // whose Secret is not there yet waits for it (the kubelet retries the mount).
+    const [, creds] = await Promise.all([this.#ensureConfig(job), this.#ensureCredentials(job), finalizer, this.#ensurePods(key, job, status)]);
+    for (const site of job.spec.sites) if (site.remote) this.#assign(key, job, site.name, creds.sites[site.name]);
 
     if (!run || run.progress.state === 'paused' || run.progress.state === 'stopped') {
       if (run) await this.#stopRun(key);
       const withUid = job as unknown as FederatedJob & { metadata: { uid: string } };
-      const ctx = { nc: this.#o.nc, log: this.#log, onChange: () => this.queue.add(key) };
-      run = placement === 'operator' ? new InOperatorRun(withUid, keys, ctx) : new PodRun(withUid, ctx);
+      const ctx = {
+        nc: this.#o.nc,
+        log: this.#log,
+        // A round's figures alone wait a moment for the next ones: one status write a second at
+        // most for a job of many fast rounds, while a change of state is acted on at once.
+        onChange: (what: 'state' | 'progress') => (what === 'state' ? this.queue.add(key) : this.queue.addAfter(key, PROGRESS_WRITE_INTERVAL_MS)),
+      };
+      run = placement === 'operator' ? new InOperatorRun(withUid, creds.keys.sites, ctx) : new PodRun(withUid, ctx);
       this.runs.set(key, run);
       if (status.phase === undefined || status.phase === 'Pending')
         void this.#events.record(job, 'Normal', 'Started', `round loop started (${placement === 'operator' ? 'in the operator' : 'in a coordinator Pod'})`);
@@ -342,6 +365,35 @@ export class FederatedJobController {
       void this.#events.record(job, 'Normal', 'Running', `rounds are running (round ${run.progress.round + 1} of ${job.spec.rounds})`);
     await this.#writeStatus(job, phase, {});
     return undefined;
+  }
+
+  /** Worker Pods: one per site of this cluster, recreated when gone or failed; and the coordinator's, with placement "pod". */
+  async #ensurePods(key: string, job: JobObject, status: FederatedJobStatus): Promise<void> {
+    const ns = job.metadata.namespace!;
+    await Promise.all(
+      job.spec.sites.map(async (site) => {
+        if (site.remote) return;
+        const name = names.workerPod(job.metadata.name, site.name);
+        const pod = this.#owned(this.pods, ns, name);
+        if (pod && !pod.metadata.deletionTimestamp && podPhase(pod) === 'Failed') {
+          await this.#deletePod(ns, name);
+          this.#bumpRestart(key, site.name);
+          void this.#events.record(job, 'Warning', 'WorkerFailed', `worker of site ${site.name} failed; recreating it`);
+          return;
+        }
+        if (!pod) {
+          const created = await this.#createIfAbsent(Resources.pods, ns, workerPod(job, site, this.#o.pods));
+          // A Pod gone while the job runs was lost (deleted, evicted): count it; not so after a suspension.
+          if (created && status.phase === 'Running') this.#bumpRestart(key, site.name);
+        }
+      }),
+    );
+    if (job.spec.coordinator.placement === 'pod') {
+      const name = names.coordinatorPod(job.metadata.name);
+      const pod = this.#owned(this.pods, ns, name);
+      if (pod && !pod.metadata.deletionTimestamp && podPhase(pod) === 'Failed') await this.#deletePod(ns, name);
+      else if (!pod) await this.#createIfAbsent(Resources.pods, ns, coordinatorPod(job, this.#o.pods));
+    }
   }
 
   #bumpRestart(key: string, site: string): void {
@@ -390,59 +442,74 @@ export class FederatedJobController {
   async #ensureConfig(job: JobObject): Promise<void> {
     const ns = job.metadata.namespace!;
     if (this.#owned(this.configMaps, ns, names.jobConfig(job.metadata.name))) return;
-    await this.#createIfAbsent(resourcePath(Resources.configMaps, ns), jobConfigMap(job));
+    await this.#createIfAbsent(Resources.configMaps, ns, jobConfigMap(job));
   }
 
-  /** The job's NATS credentials, minted once and kept in Secrets: a restarted operator finds them there. Returns the site keys. */
-  async #ensureCredentials(job: JobObject): Promise<Record<string, string>> {
+  /**
+   * The job's NATS credentials, minted once and kept in Secrets: a restarted operator finds them
+   * there. Returns the keys the coordinator trusts, and each site's credentials file.
+   */
+  async #ensureCredentials(job: JobObject): Promise<{ keys: JobKeys; sites: Record<string, string | undefined> }> {
     const ns = job.metadata.namespace!;
     const jobName = job.metadata.name;
-    const key = jobKey(job.metadata);
+    const uid = job.metadata.uid!;
     const sites = job.spec.sites.map((s) => s.name);
-    const read = (s: KubeObject) => ({
+    const read = (s: KubeObject): StoredCredentials => ({
       seeds: JSON.parse(decode(s, 'seeds.json') ?? '{}') as Record<string, string>,
-      keys: JSON.parse(decode(s, 'keys.json') ?? 'null') as { coordinator: string; sites: Record<string, string> } | null,
+      keys: JSON.parse(decode(s, 'keys.json') ?? 'null') as JobKeys,
     });
     const cached = this.#owned(this.secrets, ns, names.jobSecret(jobName));
-    let stored = cached ? read(cached) : undefined;
-    const missingSites = sites.filter((s) => !this.#owned(this.secrets, ns, names.siteSecret(jobName, s)));
-    if (stored?.keys && missingSites.length === 0) return stored.keys.sites;
+    if (cached) this.#minted.delete(uid); // the cache has caught up with what this process made
+    // What this process made a moment ago counts as stored: the cache may not show it yet.
+    let stored = cached ? read(cached) : this.#minted.get(uid);
+    const siteSecret = (s: string) => this.#owned(this.secrets, ns, names.siteSecret(jobName, s));
+    const missingSites = sites.filter((s) => !siteSecret(s));
+    if (stored?.keys && missingSites.length === 0) {
+      return { keys: stored.keys, sites: Object.fromEntries(sites.map((s) => [s, decode(siteSecret(s), 'site.creds')])) };
+    }
     const expiresAt = new Date(Date.now() + (this.#o.credentialsTtlMs ?? 90 * 24 * 3600_000));
     // Minted again with the same seeds: the keys (which the coordinator checks signatures with) stay.
-    const mint = (seeds: Record<string, string>) => mintJobCreds(this.#o.signer, key, sites, { expiresAt, seeds });
+    const mint = (seeds: Record<string, string>) => mintJobCreds(this.#o.signer, jobKey(job.metadata), sites, { expiresAt, seeds });
     let creds = await mint(stored?.seeds ?? {});
+    const createSite = (s: string) =>
+      this.#createIfAbsent(
+        Resources.secrets,
+        ns,
+        secret(job, names.siteSecret(jobName, s), 'site', { 'site.creds': creds.sites[s]!.creds }, { [LABELS.site]: s }),
+      );
     if (!stored) {
-      // Not in the cache: created here, unless it exists after all (created a moment ago, not in
-      // the cache yet): then its keys are the job's, and the sites' credentials are minted from its seeds.
+      // The job's Secret first, its sites' after: a site's credentials must come from the seeds
+      // the job keeps (made together, a failure of the one could leave the others minted from
+      // seeds nobody kept). Unless it exists after all (made a moment ago by an operator before
+      // this one, not in the cache yet): then its keys are the job's, and the sites' are minted from its seeds.
       const seeds = { _coordinator: creds.coordinator.seed, ...Object.fromEntries(Object.entries(creds.sites).map(([s, u]) => [s, u.seed])) };
       const created = await this.#createIfAbsent(
-        resourcePath(Resources.secrets, ns),
+        Resources.secrets,
+        ns,
         secret(job, names.jobSecret(jobName), 'coordinator', {
           'keys.json': JSON.stringify(creds.keys),
           'coordinator.creds': creds.coordinator.creds,
           'seeds.json': JSON.stringify(seeds),
         }),
       );
-      if (created) stored = { seeds, keys: creds.keys };
-      else {
+      if (created) {
+        stored = { seeds, keys: creds.keys };
+        this.#minted.set(uid, stored);
+      } else {
         stored = read(await this.#o.client.get(resourcePath(Resources.secrets, ns, names.jobSecret(jobName))));
         creds = await mint(stored.seeds);
       }
     }
-    await Promise.all(
-      missingSites.map((s) =>
-        this.#createIfAbsent(
-          resourcePath(Resources.secrets, ns),
-          secret(job, names.siteSecret(jobName, s), 'site', { 'site.creds': creds.sites[s]!.creds }, { [LABELS.site]: s }),
-        ),
-      ),
-    );
-    return stored.keys!.sites;
+    await Promise.all(missingSites.map(createSite));
+    return {
+      keys: stored.keys!,
+      sites: Object.fromEntries(sites.map((s) => [s, missingSites.includes(s) ? creds.sites[s]!.creds : decode(siteSecret(s), 'site.creds')])),
+    };
   }
 
-  async #createIfAbsent(path: string, body: KubeObject): Promise<boolean> {
+  async #createIfAbsent(resource: { version: string; plural: string }, ns: string, body: KubeObject): Promise<boolean> {
     try {
-      await this.#o.client.create(path, body);
+      this.#own.wrote(resource.plural, await this.#o.client.create(resourcePath(resource, ns), body));
       return true;
     } catch (err) {
       if (isConflict(err) || (err as { reason?: string }).reason === 'AlreadyExists') return false;
@@ -463,7 +530,12 @@ export class FederatedJobController {
     const mine = this.pods
       .list()
       .filter((p) => p.metadata.namespace === ns && p.metadata.labels?.[LABELS.job] === job.metadata.name && !p.metadata.deletionTimestamp);
-    await Promise.all(mine.map((p) => this.#deletePod(ns, p.metadata.name)));
+    if (mine.length === 0) return;
+    if (mine.length === 1) return await this.#deletePod(ns, mine[0]!.metadata.name);
+    // All of them in one request (a job of many sites would be as many requests otherwise).
+    await this.#o.client.delete(resourcePath(Resources.pods, ns), {
+      labelSelector: `${LABELS.managedBy}=${MANAGED_BY},${LABELS.job}=${job.metadata.name}`,
+    });
   }
 
   async #stopRun(key: string): Promise<void> {
@@ -511,6 +583,7 @@ export class FederatedJobController {
     this.#restarts.delete(key);
     this.#refusals.delete(key);
     this.#finished.delete(key);
+    this.#minted.delete(job.metadata.uid!);
     this.#events.forget(job.metadata.uid!);
     this.#log(`${key}: deleted; its NATS buckets are removed`);
     return undefined;
@@ -520,15 +593,14 @@ export class FederatedJobController {
    * Asks a remote site's agent to run the job (site mode), once per job uid and site, in the
    * background: an answer re-queues the job; no answer (agent not running yet) is asked again.
    */
-  #assign(key: string, job: JobObject, site: string): void {
+  #assign(key: string, job: JobObject, site: string, creds: string | undefined): void {
     const uid = job.metadata.uid!;
     // Asked again when the spec changes: a new spec may pass a policy the old one failed.
     const id = `${uid}/${job.metadata.generation ?? 0}/${site}`;
     const state = this.#assignments.get(id);
     if (state === 'asking' || state === 'accepted' || state === 'refused') return;
     if (state !== undefined && Date.now() < state) return; // not answered lately: asked again at that time
-    const creds = decode(this.#owned(this.secrets, job.metadata.namespace!, names.siteSecret(job.metadata.name, site)), 'site.creds');
-    if (!creds) return; // the Secret's event re-queues the job
+    if (!creds) return; // not minted yet: the next reconcile asks
     this.#assignments.set(id, 'asking');
     const assignment: Assignment = {
       type: 'assignment',

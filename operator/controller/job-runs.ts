@@ -49,7 +49,12 @@ export interface JobRun {
 export interface RunContext {
   nc: NatsConnection;
   log: (line: string) => void;
-  onChange: () => void;
+  /**
+   * Progress changed: 'state' when the run's state did (joining, running, paused, finished),
+   * which the job's phase follows at once; 'progress' for a round's figures alone, which the
+   * controller may gather into one status write.
+   */
+  onChange: (what: 'state' | 'progress') => void;
 }
 
 function lastRounds(records: RoundRecord[], into: Record<string, number>): void {
@@ -88,10 +93,11 @@ export class InOperatorRun implements JobRun {
           },
           events: {
             roundStarted: (round, sites) => {
+              const was = this.progress.state;
               this.progress.state = 'running';
               tally.roundStarted(round, sites);
               log(`round ${round} started (${sites.length} sites)`);
-              ctx.onChange();
+              ctx.onChange(was === 'running' ? 'progress' : 'state');
             },
             siteUpdate: tally.siteUpdate,
             roundFinished: (record, round) => {
@@ -103,7 +109,7 @@ export class InOperatorRun implements JobRun {
                 p.rejections = counters.rejections();
               }
               if (record) lastRounds([record], p.siteLastRound);
-              ctx.onChange();
+              ctx.onChange('progress');
             },
           },
         });
@@ -123,7 +129,7 @@ export class InOperatorRun implements JobRun {
           log(`failed: ${(err as Error).message}`);
         }
       }
-      ctx.onChange();
+      ctx.onChange('state');
     })();
   }
 
@@ -162,9 +168,10 @@ export class PodRun implements JobRun {
         const n = RoundNotice.safeParse(decodeJson(msg.data));
         if (!n.success || n.data.job !== this.#key) return;
         if (n.data.phase === 'started') {
+          const was = this.progress.state;
           this.progress.state = 'running';
           for (const s of n.data.sites ?? []) if (!this.progress.joined.includes(s)) this.progress.joined.push(s);
-          ctx.onChange();
+          ctx.onChange(was === 'running' ? 'progress' : 'state');
         }
         this.refresh(n.data.phase === 'done');
       },
@@ -176,6 +183,7 @@ export class PodRun implements JobRun {
   refresh(done: boolean): void {
     this.#reading = this.#reading.then(async () => {
       if (this.#stopped) return;
+      const was = this.progress.state;
       try {
         const b = buckets(this.#key);
         this.#state ??= await this.#objm.open(b.state).catch(() => undefined);
@@ -200,7 +208,7 @@ export class PodRun implements JobRun {
           this.progress.state = 'failed';
           this.progress.error = 'the coordinator announced the end but wrote no final model';
         }
-        this.#ctx.onChange();
+        this.#ctx.onChange(this.progress.state === was ? 'progress' : 'state');
       } catch (err) {
         this.#ctx.log(`[${this.#key}] reading the coordinator's state: ${(err as Error).message}`);
       }

@@ -146,6 +146,7 @@ export function workerPod(job: JobObject, site: SiteSpec, s: PodSettings): KubeO
       restartPolicy: 'OnFailure',
       automountServiceAccountToken: false,
       ...(w.serviceAccountName ? { serviceAccountName: w.serviceAccountName } : {}),
+      ...(w.schedulerName ? { schedulerName: w.schedulerName } : {}),
       ...(nodeSelector ? { nodeSelector } : {}),
       ...(w.tolerations ? { tolerations: w.tolerations } : {}),
       securityContext: { runAsNonRoot: true, fsGroup: 65532 },

@@ -3,7 +3,7 @@
 // the RBAC it ships and --metrics-port, every job's round loop inside it. Each job has two
 // sites of a few synthetic patients and a logistic model, two rounds of one epoch: the sites'
 // training costs milliseconds, so what is measured is the operator. Worker Pods stay Pending
-// (a nodeSelector that no node matches): instead of 400 site processes, this process plays every
+// (a schedulerName that no scheduler answers to): instead of 400 site processes, this process plays every
 // site: when a site's credentials Secret appears, it reads the job file from the job's ConfigMap
 // and runs the real site (runSite) with those credentials, as the worker Pod would.
 //
@@ -70,8 +70,9 @@ function manifest(i: number): Record<string, unknown> {
       training: { epochs: 1, batchSize: 16, optimizer: 'sgd', learningRate: 0.1 },
       seed: i,
       coordinator: { joinTimeoutSeconds: 120 },
-      // No node has this label: the worker Pods are created and stay Pending; this process plays the sites.
-      worker: { nodeSelector: { 'consort.dev/bench': 'no-such-node' } },
+      // No scheduler has this name: the worker Pods are created and stay Pending, untouched (as
+      // in a cluster whose scheduler has not placed them yet); this process plays the sites.
+      worker: { schedulerName: 'consort-bench-unscheduled' },
     },
   };
 }
@@ -262,6 +263,33 @@ class SiteFleet {
   }
 }
 
+/**
+ * The machine's limit, measured in the same run: the API server's write rate for a plain client
+ * that does nothing else (ConfigMap creates, as many in flight as the operator's workers could
+ * have and more), then the objects deleted in one request. Measured with the control plane idle
+ * but for it, so it is an upper bound on what the API server gives anyone during the burst.
+ */
+async function apiWriteRate(client: KubeClient, writes: number, inFlight: number): Promise<{ writes: number; seconds: number; perSecond: number }> {
+  const path = resourcePath(Resources.configMaps, NAMESPACE);
+  let next = 0;
+  const t = performance.now();
+  await Promise.all(
+    Array.from({ length: inFlight }, async () => {
+      for (let i = next++; i < writes; i = next++) {
+        await client.create(path, {
+          apiVersion: 'v1',
+          kind: 'ConfigMap',
+          metadata: { name: `capacity-${i}`, labels: { 'consort.dev/bench': 'capacity' } },
+          data: { 'job.yaml': 'x'.repeat(1024) },
+        });
+      }
+    }),
+  );
+  const seconds = (performance.now() - t) / 1000;
+  await client.delete(path, { labelSelector: 'consort.dev/bench=capacity' });
+  return { writes, seconds, perSecond: writes / seconds };
+}
+
 async function until(what: string, cond: () => boolean, timeoutMs: number, progress: () => string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastReport = Date.now();
@@ -280,6 +308,7 @@ export async function run(args: OperatorScaleArgs): Promise<unknown> {
   const say = (line: string) => process.stdout.write(`   ${line}\n`);
   const dir = mkdtempSync(join(tmpdir(), 'consort-operator-scale-'));
   let cluster: ConsortCluster | undefined;
+  let operatorLog: (() => string) | undefined;
   let fleet: SiteFleet | undefined;
   const informers: Informer<KubeObject>[] = [];
   try {
@@ -288,8 +317,12 @@ export async function run(args: OperatorScaleArgs): Promise<unknown> {
     const port = await freePort();
     const operator = await cluster.startOperator({
       args: ['--metrics-port', String(port), '--metrics-address', '127.0.0.1', '--no-metrics-auth'],
-      nodeArgs: deployedNodeOptions(),
+      nodeArgs: [
+        ...deployedNodeOptions(),
+        ...(process.env.CONSORT_BENCH_OPERATOR_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.CONSORT_BENCH_OPERATOR_PROF}`] : []),
+      ],
     });
+    operatorLog = () => operator.log(2_000_000);
     say(`control plane, nats-server and operator up in ${fixed((performance.now() - t) / 1000, 0)} s`);
     const idle = procStatus(operator.pid);
     const idleMetrics = await scrape(port);
@@ -297,6 +330,10 @@ export async function run(args: OperatorScaleArgs): Promise<unknown> {
     if (ready.status !== 200) throw new Error(`the operator's /readyz answered ${ready.status}`);
 
     const client = KubeClient.fromKubeconfig(cluster.cp.kubeconfig);
+    const capacity = await apiWriteRate(client, args.quick ? 400 : 1500, 32);
+    say(
+      `the API server's write rate for a plain client: ${fixed(capacity.perSecond, 0)} creates/s (${capacity.writes} in ${fixed(capacity.seconds, 1)} s, 32 in flight)`,
+    );
     fleet = new SiteFleet(client, cluster.nats.url, dir);
     const running = new Map<string, number>();
     const done = new Map<string, { at: number; phase: string; why?: string }>();
@@ -401,6 +438,15 @@ export async function run(args: OperatorScaleArgs): Promise<unknown> {
       )}`;
     });
 
+    // The floor this machine sets: a job's first reconcile writes at least its finalizer, ConfigMap,
+    // coordinator Secret, a Secret and a Pod per site, and its status; the API server takes those
+    // of all the burst's jobs at its write rate at best, so the job set up last cannot be set up
+    // sooner, whatever the queue does. A queue that starts keys only as fast as the API server
+    // absorbs their writes (more in flight only moves the wait into the API server's own queue)
+    // then has a p99 latency of about 0.99 of that.
+    const firstWrites = 4 + 2 * SITES.length;
+    const setupFloorS = (count * firstWrites) / capacity.perSecond;
+    const runFloorS = requests / capacity.perSecond;
     const tail = QUEUE_LATENCY_BUCKETS.at(-1)! * 1000;
     // A quantile past the histogram's last bound is only known to be larger than it.
     const shown = (v: number, digits: number) => (v === Number.POSITIVE_INFINITY ? `> ${fixed(tail, 0)}` : fixed(v, digits));
@@ -423,6 +469,11 @@ export async function run(args: OperatorScaleArgs): Promise<unknown> {
         row(`reconciles in ${QUIET_MS / 1000} s of quiet after the last job`, quietReconciles, '', 0, 0, quietReconciles === 0),
         row('create → every job Running', allRunningMs / 1000, ' s', 1, undefined),
         row('create → every job Succeeded', allDoneMs / 1000, ' s', 1, undefined),
+        row("API server's write rate, plain client (the machine's limit)", capacity.perSecond, '/s', 0, undefined),
+        row(`floor: ${count} × ${firstWrites} first-reconcile writes at that rate`, setupFloorS, ' s', 1, undefined),
+        row('work-queue latency p99 / 0.99 × that floor', p99 / (0.99 * setupFloorS), 'x', 2, undefined),
+        row("floor: all the operator's requests at that rate", runFloorS, ' s', 1, undefined),
+        row('create → every job Succeeded / that floor', allDoneMs / 1000 / runFloorS, 'x', 2, undefined),
       ],
       [
         `p99 is interpolated within its histogram bucket; exact: ${fixed((100 * underTarget) / adds, 2)} % of ${adds} queue adds started within ${TARGETS.p99Seconds} s`,
@@ -459,11 +510,23 @@ export async function run(args: OperatorScaleArgs): Promise<unknown> {
       informerRelists: relists,
       operatorRss: { peakBytes: mem.hwm, idleBytes: idle.rss, afterBytes: mem.rss },
       seconds: { create: createdMs / 1000, allRunning: allRunningMs / 1000, allSucceeded: allDoneMs / 1000 },
+      machineLimit: {
+        apiWriteRate: capacity,
+        firstReconcileWritesPerJob: firstWrites,
+        setupFloorSeconds: setupFloorS,
+        p99OverFloor: p99 / (0.99 * setupFloorS),
+        requestsFloorSeconds: runFloorS,
+        succeededOverFloor: allDoneMs / 1000 / runFloorS,
+      },
       cpuSeconds: cpu,
       failedJobs: failed,
       sites: { started: f.started.size, fits: f.fits, refused: f.refused, loginRetries: f.reconnects, failures: f.failures },
       ratios: { p99: p99 / TARGETS.p99Seconds, rss: mem.hwm / TARGETS.rssBytes, reconcilesPerJob: maxPerJob / TARGETS.reconcilesPerJob },
     };
+  } catch (err) {
+    // What the operator said, for the post-mortem.
+    if (operatorLog) writeFileSync(new URL('../artifacts/operator-scale-operator.log', import.meta.url), operatorLog());
+    throw err;
   } finally {
     for (const i of informers) await i.stop().catch(() => {});
     await fleet?.stop().catch(() => {});
