@@ -4,6 +4,7 @@
 export const OperatorErrorCodes = {
   CONSORT_C_QUORUM: 'fewer updates than sampling.minSites arrived in a round',
   CONSORT_C_EVALUATION: 'no site could evaluate the global model',
+  CONSORT_C_AGGREGATE: "a round's updates could not be aggregated (a partial step from stored updates that cannot be undone)",
   CONSORT_C_NATS_TRUST: 'a NATS account signing key, user name or user seed is invalid',
   CONSORT_C_PAUSED: 'the job was suspended after a round; its checkpoint is saved',
   CONSORT_C_ABORTED: 'the run was stopped (job deleted, or the operator is shutting down)',

@@ -1,30 +1,50 @@
 // The WebAssembly (SIMD) kernels of ExactWeightedSum (exact-sum.ts explains the arithmetic).
 // Each shard of a sum's state lives in a linear memory of its own:
 //
-//   [0, SCRATCH_BYTES)          scratch: one block of input, or of another sum's lanes, or of output
+//   [0, SCRATCH_BYTES)          scratch: GROUP slots of one block of input each, or a block of
+//                               another sum's lanes, or of output
 //   [hOffset, hOffset + 8 cap)  H, int64 per element, in units of 2^-8
 //   [lOffset, lOffset + 8 cap)  L, int64 per element, in units of 2^-60
 //
 // Elements are processed in blocks of BLOCK (a multiple of 16, so that a block is whole unrolled
 // SIMD iterations; a shard's capacity is padded to a multiple of 16, and the padding, which folds
-// zeros, is never read).
+// zeros, is never read). Up to GROUP updates are folded into a block at once: its state is read
+// and written once for all of them. The fold is then bound by arithmetic (seven SIMD operations
+// per two elements and update: some 0.3 ns an element on a 2023 x86 core) and by the copy of each
+// update's block into its slot (the kernels read only their own memory), not by the state.
 import { encodeModule, op, type WasmFunction } from './wasm.ts';
 
-/** Elements per block: 32 KiB of float32 input, 128 KiB of state, both cache-resident while folded. */
+/** Elements per block: 64 KiB of float32 input per update, 256 KiB of state, all in L2 while folded. */
 export const BLOCK = 16384;
-/** Large enough for a block of two int64 or float64 lanes. */
-const SCRATCH_BYTES = BLOCK * 16;
+/** Updates folded into a block by one kernel call (one input slot each). */
+export const GROUP = 4;
+const SLOT_BYTES = 4 * BLOCK;
+/** GROUP slots of input, or a block of two int64 or float64 lanes. */
+const SCRATCH_BYTES = Math.max(16 * BLOCK, GROUP * SLOT_BYTES);
 /**
  * Elements per shard by default: as many as one linear memory holds (wasm32 addresses 4 GiB: the
- * scratch block and 16 bytes per element), so that a model of up to 268M parameters is one shard
- * and its mean can be written over its own state (Shard.meanInPlace).
+ * scratch and 16 bytes per element), so that a model of up to 268M parameters is one shard and
+ * its mean can be written over its own state (Shard.quotientInPlace).
  */
-export const SHARD_ELEMENTS = 2 ** 28 - BLOCK;
+export const SHARD_ELEMENTS = 2 ** 28 - SCRATCH_BYTES / 16;
+/**
+ * How far a block's |L| may grow past its carried value (< 2^52), in units of 2^51, before it is
+ * carried again: a fold adds at most 1 unit, another shard's lanes at most 2 + its own growth, so
+ * |L| < 2^52 + 4002 * 2^51 < 2^63. ExactWeightedSum carries every 1024 updates anyway: this holds
+ * for one batch of thousands of updates, and for many merges, too.
+ */
+const GROWTH_LIMIT = 4000;
 
 /** Splits q = w x (|q| < 2^43) at 2^-8: q + C1 lies in [2^44, 2^45], whose ulp is 2^-8. */
 export const C1 = 1.5 * 2 ** 44;
 /** Rounds the rest (|r| <= 2^-9) to 2^-60: r + C2 lies in [2^-8, 2^-7], whose ulp is 2^-60. */
 export const C2 = 1.5 * 2 ** -8;
+/**
+ * A * B = -(C1 + C2) exactly (C1 + C2 itself needs 54 bits): a fused multiply-add A * B + t is
+ * t - C1 - C2, exact (an odd multiple of 2^-9 below 2^53 of them), in one operation.
+ */
+const FMA_A = -1.5 * 2 ** -8;
+const FMA_B = 2 ** 52 + 1;
 
 /** The int64 bit patterns of C1 and C2. */
 function bitsOf(x: number): bigint {
@@ -34,65 +54,6 @@ function bitsOf(x: number): bigint {
 }
 const C1_BITS = bitsOf(C1);
 const C2_BITS = bitsOf(C2);
-
-// Locals of fold: parameters p, end, h, l, w; then W, K1, K2, q, t.
-const [P, END, H, L, W_ARG] = [0, 1, 2, 3, 4];
-const [W, K1, K2, Q, T] = [5, 6, 7, 8, 9];
-
-/** Two elements of fold: x at p + xo, state at h/l + so. */
-function foldPair(xo: number, so: number): number[][] {
-  return [
-    // q = w x, exact products of float32 by a weight rounded once (a function of the update alone)
-    op.localGet(P),
-    op.v128Load64Zero(xo),
-    op.f64x2PromoteLowF32x4,
-    op.localGet(W),
-    op.f64x2Mul,
-    op.localSet(Q),
-    // t = q + C1: its bits minus C1's are round(q 2^8), ties to even (H takes t's bits: C1's are
-    // taken out, once per fold, when the block is normalized)
-    op.localGet(Q),
-    op.localGet(K1),
-    op.f64x2Add,
-    op.localSet(T),
-    op.localGet(H),
-    op.localGet(H),
-    op.v128Load(so),
-    op.localGet(T),
-    op.i64x2Add,
-    op.v128Store(so),
-    // r = q - (t - C1), exact, |r| <= 2^-9; (r + C2)'s bits minus C2's are round(r 2^60) (same)
-    op.localGet(L),
-    op.localGet(L),
-    op.v128Load(so),
-    op.localGet(Q),
-    op.localGet(T),
-    op.localGet(K1),
-    op.f64x2Sub,
-    op.f64x2Sub,
-    op.localGet(K2),
-    op.f64x2Add,
-    op.i64x2Add,
-    op.v128Store(so),
-  ];
-}
-
-/** The largest of an f32x4's lanes (NaN if any is NaN), from the vector in local `v`. */
-function maxLane(v: number): number[][] {
-  return [
-    op.localGet(v),
-    op.f32x4ExtractLane(0),
-    op.localGet(v),
-    op.f32x4ExtractLane(1),
-    op.f32Max,
-    op.localGet(v),
-    op.f32x4ExtractLane(2),
-    op.localGet(v),
-    op.f32x4ExtractLane(3),
-    op.f32Max,
-    op.f32Max,
-  ];
-}
 
 /** A loop over [local `ptr`, local `end`): `body`, then each (local, bytes) advance. */
 function loop(ptr: number, end: number, body: number[][], advance: Array<[number, number]>): number[][] {
@@ -111,76 +72,129 @@ function loop(ptr: number, end: number, body: number[][], advance: Array<[number
   ];
 }
 
-const FUNCTIONS: WasmFunction[] = [
-  {
-    // fold(p, end, h, l, w): H += round(w x 2^8), L += round((w x - that 2^-8) 2^60), for the
-    // float32 x in [p, end) (scanned first: finite, and w |x| <= 2^43, where the split is exact)
-    name: 'fold',
-    params: ['i32', 'i32', 'i32', 'i32', 'f64'],
+/**
+ * fold<n>(p, end, h, l, a, b, w0, ..., w<n-1>): for the float32 x of input slot k (at p + k SLOT_BYTES;
+ * [p, end) in slot 0), already checked (finite, w_k |x| <= 2^43, where the split is exact),
+ * H += round(w_k x 2^8) and L += round((w_k x - that 2^-8) 2^60), ties to even, for every k: each
+ * element's state is read and written once for the n updates.
+ *
+ * Per element and update: q = w x (one rounding: a function of the update alone), t = q + C1,
+ * whose bits minus C1's are round(q 2^8) (H takes t's bits: C1's are taken out, once per fold, when
+ * the block is normalized); then r = q - (t - C1) is exact, |r| <= 2^-9, and (r + C2)'s bits minus
+ * C2's are round(r 2^60) (L takes them the same way). `fused`: r + C2 as q - (a b + t), the same
+ * value rounded once (a b + t = t - C1 - C2 exactly for a = FMA_A, b = FMA_B), one operation
+ * fewer; only where the engine fuses relaxed_madd (fusedMultiplyAdd()), else its result would not
+ * be exact. a and b are parameters, not constants, so that no compiler can fold a * b into one
+ * rounded constant (relaxed SIMD would allow it); the plain kernel ignores them.
+ */
+function foldKernel(n: number, fused: boolean): WasmFunction {
+  const [P, END, H, L] = [0, 1, 2, 3];
+  const [A_ARG, B_ARG] = [4, 5];
+  const weight = (k: number) => 6 + n + k;
+  const [K1, KA, KB] = [6 + 2 * n, 7 + 2 * n, 8 + 2 * n];
+  // Two pairs of elements per iteration, for independent chains of operations.
+  const PAIRS = 2;
+  const hAcc = (j: number) => 9 + 2 * n + 2 * j;
+  const lAcc = (j: number) => 10 + 2 * n + 2 * j;
+  const [Q, T] = [9 + 2 * n + 2 * PAIRS, 10 + 2 * n + 2 * PAIRS];
+  const body: number[][] = [];
+  for (let j = 0; j < PAIRS; j++)
+    body.push(op.localGet(H), op.v128Load(16 * j), op.localSet(hAcc(j)), op.localGet(L), op.v128Load(16 * j), op.localSet(lAcc(j)));
+  for (let k = 0; k < n; k++) {
+    for (let j = 0; j < PAIRS; j++) {
+      body.push(
+        op.localGet(P),
+        op.v128Load64Zero(k * SLOT_BYTES + 8 * j),
+        op.f64x2PromoteLowF32x4,
+        op.localGet(weight(k)),
+        op.f64x2Mul,
+        op.localSet(Q),
+        op.localGet(Q),
+        op.localGet(K1),
+        op.f64x2Add,
+        op.localTee(T),
+        op.localGet(hAcc(j)),
+        op.i64x2Add,
+        op.localSet(hAcc(j)),
+        op.localGet(lAcc(j)),
+        op.localGet(Q),
+        ...(fused
+          ? [op.localGet(KA), op.localGet(KB), op.localGet(T), op.f64x2RelaxedMadd, op.f64x2Sub]
+          : [op.localGet(T), op.localGet(K1), op.f64x2Sub, op.f64x2Sub, op.localGet(KA), op.f64x2Add]),
+        op.i64x2Add,
+        op.localSet(lAcc(j)),
+      );
+    }
+  }
+  for (let j = 0; j < PAIRS; j++)
+    body.push(op.localGet(H), op.localGet(hAcc(j)), op.v128Store(16 * j), op.localGet(L), op.localGet(lAcc(j)), op.v128Store(16 * j));
+  const splat = (value: number, local: number) => [op.f64Const(value), op.f64x2Splat, op.localSet(local)];
+  return {
+    name: `fold${n}`,
+    params: ['i32', 'i32', 'i32', 'i32', 'f64', 'f64', ...Array.from({ length: n }, () => 'f64' as const)],
     results: [],
-    locals: ['v128', 'v128', 'v128', 'v128', 'v128'],
+    locals: Array.from({ length: n + 3 + 2 * PAIRS + 2 }, () => 'v128' as const),
     body: [
-      op.localGet(W_ARG),
-      op.f64x2Splat,
-      op.localSet(W),
-      op.f64Const(C1),
-      op.f64x2Splat,
-      op.localSet(K1),
-      op.f64Const(C2),
-      op.f64x2Splat,
-      op.localSet(K2),
-      ...loop(
-        P,
-        END,
-        [...foldPair(0, 0), ...foldPair(8, 16)],
-        [
-          [P, 16],
-          [H, 32],
-          [L, 32],
-        ],
-      ),
+      ...Array.from({ length: n }, (_, k) => [op.localGet(6 + k), op.f64x2Splat, op.localSet(weight(k))]).flat(),
+      ...splat(C1, K1),
+      ...(fused ? [op.localGet(A_ARG), op.f64x2Splat, op.localSet(KA), op.localGet(B_ARG), op.f64x2Splat, op.localSet(KB)] : splat(C2, KA)),
+      ...loop(P, END, body, [
+        [P, 8 * PAIRS],
+        [H, 16 * PAIRS],
+        [L, 16 * PAIRS],
+      ]),
     ],
-  },
+  };
+}
+
+/** The lanes of an i32x4 in local `v` reduced to their largest (unsigned), in lane 0. */
+function maxAcrossLanes(v: number): number[][] {
+  return [
+    op.localGet(v),
+    op.localGet(v),
+    op.localGet(v),
+    op.i8x16Shuffle([8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7]),
+    op.i32x4MaxU,
+    op.localTee(v),
+    op.localGet(v),
+    op.localGet(v),
+    op.i8x16Shuffle([4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11]),
+    op.i32x4MaxU,
+  ];
+}
+
+/** The kernels other than the folds. */
+const COMMON: WasmFunction[] = [
   {
     // scan(p, end) -> max |x| over the float32 in [p, end) (a multiple of 64 bytes); NaN if any is
-    // NaN. Four running maxima (pmax: one instruction), so that the loop is not one chain of
-    // dependent operations; NaN lanes go to a flag, or-ed in at the end.
+    // NaN. On the bit patterns without the sign, which order as the magnitudes do (NaNs above
+    // Infinity): integer maxima, two operations per four values. Four running maxima, so that
+    // the loop is not one chain of dependent operations.
     name: 'scan',
     params: ['i32', 'i32'],
     results: ['f32'],
-    locals: ['v128', 'v128', 'v128', 'v128', 'v128', 'v128'],
+    locals: ['v128', 'v128', 'v128', 'v128', 'v128'],
     body: [
+      op.i32Const(0x7fffffff),
+      op.i32x4Splat,
+      op.localSet(6),
       ...loop(
         0,
         1,
-        [2, 3, 4, 5].flatMap((acc, i) => [
-          op.localGet(0),
-          op.v128Load(16 * i),
-          op.localTee(6),
-          op.f32x4Abs,
-          op.localGet(acc),
-          op.f32x4Pmax,
-          op.localSet(acc),
-          op.localGet(6),
-          op.localGet(6),
-          op.f32x4Ne,
-          op.localGet(7),
-          op.v128Or,
-          op.localSet(7),
-        ]),
+        [2, 3, 4, 5].flatMap((acc, i) => [op.localGet(0), op.v128Load(16 * i), op.localGet(6), op.v128And, op.localGet(acc), op.i32x4MaxU, op.localSet(acc)]),
         [[0, 64]],
       ),
       op.localGet(2),
       op.localGet(3),
-      op.f32x4Pmax,
+      op.i32x4MaxU,
       op.localGet(4),
       op.localGet(5),
-      op.f32x4Pmax,
-      op.f32x4Pmax,
-      op.localGet(7),
-      op.v128Or,
+      op.i32x4MaxU,
+      op.i32x4MaxU,
       op.localSet(2),
-      ...maxLane(2),
+      ...maxAcrossLanes(2),
+      op.i32x4ExtractLane(0),
+      op.f32ReinterpretI32,
     ],
   },
   {
@@ -368,8 +382,9 @@ const FUNCTIONS: WasmFunction[] = [
   },
 ];
 
+type Fold = (p: number, end: number, h: number, l: number, a: number, b: number, ...weights: number[]) => void;
+
 interface KernelExports {
-  fold(p: number, end: number, h: number, l: number, w: number): void;
   scan(p: number, end: number): number;
   addLanes(h: number, end: number, l: number, sh: number, sl: number): void;
   normalize(h: number, end: number, l: number, oh: bigint, ol: bigint): void;
@@ -386,16 +401,81 @@ interface WasmApi {
 }
 const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
-let compiled: object | undefined;
+/**
+ * Which fold kernel a sum uses. Both give the same bits; 'fused' takes one operation fewer per
+ * element and update, and exists only where the engine fuses relaxed_madd (fusedMultiplyAdd()).
+ */
+export type FoldKernel = 'plain' | 'fused';
+
+function moduleOf(kernel: FoldKernel): object {
+  const folds = Array.from({ length: GROUP }, (_, i) => foldKernel(i + 1, kernel === 'fused'));
+  return new wasm.Module(encodeModule([...COMMON, ...folds]));
+}
+
+const modules = new Map<FoldKernel, object | null>();
+
+/**
+ * Whether relaxed_madd is fused here (one rounding): only then is the fused kernel exact. Relaxed
+ * SIMD lets each engine choose, once (V8 fuses where the CPU has FMA, in both of its compilers);
+ * A * B + C1 tells which: -C2 fused, -2^-7 with A * B rounded first. An engine without relaxed
+ * SIMD does not compile the module: plain it is.
+ */
+function fusedModule(): object | null {
+  if (modules.has('fused')) return modules.get('fused')!;
+  let module: object | null = null;
+  try {
+    const probe = new wasm.Module(
+      encodeModule([
+        {
+          name: 'probe',
+          params: ['f64', 'f64', 'f64'],
+          results: ['f64'],
+          locals: [],
+          body: [op.localGet(0), op.f64x2Splat, op.localGet(1), op.f64x2Splat, op.localGet(2), op.f64x2Splat, op.f64x2RelaxedMadd, op.f64x2ExtractLane(0)],
+        },
+      ]),
+    );
+    const { probe: run } = new wasm.Instance(probe, { env: { memory: new wasm.Memory({ initial: 1 }) } }).exports as {
+      probe: (a: number, b: number, c: number) => number;
+    };
+    if (run(FMA_A, FMA_B, C1) === -C2) module = moduleOf('fused');
+  } catch {
+    module = null;
+  }
+  modules.set('fused', module);
+  return module;
+}
+
+/** Whether this engine fuses relaxed_madd, so that a sum may be asked to use the fused fold kernel. */
+export function fusedMultiplyAdd(): boolean {
+  return fusedModule() !== null;
+}
+
+/**
+ * The plain kernel unless the fused one is asked for: a sum's bits must not hang on a probe of how
+ * this engine treats relaxed_madd (the fused kernel is exact only if every tier of the engine
+ * fuses as the probe did); the fused kernel is for benchmarks and engines known to fuse.
+ */
+function kernelModule(kernel: FoldKernel | undefined): object {
+  if (kernel === 'fused') {
+    const fused = fusedModule();
+    if (fused) return fused;
+    throw new RangeError('ExactWeightedSum: this engine does not fuse relaxed_madd: no fused kernel');
+  }
+  if (!modules.has('plain')) modules.set('plain', moduleOf('plain'));
+  return modules.get('plain')!;
+}
 
 /** One shard of a sum's state: elements [start, start + length) of the model. */
 export class Shard {
   readonly start: number;
   readonly length: number;
   private readonly k: KernelExports;
+  /** fold<n> at index n - 1. */
+  private readonly foldKernels: Fold[];
   private readonly hOffset: number;
   private readonly lOffset: number;
-  /** The scratch block as float32 (input) and as float64 / bytes (lanes, output). */
+  /** The scratch as float32 (input slots) and as float64 / bytes (lanes, output). */
   private readonly f32: Float32Array;
   private readonly f64: Float64Array;
   private readonly bytes: Uint8Array;
@@ -405,56 +485,71 @@ export class Shard {
    * range, so subtracting them later gives the same exact sums).
    */
   private readonly folds: Uint32Array;
+  /** Per block, the bound on how far |L| grew since it was last carried (GROWTH_LIMIT). */
+  private readonly growth: Uint16Array;
   /** Folded into or added to since the last normalize. */
   private dirty = false;
 
-  constructor(start: number, length: number) {
+  constructor(start: number, length: number, kernel?: FoldKernel) {
     this.start = start;
     this.length = length;
     this.folds = new Uint32Array(Math.ceil(length / BLOCK));
+    this.growth = new Uint16Array(this.folds.length);
     const capacity = Math.ceil(length / 16) * 16;
     this.hOffset = SCRATCH_BYTES;
     this.lOffset = SCRATCH_BYTES + 8 * capacity;
     const memory = new wasm.Memory({ initial: Math.ceil((this.lOffset + 8 * capacity) / 65536) });
-    compiled ??= new wasm.Module(encodeModule(FUNCTIONS));
-    this.k = new wasm.Instance(compiled, { env: { memory } }).exports as KernelExports;
+    const exports = new wasm.Instance(kernelModule(kernel), { env: { memory } }).exports as KernelExports & Record<string, Fold>;
+    this.k = exports;
+    this.foldKernels = Array.from({ length: GROUP }, (_, i) => exports[`fold${i + 1}`]!);
     // The memory never grows, so these views stay valid.
-    this.f32 = new Float32Array(memory.buffer, 0, BLOCK);
-    this.f64 = new Float64Array(memory.buffer, 0, 2 * BLOCK);
+    this.f32 = new Float32Array(memory.buffer, 0, SCRATCH_BYTES / 4);
+    this.f64 = new Float64Array(memory.buffer, 0, SCRATCH_BYTES / 8);
     this.bytes = new Uint8Array(memory.buffer);
   }
 
-  /** Copies values[from, from + count) (count <= BLOCK) to scratch, padded with zeros to 16 values; returns the padded end. */
-  private load(values: Float32Array, from: number, count: number): number {
+  /**
+   * Copies values[from, from + count) (count <= BLOCK) into input slot `slot` (< GROUP), padded
+   * with zeros to 16 values, and returns their max |x| (NaN if any is NaN), read in cache.
+   */
+  stage(values: Float32Array, from: number, count: number, slot: number): number {
+    const at = slot * BLOCK;
     const padded = Math.ceil(count / 16) * 16;
-    this.f32.set(values.subarray(from, from + count));
-    if (padded > count) this.f32.fill(0, count, padded);
-    return padded * 4;
+    this.f32.set(values.subarray(from, from + count), at);
+    if (padded > count) this.f32.fill(0, at + count, at + padded);
+    return this.k.scan(SLOT_BYTES * slot, SLOT_BYTES * slot + 4 * padded);
   }
 
   /** max |values[from, from + count)| (NaN if any is NaN), count <= BLOCK. */
   scan(values: Float32Array, from: number, count: number): number {
-    return this.k.scan(0, this.load(values, from, count));
+    return this.stage(values, from, count, 0);
   }
 
   /**
-   * Folds weight * values[from, from + count) into this shard's elements at `at` (count <= BLOCK),
-   * values already checked (scan): finite, and weight * |x| <= 2^43. With `loaded`, the values
-   * are the ones scan just copied to scratch. Folding with -weight takes out exactly what went in.
+   * Folds the values staged in slots 0 .. weights.length - 1 (count each, already checked: finite,
+   * weight * |x| <= 2^43), each times its weight, into this shard's elements at `at` (the start of
+   * a block). Folding with -weight takes out exactly what went in.
    */
-  fold(values: Float32Array, from: number, count: number, at: number, weight: number, loaded = false): void {
-    if (at % BLOCK !== 0) throw new RangeError(`Shard.fold: ${at} is not the start of a block`);
-    const end = loaded ? Math.ceil(count / 16) * 64 : this.load(values, from, count);
-    this.k.fold(0, end, this.hOffset + 8 * at, this.lOffset + 8 * at, weight);
-    this.folds[at / BLOCK]!++;
+  foldStaged(count: number, at: number, weights: readonly number[]): void {
+    if (at % BLOCK !== 0) throw new RangeError(`Shard.foldStaged: ${at} is not the start of a block`);
+    const n = weights.length;
+    if (n < 1 || n > GROUP) throw new RangeError(`Shard.foldStaged: ${n} updates, 1 to ${GROUP} at a time`);
+    const b = at / BLOCK;
+    if (this.growth[b]! + n > GROWTH_LIMIT) this.normalizeBlock(b);
+    this.foldKernels[n - 1]!(0, Math.ceil(count / 16) * 64, this.hOffset + 8 * at, this.lOffset + 8 * at, FMA_A, FMA_B, ...weights);
+    this.folds[b]! += n;
+    this.growth[b]! += n;
     this.dirty = true;
   }
 
   /** Adds another shard's lanes (same start and length), block by block, constants and all. */
   addLanes(other: Shard): void {
-    for (let b = 0; b < this.folds.length; b++) this.folds[b]! += other.folds[b]!;
     this.dirty = true;
-    for (let at = 0; at < this.length; at += BLOCK) {
+    for (let b = 0; b < this.folds.length; b++) {
+      if (this.growth[b]! + other.growth[b]! + 2 > GROWTH_LIMIT) this.normalizeBlock(b);
+      this.folds[b]! += other.folds[b]!;
+      this.growth[b]! += other.growth[b]! + 2;
+      const at = b * BLOCK;
       const count = Math.ceil(Math.min(BLOCK, this.length - at) / 2) * 2;
       this.bytes.set(other.bytes.subarray(other.hOffset + 8 * at, other.hOffset + 8 * (at + count)), 0);
       this.bytes.set(other.bytes.subarray(other.lOffset + 8 * at, other.lOffset + 8 * (at + count)), 8 * BLOCK);
@@ -466,6 +561,7 @@ export class Shard {
   reset(): void {
     this.bytes.fill(0, this.hOffset, this.lOffset + (this.lOffset - this.hOffset));
     this.folds.fill(0);
+    this.growth.fill(0);
     this.dirty = false;
   }
 
@@ -473,19 +569,23 @@ export class Shard {
   normalize(): void {
     if (!this.dirty) return;
     this.dirty = false;
-    for (let b = 0; b < this.folds.length; b++) {
-      const at = b * BLOCK;
-      const count = Math.ceil(Math.min(BLOCK, this.length - at) / 2) * 2;
-      const n = BigInt(this.folds[b]!);
-      this.k.normalize(
-        this.hOffset + 8 * at,
-        this.hOffset + 8 * (at + count),
-        this.lOffset + 8 * at,
-        BigInt.asIntN(64, n * C1_BITS),
-        BigInt.asIntN(64, n * C2_BITS),
-      );
-    }
-    this.folds.fill(0);
+    for (let b = 0; b < this.folds.length; b++) this.normalizeBlock(b);
+  }
+
+  /** normalize() for block b alone. */
+  private normalizeBlock(b: number): void {
+    const at = b * BLOCK;
+    const count = Math.ceil(Math.min(BLOCK, this.length - at) / 2) * 2;
+    const n = BigInt(this.folds[b]!);
+    this.k.normalize(
+      this.hOffset + 8 * at,
+      this.hOffset + 8 * (at + count),
+      this.lOffset + 8 * at,
+      BigInt.asIntN(64, n * C1_BITS),
+      BigInt.asIntN(64, n * C2_BITS),
+    );
+    this.folds[b] = 0;
+    this.growth[b] = 0;
   }
 
   /** out[start + i] = (H + L) / divisor for every element, of a normalized shard. */

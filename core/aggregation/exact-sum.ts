@@ -35,7 +35,7 @@
 // Memory: 16 bytes per element (four times a float32 model), in WebAssembly linear memories of up
 // to 4 GiB each (one per 268M elements); reset() empties the sum for another round without new
 // memory, whose page faults would cost more than the folds.
-import { BLOCK, SHARD_ELEMENTS, Shard } from './exact-kernel.ts';
+import { BLOCK, type FoldKernel, GROUP, SHARD_ELEMENTS, Shard } from './exact-kernel.ts';
 
 /** Largest admissible M and total weight: |hi| then stays below 2^44 + 2^-8 * count, far under 2^53 * 2^-8. */
 const MAGNITUDE_LIMIT = 2 ** 44;
@@ -116,14 +116,17 @@ export class ExactWeightedSum {
   /** takeMean() wrote over the state: only reset() may follow. */
   private spent = false;
 
-  /** `shardElements` is for tests (several shards on a small model). */
-  constructor(size: number, opts: { shardElements?: number } = {}) {
+  /**
+   * `shardElements` is for tests (several shards on a small model), and so is `kernel` (the
+   * fused fold kernel where the engine has it, else the plain one: the same bits).
+   */
+  constructor(size: number, opts: { shardElements?: number; kernel?: FoldKernel } = {}) {
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`ExactWeightedSum: bad size ${size}`);
     const per = opts.shardElements ?? SHARD_ELEMENTS;
     if (!Number.isSafeInteger(per) || per < BLOCK || per % BLOCK !== 0) throw new RangeError(`ExactWeightedSum: bad shard size ${per}`);
     this.size = size;
     this.shards = [];
-    for (let start = 0; start < size; start += per) this.shards.push(new Shard(start, Math.min(per, size - start)));
+    for (let start = 0; start < size; start += per) this.shards.push(new Shard(start, Math.min(per, size - start), opts.kernel));
   }
 
   /** Updates folded in (merges included). */
@@ -147,9 +150,11 @@ export class ExactWeightedSum {
   }
 
   /**
-   * Folds several updates at once, block by block (each block of state stays in cache while
-   * every update is folded into it): the same state as adding them one by one, in any order.
-   * All or nothing: when one is refused (as add would refuse it), none is folded in.
+   * Folds several updates at once, block by block: each block of state stays in cache while every
+   * update is folded into it, GROUP updates per pass over it (its state read and written once for
+   * them). The same state as adding them one by one, in any order: prefer it to add() when
+   * several updates are at hand. All or nothing: when one is refused (as add would refuse it),
+   * none is folded in.
    */
   addAll(updates: readonly WeightedValues[]): void {
     this.requireLive();
@@ -157,34 +162,48 @@ export class ExactWeightedSum {
     const limits = checked.map(valueLimit);
     let weight = this.weight;
     for (const w of checked) weight += toFixed60(w);
-    // Per update: the largest |x| seen so far; M grows by weight * that, checked block by block.
+    // Per update: the largest |x| seen so far; M grows by weight * that, checked block by block
+    // (magnitude: M with every update's current weight * max|x|, kept as they grow).
     const maxAbs = updates.map(() => 0);
-    const done: Array<{ shard: Shard; at: number; count: number; k: number }> = [];
+    let magnitude = this.magnitude;
+    // Groups of at most GROUP updates, as even as can be (10: 4, 3, 3).
+    const groups = Math.ceil(updates.length / GROUP);
+    const bounds = Array.from({ length: groups + 1 }, (_, g) => Math.floor((g * updates.length) / groups));
+    const done: Array<{ shard: Shard; at: number; count: number; first: number; end: number }> = [];
     try {
       for (const shard of this.shards) {
         for (let at = 0; at < shard.length; at += BLOCK) {
           const count = Math.min(BLOCK, shard.length - at);
-          for (let k = 0; k < updates.length; k++) {
-            // Each block is checked (from scratch, in cache) before it is folded.
-            const m = shard.scan(updates[k]!.values, shard.start + at, count);
-            if (!(m <= LARGEST_FLOAT32)) throw new RangeError('ExactWeightedSum.add: update contains NaN or Infinity');
-            if (m > maxAbs[k]!) {
-              maxAbs[k] = m;
-              this.checkMagnitude(checked, limits, maxAbs, weight);
+          for (let g = 0; g < groups; g++) {
+            const [first, end] = [bounds[g]!, bounds[g + 1]!];
+            for (let k = first; k < end; k++) {
+              // Each block is checked (copied in, then scanned in cache) before it is folded.
+              const m = shard.stage(updates[k]!.values, shard.start + at, count, k - first);
+              if (!(m <= LARGEST_FLOAT32)) throw new RangeError('ExactWeightedSum.add: update contains NaN or Infinity');
+              if (m > maxAbs[k]!) {
+                // Only update k's bound changed: the others passed when theirs last grew.
+                magnitude += toFixed60(checked[k]! * m) - toFixed60(checked[k]! * maxAbs[k]!);
+                maxAbs[k] = m;
+                this.checkGrowth(checked[k]!, limits[k]!, m, weight, magnitude);
+              }
             }
-            shard.fold(updates[k]!.values, shard.start + at, count, at, checked[k]!, true);
-            done.push({ shard, at, count, k });
+            shard.foldStaged(count, at, checked.slice(first, end));
+            done.push({ shard, at, count, first, end });
           }
         }
       }
     } catch (err) {
       // Folding -w x subtracts exactly what w x added (rounding to even is symmetric).
-      for (const { shard, at, count, k } of done) shard.fold(updates[k]!.values, shard.start + at, count, at, -checked[k]!);
+      for (const { shard, at, count, first, end } of done) {
+        for (let k = first; k < end; k++) shard.stage(updates[k]!.values, shard.start + at, count, k - first);
+        const negated = checked.slice(first, end).map((w) => -w);
+        shard.foldStaged(count, at, negated);
+      }
       throw err;
     }
     // An empty model still checks the weights.
     if (this.shards.length === 0) this.checkMagnitude(checked, limits, maxAbs, weight);
-    this.magnitude = this.magnitudeWith(checked, maxAbs);
+    this.magnitude = magnitude;
     this.weight = weight;
     this.n += updates.length;
     this.uncarried += updates.length;
@@ -270,7 +289,7 @@ export class ExactWeightedSum {
   }
 
   /** Restores a snapshot; throws RangeError when it is not a canonical state. */
-  static fromSnapshot(s: ExactSumSnapshot, opts: { shardElements?: number } = {}): ExactWeightedSum {
+  static fromSnapshot(s: ExactSumSnapshot, opts: { shardElements?: number; kernel?: FoldKernel } = {}): ExactWeightedSum {
     const size = s.hi.length;
     if (s.lo.length !== size || s.weight.length !== 2 || s.magnitude.length !== 2) {
       throw new RangeError('ExactWeightedSum.fromSnapshot: arrays have inconsistent lengths');
@@ -330,6 +349,13 @@ export class ExactWeightedSum {
     return m;
   }
 
+  /** checkMagnitude where one update's max|x| grew to maxAbs: the magnitude M would reach is given. */
+  private checkGrowth(w: number, limit: number, maxAbs: number, weight: bigint, magnitude: bigint): void {
+    if (!(maxAbs < limit)) throw new RangeError(`ExactWeightedSum: weight*max|x| of ${w * maxAbs} is beyond the exact range 2^43 of one update`);
+    checkLimit('total weight', weight);
+    checkLimit('Sum weight*max|x|', magnitude);
+  }
+
   private checkMagnitude(weights: readonly number[], limits: readonly number[], maxAbs: readonly number[], weight: bigint): void {
     for (let k = 0; k < weights.length; k++) {
       if (!(maxAbs[k]! < limits[k]!)) {
@@ -344,4 +370,58 @@ export class ExactWeightedSum {
 function checkLimit(what: string, v: bigint): void {
   const x = nearestDouble(v);
   if (!(x < MAGNITUDE_LIMIT)) throw new RangeError(`ExactWeightedSum: ${what} would reach ${x}, beyond the exact range 2^44`);
+}
+
+/**
+ * ExactWeightedSum's admission rule without the values: whether a whole-model sum would take an
+ * update, judged from its weight and max|x| alone, in arrival order. An aggregation that folds the
+ * updates later, range by range into sums of a range each (stored-round.ts), admits with this
+ * first, so that it refuses exactly the updates a whole-model sum would have refused: that sum
+ * checks a running max|x| block by block, and refuses at some block iff the final max|x| fails
+ * the same check (M only grows). Only the figure quoted in the message may differ.
+ */
+export class ExactSumBound {
+  readonly size: number;
+  /** Total weight and M, in units of 2^-60, as ExactWeightedSum keeps them. */
+  private weight = 0n;
+  private magnitude = 0n;
+
+  constructor(size: number) {
+    if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`ExactSumBound: bad size ${size}`);
+    this.size = size;
+  }
+
+  /** Throws what ExactWeightedSum.check(values, weight) throws for values of this max|x|, and changes nothing. */
+  check(weight: number, maxAbs: number): void {
+    const w = admitWeight(weight);
+    if (!(maxAbs <= LARGEST_FLOAT32)) throw new RangeError('ExactWeightedSum.add: update contains NaN or Infinity');
+    this.checkOne(w, maxAbs);
+  }
+
+  /** What ExactWeightedSum.add(values, weight) does to the bounds for values of this max|x|: throws as it would, or counts the update. */
+  add(weight: number, maxAbs: number): void {
+    const w = admitWeight(weight);
+    if (!(maxAbs <= LARGEST_FLOAT32)) throw new RangeError('ExactWeightedSum.add: update contains NaN or Infinity');
+    // add() checks the bounds when a block raises the running max|x| above 0 (or the model is
+    // empty): an update of zeros is taken without a look at the total weight.
+    if (maxAbs > 0 || this.size === 0) this.checkOne(w, maxAbs);
+    this.weight += toFixed60(w);
+    this.magnitude += toFixed60(w * maxAbs);
+  }
+
+  reset(): void {
+    this.weight = 0n;
+    this.magnitude = 0n;
+  }
+
+  private checkOne(w: number, maxAbs: number): void {
+    if (!(maxAbs < valueLimit(w))) throw new RangeError(`ExactWeightedSum: weight*max|x| of ${w * maxAbs} is beyond the exact range 2^43 of one update`);
+    checkLimit('total weight', this.weight + toFixed60(w));
+    checkLimit('Sum weight*max|x|', this.magnitude + toFixed60(w * maxAbs));
+  }
+}
+
+function admitWeight(weight: number): number {
+  if (!(weight >= MIN_WEIGHT && weight < Infinity)) throw new RangeError(`ExactWeightedSum.add: weight must be finite and >= 2^-20, got ${weight}`);
+  return weight;
 }

@@ -60,30 +60,35 @@ export const op = {
   f64Add: [0xa0],
   f64Mul: [0xa2],
   f64Div: [0xa3],
-  f32Max: [0x97],
   f64ConvertI64S: [0xb9],
   i64TruncF64S: [0xb0],
   v128Load: (offset = 0) => [...simd(0x00), ...memarg(4, offset)],
   v128Store: (offset = 0) => [...simd(0x0b), ...memarg(4, offset)],
   /** Loads 8 bytes into the low half, zeroes the high half. */
   v128Load64Zero: (offset = 0) => [...simd(0x5d), ...memarg(3, offset)],
-  f32x4ExtractLane: (lane: number) => [...simd(0x1f), lane],
+  /** A vector of lanes of a and b (0-15: a's bytes, 16-31: b's). */
+  i8x16Shuffle: (lanes: readonly number[]) => [...simd(0x0d), ...lanes],
+  i32x4ExtractLane: (lane: number) => [...simd(0x1b), lane],
+  f64x2ExtractLane: (lane: number) => [...simd(0x21), lane],
+  i32x4Splat: simd(0x11),
   f64x2Splat: simd(0x14),
   i64x2Splat: simd(0x12),
   i64x2Shl: simd(0xcb),
   i64x2ShrS: simd(0xcc),
   i64x2Add: simd(0xce),
   i64x2Sub: simd(0xd1),
-  f32x4Abs: simd(0xe0),
-  /** b > a ? b : a, one instruction (a NaN b is not taken). */
-  f32x4Pmax: simd(0xeb),
-  /** All ones where a != b: where x != x, x is NaN. */
-  f32x4Ne: simd(0x42),
-  v128Or: simd(0x50),
+  i32x4MaxU: simd(0xb9),
+  v128And: simd(0x4e),
   f64x2Add: simd(0xf0),
   f64x2Sub: simd(0xf1),
   f64x2Mul: simd(0xf2),
   f64x2PromoteLowF32x4: simd(0x5f),
+  /**
+   * a * b + c, rounded once (fused) or twice (a * b rounded first): relaxed SIMD leaves the choice
+   * to the engine and the CPU, the same for every call (V8: fused where the CPU has FMA).
+   */
+  f64x2RelaxedMadd: simd(0x107),
+  f32ReinterpretI32: [0xbe],
 };
 
 export interface WasmFunction {

@@ -187,43 +187,16 @@ export function encodeUpdateParts(delta: Float32Array, layout: ParameterLayout, 
  */
 export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: Codec, limits: UpdateLimits): DecodedUpdate {
   const n = layoutSize(layout);
-  const k0 = limits.topkFraction !== undefined ? topkCount(n, limits.topkFraction) : undefined;
-  const withControl = planUpdate(layout, codec, k0 ?? 1, true);
   let header: ReturnType<typeof readSafetensorsHeader>;
   try {
-    // A few tensors too many is a shape problem (reported as such below); many more, a malformed object.
-    header = readSafetensorsHeader(bytes, { maxBytes: limits.maxBytes, maxTensors: withControl.length + 16 });
+    header = readSafetensorsHeader(bytes, updateHeaderLimits(layout, codec, limits));
   } catch (err) {
     throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', (err as Error).message, { cause: err });
   }
   // Data is read only once everything is validated, F32 straight into the flat vectors (peak
   // memory: the object plus one model, whatever its size).
-  const { entries: tensors, metadata } = header;
+  const { entries: tensors, controls } = checkUpdateHeader(header, layout, codec, limits);
   const data = (name: string) => readTensorData(bytes, tensors.get(name)!);
-  if (metadata.format !== UPDATE_FORMAT) {
-    throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', `update format ${JSON.stringify(metadata.format)}, expected ${UPDATE_FORMAT}`);
-  }
-  if (metadata.codec !== codec)
-    throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', `update encoded with ${JSON.stringify(metadata.codec)}, the job uses ${codec}`);
-
-  const controlNames = layout.map((t) => controlName(t.name));
-  const controls = controlNames.filter((name) => tensors.has(name)).length;
-  if (controls !== 0 && controls !== layout.length) {
-    throw new UpdateDecodeError('CONSORT_R_WRONG_SHAPE', `control delta has ${controls} of the model's ${layout.length} tensors`);
-  }
-  const plan = controls > 0 ? withControl : withControl.slice(0, withControl.length - layout.length);
-  if (tensors.size !== plan.length) throw new UpdateDecodeError('CONSORT_R_WRONG_SHAPE', `update has ${tensors.size} tensors, expected ${plan.length}`);
-  // topk's k is the sender's (unless limits pin it): take it from the indices tensor.
-  const kSent = codec === 'topk' ? (tensors.get('indices')?.shape[0] ?? -1) : 0;
-  for (const p of plan) {
-    const t = tensors.get(p.name);
-    if (!t) throw new UpdateDecodeError('CONSORT_R_WRONG_SHAPE', `update has no tensor ${p.name}`);
-    if (t.dtype !== p.dtype) throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', `tensor ${p.name} is ${t.dtype}, expected ${p.dtype}`);
-    const shape = codec === 'topk' && (p.name === 'indices' || p.name === 'values') && k0 === undefined ? [kSent] : p.shape;
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-      throw new UpdateDecodeError('CONSORT_R_WRONG_SHAPE', `tensor ${p.name} has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
-    }
-  }
 
   const offsets = layoutOffsets(layout);
   let delta: Float32Array;
@@ -267,7 +240,6 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
       delta = new Float32Array(n);
       const indices = data('indices') as Int32Array;
       const values = data('values') as Float32Array;
-      if (n > 0 && indices.length === 0) throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', 'topk update with no coordinates');
       let previous = -1;
       for (let j = 0; j < indices.length; j++) {
         const at = indices[j]!;
@@ -283,7 +255,7 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
   }
   // int8 overflows float32 only where 127 * scale does; the other codecs checked above, or here.
   const deltaMax = requireDecodedFinite('delta', delta, layout);
-  if (controls === 0) return { delta, maxAbs: deltaMax };
+  if (!controls) return { delta, maxAbs: deltaMax };
   const control = float32Tensors(
     bytes,
     layout.map((t) => tensors.get(controlName(t.name))!),
@@ -291,6 +263,56 @@ export function decodeUpdate(bytes: Uint8Array, layout: ParameterLayout, codec: 
     n,
   );
   return { delta, control, maxAbs: deltaMax, controlMaxAbs: requireDecodedFinite('control', control, layout) };
+}
+
+/** The safetensors limits an update's header is read with: a few tensors too many is a shape problem (reported as such), many more a malformed object. */
+export function updateHeaderLimits(layout: ParameterLayout, codec: Codec, limits: UpdateLimits): { maxBytes: number; maxTensors: number } {
+  const k0 = limits.topkFraction !== undefined ? topkCount(layoutSize(layout), limits.topkFraction) : undefined;
+  return { maxBytes: limits.maxBytes, maxTensors: planUpdate(layout, codec, k0 ?? 1, true).length + 16 };
+}
+
+/**
+ * What decodeUpdate checks of an update before its data (UpdateDecodeError as it throws it):
+ * format and codec metadata, control tensors all or none, tensor count, names, dtypes and shapes
+ * of the layout (topk's k the sender's unless the limits pin it), and that a topk update has
+ * coordinates. Returns the entries and whether the control delta is there.
+ */
+export function checkUpdateHeader(
+  header: { entries: Map<string, TensorEntry>; metadata: Record<string, string> },
+  layout: ParameterLayout,
+  codec: Codec,
+  limits: UpdateLimits,
+): { entries: Map<string, TensorEntry>; controls: boolean } {
+  const n = layoutSize(layout);
+  const k0 = limits.topkFraction !== undefined ? topkCount(n, limits.topkFraction) : undefined;
+  const withControl = planUpdate(layout, codec, k0 ?? 1, true);
+  const { entries: tensors, metadata } = header;
+  if (metadata.format !== UPDATE_FORMAT) {
+    throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', `update format ${JSON.stringify(metadata.format)}, expected ${UPDATE_FORMAT}`);
+  }
+  if (metadata.codec !== codec)
+    throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', `update encoded with ${JSON.stringify(metadata.codec)}, the job uses ${codec}`);
+
+  const controlNames = layout.map((t) => controlName(t.name));
+  const controls = controlNames.filter((name) => tensors.has(name)).length;
+  if (controls !== 0 && controls !== layout.length) {
+    throw new UpdateDecodeError('CONSORT_R_WRONG_SHAPE', `control delta has ${controls} of the model's ${layout.length} tensors`);
+  }
+  const plan = controls > 0 ? withControl : withControl.slice(0, withControl.length - layout.length);
+  if (tensors.size !== plan.length) throw new UpdateDecodeError('CONSORT_R_WRONG_SHAPE', `update has ${tensors.size} tensors, expected ${plan.length}`);
+  // topk's k is the sender's (unless limits pin it): take it from the indices tensor.
+  const kSent = codec === 'topk' ? (tensors.get('indices')?.shape[0] ?? -1) : 0;
+  for (const p of plan) {
+    const t = tensors.get(p.name);
+    if (!t) throw new UpdateDecodeError('CONSORT_R_WRONG_SHAPE', `update has no tensor ${p.name}`);
+    if (t.dtype !== p.dtype) throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', `tensor ${p.name} is ${t.dtype}, expected ${p.dtype}`);
+    const shape = codec === 'topk' && (p.name === 'indices' || p.name === 'values') && k0 === undefined ? [kSent] : p.shape;
+    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+      throw new UpdateDecodeError('CONSORT_R_WRONG_SHAPE', `tensor ${p.name} has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
+    }
+  }
+  if (codec === 'topk' && n > 0 && kSent === 0) throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', 'topk update with no coordinates');
+  return { entries: tensors, controls: controls > 0 };
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
@@ -358,7 +380,8 @@ function halfFromFloatBits(x: number): number {
 }
 
 let table: Float32Array | undefined;
-function float16Table(): Float32Array {
+/** Every float16 bit pattern's value, by bits. */
+export function float16Table(): Float32Array {
   if (!table) {
     table = new Float32Array(65536);
     for (let h = 0; h < 65536; h++) table[h] = float16BitsToFloat32(h);
@@ -402,7 +425,8 @@ function topkIndices(v: Float32Array, k: number): Int32Array {
   return out;
 }
 
-function controlName(name: string): string {
+/** The name of a layout tensor's control delta in an update. */
+export function controlName(name: string): string {
   return `control:${name}`;
 }
 

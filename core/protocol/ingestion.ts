@@ -16,6 +16,7 @@ import { z } from 'zod';
 import type { ParameterLayout } from '../model/layout.ts';
 import type { SiteFitResult } from '../strategies/strategy.ts';
 import { type Codec, decodeUpdate, UpdateDecodeError } from './codecs.ts';
+import { type ScannedUpdate, UpdateScanner } from './update-stream.ts';
 import { sha256Hex } from './digest.ts';
 import { EvaluationEnvelope, UpdateEnvelope } from './messages.ts';
 import { REJECTION_CODES, type Rejection, type RejectionCode, RejectionLog } from './rejections.ts';
@@ -58,6 +59,11 @@ export type EnvelopeCheck<E> =
 export type IngestedUpdate = SiteFitResult & { round: number; staleness: number };
 
 export type ObjectCheck = { ok: true; result: IngestedUpdate } | { ok: false; rejection: Rejection; site: string };
+
+/** An update checked as it streamed: everything but its values, which stay in its object (`scanned` says where). */
+export type ScannedIngestedUpdate = Omit<IngestedUpdate, 'delta' | 'controlDelta'> & { scanned: ScannedUpdate };
+
+export type ScannedCheck = { ok: true; result: ScannedIngestedUpdate } | { ok: false; rejection: Rejection; site: string };
 
 const Pairs = z.array(z.tuple([z.number().int().min(0), z.array(z.string())]));
 /** What a checkpoint carries: replay protection and the (round, site) pairs already counted. */
@@ -216,28 +222,22 @@ export class UpdateIngestor {
       const code = err instanceof UpdateDecodeError ? err.code : 'CONSORT_R_BAD_ENCODING';
       return fail(code, clip((err as Error).message, 300));
     }
-    if (this.o.control === true && !update.control) return fail('CONSORT_R_WRONG_SHAPE', 'SCAFFOLD update without a control delta');
-    if (this.o.control === false && update.control) return fail('CONSORT_R_WRONG_SHAPE', 'control delta sent, but the strategy uses none');
-    for (const [what, values, m, weight] of [
-      ['delta', update.delta, update.maxAbs, envelope.samples],
-      ['control delta', update.control, update.controlMaxAbs ?? 0, 1],
-    ] as const) {
-      if (!values) continue;
-      if (m > this.maxAbsValue) {
-        const i = values.findIndex((v) => Math.abs(v) > this.maxAbsValue);
-        return fail('CONSORT_R_OUT_OF_RANGE', `${what}[${i}] = ${values[i]} exceeds ±${this.maxAbsValue}`);
-      }
-      // What one update may weigh in the exact aggregate (exact-sum.ts): refused here, with a
-      // reason, rather than by the aggregate.
-      if (!(weight * m < MAX_UPDATE_WEIGHT)) {
-        return fail('CONSORT_R_OUT_OF_RANGE', `${what}: samples x max|value| = ${weight} x ${m} reaches 2^43, beyond the exact aggregate's range`);
-      }
-    }
+    const refused = this.judgeValues(envelope, {
+      hasControl: update.control !== undefined,
+      maxAbs: update.maxAbs,
+      controlMaxAbs: update.controlMaxAbs ?? 0,
+      beyond: (what, limit) => {
+        const values = (what === 'delta' ? update.delta : update.control)!;
+        const i = values.findIndex((v) => Math.abs(v) > limit);
+        return { index: i, value: values[i]! };
+      },
+    });
+    if (refused) return refused;
     // The round may have moved on while the object was fetched.
-    const timing = this.timing(site, envelope.round);
-    if (!timing.ok) {
+    const staleness = this.timing(site, envelope.round);
+    if (!staleness.ok) {
       this.release(envelope);
-      return timing;
+      return staleness;
     }
     return {
       ok: true,
@@ -248,9 +248,97 @@ export class UpdateIngestor {
         ...(update.control ? { controlDelta: update.control } : {}),
         trainLoss: envelope.trainLoss,
         round: envelope.round,
-        staleness: timing.staleness,
+        staleness: staleness.staleness,
       },
     };
+  }
+
+  /** An UpdateScanner for an admitted update's object, with this ingestor's layout, codec and limits. */
+  scanner(envelope: UpdateEnvelope): UpdateScanner {
+    return new UpdateScanner({
+      layout: this.o.layout,
+      codec: this.o.codec,
+      limits: { maxBytes: this.o.maxUpdateBytes, ...(this.o.topkFraction !== undefined ? { topkFraction: this.o.topkFraction } : {}) },
+      size: envelope.object.size,
+      maxAbsValue: this.maxAbsValue,
+    });
+  }
+
+  /**
+   * checkObject for an object checked as it streamed (for a model too large to hold its updates):
+   * every byte went through `scanner`, and the shell verified the object's size and SHA-256. The
+   * same checks, codes and reasons; the result has no values, only where they lie.
+   */
+  checkScanned(envelope: UpdateEnvelope, scanner: UpdateScanner): ScannedCheck {
+    const site = envelope.site;
+    this.requirePending(envelope, 'checkScanned');
+    let scanned: ScannedUpdate;
+    try {
+      scanned = scanner.finish();
+    } catch (err) {
+      this.release(envelope);
+      const code = err instanceof UpdateDecodeError ? err.code : 'CONSORT_R_BAD_ENCODING';
+      return this.fail(site, code, clip((err as Error).message, 300));
+    }
+    const refused = this.judgeValues(envelope, {
+      hasControl: scanned.controlMaxAbs !== undefined,
+      maxAbs: scanned.maxAbs,
+      controlMaxAbs: scanned.controlMaxAbs ?? 0,
+      beyond: (what) => (what === 'delta' ? scanned.deltaOver : scanned.controlOver)!,
+    });
+    if (refused) return refused;
+    // The round may have moved on while the object was fetched.
+    const staleness = this.timing(site, envelope.round);
+    if (!staleness.ok) {
+      this.release(envelope);
+      return staleness;
+    }
+    return {
+      ok: true,
+      result: { site, samples: envelope.samples, trainLoss: envelope.trainLoss, round: envelope.round, staleness: staleness.staleness, scanned },
+    };
+  }
+
+  /**
+   * A counted update found unusable when its round was aggregated (its stored object was gone or
+   * changed by then): counted as a rejection. The (round, site) stays taken: nothing more is
+   * accepted for it.
+   */
+  exclude(envelope: UpdateEnvelope, code: RejectionCode, reason: string): Rejection {
+    return this.fail(envelope.site, code, reason).rejection;
+  }
+
+  /**
+   * What checkObject judges of decoded values, in its order: the control delta as the strategy
+   * wants it, no |value| beyond maxAbsValue (the first one named), samples x max|value| below
+   * 2^43. Releases and refuses, or undefined.
+   */
+  private judgeValues(
+    envelope: UpdateEnvelope,
+    u: { hasControl: boolean; maxAbs: number; controlMaxAbs: number; beyond: (what: 'delta' | 'control', limit: number) => { index: number; value: number } },
+  ): Failure | undefined {
+    const fail = (code: RejectionCode, reason: string): Failure => {
+      this.release(envelope);
+      return this.fail(envelope.site, code, reason);
+    };
+    if (this.o.control === true && !u.hasControl) return fail('CONSORT_R_WRONG_SHAPE', 'SCAFFOLD update without a control delta');
+    if (this.o.control === false && u.hasControl) return fail('CONSORT_R_WRONG_SHAPE', 'control delta sent, but the strategy uses none');
+    for (const [what, key, m, weight] of [
+      ['delta', 'delta', u.maxAbs, envelope.samples],
+      ['control delta', 'control', u.controlMaxAbs, 1],
+    ] as const) {
+      if (key === 'control' && !u.hasControl) continue;
+      if (m > this.maxAbsValue) {
+        const { index, value } = u.beyond(key, this.maxAbsValue);
+        return fail('CONSORT_R_OUT_OF_RANGE', `${what}[${index}] = ${value} exceeds ±${this.maxAbsValue}`);
+      }
+      // What one update may weigh in the exact aggregate (exact-sum.ts): refused here, with a
+      // reason, rather than by the aggregate.
+      if (!(weight * m < MAX_UPDATE_WEIGHT)) {
+        return fail('CONSORT_R_OUT_OF_RANGE', `${what}: samples x max|value| = ${weight} x ${m} reaches 2^43, beyond the exact aggregate's range`);
+      }
+    }
+    return undefined;
   }
 
   /** Marks the update counted (call once the aggregate took it): from now on a redelivery is a duplicate. Idempotent. */

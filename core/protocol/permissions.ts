@@ -35,14 +35,15 @@ function objectPut(bucket: string): string[] {
   ];
 }
 
-/** What nats.js's Object Store needs to `open` a bucket and `get` from it. */
+/** What nats.js's Object Store needs to `open` a bucket and `get` from it, and readObject (object-read.ts) to read it. */
 function objectGet(bucket: string): string[] {
   const s = stream(bucket);
   return [
     `${JS}.STREAM.INFO.${s}`, // open()
-    `${JS}.STREAM.MSG.GET.${s}`, // get(): the meta, by last message on the name's subject
+    `${JS}.STREAM.MSG.GET.${s}`, // get(), readObject(): the meta, by last message on the name's subject
     `${JS}.CONSUMER.CREATE.${s}.*.$O.${bucket}.C.*`, // get(): an ordered push consumer on the object's chunks
     `$JS.FC.${s}.>`, // that consumer's flow-control replies
+    `${JS}.DIRECT.GET.${s}`, // readObject(): the chunks, in batches (the stream's messages, which MSG.GET reads too)
   ];
 }
 

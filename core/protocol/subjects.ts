@@ -42,12 +42,19 @@ export function buckets(job: string) {
 }
 
 /**
- * Chunk size of the objects the coordinator and the sites write (models, updates, checkpoints):
- * nats.js caps it at the server's max_payload (1 MiB unless configured). Its default, 128 KiB,
- * costs one acknowledged JetStream publish per 128 KiB: a 100 MB object then writes at about
- * half the rate and reads at about 0.7x (test/bench/nats-goodput.ts).
+ * Chunk size of the objects the coordinator and the sites write (models, updates, checkpoints),
+ * capped at the server's max_payload (1 MiB unless configured). nats.js's default, 128 KiB, costs
+ * one acknowledged JetStream publish per 128 KiB: a 100 MB object then reads at about 0.7x
+ * (test/bench/nats-goodput.ts).
  */
 export const OBJECT_CHUNK_BYTES = 1024 * 1024;
+
+/**
+ * Bytes of an object's chunks sent and not yet acknowledged while it is written (putObject): the
+ * writer and the server work at the same time, where one chunk at a time (nats.js's put) leaves
+ * each waiting for the other; a 100 MB put takes about half the time with 8 MiB in flight as with one chunk.
+ */
+export const OBJECT_PUT_WINDOW_BYTES = 8 * 1024 * 1024;
 
 export const objectNames = {
   global: (round: number) => `global/r${round}`,

@@ -15,29 +15,3 @@ export function decodeJson(data: Uint8Array): unknown {
     return undefined;
   }
 }
-
-/**
- * The pieces as one stream of arrays of at most `pieceBytes` (views, no copy): a writer that
- * gathers chunks of that size (the NATS Object Store's put) then copies one chunk at a time, not
- * the whole object.
- */
-export function streamOfParts(parts: readonly Uint8Array[], pieceBytes: number): ReadableStream<Uint8Array> {
-  let part = 0;
-  let at = 0;
-  return new ReadableStream<Uint8Array>({
-    pull(controller) {
-      while (part < parts.length && at >= parts[part]!.length) {
-        part++;
-        at = 0;
-      }
-      if (part >= parts.length) {
-        controller.close();
-        return;
-      }
-      const p = parts[part]!;
-      const end = Math.min(p.length, at + pieceBytes);
-      controller.enqueue(p.subarray(at, end));
-      at = end;
-    },
-  });
-}

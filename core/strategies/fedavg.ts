@@ -1,8 +1,8 @@
 // FedAvg (McMahan et al. 2017), with a server learning rate: x <- x + lr * meanDelta. FedProx
 // (Li et al. 2020) shares this server step; only what it tells the sites differs (fedprox.ts).
 import type { StrategySpec } from '../job/federated-job.ts';
-import { checkAggregate, checkModelSize, restoreStep, serverStep } from './server-step.ts';
-import type { FitInstructions, RoundAggregate, Strategy, StrategyState } from './strategy.ts';
+import { checkAggregate, checkModelSize, checkRange, restoreStep, serverStep, serverStepInto } from './server-step.ts';
+import type { FitInstructions, RangeAggregate, RoundAggregate, Strategy, StrategyState } from './strategy.ts';
 
 export type FedAvgSpec = Extract<StrategySpec, { name: 'fedavg' }>;
 type AveragingSpec = Extract<StrategySpec, { name: 'fedavg' | 'fedprox' }>;
@@ -26,6 +26,15 @@ export abstract class AveragingStrategy<S extends AveragingSpec> implements Stra
     checkAggregate(this.spec.name, this.modelSize, global, aggregate);
     this.step++;
     return serverStep(global, aggregate.meanDelta, this.spec.serverLearningRate);
+  }
+
+  aggregateFitRange(global: Float32Array, range: RangeAggregate): void {
+    checkRange(this.spec.name, this.modelSize, global, range);
+    serverStepInto(global, global, range.start, range.meanDelta, this.spec.serverLearningRate);
+  }
+
+  endRangeFit(): void {
+    this.step++;
   }
 
   state(): StrategyState {

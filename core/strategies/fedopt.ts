@@ -3,8 +3,8 @@
 //   m <- beta1 m + (1 - beta1) D;   v <- secondMoment(v, D^2);   x <- x + lr m / (sqrt(v) + tau)
 // with m = 0 and v = tau^2 at the start (the paper's v_{-1} >= tau^2).
 import type { StrategySpec } from '../job/federated-job.ts';
-import { checkAggregate, checkModelSize, restoreBuffer, restoreStep } from './server-step.ts';
-import type { FitInstructions, RoundAggregate, Strategy, StrategyState } from './strategy.ts';
+import { checkAggregate, checkModelSize, checkRange, restoreBuffer, restoreStep } from './server-step.ts';
+import type { FitInstructions, RangeAggregate, RoundAggregate, Strategy, StrategyState } from './strategy.ts';
 
 export type FedOptSpec = Extract<StrategySpec, { name: 'fedadam' | 'fedyogi' | 'fedadagrad' }>;
 
@@ -33,20 +33,34 @@ export abstract class FedOpt<S extends FedOptSpec> implements Strategy {
 
   aggregateFit(global: Float32Array, aggregate: RoundAggregate): Float32Array {
     checkAggregate(this.spec.name, this.modelSize, global, aggregate);
-    const { beta1, tau, serverLearningRate: lr } = this.spec;
-    const { m, v } = this;
-    const delta = aggregate.meanDelta;
     const out = new Float32Array(global.length);
-    for (let i = 0; i < out.length; i++) {
-      const d = delta[i]!;
-      const mi = beta1 * m[i]! + (1 - beta1) * d;
-      const vi = this.secondMoment(v[i]!, d * d);
-      m[i] = mi;
-      v[i] = vi;
-      out[i] = global[i]! + (lr * mi) / (Math.sqrt(vi) + tau);
-    }
+    this.stepRange(out, global, 0, aggregate.meanDelta);
     this.step++;
     return out;
+  }
+
+  aggregateFitRange(global: Float32Array, range: RangeAggregate): void {
+    checkRange(this.spec.name, this.modelSize, global, range);
+    this.stepRange(global, global, range.start, range.meanDelta);
+  }
+
+  endRangeFit(): void {
+    this.step++;
+  }
+
+  /** The step over [start, start + delta.length), into `out` (which may be `global`). */
+  private stepRange(out: Float32Array, global: Float32Array, start: number, delta: Float64Array): void {
+    const { beta1, tau, serverLearningRate: lr } = this.spec;
+    const { m, v } = this;
+    for (let i = 0; i < delta.length; i++) {
+      const j = start + i;
+      const d = delta[i]!;
+      const mi = beta1 * m[j]! + (1 - beta1) * d;
+      const vi = this.secondMoment(v[j]!, d * d);
+      m[j] = mi;
+      v[j] = vi;
+      out[j] = global[j]! + (lr * mi) / (Math.sqrt(vi) + tau);
+    }
   }
 
   state(): StrategyState {

@@ -2,8 +2,8 @@
 // their gradients with c - c_i (see client-terms.ts); the server steps x <- x + lr * meanDelta
 // and moves its control variate c <- c + (|S|/N) meanControlDelta.
 import type { StrategySpec } from '../job/federated-job.ts';
-import { checkAggregate, checkModelSize, restoreBuffer, restoreStep, serverStep } from './server-step.ts';
-import type { FitInstructions, RoundAggregate, Strategy, StrategyState } from './strategy.ts';
+import { checkAggregate, checkModelSize, checkRange, restoreBuffer, restoreStep, serverStep, serverStepInto } from './server-step.ts';
+import type { FitInstructions, RangeAggregate, RoundAggregate, Strategy, StrategyState } from './strategy.ts';
 
 export type ScaffoldSpec = Extract<StrategySpec, { name: 'scaffold' }>;
 
@@ -35,14 +35,29 @@ export class Scaffold implements Strategy {
     if (!dc || dc.length !== this.modelSize) {
       throw new RangeError(`scaffold: meanControlDelta is missing or does not have ${this.modelSize} values`);
     }
-    if (aggregate.sites > this.totalSites) {
-      throw new RangeError(`scaffold: ${aggregate.sites} sites in a round of a ${this.totalSites}-site job`);
-    }
-    const share = aggregate.sites / this.totalSites;
-    const c = this.c;
-    for (let i = 0; i < c.length; i++) c[i] = c[i]! + share * dc[i]!;
+    this.moveControl(0, dc, aggregate.sites);
     this.step++;
     return serverStep(global, aggregate.meanDelta, this.spec.serverLearningRate);
+  }
+
+  aggregateFitRange(global: Float32Array, range: RangeAggregate): void {
+    checkRange('scaffold', this.modelSize, global, range, true);
+    this.moveControl(range.start, range.meanControlDelta!, range.sites);
+    serverStepInto(global, global, range.start, range.meanDelta, this.spec.serverLearningRate);
+  }
+
+  endRangeFit(): void {
+    this.step++;
+  }
+
+  /** c <- c + (|S|/N) meanControlDelta over [start, start + dc.length). */
+  private moveControl(start: number, dc: Float64Array, sites: number): void {
+    if (sites > this.totalSites) {
+      throw new RangeError(`scaffold: ${sites} sites in a round of a ${this.totalSites}-site job`);
+    }
+    const share = sites / this.totalSites;
+    const c = this.c;
+    for (let i = 0; i < dc.length; i++) c[start + i] = c[start + i]! + share * dc[i]!;
   }
 
   state(): StrategyState {

@@ -1,7 +1,7 @@
 // What every server strategy shares: shape checks, state restore, and the float64 step that is
 // rounded to float32 once.
 import type { StrategySpec } from '../job/federated-job.ts';
-import type { RoundAggregate, StrategyState } from './strategy.ts';
+import type { RangeAggregate, RoundAggregate, StrategyState } from './strategy.ts';
 
 export function checkAggregate(name: string, modelSize: number, global: Float32Array, aggregate: RoundAggregate): void {
   if (global.length !== modelSize) {
@@ -12,11 +12,30 @@ export function checkAggregate(name: string, modelSize: number, global: Float32A
   }
 }
 
+/** A range of an aggregate that fits the model (and carries the control means the strategy needs). */
+export function checkRange(name: string, modelSize: number, global: Float32Array, range: RangeAggregate, control = false): void {
+  if (global.length !== modelSize) {
+    throw new RangeError(`${name}: global model has ${global.length} values, expected ${modelSize}`);
+  }
+  const { start, meanDelta, meanControlDelta } = range;
+  if (!Number.isSafeInteger(start) || start < 0 || start + meanDelta.length > modelSize) {
+    throw new RangeError(`${name}: range [${start}, ${start + meanDelta.length}) is outside the model's ${modelSize} values`);
+  }
+  if (control && meanControlDelta?.length !== meanDelta.length) {
+    throw new RangeError(`${name}: meanControlDelta is missing or does not have the range's ${meanDelta.length} values`);
+  }
+}
+
 /** x + lr * direction, computed in float64 and rounded to float32 once. */
 export function serverStep(global: Float32Array, direction: Float64Array, lr: number): Float32Array {
   const out = new Float32Array(global.length);
-  for (let i = 0; i < out.length; i++) out[i] = global[i]! + lr * direction[i]!;
+  serverStepInto(out, global, 0, direction, lr);
   return out;
+}
+
+/** serverStep over [start, start + direction.length), into `out` (which may be `global`). */
+export function serverStepInto(out: Float32Array, global: Float32Array, start: number, direction: Float64Array, lr: number): void {
+  for (let i = 0; i < direction.length; i++) out[start + i] = global[start + i]! + lr * direction[i]!;
 }
 
 /** Validates a checkpointed state against the strategy and returns its step. */

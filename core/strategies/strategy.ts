@@ -38,6 +38,14 @@ export interface RoundAggregate {
   totalSamples: number;
 }
 
+/**
+ * One range of a round's aggregate, for a model whose aggregate is not held whole: the means of
+ * values [start, start + meanDelta.length) of the model.
+ */
+export interface RangeAggregate extends RoundAggregate {
+  start: number;
+}
+
 /** Everything a strategy needs to resume: plain numbers and arrays, checkpointable. */
 export interface StrategyState {
   name: StrategySpec['name'];
@@ -50,5 +58,13 @@ export interface Strategy {
   configureFit(round: number): FitInstructions;
   /** The next global model from the current one and the round's aggregate. */
   aggregateFit(global: Float32Array, aggregate: RoundAggregate): Float32Array;
+  /**
+   * aggregateFit one range at a time, in place: global[start, start + n) and the strategy's own
+   * state there become exactly what aggregateFit would make of them (every server step is
+   * element-wise). A round's ranges cover the model once, in any order; then endRangeFit().
+   */
+  aggregateFitRange(global: Float32Array, range: RangeAggregate): void;
+  /** Closes a round stepped by aggregateFitRange (counts the step). */
+  endRangeFit(): void;
   state(): StrategyState;
 }

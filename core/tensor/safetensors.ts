@@ -160,17 +160,24 @@ export function decodeTensors(bytes: Uint8Array, limits: SafetensorsLimits): { t
 
 /** The checks of decodeTensors without reading any data: entries in data order, validated against the bytes. */
 export function readSafetensorsHeader(bytes: Uint8Array, limits: SafetensorsLimits): { entries: Map<string, TensorEntry>; metadata: Record<string, string> } {
-  if (bytes.length > limits.maxBytes) throw new RangeError(`safetensors: ${bytes.length} bytes exceed the limit of ${limits.maxBytes}`);
-  if (bytes.length < 8) throw new RangeError(`safetensors: ${bytes.length} bytes, shorter than the 8-byte header length`);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const declared = view.getBigUint64(0, true);
-  if (declared > BigInt(bytes.length - 8)) throw new RangeError(`safetensors: header length ${declared} exceeds the ${bytes.length - 8} bytes that follow`);
-  const n = Number(declared);
-  if (n > MAX_HEADER_BYTES) throw new RangeError(`safetensors: header of ${n} bytes exceeds ${MAX_HEADER_BYTES}`);
-  if (n < 2) throw new RangeError(`safetensors: header of ${n} bytes cannot hold a JSON object`);
+  return parseSafetensorsHeader(bytes, bytes.length, limits);
+}
+
+/**
+ * readSafetensorsHeader for a file read as a stream: `prefix` is its beginning, `totalBytes` its
+ * size. The prefix must hold the 8-byte length and the header it declares (safetensorsHeaderBytes
+ * says how much that is); the checks against the data are made with the size alone.
+ */
+export function parseSafetensorsHeader(
+  prefix: Uint8Array,
+  totalBytes: number,
+  limits: SafetensorsLimits,
+): { entries: Map<string, TensorEntry>; metadata: Record<string, string> } {
+  const n = safetensorsHeaderBytes(prefix, totalBytes, limits) - 8;
+  if (prefix.length < 8 + n) throw new RangeError(`safetensors: ${prefix.length} bytes of the file given, its header ends at ${8 + n}`);
   let text: string;
   try {
-    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes.subarray(8, 8 + n));
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(prefix.subarray(8, 8 + n));
   } catch {
     throw new RangeError('safetensors: header is not valid UTF-8');
   }
@@ -183,7 +190,7 @@ export function readSafetensorsHeader(bytes: Uint8Array, limits: SafetensorsLimi
   if (typeof header !== 'object' || header === null || Array.isArray(header)) throw new RangeError('safetensors: header is not a JSON object');
 
   const dataStart = 8 + n;
-  const dataLength = bytes.length - dataStart;
+  const dataLength = totalBytes - dataStart;
   const metadata: Record<string, string> = {};
   const plans: TensorEntry[] = [];
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
@@ -211,6 +218,23 @@ export function readSafetensorsHeader(bytes: Uint8Array, limits: SafetensorsLimi
   const entries = new Map<string, TensorEntry>();
   for (const p of plans) entries.set(p.name, { ...p, begin: dataStart + p.begin, end: dataStart + p.end });
   return { entries, metadata };
+}
+
+/**
+ * Where the data of a file of `totalBytes` starts (8 + its declared header length), from at least
+ * its first 8 bytes; RangeError as readSafetensorsHeader when the file is too large or too short,
+ * or the length cannot be a header's.
+ */
+export function safetensorsHeaderBytes(prefix: Uint8Array, totalBytes: number, limits: SafetensorsLimits): number {
+  if (totalBytes > limits.maxBytes) throw new RangeError(`safetensors: ${totalBytes} bytes exceed the limit of ${limits.maxBytes}`);
+  if (totalBytes < 8) throw new RangeError(`safetensors: ${totalBytes} bytes, shorter than the 8-byte header length`);
+  if (prefix.length < 8) throw new RangeError(`safetensors: ${prefix.length} bytes of the file given, fewer than the 8-byte header length`);
+  const declared = new DataView(prefix.buffer, prefix.byteOffset, prefix.byteLength).getBigUint64(0, true);
+  if (declared > BigInt(totalBytes - 8)) throw new RangeError(`safetensors: header length ${declared} exceeds the ${totalBytes - 8} bytes that follow`);
+  const n = Number(declared);
+  if (n > MAX_HEADER_BYTES) throw new RangeError(`safetensors: header of ${n} bytes exceeds ${MAX_HEADER_BYTES}`);
+  if (n < 2) throw new RangeError(`safetensors: header of ${n} bytes cannot hold a JSON object`);
+  return 8 + n;
 }
 
 /** A copy of one tensor's data (a fresh, aligned array of its dtype). */

@@ -13,14 +13,15 @@ import { Hello, type RoundNotice, type Welcome } from '../../core/protocol/messa
 import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejections.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, OBJECT_CHUNK_BYTES, OBJECT_PUT_WINDOW_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { safetensorsParts } from '../../core/tensor/safetensors.ts';
-import { sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
+import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
 import { OperatorError } from '../errors.ts';
 import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
 import { NatsTransport } from './nats-transport.ts';
-import { type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
-import { decodeJson as parseJson, encodeJson as json, streamOfParts } from '../../core/protocol/wire.ts';
+import { AGGREGATION_RANGE, type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
+import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
+import { objectWire } from './object-wire.ts';
 
 setSha256Backend('native');
 
@@ -47,6 +48,32 @@ export interface NatsCoordinatorOptions {
   finalModelName?: string;
   /** Called once the round loop starts, with live views of its counters (for metrics). */
   onCounters?: (view: CoordinatorCounters) => void;
+  /**
+   * Models of at least this many parameters keep no update in memory: each is checked as it
+   * streams in and read again from its bucket, a range at a time, when its round closes (default
+   * STORED_UPDATES_FROM; 0: every model). CONSORT_AGGREGATION_RANGE=<parameters> in the
+   * environment sets this to 0 and the range to that (how the tests run small jobs this way).
+   */
+  storedUpdatesFrom?: number;
+  /** Parameters aggregated at a time from stored updates (default AGGREGATION_RANGE). */
+  aggregationRange?: number;
+}
+
+/**
+ * From this many parameters (16 MB of float32) a job's updates stay in their buckets. Folded as
+ * they arrive, updates cost 24 bytes a parameter beside the model (the exact sum 16, an update
+ * 4, the next model 4): below this that is under 100 MB, less than reading every update twice
+ * costs in time; above it, the coordinator would outgrow 1.5 x the model + 200 MB.
+ */
+export const STORED_UPDATES_FROM = 4 * 1024 * 1024;
+
+/** The environment's CONSORT_AGGREGATION_RANGE: every model's updates stored, aggregated this many parameters at a time. */
+function aggregationFromEnv(): { from: number; range: number } | undefined {
+  const raw = process.env.CONSORT_AGGREGATION_RANGE;
+  if (raw === undefined || raw === '') return undefined;
+  const range = Number(raw);
+  if (!Number.isSafeInteger(range) || range < 1) throw new RangeError(`CONSORT_AGGREGATION_RANGE: a positive integer, not ${JSON.stringify(raw)}`);
+  return { from: 0, range };
 }
 
 /** Live counters of a running coordinator: refusals per code, bytes in and out per round. */
@@ -89,19 +116,22 @@ const WRITE_RETRY_MS = 60_000;
 /** The job's checkpoint as one object in its state bucket (replaced atomically each round). */
 class BucketCheckpointStore implements CheckpointStore {
   private readonly store: ObjectStore;
-  constructor(store: ObjectStore) {
+  private readonly wire: ObjectPutWire;
+  private readonly bucket: string;
+  constructor(store: ObjectStore, wire: ObjectPutWire, bucket: string) {
     this.store = store;
+    this.wire = wire;
+    this.bucket = bucket;
   }
   async load(): Promise<Uint8Array | undefined> {
     return (await retrying(() => this.store.getBlob(objectNames.checkpoint), { until: Date.now() + WRITE_RETRY_MS })) ?? undefined;
   }
   async save(parts: Uint8Array[]): Promise<void> {
-    await retrying(
-      () => this.store.put({ name: objectNames.checkpoint, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(parts, OBJECT_CHUNK_BYTES)),
-      { until: Date.now() + WRITE_RETRY_MS },
-    );
+    await retrying(() => putObject(this.wire, this.bucket, objectNames.checkpoint, parts, OBJECT_PUT), { until: Date.now() + WRITE_RETRY_MS });
   }
 }
+
+const OBJECT_PUT = { chunkBytes: OBJECT_CHUNK_BYTES, windowBytes: OBJECT_PUT_WINDOW_BYTES };
 
 /** What the checkpoint keeps beside the model: the layout, replay protection, and what the sites said of themselves (the operator's report reads it). */
 export interface TransportState {
@@ -122,7 +152,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
   const state = await openOrCreate(objm, bucket.state);
   const updateStores = new Map<string, ObjectStore>();
   for (const s of siteNames) updateStores.set(s, await openOrCreate(objm, bucket.updates(s)));
-  const checkpoints = new BucketCheckpointStore(state);
+  const checkpoints = new BucketCheckpointStore(state, objectWire(nc, bucket.state), bucket.state);
   // When the connection to the server was last interrupted: a read that failed since is tried again.
   let interrupted = 0;
   void (async () => {
@@ -274,6 +304,11 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       await new Promise((r) => setTimeout(r, 100));
     }
     log(`${alive().length} of ${siteNames.length} sites joined; ${resume ? `resuming after round ${resume.round}` : 'starting'}`);
+    const fromEnv = aggregationFromEnv();
+    const parameters = layout!.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
+    const storedUpdates = parameters >= (o.storedUpdatesFrom ?? fromEnv?.from ?? STORED_UPDATES_FROM);
+    const aggregationRange = o.aggregationRange ?? fromEnv?.range ?? AGGREGATION_RANGE;
+    if (storedUpdates) log(`${parameters} parameters: updates stay in their buckets, aggregated ${aggregationRange} parameters at a time`);
     transport = new NatsTransport({
       nc,
       spec,
@@ -286,6 +321,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       ingestor: ingestor!,
       alive,
       interruptedSince: (t) => interrupted >= t,
+      storedUpdates,
       log,
     });
     o.onCounters?.({ rejections, bytesIn: transport.bytesIn, bytesOut: transport.bytesOut });
@@ -313,13 +349,14 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       ...(resume ? { resume } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
       ...(o.pauseRequested ? { pauseRequested: o.pauseRequested } : {}),
+      aggregationRange,
     });
     const result = await coordinator.run();
     const final = safetensorsParts(layout!, result.global, { job: key });
-    const stored = await retrying(
-      () => models.put({ name: o.finalModelName ?? FINAL_MODEL, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(final, OBJECT_CHUNK_BYTES)),
-      { until: Date.now() + WRITE_RETRY_MS },
-    );
+    const modelsWire = objectWire(nc, bucket.models);
+    const stored = await retrying(() => putObject(modelsWire, bucket.models, o.finalModelName ?? FINAL_MODEL, final, OBJECT_PUT), {
+      until: Date.now() + WRITE_RETRY_MS,
+    });
     done = true;
     nc.publish(subj.round, json({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: result.roundsCompleted, phase: 'done' } satisfies RoundNotice));
     await nc.flush();
@@ -334,8 +371,8 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       model: {
         bucket: bucket.models,
         object: o.finalModelName ?? FINAL_MODEL,
-        // The store hashed what it wrote.
-        sha256: sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(final),
+        // Hashed as it was written.
+        sha256: stored.sha256,
         bytes: final.reduce((n, p) => n + p.length, 0),
       },
     };

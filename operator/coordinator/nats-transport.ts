@@ -2,22 +2,32 @@
 // signed envelopes in, each checked by the UpdateIngestor before its payload is fetched from the
 // site's updates bucket and handed to the round loop. A rejected message is answered with its
 // reason, counted, logged once per (site, reason), and changes nothing.
+//
+// Two ways to take an update. A small model's is read whole, checked and handed over in memory
+// (the round loop folds it at once). A large model's (storedUpdates) is never held: it is checked
+// as it streams in, chunk by chunk, and handed over as a stored result, read again from the
+// bucket a range at a time when the round closes (stored-updates.ts).
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { type ObjectResult, type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
-import { objectStoreDigest, sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
+import { objectStoreDigest, sha256Hex } from '../../core/protocol/digest.ts';
+import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
 import type { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';
 import { readObjectStream, retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
 import type { Ack, EvaluateTask, FitTask, ObjectRef, UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
-import { OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
+import { OBJECT_CHUNK_BYTES, OBJECT_PUT_WINDOW_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
 import type { Outcome, SiteEvaluation, SiteTransport } from '../../core/protocol/transport.ts';
 import type { FitInstructions, SiteFitResult } from '../../core/strategies/strategy.ts';
+import type { StoredFitResult, StoredUpdateError } from '../../core/aggregation/stored-round.ts';
+import { storedResult } from '../../core/protocol/update-stream.ts';
+import { ObjectReadError, StoredObjects } from './stored-updates.ts';
 import { safetensorsParts } from '../../core/tensor/safetensors.ts';
 import { Channel } from './channel.ts';
-import { encodeJson as json, streamOfParts } from '../../core/protocol/wire.ts';
+import { encodeJson as json } from '../../core/protocol/wire.ts';
+import { objectWire } from './object-wire.ts';
 
 // The Object Store checks every object it streams against its digest: with node's native SHA-256
 // (the JS fallback is 3-4x slower), and the only hash of an update's bytes the coordinator makes.
@@ -31,7 +41,8 @@ const READ_RETRY_MS = 30_000;
  * Bytes of update objects held at once, read or waiting to be folded (one update alone may be
  * larger): small updates are read several at a time, a large one alone, so that the coordinator
  * holds one model, its exact sum and one update, whatever the number of sites. (Folding is fast
- * beside reading: a second update in memory would hardly shorten the round.)
+ * beside reading: a second update in memory would hardly shorten the round.) Stored updates
+ * (storedUpdates) are never held: only the read window bounds them.
  */
 export const UPDATE_MEMORY_BUDGET_BYTES = 64 * 1024 * 1024;
 /**
@@ -44,6 +55,11 @@ export const UPDATE_MEMORY_BUDGET_BYTES = 64 * 1024 * 1024;
  */
 export const UPDATE_READ_WINDOW_BYTES = 48 * 1024 * 1024;
 const CONSUMER_WINDOW_BYTES = 32 * 1024 * 1024;
+/**
+ * Stored updates: bytes asked for at once by their direct gets (exactly what the server sends).
+ * One read at a time already keeps a core busy here; more in flight is only more memory.
+ */
+const STORED_READ_WINDOW_BYTES = 16 * 1024 * 1024;
 
 /** A bound on bytes (in memory, or on the way): a taker waits for room (one alone may exceed it), and frees its share when done. */
 class ByteBudget {
@@ -132,15 +148,19 @@ export interface NatsTransportOptions {
   alive: () => string[];
   /** Whether the connection to the server was interrupted since `t` (epoch ms): a read that failed meanwhile is tried again. */
   interruptedSince?: (t: number) => boolean;
+  /** Updates stay in their buckets: checked as they stream in, handed over as stored results (for large models). */
+  storedUpdates?: boolean;
   log: (line: string) => void;
 }
 
+type FitAnswer = SiteFitResult | StoredFitResult;
+
 export class NatsTransport implements SiteTransport {
   private readonly o: NatsTransportOptions;
-  private fitRound: OpenRound<SiteFitResult> | undefined;
+  private fitRound: OpenRound<FitAnswer> | undefined;
   private evalRound: OpenRound<SiteEvaluation> | undefined;
   /** Buffered mode: late updates that arrived between rounds, folded into the next one (with their share of the memory budget). */
-  private late: Array<{ result: SiteFitResult; release: () => void }> = [];
+  private late: Array<{ result: FitAnswer; release: () => void }> = [];
   private readonly memory = new ByteBudget(UPDATE_MEMORY_BUDGET_BYTES);
   private readonly buffers = new BufferPool(UPDATE_MEMORY_BUDGET_BYTES);
   private readonly window = new ByteBudget(UPDATE_READ_WINDOW_BYTES);
@@ -150,9 +170,27 @@ export class NatsTransport implements SiteTransport {
   /** Bytes of updates accepted, per round (for the compression table and metrics). */
   readonly bytesIn = new Map<number, number>();
   readonly bytesOut = new Map<number, number>();
+  /** Stored updates: their reads. */
+  private readonly objects: StoredObjects | undefined;
+  /** Models being published: a stored aggregation, which steps the model in place, waits for them. */
+  private readonly publishing = new Set<Promise<unknown>>();
+
+  private readonly modelWire: ObjectPutWire;
+  /** The models and control variates put so far (the last few), by name. */
+  private readonly published = new Map<string, ObjectRef>();
 
   constructor(o: NatsTransportOptions) {
     this.o = o;
+    if (o.storedUpdates) {
+      this.objects = new StoredObjects({
+        nc: o.nc,
+        window: new ByteBudget(STORED_READ_WINDOW_BYTES),
+        idleMs: READ_IDLE_MS,
+        retryMs: READ_RETRY_MS,
+        ...(o.interruptedSince ? { interruptedSince: o.interruptedSince } : {}),
+      });
+    }
+    this.modelWire = objectWire(o.nc, o.modelsBucket);
   }
 
   async available(): Promise<string[]> {
@@ -163,13 +201,20 @@ export class NatsTransport implements SiteTransport {
     return this.o.spec.aggregation.roundDeadlineSeconds * 1000;
   }
 
-  /** Puts a model (or control variate) into the models bucket once; returns its reference. Tried again until the round's deadline. */
-  private async publishModel(name: string, values: Float32Array): Promise<ObjectRef> {
+  /**
+   * Puts a model (or control variate) into the models bucket once; returns its reference. Tried
+   * again until `until` (the round's deadline). A name always holds the same values (the global
+   * model after a given round, a round's control variate), so one this transport put already is
+   * not put again.
+   */
+  private async publishModel(name: string, values: Float32Array, until = Date.now() + this.deadlineMs): Promise<ObjectRef> {
+    const known = this.published.get(name);
+    if (known) return known;
     // Streamed from the model's own memory: no copy of a large model is made.
     const parts = safetensorsParts(this.o.layout, values);
     const size = parts.reduce((n, p) => n + p.length, 0);
-    // The store hashes what it writes, so the model is hashed here only when an object of that
-    // name is there already (a restarted coordinator): an identical model is not written twice.
+    // The model is hashed as it is written, and here only when an object of that name is there
+    // already (a restarted coordinator): an identical model is not written twice.
     let sha256: string | undefined;
     await retrying(
       async () => {
@@ -178,12 +223,15 @@ export class NatsTransport implements SiteTransport {
           sha256 ??= sha256Hex(parts);
           if (info.digest === objectStoreDigest(sha256)) return;
         }
-        const stored = await this.o.models.put({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(parts, OBJECT_CHUNK_BYTES));
-        sha256 = sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(parts);
+        sha256 = (await putObject(this.modelWire, this.o.modelsBucket, name, parts, { chunkBytes: OBJECT_CHUNK_BYTES, windowBytes: OBJECT_PUT_WINDOW_BYTES }))
+          .sha256;
       },
-      { until: Date.now() + this.deadlineMs },
+      { until },
     );
-    return { bucket: this.o.modelsBucket, name, sha256: sha256 ?? sha256Hex(parts), size };
+    const ref = { bucket: this.o.modelsBucket, name, sha256: sha256 ?? sha256Hex(parts), size };
+    this.published.set(name, ref);
+    for (const old of this.published.keys()) if (this.published.size > 4) this.published.delete(old);
+    return ref;
   }
 
   private open<T>(round: number, kind: 'fit' | 'evaluate', sites: readonly string[]): OpenRound<T> {
@@ -251,7 +299,13 @@ export class NatsTransport implements SiteTransport {
     >,
   ): void {
     void (async () => {
-      const body = await prepare();
+      const prepared = prepare();
+      this.publishing.add(prepared);
+      void prepared.then(
+        () => this.publishing.delete(prepared),
+        () => this.publishing.delete(prepared),
+      );
+      const body = await prepared;
       const deadline = Date.now() + this.deadlineMs;
       await Promise.all(
         [...r.sites].map((site) =>
@@ -266,8 +320,13 @@ export class NatsTransport implements SiteTransport {
     });
   }
 
-  fit(round: number, sites: readonly string[], global: Float32Array, instructions: FitInstructions): AsyncIterable<Outcome<SiteFitResult>> {
-    const r = this.open<SiteFitResult>(round, 'fit', sites);
+  /** Puts the model round `round + 1`'s fit tasks will name, in one try (fit finds it put, or tries again until its deadline). */
+  async prepareNext(round: number, global: Float32Array): Promise<void> {
+    await this.publishModel(objectNames.global(round), global, Date.now());
+  }
+
+  fit(round: number, sites: readonly string[], global: Float32Array, instructions: FitInstructions): AsyncIterable<Outcome<FitAnswer>> {
+    const r = this.open<FitAnswer>(round, 'fit', sites);
     this.fitRound = r;
     this.o.ingestor.beginRound(round, [...sites]);
     // Nobody is asked to evaluate round `round` before its updates are in: an evaluation that
@@ -326,6 +385,19 @@ export class NatsTransport implements SiteTransport {
     if (!checked.ok) return this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
     if ('duplicate' in checked && checked.duplicate) return this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
     const env = checked.envelope;
+    if (this.objects) {
+      try {
+        await this.takeStored(site, msg, env, this.objects);
+      } catch (err) {
+        const rej = this.o.ingestor.reject(
+          env,
+          'CONSORT_R_OBJECT_MISSING',
+          `update object ${env.object.name} in ${env.object.bucket}: ${(err as Error).message}`,
+        );
+        this.reject(msg, site, rej.code, rej.reason);
+      }
+      return;
+    }
     const freeMemory = await this.memory.acquire(env.object.size);
     const buffer = this.buffers.take(env.object.size);
     let held = true;
@@ -392,7 +464,63 @@ export class NatsTransport implements SiteTransport {
       release();
       return this.reject(msg, site, obj.rejection.code, obj.rejection.reason);
     }
-    const result = obj.result;
+    this.deliver(site, msg, env, obj.result, release, bytes.length);
+  }
+
+  /**
+   * A stored update (storedUpdates): its object read once, in order, through the ingestor's
+   * scanner (size, SHA-256, codec, shapes, values), a few chunks at a time; handed to the round
+   * as a stored result that reads it again, chunk by checked chunk, when the round closes.
+   */
+  private async takeStored(site: string, msg: Msg, env: UpdateEnvelope, objects: StoredObjects): Promise<void> {
+    const scanner = this.o.ingestor.scanner(env);
+    let index: Awaited<ReturnType<StoredObjects['readOnce']>>;
+    try {
+      const store = await this.o.updates(site);
+      const info = await retrying(() => store.info(env.object.name), {
+        until: Date.now() + READ_RETRY_MS,
+        retryable: (_err, startedAt) => this.o.interruptedSince?.(startedAt) ?? false,
+      });
+      if (!info || info.deleted) throw new ObjectReadError('CONSORT_R_OBJECT_MISSING', 'not found');
+      // The store's metadata must be the envelope's (a link, another size or digest is another object).
+      const link = info.options?.link;
+      const mismatch = link ? `a link to ${link.bucket}/${link.name ?? ''}` : storedObjectMismatch(info, env.object);
+      if (mismatch) throw new ObjectReadError('CONSORT_R_HASH_MISMATCH', mismatch);
+      index = await objects.readOnce(env.object.bucket, info, env.object.sha256, (chunk) => scanner.push(chunk));
+    } catch (err) {
+      const code = err instanceof ObjectReadError ? err.code : 'CONSORT_R_OBJECT_MISSING';
+      const rej = this.o.ingestor.reject(env, code, `update object ${env.object.name} in ${env.object.bucket}: ${(err as Error).message}`);
+      return this.reject(msg, site, rej.code, rej.reason);
+    }
+    // Refused by the scanner part-way (no index): checkScanned gives its reason.
+    const obj = this.o.ingestor.checkScanned(env, scanner);
+    if (!obj.ok) return this.reject(msg, site, obj.rejection.code, obj.rejection.reason);
+    // (A scan stopped part-way has no index, and checkScanned refused it.)
+    const chunks = index!;
+    const { scanned, round, staleness, samples, trainLoss } = obj.result;
+    let counted = false;
+    const fault = (err: StoredUpdateError) => {
+      if (counted) return;
+      counted = true;
+      const rej = this.o.ingestor.exclude(
+        env,
+        err.code,
+        `update object ${env.object.name} in ${env.object.bucket}, read again for the aggregate: ${err.message}`,
+      );
+      this.o.log(`left out the update of site "${site}" for round ${round}: ${rej.reason} [${rej.code}]`);
+    };
+    // A read back waits for the models being published: the aggregate steps the model in place.
+    const result = storedResult(
+      { site, samples, trainLoss, staleness },
+      scanned,
+      (position) => objects.cursor(chunks, position, { before: () => Promise.allSettled([...this.publishing]), fault }),
+      chunks.ends,
+    );
+    this.deliver(site, msg, env, { ...result, round }, () => {}, env.object.size);
+  }
+
+  /** Hands a checked update to its round (or, buffered, the next), or refuses it as stale; then commits and acknowledges it. */
+  private deliver(site: string, msg: Msg, env: UpdateEnvelope, result: FitAnswer & { round: number }, release: () => void, bytes: number): void {
     const r = this.fitRound;
     const onTime = r && r.round === result.round && !r.channel.isClosed && r.sites.has(site) && !r.answered.has(site);
     if (onTime) {
@@ -405,11 +533,45 @@ export class NatsTransport implements SiteTransport {
     } else {
       release();
       const rej = this.o.ingestor.reject(env, 'CONSORT_R_STALE_ROUND', `round ${result.round} is closed`);
-      return this.reject(msg, site, rej.code, rej.reason);
+      this.reject(msg, site, rej.code, rej.reason);
+      return;
     }
     this.o.ingestor.commit(env);
-    this.bytesIn.set(result.round, (this.bytesIn.get(result.round) ?? 0) + bytes.length);
+    this.bytesIn.set(result.round, (this.bytesIn.get(result.round) ?? 0) + bytes);
     this.reply(msg, { type: 'ack', accepted: true });
+  }
+
+  /**
+   * Stored updates: values [0, end) of the model as it was sent for round `round` (its fit task's
+   * object, global/r<round - 1>, read back from the models bucket) into `into`.
+   */
+  async restoreGlobal(round: number, into: Float32Array, end: number): Promise<void> {
+    if (!this.objects) throw new Error('restoreGlobal: this transport keeps no stored updates');
+    await Promise.allSettled([...this.publishing]);
+    const name = objectNames.global(round - 1);
+    const info = await retrying(() => this.o.models.info(name), { until: Date.now() + READ_RETRY_MS });
+    if (!info || info.deleted) throw new Error(`restoreGlobal: ${name} is not in ${this.o.modelsBucket}`);
+    // A safetensors object of the layout in order (publishModel's): 8 bytes of header length, the header, the values.
+    const target = new Uint8Array(into.buffer, into.byteOffset, 4 * end);
+    const head = new Uint8Array(8);
+    let dataStart = -1;
+    let copied = 0;
+    let at = 0;
+    await this.objects.readOnce(this.o.modelsBucket, info, undefined, (chunk) => {
+      if (at < 8) head.set(chunk.subarray(0, 8 - at), at);
+      if (dataStart < 0 && at + chunk.length >= 8) dataStart = 8 + Number(new DataView(head.buffer).getBigUint64(0, true));
+      if (dataStart >= 0) {
+        const from = Math.max(0, dataStart - at);
+        const n = Math.min(chunk.length - from, target.length - copied);
+        if (n > 0) {
+          target.set(chunk.subarray(from, from + n), copied);
+          copied += n;
+        }
+      }
+      at += chunk.length;
+      return copied < target.length;
+    });
+    if (copied < target.length) throw new Error(`restoreGlobal: ${name} holds ${copied} of the ${target.length} bytes wanted`);
   }
 
   onEvaluation(site: string, msg: Msg): void {

@@ -2,9 +2,17 @@
 // arrive (O(model) memory), let the strategy step, evaluate, decide whether to stop. It holds
 // no transport or Kubernetes code, so the local runner, `consort coordinator` and the operator
 // all run this same loop.
+//
+// Updates come in memory (folded as they arrive into one whole-model exact sum, 16 bytes a
+// parameter) or, from a transport that keeps them for a large model (NATS: each in its site's
+// bucket), stored: admitted as they arrive and aggregated when the round closes, a range of the
+// model at a time, the strategy stepping the model in place (core/aggregation/stored-round.ts):
+// then the round holds the model and a few ranges, whatever the number of sites. Both give the
+// same bits.
 import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import { sitesPerRound } from '../../core/job/federated-job.ts';
 import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
+import { aggregateStored, isStoredResult, StoredAggregationError, StoredRound } from '../../core/aggregation/stored-round.ts';
 import { globalMetrics, spread, weightedMean } from '../../core/metrics/aggregate.ts';
 import type { SiteEvaluation, SiteFailure, SiteTransport } from '../../core/protocol/transport.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
@@ -12,7 +20,7 @@ import { Rng } from '../../core/rng.ts';
 import { createStrategy } from '../../core/strategies/index.ts';
 import type { Strategy } from '../../core/strategies/strategy.ts';
 import { OperatorError } from '../errors.ts';
-import { type Checkpoint, type CheckpointStore, checkpointParts } from './checkpoint.ts';
+import { type Checkpoint, type CheckpointStore, checkpointParts, decodeCheckpoint } from './checkpoint.ts';
 
 export interface RoundEvents {
   roundStarted?(round: number, sites: readonly string[]): void;
@@ -32,11 +40,18 @@ export interface CoordinatorResult {
   final: SiteEvaluation[];
 }
 
+/**
+ * Parameters a stored round aggregates at a time: 4 MiB of exact sum (16 bytes each) and 1 MiB
+ * buffers, small beside what reading the updates leaves for the garbage collector, and large
+ * enough that a range is a few chunks of every update (one direct get each).
+ */
+export const AGGREGATION_RANGE = 1 << 18;
+
 export class RoundCoordinator {
   private readonly spec: FederatedJobSpec;
   private readonly transport: SiteTransport;
   private readonly events: RoundEvents;
-  private readonly strategy: Strategy;
+  private strategy: Strategy;
   private readonly siteNames: string[];
   private global: Float32Array;
   private accumulator: RoundAccumulator | undefined;
@@ -47,6 +62,7 @@ export class RoundCoordinator {
   private readonly resume: Checkpoint | undefined;
   private readonly signal: AbortSignal | undefined;
   private readonly pauseRequested: (() => boolean) | undefined;
+  private readonly aggregationRange: number;
 
   constructor(opts: {
     spec: FederatedJobSpec;
@@ -61,6 +77,8 @@ export class RoundCoordinator {
     signal?: AbortSignal;
     /** Asked after each checkpointed round: true ends the run there (OperatorError CONSORT_C_PAUSED). */
     pauseRequested?: () => boolean;
+    /** Stored updates: parameters aggregated at a time (default AGGREGATION_RANGE). */
+    aggregationRange?: number;
   }) {
     this.signal = opts.signal;
     this.pauseRequested = opts.pauseRequested;
@@ -72,6 +90,8 @@ export class RoundCoordinator {
     this.checkpoints = opts.checkpoints?.store;
     this.transportState = opts.checkpoints?.transportState;
     this.resume = opts.resume;
+    this.aggregationRange = opts.aggregationRange ?? AGGREGATION_RANGE;
+    // The model is ours from here: stored updates step it in place.
     this.global = opts.resume ? opts.resume.global : opts.initial;
     this.strategy = createStrategy(opts.spec.strategy, this.global.length, this.siteNames.length, opts.resume?.strategy);
   }
@@ -128,7 +148,9 @@ export class RoundCoordinator {
         if (stopping.target && this.reached(record, stopping.target)) stoppedBy = 'target';
         else if (stopping.patience !== undefined && sinceBest >= stopping.patience) stoppedBy = 'patience';
       }
-      await this.guard(this.saveCheckpoint({ round, records, best, sinceBest, stoppedBy }));
+      // The next round's model goes out while the checkpoint is written; its tasks wait for both.
+      const next = round < maxRounds && stoppedBy === 'rounds' ? this.transport.prepareNext?.(round, this.global).catch(() => {}) : undefined;
+      await this.guard(Promise.all([this.saveCheckpoint({ round, records, best, sinceBest, stoppedBy }), next]));
       this.events.roundFinished?.(record, round);
       if (round < maxRounds && stoppedBy === 'rounds' && this.pauseRequested?.()) {
         throw new OperatorError('CONSORT_C_PAUSED', `paused after round ${round} (its checkpoint is saved)`);
@@ -171,10 +193,11 @@ export class RoundCoordinator {
     const sites = await this.sample(round);
     this.events.roundStarted?.(round, sites);
     const instructions = this.strategy.configureFit(round);
-    // One accumulator for the whole run, emptied each round: its memory is faulted in once.
-    this.accumulator ??= new RoundAccumulator(this.global.length, { control: this.spec.strategy.name === 'scaffold' });
-    const acc = this.accumulator;
-    acc.reset();
+    const control = this.spec.strategy.name === 'scaffold';
+    // In-memory updates: one accumulator for the whole run, emptied each round (its memory is
+    // faulted in once), made only when the first one comes. Stored updates: only their bounds.
+    let acc: RoundAccumulator | undefined;
+    let stored: StoredRound | undefined;
     const failures: SiteFailure[] = [];
     const participants: string[] = [];
     const losses: Array<{ site: string; loss: number; samples: number }> = [];
@@ -183,7 +206,17 @@ export class RoundCoordinator {
         const r = outcome.value;
         let added: boolean;
         try {
-          added = acc.add(r);
+          if (isStoredResult(r)) {
+            stored ??= new StoredRound(this.global.length, { control });
+            added = stored.add(r);
+          } else {
+            if (!acc) {
+              this.accumulator ??= new RoundAccumulator(this.global.length, { control });
+              acc = this.accumulator;
+              acc.reset();
+            }
+            added = acc.add(r);
+          }
         } catch (err) {
           // Transports refuse what the aggregate cannot take; should one get through (say, the
           // sites' updates together beyond the exact range), that site fails, not the round.
@@ -194,7 +227,8 @@ export class RoundCoordinator {
           continue;
         }
         if (added) {
-          if (this.events.siteUpdate) {
+          // A stored update's norm is known once it is read, when the round closes.
+          if (this.events.siteUpdate && !isStoredResult(r)) {
             let sq = 0;
             for (const v of r.delta) sq += v * v;
             this.events.siteUpdate(round, r.site, { samples: r.samples, trainLoss: r.trainLoss, norm: Math.sqrt(sq), staleness: r.staleness ?? 0 });
@@ -211,6 +245,19 @@ export class RoundCoordinator {
         this.events.siteAnswered?.(round, outcome.failure.site, false);
       }
     }
+    this.requireQuorum(round, participants, sites, failures);
+    if (stored && acc) throw new OperatorError('CONSORT_C_AGGREGATE', `round ${round}: the transport gave updates both in memory and stored`);
+    if (stored) await this.aggregateStoredRound(round, stored, participants, losses, failures, sites);
+    // The mean is written over the accumulator's memory (reset next round): no model-sized array more.
+    else if (acc) this.global = this.strategy.aggregateFit(this.global, acc.take(round));
+    else throw new RangeError(`round ${round}: no site updates to aggregate`);
+    participants.sort();
+    // Summed in site order, so the reported figure does not depend on arrival order either.
+    const fitLoss = weightedMean(losses.sort((a, b) => (a.site < b.site ? -1 : 1)).map((l) => ({ samples: l.samples, value: l.loss })));
+    return { fitLoss, participants };
+  }
+
+  private requireQuorum(round: number, participants: readonly string[], sites: readonly string[], failures: readonly SiteFailure[]): void {
     if (participants.length < this.spec.sampling.minSites) {
       const why = failures.map((f) => `${f.site}: ${f.reason}`).join('; ');
       throw new OperatorError(
@@ -218,12 +265,85 @@ export class RoundCoordinator {
         `round ${round}: ${participants.length} of ${sites.length} sites answered, sampling.minSites is ${this.spec.sampling.minSites}${why ? ` (${why})` : ''}`,
       );
     }
-    // The mean is written over the accumulator's memory (reset next round): no model-sized array more.
-    this.global = this.strategy.aggregateFit(this.global, acc.take(round));
-    participants.sort();
-    // Summed in site order, so the reported figure does not depend on arrival order either.
-    const fitLoss = weightedMean(losses.sort((a, b) => (a.site < b.site ? -1 : 1)).map((l) => ({ samples: l.samples, value: l.loss })));
-    return { fitLoss, participants };
+  }
+
+  /**
+   * Aggregates a round's stored updates into the model, in place. An update that can no longer
+   * be read as it was checked (its object gone or changed in the store) is left out, counted as
+   * a failure of its site, and the round aggregated again without it, from the model and the
+   * strategy's state as they were before: never an aggregate that mixes the two.
+   */
+  private async aggregateStoredRound(
+    round: number,
+    stored: StoredRound,
+    participants: string[],
+    losses: Array<{ site: string; loss: number; samples: number }>,
+    failures: SiteFailure[],
+    sites: readonly string[],
+  ): Promise<void> {
+    for (;;) {
+      const entries = stored.entries();
+      try {
+        const { sumSquares } = await aggregateStored({
+          global: this.global,
+          strategy: this.strategy,
+          round,
+          updates: entries,
+          control: stored.control,
+          range: this.aggregationRange,
+          sumSquares: this.events.siteUpdate !== undefined,
+        });
+        if (sumSquares) {
+          entries.forEach(({ result: r }, k) =>
+            this.events.siteUpdate?.(round, r.site, {
+              samples: r.samples,
+              trainLoss: r.trainLoss,
+              norm: Math.sqrt(sumSquares[k]!),
+              staleness: r.staleness ?? 0,
+            }),
+          );
+        }
+        return;
+      } catch (err) {
+        if (!(err instanceof StoredAggregationError)) throw err;
+        const { result: r, key } = entries[err.index]!;
+        if (err.committed > 0) await this.undoStep(round, err.committed);
+        stored.remove(key);
+        const name = r.staleness ? `${r.site}@r${round - r.staleness}` : r.site;
+        participants.splice(participants.indexOf(name), 1);
+        losses.splice(
+          losses.findIndex((l) => l.site === name),
+          1,
+        );
+        const failure = { site: r.site, code: err.code, reason: `its stored update could not be read back: ${(err.cause as Error).message}` };
+        failures.push(failure);
+        this.events.siteFailed?.(round, failure);
+        this.requireQuorum(round, participants, sites, failures);
+      }
+    }
+  }
+
+  /**
+   * Puts back what a stored aggregation stepped before a read failed: the model over [0, end) as
+   * it was sent for the round (the transport has it), and a strategy's own state as the last
+   * checkpoint kept it (fresh before the first round).
+   */
+  private async undoStep(round: number, end: number): Promise<void> {
+    const cannot = (why: string) => new OperatorError('CONSORT_C_AGGREGATE', `round ${round}: a partial step cannot be undone: ${why}`);
+    if (!this.transport.restoreGlobal) throw cannot('the transport cannot give back the model it sent');
+    await this.transport.restoreGlobal(round, this.global, end);
+    const n = this.global.length;
+    // State beyond the step count (the step is only counted at the end): momentum, moments, control variate.
+    if (Object.keys(this.strategy.state().buffers).length === 0) return;
+    if (round === 1) {
+      this.strategy = createStrategy(this.spec.strategy, n, this.siteNames.length);
+      return;
+    }
+    const saved = await this.checkpoints?.load();
+    if (!saved) throw cannot('no checkpoint holds the strategy state of the round before');
+    const checkpoint = decodeCheckpoint(saved);
+    if (checkpoint.round !== round - 1) throw cannot(`the checkpoint is of round ${checkpoint.round}, not ${round - 1}`);
+    this.strategy = createStrategy(this.spec.strategy, n, this.siteNames.length, checkpoint.strategy);
   }
 
   private async evaluateRound(round: number, sites: string[]): Promise<SiteEvaluation[]> {

@@ -1,20 +1,35 @@
 // Aggregation throughput: 10 updates of 10M float32 folded into the round's exact weighted sum
-// (ExactWeightedSum, and RoundAccumulator around it, as the coordinator does), in GB/s of input
-// (the updates' float32 bytes), against this machine's single-core memory read rate measured
-// in the same process just before: a tight 4-accumulator sum over the same bytes as Float32 and
-// as Float64, and a memcpy (TypedArray.set). Two ways to fold: one update at a time (add, what a
-// coordinator does as updates arrive: each pass streams the 160 MB of state through memory),
-// and all ten block by block (addAll: each block of state stays in cache while every update is
-// folded into it); both give the same bits (checked). A naive float64 `acc[i] += w * x[i]` fold
-// is printed beside them for reference. Every figure is the best of a few repetitions, on an
-// accumulator whose memory was used before (a fresh one adds the page faults of its first pass).
+// (ExactWeightedSum, and RoundAccumulator around it), in GB/s of input (the updates' float32
+// bytes), against this machine's single-core memory read rate measured in the same process just
+// before, over bytes that are in memory, not in cache (400 MB, every page written): the fastest of
+// a WebAssembly SIMD sum (the fastest read this runtime has), tight 4-accumulator JS sums over the
+// same bytes as Float64 and over the updates as Float32, and a memcpy (TypedArray.set).
+//
+// Every row times the folds alone, in the same way: its fastest of a few repetitions, each
+// repetition timing all the rows in turn (reads included), on sums whose memory was used before
+// (a fresh one adds the page faults of its first pass); the mean that ends a round is timed on
+// its own. The ways to fold:
+//   - add, one update at a time, as the coordinator folds updates held in memory as they arrive
+//     (RoundAccumulator.add): each pass streams the 160 MB of state through memory;
+//   - addAll, all ten block by block: each block of state stays in cache while they are folded
+//     into it, GROUP at a time;
+//   - range by range, as the coordinator aggregates stored updates at round close
+//     (aggregateStored): a sum the size of a range, every update's same range folded into it,
+//     one at a time (add) or together (addAll).
+// All give the same bits (checked). A naive float64 `acc[i] += w * x[i]` fold is printed beside
+// them for reference.
+import { GROUP } from '../../core/aggregation/exact-kernel.ts';
 import { ExactWeightedSum } from '../../core/aggregation/exact-sum.ts';
 import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
+import { encodeModule, op } from '../../core/aggregation/wasm.ts';
 import { fixed, printTable } from './table.ts';
 
 export interface AggregationArgs {
   quick: boolean;
 }
+
+/** The coordinator's range for stored updates (AGGREGATION_RANGE in round-coordinator.ts). */
+const RANGE = 1 << 20;
 
 /** Deterministic values in [-0.01, 0.01) (xorshift32), like a round's deltas. */
 function updates(count: number, n: number): Float32Array[] {
@@ -29,18 +44,6 @@ function updates(count: number, n: number): Float32Array[] {
     }
     return a;
   });
-}
-
-/** Best wall time (s) of `reps` runs of `fn`; `setup` (untimed) runs before each. */
-function best<S>(reps: number, setup: () => S, fn: (s: S) => unknown): number {
-  let t = Number.POSITIVE_INFINITY;
-  for (let r = 0; r < reps; r++) {
-    const s = setup();
-    const t0 = performance.now();
-    sink(fn(s));
-    t = Math.min(t, (performance.now() - t0) / 1000);
-  }
-  return t;
 }
 
 // Results go somewhere, so that no loop is optimised away.
@@ -82,137 +85,253 @@ function sum64(a: Float64Array): number {
   return s0 + s1 + s2 + s3;
 }
 
-function naiveFold(acc: Float64Array, x: Float32Array, w: number): void {
-  for (let i = 0; i < x.length; i++) acc[i] = acc[i]! + w * x[i]!;
+/** The WebAssembly JS API's part used here (the project's type libraries do not declare it). */
+interface WasmApi {
+  Memory: new (descriptor: { initial: number }) => { buffer: ArrayBuffer };
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: unknown };
+}
+
+/**
+ * `bytes` (a multiple of 64) of WebAssembly memory and read(end): the i64x2 sum of [0, end), four
+ * 16-byte loads per iteration into four running sums (one-cycle adds: the loads are the limit).
+ */
+function simdReader(bytes: number): { buffer: ArrayBuffer; read: (end: number) => number } {
+  const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+  const memory = new wasm.Memory({ initial: Math.ceil(bytes / 65536) });
+  const module = new wasm.Module(
+    encodeModule([
+      {
+        name: 'read',
+        params: ['i32'],
+        results: ['f64'],
+        locals: ['i32', 'v128', 'v128', 'v128', 'v128'],
+        body: [
+          op.block,
+          op.loop,
+          op.localGet(1),
+          op.localGet(0),
+          op.i32GeU,
+          op.brIf(1),
+          ...[2, 3, 4, 5].flatMap((acc, i) => [op.localGet(1), op.v128Load(16 * i), op.localGet(acc), op.i64x2Add, op.localSet(acc)]),
+          op.localGet(1),
+          op.i32Const(64),
+          op.i32Add,
+          op.localSet(1),
+          op.br(0),
+          op.end,
+          op.end,
+          op.localGet(2),
+          op.localGet(3),
+          op.i64x2Add,
+          op.localGet(4),
+          op.localGet(5),
+          op.i64x2Add,
+          op.i64x2Add,
+          op.f64x2ExtractLane(0),
+        ],
+      },
+    ]),
+  );
+  const { read } = new wasm.Instance(module, { env: { memory } }).exports as { read: (end: number) => number };
+  return { buffer: memory.buffer, read };
+}
+
+/** A row: one timed repetition (seconds); setup, untimed, comes first. */
+interface Row {
+  what: string;
+  time: () => number;
+}
+
+/** Wall time (s) of fn, its result sunk. */
+function timed(fn: () => unknown): number {
+  const t0 = performance.now();
+  sink(fn());
+  return (performance.now() - t0) / 1000;
 }
 
 export async function run(args: AggregationArgs): Promise<unknown> {
   const n = args.quick ? 2_000_000 : 10_000_000;
   const count = 10;
-  const reps = args.quick ? 2 : 3;
+  const reps = args.quick ? 2 : 5;
   const ups = updates(count, n);
   const weights = ups.map((_, k) => 50 + 17 * k);
   const inputBytes = count * n * 4;
-  const gbps = (bytes: number, s: number) => bytes / s / 1e9;
+  const gbps = (s: number) => inputBytes / s / 1e9;
 
-  // The reference: reading the same number of bytes as fast as one core does here.
-  // Every page written: a never-written page reads as the kernel's shared zero page, from cache.
-  const as64 = new Float64Array(inputBytes / 8);
-  for (let at = 0; at < as64.length; at += n) as64.set(ups[(at / n) % count]!.subarray(0, Math.min(n, as64.length - at)), at);
+  // The reference: reading the same number of bytes as fast as one core does here. Every page
+  // written: a never-written page reads as the kernel's shared zero page, from cache.
+  const reader = simdReader(inputBytes);
+  const as64 = new Float64Array(reader.buffer, 0, inputBytes / 8);
+  for (let k = 0; k < count; k++) new Float32Array(reader.buffer, k * n * 4, n).set(ups[k]!);
   const dst = new Float32Array(n).fill(1);
-  const read32 = gbps(
-    inputBytes,
-    best(
-      reps,
-      () => 0,
-      () => {
-        let s = 0;
-        for (const u of ups) s += sum32(u);
-        return s;
-      },
-    ),
-  );
-  const read64 = gbps(
-    inputBytes,
-    best(
-      reps,
-      () => 0,
-      () => sum64(as64),
-    ),
-  );
-  const copy = gbps(
-    inputBytes,
-    best(
-      reps,
-      () => 0,
-      () => {
-        for (const u of ups) dst.set(u);
-        return dst;
-      },
-    ),
-  );
-  const readRate = Math.max(read32, read64, copy);
+  const reads: Row[] = [
+    { what: 'read rate: WebAssembly SIMD sum (4 accumulators)', time: () => timed(() => reader.read(inputBytes)) },
+    { what: 'read rate: Float64 sum (4 accumulators)', time: () => timed(() => sum64(as64)) },
+    {
+      what: 'read rate: Float32 sum (4 accumulators)',
+      time: () =>
+        timed(() => {
+          let s = 0;
+          for (const u of ups) s += sum32(u);
+          return s;
+        }),
+    },
+    {
+      what: 'read rate: memcpy (TypedArray.set)',
+      time: () =>
+        timed(() => {
+          for (const u of ups) dst.set(u);
+          return dst;
+        }),
+    },
+  ];
 
   const oneAtATime = new ExactWeightedSum(n);
-  const exact = best(
-    reps,
-    () => oneAtATime.reset(),
-    () => {
-      for (let k = 0; k < count; k++) oneAtATime.add(ups[k]!, weights[k]!);
-      return oneAtATime.count;
-    },
-  );
+  const batch = ups.map((values, k) => ({ values, weight: weights[k]! }));
   const batched = new ExactWeightedSum(n);
-  const blocked = best(
-    reps,
-    () => batched.reset(),
-    () => {
-      batched.addAll(ups.map((values, k) => ({ values, weight: weights[k]! })));
-      return batched.count;
-    },
+  const roundAccumulator = new RoundAccumulator(n);
+  const naiveAcc = new Float64Array(n);
+
+  // Range by range: the folds are timed, the resets and means between them are not. The ranges
+  // of each update are views, the last one padded with zeros (as aggregateStored reads them).
+  const width = Math.min(RANGE, n);
+  const ranges = Array.from({ length: Math.ceil(n / width) }, (_, r) => r * width);
+  const slices = ups.map((u) =>
+    ranges.map((start) => {
+      if (start + width <= n) return u.subarray(start, start + width);
+      const last = new Float32Array(width);
+      last.set(u.subarray(start));
+      return last;
+    }),
   );
-  // Same bits either way?
+  const rangeSum = new ExactWeightedSum(width);
+  const rangeMeans = new Float64Array(n);
+  const byRange = (fold: (r: number) => void): number => {
+    let folding = 0;
+    ranges.forEach((start, r) => {
+      rangeSum.reset();
+      folding += timed(() => fold(r));
+      rangeMeans.set(rangeSum.takeMean().subarray(0, Math.min(width, n - start)), start);
+    });
+    return folding;
+  };
+  const folds: Row[] = [
+    {
+      what: 'ExactWeightedSum.add x10, one update at a time',
+      time: () => {
+        oneAtATime.reset();
+        return timed(() => {
+          for (let k = 0; k < count; k++) oneAtATime.add(ups[k]!, weights[k]!);
+        });
+      },
+    },
+    {
+      what: 'RoundAccumulator.add x10 (in-memory coordinator)',
+      time: () => {
+        roundAccumulator.reset();
+        return timed(() => {
+          for (let k = 0; k < count; k++) roundAccumulator.add({ site: `site-${k}`, samples: weights[k]!, delta: ups[k]!, trainLoss: 0 });
+        });
+      },
+    },
+    {
+      what: 'ExactWeightedSum.addAll of the 10, block by block',
+      time: () => {
+        batched.reset();
+        return timed(() => batched.addAll(batch));
+      },
+    },
+    {
+      what: `range by range (${width}): add x10 per range (stored)`,
+      time: () =>
+        byRange((r) => {
+          for (let k = 0; k < count; k++) rangeSum.add(slices[k]![r]!, weights[k]!);
+        }),
+    },
+    {
+      what: `range by range (${width}): addAll per range`,
+      time: () => byRange((r) => rangeSum.addAll(slices.map((s, k) => ({ values: s[r]!, weight: weights[k]! })))),
+    },
+    {
+      what: 'naive float64 acc[i] += w*x[i] x10',
+      time: () => {
+        naiveAcc.fill(0);
+        return timed(() => {
+          for (let k = 0; k < count; k++) {
+            const x = ups[k]!;
+            const w = weights[k]!;
+            for (let i = 0; i < n; i++) naiveAcc[i] = naiveAcc[i]! + w * x[i]!;
+          }
+        });
+      },
+    },
+  ];
+  // Every repetition times every row once, in turn, so that whatever else the machine does
+  // (other processes, other guests of the host) falls on all of them alike; a row's figure is
+  // its fastest repetition.
+  const rows = [...reads, ...folds];
+  const fastest = rows.map(() => Number.POSITIVE_INFINITY);
+  for (let rep = 0; rep < reps; rep++) rows.forEach((row, i) => (fastest[i] = Math.min(fastest[i]!, row.time())));
+  const rate = (what: string) => gbps(fastest[rows.findIndex((r) => r.what === what)]!);
+  const readRate = Math.max(...reads.map((r) => rate(r.what)));
+  const jsReadRate = Math.max(...reads.slice(1).map((r) => rate(r.what)));
+
+  // The same bits every way? (The states after the last repetition.)
   const a = oneAtATime.snapshot();
   const b = batched.snapshot();
   let identical = true;
   for (let i = 0; i < n && identical; i++) identical = a.hi[i] === b.hi[i] && a.lo[i] === b.lo[i];
-  let finishS = 0;
-  const roundAccumulator = new RoundAccumulator(n);
-  const accumulator = best(
-    reps,
-    () => roundAccumulator.reset(),
-    () => {
-      const acc = roundAccumulator;
-      for (let k = 0; k < count; k++) acc.add({ site: `site-${k}`, samples: weights[k]!, delta: ups[k]!, trainLoss: 0 });
+  const reference = batched.mean();
+  const sameMean = (mean: Float64Array): boolean => {
+    for (let i = 0; i < n; i++) if (mean[i] !== reference[i]) return false;
+    return true;
+  };
+  const rangesIdentical = sameMean(rangeMeans);
+  let takeS = 0;
+  const meanIdentical = sameMean(
+    (() => {
       const t0 = performance.now();
-      const agg = acc.take(1);
-      finishS = (performance.now() - t0) / 1000;
-      return agg.meanDelta;
-    },
-  );
-  const naive = best(
-    reps,
-    () => new Float64Array(n),
-    (acc) => {
-      for (let k = 0; k < count; k++) naiveFold(acc, ups[k]!, weights[k]!);
-      return acc;
-    },
+      const mean = roundAccumulator.take(1).meanDelta;
+      takeS = (performance.now() - t0) / 1000;
+      return mean;
+    })(),
   );
 
-  const rows = [
-    ['read rate: Float32 sum (4 accumulators)', read32, read32 / readRate],
-    ['read rate: Float64 sum (4 accumulators)', read64, read64 / readRate],
-    ['read rate: memcpy (TypedArray.set)', copy, copy / readRate],
-    ['ExactWeightedSum.add x10, one update at a time', gbps(inputBytes, exact), gbps(inputBytes, exact) / readRate],
-    ['ExactWeightedSum.addAll of the 10, block by block', gbps(inputBytes, blocked), gbps(inputBytes, blocked) / readRate],
-    ['RoundAccumulator.add x10 + take (the mean)', gbps(inputBytes, accumulator), gbps(inputBytes, accumulator) / readRate],
-    ['naive float64 acc[i] += w*x[i] x10', gbps(inputBytes, naive), gbps(inputBytes, naive) / readRate],
-  ] as const;
+  const kernel = 'plain SIMD (the fused relaxed-SIMD kernel is opt-in)';
   printTable(
     `Aggregation throughput: ${count} updates of ${(n / 1e6).toFixed(0)}M float32 (${(inputBytes / 1e9).toFixed(2)} GB of input), one core`,
     ['what', 'GB/s of input', 'vs read rate', 'ns / element'],
-    rows.map(([what, rate, ratio]) => [what, fixed(rate, 2), `${fixed(ratio, 2)}x`, fixed(4 / rate, 2)]),
+    rows.map(({ what }) => [what, fixed(rate(what), 2), `${fixed(rate(what) / readRate, 2)}x`, fixed(4 / rate(what), 2)]),
     [
-      `read rate = the fastest of the three reads (${fixed(readRate, 2)} GB/s); target for the exact sum: >= 0.5x of it`,
-      `ExactWeightedSum keeps two int64 per element (WebAssembly SIMD): one update at a time, each element moves 4 bytes of input and reads and writes 16 bytes of state (36 bytes of memory traffic per 4 bytes of input); block by block, the state stays in cache`,
-      `add and addAll leave the same state bit for bit: ${identical ? 'yes' : 'NO'}`,
-      `RoundAccumulator.take (the mean of ${(n / 1e6).toFixed(0)}M elements, over the sum's own memory, as the coordinator takes it): ${fixed(finishS * 1000, 0)} ms; best of ${reps} runs each`,
+      `read rate = the fastest of the four reads (${fixed(readRate, 2)} GB/s; of the three JS ones: ${fixed(jsReadRate, 2)} GB/s); target for the exact sum: >= 0.5x of it`,
+      `ExactWeightedSum keeps two int64 per element (WebAssembly SIMD, fold kernel: ${kernel}); one update at a time, each element moves 4 bytes of input and reads and writes 16 bytes of state (36 bytes of memory traffic per 4 bytes of input); block by block, the state stays in cache and is read and written once per ${GROUP} updates`,
+      `add and addAll leave the same state bit for bit: ${identical ? 'yes' : 'NO'}; RoundAccumulator and range by range give the same mean as addAll: ${meanIdentical && rangesIdentical ? 'yes' : 'NO'}`,
+      `the mean (RoundAccumulator.take over the sum's own memory, ${(n / 1e6).toFixed(0)}M elements), timed apart: ${fixed(takeS * 1000, 0)} ms; each row's fastest of ${reps} rounds, the rows in turn`,
     ],
   );
   if (sunk === 0.123456789) process.stdout.write(' ');
+  const figure = (what: string) => {
+    const s = fastest[rows.findIndex((r) => r.what === what)]!;
+    return { seconds: s, GBps: gbps(s), ratio: gbps(s) / readRate, ratioToJsReadRate: gbps(s) / jsReadRate };
+  };
   return {
     parameters: n,
     updates: count,
     inputBytes,
-    readRateGBps: { float32Sum: read32, float64Sum: read64, memcpy: copy, reference: readRate },
-    exactWeightedSum: { seconds: exact, GBps: gbps(inputBytes, exact), ratio: gbps(inputBytes, exact) / readRate },
-    exactWeightedSumBlocked: {
-      seconds: blocked,
-      GBps: gbps(inputBytes, blocked),
-      ratio: gbps(inputBytes, blocked) / readRate,
-      identicalToOneAtATime: identical,
+    foldKernel: 'plain',
+    readRateGBps: {
+      wasmSimdSum: rate(reads[0]!.what),
+      float64Sum: rate(reads[1]!.what),
+      float32Sum: rate(reads[2]!.what),
+      memcpy: rate(reads[3]!.what),
+      reference: readRate,
+      jsReference: jsReadRate,
     },
-    roundAccumulator: { seconds: accumulator, GBps: gbps(inputBytes, accumulator), ratio: gbps(inputBytes, accumulator) / readRate, finishSeconds: finishS },
-    naiveFloat64: { seconds: naive, GBps: gbps(inputBytes, naive), ratio: gbps(inputBytes, naive) / readRate },
+    exactWeightedSum: figure(folds[0]!.what),
+    roundAccumulator: { ...figure(folds[1]!.what), takeSeconds: takeS, identicalMean: meanIdentical },
+    exactWeightedSumBlocked: { ...figure(folds[2]!.what), identicalToOneAtATime: identical },
+    rangeByRange: { range: width, add: figure(folds[3]!.what), addAll: figure(folds[4]!.what), identicalMeans: rangesIdentical },
+    naiveFloat64: figure(folds[5]!.what),
   };
 }

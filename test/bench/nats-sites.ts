@@ -4,8 +4,9 @@
 //
 // - 'consort': each site speaks protocol v1 the way worker/nats/site-runner.ts does (signed
 //   hello and heartbeat, task acknowledged, global model read from the models bucket with
-//   readModelObject (the store's digest checked against the task's SHA-256), update encoded with
-//   the job's codec, put into the site's own updates bucket, signed envelope sent until acknowledged),
+//   readModelObject (direct get, its digest checked against the task's SHA-256), update encoded
+//   with the job's codec, put into the site's own updates bucket with putObject, signed envelope
+//   sent until acknowledged),
 //   with no training: the "delta" is ready at once (zeros, the model itself, or bytes encoded
 //   once for every site). What runSite adds on top, a SiteWorker and its TF.js model, is
 //   exactly what these benchmarks leave out.
@@ -15,22 +16,19 @@
 // CONSORT_BENCH_DEBUG=1 prints each site's read times and the raw baseline's flow control.
 import { type ChildProcess, fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { Objm, type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { connectAs } from '../../cli/nats/connect.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { type ParameterLayout, layoutSize } from '../../core/model/layout.ts';
 import { encodeUpdate, encodeUpdateParts } from '../../core/protocol/codecs.ts';
-import { sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
+import { sha256Hex } from '../../core/protocol/digest.ts';
+import { putObject } from '../../core/protocol/object-put.ts';
 import { Ack, type EvaluationEnvelope, type Hello, type ObjectRef, RoundNotice, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, OBJECT_CHUNK_BYTES, OBJECT_PUT_WINDOW_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
-import { streamOfParts } from '../../core/protocol/wire.ts';
-import { readModelObject } from '../../worker/nats/site-runner.ts';
-
-setSha256Backend('native');
+import { objectWire, readModelObject } from '../../worker/nats/site-runner.ts';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -252,9 +250,8 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
   const subj = subjects(key);
   const bucket = buckets(key);
   const nc = await connectAs(o.url, seed, site);
-  const objm = new Objm(nc);
-  let models: ObjectStore | undefined;
-  let updates: ObjectStore | undefined;
+  const modelsWire = objectWire(nc, bucket.models);
+  const updatesWire = objectWire(nc, bucket.updates(site));
   let finish: () => void = () => {};
   const finished = new Promise<void>((r) => {
     finish = r;
@@ -304,8 +301,7 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
     const into = buffer;
     const bytes = await patiently(`read ${ref.name}`, deadline, async () => {
       const t0 = now();
-      models ??= await objm.open(bucket.models);
-      const b = await readModelObject(models, ref, 5000, into);
+      const b = await readModelObject(modelsWire, ref, into);
       debug(`${site}: read ${(now() - t0).toFixed(0)} ms`);
       return b;
     });
@@ -368,12 +364,11 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
     }
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
-    // As site-runner: streamed from the delta, and the store's digest of what it wrote is the envelope's SHA-256.
-    const stored = await patiently(`write ${name}`, task.deadline, async () => {
-      updates ??= await objm.open(bucket.updates(site));
-      return await updates.put({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(parts, OBJECT_CHUNK_BYTES));
-    });
-    sha256 ||= sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(parts);
+    // As site-runner: written from the delta's own memory, hashed as it goes: that is the envelope's SHA-256.
+    const stored = await patiently(`write ${name}`, task.deadline, () =>
+      putObject(updatesWire, bucket.updates(site), name, parts, { chunkBytes: OBJECT_CHUNK_BYTES, windowBytes: OBJECT_PUT_WINDOW_BYTES }),
+    );
+    sha256 ||= stored.sha256;
     t.written = now();
     const env: Omit<UpdateEnvelope, 'signature'> = {
       type: 'update',

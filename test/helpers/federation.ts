@@ -216,8 +216,10 @@ export class Federation {
   readonly processes: ConsortProcess[] = [];
   readonly notices: Seen<RoundNotice>[] = [];
   readonly tasks: Seen<Task>[] = [];
-  /** The site to pause when its fit task of `round` is seen (set by hold). */
-  #holding: { process: ConsortProcess; name: string; round: number } | undefined;
+  /** The site to pause once it has acknowledged its fit task of `round` (set by hold); `reply`: that task's reply subject, once seen. */
+  #holding: { process: ConsortProcess; name: string; round: number; reply?: string } | undefined;
+  /** Reply prefixes of the coordinators' requests (one per connection) the observer listens to: a task's acknowledgement is seen there. */
+  readonly #replyPrefixes = new Set<string>();
   readonly hellos: Seen<Hello>[] = [];
   readonly updates: Seen<UpdateEnvelope>[] = [];
   readonly evaluations: Seen<EvaluationEnvelope>[] = [];
@@ -240,13 +242,25 @@ export class Federation {
           const value = parse(parseJson(msg.data));
           if (value === undefined) return;
           into.push({ subject: msg.subject, data: msg.data, value, at: Date.now() });
-          // A hold pauses its site the moment its task is on the wire, in this callback, not at
-          // the next poll: the site then cannot answer before it is stopped.
           const t = value as Partial<Task>;
+          if (t.type !== 'fit' || !msg.reply) return;
+          // A coordinator's requests get their replies under one prefix per connection: listen to
+          // it, so that a site's acknowledgement of its task is seen (after the task, in order).
+          const prefix = msg.reply.slice(0, msg.reply.lastIndexOf('.'));
+          const listened = this.#replyPrefixes.has(prefix);
+          if (!listened) {
+            this.#replyPrefixes.add(prefix);
+            observer.subscribe(`${prefix}.*`, { callback: (e, reply) => (e ? undefined : this.#acknowledged(reply.subject)) });
+          }
           const h = this.#holding;
-          if (h && t.type === 'fit' && t.site === h.name && t.round === h.round) {
-            h.process.pause();
-            this.#holding = undefined;
+          if (h && t.site === h.name && t.round === h.round) {
+            // A hold pauses its site as soon as it has acknowledged the task (paused before, it
+            // would leave the coordinator's request unanswered and be given up as unreachable),
+            // in a callback, not at the next poll: the site then cannot answer the task itself
+            // before it is stopped. Where this coordinator's replies were not listened to yet,
+            // the acknowledgement may come first: then at once.
+            if (listened) h.reply = msg.reply;
+            else this.#pauseHeld();
           }
         },
       });
@@ -256,6 +270,15 @@ export class Federation {
     // Envelopes as sent, whatever the coordinator makes of them (it parses them itself).
     record(this.subj.updateAll, this.updates, (v) => v as UpdateEnvelope);
     record(this.subj.evaluationAll, this.evaluations, (v) => v as EvaluationEnvelope);
+  }
+
+  #acknowledged(replySubject: string): void {
+    if (this.#holding?.reply === replySubject) this.#pauseHeld();
+  }
+
+  #pauseHeld(): void {
+    this.#holding?.process.pause();
+    this.#holding = undefined;
   }
 
   /** A harness nats-server with the job's configuration, the seeds and keys in `dir`, and the observer connected. */
@@ -423,9 +446,9 @@ export class Federation {
   }
 
   /**
-   * Holds round `round` open: pauses `site` (SIGSTOP) the moment its fit task of that round is
-   * on the wire, so that it cannot answer it, and resolves with the status once every other site's update of
-   * that round is counted. `resume()` the site to let the round close.
+   * Holds round `round` open: pauses `site` (SIGSTOP) the moment it has acknowledged its fit task
+   * of that round, so that it cannot answer it, and resolves with the status once every other
+   * site's update of that round is counted. `resume()` the site to let the round close.
    */
   async hold(site: ConsortProcess, name: string, round: number): Promise<CoordinatorStatus> {
     this.#holding = { process: site, name, round };

@@ -12,7 +12,12 @@ import { connectAs } from '../../cli/nats/connect.ts';
 import { CliError } from '../../cli/errors.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
-import { buckets, inboxPrefix, jobKey, objectNames, subjects } from '../../core/protocol/subjects.ts';
+import { objectStoreDigest, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
+import { readObject } from '../../core/protocol/object-read.ts';
+import { putObject } from '../../core/protocol/object-put.ts';
+import { buckets, inboxPrefix, jobKey, OBJECT_CHUNK_BYTES, objectNames, subjects } from '../../core/protocol/subjects.ts';
+import { objectWire as coordinatorObjectWire } from '../../operator/coordinator/object-wire.ts';
+import { objectWire as siteObjectWire, readModelObject } from '../../worker/nats/site-runner.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
 import { collect, digestOf, soon, violation, type WatchedClient, watchedClient } from '../helpers/nats-clients.ts';
 import { useNatsServer } from '../helpers/nats-server.ts';
@@ -96,6 +101,20 @@ describe('a site reads the models and writes only its own updates', () => {
     expect(bytes(await models.getBlob(objectNames.global(1)))).toEqual(bytes(MODEL));
   });
 
+  it('site A reads the global model as the site runner does (readObject: direct get, no consumer) with no violation', async () => {
+    const before = siteA.violations.length;
+    const models = await new Objm(coordinator.nc).open(bucket.models);
+    const info = (await models.info(objectNames.global(1)))!;
+    const read = await readModelObject(siteObjectWire(siteA.nc, bucket.models), {
+      bucket: bucket.models,
+      name: objectNames.global(1),
+      size: info.size,
+      sha256: sha256OfObjectStoreDigest(info.digest)!,
+    });
+    expect(bytes(read)).toEqual(bytes(MODEL));
+    expect(siteA.violations.slice(before)).toEqual([]);
+  });
+
   it('site A reads a model large enough for the server to ask for flow control', { timeout: 30_000 }, async () => {
     // Past about 3 MiB the server's push consumer waits for flow-control replies: without
     // permission to send them, the read stalls for ever.
@@ -114,6 +133,37 @@ describe('a site reads the models and writes only its own updates', () => {
     expect(bytes(back)).toEqual(bytes(UPDATE_A));
   });
 
+  it('site A writes an update as the site runner does (putObject: no bucket check, chunks in flight) with no violation, read back by nats.js', async () => {
+    const update = randomBytes(3 * 1024 * 1024 + 5);
+    const header = randomBytes(40);
+    const before = siteA.violations.length;
+    const name = objectNames.update(1, 'a-nonce-0000000002');
+    const info = await putObject(siteObjectWire(siteA.nc, bucket.updates(A)), bucket.updates(A), name, [header, update], {
+      chunkBytes: OBJECT_CHUNK_BYTES,
+      windowBytes: 2 * OBJECT_CHUNK_BYTES,
+    });
+    expect(siteA.violations.slice(before)).toEqual([]);
+    const stored = await (await new Objm(coordinator.nc).open(bucket.updates(A))).get(name);
+    expect(stored?.info).toMatchObject({ size: header.length + update.length, digest: objectStoreDigest(info.sha256), chunks: info.chunks });
+    expect(bytes(await (await new Objm(coordinator.nc).open(bucket.updates(A))).getBlob(name))).toEqual(bytes(Buffer.concat([header, update])));
+  });
+
+  it('the coordinator replaces an object with putObject (as its checkpoint each round): the old chunks are purged', async () => {
+    const wire = coordinatorObjectWire(coordinator.nc, bucket.state);
+    const stream = `OBJ_${bucket.state}`;
+    const first = await putObject(wire, bucket.state, objectNames.checkpoint, [randomBytes(2_500_000)], {
+      chunkBytes: OBJECT_CHUNK_BYTES,
+      windowBytes: 8 << 20,
+    });
+    const { messages, bytes: size } = (await coordinatorJsm.streams.info(stream)).state;
+    const again = randomBytes(2_500_000);
+    const second = await putObject(wire, bucket.state, objectNames.checkpoint, [again], { chunkBytes: OBJECT_CHUNK_BYTES, windowBytes: 8 << 20 });
+    expect(second.nuid).not.toBe(first.nuid);
+    expect((await coordinatorJsm.streams.info(stream)).state).toMatchObject({ messages, bytes: size });
+    expect(bytes(await (await new Objm(coordinator.nc).open(bucket.state)).getBlob(objectNames.checkpoint))).toEqual(bytes(again));
+    expect(coordinator.violations).toEqual([]);
+  });
+
   it("site A cannot read B's updates (the coordinator can)", async () => {
     const name = objectNames.update(1, 'b-nonce-0000000001');
     // Opening checks the stream, which A may not ask about.
@@ -121,6 +171,17 @@ describe('a site reads the models and writes only its own updates', () => {
     // Skipping the check does not help: reading the object's meta is refused too.
     const unchecked = await new Objm(siteA.nc).open(bucket.updates(B), false);
     await expect(unchecked.getBlob(name)).rejects.toThrow(/Permissions Violation for Publish to "\$JS\.API\.STREAM\.MSG\.GET\.OBJ_/);
+    // Nor read its messages by direct get.
+    await expect(readObject(siteObjectWire(siteA.nc, bucket.updates(B)), bucket.updates(B), name, { maxBytes: 1 << 20, batchBytes: 1 << 20 })).rejects.toThrow(
+      /Permissions Violation for Publish to "\$JS\.API\.STREAM\.MSG\.GET\.OBJ_/,
+    );
+    const batch = (await jetstreamManager(siteA.nc)).direct.getBatch(`OBJ_${bucket.updates(B)}`, { seq: 1, batch: 10 });
+    void batch
+      .then(async (it) => {
+        for await (const _ of it);
+      })
+      .catch(() => {}); // it times out: the request never reached the stream
+    await violation(siteA, 'publish', `$JS.API.DIRECT.GET.OBJ_${bucket.updates(B)}`);
     // Nor can it start a consumer on B's bucket to stream the chunks.
     const jsm = await jetstreamManager(siteA.nc);
     await expect(

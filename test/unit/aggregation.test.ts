@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BLOCK } from '../../core/aggregation/exact-kernel.ts';
+import { BLOCK, type FoldKernel, fusedMultiplyAdd, GROUP, maxAbs } from '../../core/aggregation/exact-kernel.ts';
 import { ExactWeightedSum } from '../../core/aggregation/exact-sum.ts';
 import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
 import { Rng } from '../../core/rng.ts';
@@ -271,6 +271,135 @@ describe('ExactWeightedSum', () => {
     expect(bytes(after.lo)).toEqual(bytes(before.lo));
     expect(bytes(after.weight)).toEqual(bytes(before.weight));
     expect(after.count).toBe(3);
+  });
+});
+
+describe('ExactWeightedSum in batches, with either fold kernel', () => {
+  const kernels: FoldKernel[] = fusedMultiplyAdd() ? ['plain', 'fused'] : ['plain'];
+
+  /** Values that stress the fold: wide magnitudes, zeros, subnormals, and ties at both splits (2^-8, 2^-60). */
+  function hardValues(rng: Rng, n: number): Float32Array {
+    const kinds = [
+      () => 0,
+      () => 1e-40 * (1 + rng.int(1000)), // float32 subnormals
+      () => (2 * rng.int(1000) + 1) * 2 ** -61, // halfway between multiples of 2^-60 (weight 1)
+      () => (rng.int(1000) + 0.5) * 2 ** -8, // halfway between multiples of 2^-8
+      () => 10 ** (-9 + 12 * rng.uniform()),
+    ];
+    const values = new Float32Array(n);
+    for (let i = 0; i < n; i++) values[i] = (rng.uniform() < 0.5 ? -1 : 1) * kinds[Math.min(rng.int(10), 4)]!();
+    return values;
+  }
+
+  /** Per element, Sum_k round(w_k x_k 2^60), ties to even: the exact state, in units of 2^-60. */
+  function exactSums(batch: Update[], n: number): bigint[] {
+    const exact = Array.from({ length: n }, () => 0n);
+    for (const u of batch) for (let i = 0; i < n; i++) exact[i]! += roundHalfEven(u.weight * u.values[i]! * 2 ** 60);
+    return exact;
+  }
+
+  /** The state against the BigInt reference: (hi, lo) is its canonical pair, bit for bit. */
+  function expectState(sum: ExactWeightedSum, exact: bigint[]): void {
+    const snap = sum.snapshot();
+    for (let i = 0; i < exact.length; i++) {
+      const h = exact[i]! >> 52n;
+      if (snap.hi[i] !== Number(h) * 2 ** -8 || snap.lo[i] !== Number(exact[i]! - (h << 52n)) * 2 ** -60) {
+        expect({ i, hi: snap.hi[i], lo: snap.lo[i] }).toEqual({ i, hi: Number(h) * 2 ** -8, lo: Number(exact[i]! - (h << 52n)) * 2 ** -60 });
+      }
+    }
+  }
+
+  it('folds a batch to the bits of one update at a time and of a BigInt reference', () => {
+    const rng = Rng.from(3, 'batches');
+    for (let t = 0; t < 5; t++) {
+      // Sizes across blocks (and a shard boundary), batches across groups of GROUP.
+      const n = t === 0 ? 37 : BLOCK * (1 + rng.int(2)) + rng.int(BLOCK);
+      const count = 1 + rng.int(3 * GROUP);
+      const batch: Update[] = Array.from({ length: count }, () => ({
+        values: hardValues(rng, n),
+        weight: [1, 1 + rng.int(5000), 1 + 4999 * rng.uniform(), 2 ** -20 * (1 + rng.uniform())][rng.int(4)]!,
+      }));
+      const exact = exactSums(batch, n);
+      let reference: Uint8Array | undefined;
+      for (const kernel of kernels) {
+        const one = new ExactWeightedSum(n, { kernel });
+        for (const u of batch) one.add(u.values, u.weight);
+        const sharded = new ExactWeightedSum(n, { kernel, shardElements: BLOCK });
+        const shuffled = rng.shuffle([...batch]) as Update[];
+        for (let at = 0; at < count; ) {
+          const take = 1 + rng.int(count - at);
+          sharded.addAll(shuffled.slice(at, at + take));
+          at += take;
+        }
+        expectState(one, exact);
+        expectState(sharded, exact);
+        expect(bytes(sharded.mean())).toEqual(bytes(one.mean()));
+        expect(sharded.count).toBe(count);
+        reference ??= bytes(one.mean());
+        expect(bytes(one.mean())).toEqual(reference);
+      }
+    }
+  });
+
+  it('takes a batch with a refused update out exactly, whatever its group and block', () => {
+    const rng = Rng.from(9, 'refused');
+    const n = 3 * BLOCK + 11;
+    const batch: Update[] = Array.from({ length: 2 * GROUP + 1 }, () => ({ values: hardValues(rng, n), weight: 1 + rng.int(100) }));
+    for (const kernel of kernels) {
+      const sum = new ExactWeightedSum(n, { kernel });
+      sum.addAll(batch.slice(0, 3));
+      const before = sum.snapshot();
+      for (let t = 0; t < 6; t++) {
+        const bad = batch.map((u) => ({ values: u.values, weight: u.weight }));
+        const k = rng.int(bad.length);
+        const values = bad[k]!.values.slice();
+        const i = n - 1 - rng.int(BLOCK);
+        values[i] = [Number.NaN, Infinity, 2 ** 43][t % 3]!;
+        bad[k] = { values, weight: bad[k]!.weight };
+        expect(() => sum.addAll(bad)).toThrow(t % 3 === 2 ? /exact range/ : /NaN or Infinity/);
+        const after = sum.snapshot();
+        expect(bytes(after.hi)).toEqual(bytes(before.hi));
+        expect(bytes(after.lo)).toEqual(bytes(before.lo));
+        expect(bytes(after.magnitude)).toEqual(bytes(before.magnitude));
+        expect(sum.count).toBe(3);
+      }
+      sum.addAll(batch.slice(3));
+      expectState(sum, exactSums(batch, n));
+    }
+  });
+
+  it('carries a block within one batch of thousands of updates, and across thousands of merges', () => {
+    // Each contribution puts almost 2^51 (or, carried, almost 2^52) into L: 5000 of them would
+    // overflow its int64 without the carries a block makes on its own.
+    const x = new Float32Array(16).fill(2 ** -9 - 2 ** -30);
+    const batch = Array.from({ length: 5000 }, () => ({ values: x, weight: 1 }));
+    const y = new Float32Array(16).fill(2 ** -8 - 2 ** -30);
+    for (const kernel of kernels) {
+      const sum = new ExactWeightedSum(16, { kernel });
+      sum.addAll(batch);
+      expectState(sum, exactSums(batch, 16));
+      const one = new ExactWeightedSum(16, { kernel });
+      one.add(y, 1);
+      one.sum(); // carried: L is 2^52 - 2^30, and stays so
+      const total = new ExactWeightedSum(16, { kernel });
+      for (let t = 0; t < 4500; t++) total.merge(one);
+      expectState(total, exactSums([{ values: y, weight: 4500 }], 16));
+    }
+  });
+
+  it('scans max|x| on the bit patterns: NaN of either sign, infinities, subnormals, zeros', () => {
+    const rng = Rng.from(4, 'scan');
+    for (let t = 0; t < 20; t++) {
+      const values = hardValues(rng, 1 + rng.int(2 * BLOCK));
+      let m = 0;
+      for (const v of values) m = Math.max(m, Math.abs(v));
+      expect(maxAbs(values)).toBe(m);
+      const at = rng.int(values.length);
+      values[at] = -Infinity;
+      expect(maxAbs(values)).toBe(Infinity);
+      new Uint32Array(values.buffer)[rng.int(values.length)] = t % 2 === 0 ? 0xffc00000 : 0x7f800001; // -NaN, a signalling NaN
+      expect(maxAbs(values)).toBeNaN();
+    }
   });
 });
 

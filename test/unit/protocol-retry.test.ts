@@ -3,7 +3,6 @@
 import { describe, expect, it } from 'vitest';
 import { objectStoreDigest, sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
 import { type ObjectStream, readObjectStream, retrying, StalledReadError, storedObjectMismatch } from '../../core/protocol/retry.ts';
-import { streamOfParts } from '../../core/protocol/wire.ts';
 
 /** An object stream of `chunks`, then either its end, an error, or nothing more (`stall`). */
 function stream(chunks: number[][], end: 'close' | 'stall' | Error = 'close'): ObjectStream & { cancelled: () => boolean } {
@@ -146,19 +145,5 @@ describe('storedObjectMismatch', () => {
     expect(sha256OfObjectStoreDigest(objectStoreDigest(sha256))).toBe(sha256);
     expect(sha256OfObjectStoreDigest('SHA-256=abc')).toBeUndefined();
     expect(sha256OfObjectStoreDigest('MD5=xyz')).toBeUndefined();
-  });
-});
-
-describe('streamOfParts', () => {
-  it('streams the pieces in order, no piece longer than asked', async () => {
-    const parts = [Uint8Array.from([1, 2, 3]), new Uint8Array(0), Uint8Array.from([4, 5, 6, 7, 8])];
-    const reader = streamOfParts(parts, 2).getReader();
-    const got: number[][] = [];
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      got.push([...value]);
-    }
-    expect(got).toEqual([[1, 2], [3], [4, 5], [6, 7], [8]]);
   });
 });

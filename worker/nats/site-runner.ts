@@ -2,12 +2,13 @@
 // takes fit and evaluate tasks addressed to it alone, fetches the global model from the job's
 // models bucket, trains and scores with a SiteWorker, and sends back a signed update whose
 // payload sits in its own updates bucket. Raw data never leaves; only updates, metrics, counts.
-import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { Objm, type ObjectStore, setSha256Backend } from '@nats-io/obj';
+import { createInbox, headers, type Msg, type NatsConnection, nuid, type Subscription } from '@nats-io/transport-node';
+import { type JetStreamManager, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { encodeUpdateParts } from '../../core/protocol/codecs.ts';
-import { sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
-import { readObjectStream, retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
+import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
+import { directGetBatch, type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
+import { retrying } from '../../core/protocol/retry.ts';
 import {
   Ack,
   type EvaluateTask,
@@ -21,34 +22,62 @@ import {
   Welcome,
 } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, OBJECT_CHUNK_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, OBJECT_CHUNK_BYTES, OBJECT_PUT_WINDOW_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
 import type { BackendPreference } from '../backend.ts';
 import { WorkerError } from '../errors.ts';
 import { SiteWorker } from '../site-worker.ts';
-import { decodeJson as parseJson, encodeJson as json, streamOfParts } from '../../core/protocol/wire.ts';
+import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
 
-// Object Store digests with node's native SHA-256 (the JS fallback is 3-4x slower).
-setSha256Backend('native');
-
-/** A model read that receives nothing for this long is abandoned and tried again. */
+/** Bytes of a model's chunks asked for at a time. */
+const READ_BATCH_BYTES = 8 * 1024 * 1024;
+/** A model read during which nothing arrives for this long is abandoned (and tried again). */
 const READ_IDLE_MS = 5000;
 
 /**
- * The bytes of a model object a task refers to, read into one array (no chunk list, no copy of it).
- * The stored object must be the referenced one (bucket, name, size, digest), and the store checks
- * the chunks against that digest as they stream: no second SHA-256 pass over the model.
+ * The bytes of a model object a task refers to, read into one array (`into` when it is large
+ * enough), by direct get (readObject: no consumer). The stored object must be the referenced one
+ * (bucket, name, size, digest), and its chunks are checked against that digest as they come: no
+ * second SHA-256 pass over the model.
  */
-export async function readModelObject(models: ObjectStore, ref: ObjectRef, idleMs: number, into?: Uint8Array): Promise<Uint8Array> {
-  const object = await models.get(ref.name);
-  if (!object) throw new Error(`model object ${ref.name} not found`);
-  const mismatch = storedObjectMismatch(object.info, ref);
-  if (mismatch) {
-    object.error.catch(() => {});
-    object.data.cancel().catch(() => {});
-    throw new Error(`model object ${ref.name}: ${mismatch}`);
-  }
-  return await readObjectStream(object, { idleMs, maxBytes: ref.size, ...(into && into.length >= ref.size ? { into } : {}), what: `model object ${ref.name}` });
+export async function readModelObject(wire: ObjectReadWire, ref: ObjectRef, into?: Uint8Array): Promise<Uint8Array> {
+  return await readObject(wire, ref.bucket, ref.name, {
+    expect: ref,
+    maxBytes: ref.size,
+    batchBytes: READ_BATCH_BYTES,
+    ...(into && into.length >= ref.size ? { into } : {}),
+  });
+}
+
+/** putObject's and readObject's calls (core/protocol/object-put.ts, object-read.ts) on the site's connection, for one bucket. */
+export function objectWire(nc: NatsConnection, bucket: string): ObjectPutWire & ObjectReadWire {
+  const js = jetstream(nc);
+  const stream = `OBJ_${bucket}`;
+  let jsm: Promise<JetStreamManager> | undefined;
+  const manager = () => (jsm ??= jetstreamManager(nc, { checkAPI: false }));
+  return {
+    publish: (subject, data) => js.publish(subject, data),
+    publishRollup: (subject, data) => {
+      const h = headers();
+      h.set('Nats-Rollup', 'sub');
+      return js.publish(subject, data, { headers: h });
+    },
+    lastMessage: async (subject) => (await (await manager()).streams.getMessage(stream, { last_by_subj: subject }))?.data ?? null,
+    purge: async (subject) => (await manager()).streams.purge(stream, { filter: subject }),
+    nuid: () => nuid.next(),
+    maxPayload: () => nc.info?.max_payload,
+    // Replies under the connection's own inbox prefix: its user may subscribe to nothing else.
+    directBatch: (subject, seq, o, onMessage) =>
+      directGetBatch(
+        nc,
+        createInbox((nc as NatsConnection & { options?: { inboxPrefix?: string } }).options?.inboxPrefix),
+        stream,
+        subject,
+        seq,
+        { ...o, idleMs: READ_IDLE_MS },
+        onMessage,
+      ),
+  };
 }
 
 export interface SiteRunnerOptions {
@@ -96,9 +125,8 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     `site ${site}: ${described.quality.trainSamples} train / ${described.quality.testSamples} test examples; backend ${prepared.backend.name} (${prepared.backend.reason})`,
   );
 
-  const objm = new Objm(nc);
-  let models: ObjectStore | undefined;
-  let updates: ObjectStore | undefined;
+  const modelsWire = objectWire(nc, bucket.models);
+  const updatesWire = objectWire(nc, bucket.updates(site));
   const summary: SiteRunSummary = { site, fits: 0, evaluations: 0, rejected: 0 };
   /** The last envelope sent per round: a repeated task (coordinator restarted) is answered with it, not retrained. */
   const sent = new Map<string, Uint8Array>();
@@ -166,10 +194,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   const buffers: Record<'model' | 'control', Uint8Array | undefined> = { model: undefined, control: undefined };
   const fetchModel = async (ref: ObjectRef, deadline: number, slot: 'model' | 'control' = 'model'): Promise<Float32Array> => {
     const buffer = buffers[slot] && buffers[slot].length >= ref.size ? buffers[slot] : (buffers[slot] = new Uint8Array(ref.size));
-    const bytes = await retrying(async () => {
-      models ??= await objm.open(bucket.models);
-      return await readModelObject(models, ref, READ_IDLE_MS, buffer);
-    }, patience(deadline));
+    const bytes = await retrying(() => readModelObject(modelsWire, ref, buffer), patience(deadline));
     return decodeSafetensors(bytes).values;
   };
 
@@ -206,12 +231,11 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     if (encoded.residual) residual = encoded.residual;
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
-    // The store hashes what it writes: its digest is the envelope's SHA-256, with no second pass.
-    const stored = await retrying(async () => {
-      updates ??= await objm.open(bucket.updates(site));
-      return await updates.put({ name, options: { max_chunk_size: OBJECT_CHUNK_BYTES } }, streamOfParts(encoded.parts, OBJECT_CHUNK_BYTES));
-    }, patience(task.deadline));
-    const sha256 = sha256OfObjectStoreDigest(stored.digest) ?? sha256Hex(encoded.parts);
+    // Hashed as it is written: that is the envelope's SHA-256, with no second pass.
+    const { sha256 } = await retrying(
+      () => putObject(updatesWire, bucket.updates(site), name, encoded.parts, { chunkBytes: OBJECT_CHUNK_BYTES, windowBytes: OBJECT_PUT_WINDOW_BYTES }),
+      patience(task.deadline),
+    );
     const envelope: Omit<UpdateEnvelope, 'signature'> = {
       type: 'update',
       protocol: PROTOCOL_VERSION,
