@@ -21,7 +21,7 @@ import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './check
 import { NatsTransport } from './nats-transport.ts';
 import { AGGREGATION_RANGE, type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
 import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
-import { objectWire } from './object-wire.ts';
+import { objectWire } from '../../core/protocol/object-wire.ts';
 
 setSha256Backend('native');
 

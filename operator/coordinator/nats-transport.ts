@@ -27,7 +27,7 @@ import { ObjectReadError, StoredObjects } from './stored-updates.ts';
 import { safetensorsParts } from '../../core/tensor/safetensors.ts';
 import { Channel } from './channel.ts';
 import { encodeJson as json } from '../../core/protocol/wire.ts';
-import { objectWire } from './object-wire.ts';
+import { objectWire } from '../../core/protocol/object-wire.ts';
 
 // The Object Store checks every object it streams against its digest: with node's native SHA-256
 // (the JS fallback is 3-4x slower), and the only hash of an update's bytes the coordinator makes.

@@ -2,12 +2,14 @@
 // takes fit and evaluate tasks addressed to it alone, fetches the global model from the job's
 // models bucket, trains and scores with a SiteWorker, and sends back a signed update whose
 // payload sits in its own updates bucket. Raw data never leaves; only updates, metrics, counts.
-import { createInbox, headers, type Msg, type NatsConnection, nuid, type Subscription } from '@nats-io/transport-node';
-import { type JetStreamManager, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { encodeUpdateParts } from '../../core/protocol/codecs.ts';
-import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
-import { directGetBatch, type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
+import { putObject } from '../../core/protocol/object-put.ts';
+import { type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
+import { objectWire } from '../../core/protocol/object-wire.ts';
+
+export { objectWire };
 import { retrying } from '../../core/protocol/retry.ts';
 import {
   Ack,
@@ -31,8 +33,6 @@ import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol
 
 /** Bytes of a model's chunks asked for at a time. */
 const READ_BATCH_BYTES = 8 * 1024 * 1024;
-/** A model read during which nothing arrives for this long is abandoned (and tried again). */
-const READ_IDLE_MS = 5000;
 
 /**
  * The bytes of a model object a task refers to, read into one array (`into` when it is large
@@ -47,37 +47,6 @@ export async function readModelObject(wire: ObjectReadWire, ref: ObjectRef, into
     batchBytes: READ_BATCH_BYTES,
     ...(into && into.length >= ref.size ? { into } : {}),
   });
-}
-
-/** putObject's and readObject's calls (core/protocol/object-put.ts, object-read.ts) on the site's connection, for one bucket. */
-export function objectWire(nc: NatsConnection, bucket: string): ObjectPutWire & ObjectReadWire {
-  const js = jetstream(nc);
-  const stream = `OBJ_${bucket}`;
-  let jsm: Promise<JetStreamManager> | undefined;
-  const manager = () => (jsm ??= jetstreamManager(nc, { checkAPI: false }));
-  return {
-    publish: (subject, data) => js.publish(subject, data),
-    publishRollup: (subject, data) => {
-      const h = headers();
-      h.set('Nats-Rollup', 'sub');
-      return js.publish(subject, data, { headers: h });
-    },
-    lastMessage: async (subject) => (await (await manager()).streams.getMessage(stream, { last_by_subj: subject }))?.data ?? null,
-    purge: async (subject) => (await manager()).streams.purge(stream, { filter: subject }),
-    nuid: () => nuid.next(),
-    maxPayload: () => nc.info?.max_payload,
-    // Replies under the connection's own inbox prefix: its user may subscribe to nothing else.
-    directBatch: (subject, seq, o, onMessage) =>
-      directGetBatch(
-        nc,
-        createInbox((nc as NatsConnection & { options?: { inboxPrefix?: string } }).options?.inboxPrefix),
-        stream,
-        subject,
-        seq,
-        { ...o, idleMs: READ_IDLE_MS },
-        onMessage,
-      ),
-  };
 }
 
 export interface SiteRunnerOptions {

@@ -1,9 +1,9 @@
-// putObject's and readObject's calls (core/protocol/object-put.ts, object-read.ts) on the
-// coordinator's connection, for one bucket.
+// putObject's and readObject's calls (object-put.ts, object-read.ts) on a NATS connection, for
+// one bucket: the coordinator's and each site's.
 import { type JetStreamManager, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { createInbox, headers, type NatsConnection, nuid } from '@nats-io/transport-node';
-import type { ObjectPutWire } from '../../core/protocol/object-put.ts';
-import { directGetBatch, type ObjectReadWire } from '../../core/protocol/object-read.ts';
+import type { ObjectPutWire } from './object-put.ts';
+import { directGetBatch, type ObjectReadWire } from './object-read.ts';
 
 /** A read during which nothing arrives for this long is abandoned. */
 const READ_IDLE_MS = 5000;
