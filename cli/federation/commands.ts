@@ -9,6 +9,7 @@ import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.
 import { exportLayersModel } from '../../worker/site-worker.ts';
 import { buildModel } from '../../worker/model.ts';
 import { LocalTrainer } from '../../worker/trainer.ts';
+import { FAILPOINTS_ENV, Failpoints } from '../../worker/nats/failpoints.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
 import { CliError } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
@@ -155,6 +156,10 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
 export async function siteCommand(raw: Record<string, unknown>): Promise<number> {
   try {
     const flags = parseFlags(SiteFlags, raw);
+    const failpoints = Failpoints.safeParse(process.env[FAILPOINTS_ENV] ?? '');
+    if (!failpoints.success) {
+      throw new CliError('CONSORT_CLI_USAGE', `${FAILPOINTS_ENV}: invalid`, { details: describeIssues(failpoints.error) });
+    }
     const job = withOverrides(readJobFile(flags.job), flags);
     if (!job.spec.sites.some((s) => s.name === flags.site)) {
       throw new CliError(
@@ -167,6 +172,7 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
     const nc = await connectAs(flags.nats, flags.creds, flags.site);
     try {
       const summary = await runSite({
+        failpoints: failpoints.data,
         job,
         site: flags.site,
         nc,

@@ -4,8 +4,8 @@
 // replaces the name's earlier metadata (rollup), then the replaced object's chunks purged. Faster
 // than nats.js's put, which gathers every chunk into a fresh copy (twice, as its buffer works) and
 // waits for each chunk's acknowledgement before it sends the next: chunks here are views of the
-// caller's arrays, several are in flight at once, and the SHA-256 is taken as they go. No NATS
-// client here: the shells pass their calls in (objectWire in operator/ and worker/).
+// caller's arrays, several are in flight at once, and the SHA-256 is taken as they go. The NATS
+// calls come in through a wire (object-wire.ts makes one of a connection; the tests, of memory).
 import { objectStoreDigest, sha256 } from './digest.ts';
 
 /** What putObject needs of a JetStream client on the bucket's stream. */

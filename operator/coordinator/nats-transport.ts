@@ -185,7 +185,6 @@ export class NatsTransport implements SiteTransport {
       this.objects = new StoredObjects({
         nc: o.nc,
         window: new ByteBudget(STORED_READ_WINDOW_BYTES),
-        idleMs: READ_IDLE_MS,
         retryMs: READ_RETRY_MS,
         ...(o.interruptedSince ? { interruptedSince: o.interruptedSince } : {}),
       });

@@ -19,16 +19,17 @@
 // behind a fixed sequence, so no cryptographic hash is needed twice).
 //
 // Flow control: a direct get asks for a number of messages and the server sends exactly those,
-// so the bytes on their way to this connection are what was asked (a window shared with every
-// other read, under nats-server's 64 MiB slow-consumer limit), and a read interrupted by the
+// so the bytes on their way to this connection are what was asked (one window over all these
+// reads, well under nats-server's 64 MiB slow-consumer limit), and a read interrupted by the
 // connection carries on from the next sequence.
 import { crc32 } from 'node:zlib';
 import type { ObjectInfo } from '@nats-io/obj';
-import { createInbox, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { StoredUpdateError } from '../../core/aggregation/stored-round.ts';
 import { sha256 } from '../../core/protocol/digest.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';
-import { StalledReadError } from '../../core/protocol/retry.ts';
+import type { ObjectReadWire } from '../../core/protocol/object-read.ts';
+import { objectWire } from '../../core/protocol/object-wire.ts';
 import type { ByteCursor } from '../../core/protocol/update-stream.ts';
 
 /** Bytes asked for by one direct get (chunks of 1 MiB: four of them). */
@@ -52,7 +53,7 @@ export class ObjectReadError extends Error {
 
 /** Where an object's chunks are, as its first read found them. */
 export interface ChunkIndex {
-  stream: string;
+  bucket: string;
   subject: string;
   size: number;
   /** Per chunk: its stream sequence, the end of its bytes in the object, its CRC-32. */
@@ -65,8 +66,6 @@ export interface StoredObjectsOptions {
   nc: NatsConnection;
   /** Bytes in flight to this connection, shared with the transport's other reads. */
   window: ByteWindow;
-  /** A direct get that receives nothing for this long is abandoned. */
-  idleMs: number;
   /** How long a read interrupted by the connection is tried again. */
   retryMs: number;
   /** Whether the connection was interrupted since `t` (epoch ms): a read that failed meanwhile is tried again. */
@@ -75,6 +74,7 @@ export interface StoredObjectsOptions {
 
 export class StoredObjects {
   private readonly o: StoredObjectsOptions;
+  private readonly wires = new Map<string, ObjectReadWire>();
 
   constructor(o: StoredObjectsOptions) {
     this.o = o;
@@ -92,7 +92,7 @@ export class StoredObjects {
       throw new ObjectReadError('CONSORT_R_BAD_ENCODING', `stored in ${chunks} chunks, more than the ${most} its ${info.size} bytes may take`);
     }
     const index: ChunkIndex = {
-      stream: `OBJ_${bucket}`,
+      bucket,
       subject: `$O.${bucket}.C.${info.nuid}`,
       size: info.size,
       seqs: new Float64Array(chunks),
@@ -143,12 +143,12 @@ export class StoredObjects {
 
   /**
    * Direct gets until `more()` says done: each asks for `next()` messages from a sequence on the
-   * object's subject of the stream, within the window (`bytes` of it); the messages go to `take` in order. A get cut by a
-   * connection interruption is asked again (from wherever `next()` says) until retryMs; one that
-   * brings nothing, or stalls, fails as `what()` missing.
+   * object's subject, within the window (`bytes` of it); the messages go to `take` in order. A get
+   * cut by a connection interruption is asked again (from wherever `next()` says) until retryMs;
+   * one that brings nothing, or stalls, fails as `what()` missing.
    */
   async fetchAll(
-    at: { stream: string; subject: string },
+    at: { bucket: string; subject: string },
     next: () => { seq: number; count: number; bytes: number },
     more: () => boolean,
     what: () => string,
@@ -161,9 +161,10 @@ export class StoredObjects {
       const startedAt = Date.now();
       let received = 0;
       try {
-        await this.batch(at, seq, count, (m) => {
+        // Room for a message's headers beside its payload: the server stops a batch at max_bytes.
+        await this.wire(at.bucket).directBatch(at.subject, seq, { batch: count, maxBytes: bytes + 64 * 1024 }, (data, at) => {
           received++;
-          take(m);
+          take({ seq: at, data });
         });
         if (received === 0) throw new ObjectReadError('CONSORT_R_OBJECT_MISSING', `${what()} is not in the store`);
       } catch (err) {
@@ -181,49 +182,11 @@ export class StoredObjects {
     }
   }
 
-  /**
-   * One direct get of `count` messages on the subject from sequence `seq`, each to `take`, ended
-   * by the server's end-of-batch (or not-found) status; StalledReadError when nothing comes for
-   * idleMs. (nats.js's getBatch would leave its inbox subscribed until a timeout, every read.)
-   */
-  private batch(at: { stream: string; subject: string }, seq: number, count: number, take: (m: { seq: number; data: Uint8Array }) => void): Promise<void> {
-    const nc = this.o.nc;
-    // The connection's own inbox prefix: its user may subscribe to nothing else.
-    const prefix = (nc as NatsConnection & { options?: { inboxPrefix?: string } }).options?.inboxPrefix;
-    return new Promise<void>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      let over = false;
-      const finish = (err?: unknown) => {
-        if (over) return;
-        over = true;
-        clearTimeout(timer);
-        sub.unsubscribe();
-        if (err === undefined) resolve();
-        else reject(err);
-      };
-      const idle = () => {
-        clearTimeout(timer);
-        timer = setTimeout(() => finish(new StalledReadError('the read', this.o.idleMs)), this.o.idleMs);
-      };
-      const sub = nc.subscribe(createInbox(prefix), {
-        callback: (err, msg) => {
-          if (over) return;
-          if (err) return finish(err);
-          idle();
-          // 204: the batch is over; 404: nothing (more) on the subject from that sequence.
-          const code = msg.headers?.code ?? 0;
-          if (code === 204 || code === 404) return finish();
-          if (code !== 0) return finish(new Error(`direct get: ${code} ${msg.headers?.description ?? ''}`));
-          try {
-            take({ seq: Number(msg.headers?.get('Nats-Sequence')), data: msg.data });
-          } catch (e) {
-            finish(e);
-          }
-        },
-      });
-      idle();
-      nc.publish(`$JS.API.DIRECT.GET.${at.stream}`, JSON.stringify({ seq, next_by_subj: at.subject, batch: count }), { reply: sub.getSubject() });
-    });
+  /** The object calls on a bucket's stream (direct gets), made once per bucket. */
+  private wire(bucket: string): ObjectReadWire {
+    let wire = this.wires.get(bucket);
+    if (!wire) this.wires.set(bucket, (wire = objectWire(this.o.nc, bucket)));
+    return wire;
   }
 }
 
@@ -299,7 +262,7 @@ class ChunkCursor implements ByteCursor {
       this.started = true;
       await this.opts.before?.();
     }
-    const { seqs, ends, crcs, stream, subject } = this.index;
+    const { seqs, ends, crcs, bucket, subject } = this.index;
     const first = this.nextChunk;
     if (first >= seqs.length) throw this.fail(new StoredUpdateError('CONSORT_R_OBJECT_MISSING', 'read past the end of the object'));
     const start = first > 0 ? ends[first - 1]! : 0;
@@ -308,7 +271,7 @@ class ChunkCursor implements ByteCursor {
     while (last + 1 < seqs.length && ends[last]! - start < want) last++;
     await this.objects
       .fetchAll(
-        { stream, subject },
+        { bucket, subject },
         () => ({ seq: seqs[this.nextChunk]!, count: last + 1 - this.nextChunk, bytes: ends[last]! - (this.nextChunk > 0 ? ends[this.nextChunk - 1]! : 0) }),
         () => this.nextChunk <= last && !this.closed,
         () => `chunk ${this.nextChunk + 1} of ${seqs.length}`,

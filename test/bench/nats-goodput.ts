@@ -2,12 +2,13 @@
 // configuration: NKey users, least-privilege permissions), 10 sites and a 100 MB model (25M
 // float32), against raw nats.js publish/subscribe of the same bytes on the same server.
 //
-// Consort: the coordinator's real NatsTransport (publishModel: safetensors streamed from the
-// model, Object Store put, which hashes it; fit tasks; onUpdate: the UpdateIngestor's envelope
-// checks, the Object Store read of the update checked against its digest, decode, range checks)
-// in this process; the 10 sites in another process (nats-sites.ts: each reads the model from the
-// models bucket, checked against the task's digest, and decodes it, puts a 100 MB update into
-// its own updates bucket and sends the signed envelope). Raw: one publisher sends the model in 128 KiB core-NATS messages to 10
+// Consort: the coordinator's real NatsTransport (publishModel: safetensors written from the
+// model's memory by putObject, hashed as it goes; fit tasks; onUpdate: the UpdateIngestor's
+// envelope checks, the Object Store read of the update checked against its digest, decode, range
+// checks) in this process; the 10 sites in another process (nats-sites.ts: each reads the model
+// from the models bucket by direct get (readObject), checked against the task's digest, and
+// decodes it, puts a 100 MB update into its own updates bucket with putObject and sends the
+// signed envelope). Raw: one publisher sends the model in 128 KiB core-NATS messages to 10
 // subscribers, then each of 10 publishers sends its 100 MB to one subscriber, with window flow
 // control. Goodput = (10 models delivered + 10 updates collected) / wall time, for both.
 import { availableParallelism } from 'node:os';

@@ -1,6 +1,7 @@
 // Orchestration overhead per round: 10 sites, 1M parameters, no training. Consort: the real
 // coordinator (runNatsCoordinator: sampling, fit tasks, Object Store model and updates, signed
-// envelopes, ingestion, exact aggregation, checkpoint after every round) over a real
+// envelopes, ingestion, exact aggregation, checkpoint after every round, written while the next
+// round's model is put) over a real
 // nats-server with the job's generated configuration; the 10 sites in another process
 // (nats-sites.ts), each answering at once with a zero delta. Overhead = round time (round
 // started to round finished, checkpoint included) minus the slowest site's work (producing
@@ -136,7 +137,7 @@ export async function run(args: OverheadArgs): Promise<unknown> {
       [flowerLabel, fixed(flowerMs, 0), '~0', fixed(flowerMs, 0), '1x'],
     ],
     [
-      `target: Consort >= 50x lower than Flower; Consort's round: round started -> round finished (model published, tasks, 10 updates read, checked, folded, checkpoint written)`,
+      `target: Consort >= 50x lower than Flower; Consort's round: round started -> round finished (tasks, 10 updates read, checked, folded; the checkpoint and the next round's model written at once: each round puts one model)`,
       `Flower's round: configure_train -> end of aggregate_train in its ServerApp (evaluation off); its ClientApp returns the parameters at once, so its work is ~0`,
       `Consort's median round, in ms from the round's start (medians over sites): task received ${fixed(median(plain.map((f) => f.taskMs)), 1)}, model read +${fixed(median(plain.map((f) => f.modelMs)), 1)}, update written +${fixed(median(plain.map((f) => f.writeMs)), 1)}, acknowledged +${fixed(median(plain.map((f) => f.ackMs)), 1)}; last ack -> round closed (aggregate, checkpoint) ${fixed(median(plain.map((f) => f.closeMs)), 1)}`,
       ...(flower.measured

@@ -203,3 +203,18 @@ describe('a missing job file', () => {
     expect(message).toContain('no such file');
   });
 });
+
+describe('a malformed failpoint in the environment of `consort site`', () => {
+  it.concurrent('names the variable and the form it takes, before connecting anywhere', async () => {
+    const dir = tmp('bad-failpoint');
+    const job = writeJob(dir, hospitalSpec());
+    const result = await runConsort(['site', '--job', job, '--site', 'st-mary', '--nats', 'nats://127.0.0.1:1', '--creds', join(dir, 'none.nk')], {
+      env: { CONSORT_FAILPOINTS: 'stop:fit:3' },
+    });
+    const why = transcript(result);
+    expect(result.code, why).toBe(2);
+    expect(result.stderr, why).toContain('CONSORT_FAILPOINTS');
+    expect(result.stderr, why).toContain('stop-after-ack:<fit|evaluate>:<round>');
+    expect(result.stderr, why).toContain('CONSORT_CLI_USAGE');
+  });
+});

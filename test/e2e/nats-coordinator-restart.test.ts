@@ -2,9 +2,10 @@
 // resumes from the checkpoint in the job's state bucket, and the job ends in the bytes of an
 // uninterrupted run with the same seed.
 //
-// Each kill point is made exact by pausing one site (SIGSTOP) at the right moment, so that the
-// round cannot move past the point before the kill lands. The paused site is continued as the new
-// coordinator starts, with what it was sent by the killed one still to answer.
+// Each kill point is made exact by one site that stops itself (SIGSTOP, a failpoint) right after
+// acknowledging a task, so that the round cannot move past the point before the kill lands. The
+// stopped site is continued as the new coordinator starts, with what it was sent by the killed one
+// still to answer.
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { decodeCheckpoint } from '../../operator/coordinator/checkpoint.ts';
@@ -32,7 +33,7 @@ describe('the coordinator killed mid-job (SIGKILL) and started again', () => {
     const f = await federation({ rounds: ROUNDS, sampling: { minSites: 5 }, aggregation: { roundDeadlineSeconds: 60 } });
     const reference = f.run(join(dir, 'reference'));
     const out = join(dir, 'out');
-    const sites = f.sites();
+    const sites = f.sites(undefined, { [HELD]: ['fit:2', 'fit:4', 'evaluate:5', 'fit:7'] });
     const held = sites[HELD]!;
     let coordinator = f.coordinator(out);
     const kills: Array<{ point: string; checkpoint: number }> = [];
@@ -50,8 +51,7 @@ describe('the coordinator killed mid-job (SIGKILL) and started again', () => {
     };
 
     // 1. Right after it published the fit tasks of round 2 (the held site cannot answer).
-    await f.evaluationOf(HELD, 1);
-    held.pause();
+    await f.stoppedAt(held, 'fit:2');
     await f.tasksOf('fit', 2, 5);
     coordinator = await restart('after the tasks of round 2 went out', 1);
 
@@ -60,14 +60,13 @@ describe('the coordinator killed mid-job (SIGKILL) and started again', () => {
     coordinator = await restart('after 4 updates of round 4 were acknowledged', 3);
 
     // 3. During the evaluation of round 5: every update is in, the held site cannot score.
-    await f.updateOf(HELD, 5);
-    held.pause();
+    await f.stoppedAt(held, 'evaluate:5');
     await f.tasksOf('evaluate', 5, 5);
     coordinator = await restart('during the evaluation of round 5', 4);
 
-    // 4. Right after the checkpoint of round 6 (logged once it is written).
-    await f.evaluationOf(HELD, 6);
-    held.pause();
+    // 4. Right after the checkpoint of round 6 (logged once it is written): round 7 waits for
+    // the held site.
+    await f.stoppedAt(held, 'fit:7');
     await coordinator.waitFor(/round 6: loss/);
     coordinator = await restart('right after the checkpoint of round 6', 6);
 

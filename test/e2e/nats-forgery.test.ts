@@ -29,7 +29,7 @@ describe("forged, unsigned and replayed updates on site A's subject", () => {
     const f = await federation({ rounds: ROUNDS, sampling: { minSites: 5 }, aggregation: { roundDeadlineSeconds: 60, maxStaleness: 1 } });
     const reference = f.run(join(dir, 'reference'));
     const out = join(dir, 'out');
-    const sites = f.sites();
+    const sites = f.sites(undefined, { [A]: [`fit:${OPEN}`] });
     const coordinator = f.coordinator(out);
 
     const before = await f.hold(sites[A]!, A, OPEN);

@@ -22,7 +22,7 @@ describe('nats-server restarted mid-job (SIGKILL, JetStream on disk)', () => {
     const f = await federation({ rounds: ROUNDS, sampling: { minSites: 5 }, aggregation: { roundDeadlineSeconds: 60 } });
     const reference = f.run(join(dir, 'reference'));
     const out = join(dir, 'out');
-    const sites = f.sites();
+    const sites = f.sites(undefined, { [HELD]: ['fit:6'] });
     const coordinator = f.coordinator(out);
 
     // 1. As round 3 starts: the model is being read and updates trained and uploaded.

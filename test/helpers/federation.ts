@@ -24,6 +24,7 @@ import { buckets, jobKey, objectNames, subjects } from '../../core/protocol/subj
 import type { RunReport } from '../../core/report/run-report.ts';
 import { CONSORT_BIN, REPO_ROOT } from './consort-cli.ts';
 import { readReport } from './jobs.ts';
+import { FAILPOINTS_ENV } from '../../worker/nats/failpoints.ts';
 import { NatsServer } from './nats-server.ts';
 
 export const HOSPITALS = join(REPO_ROOT, 'manifests/examples/hospitals.yaml');
@@ -91,11 +92,11 @@ export class ConsortProcess {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   #out = '';
 
-  constructor(label: string, args: string[]) {
+  constructor(label: string, args: string[], env: Record<string, string> = {}) {
     this.label = label;
     this.child = spawn(process.execPath, [CONSORT_BIN, ...args], {
       cwd: REPO_ROOT,
-      env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2', NO_COLOR: '1' },
+      env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2', NO_COLOR: '1', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
     });
@@ -216,10 +217,6 @@ export class Federation {
   readonly processes: ConsortProcess[] = [];
   readonly notices: Seen<RoundNotice>[] = [];
   readonly tasks: Seen<Task>[] = [];
-  /** The site to pause once it has acknowledged its fit task of `round` (set by hold); `reply`: that task's reply subject, once seen. */
-  #holding: { process: ConsortProcess; name: string; round: number; reply?: string } | undefined;
-  /** Reply prefixes of the coordinators' requests (one per connection) the observer listens to: a task's acknowledgement is seen there. */
-  readonly #replyPrefixes = new Set<string>();
   readonly hellos: Seen<Hello>[] = [];
   readonly updates: Seen<UpdateEnvelope>[] = [];
   readonly evaluations: Seen<EvaluationEnvelope>[] = [];
@@ -242,26 +239,6 @@ export class Federation {
           const value = parse(parseJson(msg.data));
           if (value === undefined) return;
           into.push({ subject: msg.subject, data: msg.data, value, at: Date.now() });
-          const t = value as Partial<Task>;
-          if (t.type !== 'fit' || !msg.reply) return;
-          // A coordinator's requests get their replies under one prefix per connection: listen to
-          // it, so that a site's acknowledgement of its task is seen (after the task, in order).
-          const prefix = msg.reply.slice(0, msg.reply.lastIndexOf('.'));
-          const listened = this.#replyPrefixes.has(prefix);
-          if (!listened) {
-            this.#replyPrefixes.add(prefix);
-            observer.subscribe(`${prefix}.*`, { callback: (e, reply) => (e ? undefined : this.#acknowledged(reply.subject)) });
-          }
-          const h = this.#holding;
-          if (h && t.site === h.name && t.round === h.round) {
-            // A hold pauses its site as soon as it has acknowledged the task (paused before, it
-            // would leave the coordinator's request unanswered and be given up as unreachable),
-            // in a callback, not at the next poll: the site then cannot answer the task itself
-            // before it is stopped. Where this coordinator's replies were not listened to yet,
-            // the acknowledgement may come first: then at once.
-            if (listened) h.reply = msg.reply;
-            else this.#pauseHeld();
-          }
         },
       });
     record(this.subj.round, this.notices, (v) => RoundNotice.safeParse(v).data);
@@ -270,15 +247,6 @@ export class Federation {
     // Envelopes as sent, whatever the coordinator makes of them (it parses them itself).
     record(this.subj.updateAll, this.updates, (v) => v as UpdateEnvelope);
     record(this.subj.evaluationAll, this.evaluations, (v) => v as EvaluationEnvelope);
-  }
-
-  #acknowledged(replySubject: string): void {
-    if (this.#holding?.reply === replySubject) this.#pauseHeld();
-  }
-
-  #pauseHeld(): void {
-    this.#holding?.process.pause();
-    this.#holding = undefined;
   }
 
   /** A harness nats-server with the job's configuration, the seeds and keys in `dir`, and the observer connected. */
@@ -321,25 +289,24 @@ export class Federation {
     ]);
   }
 
-  /** `consort site --job JOB --site NAME --nats URL --creds sites/NAME.nk`. */
-  site(name: string): ConsortProcess {
+  /**
+   * `consort site --job JOB --site NAME --nats URL --creds sites/NAME.nk`; `stopAfterAck`: the
+   * tasks (`fit:3`, `evaluate:5`) after whose acknowledgement it stops itself (SIGSTOP) until
+   * resumed (worker/nats/failpoints.ts), each logged as `failpoint: stopped` first.
+   */
+  site(name: string, stopAfterAck: string[] = []): ConsortProcess {
     const label = `site ${name} #${this.processes.filter((p) => p.label.startsWith(`site ${name} `)).length + 1}`;
-    return this.consort(label, [
-      'site',
-      '--job',
-      this.jobPath,
-      '--site',
-      name,
-      '--nats',
-      this.server.url,
-      '--creds',
-      join(this.dir, 'nats', 'sites', `${name}.nk`),
-    ]);
+    const env: Record<string, string> = stopAfterAck.length ? { [FAILPOINTS_ENV]: stopAfterAck.map((t) => `stop-after-ack:${t}`).join(',') } : {};
+    return this.consort(
+      label,
+      ['site', '--job', this.jobPath, '--site', name, '--nats', this.server.url, '--creds', join(this.dir, 'nats', 'sites', `${name}.nk`)],
+      env,
+    );
   }
 
   /** Any `consort` command, as a process group of this federation's (killed in teardown). */
-  consort(label: string, args: string[]): ConsortProcess {
-    const p = new ConsortProcess(label, args);
+  consort(label: string, args: string[], env: Record<string, string> = {}): ConsortProcess {
+    const p = new ConsortProcess(label, args, env);
     this.processes.push(p);
     return p;
   }
@@ -360,9 +327,15 @@ export class Federation {
     return result;
   }
 
-  /** One process per site of the job, by name. */
-  sites(names = this.siteNames): Record<string, ConsortProcess> {
-    return Object.fromEntries(names.map((s) => [s, this.site(s)]));
+  /** One process per site of the job, by name; `stopAfterAck`: per site, as site() takes it. */
+  sites(names = this.siteNames, stopAfterAck: Record<string, string[]> = {}): Record<string, ConsortProcess> {
+    return Object.fromEntries(names.map((s) => [s, this.site(s, stopAfterAck[s])]));
+  }
+
+  /** Waits until `site` has stopped itself at its failpoint after acknowledging `task` (`fit:3`). */
+  async stoppedAt(site: ConsortProcess, task: string): Promise<void> {
+    const [type, round] = task.split(':');
+    await site.waitFor(new RegExp(`failpoint: stopped after acknowledging the ${type} task of round ${round}\\b`));
   }
 
   /** A connection with a site's own credentials (what a hostile site can do). */
@@ -446,16 +419,16 @@ export class Federation {
   }
 
   /**
-   * Holds round `round` open: pauses `site` (SIGSTOP) the moment it has acknowledged its fit task
-   * of that round, so that it cannot answer it, and resolves with the status once every other
-   * site's update of that round is counted. `resume()` the site to let the round close.
+   * Holds round `round` open: `site`, started to stop itself after acknowledging its fit task of
+   * that round (`site(name, ['fit:<round>'])`), has stopped, and every other site's update of that
+   * round is counted; resolves with that status. `resume()` the site to let the round close.
    */
   async hold(site: ConsortProcess, name: string, round: number): Promise<CoordinatorStatus> {
-    this.#holding = { process: site, name, round };
+    await this.stoppedAt(site, `fit:${round}`);
     const others = this.siteNames.length - 1;
     const status = await this.statusWhere((s) => s.round === round && s.accepted === others, `round ${round} has ${others} updates counted`);
     if (this.updates.some((u) => u.value.site === name && u.value.round === round)) {
-      throw new Error(`hold missed: ${name} answered round ${round} before it was paused`);
+      throw new Error(`hold missed: ${name} answered round ${round} before it stopped`);
     }
     return status;
   }

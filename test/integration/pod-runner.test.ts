@@ -292,6 +292,9 @@ describe('PodRunner', () => {
       ),
     );
     await runner.waitForPod(NS, 'long-running', (p) => main(p)?.state.running !== undefined && main(p)?.ready === true);
+    // Running means the process was spawned, not that it has printed yet: under load, killing it
+    // before its first line would leave one "up" in the log where the test counts two.
+    await runner.waitForPod(NS, 'long-running', () => (runner.logs(NS, 'long-running').match(/up/g) ?? []).length === 1, 10_000);
     const [first] = runner.pids(NS, 'long-running');
     expect(first).toBeDefined();
     expect(runner.killPodProcess(NS, 'long-running')).toBe(true);

@@ -29,6 +29,7 @@ import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
 import type { BackendPreference } from '../backend.ts';
 import { WorkerError } from '../errors.ts';
 import { SiteWorker } from '../site-worker.ts';
+import { ArmedFailpoints, type Failpoint } from './failpoints.ts';
 import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
 
 /** Bytes of a model's chunks asked for at a time. */
@@ -59,6 +60,8 @@ export interface SiteRunnerOptions {
   backend: BackendPreference;
   log: (line: string) => void;
   heartbeatMs?: number;
+  /** Points at which the process stops itself (SIGSTOP), for crash tests (failpoints.ts). */
+  failpoints?: readonly Failpoint[];
   /** Ends the runner early (tests, signals). */
   signal?: AbortSignal;
 }
@@ -253,6 +256,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
 
   // Tasks run one at a time, in arrival order: the site has one model.
   let queue: Promise<void> = Promise.resolve();
+  const failpoints = new ArmedFailpoints(opts.failpoints ?? []);
   const onTask = (msg: Msg) => {
     let task: Task;
     try {
@@ -263,11 +267,24 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       return;
     }
     msg.respond(json({ type: 'ack', accepted: true }));
-    queue = queue.then(() =>
+    const run = () =>
       (task.type === 'fit' ? train(task) : score(task)).catch((err: unknown) => {
         log(`site ${site}: ${task.type} of round ${task.round} failed: ${(err as Error).message}`);
-      }),
-    );
+      });
+    if (failpoints.hit(task)) {
+      // The acknowledgement out first (or the coordinator would give the site up as unreachable),
+      // then stopped before the task is even queued: it cannot be answered until SIGCONT.
+      const stopped = nc
+        .flush()
+        .catch(() => {})
+        .then(() => {
+          log(`site ${site}: failpoint: stopped after acknowledging the ${task.type} task of round ${task.round}`);
+          process.kill(process.pid, 'SIGSTOP');
+        });
+      queue = queue.then(() => stopped).then(run);
+      return;
+    }
+    queue = queue.then(run);
   };
   const subs: Subscription[] = [
     nc.subscribe(subj.task(site), { callback: (err, msg) => (err ? undefined : onTask(msg)) }),

@@ -1,0 +1,29 @@
+import { describe, expect, it } from 'vitest';
+import { ArmedFailpoints, Failpoints } from '../../worker/nats/failpoints.ts';
+
+describe('site failpoints (CONSORT_FAILPOINTS)', () => {
+  it('parses a comma-separated list; empty is none', () => {
+    expect(Failpoints.parse('')).toEqual([]);
+    expect(Failpoints.parse('stop-after-ack:fit:3, stop-after-ack:evaluate:12')).toEqual([
+      { task: 'fit', round: 3 },
+      { task: 'evaluate', round: 12 },
+    ]);
+  });
+
+  it('refuses anything else, saying what it expected', () => {
+    for (const bad of ['stop-after-ack:fit:0', 'stop:fit:3', 'stop-after-ack:train:3', 'stop-after-ack:fit:-1', 'stop-after-ack:fit:3x']) {
+      const r = Failpoints.safeParse(bad);
+      expect(r.success, bad).toBe(false);
+      expect(r.error?.issues[0]?.message).toMatch(/stop-after-ack:<fit\|evaluate>:<round>/);
+    }
+  });
+
+  it('fires once per point, only for its task type and round', () => {
+    const armed = new ArmedFailpoints(Failpoints.parse('stop-after-ack:fit:2,stop-after-ack:evaluate:2'));
+    expect(armed.hit({ type: 'fit', round: 1 })).toBe(false);
+    expect(armed.hit({ type: 'fit', round: 2 })).toBe(true);
+    expect(armed.hit({ type: 'fit', round: 2 })).toBe(false);
+    expect(armed.hit({ type: 'evaluate', round: 2 })).toBe(true);
+    expect(armed.hit({ type: 'evaluate', round: 2 })).toBe(false);
+  });
+});

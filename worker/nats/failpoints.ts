@@ -1,0 +1,41 @@
+// Failpoints: a site process that freezes itself (SIGSTOP) at an exact point of the protocol, for
+// the crash and hostile-input tests. A test that SIGSTOPs a site from outside, on seeing one of its
+// messages go by, races the federation (a round starts milliseconds after the one before, and a
+// loaded machine can leave the test's own process waiting longer than that); a site that stops
+// itself right after acknowledging a task cannot have answered it. The same idea as etcd's gofail.
+// Off unless CONSORT_FAILPOINTS is set; the process goes on where it stopped on SIGCONT.
+import { z } from 'zod';
+
+/** `stop-after-ack:<fit|evaluate>:<round>`, comma-separated; each fires once. */
+export const FAILPOINTS_ENV = 'CONSORT_FAILPOINTS';
+
+const Point = z
+  .string()
+  .trim()
+  .regex(/^stop-after-ack:(fit|evaluate):[1-9]\d{0,8}$/, 'expected stop-after-ack:<fit|evaluate>:<round>, e.g. stop-after-ack:fit:3')
+  .transform((s) => {
+    const [, task, round] = s.split(':');
+    return { task: task as 'fit' | 'evaluate', round: Number(round) };
+  });
+
+export const Failpoints = z
+  .string()
+  .transform((s) => s.split(',').filter((p) => p.trim() !== ''))
+  .pipe(z.array(Point).max(64));
+export type Failpoint = z.output<typeof Point>;
+
+/** Which failpoints are still armed; `hit` disarms the one a task matches and says whether it fired. */
+export class ArmedFailpoints {
+  readonly #points: Failpoint[];
+
+  constructor(points: readonly Failpoint[]) {
+    this.#points = [...points];
+  }
+
+  hit(task: { type: 'fit' | 'evaluate'; round: number }): boolean {
+    const i = this.#points.findIndex((p) => p.task === task.type && p.round === task.round);
+    if (i < 0) return false;
+    this.#points.splice(i, 1);
+    return true;
+  }
+}
