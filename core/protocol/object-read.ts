@@ -99,7 +99,7 @@ export interface StoredObjectMeta {
   options?: { link?: unknown };
 }
 
-/** The object is not there (no metadata, or deleted). */
+/** The object is not there (no metadata, deleted, or chunks of it missing). */
 export class ObjectNotFoundError extends Error {}
 
 /** The object's metadata is not the reference's, or its bytes are not what its metadata says. */
@@ -157,8 +157,9 @@ export async function readObject(wire: ObjectReadWire, bucket: string, name: str
     // No chunk came: the metadata names chunks that are not (or no longer) there.
     if (chunks === before) break;
   }
-  if (overflow || size !== meta.size)
-    throw new ObjectMismatchError(`object ${name} in ${bucket}: its chunks are not the ${meta.size} bytes its metadata declares`);
+  if (overflow) throw new ObjectMismatchError(`object ${name} in ${bucket}: its chunks are more than the ${meta.size} bytes its metadata declares`);
+  // Chunks missing (never written, or purged): the object as declared is not there.
+  if (size !== meta.size) throw new ObjectNotFoundError(`object ${name} in ${bucket}: ${size} of the ${meta.size} bytes its metadata declares are stored`);
   const digest = objectStoreDigest(hash.hex());
   if (digest !== meta.digest) throw new ObjectMismatchError(`object ${name} in ${bucket}: digests do not match (metadata ${meta.digest}, chunks ${digest})`);
   return into.subarray(0, size);

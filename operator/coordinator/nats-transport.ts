@@ -8,17 +8,17 @@
 // as it streams in, chunk by chunk, and handed over as a stored result, read again from the
 // bucket a range at a time when the round closes (stored-updates.ts).
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
-import { type ObjectResult, type ObjectStore, setSha256Backend } from '@nats-io/obj';
+import { type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
 import { objectStoreDigest, sha256Hex } from '../../core/protocol/digest.ts';
 import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
 import type { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';
-import { readObjectStream, retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
+import { retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
 import type { Ack, EvaluateTask, FitTask, ObjectRef, UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
-import { OBJECT_CHUNK_BYTES, OBJECT_PUT_WINDOW_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
+import { buckets, OBJECT_CHUNK_BYTES, OBJECT_PUT_WINDOW_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
 import type { Outcome, SiteEvaluation, SiteTransport } from '../../core/protocol/transport.ts';
 import type { FitInstructions, SiteFitResult } from '../../core/strategies/strategy.ts';
 import type { StoredFitResult, StoredUpdateError } from '../../core/aggregation/stored-round.ts';
@@ -28,13 +28,12 @@ import { safetensorsParts } from '../../core/tensor/safetensors.ts';
 import { Channel } from './channel.ts';
 import { encodeJson as json } from '../../core/protocol/wire.ts';
 import { objectWire } from '../../core/protocol/object-wire.ts';
+import { ObjectMismatchError, type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
 
 // The Object Store checks every object it streams against its digest: with node's native SHA-256
 // (the JS fallback is 3-4x slower), and the only hash of an update's bytes the coordinator makes.
 setSha256Backend('native');
 
-/** An update read that receives nothing for this long is abandoned. */
-const READ_IDLE_MS = 5000;
 /** How long an update read interrupted by the connection is tried again. */
 const READ_RETRY_MS = 30_000;
 /**
@@ -46,15 +45,15 @@ const READ_RETRY_MS = 30_000;
  */
 export const UPDATE_MEMORY_BUDGET_BYTES = 64 * 1024 * 1024;
 /**
- * Bytes the server may be sending the coordinator's connection at once for its object reads. A
- * read is an Object Store consumer whose flow control lets up to 32 MiB be outstanding, and
- * nats-server drops a connection that has more than 64 MiB pending (max_pending) as a slow
- * consumer: two concurrent reads of large objects do that. So a read counts min(size, 32 MiB),
- * and reads run together only within this budget: many small updates at once (their round trips
- * overlap), large ones one after the other.
+ * Bytes the server may be sending the coordinator's connection at once for its update reads, well
+ * under nats-server's 64 MiB max_pending (past it, the connection is dropped as a slow consumer).
+ * A read asks for at most UPDATE_READ_BATCH_BYTES at a time by direct get (the server sends
+ * exactly that) and counts min(size, that): several reads run together, their round trips
+ * overlapping.
  */
-export const UPDATE_READ_WINDOW_BYTES = 48 * 1024 * 1024;
-const CONSUMER_WINDOW_BYTES = 32 * 1024 * 1024;
+export const UPDATE_READ_WINDOW_BYTES = 32 * 1024 * 1024;
+/** Bytes of an update's chunks asked for by one direct get. */
+const UPDATE_READ_BATCH_BYTES = 8 * 1024 * 1024;
 /**
  * Stored updates: bytes asked for at once by their direct gets (exactly what the server sends).
  * One read at a time already keeps a core busy here; more in flight is only more memory.
@@ -122,9 +121,6 @@ class BufferPool {
   }
 }
 
-/** The object's metadata is not the envelope's: a link elsewhere, another size or another digest. */
-class ObjectMismatchError extends Error {}
-
 interface OpenRound<T> {
   round: number;
   kind: 'fit' | 'evaluate';
@@ -176,6 +172,8 @@ export class NatsTransport implements SiteTransport {
   private readonly publishing = new Set<Promise<unknown>>();
 
   private readonly modelWire: ObjectPutWire;
+  /** Direct-get reads of each site's updates bucket, made once per bucket. */
+  private readonly updateWires = new Map<string, ObjectReadWire>();
   /** The models and control variates put so far (the last few), by name. */
   private readonly published = new Map<string, ObjectRef>();
 
@@ -190,6 +188,12 @@ export class NatsTransport implements SiteTransport {
       });
     }
     this.modelWire = objectWire(o.nc, o.modelsBucket);
+  }
+
+  private updateWire(bucket: string): ObjectReadWire {
+    let wire = this.updateWires.get(bucket);
+    if (!wire) this.updateWires.set(bucket, (wire = objectWire(this.o.nc, bucket)));
+    return wire;
   }
 
   async available(): Promise<string[]> {
@@ -429,27 +433,27 @@ export class NatsTransport implements SiteTransport {
     let bytes: Uint8Array | null = null;
     let failure = 'not found';
     let code: RejectionCode = 'CONSORT_R_OBJECT_MISSING';
-    const reading = await this.window.acquire(Math.min(env.object.size, CONSUMER_WINDOW_BYTES));
+    const reading = await this.window.acquire(Math.min(env.object.size, UPDATE_READ_BATCH_BYTES));
     try {
+      // From the site's own bucket: an envelope naming another is a mismatch, never a read of it.
+      const own = buckets(this.o.job).updates(site);
       bytes = await retrying(
-        async () => {
-          const object = await (await this.o.updates(site)).get(env.object.name);
-          if (!object) return null;
-          const mismatch = storedObjectMismatch(object.info, env.object);
-          if (mismatch) {
-            abandon(object);
-            throw new ObjectMismatchError(mismatch);
-          }
-          return await readObjectStream(object, { idleMs: READ_IDLE_MS, maxBytes: env.object.size, into: buffer, what: 'the read' });
-        },
+        () =>
+          readObject(this.updateWire(own), own, env.object.name, {
+            expect: env.object,
+            maxBytes: env.object.size,
+            into: buffer,
+            batchBytes: UPDATE_READ_BATCH_BYTES,
+          }),
         {
           until: Date.now() + READ_RETRY_MS,
-          retryable: (err, startedAt) => !(err instanceof ObjectMismatchError) && (this.o.interruptedSince?.(startedAt) ?? false),
+          retryable: (err, startedAt) =>
+            !(err instanceof ObjectMismatchError) && !(err instanceof RangeError) && (this.o.interruptedSince?.(startedAt) ?? false),
         },
       );
     } catch (err) {
       failure = (err as Error).message;
-      if (err instanceof RangeError || err instanceof ObjectMismatchError || /digests do not match/.test(failure)) code = 'CONSORT_R_HASH_MISMATCH';
+      if (err instanceof RangeError || err instanceof ObjectMismatchError) code = 'CONSORT_R_HASH_MISMATCH';
     } finally {
       reading();
     }
@@ -605,10 +609,4 @@ export class NatsTransport implements SiteTransport {
     for (const r of [this.fitRound, this.evalRound]) if (r) this.close(r as OpenRound<unknown>, 'coordinator stopping');
     for (const { release } of this.late.splice(0)) release();
   }
-}
-
-/** Lets go of an object whose data will not be read. */
-function abandon(object: ObjectResult): void {
-  object.error.catch(() => {});
-  object.data.cancel().catch(() => {});
 }

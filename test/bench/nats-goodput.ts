@@ -22,6 +22,7 @@ import { layoutSize } from '../../core/model/layout.ts';
 import { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import { buckets, jobKey, OBJECT_CHUNK_BYTES, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { STORED_UPDATES_FROM } from '../../operator/coordinator/nats-coordinator.ts';
 import { NatsTransport } from '../../operator/coordinator/nats-transport.ts';
 import {
   benchJob,
@@ -142,6 +143,9 @@ export async function run(args: GoodputArgs): Promise<unknown> {
       modelsBucket: bucket.models,
       updates: async (s) => updateStores.get(s)!,
       ingestor,
+      // As runNatsCoordinator decides: a model this large keeps its updates in their buckets,
+      // each checked as it streams in (the read measured here) and read again at round close.
+      storedUpdates: params >= STORED_UPDATES_FROM,
       alive: () => [...joined],
       log: (l) => process.stderr.write(`goodput coordinator: ${l}\n`),
     });

@@ -7,6 +7,7 @@
 // started to round finished, checkpoint included) minus the slowest site's work (producing
 // its delta), median over the rounds that have no evaluation. Baseline: Flower doing the same
 // round with 10 SuperNodes on loopback (flower-baseline.ts), measured in the same run.
+import { availableParallelism } from 'node:os';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { natsAuthFor } from '../../cli/nats/config.ts';
 import { connectAs } from '../../cli/nats/connect.ts';
@@ -14,7 +15,7 @@ import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { NatsServer } from '../../cli/nats/server.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { FLWR_VERSION, flowerRounds } from './flower-baseline.ts';
-import { benchJob, benchLayout, now, siteNames, startSites, type TaskTiming } from './nats-sites.ts';
+import { benchJob, benchLayout, cpuSeconds, cpuSecondsOf, now, siteNames, startSites, type TaskTiming } from './nats-sites.ts';
 import { fixed, median, printTable } from './table.ts';
 
 export interface OverheadArgs {
@@ -38,7 +39,7 @@ interface RoundFigures {
   closeMs: number;
 }
 
-async function consortRounds(rounds: number, params: number, sites: number) {
+export async function consortRounds(rounds: number, params: number, sites: number) {
   const names = siteNames(sites);
   const job = benchJob('overhead', sites, { rounds, evaluation: { every: 1_000_000 }, aggregation: { roundDeadlineSeconds: 120 } });
   const layout = benchLayout(params);
@@ -58,6 +59,11 @@ async function consortRounds(rounds: number, params: number, sites: number) {
     nc = await connectAs(server.url, auth.coordinator.seed, COORDINATOR_USER);
     const started = new Map<number, number>();
     const finished = new Map<number, number>();
+    // CPU time of the three processes from round 2's start to the end of the second-to-last round
+    // (neither start-up nor the final evaluation): what a round costs the machine's cores.
+    const cpuNow = () => ({ coordinator: cpuSeconds(), sites: cpuSecondsOf(sitesProcess.pid), server: cpuSecondsOf(server.pid), at: now() });
+    let cpuFrom: ReturnType<typeof cpuNow> | undefined;
+    let cpuTo: ReturnType<typeof cpuNow> | undefined;
     const result = await runNatsCoordinator({
       job,
       nc,
@@ -65,8 +71,14 @@ async function consortRounds(rounds: number, params: number, sites: number) {
       log: () => {},
       joinTimeoutMs: 60_000,
       events: {
-        roundStarted: (r) => started.set(r, now()),
-        roundFinished: (_rec, r) => finished.set(r, now()),
+        roundStarted: (r) => {
+          if (r === 2) cpuFrom = cpuNow();
+          started.set(r, now());
+        },
+        roundFinished: (_rec, r) => {
+          finished.set(r, now());
+          if (r === rounds - 1) cpuTo = cpuNow();
+        },
       },
     });
     const { timings, retries } = await sitesProcess.result;
@@ -88,7 +100,15 @@ async function consortRounds(rounds: number, params: number, sites: number) {
         closeMs: finished.get(r)! - Math.max(...fits.map((t) => t.acked)),
       });
     }
-    return { figures, retries, rejections: Object.values(result.rejections).reduce((a, b) => a + b, 0) };
+    const measuredRounds = rounds - 2;
+    const perRound = (k: 'coordinator' | 'sites' | 'server') => (cpuFrom && cpuTo ? ((cpuTo[k] - cpuFrom[k]) * 1000) / measuredRounds : Number.NaN);
+    const cpu = {
+      coordinatorMs: perRound('coordinator'),
+      sitesMs: perRound('sites'),
+      serverMs: perRound('server'),
+      wallMs: cpuFrom && cpuTo ? (cpuTo.at - cpuFrom.at) / measuredRounds : Number.NaN,
+    };
+    return { figures, retries, rejections: Object.values(result.rejections).reduce((a, b) => a + b, 0), cpu };
   } finally {
     sitesProcess.kill();
     await nc?.close().catch(() => {});
@@ -119,6 +139,8 @@ export async function run(args: OverheadArgs): Promise<unknown> {
     );
   }
   const flowerMs = flower.measured ? median(flower.seconds) * 1000 : QUOTED_FLOWER_SECONDS * 1000;
+  const cores = availableParallelism();
+  const cpuTotal = consort.cpu.coordinatorMs + consort.cpu.sitesMs + consort.cpu.serverMs;
   const flowerLabel = flower.measured
     ? `Flower ${/\d+\.\d+\.\d+/.exec(flower.version)?.[0] ?? flower.version} (measured, ${flower.seconds.length} rounds)`
     : `Flower ${FLWR_VERSION} (QUOTED from the issue, not measured)`;
@@ -140,6 +162,7 @@ export async function run(args: OverheadArgs): Promise<unknown> {
       `target: Consort >= 50x lower than Flower; Consort's round: round started -> round finished (tasks, 10 updates read, checked, folded; the checkpoint and the next round's model written at once: each round puts one model)`,
       `Flower's round: configure_train -> end of aggregate_train in its ServerApp (evaluation off); its ClientApp returns the parameters at once, so its work is ~0`,
       `Consort's median round, in ms from the round's start (medians over sites): task received ${fixed(median(plain.map((f) => f.taskMs)), 1)}, model read +${fixed(median(plain.map((f) => f.modelMs)), 1)}, update written +${fixed(median(plain.map((f) => f.writeMs)), 1)}, acknowledged +${fixed(median(plain.map((f) => f.ackMs)), 1)}; last ack -> round closed (aggregate, checkpoint) ${fixed(median(plain.map((f) => f.closeMs)), 1)}`,
+      `CPU per round (rounds 2-${rounds - 1}): coordinator ${fixed(consort.cpu.coordinatorMs, 0)} ms, sites process ${fixed(consort.cpu.sitesMs, 0)} ms, nats-server ${fixed(consort.cpu.serverMs, 0)} ms: ${fixed(cpuTotal, 0)} ms of CPU over ${cores} cores = a floor of ${fixed(cpuTotal / cores, 0)} ms a round (mean round ${fixed(consort.cpu.wallMs, 0)} ms: ${fixed((100 * cpuTotal) / cores / consort.cpu.wallMs, 0)}% of the cores busy); 50x Flower is ${fixed(flowerMs / 50, 0)} ms`,
       ...(flower.measured
         ? [
             `Flower: SuperLink and ${sites} SuperNodes up in ${fixed(flower.startSeconds, 1)} s (not counted); rounds ${flower.seconds.map((s) => fixed(s, 1)).join(', ')} s`,
@@ -156,6 +179,7 @@ export async function run(args: OverheadArgs): Promise<unknown> {
       medianRoundMs: median(plain.map((f) => f.ms)),
       retries: consort.retries,
       rejections: consort.rejections,
+      cpuPerRound: { ...consort.cpu, cores, floorMs: cpuTotal / cores },
     },
     flower: flower.measured ? { ...flower, medianRoundMs: flowerMs } : { ...flower, quotedRoundMs: flowerMs },
     ratio: flowerMs / consortMs,

@@ -198,6 +198,8 @@ export async function runSites(args: SitesArgs): Promise<SitesResult> {
 
 export interface SitesProcess {
   result: Promise<SitesResult>;
+  /** The process id (for its CPU time, cpuSecondsOf). */
+  pid: number | undefined;
   /** Kills the process (SIGKILL) if it is still running. */
   kill(): void;
 }
@@ -223,6 +225,7 @@ export function startSites(args: SitesArgs, opts: { heapMb?: number } = {}): Sit
   result.catch(() => {});
   return {
     result,
+    pid: child.pid,
     kill: () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     },

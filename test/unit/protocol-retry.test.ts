@@ -1,74 +1,7 @@
-// Patience on the wire: retries until a deadline, and object reads that give up rather than wait
-// for ever on a stream that sends nothing.
+// Patience on the wire: retries until a deadline; is a stored object the referenced one.
 import { describe, expect, it } from 'vitest';
 import { objectStoreDigest, sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
-import { type ObjectStream, readObjectStream, retrying, StalledReadError, storedObjectMismatch } from '../../core/protocol/retry.ts';
-
-/** An object stream of `chunks`, then either its end, an error, or nothing more (`stall`). */
-function stream(chunks: number[][], end: 'close' | 'stall' | Error = 'close'): ObjectStream & { cancelled: () => boolean } {
-  let cancelled = false;
-  let settle: (e: Error | null) => void = () => {};
-  let fail: (e: Error) => void = () => {};
-  const error = new Promise<Error | null>((resolve, reject) => {
-    settle = resolve;
-    fail = reject;
-  });
-  const data = new ReadableStream<Uint8Array>({
-    start(c) {
-      for (const chunk of chunks) c.enqueue(Uint8Array.from(chunk));
-      if (end === 'close') {
-        c.close();
-        settle(null);
-      } else if (end instanceof Error) {
-        c.error(end);
-        fail(end);
-      }
-    },
-    cancel() {
-      cancelled = true;
-      settle(null);
-    },
-  });
-  return { data, error, cancelled: () => cancelled };
-}
-
-describe('readObjectStream', () => {
-  it('reads every chunk, in order, into one array', async () => {
-    const bytes = await readObjectStream(stream([[1, 2], [3], [4, 5, 6]]), { idleMs: 1000, what: 'x' });
-    expect([...bytes]).toEqual([1, 2, 3, 4, 5, 6]);
-  });
-
-  it('gives up, and cancels the read, when no chunk comes for idleMs', async () => {
-    const s = stream([[1, 2]], 'stall');
-    await expect(readObjectStream(s, { idleMs: 50, what: 'update object u' })).rejects.toThrow(StalledReadError);
-    expect(s.cancelled()).toBe(true);
-  });
-
-  it('stops at more bytes than declared', async () => {
-    const s = stream(
-      [
-        [1, 2, 3],
-        [4, 5, 6],
-      ],
-      'stall',
-    );
-    await expect(readObjectStream(s, { idleMs: 1000, maxBytes: 4, what: 'o' })).rejects.toThrow(RangeError);
-    expect(s.cancelled()).toBe(true);
-  });
-
-  it("throws the stream's own error (a digest mismatch), and leaves no rejection unhandled", async () => {
-    const unhandled: unknown[] = [];
-    const onUnhandled = (e: unknown) => unhandled.push(e);
-    process.on('unhandledRejection', onUnhandled);
-    try {
-      await expect(readObjectStream(stream([[1]], new Error('digests do not match')), { idleMs: 1000, what: 'o' })).rejects.toThrow(/digests/);
-      await new Promise((r) => setTimeout(r, 20));
-      expect(unhandled).toEqual([]);
-    } finally {
-      process.off('unhandledRejection', onUnhandled);
-    }
-  });
-});
+import { retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
 
 describe('retrying', () => {
   it('tries again after failures until the call succeeds', async () => {
@@ -112,18 +45,6 @@ describe('retrying', () => {
       ),
     ).rejects.toBe(err);
     expect(calls).toBe(1);
-  });
-});
-
-describe('readObjectStream into one array', () => {
-  it('copies the chunks into the array given (or one of maxBytes) and returns a view of what came', async () => {
-    const into = new Uint8Array(16).fill(9);
-    const bytes = await readObjectStream(stream([[1, 2], [3], [4, 5, 6]]), { idleMs: 1000, maxBytes: 8, into, what: 'x' });
-    expect([...bytes]).toEqual([1, 2, 3, 4, 5, 6]);
-    expect(bytes.buffer).toBe(into.buffer);
-    const own = await readObjectStream(stream([[1, 2], [3]]), { idleMs: 1000, maxBytes: 3, what: 'x' });
-    expect([...own]).toEqual([1, 2, 3]);
-    await expect(readObjectStream(stream([[1]]), { idleMs: 1000, maxBytes: 8, into: new Uint8Array(4), what: 'x' })).rejects.toThrow(RangeError);
   });
 });
 
