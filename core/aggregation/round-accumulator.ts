@@ -43,14 +43,10 @@ export class RoundAccumulator {
    * count that is not a positive integer, or NaN/Inf values.
    */
   add(result: SiteFitResult): boolean {
-    // A late update (buffered mode) is its own contribution, beside the site's current one.
-    const staleness = result.staleness ?? 0;
-    const key = staleness > 0 ? `${result.site}~${staleness}` : result.site;
+    const key = contributionKey(result);
     if (this.trainLosses.has(key)) return false;
     const { site, samples, delta, controlDelta } = result;
-    if (!Number.isSafeInteger(samples) || samples < 1) {
-      throw new RangeError(`site "${site}": samples must be a positive integer, got ${samples}`);
-    }
+    checkSamples(site, samples);
     if (delta.length !== this.modelSize) {
       throw new RangeError(`site "${site}": delta has ${delta.length} values, the model has ${this.modelSize}`);
     }
@@ -64,8 +60,7 @@ export class RoundAccumulator {
       throw new RangeError(`site "${site}": unexpected controlDelta (the strategy uses no control variates)`);
     }
     try {
-      // FedBuff's staleness weight: an update s rounds late counts 1/sqrt(1 + s) as much.
-      this.deltas.add(delta, staleness > 0 ? samples / Math.sqrt(1 + staleness) : samples);
+      this.deltas.add(delta, contributionWeight(samples, result.staleness));
     } catch (err) {
       throw new RangeError(`site "${site}": ${(err as Error).message}`, { cause: err });
     }
@@ -125,4 +120,20 @@ export class RoundAccumulator {
     if (this.controls) aggregate.meanControlDelta = mean(this.controls);
     return aggregate;
   }
+}
+
+/** What a result counts as, once per round: a site's, or a late one (buffered mode), its own contribution beside the site's current one. */
+export function contributionKey(result: { site: string; staleness?: number }): string {
+  const staleness = result.staleness ?? 0;
+  return staleness > 0 ? `${result.site}~${staleness}` : result.site;
+}
+
+/** A result's weight in the mean: its samples; FedBuff's staleness weight for an update s rounds late, 1/sqrt(1 + s) as much. */
+export function contributionWeight(samples: number, staleness = 0): number {
+  return staleness > 0 ? samples / Math.sqrt(1 + staleness) : samples;
+}
+
+/** RangeError unless `samples` is a positive integer. */
+export function checkSamples(site: string, samples: number): void {
+  if (!Number.isSafeInteger(samples) || samples < 1) throw new RangeError(`site "${site}": samples must be a positive integer, got ${samples}`);
 }

@@ -19,6 +19,7 @@
 import type { RejectionCode } from '../protocol/rejections.ts';
 import type { RangeAggregate, SiteFitResult, Strategy } from '../strategies/strategy.ts';
 import { ExactSumBound, ExactWeightedSum } from './exact-sum.ts';
+import { checkSamples, contributionKey, contributionWeight } from './round-accumulator.ts';
 
 /** Reads a stored update's values in model order, a range at a time. */
 export interface UpdateValueReader {
@@ -113,20 +114,17 @@ export class StoredRound {
    * contributed to the round; throws RangeError, changing nothing, as RoundAccumulator.add does.
    */
   add(result: StoredFitResult): boolean {
-    const staleness = result.staleness ?? 0;
-    const key = staleness > 0 ? `${result.site}~${staleness}` : result.site;
+    const key = contributionKey(result);
     if (this.taken.has(key)) return false;
     const { site, samples } = result;
-    if (!Number.isSafeInteger(samples) || samples < 1) {
-      throw new RangeError(`site "${site}": samples must be a positive integer, got ${samples}`);
-    }
+    checkSamples(site, samples);
     if (this.controls) {
       if (result.controlMaxAbs === undefined) throw new RangeError(`site "${site}": SCAFFOLD result without controlDelta`);
       this.controls.check(1, result.controlMaxAbs);
     } else if (result.controlMaxAbs !== undefined) {
       throw new RangeError(`site "${site}": unexpected controlDelta (the strategy uses no control variates)`);
     }
-    const weight = staleness > 0 ? samples / Math.sqrt(1 + staleness) : samples;
+    const weight = contributionWeight(samples, result.staleness);
     try {
       this.deltas.add(weight, result.maxAbs);
     } catch (err) {

@@ -95,6 +95,14 @@ const decoder = new TextDecoder('utf-8', { fatal: true });
 /** The exact aggregate's bound on weight * max|x| for one update (ExactWeightedSum). */
 const MAX_UPDATE_WEIGHT = 2 ** 43;
 
+/** What judgeValues needs of an update's values: the largest magnitudes, and where one beyond a limit lies. */
+interface ValueSummary {
+  hasControl: boolean;
+  maxAbs: number;
+  controlMaxAbs: number;
+  beyond: (what: 'delta' | 'control', limit: number) => { index: number; value: number };
+}
+
 export class UpdateIngestor {
   private readonly o: UpdateIngestorOptions;
   private readonly maxAbsValue: number;
@@ -222,7 +230,7 @@ export class UpdateIngestor {
       const code = err instanceof UpdateDecodeError ? err.code : 'CONSORT_R_BAD_ENCODING';
       return fail(code, clip((err as Error).message, 300));
     }
-    const refused = this.judgeValues(envelope, {
+    const staleness = this.judgeAndTime(envelope, {
       hasControl: update.control !== undefined,
       maxAbs: update.maxAbs,
       controlMaxAbs: update.controlMaxAbs ?? 0,
@@ -232,13 +240,7 @@ export class UpdateIngestor {
         return { index: i, value: values[i]! };
       },
     });
-    if (refused) return refused;
-    // The round may have moved on while the object was fetched.
-    const staleness = this.timing(site, envelope.round);
-    if (!staleness.ok) {
-      this.release(envelope);
-      return staleness;
-    }
+    if (!staleness.ok) return staleness;
     return {
       ok: true,
       result: {
@@ -280,19 +282,13 @@ export class UpdateIngestor {
       const code = err instanceof UpdateDecodeError ? err.code : 'CONSORT_R_BAD_ENCODING';
       return this.fail(site, code, clip((err as Error).message, 300));
     }
-    const refused = this.judgeValues(envelope, {
+    const staleness = this.judgeAndTime(envelope, {
       hasControl: scanned.controlMaxAbs !== undefined,
       maxAbs: scanned.maxAbs,
       controlMaxAbs: scanned.controlMaxAbs ?? 0,
       beyond: (what) => (what === 'delta' ? scanned.deltaOver : scanned.controlOver)!,
     });
-    if (refused) return refused;
-    // The round may have moved on while the object was fetched.
-    const staleness = this.timing(site, envelope.round);
-    if (!staleness.ok) {
-      this.release(envelope);
-      return staleness;
-    }
+    if (!staleness.ok) return staleness;
     return {
       ok: true,
       result: { site, samples: envelope.samples, trainLoss: envelope.trainLoss, round: envelope.round, staleness: staleness.staleness, scanned },
@@ -313,10 +309,16 @@ export class UpdateIngestor {
    * wants it, no |value| beyond maxAbsValue (the first one named), samples x max|value| below
    * 2^43. Releases and refuses, or undefined.
    */
-  private judgeValues(
-    envelope: UpdateEnvelope,
-    u: { hasControl: boolean; maxAbs: number; controlMaxAbs: number; beyond: (what: 'delta' | 'control', limit: number) => { index: number; value: number } },
-  ): Failure | undefined {
+  /** judgeValues, then the round's timing: the round may have moved on while the object was fetched. */
+  private judgeAndTime(envelope: UpdateEnvelope, u: ValueSummary): { ok: true; staleness: number } | Failure {
+    const refused = this.judgeValues(envelope, u);
+    if (refused) return refused;
+    const staleness = this.timing(envelope.site, envelope.round);
+    if (!staleness.ok) this.release(envelope);
+    return staleness;
+  }
+
+  private judgeValues(envelope: UpdateEnvelope, u: ValueSummary): Failure | undefined {
     const fail = (code: RejectionCode, reason: string): Failure => {
       this.release(envelope);
       return this.fail(envelope.site, code, reason);
