@@ -7,9 +7,6 @@
 import { Objm } from '@nats-io/obj';
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { afterEach, describe, expect, it } from 'vitest';
-import { natsAuthFor } from '../../cli/nats/config.ts';
-import { connectAs } from '../../cli/nats/connect.ts';
-import { NatsServer } from '../../cli/nats/server.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { layoutSize } from '../../core/model/layout.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
@@ -17,10 +14,10 @@ import { sha256Hex } from '../../core/protocol/digest.ts';
 import { Ack, type FitTask, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, objectNames, PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
-import { SiteWorker } from '../../worker/site-worker.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
+import { jobOnServer, signedHello, siteModel } from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
@@ -52,25 +49,9 @@ async function oneRound(mallory: Mallory, stored = true) {
       ),
     ),
   );
-  const key = jobKey(job.metadata);
-  const subj = subjects(key);
-  const auth = natsAuthFor(job);
-  const server = await NatsServer.start({ config: auth.config });
-  cleanup.push(() => server.stop());
-  const connections: NatsConnection[] = [];
-  const as = async (user: string, seed: string) => {
-    const nc = await connectAs(server.url, seed, user);
-    connections.push(nc);
-    return nc;
-  };
-  cleanup.push(async () => {
-    for (const nc of connections) await nc.close();
-  });
-
-  const local = new SiteWorker({ spec: job.spec, baseDir: '.', backend: 'cpu' });
-  const described = await local.describe(2);
-  const { layout } = await local.prepare(['no', 'yes'], described.sampleShape);
-  local.dispose();
+  const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+  const model = await siteModel(job, 2);
+  const { layout } = model;
   const n = layoutSize(layout);
 
   let malloryDone!: () => void;
@@ -83,19 +64,7 @@ async function oneRound(mallory: Mallory, stored = true) {
     const seed = auth.sites[site]!.seed;
     const nc = await as(site, seed);
     const sign = <T extends object>(e: T) => encoder.encode(JSON.stringify(signEnvelope(e as never, seed)));
-    const hello = () =>
-      sign({
-        type: 'hello',
-        protocol: PROTOCOL_VERSION,
-        job: key,
-        site,
-        nonce: newNonce(),
-        sentAt: Date.now(),
-        sampleShape: described.sampleShape,
-        labels: ['no', 'yes'],
-        layout,
-        codecs: ['none'],
-      });
+    const hello = () => signedHello(key, site, seed, model);
     const beat = setInterval(() => nc.request(subj.hello(site), hello(), { timeout: 1000 }).catch(() => {}), 300);
     cleanup.push(async () => clearInterval(beat));
     nc.subscribe(subj.task(site), {

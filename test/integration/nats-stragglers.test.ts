@@ -3,22 +3,18 @@
 // buffered mode (after FedBuff). Site "fast" is a real site runner; site "slow" is played by the
 // test, which answers each task only once the round has moved on.
 import { Objm } from '@nats-io/obj';
-import type { NatsConnection } from '@nats-io/transport-node';
 import { afterEach, describe, expect, it } from 'vitest';
-import { natsAuthFor } from '../../cli/nats/config.ts';
-import { connectAs } from '../../cli/nats/connect.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { NatsServer } from '../../cli/nats/server.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
 import { Ack, FitTask, type UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, objectNames, PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
-import { SiteWorker } from '../../worker/site-worker.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
+import { jobOnServer, signedHello, siteModel } from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
@@ -42,26 +38,10 @@ async function straggle(mode: 'sync' | 'buffered') {
       ),
     ),
   );
-  const key = jobKey(job.metadata);
-  const subj = subjects(key);
-  const auth = natsAuthFor(job);
-  const server = await NatsServer.start({ config: auth.config });
-  cleanup.push(() => server.stop());
-  const connections: NatsConnection[] = [];
-  const as = async (user: string, seed: string) => {
-    const nc = await connectAs(server.url, seed, user);
-    connections.push(nc);
-    return nc;
-  };
-  cleanup.push(async () => {
-    for (const nc of connections) await nc.close();
-  });
-
+  const { key, subj, auth, as } = await jobOnServer(job, cleanup);
   // The slow site's model layout, as a real site would build it.
-  const local = new SiteWorker({ spec: job.spec, baseDir: '.', backend: 'cpu' });
-  const described = await local.describe(1);
-  const { layout } = await local.prepare(['no', 'yes'], described.sampleShape);
-  local.dispose();
+  const model = await siteModel(job, 1);
+  const { layout } = model;
 
   const slow = await as('slow', auth.sites.slow!.seed);
   const acks: Ack[] = [];
@@ -72,26 +52,7 @@ async function straggle(mode: 'sync' | 'buffered') {
       if (n.phase === 'started') lastRoundStarted = n.round;
     },
   });
-  const hello = () =>
-    encoder.encode(
-      JSON.stringify(
-        signEnvelope(
-          {
-            type: 'hello',
-            protocol: PROTOCOL_VERSION,
-            job: key,
-            site: 'slow',
-            nonce: newNonce(),
-            sentAt: Date.now(),
-            sampleShape: described.sampleShape,
-            labels: ['no', 'yes'],
-            layout,
-            codecs: ['none'],
-          },
-          auth.sites.slow!.seed,
-        ),
-      ),
-    );
+  const hello = () => signedHello(key, 'slow', auth.sites.slow!.seed, model);
   const beat = setInterval(() => slow.request(subj.hello('slow'), hello(), { timeout: 1000 }).catch(() => {}), 300);
   cleanup.push(async () => clearInterval(beat));
   // The coordinator creates the buckets: open ours once a task shows it is up.

@@ -1,0 +1,64 @@
+// A job played by hand over a real nats-server: the server with the job's generated configuration,
+// connections as any of its users, the model layout a real site builds, and signed hellos. For
+// the integration tests that stand in for a site (a straggler, a site that purges its update).
+import type { NatsConnection } from '@nats-io/transport-node';
+import { natsAuthFor } from '../../cli/nats/config.ts';
+import { connectAs } from '../../cli/nats/connect.ts';
+import { NatsServer } from '../../cli/nats/server.ts';
+import type { FederatedJob } from '../../core/job/federated-job.ts';
+import type { ParameterLayout } from '../../core/model/layout.ts';
+import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
+import { jobKey, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { SiteWorker } from '../../worker/site-worker.ts';
+
+const encoder = new TextEncoder();
+
+/**
+ * Starts a nats-server with `job`'s configuration; `as(user, seed)` connects as one of its users.
+ * The server stops, and every connection closes, when the functions pushed on `cleanup` run.
+ */
+export async function jobOnServer(job: FederatedJob, cleanup: Array<() => Promise<void>>) {
+  const key = jobKey(job.metadata);
+  const auth = natsAuthFor(job);
+  const server = await NatsServer.start({ config: auth.config });
+  cleanup.push(() => server.stop());
+  const connections: NatsConnection[] = [];
+  cleanup.push(async () => {
+    for (const nc of connections) await nc.close();
+  });
+  const as = async (user: string, seed: string): Promise<NatsConnection> => {
+    const nc = await connectAs(server.url, seed, user);
+    connections.push(nc);
+    return nc;
+  };
+  return { key, subj: subjects(key), auth, server, as };
+}
+
+/** The model layout and sample shape a real site of `job` builds (site `siteIndex`'s data; labels no / yes). */
+export async function siteModel(job: FederatedJob, siteIndex: number): Promise<{ layout: ParameterLayout; sampleShape: number[] }> {
+  const local = new SiteWorker({ spec: job.spec, baseDir: '.', backend: 'cpu' });
+  try {
+    const described = await local.describe(siteIndex);
+    const { layout } = await local.prepare(['no', 'yes'], described.sampleShape);
+    return { layout, sampleShape: described.sampleShape };
+  } finally {
+    local.dispose();
+  }
+}
+
+/** A hello of `site`, signed with its seed, as the site runner sends it (codec none). */
+export function signedHello(key: string, site: string, seed: string, model: { layout: ParameterLayout; sampleShape: number[] }): Uint8Array {
+  const hello = {
+    type: 'hello' as const,
+    protocol: PROTOCOL_VERSION,
+    job: key,
+    site,
+    nonce: newNonce(),
+    sentAt: Date.now(),
+    sampleShape: model.sampleShape,
+    labels: ['no', 'yes'],
+    layout: model.layout,
+    codecs: ['none' as const],
+  };
+  return encoder.encode(JSON.stringify(signEnvelope(hello, seed)));
+}
