@@ -15,6 +15,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
 COPY package.json package-lock.json .npmrc ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY scripts/ scripts/
+RUN node scripts/nats-js-patch.mjs
 RUN CONSORT_CACHE=/cache bash scripts/tfjs-native.sh
 COPY . .
 RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev --ignore-scripts

@@ -21,8 +21,10 @@ help:
 # npm packages (install scripts off: tfjs-node's would download libtensorflow), then the native
 # TF.js backend built from PyPI's tensorflow-cpu wheel (cached outside the checkout).
 # And a current nats-server built from its Go module (tests and `consort run --nats embedded`).
-$(STAMP): package.json package-lock.json scripts/tfjs-native.sh scripts/nats-server.sh
+# nats.js's parser is patched to gather a large payload at its final size (scripts/nats-js-patch.mjs).
+$(STAMP): package.json package-lock.json scripts/tfjs-native.sh scripts/nats-server.sh scripts/nats-js-patch.mjs
 	npm ci --ignore-scripts --no-audit --no-fund
+	node scripts/nats-js-patch.mjs
 	bash scripts/tfjs-native.sh
 	bash scripts/nats-server.sh >/dev/null
 	@touch $@
