@@ -9,9 +9,19 @@ import type { FederatedJob } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { jobKey, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { afterEach } from 'vitest';
 import { SiteWorker } from '../../worker/site-worker.ts';
 
 const encoder = new TextEncoder();
+
+/** A list of teardown steps run after each test of the file (last pushed first), whatever failed. */
+export function useCleanup(): Array<() => Promise<void>> {
+  const steps: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const step of steps.splice(0).reverse()) await step().catch(() => {});
+  });
+  return steps;
+}
 
 /**
  * Starts a nats-server with `job`'s configuration; `as(user, seed)` connects as one of its users.
@@ -61,4 +71,21 @@ export function signedHello(key: string, site: string, seed: string, model: { la
     codecs: ['none' as const],
   };
   return encoder.encode(JSON.stringify(signEnvelope(hello, seed)));
+}
+
+/** An evaluation of `task` by `site`, signed with its seed, with fixed metrics (10 samples, loss and accuracy 0.5). */
+export function signedEvaluation(key: string, site: string, seed: string, task: { round: number; taskId: string }): Uint8Array {
+  const evaluation = {
+    type: 'evaluation' as const,
+    protocol: PROTOCOL_VERSION,
+    job: key,
+    site,
+    round: task.round,
+    taskId: task.taskId,
+    nonce: newNonce(),
+    samples: 10,
+    loss: 0.5,
+    accuracy: 0.5,
+  };
+  return encoder.encode(JSON.stringify(signEnvelope(evaluation, seed)));
 }

@@ -6,7 +6,7 @@
 // that overwrites its object under the same name changes nothing.
 import { Objm } from '@nats-io/obj';
 import { headers, type NatsConnection } from '@nats-io/transport-node';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { layoutSize } from '../../core/model/layout.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
@@ -17,16 +17,12 @@ import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, objectNames, PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedHello, siteModel } from '../helpers/nats-job.ts';
+import { jobOnServer, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 
-let cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const c of cleanup.reverse()) await c().catch(() => {});
-  cleanup = [];
-});
+const cleanup = useCleanup();
 
 type Mallory = 'purges' | 'overwrites' | 'silent';
 
@@ -63,7 +59,7 @@ async function oneRound(mallory: Mallory, stored = true) {
   const fakeSite = async (site: string, onFit: (nc: NatsConnection, task: FitTask) => Promise<void>) => {
     const seed = auth.sites[site]!.seed;
     const nc = await as(site, seed);
-    const sign = <T extends object>(e: T) => encoder.encode(JSON.stringify(signEnvelope(e as never, seed)));
+    const _sign = <T extends object>(e: T) => encoder.encode(JSON.stringify(signEnvelope(e as never, seed)));
     const hello = () => signedHello(key, site, seed, model);
     const beat = setInterval(() => nc.request(subj.hello(site), hello(), { timeout: 1000 }).catch(() => {}), 300);
     cleanup.push(async () => clearInterval(beat));
@@ -75,19 +71,7 @@ async function oneRound(mallory: Mallory, stored = true) {
           void onFit(nc, task);
           return;
         }
-        const evaluation = {
-          type: 'evaluation',
-          protocol: PROTOCOL_VERSION,
-          job: key,
-          site,
-          round: task.round,
-          taskId: task.taskId,
-          nonce: newNonce(),
-          samples: 10,
-          loss: 0.5,
-          accuracy: 0.5,
-        };
-        void nc.request(subj.evaluation(site), sign(evaluation), { timeout: 5000 }).catch(() => {});
+        void nc.request(subj.evaluation(site), signedEvaluation(key, site, seed, task), { timeout: 5000 }).catch(() => {});
       },
     });
   };

@@ -3,7 +3,7 @@
 // buffered mode (after FedBuff). Site "fast" is a real site runner; site "slow" is played by the
 // test, which answers each task only once the round has moved on.
 import { Objm } from '@nats-io/obj';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
@@ -14,16 +14,12 @@ import { buckets, objectNames, PROTOCOL_VERSION } from '../../core/protocol/subj
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedHello, siteModel } from '../helpers/nats-job.ts';
+import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 
-let cleanup: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const c of cleanup.reverse()) await c().catch(() => {});
-  cleanup = [];
-});
+const cleanup = useCleanup();
 
 async function straggle(mode: 'sync' | 'buffered') {
   const job = FederatedJob.parse(
