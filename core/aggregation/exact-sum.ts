@@ -169,7 +169,8 @@ export class ExactWeightedSum {
     // Groups of at most GROUP updates, as even as can be (10: 4, 3, 3).
     const groups = Math.ceil(updates.length / GROUP);
     const bounds = Array.from({ length: groups + 1 }, (_, g) => Math.floor((g * updates.length) / groups));
-    const done: Array<{ shard: Shard; at: number; count: number; first: number; end: number }> = [];
+    const groupWeights = Array.from({ length: groups }, (_, g) => checked.slice(bounds[g]!, bounds[g + 1]!));
+    const done: Array<{ shard: Shard; at: number; count: number; g: number }> = [];
     try {
       for (const shard of this.shards) {
         for (let at = 0; at < shard.length; at += BLOCK) {
@@ -187,17 +188,17 @@ export class ExactWeightedSum {
                 this.checkGrowth(checked[k]!, limits[k]!, m, weight, magnitude);
               }
             }
-            shard.foldStaged(count, at, checked.slice(first, end));
-            done.push({ shard, at, count, first, end });
+            shard.foldStaged(count, at, groupWeights[g]!);
+            done.push({ shard, at, count, g });
           }
         }
       }
     } catch (err) {
       // Folding -w x subtracts exactly what w x added (rounding to even is symmetric).
-      for (const { shard, at, count, first, end } of done) {
-        for (let k = first; k < end; k++) shard.stage(updates[k]!.values, shard.start + at, count, k - first);
-        const negated = checked.slice(first, end).map((w) => -w);
-        shard.foldStaged(count, at, negated);
+      const negated = groupWeights.map((ws) => ws.map((w) => -w));
+      for (const { shard, at, count, g } of done) {
+        for (let k = bounds[g]!; k < bounds[g + 1]!; k++) shard.stage(updates[k]!.values, shard.start + at, count, k - bounds[g]!);
+        shard.foldStaged(count, at, negated[g]!);
       }
       throw err;
     }
@@ -337,10 +338,7 @@ export class ExactWeightedSum {
     if (values.length !== this.size) {
       throw new RangeError(`ExactWeightedSum.add: update has ${values.length} values, expected ${this.size}`);
     }
-    if (!(weight >= MIN_WEIGHT && weight < Infinity)) {
-      throw new RangeError(`ExactWeightedSum.add: weight must be finite and >= 2^-20, got ${weight}`);
-    }
-    return weight;
+    return admitWeight(weight);
   }
 
   private magnitudeWith(weights: readonly number[], maxAbs: readonly number[]): bigint {
@@ -407,11 +405,6 @@ export class ExactSumBound {
     if (maxAbs > 0 || this.size === 0) this.checkOne(w, maxAbs);
     this.weight += toFixed60(w);
     this.magnitude += toFixed60(w * maxAbs);
-  }
-
-  reset(): void {
-    this.weight = 0n;
-    this.magnitude = 0n;
   }
 
   private checkOne(w: number, maxAbs: number): void {

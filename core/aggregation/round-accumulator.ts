@@ -50,14 +50,12 @@ export class RoundAccumulator {
     if (delta.length !== this.modelSize) {
       throw new RangeError(`site "${site}": delta has ${delta.length} values, the model has ${this.modelSize}`);
     }
-    if (this.controls) {
-      if (!controlDelta) throw new RangeError(`site "${site}": SCAFFOLD result without controlDelta`);
+    checkControl(site, this.controls !== undefined, controlDelta !== undefined);
+    if (this.controls && controlDelta) {
       if (controlDelta.length !== this.modelSize) {
         throw new RangeError(`site "${site}": controlDelta has ${controlDelta.length} values, the model has ${this.modelSize}`);
       }
       this.controls.check(controlDelta, 1); // so that a bad controlDelta cannot leave delta folded in alone
-    } else if (controlDelta) {
-      throw new RangeError(`site "${site}": unexpected controlDelta (the strategy uses no control variates)`);
     }
     try {
       this.deltas.add(delta, contributionWeight(samples, result.staleness));
@@ -131,6 +129,12 @@ export function contributionKey(result: { site: string; staleness?: number }): s
 /** A result's weight in the mean: its samples; FedBuff's staleness weight for an update s rounds late, 1/sqrt(1 + s) as much. */
 export function contributionWeight(samples: number, staleness = 0): number {
   return staleness > 0 ? samples / Math.sqrt(1 + staleness) : samples;
+}
+
+/** RangeError unless a result carries a control delta exactly when the strategy uses control variates (SCAFFOLD). */
+export function checkControl(site: string, expected: boolean, present: boolean): void {
+  if (expected && !present) throw new RangeError(`site "${site}": SCAFFOLD result without controlDelta`);
+  if (!expected && present) throw new RangeError(`site "${site}": unexpected controlDelta (the strategy uses no control variates)`);
 }
 
 /** RangeError unless `samples` is a positive integer. */

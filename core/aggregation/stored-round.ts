@@ -19,7 +19,7 @@
 import type { RejectionCode } from '../protocol/rejections.ts';
 import type { RangeAggregate, SiteFitResult, Strategy } from '../strategies/strategy.ts';
 import { ExactSumBound, ExactWeightedSum } from './exact-sum.ts';
-import { checkSamples, contributionKey, contributionWeight } from './round-accumulator.ts';
+import { checkControl, checkSamples, contributionKey, contributionWeight } from './round-accumulator.ts';
 
 /** Reads a stored update's values in model order, a range at a time. */
 export interface UpdateValueReader {
@@ -92,21 +92,15 @@ export interface StoredEntry {
 
 /** A round's stored updates, admitted as RoundAccumulator.add would fold them (same checks, messages and refusals). */
 export class StoredRound {
-  readonly modelSize: number;
   readonly control: boolean;
   private readonly deltas: ExactSumBound;
   private readonly controls: ExactSumBound | undefined;
   private readonly taken = new Map<string, StoredEntry>();
 
   constructor(modelSize: number, options: { control?: boolean } = {}) {
-    this.modelSize = modelSize;
     this.control = options.control ?? false;
     this.deltas = new ExactSumBound(modelSize);
     this.controls = this.control ? new ExactSumBound(modelSize) : undefined;
-  }
-
-  get sites(): number {
-    return this.taken.size;
   }
 
   /**
@@ -118,12 +112,8 @@ export class StoredRound {
     if (this.taken.has(key)) return false;
     const { site, samples } = result;
     checkSamples(site, samples);
-    if (this.controls) {
-      if (result.controlMaxAbs === undefined) throw new RangeError(`site "${site}": SCAFFOLD result without controlDelta`);
-      this.controls.check(1, result.controlMaxAbs);
-    } else if (result.controlMaxAbs !== undefined) {
-      throw new RangeError(`site "${site}": unexpected controlDelta (the strategy uses no control variates)`);
-    }
+    checkControl(site, this.controls !== undefined, result.controlMaxAbs !== undefined);
+    if (this.controls && result.controlMaxAbs !== undefined) this.controls.check(1, result.controlMaxAbs);
     const weight = contributionWeight(samples, result.staleness);
     try {
       this.deltas.add(weight, result.maxAbs);

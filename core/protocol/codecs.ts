@@ -16,6 +16,7 @@ import { type ParameterLayout, layoutOffsets, layoutSize } from '../model/layout
 import {
   bytesOfTensors,
   concatBytes,
+  LITTLE_ENDIAN,
   tensorsParts,
   type NamedTensor,
   readFloat32Into,
@@ -315,8 +316,6 @@ export function checkUpdateHeader(
   return { entries: tensors, controls: controls > 0 };
 }
 
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-
 /**
  * F32 tensors, one per layout tensor, as one flat vector: a view of the bytes when they lie
  * contiguously in layout order at a 4-byte aligned address (what encodeUpdate writes), else a copy.
@@ -426,6 +425,11 @@ function topkIndices(v: Float32Array, k: number): Int32Array {
 }
 
 /** The name of a layout tensor's control delta in an update. */
+/** Bytes of one transmitted value of a per-tensor codec (top-k's values are float32). */
+export function codecWidth(codec: Codec): 1 | 2 | 4 {
+  return codec === 'fp16' ? 2 : codec === 'int8' ? 1 : 4;
+}
+
 export function controlName(name: string): string {
   return `control:${name}`;
 }

@@ -304,11 +304,6 @@ export class UpdateIngestor {
     return this.fail(envelope.site, code, reason).rejection;
   }
 
-  /**
-   * What checkObject judges of decoded values, in its order: the control delta as the strategy
-   * wants it, no |value| beyond maxAbsValue (the first one named), samples x max|value| below
-   * 2^43. Releases and refuses, or undefined.
-   */
   /** judgeValues, then the round's timing: the round may have moved on while the object was fetched. */
   private judgeAndTime(envelope: UpdateEnvelope, u: ValueSummary): { ok: true; staleness: number } | Failure {
     const refused = this.judgeValues(envelope, u);
@@ -318,6 +313,11 @@ export class UpdateIngestor {
     return staleness;
   }
 
+  /**
+   * What checkObject judges of decoded values, in its order: the control delta as the strategy
+   * wants it, no |value| beyond maxAbsValue (the first one named), samples x max|value| below
+   * 2^43. Releases and refuses, or undefined.
+   */
   private judgeValues(envelope: UpdateEnvelope, u: ValueSummary): Failure | undefined {
     const fail = (code: RejectionCode, reason: string): Failure => {
       this.release(envelope);

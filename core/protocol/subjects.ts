@@ -56,6 +56,15 @@ export const OBJECT_CHUNK_BYTES = 1024 * 1024;
  */
 export const OBJECT_PUT_WINDOW_BYTES = 8 * 1024 * 1024;
 
+/** putObject's options for every object the coordinator and the sites write. */
+export const OBJECT_PUT = { chunkBytes: OBJECT_CHUNK_BYTES, windowBytes: OBJECT_PUT_WINDOW_BYTES } as const;
+
+/**
+ * Bytes of an object's chunks asked for by one direct get (readObject): exactly what the server
+ * sends at once, well under nats-server's 64 MiB slow-consumer limit.
+ */
+export const OBJECT_READ_BATCH_BYTES = 8 * 1024 * 1024;
+
 export const objectNames = {
   global: (round: number) => `global/r${round}`,
   control: (round: number) => `control/r${round}`,

@@ -12,8 +12,8 @@
 import { maxAbs } from '../aggregation/exact-kernel.ts';
 import type { StoredFitResult, UpdateValueReader } from '../aggregation/stored-round.ts';
 import { type ParameterLayout, layoutOffsets, layoutSize } from '../model/layout.ts';
-import { parseSafetensorsHeader, safetensorsHeaderBytes, type TensorEntry } from '../tensor/safetensors.ts';
-import { type Codec, checkUpdateHeader, controlName, float16Table, type UpdateLimits, UpdateDecodeError, updateHeaderLimits } from './codecs.ts';
+import { DTYPE_BYTES, LITTLE_ENDIAN, parseSafetensorsHeader, safetensorsHeaderBytes, type TensorEntry } from '../tensor/safetensors.ts';
+import { type Codec, checkUpdateHeader, codecWidth, controlName, float16Table, type UpdateLimits, UpdateDecodeError, updateHeaderLimits } from './codecs.ts';
 
 /** Where a checked update's values lie in its object, for StoredValueReader. */
 export interface StoredUpdateShape {
@@ -67,7 +67,6 @@ const SCRATCH_ELEMENTS = 16384;
 /** A header beyond this is refused rather than buffered (an honest one is ~100 bytes a tensor). */
 const HEADER_BASE_BYTES = 64 * 1024;
 const HEADER_BYTES_PER_TENSOR = 1024;
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 interface Int8Stats {
   /** First index of each code q (at q + 128), -1 if absent. */
@@ -94,7 +93,6 @@ export class UpdateScanner {
   private readonly scratch = new ArrayBuffer(SCRATCH_ELEMENTS * 4);
   private failure: UpdateDecodeError | undefined;
   private shape: StoredUpdateShape | undefined;
-  private controls = false;
   private deltaMax = 0;
   private controlMax = 0;
   private deltaOver: { index: number; value: number } | undefined;
@@ -115,11 +113,14 @@ export class UpdateScanner {
   private valueFault: { j: number; error: UpdateDecodeError } | undefined;
   private valueOverJ = -1;
   private valueOver = 0;
+  /** What the header may be, for this layout and codec. */
+  private readonly headerLimits: { maxBytes: number; maxTensors: number };
 
   constructor(o: ScanOptions) {
     this.o = o;
     this.n = layoutSize(o.layout);
     this.offsets = layoutOffsets(o.layout);
+    this.headerLimits = updateHeaderLimits(o.layout, o.codec, o.limits);
   }
 
   /** Whether the object is refused already: the rest need not be read. */
@@ -148,7 +149,7 @@ export class UpdateScanner {
     if (this.dataStart < 0) {
       // Too short for its header: refused as readSafetensorsHeader refuses it.
       try {
-        safetensorsHeaderBytes(this.head, this.o.size, updateHeaderLimits(this.o.layout, this.o.codec, this.o.limits));
+        safetensorsHeaderBytes(this.head, this.o.size, this.headerLimits);
       } catch (err) {
         throw new UpdateDecodeError('CONSORT_R_BAD_ENCODING', (err as Error).message, { cause: err });
       }
@@ -160,7 +161,7 @@ export class UpdateScanner {
     if (this.controlFault) throw this.controlFault;
     const out: ScannedUpdate = { shape: this.shape!, maxAbs: this.deltaMax };
     if (this.deltaOver) out.deltaOver = this.deltaOver;
-    if (this.controls) {
+    if (this.shape!.control !== undefined) {
       out.controlMaxAbs = this.controlMax;
       if (this.controlOver) out.controlOver = this.controlOver;
     }
@@ -172,7 +173,7 @@ export class UpdateScanner {
   /** Buffers the header; once complete, checks it and plans the data. Returns the chunk's bytes used. */
   private takeHeader(chunk: Uint8Array): number {
     const { layout, codec, limits, size } = this.o;
-    const headerLimits = updateHeaderLimits(layout, codec, limits);
+    const headerLimits = this.headerLimits;
     let used = 0;
     while (this.dataStart < 0 && used < chunk.length) {
       const take = Math.min(this.headNeeded - this.head.length, chunk.length - used);
@@ -222,7 +223,7 @@ export class UpdateScanner {
     const topk = { k: 0, indices: 0, values: 0 };
     for (const entry of entries.values()) {
       const role = roles.get(entry.name)!;
-      const width = entry.dtype === 'I8' ? 1 : entry.dtype === 'F16' ? 2 : 4;
+      const width = DTYPE_BYTES[entry.dtype];
       this.segments.push({ entry, role, width, done: 0, count: (entry.end - entry.begin) / width });
       if (role.kind === 'delta') delta[role.t] = entry.begin;
       else if (role.kind === 'control') control[role.t] = entry.begin;
@@ -240,7 +241,6 @@ export class UpdateScanner {
     }
     if (codec === 'topk') this.kept = new Int32Array(topk.k);
     if (controls) shape.control = control;
-    this.controls = controls;
     this.shape = shape;
   }
 
@@ -582,7 +582,7 @@ export class StoredValueReader implements UpdateValueReader {
     if (!ends || ends.length === 0 || this.shape.codec === 'topk' || end <= start) return end;
     const t = this.tensorAt(end - 1);
     const { offset } = this.offsets[t]!;
-    const width = this.shape.codec === 'fp16' ? 2 : this.shape.codec === 'int8' ? 1 : 4;
+    const width = codecWidth(this.shape.codec);
     const begin = this.shape.delta[t]!;
     const low = begin + width * (Math.max(start, offset) - offset);
     const high = begin + width * (end - offset);
@@ -602,7 +602,7 @@ export class StoredValueReader implements UpdateValueReader {
 
   /** Values [a, b) of tensors laid out one per layout tensor (F32, F16 or I8 with its scale) into out. */
   private async perTensor(follower: Follower, begins: number[], a: number, b: number, out: Float32Array, codec: Codec): Promise<void> {
-    const width = codec === 'fp16' ? 2 : codec === 'int8' ? 1 : 4;
+    const width = codecWidth(codec);
     let t = this.tensorAt(a);
     for (let e = a; e < b; ) {
       while (e >= this.offsets[t]!.offset + this.offsets[t]!.size) t++;

@@ -7,13 +7,13 @@ import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node'
 import { Objm, type ObjectStore, setSha256Backend, StorageType } from '@nats-io/obj';
 import type { DataQuality } from '../../core/data/quality.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
-import { initialParameters, type ParameterLayout } from '../../core/model/layout.ts';
+import { initialParameters, layoutSize, type ParameterLayout } from '../../core/model/layout.ts';
 import { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import { Hello, type RoundNotice, type Welcome } from '../../core/protocol/messages.ts';
 import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejections.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, OBJECT_CHUNK_BYTES, OBJECT_PUT_WINDOW_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, OBJECT_PUT, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { safetensorsParts } from '../../core/tensor/safetensors.ts';
 import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
 import { OperatorError } from '../errors.ts';
@@ -130,8 +130,6 @@ class BucketCheckpointStore implements CheckpointStore {
     await retrying(() => putObject(this.wire, this.bucket, objectNames.checkpoint, parts, OBJECT_PUT), { until: Date.now() + WRITE_RETRY_MS });
   }
 }
-
-const OBJECT_PUT = { chunkBytes: OBJECT_CHUNK_BYTES, windowBytes: OBJECT_PUT_WINDOW_BYTES };
 
 /** What the checkpoint keeps beside the model: the layout, replay protection, and what the sites said of themselves (the operator's report reads it). */
 export interface TransportState {
@@ -305,7 +303,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     }
     log(`${alive().length} of ${siteNames.length} sites joined; ${resume ? `resuming after round ${resume.round}` : 'starting'}`);
     const fromEnv = aggregationFromEnv();
-    const parameters = layout!.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
+    const parameters = layoutSize(layout!);
     const storedUpdates = parameters >= (o.storedUpdatesFrom ?? fromEnv?.from ?? STORED_UPDATES_FROM);
     const aggregationRange = o.aggregationRange ?? fromEnv?.range ?? AGGREGATION_RANGE;
     if (storedUpdates) log(`${parameters} parameters: updates stay in their buckets, aggregated ${aggregationRange} parameters at a time`);

@@ -18,13 +18,13 @@ import type { RejectionCode } from '../../core/protocol/rejections.ts';
 import { retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
 import type { Ack, EvaluateTask, FitTask, ObjectRef, UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
-import { buckets, OBJECT_CHUNK_BYTES, OBJECT_PUT_WINDOW_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
+import { buckets, OBJECT_PUT, OBJECT_READ_BATCH_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
 import type { Outcome, SiteEvaluation, SiteTransport } from '../../core/protocol/transport.ts';
 import type { FitInstructions, SiteFitResult } from '../../core/strategies/strategy.ts';
 import type { StoredFitResult, StoredUpdateError } from '../../core/aggregation/stored-round.ts';
 import { storedResult } from '../../core/protocol/update-stream.ts';
 import { ObjectReadError, StoredObjects } from './stored-updates.ts';
-import { safetensorsParts } from '../../core/tensor/safetensors.ts';
+import { safetensorsHeaderBytes, safetensorsParts } from '../../core/tensor/safetensors.ts';
 import { Channel } from './channel.ts';
 import { encodeJson as json } from '../../core/protocol/wire.ts';
 import { objectWire } from '../../core/protocol/object-wire.ts';
@@ -47,13 +47,11 @@ export const UPDATE_MEMORY_BUDGET_BYTES = 64 * 1024 * 1024;
 /**
  * Bytes the server may be sending the coordinator's connection at once for its update reads, well
  * under nats-server's 64 MiB max_pending (past it, the connection is dropped as a slow consumer).
- * A read asks for at most UPDATE_READ_BATCH_BYTES at a time by direct get (the server sends
+ * A read asks for at most OBJECT_READ_BATCH_BYTES at a time by direct get (the server sends
  * exactly that) and counts min(size, that): several reads run together, their round trips
  * overlapping.
  */
 export const UPDATE_READ_WINDOW_BYTES = 32 * 1024 * 1024;
-/** Bytes of an update's chunks asked for by one direct get. */
-const UPDATE_READ_BATCH_BYTES = 8 * 1024 * 1024;
 /**
  * Stored updates: bytes asked for at once by their direct gets (exactly what the server sends).
  * One read at a time already keeps a core busy here; more in flight is only more memory.
@@ -171,9 +169,9 @@ export class NatsTransport implements SiteTransport {
   /** Models being published: a stored aggregation, which steps the model in place, waits for them. */
   private readonly publishing = new Set<Promise<unknown>>();
 
-  private readonly modelWire: ObjectPutWire;
-  /** Direct-get reads of each site's updates bucket, made once per bucket. */
-  private readonly updateWires = new Map<string, ObjectReadWire>();
+  private readonly modelWire: ObjectPutWire & ObjectReadWire;
+  /** The object calls on each bucket's stream (puts, direct gets), made once per bucket. */
+  private readonly wires = new Map<string, ObjectPutWire & ObjectReadWire>();
   /** The models and control variates put so far (the last few), by name. */
   private readonly published = new Map<string, ObjectRef>();
 
@@ -181,18 +179,18 @@ export class NatsTransport implements SiteTransport {
     this.o = o;
     if (o.storedUpdates) {
       this.objects = new StoredObjects({
-        nc: o.nc,
+        wire: (bucket) => this.wire(bucket),
         window: new ByteBudget(STORED_READ_WINDOW_BYTES),
         retryMs: READ_RETRY_MS,
         ...(o.interruptedSince ? { interruptedSince: o.interruptedSince } : {}),
       });
     }
-    this.modelWire = objectWire(o.nc, o.modelsBucket);
+    this.modelWire = this.wire(o.modelsBucket);
   }
 
-  private updateWire(bucket: string): ObjectReadWire {
-    let wire = this.updateWires.get(bucket);
-    if (!wire) this.updateWires.set(bucket, (wire = objectWire(this.o.nc, bucket)));
+  private wire(bucket: string): ObjectPutWire & ObjectReadWire {
+    let wire = this.wires.get(bucket);
+    if (!wire) this.wires.set(bucket, (wire = objectWire(this.o.nc, bucket)));
     return wire;
   }
 
@@ -226,8 +224,7 @@ export class NatsTransport implements SiteTransport {
           sha256 ??= sha256Hex(parts);
           if (info.digest === objectStoreDigest(sha256)) return;
         }
-        sha256 = (await putObject(this.modelWire, this.o.modelsBucket, name, parts, { chunkBytes: OBJECT_CHUNK_BYTES, windowBytes: OBJECT_PUT_WINDOW_BYTES }))
-          .sha256;
+        sha256 = (await putObject(this.modelWire, this.o.modelsBucket, name, parts, OBJECT_PUT)).sha256;
       },
       { until },
     );
@@ -425,25 +422,24 @@ export class NatsTransport implements SiteTransport {
 
   /** Reads an admitted update's object, checks it and hands it to the round; `release` frees its share of the memory budget once it is folded or refused. */
   private async takeUpdate(site: string, msg: Msg, env: UpdateEnvelope, buffer: Uint8Array, release: () => void): Promise<void> {
-    // Read within bounds: no more than the envelope declares, and not for ever (an object whose
-    // chunks were never written streams nothing); a read cut by a connection interruption is
-    // tried again. The store checks the bytes against the object's digest as they stream, and
-    // that digest, size, bucket and name must be the envelope's (get() follows a link to another
-    // bucket: its metadata then names that one), so the bytes are the ones the site signed.
+    // Read within bounds: no more than the envelope declares, and not for ever (a direct get
+    // that brings nothing gives up); a read cut by a connection interruption is tried again.
+    // readObject refuses a link and metadata that is not the envelope's (digest, size, bucket,
+    // name), and checks the chunks against that digest, so the bytes are the ones the site signed.
     let bytes: Uint8Array | null = null;
     let failure = 'not found';
     let code: RejectionCode = 'CONSORT_R_OBJECT_MISSING';
-    const reading = await this.window.acquire(Math.min(env.object.size, UPDATE_READ_BATCH_BYTES));
+    const reading = await this.window.acquire(Math.min(env.object.size, OBJECT_READ_BATCH_BYTES));
     try {
       // From the site's own bucket: an envelope naming another is a mismatch, never a read of it.
       const own = buckets(this.o.job).updates(site);
       bytes = await retrying(
         () =>
-          readObject(this.updateWire(own), own, env.object.name, {
+          readObject(this.wire(own), own, env.object.name, {
             expect: env.object,
             maxBytes: env.object.size,
             into: buffer,
-            batchBytes: UPDATE_READ_BATCH_BYTES,
+            batchBytes: OBJECT_READ_BATCH_BYTES,
           }),
         {
           until: Date.now() + READ_RETRY_MS,
@@ -562,7 +558,8 @@ export class NatsTransport implements SiteTransport {
     let at = 0;
     await this.objects.readOnce(this.o.modelsBucket, info, undefined, (chunk) => {
       if (at < 8) head.set(chunk.subarray(0, 8 - at), at);
-      if (dataStart < 0 && at + chunk.length >= 8) dataStart = 8 + Number(new DataView(head.buffer).getBigUint64(0, true));
+      if (dataStart < 0 && at + chunk.length >= 8)
+        dataStart = safetensorsHeaderBytes(head, info.size, { maxBytes: info.size, maxTensors: this.o.layout.length });
       if (dataStart >= 0) {
         const from = Math.max(0, dataStart - at);
         const n = Math.min(chunk.length - from, target.length - copied);

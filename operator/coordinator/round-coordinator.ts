@@ -233,8 +233,7 @@ export class RoundCoordinator {
             for (const v of r.delta) sq += v * v;
             this.events.siteUpdate(round, r.site, { samples: r.samples, trainLoss: r.trainLoss, norm: Math.sqrt(sq), staleness: r.staleness ?? 0 });
           }
-          // A late update (buffered mode) is listed with the round it was trained for.
-          const name = r.staleness ? `${r.site}@r${round - r.staleness}` : r.site;
+          const name = participantName(round, r);
           participants.push(name);
           losses.push({ site: name, loss: r.trainLoss, samples: r.samples });
         }
@@ -309,7 +308,7 @@ export class RoundCoordinator {
         const { result: r, key } = entries[err.index]!;
         if (err.committed > 0) await this.undoStep(round, err.committed);
         stored.remove(key);
-        const name = r.staleness ? `${r.site}@r${round - r.staleness}` : r.site;
+        const name = participantName(round, r);
         participants.splice(participants.indexOf(name), 1);
         losses.splice(
           losses.findIndex((l) => l.site === name),
@@ -395,4 +394,9 @@ export class RoundCoordinator {
     if (target.metric === 'auc') return (r.globalAuc ?? Number.NEGATIVE_INFINITY) >= target.value;
     return r.globalAccuracy >= target.value;
   }
+}
+
+/** How a result is listed among a round's participants: a late one (buffered mode) with the round it was trained for. */
+function participantName(round: number, r: { site: string; staleness?: number }): string {
+  return r.staleness ? `${r.site}@r${round - r.staleness}` : r.site;
 }

@@ -24,12 +24,11 @@
 // connection carries on from the next sequence.
 import { crc32 } from 'node:zlib';
 import type { ObjectInfo } from '@nats-io/obj';
-import type { NatsConnection } from '@nats-io/transport-node';
 import { StoredUpdateError } from '../../core/aggregation/stored-round.ts';
 import { sha256 } from '../../core/protocol/digest.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';
 import type { ObjectReadWire } from '../../core/protocol/object-read.ts';
-import { objectWire } from '../../core/protocol/object-wire.ts';
+import { objectChunkSubject } from '../../core/protocol/object-put.ts';
 import type { ByteCursor } from '../../core/protocol/update-stream.ts';
 
 /** Bytes asked for by one direct get (chunks of 1 MiB: four of them). */
@@ -63,8 +62,9 @@ export interface ChunkIndex {
 }
 
 export interface StoredObjectsOptions {
-  nc: NatsConnection;
-  /** Bytes in flight to this connection, shared with the transport's other reads. */
+  /** The direct gets of a bucket's stream (the transport's, one per bucket). */
+  wire: (bucket: string) => ObjectReadWire;
+  /** Bytes in flight to this connection for these reads (the only update reads in stored mode). */
   window: ByteWindow;
   /** How long a read interrupted by the connection is tried again. */
   retryMs: number;
@@ -74,7 +74,6 @@ export interface StoredObjectsOptions {
 
 export class StoredObjects {
   private readonly o: StoredObjectsOptions;
-  private readonly wires = new Map<string, ObjectReadWire>();
 
   constructor(o: StoredObjectsOptions) {
     this.o = o;
@@ -93,7 +92,7 @@ export class StoredObjects {
     }
     const index: ChunkIndex = {
       bucket,
-      subject: `$O.${bucket}.C.${info.nuid}`,
+      subject: objectChunkSubject(bucket, info.nuid),
       size: info.size,
       seqs: new Float64Array(chunks),
       ends: new Float64Array(chunks),
@@ -162,7 +161,7 @@ export class StoredObjects {
       let received = 0;
       try {
         // Room for a message's headers beside its payload: the server stops a batch at max_bytes.
-        await this.wire(at.bucket).directBatch(at.subject, seq, { batch: count, maxBytes: bytes + 64 * 1024 }, (data, at) => {
+        await this.o.wire(at.bucket).directBatch(at.subject, seq, { batch: count, maxBytes: bytes + 64 * 1024 }, (data, at) => {
           received++;
           take({ seq: at, data });
         });
@@ -180,13 +179,6 @@ export class StoredObjects {
         release();
       }
     }
-  }
-
-  /** The object calls on a bucket's stream (direct gets), made once per bucket. */
-  private wire(bucket: string): ObjectReadWire {
-    let wire = this.wires.get(bucket);
-    if (!wire) this.wires.set(bucket, (wire = objectWire(this.o.nc, bucket)));
-    return wire;
   }
 }
 

@@ -26,9 +26,10 @@ import { putObject } from '../../core/protocol/object-put.ts';
 import { Ack, type EvaluationEnvelope, type Hello, type ObjectRef, RoundNotice, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, OBJECT_CHUNK_BYTES, OBJECT_PUT_WINDOW_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, OBJECT_PUT, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
-import { objectWire, readModelObject } from '../../worker/nats/site-runner.ts';
+import { objectWire } from '../../core/protocol/object-wire.ts';
+import { readModelObject } from '../../worker/nats/site-runner.ts';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -368,9 +369,7 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
     // As site-runner: written from the delta's own memory, hashed as it goes: that is the envelope's SHA-256.
-    const stored = await patiently(`write ${name}`, task.deadline, () =>
-      putObject(updatesWire, bucket.updates(site), name, parts, { chunkBytes: OBJECT_CHUNK_BYTES, windowBytes: OBJECT_PUT_WINDOW_BYTES }),
-    );
+    const stored = await patiently(`write ${name}`, task.deadline, () => putObject(updatesWire, bucket.updates(site), name, parts, OBJECT_PUT));
     sha256 ||= stored.sha256;
     t.written = now();
     const env: Omit<UpdateEnvelope, 'signature'> = {

@@ -16,8 +16,8 @@ import { objectStoreDigest, sha256OfObjectStoreDigest } from '../../core/protoco
 import { readObject } from '../../core/protocol/object-read.ts';
 import { putObject } from '../../core/protocol/object-put.ts';
 import { buckets, inboxPrefix, jobKey, OBJECT_CHUNK_BYTES, objectNames, subjects } from '../../core/protocol/subjects.ts';
-import { objectWire as coordinatorObjectWire } from '../../core/protocol/object-wire.ts';
-import { objectWire as siteObjectWire, readModelObject } from '../../worker/nats/site-runner.ts';
+import { objectWire as coordinatorObjectWire, objectWire as siteObjectWire } from '../../core/protocol/object-wire.ts';
+import { readModelObject } from '../../worker/nats/site-runner.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
 import { collect, digestOf, soon, violation, type WatchedClient, watchedClient } from '../helpers/nats-clients.ts';
 import { useNatsServer } from '../helpers/nats-server.ts';

@@ -9,7 +9,6 @@ import { putObject } from '../../core/protocol/object-put.ts';
 import { type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
 import { objectWire } from '../../core/protocol/object-wire.ts';
 
-export { objectWire };
 import { retrying } from '../../core/protocol/retry.ts';
 import {
   Ack,
@@ -24,16 +23,13 @@ import {
   Welcome,
 } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, OBJECT_CHUNK_BYTES, OBJECT_PUT_WINDOW_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, OBJECT_PUT, OBJECT_READ_BATCH_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
 import type { BackendPreference } from '../backend.ts';
 import { WorkerError } from '../errors.ts';
 import { SiteWorker } from '../site-worker.ts';
 import { ArmedFailpoints, type Failpoint } from './failpoints.ts';
 import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
-
-/** Bytes of a model's chunks asked for at a time. */
-const READ_BATCH_BYTES = 8 * 1024 * 1024;
 
 /**
  * The bytes of a model object a task refers to, read into one array (`into` when it is large
@@ -45,7 +41,7 @@ export async function readModelObject(wire: ObjectReadWire, ref: ObjectRef, into
   return await readObject(wire, ref.bucket, ref.name, {
     expect: ref,
     maxBytes: ref.size,
-    batchBytes: READ_BATCH_BYTES,
+    batchBytes: OBJECT_READ_BATCH_BYTES,
     ...(into && into.length >= ref.size ? { into } : {}),
   });
 }
@@ -204,10 +200,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
     // Hashed as it is written: that is the envelope's SHA-256, with no second pass.
-    const { sha256 } = await retrying(
-      () => putObject(updatesWire, bucket.updates(site), name, encoded.parts, { chunkBytes: OBJECT_CHUNK_BYTES, windowBytes: OBJECT_PUT_WINDOW_BYTES }),
-      patience(task.deadline),
-    );
+    const { sha256 } = await retrying(() => putObject(updatesWire, bucket.updates(site), name, encoded.parts, OBJECT_PUT), patience(task.deadline));
     const envelope: Omit<UpdateEnvelope, 'signature'> = {
       type: 'update',
       protocol: PROTOCOL_VERSION,
