@@ -81,7 +81,14 @@ describe('signEnvelope / verifyEnvelope', () => {
       [signed],
     ];
     for (const c of cases) expect(verifyEnvelope(c, site.publicKey)).toBe(false);
-    for (const key of ['', 'not-a-key', site.seed, `${site.publicKey}A`, site.publicKey.replace(/.$/, (c) => (c === 'A' ? 'B' : 'A')), publicKeyOf(site.seed).toLowerCase()]) {
+    for (const key of [
+      '',
+      'not-a-key',
+      site.seed,
+      `${site.publicKey}A`,
+      site.publicKey.replace(/.$/, (c) => (c === 'A' ? 'B' : 'A')),
+      publicKeyOf(site.seed).toLowerCase(),
+    ]) {
       expect(verifyEnvelope(signed, key)).toBe(false);
     }
     const cyclic: Record<string, unknown> = { ...signed };
