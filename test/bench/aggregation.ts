@@ -17,8 +17,10 @@
 //     (aggregateStored): a sum the size of a range, every update's same range folded into it,
 //     one at a time (add) or together (addAll).
 // All give the same bits (checked). A naive float64 `acc[i] += w * x[i]` fold is printed beside
-// them for reference.
-import { GROUP } from '../../core/aggregation/exact-kernel.ts';
+// them for reference, and so is the bound the exact split's arithmetic sets by itself: the fold
+// kernel over every block of a sum, GROUP inputs at a time, with the inputs staged in cache once
+// (no input read from memory, no copy, no scan: what no way of moving the bytes can beat).
+import { BLOCK, type FoldKernel, fusedMultiplyAdd, GROUP, Shard } from '../../core/aggregation/exact-kernel.ts';
 import { ExactWeightedSum } from '../../core/aggregation/exact-sum.ts';
 import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
 import { encodeModule, op } from '../../core/aggregation/wasm.ts';
@@ -192,6 +194,17 @@ export async function run(args: AggregationArgs): Promise<unknown> {
   const batched = new ExactWeightedSum(n);
   const roundAccumulator = new RoundAccumulator(n);
   const naiveAcc = new Float64Array(n);
+  // The arithmetic bound: one block of every update staged into the slots once; each block of the
+  // sum then folds those (still in cache) in groups as addAll forms them (10: 4, 3, 3).
+  // Both kernels where the engine fuses relaxed_madd (the fused one takes an operation fewer).
+  const kernels: FoldKernel[] = fusedMultiplyAdd() ? ['plain', 'fused'] : ['plain'];
+  const kernelOnly = kernels.map((kernel) => {
+    const shard = new Shard(0, n, kernel);
+    for (let k = 0; k < GROUP; k++) shard.stage(ups[k]!, 0, Math.min(BLOCK, n), k);
+    return { kernel, shard };
+  });
+  const groups = Math.ceil(count / GROUP);
+  const groupWeights = Array.from({ length: groups }, (_, g) => weights.slice(Math.floor((g * count) / groups), Math.floor(((g + 1) * count) / groups)));
 
   // Range by range: the folds are timed, the resets and means between them are not. The ranges
   // of each update are views, the last one padded with zeros (as aggregateStored reads them).
@@ -266,6 +279,20 @@ export async function run(args: AggregationArgs): Promise<unknown> {
         });
       },
     },
+    ...kernelOnly.map(
+      ({ kernel, shard }): Row => ({
+        what: `fold kernel alone (${kernel}), inputs in cache: arithmetic bound`,
+        time: () => {
+          shard.reset();
+          return timed(() => {
+            for (let at = 0; at < n; at += BLOCK) {
+              const c = Math.min(BLOCK, n - at);
+              for (const ws of groupWeights) shard.foldStaged(c, at, ws);
+            }
+          });
+        },
+      }),
+    ),
   ];
   // Every repetition times every row once, in turn, so that whatever else the machine does
   // (other processes, other guests of the host) falls on all of them alike; a row's figure is
@@ -276,6 +303,7 @@ export async function run(args: AggregationArgs): Promise<unknown> {
   const rate = (what: string) => gbps(fastest[rows.findIndex((r) => r.what === what)]!);
   const readRate = Math.max(...reads.map((r) => rate(r.what)));
   const jsReadRate = Math.max(...reads.slice(1).map((r) => rate(r.what)));
+  const bound = Math.max(...folds.slice(6).map((r) => rate(r.what)));
 
   // The same bits every way? (The states after the last repetition.)
   const a = oneAtATime.snapshot();
@@ -307,6 +335,7 @@ export async function run(args: AggregationArgs): Promise<unknown> {
       `read rate = the fastest of the four reads (${fixed(readRate, 2)} GB/s; of the three JS ones: ${fixed(jsReadRate, 2)} GB/s); target for the exact sum: >= 0.5x of it`,
       `ExactWeightedSum keeps two int64 per element (WebAssembly SIMD, fold kernel: ${kernel}); one update at a time, each element moves 4 bytes of input and reads and writes 16 bytes of state (36 bytes of memory traffic per 4 bytes of input); block by block, the state stays in cache and is read and written once per ${GROUP} updates`,
       `add and addAll leave the same state bit for bit: ${identical ? 'yes' : 'NO'}; RoundAccumulator and range by range give the same mean as addAll: ${meanIdentical && rangesIdentical ? 'yes' : 'NO'}`,
+      `the exact split's arithmetic alone (the fastest fold kernel, inputs in cache, no input read from memory): ${fixed(bound, 2)} GB/s = ${fixed(bound / readRate, 2)}x of the read rate: ${bound / readRate < 0.5 ? 'below 0.5x, so no way of moving the inputs can bring this exact sum to 0.5x on one core here' : 'the bound leaves room for reading the inputs'}`,
       `the mean (RoundAccumulator.take over the sum's own memory, ${(n / 1e6).toFixed(0)}M elements), timed apart: ${fixed(takeS * 1000, 0)} ms; each row's fastest of ${reps} rounds, the rows in turn`,
     ],
   );
@@ -333,5 +362,6 @@ export async function run(args: AggregationArgs): Promise<unknown> {
     exactWeightedSumBlocked: { ...figure(folds[2]!.what), identicalToOneAtATime: identical },
     rangeByRange: { range: width, add: figure(folds[3]!.what), addAll: figure(folds[4]!.what), identicalMeans: rangesIdentical },
     naiveFloat64: figure(folds[5]!.what),
+    foldKernelInCache: Object.fromEntries(kernelOnly.map(({ kernel }, i) => [kernel, figure(folds[6 + i]!.what)])),
   };
 }
