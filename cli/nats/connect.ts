@@ -131,6 +131,9 @@ export async function connectAs(url: string | string[], seedOrFile: string, user
       reconnectTimeWait: 250,
       reconnectJitter: 250,
       pingInterval: 20_000,
+      // nats.js otherwise builds an Error, stack trace and all, for every request it sends (each
+      // object chunk's publish acknowledgement and read) in case it fails; ours say what failed.
+      noAsyncTraces: true,
       ...extra,
     });
   } catch (err) {
