@@ -17,7 +17,7 @@ import { readJobFile, withOverrides } from '../job-file.ts';
 import { TrustedKeys } from '../nats/config.ts';
 import { connectAs, readSeed } from '../nats/connect.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { writeOutputs } from '../run/outputs.ts';
+import { checkOutputDir, writeOutputs } from '../run/outputs.ts';
 import { intFlag, summaryTable } from '../run/command.ts';
 
 const seconds = z
@@ -93,6 +93,8 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
     const flags = parseFlags(CoordinatorFlags, raw);
     const job = withOverrides(readJobFile(jobPath), flags);
     const keys = readKeys(flags.keys);
+    const outDir = resolve(flags.out ?? `out/${job.metadata.name}`);
+    checkOutputDir(outDir);
     const missing = job.spec.sites.map((s) => s.name).filter((s) => !keys.sites[s]);
     if (missing.length > 0) throw new CliError('CONSORT_CLI_CREDENTIALS', `${flags.keys} has no key for site(s) ${missing.join(', ')}`);
     const log = logTo(flags.quiet);
@@ -137,7 +139,6 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
       // The TF.js format needs the model's topology: build it here (no data, no training).
       const built = await buildModel(job.spec.model, sampleShape, classes.length, dirname(resolve(jobPath)));
       const tfjsModel = await exportLayersModel(new LocalTrainer(built), result.global);
-      const outDir = resolve(flags.out ?? `out/${job.metadata.name}`);
       const files = await writeOutputs(outDir, { report, layout: result.layout, weights: result.global, tfjsModel });
       const rejected = Object.entries(result.rejections).filter(([, n]) => n > 0);
       if (!flags.quiet) process.stdout.write(summaryTable(report));

@@ -10,7 +10,7 @@ import { reportFailure } from '../failure.ts';
 import { readJobFile, withOverrides } from '../job-file.ts';
 import { runLocal } from './local-run.ts';
 import { runOverNats } from './nats-run.ts';
-import { writeOutputs } from './outputs.ts';
+import { checkOutputDir, writeOutputs } from './outputs.ts';
 import { createProgress } from './progress.ts';
 import { fanOut, LocalRunMetrics } from './run-metrics.ts';
 import { type ApiServer, startApiServer } from '../../operator/api/server.ts';
@@ -45,6 +45,7 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
     const flags = parsed.data;
     const job = withOverrides(readJobFile(jobPath), flags);
     const outDir = resolve(flags.out ?? `out/${job.metadata.name}`);
+    checkOutputDir(outDir);
     if (flags.nats !== undefined) {
       if (flags.metricsPort !== undefined)
         throw new CliError('CONSORT_CLI_USAGE', '--metrics-port serves the metrics of a run in this process; it cannot be combined with --nats');

@@ -1,8 +1,9 @@
 // Writes a finished run's results. Everything goes into a fresh sibling folder first and is
 // renamed into place at the end, so a failed or interrupted run never leaves a half-written
 // folder that looks like a result.
-import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, relative, resolve } from 'node:path';
+import { REPORT_FORMAT } from '../../core/report/run-report.ts';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
 import { renderReportHtml } from '../../core/report/html.ts';
 import { renderModelCard } from '../../core/report/model-card.ts';
@@ -17,7 +18,49 @@ export const OUTPUT_FILES = {
   tfjsDir: 'tfjs',
 } as const;
 
+/** Whether `dir` holds a report.json of a Consort run (an earlier result, which a new one replaces). */
+function holdsEarlierResult(dir: string): boolean {
+  try {
+    const report = JSON.parse(readFileSync(join(dir, OUTPUT_FILES.reportJson), 'utf8')) as { format?: unknown };
+    return report.format === REPORT_FORMAT;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Refuses (CONSORT_CLI_USAGE) an output folder that writing the results would destroy: results
+ * replace the whole folder, so it must be new, empty, or an earlier Consort result, and neither
+ * the current folder nor one that holds it. Called before the run starts (a mistaken --out is
+ * told at once, not after the training) and again just before the results replace the folder.
+ */
+export function checkOutputDir(outDir: string): void {
+  const dir = resolve(outDir);
+  const here = relative(dir, process.cwd());
+  if (here === '' || (!here.startsWith('..') && !here.startsWith('/')))
+    throw new CliError(
+      'CONSORT_CLI_USAGE',
+      `--out ${outDir}: the results replace the whole folder, and this one holds the current folder; choose a new folder`,
+    );
+  let isDir: boolean;
+  try {
+    isDir = lstatSync(dir).isDirectory();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new CliError('CONSORT_CLI_USAGE', `--out ${outDir}: ${(err as Error).message}`);
+  }
+  if (!isDir) throw new CliError('CONSORT_CLI_USAGE', `--out ${outDir}: is a file, not a folder`);
+  const entries = readdirSync(dir);
+  if (entries.length === 0 || holdsEarlierResult(dir)) return;
+  const shown = entries.slice(0, 5).join(', ') + (entries.length > 5 ? `, … (${entries.length} entries)` : '');
+  throw new CliError(
+    'CONSORT_CLI_USAGE',
+    `--out ${outDir}: the folder exists and is not an earlier Consort result (it holds ${shown}); the results replace the whole folder, so choose a new or empty one`,
+  );
+}
+
 export async function writeOutputs(outDir: string, run: LocalRunResult): Promise<string[]> {
+  checkOutputDir(outDir);
   const staging = join(dirname(outDir), `.${basename(outDir)}.partial-${process.pid}`);
   try {
     rmSync(staging, { recursive: true, force: true });

@@ -1,10 +1,10 @@
 // Bad input: each mistake a user can make in a job file, its data or the flags gives exit status
 // 2, one clear message that names the field, flag, file or line, and no output folder (neither
 // the result folder nor its staging sibling) that could pass for a result.
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { type CliResult, runConsort, transcript } from '../helpers/consort-cli.ts';
+import { type CliResult, REPO_ROOT, runConsort, transcript } from '../helpers/consort-cli.ts';
 import { hospitalSpec, leftovers, writeJob } from '../helpers/jobs.ts';
 import { csvData, hospitalCsvText, writeDataFile, writeHospitalCsvSite } from '../helpers/site-data.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
@@ -216,5 +216,60 @@ describe('a malformed failpoint in the environment of `consort site`', () => {
     expect(result.stderr, why).toContain('CONSORT_FAILPOINTS');
     expect(result.stderr, why).toContain('stop-after-ack:<fit|evaluate>:<round>');
     expect(result.stderr, why).toContain('CONSORT_CLI_USAGE');
+  });
+});
+
+describe('an output folder that the results would destroy', () => {
+  /** Runs `consort run JOB --out OUT` (in `cwd`) and checks it is refused at once, naming the folder. */
+  async function expectRefused(job: string, out: string, cwd?: string): Promise<string> {
+    const result = await runConsort(['run', job, '--quiet', '--out', out], cwd ? { cwd } : {});
+    const why = transcript(result);
+    expect(result.code, why).toBe(2);
+    expect(result.stderr, why).toContain('CONSORT_CLI_USAGE');
+    expect(result.stderr, why).toContain(`--out ${resolve(cwd ?? REPO_ROOT, out)}`);
+    expect(result.stderr, why).not.toMatch(/^\s+at .+:\d+:\d+\)?$/m);
+    return result.stderr;
+  }
+
+  it.concurrent('a folder that holds other files: refused, and the files are left as they were', async () => {
+    const dir = tmp('out-taken');
+    const job = writeJob(dir, hospitalSpec(undefined, { rounds: 1 }));
+    const out = join(dir, 'thesis');
+    mkdirSync(join(out, 'chapters'), { recursive: true });
+    writeFileSync(join(out, 'thesis.txt'), 'years of work\n');
+    const message = await expectRefused(job, out);
+    expect(message).toContain('thesis.txt');
+    expect(readFileSync(join(out, 'thesis.txt'), 'utf8')).toBe('years of work\n');
+    expect(readdirSync(out).sort()).toEqual(['chapters', 'thesis.txt']);
+  });
+
+  it.concurrent('a file: refused, and the file is left as it was', async () => {
+    const dir = tmp('out-file');
+    const job = writeJob(dir, hospitalSpec(undefined, { rounds: 1 }));
+    const out = join(dir, 'notes.txt');
+    writeFileSync(out, 'notes\n');
+    expect(await expectRefused(job, out)).toContain('is a file');
+    expect(readFileSync(out, 'utf8')).toBe('notes\n');
+  });
+
+  it.concurrent('the current folder, or one that holds it: refused', async () => {
+    const dir = tmp('out-here');
+    const job = writeJob(dir, hospitalSpec(undefined, { rounds: 1 }));
+    mkdirSync(join(dir, 'inner'));
+    await expectRefused(job, '.', dir);
+    await expectRefused(job, '..', join(dir, 'inner'));
+    expect(readdirSync(dir).sort()).toEqual(['inner', 'job.yaml']);
+  });
+
+  it.concurrent('an empty folder, then the same folder holding that result: both runs write their results there', async () => {
+    const dir = tmp('out-again');
+    const job = writeJob(dir, hospitalSpec(undefined, { rounds: 1 }));
+    const out = join(dir, 'results');
+    mkdirSync(out);
+    for (let run = 0; run < 2; run++) {
+      const result = await runConsort(['run', job, '--quiet', '--out', out]);
+      expect(result.code, transcript(result)).toBe(0);
+      expect(readdirSync(out).sort()).toEqual(['MODEL_CARD.md', 'model.safetensors', 'report.html', 'report.json', 'tfjs']);
+    }
   });
 });
