@@ -26,6 +26,8 @@ export interface SiteDescription {
   /** Labels seen at this site (counts stay in quality). */
   labels: string[];
   sampleShape: number[];
+  /** The names of the input's features, in the model's order, where the data has them (tabular data). */
+  features?: string[];
   quality: DataQuality;
 }
 
@@ -114,7 +116,13 @@ export class SiteWorker {
   async describe(siteIndex: number): Promise<SiteDescription> {
     const d = await this.load(siteIndex);
     if (this.classes === undefined) this.data.delete(siteIndex); // reload with the job's classes
-    return { site: this.site(siteIndex).name, labels: d.classes, sampleShape: d.train.sampleShape, quality: d.quality };
+    return {
+      site: this.site(siteIndex).name,
+      labels: d.classes,
+      sampleShape: d.train.sampleShape,
+      ...(d.featureNames ? { features: d.featureNames } : {}),
+      quality: d.quality,
+    };
   }
 
   /** Fixes the classes and input shape, picks the backend and builds the model. */

@@ -12,6 +12,7 @@ import { sortLabels } from '../../worker/data/dataset.ts';
 import { SitePool } from '../../worker/site-pool.ts';
 import type { ExportedModel, SiteDescription } from '../../worker/site-worker.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
+import { featuresDiffer } from '../../core/data/features.ts';
 import { CliError } from '../errors.ts';
 import { InProcessTransport } from './in-process-transport.ts';
 
@@ -93,6 +94,9 @@ function agreeOnShape(described: SiteDescription[]): number[] {
         `sites disagree on the shape of an example: "${first.site}" has [${first.sampleShape.join(', ')}], "${d.site}" has [${d.sampleShape.join(', ')}]`,
       );
     }
+    // The same count of features is not enough: a weight belongs to a column by position.
+    const differ = featuresDiffer(first.features, d.features);
+    if (differ) throw new CliError('CONSORT_CLI_DATA', `sites disagree on the feature columns: "${first.site}" and "${d.site}": ${differ}`);
   }
   return first.sampleShape;
 }

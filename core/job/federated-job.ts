@@ -66,6 +66,15 @@ export const CsvData = z
     train: z.string().min(1).describe('CSV file with a header row; relative paths resolve against the job file.'),
     ...splitFields,
     labelColumn: z.string().min(1).describe('Header name of the label column.'),
+    features: z
+      .array(z.string().min(1))
+      .min(1)
+      .max(100_000)
+      .refine((f) => new Set(f).size === f.length, 'lists a column twice')
+      .optional()
+      .describe(
+        "Header names of the feature columns, in the order the model takes them; other columns (an ID, a date) are left out. Default: every column but the label, in the header's order, which must then be the same at every site.",
+      ),
     delimiter: z.string().length(1).default(','),
   })
   .strict();

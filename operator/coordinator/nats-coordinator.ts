@@ -3,6 +3,7 @@
 // join, resumes from the last checkpoint if there is one, runs the RoundCoordinator over the
 // NatsTransport, and announces the end. A checkpoint goes into the job's state bucket after
 // every round, so a coordinator killed at any point carries on where it stopped.
+import { featuresDiffer } from '../../core/data/features.ts';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { Objm, type ObjectStore, setSha256Backend, StorageType } from '@nats-io/obj';
 import type { DataQuality } from '../../core/data/quality.ts';
@@ -86,6 +87,8 @@ export interface CoordinatorCounters {
 export interface JoinedSite {
   labels: string[];
   sampleShape: number[];
+  /** Its input's feature names, in the model's order (tabular data). */
+  features?: string[];
   quality?: DataQuality;
   backend?: { name: string; reason: string };
 }
@@ -232,10 +235,15 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     } else if (JSON.stringify(layout) !== JSON.stringify(h.data.layout)) {
       return refuse('CONSORT_R_WRONG_SHAPE', 'the site builds a different model (check its data shape and classes)');
     }
+    // The same layout is not enough: a first-layer weight belongs to a feature by its position.
+    const other = Object.entries(joined).find(([s, j]) => s !== site && j.features);
+    const differ = other && featuresDiffer(other[1].features, h.data.features);
+    if (differ) return refuse('CONSORT_R_WRONG_SHAPE', `the site's feature columns are not those of site "${other[0]}": ${differ}`);
     if (!lastSeen.has(site)) log(`site "${site}" joined`);
     joined[site] = {
       labels: h.data.labels,
       sampleShape: h.data.sampleShape,
+      ...(h.data.features ? { features: h.data.features } : {}),
       ...(h.data.quality ? { quality: h.data.quality } : {}),
       ...(h.data.backend ? { backend: h.data.backend } : {}),
     };

@@ -1,10 +1,12 @@
 // The CSV path end to end: three hospitals' train and test files on disk, a job that names them
 // relative to its own folder, and per-site results and data-quality counts in the report.
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runConsort, transcript } from '../helpers/consort-cli.ts';
 import { readReport, writeJob } from '../helpers/jobs.ts';
-import { csvData, writeHospitalCsvSite } from '../helpers/site-data.ts';
+import { csvData, writeDataFile, writeHospitalCsvSite } from '../helpers/site-data.ts';
+import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 
 describe('consort run on CSV sites', () => {
@@ -57,5 +59,53 @@ describe('consort run on CSV sites', () => {
     const weighted = sites.reduce((a, s) => a + report.final.perSite[s.name]!.accuracy * s.testRows, 0) / total;
     expect(report.final.accuracy).toBeCloseTo(weighted, 9);
     expect(report.final.accuracy).toBeGreaterThan(0.7);
+  });
+
+  /** jobDir/rel's CSV (no quoted fields) rewritten with its columns in reverse and, with `id`, a text column first. */
+  function reordered(jobDir: string, rel: string, id: boolean): string {
+    const lines = readFileSync(join(jobDir, rel), 'utf8').trim().split('\n');
+    const text = lines.map((line, i) => [...(id ? [i === 0 ? 'patient id' : `P-${i}`] : []), ...line.split(',').reverse()].join(','));
+    return writeDataFile(jobDir, rel.replace('.csv', id ? '-with-id.csv' : '-reversed.csv'), `${text.join('\n')}\n`);
+  }
+
+  it('matches columns by name: another order is refused, and data.features gives the same model bytes whatever the order and extra columns', async () => {
+    const root = tmp('csv-columns');
+    const north = writeHospitalCsvSite(root, { name: 'north', train: 80, test: 30, prevalence: 0.3, shift: 0 }, 21);
+    const south = writeHospitalCsvSite(root, { name: 'south', train: 70, test: 30, prevalence: 0.4, shift: 0.3 }, 22);
+    const spec = (southFiles: { train: string; test: string }, features?: readonly string[]) => ({
+      model: { type: 'logistic' },
+      sites: [
+        { name: 'north', data: { ...csvData(north), ...(features ? { features } : {}) } },
+        { name: 'south', data: { ...csvData(southFiles), ...(features ? { features } : {}) } },
+      ],
+      rounds: 2,
+      seed: 5,
+    });
+    const run = async (name: string, s: Record<string, unknown>) => {
+      const job = writeJob(root, s, { file: `${name}.yaml` });
+      return { r: await runConsort(['run', job, '--quiet', '--out', join(root, name)]), out: join(root, name) };
+    };
+
+    const same = await run('same', spec(south));
+    expect(same.r.code, transcript(same.r)).toBe(0);
+
+    // The same columns in another order: the count agrees, the meaning does not.
+    const reversed = { train: reordered(root, south.train, false), test: reordered(root, south.test, false) };
+    const refused = await run('reversed', spec(reversed));
+    expect(refused.r.code, transcript(refused.r)).toBe(2);
+    expect(refused.r.stderr).toContain('CONSORT_CLI_DATA');
+    expect(refused.r.stderr).toContain('sites disagree on the feature columns: "north" and "south": the same columns in another order');
+    expect(refused.r.stderr).toContain('data.features');
+
+    // Named: each site picks its columns by name, leaving its text ID column out.
+    const withId = { train: reordered(root, south.train, true), test: reordered(root, south.test, true) };
+    const named = await run('named', spec(withId, HOSPITAL_FEATURES));
+    expect(named.r.code, transcript(named.r)).toBe(0);
+    expect(readReport(named.out).final.modelSha256).toBe(readReport(same.out).final.modelSha256);
+
+    // A column data.features names that a file lacks is named, with the file's columns.
+    const missing = await run('missing', spec(south, [...HOSPITAL_FEATURES, 'weight']));
+    expect(missing.r.code, transcript(missing.r)).toBe(2);
+    expect(missing.r.stderr).toMatch(/train\.csv: feature column "weight" of data.features is not in the file; the file has columns /);
   });
 });

@@ -57,7 +57,13 @@ export async function siteModel(job: FederatedJob, siteIndex: number): Promise<{
 }
 
 /** A hello of `site`, signed with its seed, as the site runner sends it (codec none). */
-export function signedHello(key: string, site: string, seed: string, model: { layout: ParameterLayout; sampleShape: number[] }): Uint8Array {
+export function signedHello(
+  key: string,
+  site: string,
+  seed: string,
+  model: { layout: ParameterLayout; sampleShape: number[] },
+  features?: readonly string[],
+): Uint8Array {
   const hello = {
     type: 'hello' as const,
     protocol: PROTOCOL_VERSION,
@@ -67,6 +73,7 @@ export function signedHello(key: string, site: string, seed: string, model: { la
     sentAt: Date.now(),
     sampleShape: model.sampleShape,
     labels: ['no', 'yes'],
+    ...(features ? { features } : {}),
     layout: model.layout,
     codecs: ['none' as const],
   };

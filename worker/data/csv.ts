@@ -34,7 +34,7 @@ function quote(s: string): string {
   return JSON.stringify(s.length > 40 ? `${s.slice(0, 40)}…` : s);
 }
 
-function parseCsvTable(text: string, shown: string, resolved: string, delimiter: string, labelColumn: string): CsvTable {
+function parseCsvTable(text: string, shown: string, resolved: string, delimiter: string, labelColumn: string, wanted?: readonly string[]): CsvTable {
   let records: { record: string[]; info: { lines: number } }[];
   try {
     records = parse(text, { delimiter, bom: true, trim: true, skip_empty_lines: true, relax_column_count: true, info: true }) as unknown as typeof records;
@@ -76,11 +76,23 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
       { file: resolved, line: first.info.lines },
     );
   }
-  const features = header.filter((_, i) => i !== labelAt);
+  if (wanted) {
+    const absent = wanted.filter((f) => f === labelColumn || !header.includes(f));
+    if (absent.length > 0) {
+      throw new WorkerError(
+        'CONSORT_W_DATA_COLUMN',
+        `${shown}: feature column${absent.length > 1 ? 's' : ''} ${absent.map((f) => `"${f}"`).join(', ')} of data.features ${absent.length > 1 ? 'are' : 'is'} not ${absent.includes(labelColumn) ? 'a feature' : 'in the file'}; the file has columns ${header.map((h) => `"${h}"`).join(', ')}`,
+        { file: resolved, line: first.info.lines },
+      );
+    }
+  }
+  const features = wanted ? [...wanted] : header.filter((_, i) => i !== labelAt);
   if (features.length === 0) {
     throw new WorkerError('CONSORT_W_DATA_SCHEMA', `${shown}: no feature columns besides the label column "${labelColumn}"`, { file: resolved });
   }
   const d = features.length;
+  /** The header position of each feature, in the features' order. */
+  const columns = features.map((f) => header.indexOf(f));
   const values: number[] = [];
   const labels: string[] = [];
   const lines: number[] = [];
@@ -97,14 +109,14 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
       });
     }
     let missingHere = 0;
-    for (let c = 0, j = 0; c < record.length; c++) {
-      if (c === labelAt) continue;
+    for (let j = 0; j < d; j++) {
+      const c = columns[j]!;
       const field = record[c]!;
       if (field === '') {
-        row[j++] = Number.NaN;
+        row[j] = Number.NaN;
         missingHere++;
       } else if (NUMBER.test(field)) {
-        row[j++] = Number(field);
+        row[j] = Number(field);
       } else {
         throw new WorkerError(
           'CONSORT_W_DATA_ROW',
@@ -128,10 +140,10 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
   return { shown, resolved, features, values: Float64Array.from(values), labels, lines, n: labels.length, missing, rejected };
 }
 
-async function readCsvTable(path: string, ctx: LoadContext, delimiter: string, labelColumn: string): Promise<CsvTable> {
+async function readCsvTable(path: string, ctx: LoadContext, spec: CsvData): Promise<CsvTable> {
   const resolved = resolveDataPath(ctx.baseDir, path);
   const bytes = await readDataFile(resolved, path);
-  const table = parseCsvTable(bytes.toString('utf8'), path, resolved, delimiter, labelColumn);
+  const table = parseCsvTable(bytes.toString('utf8'), path, resolved, spec.delimiter, spec.labelColumn, spec.features);
   if (table.n === 0) {
     throw new WorkerError('CONSORT_W_DATA_EMPTY', `site "${ctx.site}": ${path} has no usable rows`, { file: resolved });
   }
@@ -177,9 +189,8 @@ function classIndices(table: CsvTable, classes: readonly string[]): Int32Array {
 }
 
 export async function loadCsv(spec: CsvData, ctx: LoadContext): Promise<SiteData> {
-  const trainTable = await readCsvTable(spec.train, ctx, spec.delimiter, spec.labelColumn);
-  const testTable =
-    spec.test === undefined ? undefined : alignColumns(await readCsvTable(spec.test, ctx, spec.delimiter, spec.labelColumn), trainTable.features);
+  const trainTable = await readCsvTable(spec.train, ctx, spec);
+  const testTable = spec.test === undefined ? undefined : alignColumns(await readCsvTable(spec.test, ctx, spec), trainTable.features);
   const classes = ctx.classes ?? sortLabels([...trainTable.labels, ...(testTable?.labels ?? [])]);
   const d = trainTable.features.length;
   const yAll = classIndices(trainTable, classes);

@@ -125,6 +125,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       sentAt: Date.now(),
       sampleShape: described.sampleShape,
       labels: described.labels,
+      ...(described.features ? { features: described.features } : {}),
       layout: prepared.layout,
       codecs: ['none', 'fp16', 'int8', 'topk'],
       quality: described.quality,
