@@ -16,8 +16,8 @@ export function featuresDiffer(a: readonly string[] | undefined, b: readonly str
   const onlyB = b.filter((f) => !a.includes(f));
   if (onlyA.length > 0 || onlyB.length > 0) {
     const parts = [onlyA.length > 0 ? `only the first has ${shown(onlyA)}` : '', onlyB.length > 0 ? `only the second has ${shown(onlyB)}` : ''];
-    return `${parts.filter((p) => p !== '').join('; ')} (list the columns to use in each site's data.features)`;
+    return `${parts.filter((p) => p !== '').join('; ')} (list the columns to use in each site's data.featureColumns)`;
   }
   const at = a.findIndex((f, i) => f !== b[i]);
-  return `the same columns in another order: column ${at + 1} is "${a[at]}" at the first and "${b[at]}" at the second (list them in each site's data.features, in one order)`;
+  return `the same columns in another order: column ${at + 1} is "${a[at]}" at the first and "${b[at]}" at the second (list them in each site's data.featureColumns, in one order)`;
 }

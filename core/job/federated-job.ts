@@ -66,7 +66,7 @@ export const CsvData = z
     train: z.string().min(1).describe('CSV file with a header row; relative paths resolve against the job file.'),
     ...splitFields,
     labelColumn: z.string().min(1).describe('Header name of the label column.'),
-    features: z
+    featureColumns: z
       .array(z.string().min(1))
       .min(1)
       .max(100_000)

@@ -68,15 +68,15 @@ describe('consort run on CSV sites', () => {
     return writeDataFile(jobDir, rel.replace('.csv', id ? '-with-id.csv' : '-reversed.csv'), `${text.join('\n')}\n`);
   }
 
-  it('matches columns by name: another order is refused, and data.features gives the same model bytes whatever the order and extra columns', async () => {
+  it('matches columns by name: another order is refused, and data.featureColumns gives the same model bytes whatever the order and extra columns', async () => {
     const root = tmp('csv-columns');
     const north = writeHospitalCsvSite(root, { name: 'north', train: 80, test: 30, prevalence: 0.3, shift: 0 }, 21);
     const south = writeHospitalCsvSite(root, { name: 'south', train: 70, test: 30, prevalence: 0.4, shift: 0.3 }, 22);
     const spec = (southFiles: { train: string; test: string }, features?: readonly string[]) => ({
       model: { type: 'logistic' },
       sites: [
-        { name: 'north', data: { ...csvData(north), ...(features ? { features } : {}) } },
-        { name: 'south', data: { ...csvData(southFiles), ...(features ? { features } : {}) } },
+        { name: 'north', data: { ...csvData(north), ...(features ? { featureColumns: features } : {}) } },
+        { name: 'south', data: { ...csvData(southFiles), ...(features ? { featureColumns: features } : {}) } },
       ],
       rounds: 2,
       seed: 5,
@@ -95,7 +95,7 @@ describe('consort run on CSV sites', () => {
     expect(refused.r.code, transcript(refused.r)).toBe(2);
     expect(refused.r.stderr).toContain('CONSORT_CLI_DATA');
     expect(refused.r.stderr).toContain('sites disagree on the feature columns: "north" and "south": the same columns in another order');
-    expect(refused.r.stderr).toContain('data.features');
+    expect(refused.r.stderr).toContain('data.featureColumns');
 
     // Named: each site picks its columns by name, leaving its text ID column out.
     const withId = { train: reordered(root, south.train, true), test: reordered(root, south.test, true) };
@@ -103,9 +103,9 @@ describe('consort run on CSV sites', () => {
     expect(named.r.code, transcript(named.r)).toBe(0);
     expect(readReport(named.out).final.modelSha256).toBe(readReport(same.out).final.modelSha256);
 
-    // A column data.features names that a file lacks is named, with the file's columns.
+    // A column data.featureColumns names that a file lacks is named, with the file's columns.
     const missing = await run('missing', spec(south, [...HOSPITAL_FEATURES, 'weight']));
     expect(missing.r.code, transcript(missing.r)).toBe(2);
-    expect(missing.r.stderr).toMatch(/train\.csv: feature column "weight" of data.features is not in the file; the file has columns /);
+    expect(missing.r.stderr).toMatch(/train\.csv: feature column "weight" of data.featureColumns is not in the file; the file has columns /);
   });
 });

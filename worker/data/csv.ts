@@ -81,7 +81,7 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
     if (absent.length > 0) {
       throw new WorkerError(
         'CONSORT_W_DATA_COLUMN',
-        `${shown}: feature column${absent.length > 1 ? 's' : ''} ${absent.map((f) => `"${f}"`).join(', ')} of data.features ${absent.length > 1 ? 'are' : 'is'} not ${absent.includes(labelColumn) ? 'a feature' : 'in the file'}; the file has columns ${header.map((h) => `"${h}"`).join(', ')}`,
+        `${shown}: feature column${absent.length > 1 ? 's' : ''} ${absent.map((f) => `"${f}"`).join(', ')} of data.featureColumns ${absent.length > 1 ? 'are' : 'is'} not ${absent.includes(labelColumn) ? 'a feature' : 'in the file'}; the file has columns ${header.map((h) => `"${h}"`).join(', ')}`,
         { file: resolved, line: first.info.lines },
       );
     }
@@ -143,7 +143,7 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
 async function readCsvTable(path: string, ctx: LoadContext, spec: CsvData): Promise<CsvTable> {
   const resolved = resolveDataPath(ctx.baseDir, path);
   const bytes = await readDataFile(resolved, path);
-  const table = parseCsvTable(bytes.toString('utf8'), path, resolved, spec.delimiter, spec.labelColumn, spec.features);
+  const table = parseCsvTable(bytes.toString('utf8'), path, resolved, spec.delimiter, spec.labelColumn, spec.featureColumns);
   if (table.n === 0) {
     throw new WorkerError('CONSORT_W_DATA_EMPTY', `site "${ctx.site}": ${path} has no usable rows`, { file: resolved });
   }
