@@ -199,6 +199,38 @@ describe('CSV loader', () => {
     expect(Array.from(data.test.x)).toEqual(Array.from(same.test.x.subarray(0, 3)));
   });
 
+  it('takes a number label in any spelling as one class ("1", "1.0", "1e0"), also against the job\'s classes', async () => {
+    await writeFile(join(tmp, 'numeric-labels.csv'), 'age,diagnosis\n60,0\n61,1.0\n62,0.00\n63,1e0\n64,1\n');
+    const spec = csv({ train: join(tmp, 'numeric-labels.csv'), testFraction: 0.2 });
+    const inferred = await loadSiteData(spec, ctx);
+    expect(inferred.classes).toEqual(['0', '1']);
+    expect(inferred.quality.labels).toEqual({ '0': 2, '1': 3 });
+    const named = await loadSiteData(spec, { ...ctx, classes: ['0.0', '1.0'] });
+    expect(named.quality.labels).toEqual({ '0.0': 2, '1.0': 3 });
+  });
+
+  it('refuses a label column of measurements (more than 20 distinct values, over half the rows), unless the job lists the classes', async () => {
+    const rows = Array.from({ length: 30 }, (_, i) => `${i},${(100 + i * 3.7).toFixed(1)}`);
+    await writeFile(join(tmp, 'prices.csv'), `age,price\n${rows.join('\n')}\n`);
+    const spec = DataSpec.parse({ type: 'csv', labelColumn: 'price', train: join(tmp, 'prices.csv') });
+    const err = await failure(loadSiteData(spec, ctx));
+    expect(err.code).toBe('CONSORT_W_DATA_LABEL');
+    expect(err.message).toContain('label column "price" has 30 distinct values in 30 rows');
+    expect(err.message).toContain('spec.classes');
+    const classes = rows.map((r) => r.split(',')[1]!);
+    expect((await loadSiteData(spec, { ...ctx, classes })).classes).toHaveLength(30);
+  });
+
+  it('picks the featureColumns by name, in their order, leaving other columns (text ones too) out', async () => {
+    await writeFile(join(tmp, 'with-id.csv'), 'patient,lactate,diagnosis,age\nP-1,1.5,no,60\nP-2,2.5,yes,70\nP-3,3.5,no,80\n');
+    const data = await loadSiteData(csv({ train: join(tmp, 'with-id.csv'), featureColumns: ['age', 'lactate'], testFraction: 0.34 }), ctx);
+    expect(data.featureNames).toEqual(['age', 'lactate']);
+    const err = await failure(loadSiteData(csv({ train: join(tmp, 'with-id.csv'), featureColumns: ['age', 'diagnosis'] }), ctx));
+    expect(err.code).toBe('CONSORT_W_DATA_COLUMN');
+    expect(err.message).toContain('feature column "diagnosis" of data.featureColumns is not a feature');
+    expect(() => csv({ train: 'x.csv', featureColumns: ['age', 'age'] })).toThrow(/lists a column twice/);
+  });
+
   it('reads other delimiters, quoted fields and a byte-order mark', async () => {
     await writeFile(join(tmp, 'semi.csv'), '\uFEFF"age";"note";diagnosis\n60;"1.5";no\n70;2;yes\n');
     const data = await loadSiteData(csv({ train: join(tmp, 'semi.csv'), delimiter: ';', testFraction: 0.5 }), ctx);

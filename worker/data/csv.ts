@@ -30,6 +30,17 @@ interface CsvTable {
 // A decimal number as people write them; Number() alone would also take "0x1A", "Infinity" or "".
 const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 
+/**
+ * A label as a class name: a number in its shortest form ("1.0", "1.00" and "1e0" are the class
+ * "1", as pandas and R write the same integers differently), any other text as it is.
+ */
+function className(label: string): string {
+  return NUMBER.test(label) ? String(Number(label)) : label;
+}
+
+/** Past this many distinct labels, and more than one per two rows, the column holds measurements, not classes. */
+const MANY_LABELS = 20;
+
 function quote(s: string): string {
   return JSON.stringify(s.length > 40 ? `${s.slice(0, 40)}…` : s);
 }
@@ -134,7 +145,7 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
       for (let j = 0; j < d; j++) if (Number.isNaN(row[j]!)) missing[features[j]!] = (missing[features[j]!] ?? 0) + 1;
     }
     for (let j = 0; j < d; j++) values.push(row[j]!);
-    labels.push(label);
+    labels.push(className(label));
     lines.push(line);
   }
   return { shown, resolved, features, values: Float64Array.from(values), labels, lines, n: labels.length, missing, rejected };
@@ -172,7 +183,7 @@ function alignColumns(test: CsvTable, features: string[]): CsvTable {
 }
 
 function classIndices(table: CsvTable, classes: readonly string[]): Int32Array {
-  const index = new Map(classes.map((c, i) => [c, i]));
+  const index = new Map(classes.map((c, i) => [className(c), i]).reverse());
   const y = new Int32Array(table.n);
   for (let i = 0; i < table.n; i++) {
     const k = index.get(table.labels[i]!);
@@ -192,6 +203,14 @@ export async function loadCsv(spec: CsvData, ctx: LoadContext): Promise<SiteData
   const trainTable = await readCsvTable(spec.train, ctx, spec);
   const testTable = spec.test === undefined ? undefined : alignColumns(await readCsvTable(spec.test, ctx, spec), trainTable.features);
   const classes = ctx.classes ?? sortLabels([...trainTable.labels, ...(testTable?.labels ?? [])]);
+  const rows = trainTable.n + (testTable?.n ?? 0);
+  if (ctx.classes === undefined && classes.length > MANY_LABELS && classes.length > rows / 2) {
+    throw new WorkerError(
+      'CONSORT_W_DATA_LABEL',
+      `${spec.train}: label column "${spec.labelColumn}" has ${classes.length} distinct values in ${rows} rows; Consort trains classifiers, and these look like measurements, not classes (if they are classes, list them in spec.classes)`,
+      { file: trainTable.resolved },
+    );
+  }
   const d = trainTable.features.length;
   const yAll = classIndices(trainTable, classes);
   const missing: Record<string, number> = {};
