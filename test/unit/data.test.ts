@@ -231,6 +231,15 @@ describe('CSV loader', () => {
     expect(() => csv({ train: 'x.csv', featureColumns: ['age', 'age'] })).toThrow(/lists a column twice/);
   });
 
+  it('refuses a site left with no test examples (one usable row and no test file), naming the site', async () => {
+    await writeFile(join(tmp, 'one-row.csv'), 'age,diagnosis\n60,no\n70,\n');
+    const err = await failure(loadSiteData(csv({ train: join(tmp, 'one-row.csv') }), ctx));
+    expect(err.code).toBe('CONSORT_W_DATA_EMPTY');
+    expect(err.message).toBe(
+      'site "hospital-a": no test examples (1 usable example: with no test file, at least 2 are needed (one to train on, one to test on))',
+    );
+  });
+
   it('reads other delimiters, quoted fields and a byte-order mark', async () => {
     await writeFile(join(tmp, 'semi.csv'), '\uFEFF"age";"note";diagnosis\n60;"1.5";no\n70;2;yes\n');
     const data = await loadSiteData(csv({ train: join(tmp, 'semi.csv'), delimiter: ';', testFraction: 0.5 }), ctx);

@@ -183,7 +183,7 @@ function alignColumns(test: CsvTable, features: string[]): CsvTable {
 }
 
 function classIndices(table: CsvTable, classes: readonly string[]): Int32Array {
-  const index = new Map(classes.map((c, i) => [className(c), i]).reverse());
+  const index = new Map(classes.map((c, i) => [className(c), i] as const).reverse());
   const y = new Int32Array(table.n);
   for (let i = 0; i < table.n; i++) {
     const k = index.get(table.labels[i]!);
