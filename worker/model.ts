@@ -20,6 +20,12 @@ export async function buildModel(spec: ModelSpec, inputShape: number[], classes:
   const layout = model.weights.map((w) => ({ name: w.originalName ?? w.name, shape: w.shape.map((d) => d ?? 1) }));
   const last = model.layers[model.layers.length - 1];
   const activation = (last?.getConfig() as { activation?: string } | undefined)?.activation;
+  // A user's Layers model fixes its input shape; the data's must fit it (null takes any size).
+  const expected = model.inputs[0]?.shape.slice(1) ?? [];
+  if (expected.length !== inputShape.length || expected.some((d, i) => d !== null && d !== inputShape[i])) {
+    const shown = expected.map((d) => d ?? 'any').join(', ');
+    throw new WorkerError('CONSORT_W_MODEL', `the model takes inputs of shape [${shown}], but the data's examples have shape [${inputShape.join(', ')}]`);
+  }
   const outputShape = model.outputs[0]?.shape ?? [];
   if (outputShape[outputShape.length - 1] !== classes) {
     throw new WorkerError('CONSORT_W_MODEL', `model output has ${outputShape[outputShape.length - 1]} units, the job has ${classes} classes`);
@@ -64,6 +70,15 @@ async function buildLayers(spec: ModelSpec, inputShape: number[], classes: numbe
       if (inputShape.length !== 3) {
         throw new WorkerError('CONSORT_W_MODEL', `a cnn needs image data [height, width, channels]; the data has shape [${inputShape.join(', ')}]`);
       }
+      // Each block halves the image (rounding down): past 1 pixel there is nothing left to see.
+      const [height, width] = inputShape as [number, number, number];
+      const left = Math.min(height, width) / 2 ** spec.filters.length;
+      if (left < 1) {
+        throw new WorkerError(
+          'CONSORT_W_MODEL',
+          `a cnn of ${spec.filters.length} blocks (model.filters) halves a ${height}x${width} image ${spec.filters.length} times, below one pixel; use at most ${Math.floor(Math.log2(Math.min(height, width)))} blocks, or larger images`,
+        );
+      }
       const m = tf.sequential({ name: 'cnn' });
       spec.filters.forEach((filters, i) => {
         m.add(
@@ -90,7 +105,8 @@ async function buildLayers(spec: ModelSpec, inputShape: number[], classes: numbe
       try {
         json = JSON.parse(readFileSync(path, 'utf8'));
       } catch (err) {
-        throw new WorkerError('CONSORT_W_MODEL', `cannot read the model file ${path}: ${(err as Error).message}`, { file: path, cause: err });
+        const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
+        throw new WorkerError('CONSORT_W_MODEL', `cannot read the model file ${path}: ${why}`, { file: path, cause: err });
       }
       // Accept a TF.js model.json ({modelTopology}) or a bare Keras topology.
       const topology = (json as { modelTopology?: unknown }).modelTopology ?? json;

@@ -1,6 +1,9 @@
 // The TF.js local trainer against core's reference of the client-side corrections: one
 // softmax-regression step computed by hand in float64 must match what the worker does with
 // tensors, for plain SGD, FedProx and SCAFFOLD. And a long-lived worker leaks no tensors.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import { initialParameters } from '../../core/model/layout.ts';
@@ -154,5 +157,41 @@ describe('SiteWorker', () => {
     expect(alive[9]).toBe(alive[0]);
     expect(tf.memory().numTensors).toBe(alive[9]);
     worker.dispose();
+  });
+});
+
+describe('buildModel refuses a model that cannot take the data', () => {
+  const modelError = async (p: Promise<unknown>): Promise<string> => {
+    const err = await p.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect((err as { code?: string }).code).toBe('CONSORT_W_MODEL');
+    return (err as Error).message;
+  };
+
+  it("a Layers model whose input shape is not the data's", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'consort-layers-'));
+    try {
+      const m = tf.sequential({ layers: [tf.layers.dense({ units: 2, inputShape: [3] })] });
+      writeFileSync(join(dir, 'model.json'), JSON.stringify(m.toJSON(null, false)));
+      expect(await modelError(buildModel({ type: 'layers', path: 'model.json' }, [2], 2, dir))).toBe(
+        "the model takes inputs of shape [3], but the data's examples have shape [2]",
+      );
+      expect((await buildModel({ type: 'layers', path: 'model.json' }, [3], 2, dir)).layout).toHaveLength(2);
+      expect(await modelError(buildModel({ type: 'layers', path: 'none.json' }, [3], 2, dir))).toMatch(
+        /cannot read the model file .*none\.json: no such file$/,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a cnn whose blocks would halve the image below one pixel', async () => {
+    const cnn = { type: 'cnn' as const, filters: [8, 8, 8], kernelSize: 3, dense: 16 };
+    expect(await modelError(buildModel(cnn, [6, 6, 1], 3, '.'))).toBe(
+      'a cnn of 3 blocks (model.filters) halves a 6x6 image 3 times, below one pixel; use at most 2 blocks, or larger images',
+    );
+    expect((await buildModel(cnn, [8, 8, 1], 3, '.')).layout.length).toBeGreaterThan(0);
   });
 });
