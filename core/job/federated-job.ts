@@ -370,6 +370,16 @@ export const FederatedJobSpec = z
     if (spec.sampling.minSites > spec.sites.length) {
       ctx.addIssue({ code: 'custom', path: ['sampling', 'minSites'], message: `exceeds the ${spec.sites.length} sites` });
     }
+    // Stopping compares one evaluation with the next: each must score the same sites, or a round
+    // whose random group of sites happens to be easy would stop the job.
+    const stopsEarly = spec.stopping.target !== undefined || spec.stopping.patience !== undefined;
+    if (stopsEarly && spec.evaluation.fraction < 1) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['evaluation', 'fraction'],
+        message: `is ${spec.evaluation.fraction}, but stopping.${spec.stopping.target !== undefined ? 'target' : 'patience'} compares evaluations from round to round, which then score different random groups of sites: set it to 1, or drop the stopping rule`,
+      });
+    }
   });
 export type FederatedJobSpec = z.infer<typeof FederatedJobSpec>;
 

@@ -32,6 +32,12 @@ const CROSS_FIELD_RULES: Record<string, ValidationRule[]> = {
       fieldPath: '.sampling.minSites',
       reason: 'FieldValueInvalid',
     },
+    {
+      rule: '!has(self.stopping) || (!has(self.stopping.target) && !has(self.stopping.patience)) || !has(self.evaluation) || !has(self.evaluation.fraction) || self.evaluation.fraction == 1.0',
+      message: 'must be 1 when stopping has a target or patience: they compare evaluations from round to round, which must score the same sites',
+      fieldPath: '.evaluation.fraction',
+      reason: 'FieldValueInvalid',
+    },
   ],
   // SamplingSpec.refine
   'spec.sampling': [
