@@ -280,5 +280,20 @@ export async function exportLayersModel(trainer: LocalTrainer, global: Float32Ar
     }),
   );
   if (!captured) throw new Error('TF.js did not hand over the model artifacts');
+  if (!trainer.built.outputsProbabilities) captured.modelTopology = withSoftmax(captured.modelTopology);
   return captured;
+}
+
+/**
+ * The topology of a model that trains on logits (the loss applies softmax itself), ending in a
+ * softmax layer: what a user of the exported model expects `predict` to give is each class's
+ * probability. The layer has no weights, so the weights file is unchanged.
+ */
+function withSoftmax(topology: ExportedModel['modelTopology']): ExportedModel['modelTopology'] {
+  const t = topology as { class_name?: string; config?: { layers?: unknown[] } } | undefined;
+  if (t?.class_name !== 'Sequential' || !Array.isArray(t.config?.layers)) {
+    throw new Error(`cannot add softmax to a ${t?.class_name ?? 'missing'} topology (the built-in models are Sequential)`);
+  }
+  const softmax = { class_name: 'Activation', config: { name: 'probabilities', trainable: true, dtype: 'float32', activation: 'softmax' } };
+  return { ...t, config: { ...t.config, layers: [...t.config.layers, softmax] } } as ExportedModel['modelTopology'];
 }

@@ -126,7 +126,16 @@ describe('consort run manifests/examples/hospitals.yaml --baselines', () => {
         if (site.data.type !== 'synthetic' || site.data.generator !== 'hospital') throw new Error('the example uses hospital sites');
         const data = hospitalSiteData(site.data, { site: site.name, jobSeed: job.spec.seed, baseDir: REPO_ROOT, classes: report.model.classes });
         expect(data.test.n).toBe(report.final.perSite[site.name]!.samples);
-        const predicted = tf.tidy(() => (model.predict(tf.tensor(data.test.x, [data.test.n, ...report.model.inputShape])) as tf.Tensor).argMax(-1).dataSync());
+        const probabilities = tf.tidy(() => model.predict(tf.tensor(data.test.x, [data.test.n, ...report.model.inputShape])) as tf.Tensor);
+        // Each row is a distribution over report.model.classes (the model ends in softmax).
+        const rows = probabilities.arraySync() as number[][];
+        for (const row of rows) {
+          expect(row).toHaveLength(report.model.classes.length);
+          expect(row.every((p) => p >= 0 && p <= 1)).toBe(true);
+          expect(row.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
+        }
+        const predicted = tf.tidy(() => probabilities.argMax(-1).dataSync());
+        probabilities.dispose();
         let right = 0;
         for (let i = 0; i < data.test.n; i++) if (predicted[i] === data.test.y[i]) right++;
         expect(Math.abs(right / data.test.n - report.final.perSite[site.name]!.accuracy), site.name).toBeLessThanOrEqual(1 / data.test.n + 1e-9);
