@@ -127,6 +127,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         layout: result.layout,
         classes,
         sampleShape,
+        ...(first?.features ? { features: first.features } : {}),
         backend,
         startedAt,
         durationMs: performance.now() - t0,

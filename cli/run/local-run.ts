@@ -72,6 +72,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
       layout: prepared.layout,
       classes,
       sampleShape,
+      ...(described[0]?.features ? { features: described[0].features } : {}),
       backend: prepared.backend,
       startedAt,
       durationMs: performance.now() - t0,

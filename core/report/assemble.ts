@@ -21,6 +21,8 @@ export interface RunFacts {
   layout: ParameterLayout;
   classes: string[];
   sampleShape: number[];
+  /** Tabular data: the feature names, in input order. */
+  features?: string[];
   backend: { name: string; reason: string };
   startedAt: Date;
   durationMs: number;
@@ -46,7 +48,13 @@ export function assembleRunReport(f: RunFacts): RunReport {
     backend: f.backend.name,
     backendReason: f.backend.reason,
     strategy: job.spec.strategy.name,
-    model: { type: job.spec.model.type, parameters: layoutSize(f.layout), inputShape: f.sampleShape, classes: f.classes },
+    model: {
+      type: job.spec.model.type,
+      parameters: layoutSize(f.layout),
+      inputShape: f.sampleShape,
+      classes: f.classes,
+      ...(f.features ? { features: f.features } : {}),
+    },
     startedAt: f.startedAt.toISOString(),
     durationMs: f.durationMs,
     sites: f.sites,

@@ -47,9 +47,15 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   );
 
   out.push('## Task', '');
-  out.push(`- **Model:** ${md(m.type)}, ${formatCount(m.parameters)} trainable parameters`);
+  out.push(`- **Model:** ${md(m.type)}, ${formatCount(m.parameters)} parameters (float32 weights, batch-norm statistics included)`);
   out.push(`- **Input shape:** [${m.inputShape.join(', ')}] (per example)`);
+  if (m.features) {
+    out.push(
+      `- **Features** (in input order; each site scales them before training: CSV columns by the site's own training mean and standard deviation): ${m.features.map(code).join(', ')}`,
+    );
+  }
   out.push(`- **Classes** (${m.classes.length}, in output index order): ${m.classes.map((c, i) => `${i} = ${code(c)}`).join(', ')}`);
+  out.push('- **Output:** the probability of each class (`tfjs/model.json` ends in softmax)');
   out.push('');
 
   out.push('## Training', '');

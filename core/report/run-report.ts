@@ -43,7 +43,14 @@ export const RunReport = z.object({
   backend: z.string(),
   backendReason: z.string(),
   strategy: z.string(),
-  model: z.object({ type: z.string(), parameters: z.number().int(), inputShape: z.array(z.number().int()), classes: z.array(z.string()) }),
+  model: z.object({
+    type: z.string(),
+    parameters: z.number().int(),
+    inputShape: z.array(z.number().int()),
+    classes: z.array(z.string()),
+    /** Tabular data: the feature columns, in the model's input order. */
+    features: z.array(z.string()).optional(),
+  }),
   startedAt: z.string(),
   durationMs: z.number(),
   sites: z.array(z.object({ site: z.string(), quality: DataQuality })),

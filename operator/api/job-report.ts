@@ -41,6 +41,7 @@ export function assembleJobReport(f: JobReportFacts): RunReport | undefined {
     layout: f.layout,
     classes: f.spec.classes ?? first?.labels ?? [],
     sampleShape: first?.sampleShape ?? [],
+    ...(first?.features ? { features: first.features } : {}),
     backend: first?.backend ?? { name: 'unknown', reason: 'no site reported its backend' },
     startedAt: started,
     durationMs: Math.max(0, ended.getTime() - started.getTime()),

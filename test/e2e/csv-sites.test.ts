@@ -102,6 +102,9 @@ describe('consort run on CSV sites', () => {
     const named = await run('named', spec(withId, HOSPITAL_FEATURES));
     expect(named.r.code, transcript(named.r)).toBe(0);
     expect(readReport(named.out).final.modelSha256).toBe(readReport(same.out).final.modelSha256);
+    // The report and the model card say which columns the model takes, in its order.
+    expect(readReport(named.out).model.features).toEqual(HOSPITAL_FEATURES);
+    expect(readFileSync(join(named.out, 'MODEL_CARD.md'), 'utf8')).toContain(`${HOSPITAL_FEATURES.map((f) => `\`${f}\``).join(', ')}`);
 
     // A column data.featureColumns names that a file lacks is named, with the file's columns.
     const missing = await run('missing', spec(south, [...HOSPITAL_FEATURES, 'weight']));
