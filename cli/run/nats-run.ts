@@ -43,9 +43,11 @@ function child(args: string[], label: string, quiet: boolean, stdout: 'inherit' 
   return p;
 }
 
+/** The child's exit status (128 when a signal ended it), at once if it has already exited. */
 const exited = (p: ChildProcess) =>
   new Promise<number>((done) => {
-    if (p.exitCode !== null) return done(p.exitCode);
+    // A child ended by a signal keeps exitCode null: its signalCode says it is gone.
+    if (p.exitCode !== null || p.signalCode !== null) return done(p.exitCode ?? 128);
     p.once('exit', (code, signal) => done(code ?? (signal ? 128 : 1)));
   });
 
@@ -53,11 +55,15 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'consort-run-'));
   let server: NatsServer | undefined;
   const children: ChildProcess[] = [];
+  let stopping = false;
   const stopAll = () => {
-    for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+    stopping = true;
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
   };
-  process.once('SIGINT', stopAll);
-  process.once('SIGTERM', stopAll);
+  // Held until the cleanup below is over (not once): a second Ctrl-C must not kill this process
+  // before it has stopped the server and removed the folder that holds every site's key.
+  process.on('SIGINT', stopAll);
+  process.on('SIGTERM', stopAll);
   try {
     let url = o.nats;
     // Keys for every run: sites sign their updates whether or not the server checks logins.
@@ -70,6 +76,8 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
     } else if (!/^(nats|tls|ws|wss):\/\//.test(o.nats)) {
       throw new CliError('CONSORT_CLI_USAGE', `--nats: "${o.nats}" is neither a nats:// URL nor "embedded"`);
     }
+    // Stopped while the server started: nothing to spawn.
+    if (stopping) throw new CliError('CONSORT_CLI_RUN', 'stopped before the coordinator and the sites started');
     const quiet = o.quiet ? ['--quiet'] : [];
     const seed = o.seed !== undefined ? ['--seed', String(o.seed)] : [];
     const rounds = o.rounds !== undefined ? ['--rounds', String(o.rounds)] : [];

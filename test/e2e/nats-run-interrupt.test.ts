@@ -1,0 +1,54 @@
+// Ctrl-C in a terminal sends SIGINT to the whole process group: `consort run --nats embedded`,
+// its coordinator and its sites at once. Pressed while the sites are still starting, the run
+// must still end (it used to wait forever for children that a signal had already ended) and
+// clean up: the nats-server stopped and its folder removed.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CONSORT_BIN, REPO_ROOT } from '../helpers/consort-cli.ts';
+import { hospitalSpec, writeJob } from '../helpers/jobs.ts';
+import { useTmpDirs } from '../helpers/tmp-dirs.ts';
+
+const tmp = useTmpDirs();
+let group: ChildProcess | undefined;
+afterEach(() => {
+  // Whatever happened, nothing of the run outlives the test.
+  if (group?.pid && group.exitCode === null && group.signalCode === null) {
+    try {
+      process.kill(-group.pid, 'SIGKILL');
+    } catch {}
+  }
+});
+
+describe('consort run --nats embedded, interrupted while the sites start', () => {
+  it('ends with a non-zero status, its nats-server stopped and its folder removed', async () => {
+    const dir = tmp('interrupt');
+    const job = writeJob(dir, hospitalSpec(undefined, { rounds: 200 }));
+    const run = spawn(process.execPath, [CONSORT_BIN, 'run', job, '--nats', 'embedded', '--out', join(dir, 'out')], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2', NO_COLOR: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    group = run;
+    let stderr = '';
+    const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => run.on('close', (code, signal) => done({ code, signal })));
+    // The children are up once one of them has said anything: then the whole group gets Ctrl-C.
+    await new Promise<void>((ready, fail) => {
+      run.stderr!.setEncoding('utf8').on('data', (s: string) => {
+        stderr += s;
+        if (/^\[[a-z-]+\] /m.test(stderr)) ready();
+      });
+      ended.then(() => fail(new Error(`the run ended before its children spoke:\n${stderr}`)));
+    });
+    process.kill(-run.pid!, 'SIGINT');
+    const timeout = new Promise<'hung'>((done) => setTimeout(() => done('hung'), 30_000).unref());
+    const outcome = await Promise.race([ended, timeout]);
+    expect(outcome, stderr).not.toBe('hung');
+    expect(outcome === 'hung' ? 0 : outcome.code, stderr).not.toBe(0);
+    const store = /JetStream in (\S+)\)/.exec(stderr)?.[1];
+    expect(store, stderr).toBeDefined();
+    expect(existsSync(store!), `${store} should be gone`).toBe(false);
+  }, 90_000);
+});
