@@ -11,6 +11,7 @@ export const WorkerErrorCodes = {
   CONSORT_W_MODEL: 'the model cannot be built for this data',
   CONSORT_W_BACKEND: 'no TF.js backend could be initialised',
   CONSORT_W_TRAIN: 'local training failed',
+  CONSORT_W_REFUSED: 'the coordinator refused the site: it runs another job, protocol or model',
 } as const;
 export type WorkerErrorCode = keyof typeof WorkerErrorCodes;
 

@@ -48,6 +48,8 @@ export class LocalTrainer {
   }
 
   setWeights(flat: Float32Array): void {
+    // Another model's weights would fill this one's tensors from their first values, silently.
+    if (flat.length !== this.size) throw new RangeError(`setWeights: ${flat.length} weights for a model of ${this.size}`);
     const tensors = this.built.layout.map((t, i) => {
       const { offset, size } = this.offsets[i]!;
       return tf.tensor(flat.subarray(offset, offset + size), t.shape, 'float32');

@@ -51,6 +51,8 @@ export const Hello = z
     labels: z.array(z.string().max(256)).max(10_000),
     /** The names of the input's features, in the model's order (tabular data): every site must send the same. */
     features: z.array(z.string().max(256)).max(100_000).optional(),
+    /** The job's terms as the site read them (core/job/terms.ts): the coordinator's must be the same. */
+    terms: z.string().max(65_536).optional(),
     layout: ParameterLayout.max(10_000),
     codecs: z.array(z.enum(['none', 'fp16', 'int8', 'topk'])),
     /** Counts only: the site's data-quality report, for the job's report and model card. */

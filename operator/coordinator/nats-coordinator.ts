@@ -4,6 +4,7 @@
 // NatsTransport, and announces the end. A checkpoint goes into the job's state bucket after
 // every round, so a coordinator killed at any point carries on where it stopped.
 import { featuresDiffer } from '../../core/data/features.ts';
+import { jobTerms, termsDiffer } from '../../core/job/terms.ts';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { Objm, type ObjectStore, setSha256Backend, StorageType } from '@nats-io/obj';
 import type { DataQuality } from '../../core/data/quality.ts';
@@ -139,6 +140,8 @@ export interface TransportState {
   layout: ParameterLayout;
   ingestor: unknown;
   sites?: Record<string, JoinedSite>;
+  /** The job's terms (core/job/terms.ts) it was trained on: a resume under other terms is refused. */
+  terms?: string;
 }
 
 export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<NatsCoordinatorResult> {
@@ -160,10 +163,20 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     for await (const s of nc.status()) if (s.type === 'disconnect' || s.type === 'reconnect') interrupted = Date.now();
   })();
 
+  // What every process of this job must share; a checkpoint of other terms is another training.
+  const terms = jobTerms(job.spec);
   let resume: Checkpoint | undefined;
   const saved = await checkpoints.load();
   if (saved) {
     resume = decodeCheckpoint(saved);
+    const savedTerms = (resume.transport as Partial<TransportState> | undefined)?.terms;
+    const differ = savedTerms !== undefined ? termsDiffer(savedTerms, terms, { here: 'in the checkpoint', there: 'now' }) : undefined;
+    if (differ) {
+      throw new OperatorError(
+        'CONSORT_C_CHECKPOINT',
+        `the job's state bucket ${bucket.state} holds a checkpoint (after round ${resume.round}) of ${job.metadata.name} trained on other terms: ${differ}; run the job as it was, or under another name (or delete that bucket) to start over`,
+      );
+    }
     log(`resuming ${job.metadata.name} from its checkpoint after round ${resume.round}`);
   }
   const resumedState = resume?.transport as TransportState | undefined;
@@ -228,6 +241,9 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     const pk = o.siteKeys[site];
     if (!pk || !siteNames.includes(site)) return refuse('CONSORT_R_UNKNOWN_SITE', `"${site}" is not a site of ${job.metadata.name}`);
     if (!verifyEnvelope(h.data, pk)) return refuse('CONSORT_R_BAD_SIGNATURE', "the hello is not signed by the site's key");
+    const otherTerms = h.data.terms !== undefined ? termsDiffer(terms, h.data.terms, { here: 'at the coordinator', there: 'at the site' }) : undefined;
+    if (otherTerms)
+      return refuse('CONSORT_R_WRONG_JOB', `the site runs another version of the job: ${otherTerms}; every process must run the same job file and --seed`);
     if (!layout) {
       layout = h.data.layout;
       ingestor = makeIngestor(layout);
@@ -350,7 +366,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       checkpoints: {
         store: checkpoints,
         job: key,
-        transportState: () => ({ layout: layout!, ingestor: ingestor!.snapshot(), sites: joined }) satisfies TransportState,
+        transportState: () => ({ layout: layout!, ingestor: ingestor!.snapshot(), sites: joined, terms }) satisfies TransportState,
       },
       ...(resume ? { resume } : {}),
       ...(o.signal ? { signal: o.signal } : {}),

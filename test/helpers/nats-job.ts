@@ -62,7 +62,7 @@ export function signedHello(
   site: string,
   seed: string,
   model: { layout: ParameterLayout; sampleShape: number[] },
-  features?: readonly string[],
+  extra: { features?: readonly string[]; terms?: string } = {},
 ): Uint8Array {
   const hello = {
     type: 'hello' as const,
@@ -73,7 +73,8 @@ export function signedHello(
     sentAt: Date.now(),
     sampleShape: model.sampleShape,
     labels: ['no', 'yes'],
-    ...(features ? { features } : {}),
+    ...(extra.features ? { features: extra.features } : {}),
+    ...(extra.terms !== undefined ? { terms: extra.terms } : {}),
     layout: model.layout,
     codecs: ['none' as const],
   };

@@ -4,6 +4,7 @@
 // payload sits in its own updates bucket. Raw data never leaves; only updates, metrics, counts.
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
+import { jobTerms } from '../../core/job/terms.ts';
 import { encodeUpdateParts } from '../../core/protocol/codecs.ts';
 import { putObject } from '../../core/protocol/object-put.ts';
 import { type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
@@ -69,6 +70,9 @@ export interface SiteRunSummary {
   rejected: number;
 }
 
+/** Refusals of a hello that the same site cannot turn around by saying hello again. */
+const PERMANENT_REFUSALS = new Set(['CONSORT_R_UNKNOWN_PROTOCOL', 'CONSORT_R_UNKNOWN_SITE', 'CONSORT_R_WRONG_JOB', 'CONSORT_R_WRONG_SHAPE']);
+
 export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> {
   const { job, site, nc, log } = opts;
   const spec = job.spec;
@@ -126,6 +130,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       sampleShape: described.sampleShape,
       labels: described.labels,
       ...(described.features ? { features: described.features } : {}),
+      terms: jobTerms(spec),
       layout: prepared.layout,
       codecs: ['none', 'fp16', 'int8', 'topk'],
       quality: described.quality,
@@ -136,16 +141,26 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
 
   // Join, then keep saying hello: the coordinator samples only sites it has heard from lately.
   let joined = false;
+  /** A refusal no second hello can change (another job, protocol or model): the site stops with it. */
+  let refused: string | undefined;
+  let lastRefusal = '';
   const heartbeat = async (): Promise<void> => {
     try {
       const reply = await nc.request(subj.hello(site), hello(), { timeout: 2000 });
       const w = Welcome.safeParse(parseJson(reply.data));
       if (!w.success) return;
       if (!w.data.accepted) {
-        log(`site ${site}: refused by the coordinator: ${w.data.reason ?? w.data.code}`);
-        if (w.data.code === 'CONSORT_R_UNKNOWN_PROTOCOL' || w.data.code === 'CONSORT_R_UNKNOWN_SITE') finish();
+        const why = `refused by the coordinator: ${w.data.reason ?? ''} [${w.data.code ?? 'no code'}]`;
+        // Said once, not at every heartbeat.
+        if (why !== lastRefusal) log(`site ${site}: ${why}`);
+        lastRefusal = why;
+        if (PERMANENT_REFUSALS.has(w.data.code ?? '')) {
+          refused = why;
+          finish();
+        }
         return;
       }
+      lastRefusal = '';
       if (!joined) log(`site ${site}: joined ${job.metadata.name} at round ${w.data.round}`);
       joined = true;
       if (w.data.done) finish();
@@ -302,5 +317,6 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     for (const s of subs) s.unsubscribe();
     worker.dispose();
   }
+  if (refused) throw new WorkerError('CONSORT_W_REFUSED', `site ${site}: ${refused}`);
   return summary;
 }

@@ -1,0 +1,156 @@
+// Every process of a job must run the same job: over a real nats-server, a site whose hello lists
+// the features of the site already joined in another order (or other ones), or whose copy of the
+// job has other terms (another seed, another model), is refused with a reason that says how they
+// differ, and counted; a real site so refused stops with that reason; and a coordinator does not
+// resume a checkpoint written under other terms.
+import { describe, expect, it } from 'vitest';
+import { FederatedJob } from '../../core/job/federated-job.ts';
+import { jobTerms } from '../../core/job/terms.ts';
+import { Welcome } from '../../core/protocol/messages.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
+import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
+import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
+import { runSite } from '../../worker/nats/site-runner.ts';
+import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
+import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+
+const decoder = new TextDecoder();
+const cleanup = useCleanup();
+
+describe('a hello whose feature columns differ from the joined sites', () => {
+  it('is refused with CONSORT_R_WRONG_SHAPE, naming the difference, and counted; the same columns are welcomed', async () => {
+    const job = FederatedJob.parse(
+      jobManifest(
+        'hello-features',
+        hospitalSpec(
+          [
+            { name: 'real', samples: 80 },
+            { name: 'by-hand', samples: 80 },
+          ],
+          { rounds: 1, sampling: { minSites: 1 } },
+        ),
+      ),
+    );
+    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const model = await siteModel(job, 1);
+    const coordinatorLogs: string[] = [];
+    let joined!: () => void;
+    const realJoined = new Promise<void>((resolve) => {
+      joined = resolve;
+    });
+    const coordinator = runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: (l) => {
+        coordinatorLogs.push(l);
+        if (l.includes('site "real" joined')) joined();
+      },
+      joinTimeoutMs: 60_000,
+    });
+    const site = runSite({
+      job,
+      site: 'real',
+      nc: await as('real', auth.sites.real!.seed),
+      seed: auth.sites.real!.seed,
+      baseDir: '.',
+      backend: 'cpu',
+      log: () => {},
+    });
+    await realJoined;
+
+    const byHand = await as('by-hand', auth.sites['by-hand']!.seed);
+    const hello = async (features: readonly string[]) =>
+      Welcome.parse(
+        JSON.parse(
+          decoder.decode(
+            (await byHand.request(subj.hello('by-hand'), signedHello(key, 'by-hand', auth.sites['by-hand']!.seed, model, { features }), { timeout: 5000 }))
+              .data,
+          ),
+        ),
+      );
+    const reversed = await hello([...HOSPITAL_FEATURES].reverse());
+    expect(reversed).toMatchObject({ accepted: false, code: 'CONSORT_R_WRONG_SHAPE' });
+    expect(reversed.reason).toContain(
+      `the site's feature columns are not those of site "real": the same columns in another order: column 1 is "${HOSPITAL_FEATURES[0]}"`,
+    );
+    const renamed = await hello([...HOSPITAL_FEATURES.slice(1), 'weight']);
+    expect(renamed).toMatchObject({ accepted: false, code: 'CONSORT_R_WRONG_SHAPE' });
+    expect(renamed.reason).toContain(`only the first has "${HOSPITAL_FEATURES[0]}"; only the second has "weight"`);
+    expect(coordinatorLogs.filter((l) => l.includes('refused site "by-hand"') && l.includes('CONSORT_R_WRONG_SHAPE'))).toHaveLength(1);
+
+    // Another seed in the site's copy of the job: refused, naming it.
+    const otherSeed = Welcome.parse(
+      JSON.parse(
+        decoder.decode(
+          (
+            await byHand.request(
+              subj.hello('by-hand'),
+              signedHello(key, 'by-hand', auth.sites['by-hand']!.seed, model, {
+                features: HOSPITAL_FEATURES,
+                terms: jobTerms({ ...job.spec, seed: job.spec.seed + 1 }),
+              }),
+              { timeout: 5000 },
+            )
+          ).data,
+        ),
+      ),
+    );
+    expect(otherSeed).toMatchObject({ accepted: false, code: 'CONSORT_R_WRONG_JOB' });
+    expect(otherSeed.reason).toContain(`spec.seed (${job.spec.seed} at the coordinator, ${job.spec.seed + 1} at the site)`);
+
+    expect(await hello(HOSPITAL_FEATURES)).toMatchObject({ accepted: true });
+
+    // by-hand never answers its tasks: the job goes on with the real site (minSites 1).
+    const result = await coordinator;
+    await site;
+    expect(result.rejections.CONSORT_R_WRONG_SHAPE).toBe(2);
+    expect(result.rejections.CONSORT_R_WRONG_JOB).toBe(1);
+    expect(result.roundsCompleted).toBe(1);
+
+    // The job again, with another model, on the same server: its checkpoint is not this training.
+    const changed = FederatedJob.parse({ ...job, spec: { ...job.spec, model: { type: 'mlp', hidden: [4] } } });
+    await expect(
+      runNatsCoordinator({
+        job: changed,
+        nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+        siteKeys: auth.keys.sites,
+        log: () => {},
+        joinTimeoutMs: 5000,
+      }),
+    ).rejects.toMatchObject({ code: 'CONSORT_C_CHECKPOINT', message: expect.stringContaining('spec.model.hidden ([16] in the checkpoint, [4] now)') });
+  }, 90_000);
+});
+
+describe('a site whose copy of the job has another seed', () => {
+  it('is refused by the coordinator and stops with CONSORT_W_REFUSED, naming the seeds', async () => {
+    const job = FederatedJob.parse(jobManifest('other-seed', hospitalSpec([{ name: 'alone', samples: 60 }], { rounds: 50 })));
+    const { auth, as } = await jobOnServer(job, cleanup);
+    const stop = new AbortController();
+    const coordinator = runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: () => {},
+      joinTimeoutMs: 60_000,
+      signal: stop.signal,
+    });
+    coordinator.catch(() => {});
+    cleanup.push(async () => {
+      stop.abort();
+      await coordinator.catch(() => {});
+    });
+    const reseeded = FederatedJob.parse({ ...job, spec: { ...job.spec, seed: 9 } });
+    await expect(
+      runSite({
+        job: reseeded,
+        site: 'alone',
+        nc: await as('alone', auth.sites.alone!.seed),
+        seed: auth.sites.alone!.seed,
+        baseDir: '.',
+        backend: 'cpu',
+        log: () => {},
+      }),
+    ).rejects.toMatchObject({ code: 'CONSORT_W_REFUSED', message: expect.stringContaining(`spec.seed (${job.spec.seed} at the coordinator, 9 at the site)`) });
+  }, 60_000);
+});
