@@ -15,7 +15,7 @@ import { CliError } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
 import { readJobFile, withOverrides } from '../job-file.ts';
 import { TrustedKeys } from '../nats/config.ts';
-import { connectAs, readSeed } from '../nats/connect.ts';
+import { connectAs, readSeed, watchPermissions } from '../nats/connect.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { checkOutputDir, writeOutputs } from '../run/outputs.ts';
 import { intFlag, summaryTable } from '../run/command.ts';
@@ -75,9 +75,9 @@ function readKeys(path: string): TrustedKeys {
   return keys.data;
 }
 
-/** An AbortSignal that fires on SIGINT/SIGTERM (once), so both processes stop cleanly. */
-function stopSignal(): AbortSignal {
-  const ctl = new AbortController();
+/** An AbortSignal that fires on SIGINT/SIGTERM (once), so both processes stop cleanly, or when `also` aborts. */
+function stopSignal(also?: AbortController): AbortSignal {
+  const ctl = also ?? new AbortController();
   const stop = () => ctl.abort();
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
@@ -99,6 +99,8 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
     if (missing.length > 0) throw new CliError('CONSORT_CLI_CREDENTIALS', `${flags.keys} has no key for site(s) ${missing.join(', ')}`);
     const log = logTo(flags.quiet);
     const nc = await connectAs(flags.nats, flags.creds, COORDINATOR_USER);
+    const stop = new AbortController();
+    const permissions = watchPermissions(nc, stop);
     const startedAt = new Date();
     const t0 = performance.now();
     try {
@@ -108,7 +110,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         siteKeys: keys.sites,
         log,
         joinTimeoutMs: flags.joinTimeout * 1000,
-        signal: stopSignal(),
+        signal: stopSignal(stop),
         events: {
           roundFinished: (r, round) =>
             log(
@@ -147,6 +149,8 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         `${rejected.length ? `rejected messages: ${rejected.map(([c, n]) => `${c} ${n}`).join(', ')}\n` : ''}wrote ${files.length} files to ${outDir}\n`,
       );
       return 0;
+    } catch (err) {
+      throw permissions.violation() ?? err;
     } finally {
       await nc.drain().catch(() => nc.close());
     }
@@ -172,6 +176,8 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
     // The seed signs updates; the file logs in (a .creds file carries the site's JWT too).
     const seed = readSeed(flags.creds);
     const nc = await connectAs(flags.nats, flags.creds, flags.site);
+    const stop = new AbortController();
+    const permissions = watchPermissions(nc, stop);
     try {
       const summary = await runSite({
         failpoints: failpoints.data,
@@ -182,10 +188,14 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
         baseDir: resolve(flags.dataDir ?? dirname(resolve(flags.job))),
         backend: flags.backend,
         log: logTo(flags.quiet),
-        signal: stopSignal(),
+        signal: stopSignal(stop),
       });
+      const violation = permissions.violation();
+      if (violation) throw violation;
       logTo(flags.quiet)(`site ${summary.site}: done (${summary.fits} updates, ${summary.evaluations} evaluations, ${summary.rejected} refused)`);
       return 0;
+    } catch (err) {
+      throw permissions.violation() ?? err;
     } finally {
       await nc.drain().catch(() => nc.close());
     }

@@ -4,7 +4,7 @@
 // and reconnects that never give up.
 import { readFileSync } from 'node:fs';
 import type { KeyPair } from '@nats-io/nkeys';
-import { type Authenticator, type ConnectionOptions, connect, type NatsConnection } from '@nats-io/transport-node';
+import { type Authenticator, type ConnectionOptions, connect, type NatsConnection, PermissionViolationError } from '@nats-io/transport-node';
 import { nativeKeyPair } from '../../core/protocol/native-keys.ts';
 import { inboxOf } from '../../core/protocol/permissions.ts';
 import { inboxPrefix } from '../../core/protocol/subjects.ts';
@@ -139,4 +139,26 @@ export async function connectAs(url: string | string[], seedOrFile: string, user
   } catch (err) {
     throw new CliError('CONSORT_CLI_NATS', `cannot connect to ${String(url)} as ${user}: ${(err as Error).message}`, { cause: err });
   }
+}
+
+/**
+ * Watches `nc` for the server's permission violations: a credentials file of another user (a
+ * site given another site's file, or the coordinator's) logs in fine, and only the server's
+ * refusals of its subscriptions and publications tell. The first one aborts `abort` and is kept
+ * in `violation()`, for the command to report as a credentials error.
+ */
+export function watchPermissions(nc: NatsConnection, abort: AbortController): { violation: () => CliError | undefined } {
+  let found: CliError | undefined;
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type !== 'error' || !(s.error instanceof PermissionViolationError) || found) continue;
+      found = new CliError(
+        'CONSORT_CLI_CREDENTIALS',
+        `--creds: the server refused this user's ${s.error.operation} on ${s.error.subject}: the file holds another user's key (each site's file logs in that site alone)`,
+        { cause: s.error },
+      );
+      abort.abort();
+    }
+  })();
+  return { violation: () => found };
 }

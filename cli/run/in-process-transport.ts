@@ -1,5 +1,11 @@
 // The local runner's transport: the round loop's tasks go straight to the thread pool. Same
-// interface the NATS transport implements, so the coordinator cannot tell them apart.
+// interface the NATS transport implements, so the coordinator cannot tell them apart. Updates
+// pass through the job's compression as they would on the wire (encoded with each site's
+// error-feedback residual, decoded as the coordinator decodes them), so that a run in one
+// process gives the model bytes of the same job over NATS.
+import type { CompressionSpec } from '../../core/job/federated-job.ts';
+import type { ParameterLayout } from '../../core/model/layout.ts';
+import { decodeUpdate, encodeUpdate } from '../../core/protocol/codecs.ts';
 import type { FitInstructions, SiteFitResult } from '../../core/strategies/strategy.ts';
 import { asCompleted, type Outcome, type SiteEvaluation, type SiteTransport } from '../../core/protocol/transport.ts';
 import type { SitePool } from '../../worker/site-pool.ts';
@@ -8,10 +14,26 @@ import { WorkerError } from '../../worker/errors.ts';
 export class InProcessTransport implements SiteTransport {
   private readonly pool: SitePool;
   private readonly index: Map<string, number>;
+  private readonly wire: { layout: ParameterLayout; compression: CompressionSpec } | undefined;
+  /** Per site, what lossy compression left out of its last update (top-k's error feedback). */
+  private readonly residuals = new Map<string, Float32Array>();
 
-  constructor(pool: SitePool, siteNames: readonly string[]) {
+  constructor(pool: SitePool, siteNames: readonly string[], wire?: { layout: ParameterLayout; compression: CompressionSpec }) {
     this.pool = pool;
     this.index = new Map(siteNames.map((s, i) => [s, i]));
+    this.wire = wire && wire.compression.codec !== 'none' ? wire : undefined;
+  }
+
+  /** The update as the coordinator would have it after the wire: encoded, then decoded. */
+  private throughWire(r: SiteFitResult): SiteFitResult {
+    if (!this.wire) return r;
+    const { layout, compression } = this.wire;
+    const residual = this.residuals.get(r.site);
+    const encoded = encodeUpdate(r.delta, layout, compression, { ...(residual ? { residual } : {}), ...(r.controlDelta ? { control: r.controlDelta } : {}) });
+    if (encoded.residual) this.residuals.set(r.site, encoded.residual);
+    const decoded = decodeUpdate(encoded.bytes, layout, compression.codec, { maxBytes: encoded.bytes.length, topkFraction: compression.topkFraction });
+    const { controlDelta: _, ...rest } = r;
+    return { ...rest, delta: decoded.delta, ...(decoded.control ? { controlDelta: decoded.control } : {}) };
   }
 
   private siteIndex(site: string): number {
@@ -32,7 +54,13 @@ export class InProcessTransport implements SiteTransport {
             ...(instructions.serverControl ? { serverControl: instructions.serverControl } : {}),
           })
           .then(
-            (r): Outcome<SiteFitResult> => ({ ok: true, value: r }),
+            (r): Outcome<SiteFitResult> => {
+              try {
+                return { ok: true, value: this.throughWire(r) };
+              } catch (err) {
+                return failure(site, err);
+              }
+            },
             (err: unknown): Outcome<SiteFitResult> => failure(site, err),
           ),
       ),

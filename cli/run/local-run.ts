@@ -57,6 +57,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
       transport: new InProcessTransport(
         pool,
         spec.sites.map((s) => s.name),
+        { layout: prepared.layout, compression: spec.compression },
       ),
       ...(opts.events ? { events: opts.events } : {}),
     });

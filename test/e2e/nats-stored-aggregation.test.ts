@@ -1,9 +1,9 @@
 // The coordinator's path for large models, end to end on the small hospital model: with
 // CONSORT_AGGREGATION_RANGE set, every update stays in its site's bucket, is checked as it streams
 // in and read back 97 parameters at a time when its round closes. `consort run --nats embedded`
-// then ends in the bytes of the same run with updates folded in memory (a lossy codec's run over
-// NATS is not the in-process one's), for strategies with state (momentum, adaptive moments,
-// SCAFFOLD's control variates) and every lossy codec.
+// then ends in the bytes of the same run with updates folded in memory, and of the run in one
+// process (whose updates pass through the same codec), for strategies with state (momentum,
+// adaptive moments, SCAFFOLD's control variates) and every lossy codec.
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { useFederations } from '../helpers/federation.ts';
@@ -30,10 +30,15 @@ describe('stored aggregation over a real nats-server', () => {
       process.env.CONSORT_AGGREGATION_RANGE = '97';
       const storedRun = f.run(join(dir, 'stored'), ['--nats', 'embedded']);
       delete process.env.CONSORT_AGGREGATION_RANGE;
-      const [reference, stored] = await Promise.all([f.run(join(dir, 'in-memory'), ['--nats', 'embedded']), storedRun]);
+      const [reference, stored, inProcess] = await Promise.all([
+        f.run(join(dir, 'in-memory'), ['--nats', 'embedded']),
+        storedRun,
+        f.run(join(dir, 'in-process')),
+      ]);
       expect(stored.report.rounds.map((r) => r.participants)).toEqual(reference.report.rounds.map((r) => r.participants));
       expect(stored.sha).toBe(reference.sha);
       expect(Buffer.compare(stored.weights, reference.weights)).toBe(0);
+      expect(inProcess.sha, 'the in-process run, its updates through the same codec').toBe(reference.sha);
     });
   }
 });

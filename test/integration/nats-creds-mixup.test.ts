@@ -1,0 +1,63 @@
+// A credentials file of another user logs in: only the server's refusals of what that user may
+// not do tell. `consort site` given another site's file, and `consort coordinator` given a site's,
+// stop at the first refusal with CONSORT_CLI_CREDENTIALS (exit 2) naming --creds, where they used
+// to wait silently (the site exited 0 when the job ended without it).
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { natsAuthFor, writeNatsConfigFiles } from '../../cli/nats/config.ts';
+import { NatsServer } from '../../cli/nats/server.ts';
+import { FederatedJob } from '../../core/job/federated-job.ts';
+import { runConsort, transcript } from '../helpers/consort-cli.ts';
+import { hospitalSpec, jobManifest, writeJob } from '../helpers/jobs.ts';
+import { useCleanup } from '../helpers/nats-job.ts';
+import { useTmpDirs } from '../helpers/tmp-dirs.ts';
+
+const cleanup = useCleanup();
+const tmp = useTmpDirs();
+
+describe('a credentials file of another user', () => {
+  it('stops consort site and consort coordinator with CONSORT_CLI_CREDENTIALS, naming --creds', async () => {
+    const dir = tmp('creds-mixup');
+    const manifest = jobManifest(
+      'creds-mixup',
+      hospitalSpec(
+        [{ name: 'north' }, { name: 'south' }].map((s) => ({ ...s, samples: 60 })),
+        { rounds: 2 },
+      ),
+    );
+    const jobPath = writeJob(dir, manifest.spec as Record<string, unknown>, { name: 'creds-mixup' });
+    const auth = natsAuthFor(FederatedJob.parse(manifest));
+    const server = await NatsServer.start({ config: auth.config });
+    cleanup.push(() => server.stop());
+    writeNatsConfigFiles(join(dir, 'nats'), auth);
+
+    const [site, coordinator] = await Promise.all([
+      runConsort(['site', '--job', jobPath, '--site', 'north', '--nats', server.url, '--creds', join(dir, 'nats/sites/south.nk'), '--quiet'], {
+        timeoutMs: 60_000,
+      }),
+      runConsort(
+        [
+          'coordinator',
+          jobPath,
+          '--nats',
+          server.url,
+          '--creds',
+          join(dir, 'nats/sites/north.nk'),
+          '--keys',
+          join(dir, 'nats/keys.json'),
+          '--out',
+          join(dir, 'out'),
+          '--quiet',
+        ],
+        { timeoutMs: 60_000 },
+      ),
+    ]);
+    for (const r of [site, coordinator]) {
+      expect(r.code, transcript(r)).toBe(2);
+      expect(r.stderr, transcript(r)).toMatch(
+        /^consort: --creds: the server refused this user's (publish|subscription) on \S+: the file holds another user's key/m,
+      );
+      expect(r.stderr).toContain('[CONSORT_CLI_CREDENTIALS]');
+    }
+  }, 90_000);
+});
