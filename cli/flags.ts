@@ -2,7 +2,22 @@
 // not load another command's dependencies (the operator importing the local runner would load
 // TF.js and the site workers).
 import { z } from 'zod';
+import { describeIssues } from '../core/job/issues.ts';
+import { CliError } from './errors.ts';
 
 /** A whole-number flag in [min, max]. */
 export const intFlag = (min: number, max: number) =>
-  z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(min).max(max));
+  z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`));
+
+/** A NATS server URL, as nats.js takes it. */
+export const natsUrlFlag = z.string().regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'must be a nats://, tls://, ws:// or wss:// URL');
+
+/** CONSORT_CLI_USAGE naming each bad flag as it is typed (--join-timeout, not the schema's joinTimeout). */
+export function invalidFlags(error: z.ZodError): CliError {
+  const asTyped = (line: string) => `--${line.replace(/^[A-Za-z]+/, (name) => name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`))}`;
+  return new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: describeIssues(error).map(asTyped) });
+}

@@ -18,7 +18,8 @@ import { TrustedKeys } from '../nats/config.ts';
 import { connectAs, readSeed, watchPermissions } from '../nats/connect.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { checkOutputDir, writeOutputs } from '../run/outputs.ts';
-import { intFlag, summaryTable } from '../run/command.ts';
+import { summaryTable } from '../run/command.ts';
+import { intFlag, invalidFlags, natsUrlFlag } from '../flags.ts';
 
 const seconds = z
   .string()
@@ -27,7 +28,7 @@ const seconds = z
 
 export const CoordinatorFlags = z
   .object({
-    nats: z.string().min(1),
+    nats: natsUrlFlag,
     creds: z.string().min(1),
     keys: z.string().min(1),
     out: z.string().min(1).optional(),
@@ -42,7 +43,7 @@ export const SiteFlags = z
   .object({
     job: z.string().min(1),
     site: z.string().min(1),
-    nats: z.string().min(1),
+    nats: natsUrlFlag,
     creds: z.string().min(1),
     backend: z.enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto'),
     seed: intFlag(0, 2 ** 31 - 1).optional(),
@@ -53,7 +54,7 @@ export const SiteFlags = z
 
 function parseFlags<T extends z.ZodType>(schema: T, raw: Record<string, unknown>): z.infer<T> {
   const parsed = schema.safeParse(raw);
-  if (!parsed.success) throw new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: describeIssues(parsed.error).map((l) => `--${l}`) });
+  if (!parsed.success) throw invalidFlags(parsed.error);
   return parsed.data;
 }
 

@@ -5,7 +5,6 @@
 import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { describeIssues } from '../../core/job/issues.ts';
 import { FederatedJobController } from '../../operator/controller/federated-job-controller.ts';
 import { KubeClient } from '../../operator/kube/client.ts';
 import { LeaderElector } from '../../operator/kube/leader-election.ts';
@@ -19,7 +18,7 @@ import { OPERATOR_USER } from '../../core/protocol/permissions.ts';
 import { CliError } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
 import { connectAs } from '../nats/connect.ts';
-import { intFlag } from '../flags.ts';
+import { intFlag, invalidFlags } from '../flags.ts';
 
 export const OperatorFlags = z
   .object({
@@ -72,7 +71,7 @@ function readText(path: string, what: string): string {
 export async function operatorCommand(raw: Record<string, unknown>): Promise<number> {
   try {
     const parsed = OperatorFlags.safeParse(raw);
-    if (!parsed.success) throw new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: describeIssues(parsed.error).map((l) => `--${l}`) });
+    if (!parsed.success) throw invalidFlags(parsed.error);
     const f = parsed.data;
     const log = (line: string) => {
       if (!f.quiet) process.stderr.write(`${new Date().toISOString()} ${line}\n`);

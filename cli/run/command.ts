@@ -2,7 +2,6 @@
 // outputs written atomically, and a summary table on stdout.
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
-import { describeIssues } from '../../core/job/issues.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import type { RunReport } from '../../core/report/run-report.ts';
 import { CliError } from '../errors.ts';
@@ -14,7 +13,7 @@ import { checkOutputDir, writeOutputs } from './outputs.ts';
 import { createProgress } from './progress.ts';
 import { fanOut, LocalRunMetrics } from './run-metrics.ts';
 import { type ApiServer, startApiServer } from '../../operator/api/server.ts';
-import { intFlag } from '../flags.ts';
+import { intFlag, invalidFlags } from '../flags.ts';
 
 /** Kept for the commands that took it from here. */
 export { intFlag };
@@ -40,7 +39,7 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
   try {
     const parsed = RunFlags.safeParse(rawFlags);
     if (!parsed.success) {
-      throw new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: describeIssues(parsed.error).map((l) => `--${l}`) });
+      throw invalidFlags(parsed.error);
     }
     const flags = parsed.data;
     const job = withOverrides(readJobFile(jobPath), flags);

@@ -273,3 +273,23 @@ describe('an output folder that the results would destroy', () => {
     }
   });
 });
+
+describe('bad flags of consort coordinator and consort site', () => {
+  it.concurrent.each([
+    [
+      ['coordinator', 'JOB', '--nats', 'nats://127.0.0.1:1', '--creds', 'c.nk', '--keys', 'k.json', '--join-timeout', 'soon'],
+      '--join-timeout: must be a number of seconds',
+    ],
+    [['coordinator', 'JOB', '--nats', 'http://127.0.0.1:1', '--creds', 'c.nk', '--keys', 'k.json'], '--nats: must be a nats://, tls://, ws:// or wss:// URL'],
+    [['site', '--job', 'JOB', '--site', 'st-mary', '--nats', 'nat://127.0.0.1:1', '--creds', 'c.nk'], '--nats: must be a nats://, tls://, ws:// or wss:// URL'],
+    [['coordinator', 'JOB', '--nats', 'nats://127.0.0.1:1', '--creds', 'c.nk', '--keys', 'k.json', '--rounds', '0'], '--rounds: must be at least 1'],
+  ])('%j: exit 2, naming the flag as typed', async (args, says) => {
+    const dir = tmp('bad-federation-flag');
+    const job = writeJob(dir, hospitalSpec());
+    const result = await runConsort(args.map((a) => (a === 'JOB' ? job : a)));
+    const why = transcript(result);
+    expect(result.code, why).toBe(2);
+    expect(result.stderr, why).toContain('[CONSORT_CLI_USAGE]');
+    expect(result.stderr, why).toContain(says);
+  });
+});
