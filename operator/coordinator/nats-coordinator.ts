@@ -41,6 +41,8 @@ export interface NatsCoordinatorOptions {
   joinTimeoutMs?: number;
   /** A site not heard from for this long is not sampled. */
   aliveMs?: number;
+  /** How often to say who is still missing while the sites join (tests: shorter). */
+  waitingLogMs?: number;
   /** Largest update object accepted. */
   maxUpdateBytes?: number;
   signal?: AbortSignal;
@@ -134,6 +136,9 @@ class BucketCheckpointStore implements CheckpointStore {
     await retrying(() => putObject(this.wire, this.bucket, objectNames.checkpoint, parts, OBJECT_PUT), { until: Date.now() + WRITE_RETRY_MS });
   }
 }
+
+/** How often a coordinator still waiting for its sites says so. */
+const WAITING_LOG_MS = 10_000;
 
 /** What the checkpoint keeps beside the model: the layout, replay protection, and what the sites said of themselves (the operator's report reads it). */
 export interface TransportState {
@@ -318,11 +323,20 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
   try {
     // Wait for the sites: all of them, or a quorum once the join window has passed.
     const joinDeadline = Date.now() + (o.joinTimeoutMs ?? 30_000);
+    // Waiting is said, every WAITING_LOG_MS, with who is missing: a coordinator with no sites is not silent.
+    let told = Date.now();
     for (;;) {
       if (o.signal?.aborted) throw new OperatorError('CONSORT_C_ABORTED', 'stopped before the sites joined');
       const n = alive().length;
       if (layout && n === siteNames.length) break;
       if (layout && n >= spec.sampling.minSites && Date.now() > joinDeadline) break;
+      if (Date.now() - told >= (o.waitingLogMs ?? WAITING_LOG_MS)) {
+        told = Date.now();
+        const here = new Set(alive());
+        log(
+          `waiting for sites: ${n} of ${siteNames.length} joined (at least ${spec.sampling.minSites} needed); missing ${siteNames.filter((s) => !here.has(s)).join(', ')}`,
+        );
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
     log(`${alive().length} of ${siteNames.length} sites joined; ${resume ? `resuming after round ${resume.round}` : 'starting'}`);

@@ -154,3 +154,37 @@ describe('a site whose copy of the job has another seed', () => {
     ).rejects.toMatchObject({ code: 'CONSORT_W_REFUSED', message: expect.stringContaining(`spec.seed (${job.spec.seed} at the coordinator, 9 at the site)`) });
   }, 60_000);
 });
+
+describe('a coordinator whose sites do not come', () => {
+  it('says so while it waits, naming the sites it misses', async () => {
+    const job = FederatedJob.parse(
+      jobManifest(
+        'nobody-came',
+        hospitalSpec(
+          [
+            { name: 'north', samples: 60 },
+            { name: 'south', samples: 60 },
+          ],
+          { rounds: 1 },
+        ),
+      ),
+    );
+    const { auth, as } = await jobOnServer(job, cleanup);
+    const logs: string[] = [];
+    const stop = new AbortController();
+    const coordinator = runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: (l) => logs.push(l),
+      joinTimeoutMs: 60_000,
+      waitingLogMs: 200,
+      signal: stop.signal,
+    });
+    const deadline = Date.now() + 20_000;
+    while (!logs.some((l) => l.startsWith('waiting for sites')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    stop.abort();
+    await expect(coordinator).rejects.toMatchObject({ code: 'CONSORT_C_ABORTED' });
+    expect(logs).toContain('waiting for sites: 0 of 2 joined (at least 1 needed); missing north, south');
+  }, 60_000);
+});
