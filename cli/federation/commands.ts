@@ -76,14 +76,19 @@ function readKeys(path: string): TrustedKeys {
   return keys.data;
 }
 
-/** An AbortSignal that fires on SIGINT/SIGTERM (once), so both processes stop cleanly, or when `also` aborts. */
+/**
+ * An AbortSignal that fires on SIGINT/SIGTERM (once), so both processes stop cleanly, or when
+ * `also` aborts. Aborted by a signal, its reason is the signal's name.
+ */
 function stopSignal(also?: AbortController): AbortSignal {
   const ctl = also ?? new AbortController();
-  const stop = () => ctl.abort();
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  process.once('SIGINT', () => ctl.abort('SIGINT'));
+  process.once('SIGTERM', () => ctl.abort('SIGTERM'));
   return ctl.signal;
 }
+
+/** 128 + the signal's number, as a shell reports a process a signal ended. */
+const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
 const logTo = (quiet: boolean) => (line: string) => {
   if (!quiet) process.stderr.write(`${new Date().toISOString()} ${line}\n`);
@@ -193,7 +198,14 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
       });
       const violation = permissions.violation();
       if (violation) throw violation;
-      logTo(flags.quiet)(`site ${summary.site}: done (${summary.fits} updates, ${summary.evaluations} evaluations, ${summary.rejected} refused)`);
+      const counts = `${summary.fits} updates, ${summary.evaluations} evaluations, ${summary.rejected} refused`;
+      // Stopped by Ctrl-C or SIGTERM, not by the job's end: not a success.
+      const signal = stop.signal.aborted ? String(stop.signal.reason) : undefined;
+      if (signal && SIGNAL_EXIT[signal]) {
+        logTo(flags.quiet)(`site ${summary.site}: stopped by ${signal} before the job ended (${counts})`);
+        return SIGNAL_EXIT[signal];
+      }
+      logTo(flags.quiet)(`site ${summary.site}: done (${counts})`);
       return 0;
     } catch (err) {
       throw permissions.violation() ?? err;

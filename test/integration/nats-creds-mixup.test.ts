@@ -2,12 +2,13 @@
 // not do tell. `consort site` given another site's file, and `consort coordinator` given a site's,
 // stop at the first refusal with CONSORT_CLI_CREDENTIALS (exit 2) naming --creds, where they used
 // to wait silently (the site exited 0 when the job ended without it).
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { natsAuthFor, writeNatsConfigFiles } from '../../cli/nats/config.ts';
 import { NatsServer } from '../../cli/nats/server.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
-import { runConsort, transcript } from '../helpers/consort-cli.ts';
+import { CONSORT_BIN, runConsort, transcript } from '../helpers/consort-cli.ts';
 import { hospitalSpec, jobManifest, writeJob } from '../helpers/jobs.ts';
 import { useCleanup } from '../helpers/nats-job.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
@@ -60,4 +61,39 @@ describe('a credentials file of another user', () => {
       expect(r.stderr).toContain('[CONSORT_CLI_CREDENTIALS]');
     }
   }, 90_000);
+});
+
+describe('consort site stopped by Ctrl-C before its job ended', () => {
+  it('says so and exits 130, not "done" and 0', async () => {
+    const dir = tmp('site-sigint');
+    const manifest = jobManifest('site-sigint', hospitalSpec([{ name: 'north', samples: 60 }], { rounds: 2 }));
+    const jobPath = writeJob(dir, manifest.spec as Record<string, unknown>, { name: 'site-sigint' });
+    const auth = natsAuthFor(FederatedJob.parse(manifest));
+    const server = await NatsServer.start({ config: auth.config });
+    cleanup.push(() => server.stop());
+    writeNatsConfigFiles(join(dir, 'nats'), auth);
+    const site = spawn(
+      process.execPath,
+      [CONSORT_BIN, 'site', '--job', jobPath, '--site', 'north', '--nats', server.url, '--creds', join(dir, 'nats/sites/north.nk')],
+      {
+        env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
+    cleanup.push(async () => {
+      if (site.exitCode === null && site.signalCode === null) site.kill('SIGKILL');
+    });
+    let stderr = '';
+    const exited = new Promise<number | null>((done) => site.on('close', (code) => done(code)));
+    // Its data loaded and no coordinator there: it says hello until stopped.
+    await new Promise<void>((ready) =>
+      site.stderr!.setEncoding('utf8').on('data', (s: string) => {
+        stderr += s;
+        if (stderr.includes('train /')) ready();
+      }),
+    );
+    site.kill('SIGINT');
+    expect(await exited, stderr).toBe(130);
+    expect(stderr).toContain('site north: stopped by SIGINT before the job ended (0 updates, 0 evaluations, 0 refused)');
+  }, 60_000);
 });
