@@ -13,8 +13,18 @@ export const intFlag = (min: number, max: number) =>
     .transform(Number)
     .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`));
 
-/** A NATS server URL, as nats.js takes it. */
-export const natsUrlFlag = z.string().regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'must be a nats://, tls://, ws:// or wss:// URL');
+/** A NATS server URL, as nats.js takes it: a scheme it speaks, a host, and a port that can exist. */
+export const natsUrlFlag = z
+  .string()
+  .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'must be a nats://, tls://, ws:// or wss:// URL')
+  .refine((url) => {
+    try {
+      const { hostname, port } = new URL(url);
+      return hostname !== '' && (port === '' || (Number(port) >= 1 && Number(port) <= 65_535));
+    } catch {
+      return false;
+    }
+  }, 'must name a host and, if any, a port from 1 to 65535');
 
 /** CONSORT_CLI_USAGE naming each bad flag as it is typed (--join-timeout, not the schema's joinTimeout). */
 export function invalidFlags(error: z.ZodError): CliError {

@@ -1,6 +1,7 @@
 // `consort run JOB.yaml --nats URL|embedded`: the coordinator and every site as separate OS
 // processes talking only through a nats-server, as they will in Pods. `embedded` starts the
 // project's nats-server (with the job's generated accounts and permissions) and stops it after.
+import { natsUrlFlag } from '../flags.ts';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -73,8 +74,9 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
       server = await NatsServer.start({ config: auth.config });
       url = server.url;
       if (!o.quiet) process.stderr.write(`started nats-server on ${url} (JetStream in ${server.storeDir})\n`);
-    } else if (!/^(nats|tls|ws|wss):\/\//.test(o.nats)) {
-      throw new CliError('CONSORT_CLI_USAGE', `--nats: "${o.nats}" is neither a nats:// URL nor "embedded"`);
+    } else {
+      const url = natsUrlFlag.safeParse(o.nats);
+      if (!url.success) throw new CliError('CONSORT_CLI_USAGE', `--nats: "${o.nats}" is not "embedded", and as a URL it ${url.error.issues[0]?.message}`);
     }
     // Stopped while the server started: nothing to spawn.
     if (stopping) throw new CliError('CONSORT_CLI_RUN', 'stopped before the coordinator and the sites started');
