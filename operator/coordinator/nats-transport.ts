@@ -160,6 +160,8 @@ export class NatsTransport implements SiteTransport {
   private readonly window = new ByteBudget(UPDATE_READ_WINDOW_BYTES);
   /** Each site's envelopes, one after the other; and all of them under way. */
   private readonly siteQueues = new Map<string, Promise<void>>();
+  /** Per site, the last refusal of one of its messages since a round opened: why it may never have answered. */
+  private readonly refusals = new Map<string, string>();
   private readonly reads = new Set<Promise<void>>();
   /** Bytes of updates accepted, per round (for the compression table and metrics). */
   readonly bytesIn = new Map<number, number>();
@@ -235,6 +237,7 @@ export class NatsTransport implements SiteTransport {
   }
 
   private open<T>(round: number, kind: 'fit' | 'evaluate', sites: readonly string[]): OpenRound<T> {
+    this.refusals.clear();
     const channel = new Channel<Outcome<T>>();
     const r: OpenRound<T> = {
       round,
@@ -251,7 +254,10 @@ export class NatsTransport implements SiteTransport {
     clearTimeout(r.timer);
     if (r.kind === 'fit' && !r.channel.isClosed) this.o.ingestor.closeRound(r.round);
     for (const site of r.sites) {
-      if (!r.answered.has(site)) r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_DEADLINE', reason } });
+      if (r.answered.has(site)) continue;
+      // A site whose answer was refused did answer: say why it does not count.
+      const refused = this.refusals.get(site);
+      r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_DEADLINE', reason: refused ? `${reason}; its answer was refused: ${refused}` : reason } });
     }
     r.channel.close();
   }
@@ -357,6 +363,7 @@ export class NatsTransport implements SiteTransport {
   }
 
   private reject(msg: Msg, site: string, code: RejectionCode, reason: string): void {
+    this.refusals.set(site, `${reason} [${code}]`);
     if (this.o.ingestor.rejectedSites.shouldLog(site, code)) {
       this.o.log(`refused a message from site "${site}": ${reason} [${code}] (logged once per site and reason)`);
     }

@@ -8,6 +8,8 @@ import { FederatedJob } from '../../core/job/federated-job.ts';
 import { jobTerms } from '../../core/job/terms.ts';
 import { Welcome } from '../../core/protocol/messages.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
+import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
+import { PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
@@ -186,5 +188,81 @@ describe('a coordinator whose sites do not come', () => {
     stop.abort();
     await expect(coordinator).rejects.toMatchObject({ code: 'CONSORT_C_ABORTED' });
     expect(logs).toContain('waiting for sites: 0 of 2 joined (at least 1 needed); missing north, south');
+  }, 60_000);
+});
+
+describe('a site whose only answer in a round was refused', () => {
+  it('fails the round with the refusal in its reason, not as a site that never answered', async () => {
+    const job = FederatedJob.parse(
+      jobManifest(
+        'answer-refused',
+        hospitalSpec(
+          [
+            { name: 'real', samples: 80 },
+            { name: 'by-hand', samples: 80 },
+          ],
+          { rounds: 1, sampling: { minSites: 1 }, aggregation: { roundDeadlineSeconds: 1.5 } },
+        ),
+      ),
+    );
+    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const model = await siteModel(job, 1);
+    const byHand = await as('by-hand', auth.sites['by-hand']!.seed);
+    // Alive (hellos), and answering its fit task with an envelope signed by another key.
+    const beat = setInterval(
+      () =>
+        byHand
+          .request(subj.hello('by-hand'), signedHello(key, 'by-hand', auth.sites['by-hand']!.seed, model, { features: HOSPITAL_FEATURES }), { timeout: 1000 })
+          .catch(() => {}),
+      200,
+    );
+    cleanup.push(async () => clearInterval(beat));
+    byHand.subscribe(subj.task('by-hand'), {
+      callback: (_e, m) => {
+        m.respond(new TextEncoder().encode(JSON.stringify({ type: 'ack', accepted: true })));
+        const task = JSON.parse(decoder.decode(m.data)) as { type: string; round: number; taskId: string };
+        if (task.type !== 'fit') return;
+        const envelope = {
+          type: 'update' as const,
+          protocol: PROTOCOL_VERSION,
+          job: key,
+          site: 'by-hand',
+          round: task.round,
+          taskId: task.taskId,
+          nonce: newNonce(),
+          samples: 10,
+          trainLoss: 0.5,
+          steps: 1,
+          codec: 'none' as const,
+          object: { bucket: 'nowhere', name: 'nothing', sha256: '0'.repeat(64), size: 1 },
+        };
+        void byHand
+          .request(subj.update('by-hand'), new TextEncoder().encode(JSON.stringify(signEnvelope(envelope, auth.sites.real!.seed))), { timeout: 5000 })
+          .catch(() => {});
+      },
+    });
+    const failures: string[] = [];
+    const site = runSite({
+      job,
+      site: 'real',
+      nc: await as('real', auth.sites.real!.seed),
+      seed: auth.sites.real!.seed,
+      baseDir: '.',
+      backend: 'cpu',
+      log: () => {},
+    });
+    const result = await runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: () => {},
+      joinTimeoutMs: 30_000,
+      events: { siteFailed: (_round, f) => failures.push(`${f.site}: ${f.reason} [${f.code}]`) },
+    });
+    await site;
+    expect(result.rounds[0]!.participants).toEqual(['real']);
+    expect(failures.find((f) => f.startsWith('by-hand: no answer before the round deadline; its answer was refused: '))).toMatch(
+      /\[CONSORT_R_BAD_SIGNATURE\] \[CONSORT_C_DEADLINE\]$/,
+    );
   }, 60_000);
 });
