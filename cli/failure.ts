@@ -13,7 +13,7 @@ export function reportFailure(err: unknown, stream: NodeJS.WritableStream = proc
     const where = err.file && !err.message.includes(err.file) ? ` (${err.file}${err.line ? ` line ${err.line}` : ''})` : '';
     stream.write(`consort: ${err.message}${where} [${err.code}]\n`);
     // Data, schema and model problems are the user's input; a training failure is the run's.
-    return err.code === 'CONSORT_W_TRAIN' || err.code === 'CONSORT_W_BACKEND' ? 1 : 2;
+    return err.code === 'CONSORT_W_TRAIN' || err.code === 'CONSORT_W_BACKEND' || err.code === 'CONSORT_W_JOB_FAILED' ? 1 : 2;
   }
   if (err instanceof OperatorError) {
     stream.write(`consort: ${err.message} [${err.code}]\n`);

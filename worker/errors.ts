@@ -12,6 +12,7 @@ export const WorkerErrorCodes = {
   CONSORT_W_BACKEND: 'no TF.js backend could be initialised',
   CONSORT_W_TRAIN: 'local training failed',
   CONSORT_W_REFUSED: 'the coordinator refused the site: it runs another job, protocol or model',
+  CONSORT_W_JOB_FAILED: 'the coordinator ended the job in a failure (a quorum not met, say)',
 } as const;
 export type WorkerErrorCode = keyof typeof WorkerErrorCodes;
 

@@ -177,8 +177,10 @@ export const RoundNotice = z
     protocol,
     job: jobKey,
     round,
-    phase: z.enum(['started', 'closed', 'done']),
+    phase: z.enum(['started', 'closed', 'done', 'failed']),
     sites: z.array(name).max(100_000).optional(),
+    /** failed: why the coordinator ended the job (a quorum not met, say). */
+    reason: z.string().max(1000).optional(),
   })
   .strict();
 export type RoundNotice = z.infer<typeof RoundNotice>;

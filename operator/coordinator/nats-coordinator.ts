@@ -137,6 +137,9 @@ class BucketCheckpointStore implements CheckpointStore {
   }
 }
 
+/** Ends of a run after which the same job goes on (paused, or stopped to be started again): the sites are not told to stop. */
+const RESUMABLE = new Set(['CONSORT_C_PAUSED', 'CONSORT_C_ABORTED']);
+
 /** How often a coordinator still waiting for its sites says so. */
 const WAITING_LOG_MS = 10_000;
 
@@ -387,7 +390,18 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       ...(o.pauseRequested ? { pauseRequested: o.pauseRequested } : {}),
       aggregationRange,
     });
-    const result = await coordinator.run();
+    let result: Awaited<ReturnType<typeof coordinator.run>>;
+    try {
+      result = await coordinator.run();
+    } catch (err) {
+      // The job failed (not stopped, not paused: a run that can go on): the sites are told, and stop.
+      if (err instanceof OperatorError && !RESUMABLE.has(err.code)) {
+        const notice: RoundNotice = { type: 'round', protocol: PROTOCOL_VERSION, job: key, round, phase: 'failed', reason: err.message.slice(0, 1000) };
+        nc.publish(subj.round, json(notice));
+        await nc.flush().catch(() => {});
+      }
+      throw err;
+    }
     const final = safetensorsParts(layout!, result.global, { job: key });
     const modelsWire = objectWire(nc, bucket.models);
     const stored = await retrying(() => putObject(modelsWire, bucket.models, o.finalModelName ?? FINAL_MODEL, final, OBJECT_PUT), {

@@ -266,3 +266,54 @@ describe('a site whose only answer in a round was refused', () => {
     );
   }, 60_000);
 });
+
+describe('a job that fails', () => {
+  it('is announced: its sites stop with CONSORT_W_JOB_FAILED and the reason, instead of waiting for ever', async () => {
+    const job = FederatedJob.parse(
+      jobManifest(
+        'job-fails',
+        hospitalSpec(
+          [
+            { name: 'real', samples: 80 },
+            { name: 'by-hand', samples: 80 },
+          ],
+          { rounds: 3, sampling: { minSites: 2 }, aggregation: { roundDeadlineSeconds: 1.5 } },
+        ),
+      ),
+    );
+    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const model = await siteModel(job, 1);
+    const byHand = await as('by-hand', auth.sites['by-hand']!.seed);
+    // Alive, acknowledging its tasks and never answering them: round 1 misses its quorum of 2.
+    const beat = setInterval(
+      () =>
+        byHand
+          .request(subj.hello('by-hand'), signedHello(key, 'by-hand', auth.sites['by-hand']!.seed, model, { features: HOSPITAL_FEATURES }), { timeout: 1000 })
+          .catch(() => {}),
+      200,
+    );
+    cleanup.push(async () => clearInterval(beat));
+    byHand.subscribe(subj.task('by-hand'), {
+      callback: (_e, m) => {
+        m.respond(new TextEncoder().encode(JSON.stringify({ type: 'ack', accepted: true })));
+      },
+    });
+    const site = runSite({
+      job,
+      site: 'real',
+      nc: await as('real', auth.sites.real!.seed),
+      seed: auth.sites.real!.seed,
+      baseDir: '.',
+      backend: 'cpu',
+      log: () => {},
+    });
+    site.catch(() => {});
+    await expect(
+      runNatsCoordinator({ job, nc: await as(COORDINATOR_USER, auth.coordinator.seed), siteKeys: auth.keys.sites, log: () => {}, joinTimeoutMs: 30_000 }),
+    ).rejects.toMatchObject({ code: 'CONSORT_C_QUORUM' });
+    await expect(site).rejects.toMatchObject({
+      code: 'CONSORT_W_JOB_FAILED',
+      message: expect.stringMatching(/^site real: the coordinator ended the job in a failure: round 1: 1 of 2 sites answered/),
+    });
+  }, 60_000);
+});

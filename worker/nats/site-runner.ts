@@ -143,6 +143,8 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   let joined = false;
   /** A refusal no second hello can change (another job, protocol or model): the site stops with it. */
   let refused: string | undefined;
+  /** The coordinator ended the job in a failure (its reason). */
+  let jobFailed: string | undefined;
   let lastRefusal = '';
   const heartbeat = async (): Promise<void> => {
     try {
@@ -301,7 +303,8 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       callback: (err, msg) => {
         if (err) return;
         const n = RoundNotice.safeParse(parseJson(msg.data));
-        if (n.success && n.data.phase === 'done') finish();
+        if (n.success && n.data.phase === 'failed') jobFailed = n.data.reason ?? 'no reason given';
+        if (n.success && (n.data.phase === 'done' || n.data.phase === 'failed')) finish();
       },
     }),
   ];
@@ -318,5 +321,6 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     worker.dispose();
   }
   if (refused) throw new WorkerError('CONSORT_W_REFUSED', `site ${site}: ${refused}`);
+  if (jobFailed !== undefined) throw new WorkerError('CONSORT_W_JOB_FAILED', `site ${site}: the coordinator ended the job in a failure: ${jobFailed}`);
   return summary;
 }
