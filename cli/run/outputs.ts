@@ -2,7 +2,7 @@
 // renamed into place at the end, so a failed or interrupted run never leaves a half-written
 // folder that looks like a result.
 import { lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join, relative, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { REPORT_FORMAT } from '../../core/report/run-report.ts';
 import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
 import { renderReportHtml } from '../../core/report/html.ts';
@@ -37,7 +37,7 @@ function holdsEarlierResult(dir: string): boolean {
 export function checkOutputDir(outDir: string): void {
   const dir = resolve(outDir);
   const here = relative(dir, process.cwd());
-  if (here === '' || (!here.startsWith('..') && !here.startsWith('/')))
+  if (here === '' || (here !== '..' && !here.startsWith(`..${sep}`) && !isAbsolute(here)))
     throw new CliError(
       'CONSORT_CLI_USAGE',
       `--out ${outDir}: the results replace the whole folder, and this one holds the current folder; choose a new folder`,
@@ -51,11 +51,16 @@ export function checkOutputDir(outDir: string): void {
   }
   if (!isDir) throw new CliError('CONSORT_CLI_USAGE', `--out ${outDir}: is a file, not a folder`);
   const entries = readdirSync(dir);
-  if (entries.length === 0 || holdsEarlierResult(dir)) return;
-  const shown = entries.slice(0, 5).join(', ') + (entries.length > 5 ? `, … (${entries.length} entries)` : '');
+  if (entries.length === 0) return;
+  // An earlier result, and nothing else: what a new one may replace.
+  const ours = new Set<string>(Object.values(OUTPUT_FILES));
+  const others = entries.filter((e) => !ours.has(e));
+  if (others.length === 0 && holdsEarlierResult(dir)) return;
+  const named = others.length > 0 ? others : entries;
+  const shown = named.slice(0, 5).join(', ') + (named.length > 5 ? `, … (${named.length} entries)` : '');
   throw new CliError(
     'CONSORT_CLI_USAGE',
-    `--out ${outDir}: the folder exists and is not an earlier Consort result (it holds ${shown}); the results replace the whole folder, so choose a new or empty one`,
+    `--out ${outDir}: the folder exists and is not only an earlier Consort result (it holds ${shown}); the results replace the whole folder, so choose a new or empty one`,
   );
 }
 

@@ -261,7 +261,7 @@ describe('an output folder that the results would destroy', () => {
     expect(readdirSync(dir).sort()).toEqual(['inner', 'job.yaml']);
   });
 
-  it.concurrent('an empty folder, then the same folder holding that result: both runs write their results there', async () => {
+  it.concurrent('an empty folder, then the same folder holding that result: both runs write their results there; not once a file of the user is added', async () => {
     const dir = tmp('out-again');
     const job = writeJob(dir, hospitalSpec(undefined, { rounds: 1 }));
     const out = join(dir, 'results');
@@ -271,6 +271,9 @@ describe('an output folder that the results would destroy', () => {
       expect(result.code, transcript(result)).toBe(0);
       expect(readdirSync(out).sort()).toEqual(['MODEL_CARD.md', 'model.safetensors', 'report.html', 'report.json', 'tfjs']);
     }
+    writeFileSync(join(out, 'my-notes.md'), 'notes\n');
+    expect(await expectRefused(job, out)).toContain('it holds my-notes.md');
+    expect(readFileSync(join(out, 'my-notes.md'), 'utf8')).toBe('notes\n');
   });
 });
 
