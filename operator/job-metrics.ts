@@ -131,7 +131,9 @@ export class JobMetrics {
     this.deadline.set(l, s.roundDeadlineSeconds);
     // A resumed loop (new operator) starts its cumulative figures again: count from there.
     const more = (now: number, before: number) => (now >= before ? now - before : now);
-    this.roundsCompleted.inc(l, more(s.round, seen.round));
+    // The round is a position, not a running count: a resumed run reports 0 until its checkpoint is
+    // read, then the round it resumed after, which was counted already.
+    this.roundsCompleted.inc(l, Math.max(0, s.round - seen.round));
     this.bytesIn.inc(l, more(s.bytesIn, seen.bytesIn));
     this.bytesOut.inc(l, more(s.bytesOut, seen.bytesOut));
     for (const [reason, n] of Object.entries(s.rejections)) {
@@ -139,7 +141,7 @@ export class JobMetrics {
       // Every reason has a series from its first refusal on (a zero series for each would be dozens per job).
       if (d > 0 || seen.rejections[reason] !== undefined) this.rejected.inc({ ...l, reason }, d);
     }
-    seen.round = s.round;
+    seen.round = Math.max(seen.round, s.round);
     seen.bytesIn = s.bytesIn;
     seen.bytesOut = s.bytesOut;
     const kept: Record<string, number> = {};

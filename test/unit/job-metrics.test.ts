@@ -80,6 +80,13 @@ describe('JobMetrics', () => {
     m.update('ns', 'j', snapshot({ round: 5, bytesIn: 200, roundSeconds: [9] }));
     expect(await value(r, 'consort_job_bytes_received_total', l)).toBe(1700);
     expect(await value(r, 'consort_round_duration_seconds_count', l)).toBe(4);
+    expect(await value(r, 'consort_job_rounds_completed_total', l)).toBe(5);
+    // A resumed run: round 0 until it has read its checkpoint, then the round it resumed after.
+    // The round is a position: rounds counted before are not counted again.
+    m.update('ns', 'j', snapshot({ round: 0, bytesIn: 0, roundSeconds: [] }));
+    m.update('ns', 'j', snapshot({ round: 5, bytesIn: 0, roundSeconds: [] }));
+    m.update('ns', 'j', snapshot({ round: 7, bytesIn: 0, roundSeconds: [] }));
+    expect(await value(r, 'consort_job_rounds_completed_total', l)).toBe(7);
   });
 
   it('forget removes every series of the job and only of that job', async () => {
