@@ -26,6 +26,8 @@ export interface RunProgress extends RoundTally {
   siteLastRound: Record<string, number>;
   model?: ModelReference;
   error?: string;
+  /** Why the rounds ended: all of them, or early by a stopping rule. */
+  stoppedBy?: 'rounds' | 'target' | 'patience';
   /** Bytes received (updates) and sent (models) so far, and refusals per code. */
   bytesIn: number;
   bytesOut: number;
@@ -118,6 +120,7 @@ export class InOperatorRun implements JobRun {
         if (this.progress.records.length < result.rounds.length) this.progress.records = [...result.rounds];
         lastRounds(result.rounds, this.progress.siteLastRound);
         this.progress.model = result.model;
+        this.progress.stoppedBy = result.stoppedBy;
         this.progress.state = 'succeeded';
         log(`done after ${result.roundsCompleted} rounds (${result.stoppedBy})`);
       } catch (err) {
@@ -194,6 +197,7 @@ export class PodRun implements JobRun {
           if (h.round > this.progress.round) this.progress.lastRoundAt = Date.now();
           this.progress.round = h.round;
           this.progress.records = h.records;
+          if (h.stoppedBy) this.progress.stoppedBy = h.stoppedBy;
           this.progress.participants = (h.records.at(-1)?.participants ?? []).map((p) => p.split('@')[0]!);
           lastRounds(h.records, this.progress.siteLastRound);
           if (this.progress.state === 'joining' && h.round > 0) this.progress.state = 'running';

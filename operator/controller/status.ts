@@ -104,15 +104,25 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
       refusals.length === 0 ? 'no site refused the job' : `refused by ${refusals.join('; ')}`,
     ),
   );
-  if (p === 'Succeeded')
+  if (p === 'Succeeded') {
+    // An early stop says which rule stopped it, in its reason and its message.
+    const by = o.progress?.stoppedBy;
+    const target = o.job.spec.stopping.target;
+    const [reason, why] =
+      by === 'target' && target
+        ? ['TargetReached', `, stopped early: spec.stopping.target (${target.metric} ${target.metric === 'loss' ? '<=' : '>='} ${target.value}) reached`]
+        : by === 'patience'
+          ? ['PatienceExhausted', `, stopped early: no improvement in ${o.job.spec.stopping.patience} evaluations (spec.stopping.patience)`]
+          : ['RoundsCompleted', ''];
     conditions.push(
       cond(
         'Succeeded',
         true,
-        'RoundsCompleted',
-        `completed ${o.progress?.round ?? old.round ?? 0} rounds; the model is in ${o.progress?.model?.bucket ?? old.model?.bucket}`,
+        reason,
+        `completed ${o.progress?.round ?? old.round ?? 0} of ${o.job.spec.rounds} rounds${why}; the model is in ${o.progress?.model?.bucket ?? old.model?.bucket}`,
       ),
     );
+  }
   if (p === 'Failed') conditions.push(cond('Failed', true, o.problem?.reason ?? 'Failed', o.problem?.message ?? 'the job failed'));
   const model = o.progress?.model ?? old.model;
   const round = o.progress?.round ?? old.round ?? 0;

@@ -92,6 +92,33 @@ describe('desiredStatus', () => {
     expect(s.conditions?.find((x) => x.type === 'Failed')).toMatchObject({ status: 'True', reason: 'CoordinatorFailed' });
     expect(s.completionTime).toBe('2026-01-01T00:00:00Z');
   });
+
+  it("a job stopped early says by which rule, in the Succeeded condition's reason and message", () => {
+    const succeeded = (stoppedBy: RunProgress['stoppedBy'], stopping: Record<string, unknown>) =>
+      desiredStatus({
+        job: { ...job(), spec: FederatedJobSpec.parse({ ...spec, stopping }) },
+        phase: 'Succeeded',
+        progress: {
+          ...progress,
+          state: 'succeeded',
+          ...(stoppedBy ? { stoppedBy } : {}),
+          model: { bucket: 'models', object: 'final', sha256: 'a'.repeat(64), bytes: 1 },
+        },
+        pods: new Map(),
+        refusals: new Map(),
+        restarts: new Map(),
+        now: new Date('2026-01-01T00:00:00Z'),
+      }).conditions?.find((c) => c.type === 'Succeeded');
+    expect(succeeded('target', { target: { metric: 'accuracy', value: 0.85 } })).toMatchObject({
+      reason: 'TargetReached',
+      message: 'completed 3 of 5 rounds, stopped early: spec.stopping.target (accuracy >= 0.85) reached; the model is in models',
+    });
+    expect(succeeded('patience', { patience: 2 })).toMatchObject({
+      reason: 'PatienceExhausted',
+      message: 'completed 3 of 5 rounds, stopped early: no improvement in 2 evaluations (spec.stopping.patience); the model is in models',
+    });
+    expect(succeeded('rounds', {})).toMatchObject({ reason: 'RoundsCompleted', message: 'completed 3 of 5 rounds; the model is in models' });
+  });
 });
 
 describe('keepTransitionTimes', () => {
