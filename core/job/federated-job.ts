@@ -331,7 +331,13 @@ export type CoordinatorSpec = z.infer<typeof CoordinatorSpec>;
 export const FederatedJobSpec = z
   .object({
     model: ModelSpec,
-    classes: z.array(z.string().min(1)).min(2).optional().describe('Label values in class-index order; CSV/image jobs default to the sorted labels seen.'),
+    classes: z
+      .array(z.string().min(1))
+      .min(2)
+      .optional()
+      .describe(
+        'Label values in class-index order. Required for CSV and image data when sites run apart (Kubernetes, consort site); consort run in one process defaults them to the sorted labels seen.',
+      ),
     // A FederatedJob object must fit etcd's 1.5 MiB, and the CRD's CEL rules run once per site
     // within the API server's cost budget: 10,000 sites is what a cluster can hold.
     sites: z.array(SiteSpec).min(1).max(10_000),
@@ -409,4 +415,16 @@ export function sitesPerRound(spec: FederatedJobSpec): number {
   const { fraction, sitesPerRound: k, minSites } = spec.sampling;
   const want = k ?? (fraction !== undefined ? Math.ceil(fraction * n) : n);
   return Math.min(n, Math.max(want, minSites));
+}
+
+/**
+ * Why the job cannot run with its sites as separate processes (the operator's Pods, `consort
+ * site`), or undefined: a site there sees only its own labels, so CSV and image data need
+ * spec.classes (one process, `consort run`, gathers them from every site).
+ */
+export function separateProcessesProblem(spec: FederatedJobSpec): string | undefined {
+  if (spec.classes !== undefined) return undefined;
+  const needing = spec.sites.filter((s) => s.data.type === 'csv' || s.data.type === 'imageFolder').map((s) => s.name);
+  if (needing.length === 0) return undefined;
+  return `spec.classes: required when sites run apart with CSV or image data (sites ${needing.join(', ')}): each sees only its own labels; list the classes in output order`;
 }

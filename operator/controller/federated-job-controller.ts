@@ -6,7 +6,7 @@
 // round loop runs beside it and re-queues the job whenever its progress changes.
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Objm } from '@nats-io/obj';
-import { FederatedJobSpec, type FederatedJob } from '../../core/job/federated-job.ts';
+import { FederatedJobSpec, separateProcessesProblem, type FederatedJob } from '../../core/job/federated-job.ts';
 import type { FederatedJobStatus, JobPhase } from '../../core/job/federated-job-status.ts';
 import { describeIssues } from '../../core/job/issues.ts';
 import { type Assignment, AssignmentReply, assignmentSubject } from '../../core/protocol/assignment.ts';
@@ -261,6 +261,13 @@ export class FederatedJobController {
       return undefined;
     }
     job.spec = parsed.data;
+    // What the CRD cannot say because `consort run` allows it: sites apart need the classes listed.
+    const apart = status.phase === undefined || status.phase === 'Pending' ? separateProcessesProblem(parsed.data) : undefined;
+    if (apart) {
+      await finalizer;
+      await this.#writeStatus(job, 'Failed', { problem: { reason: 'InvalidSpec', message: apart } });
+      return undefined;
+    }
     // The cache may not have our own terminal status write back yet: remember it, or a reconcile
     // in between would start the finished job again.
     const finished = this.#finished.get(key);

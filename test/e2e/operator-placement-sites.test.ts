@@ -75,6 +75,21 @@ describe('coordinator placement and site mode', () => {
     expect(podStatus.accuracy).toBe((await cluster.job('in-operator'))!.status!.accuracy);
   });
 
+  it('a job whose sites run apart on CSV data without spec.classes fails at once, saying why (each site sees only its own labels)', async () => {
+    const input = hospitals('no-classes', (s) => {
+      (s.sites as Array<{ data: unknown }>)[0]!.data = { type: 'csv', train: 'train.csv', labelColumn: 'sepsis' };
+    });
+    const r = await cluster.kubectl(['apply', '-f', '-'], { input });
+    expect(r.code, r.stderr).toBe(0);
+    const s = await cluster.waitForJob('no-classes', (st) => st.phase === 'Failed' || st.phase === 'Running' || st.phase === 'Succeeded', {
+      timeoutMs: 60_000,
+    });
+    expect(s.phase, JSON.stringify(s)).toBe('Failed');
+    const failed = (s.conditions as Array<{ type: string; reason?: string; message?: string }> | undefined)?.find((c) => c.type === 'Failed');
+    expect(failed).toMatchObject({ reason: 'InvalidSpec' });
+    expect(failed?.message).toContain('spec.classes: required when sites run apart with CSV or image data (sites st-mary)');
+  });
+
   it('site mode: a site whose policy refuses the model leaves a condition naming it and why; a site that accepts trains', async () => {
     const dir = tmp('site-mode');
     const signer = parseAccountSigner(readFileSync(cluster.accountKey, 'utf8'));
