@@ -21,7 +21,7 @@ import type { OperatorMetrics } from '../metrics.ts';
 import { type AccountSigner, mintJobCreds } from '../nats/trust.ts';
 import { InOperatorRun, type JobRun, PodRun, type RunProgress } from './job-runs.ts';
 import { coordinatorPod, FINALIZER, type JobObject, jobConfigMap, LABELS, MANAGED_BY, names, type PodSettings, secret, workerPod } from './manifests.ts';
-import { desiredStatus, sameJson } from './status.ts';
+import { workerInputFailure, desiredStatus, sameJson } from './status.ts';
 import { emptySnapshot, type JobMetrics } from '../job-metrics.ts';
 
 export interface ControllerOptions {
@@ -67,6 +67,12 @@ const decode = (s: KubeObject | undefined, key: string) => {
   const v = (s?.data as Record<string, string> | undefined)?.[key];
   return v === undefined ? undefined : Buffer.from(v, 'base64').toString('utf8');
 };
+
+/** Restarts of a Pod's containers, summed (the kubelet counts them in its status). */
+function containerRestarts(p: KubeObject): number {
+  const statuses = (p.status as { containerStatuses?: Array<{ restartCount?: number }> } | undefined)?.containerStatuses ?? [];
+  return statuses.reduce((n, c) => n + (c.restartCount ?? 0), 0);
+}
 
 export class FederatedJobController {
   readonly jobs: Informer<JobObject>;
@@ -163,7 +169,14 @@ export class FederatedJobController {
     this.pods.on({
       upsert: (p, old) => {
         if (own.isEcho('pods', p)) return;
-        if (!old || podPhase(old) !== podPhase(p) || old.metadata.deletionTimestamp !== p.metadata.deletionTimestamp) owner(p);
+        // A restarted container, too: a worker that stops on bad input restarts in a Pod that stays Running.
+        if (
+          !old ||
+          podPhase(old) !== podPhase(p) ||
+          old.metadata.deletionTimestamp !== p.metadata.deletionTimestamp ||
+          containerRestarts(old) !== containerRestarts(p)
+        )
+          owner(p);
       },
       deleted: gone('pods'),
     });
@@ -338,6 +351,17 @@ export class FederatedJobController {
     }
 
     const s = run.progress.state;
+    // A worker that refuses its input (exit status 2) would crash-loop while the job waits for it.
+    const badInput = s === 'succeeded' || s === 'failed' ? undefined : workerInputFailure(this.#workerPods(job));
+    if (badInput) {
+      const problem = { reason: 'WorkerInvalidInput', message: badInput };
+      this.#finished.set(key, { uid: job.metadata.uid!, generation: job.metadata.generation ?? 0, phase: 'Failed', progress: run.progress, problem });
+      await this.#writeStatus(job, 'Failed', { problem });
+      void this.#events.record(job, 'Warning', 'Failed', badInput);
+      await this.#stopRun(key);
+      await this.#deleteWorkers(job);
+      return undefined;
+    }
     if (s === 'succeeded' || s === 'failed') {
       this.#finished.set(key, {
         uid: job.metadata.uid!,
@@ -409,13 +433,19 @@ export class FederatedJobController {
     this.#restarts.set(key, m);
   }
 
-  async #writeStatus(job: JobObject, phase: JobPhase, extra: { problem?: { reason: string; message: string }; progress?: RunProgress }): Promise<void> {
-    const key = keyOf(job);
+  /** The job's worker Pods by site, those the cache holds. */
+  #workerPods(job: JobObject): Map<string, KubeObject> {
     const pods = new Map<string, KubeObject>();
     for (const site of job.spec.sites) {
       const p = this.#owned(this.pods, job.metadata.namespace!, names.workerPod(job.metadata.name, site.name));
       if (p) pods.set(site.name, p);
     }
+    return pods;
+  }
+
+  async #writeStatus(job: JobObject, phase: JobPhase, extra: { problem?: { reason: string; message: string }; progress?: RunProgress }): Promise<void> {
+    const key = keyOf(job);
+    const pods = this.#workerPods(job);
     const progress = extra.progress ?? this.runs.get(key)?.progress;
     const next = desiredStatus({
       job,

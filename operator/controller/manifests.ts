@@ -159,6 +159,8 @@ export function workerPod(job: JobObject, site: SiteSpec, s: PodSettings): KubeO
           command: ['consort'],
           args,
           env: [{ name: 'TF_CPP_MIN_LOG_LEVEL', value: '2' }],
+          // A worker that stops on bad input says why in its last lines: kept as its termination message.
+          terminationMessagePolicy: 'FallbackToLogsOnError',
           ...(res ? { resources: res } : {}),
           volumeMounts: mounts,
           securityContext,

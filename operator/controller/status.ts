@@ -170,3 +170,36 @@ export function sameJson(a: unknown, b: unknown): boolean {
   const kb = Object.keys(b).filter((k) => (b as Record<string, unknown>)[k] !== undefined);
   return ka.length === kb.length && ka.every((k) => sameJson((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
 }
+
+/** The exit status `consort site` gives bad input (its data, its model, the job): restarting cannot help. */
+const BAD_INPUT_EXIT = 2;
+
+interface TerminatedState {
+  exitCode?: number;
+  message?: string;
+}
+
+/**
+ * Why the job cannot go on because a site's worker refuses its input, or undefined: a worker
+ * container that exited with status 2 (its last lines, which FallbackToLogsOnError keeps, name
+ * the problem). With restartPolicy OnFailure it would otherwise crash-loop while the job waits.
+ */
+export function workerInputFailure(pods: ReadonlyMap<string, KubeObject>): string | undefined {
+  for (const [site, pod] of pods) {
+    const statuses = (
+      pod.status as
+        | { containerStatuses?: Array<{ name: string; state?: { terminated?: TerminatedState }; lastState?: { terminated?: TerminatedState } }> }
+        | undefined
+    )?.containerStatuses;
+    const worker = statuses?.find((c) => c.name === 'worker');
+    const ended = [worker?.state?.terminated, worker?.lastState?.terminated].find((t) => t?.exitCode === BAD_INPUT_EXIT);
+    if (!ended) continue;
+    const said = (ended.message ?? '')
+      .split('\n')
+      .filter((l) => l.startsWith('consort: '))
+      .at(-1)
+      ?.slice('consort: '.length);
+    return `site ${site}: its worker ${pod.metadata.name} stops on bad input (exit status ${BAD_INPUT_EXIT}), which restarting cannot mend: ${said ?? `see kubectl logs ${pod.metadata.name}`}`;
+  }
+  return undefined;
+}

@@ -90,6 +90,27 @@ describe('coordinator placement and site mode', () => {
     expect(failed?.message).toContain('spec.classes: required when sites run apart with CSV or image data (sites st-mary)');
   });
 
+  it('a job whose worker stops on bad input (a data file it cannot find) fails, naming the site and the problem, instead of crash-looping', async () => {
+    // As JSON: kubectl reads YAML 1.1, where a plain no and yes are booleans.
+    const input = JSON.stringify(
+      parse(
+        hospitals('no-data', (s) => {
+          s.classes = ['no', 'yes'];
+          (s.sites as Array<{ data: unknown }>)[0]!.data = { type: 'csv', train: 'no-such-file.csv', labelColumn: 'sepsis' };
+        }),
+      ),
+    );
+    const r = await cluster.kubectl(['apply', '-f', '-'], { input });
+    expect(r.code, r.stderr).toBe(0);
+    const s = await cluster.waitForJob('no-data', (st) => st.phase === 'Failed' || st.phase === 'Succeeded', { timeoutMs: 120_000 });
+    expect(s.phase, JSON.stringify(s)).toBe('Failed');
+    const failed = (s.conditions as Array<{ type: string; reason?: string; message?: string }> | undefined)?.find((c) => c.type === 'Failed');
+    expect(failed).toMatchObject({ reason: 'WorkerInvalidInput' });
+    expect(failed?.message).toMatch(
+      /^site st-mary: its worker no-data-site-st-mary stops on bad input \(exit status 2\), which restarting cannot mend: .*no-such-file\.csv.*\[CONSORT_W_DATA_FILE\]/,
+    );
+  });
+
   it('site mode: a site whose policy refuses the model leaves a condition naming it and why; a site that accepts trains', async () => {
     const dir = tmp('site-mode');
     const signer = parseAccountSigner(readFileSync(cluster.accountKey, 'utf8'));

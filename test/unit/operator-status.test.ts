@@ -6,7 +6,7 @@ import { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import { FederatedJobStatus } from '../../core/job/federated-job-status.ts';
 import { emptyProgress, type RunProgress } from '../../operator/controller/job-runs.ts';
 import type { JobObject } from '../../operator/controller/manifests.ts';
-import { desiredStatus, keepTransitionTimes, sameJson } from '../../operator/controller/status.ts';
+import { desiredStatus, keepTransitionTimes, sameJson, workerInputFailure } from '../../operator/controller/status.ts';
 import type { KubeObject } from '../../operator/kube/client.ts';
 
 const spec = FederatedJobSpec.parse({
@@ -118,6 +118,44 @@ describe('desiredStatus', () => {
       message: 'completed 3 of 5 rounds, stopped early: no improvement in 2 evaluations (spec.stopping.patience); the model is in models',
     });
     expect(succeeded('rounds', {})).toMatchObject({ reason: 'RoundsCompleted', message: 'completed 3 of 5 rounds; the model is in models' });
+  });
+});
+
+describe('workerInputFailure', () => {
+  const worker = (name: string, lastExit?: number, message?: string): KubeObject => ({
+    metadata: { name },
+    status: {
+      phase: 'Running',
+      containerStatuses: [
+        {
+          name: 'worker',
+          state: { waiting: { reason: 'CrashLoopBackOff' } },
+          ...(lastExit !== undefined ? { lastState: { terminated: { exitCode: lastExit, ...(message ? { message } : {}) } } } : {}),
+        },
+      ],
+    },
+  });
+  it('names the site whose worker exited with status 2, with its last "consort:" line; other exits are not bad input', () => {
+    const log = 'loading\nconsort: site "b": train.csv: no such file [CONSORT_W_DATA_FILE]\n';
+    expect(
+      workerInputFailure(
+        new Map([
+          ['a', worker('j-site-a', 1)],
+          ['b', worker('j-site-b', 2, log)],
+        ]),
+      ),
+    ).toBe(
+      'site b: its worker j-site-b stops on bad input (exit status 2), which restarting cannot mend: site "b": train.csv: no such file [CONSORT_W_DATA_FILE]',
+    );
+    expect(workerInputFailure(new Map([['a', worker('j-site-a', 2)]]))).toContain('see kubectl logs j-site-a');
+    expect(
+      workerInputFailure(
+        new Map([
+          ['a', worker('j-site-a', 137)],
+          ['c', worker('j-site-c')],
+        ]),
+      ),
+    ).toBeUndefined();
   });
 });
 
