@@ -321,10 +321,13 @@ export class FederatedJobController {
         await this.#writeStatus(job, status.phase === 'Pending' ? 'Pending' : 'Running', {});
         return undefined; // the run re-queues the job when it pauses
       }
+      // The run's last progress, kept for the status: stopping the run forgets it.
+      const progress = run?.progress;
       await this.#stopRun(key);
       await this.#deleteWorkers(job);
-      if (status.phase !== 'Suspended') void this.#events.record(job, 'Normal', 'Suspended', `suspended after round ${status.round ?? 0}`);
-      await this.#writeStatus(job, 'Suspended', {});
+      const after = Math.max(progress?.round ?? 0, status.round ?? 0);
+      if (status.phase !== 'Suspended') void this.#events.record(job, 'Normal', 'Suspended', `suspended after round ${after}`);
+      await this.#writeStatus(job, 'Suspended', progress ? { progress } : {});
       return undefined;
     }
 

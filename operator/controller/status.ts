@@ -52,6 +52,8 @@ function siteStatuses(o: Observation): SiteStatus[] {
 
 export function desiredStatus(o: Observation): FederatedJobStatus {
   const old = (o.job.status ?? {}) as FederatedJobStatus;
+  // Rounds only go forward: a resumed run reports 0 until it has read its checkpoint.
+  const round = Math.max(o.progress?.round ?? 0, old.round ?? 0);
   const sites = siteStatuses(o);
   const ready = sites.filter((s) => s.state === 'Running' || s.state === 'Succeeded').length;
   const last = o.progress?.records.at(-1);
@@ -81,7 +83,7 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
       p === 'Pending' || p === 'Running',
       p === 'Running' ? 'RoundsRunning' : p === 'Pending' ? 'Starting' : p,
       p === 'Running'
-        ? `round ${o.progress?.round ?? old.round ?? 0} of ${o.job.spec.rounds} completed`
+        ? `round ${round} of ${o.job.spec.rounds} completed`
         : p === 'Pending'
           ? 'creating credentials and Pods; waiting for the sites to join'
           : `the job is ${p.toLowerCase()}`,
@@ -119,13 +121,12 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
         'Succeeded',
         true,
         reason,
-        `completed ${o.progress?.round ?? old.round ?? 0} of ${o.job.spec.rounds} rounds${why}; the model is in ${o.progress?.model?.bucket ?? old.model?.bucket}`,
+        `completed ${round} of ${o.job.spec.rounds} rounds${why}; the model is in ${o.progress?.model?.bucket ?? old.model?.bucket}`,
       ),
     );
   }
   if (p === 'Failed') conditions.push(cond('Failed', true, o.problem?.reason ?? 'Failed', o.problem?.message ?? 'the job failed'));
   const model = o.progress?.model ?? old.model;
-  const round = o.progress?.round ?? old.round ?? 0;
   return {
     phase: p,
     observedGeneration: gen,

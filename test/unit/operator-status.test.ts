@@ -121,6 +121,22 @@ describe('desiredStatus', () => {
   });
 });
 
+describe('the status round', () => {
+  it('never goes backwards: a resumed run reports 0 until it has read its checkpoint', () => {
+    const s = desiredStatus({
+      job: job({ phase: 'Running', round: 76 }),
+      phase: 'Running',
+      progress: { ...emptyProgress(), state: 'joining' },
+      pods: new Map(),
+      refusals: new Map(),
+      restarts: new Map(),
+      now: new Date('2026-01-01T00:00:00Z'),
+    });
+    expect(s.round).toBe(76);
+    expect(s.conditions?.find((c) => c.type === 'Progressing')?.message ?? '').not.toContain('round 0');
+  });
+});
+
 describe('workerInputFailure', () => {
   const worker = (name: string, lastExit?: number, message?: string): KubeObject => ({
     metadata: { name },
