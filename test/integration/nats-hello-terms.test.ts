@@ -3,6 +3,7 @@
 // job has other terms (another seed, another model), is refused with a reason that says how they
 // differ, and counted; a real site so refused stops with that reason; and a coordinator does not
 // resume a checkpoint written under other terms.
+import type { NatsConnection } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { jobTerms } from '../../core/job/terms.ts';
@@ -19,20 +20,27 @@ import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats
 const decoder = new TextDecoder();
 const cleanup = useCleanup();
 
+/** Site "real" of `job`, a real site runner on the CPU backend. */
+async function realSite(job: FederatedJob, auth: { sites: Record<string, { seed: string }> }, as: (user: string, seed: string) => Promise<NatsConnection>) {
+  return runSite({ job, site: 'real', nc: await as('real', auth.sites.real!.seed), seed: auth.sites.real!.seed, baseDir: '.', backend: 'cpu', log: () => {} });
+}
+
+/** A job of two hospital sites of 80 patients, with `extra` in its spec. */
+function twoSites(name: string, sites: [string, string], extra: Record<string, unknown>): FederatedJob {
+  return FederatedJob.parse(
+    jobManifest(
+      name,
+      hospitalSpec(
+        sites.map((s) => ({ name: s, samples: 80 })),
+        extra,
+      ),
+    ),
+  );
+}
+
 describe('a hello whose feature columns differ from the joined sites', () => {
   it('is refused with CONSORT_R_WRONG_SHAPE, naming the difference, and counted; the same columns are welcomed', async () => {
-    const job = FederatedJob.parse(
-      jobManifest(
-        'hello-features',
-        hospitalSpec(
-          [
-            { name: 'real', samples: 80 },
-            { name: 'by-hand', samples: 80 },
-          ],
-          { rounds: 1, sampling: { minSites: 1 } },
-        ),
-      ),
-    );
+    const job = twoSites('hello-features', ['real', 'by-hand'], { rounds: 1, sampling: { minSites: 1 } });
     const { key, subj, auth, as } = await jobOnServer(job, cleanup);
     const model = await siteModel(job, 1);
     const coordinatorLogs: string[] = [];
@@ -50,15 +58,7 @@ describe('a hello whose feature columns differ from the joined sites', () => {
       },
       joinTimeoutMs: 60_000,
     });
-    const site = runSite({
-      job,
-      site: 'real',
-      nc: await as('real', auth.sites.real!.seed),
-      seed: auth.sites.real!.seed,
-      baseDir: '.',
-      backend: 'cpu',
-      log: () => {},
-    });
+    const site = realSite(job, auth, as);
     await realJoined;
 
     const byHand = await as('by-hand', auth.sites['by-hand']!.seed);
@@ -159,18 +159,7 @@ describe('a site whose copy of the job has another seed', () => {
 
 describe('a coordinator whose sites do not come', () => {
   it('says so while it waits, naming the sites it misses', async () => {
-    const job = FederatedJob.parse(
-      jobManifest(
-        'nobody-came',
-        hospitalSpec(
-          [
-            { name: 'north', samples: 60 },
-            { name: 'south', samples: 60 },
-          ],
-          { rounds: 1 },
-        ),
-      ),
-    );
+    const job = twoSites('nobody-came', ['north', 'south'], { rounds: 1 });
     const { auth, as } = await jobOnServer(job, cleanup);
     const logs: string[] = [];
     const stop = new AbortController();
@@ -191,77 +180,66 @@ describe('a coordinator whose sites do not come', () => {
   }, 60_000);
 });
 
+/**
+ * A job of a real site and "by-hand", played by the test: alive (it says hello every 200 ms), it
+ * acknowledges each task and hands it to `onTask`. Returns what the test needs to go on.
+ */
+async function withSiteByHand(name: string, extra: Record<string, unknown>, onTask: (task: { type: string; round: number; taskId: string }) => void) {
+  const job = twoSites(name, ['real', 'by-hand'], extra);
+  const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+  const model = await siteModel(job, 1);
+  const byHand = await as('by-hand', auth.sites['by-hand']!.seed);
+  const hello = () => signedHello(key, 'by-hand', auth.sites['by-hand']!.seed, model, { features: HOSPITAL_FEATURES });
+  const beat = setInterval(() => byHand.request(subj.hello('by-hand'), hello(), { timeout: 1000 }).catch(() => {}), 200);
+  cleanup.push(async () => clearInterval(beat));
+  byHand.subscribe(subj.task('by-hand'), {
+    callback: (_e, m) => {
+      m.respond(new TextEncoder().encode(JSON.stringify({ type: 'ack', accepted: true })));
+      onTask(JSON.parse(decoder.decode(m.data)) as { type: string; round: number; taskId: string });
+    },
+  });
+  const site = realSite(job, auth, as);
+  site.catch(() => {});
+  return { job, key, subj, auth, as, byHand, site };
+}
+
 describe('a site whose only answer in a round was refused', () => {
   it('fails the round with the refusal in its reason, not as a site that never answered', async () => {
-    const job = FederatedJob.parse(
-      jobManifest(
-        'answer-refused',
-        hospitalSpec(
-          [
-            { name: 'real', samples: 80 },
-            { name: 'by-hand', samples: 80 },
-          ],
-          { rounds: 1, sampling: { minSites: 1 }, aggregation: { roundDeadlineSeconds: 1.5 } },
-        ),
-      ),
-    );
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
-    const model = await siteModel(job, 1);
-    const byHand = await as('by-hand', auth.sites['by-hand']!.seed);
-    // Alive (hellos), and answering its fit task with an envelope signed by another key.
-    const beat = setInterval(
-      () =>
-        byHand
-          .request(subj.hello('by-hand'), signedHello(key, 'by-hand', auth.sites['by-hand']!.seed, model, { features: HOSPITAL_FEATURES }), { timeout: 1000 })
-          .catch(() => {}),
-      200,
-    );
-    cleanup.push(async () => clearInterval(beat));
-    byHand.subscribe(subj.task('by-hand'), {
-      callback: (_e, m) => {
-        m.respond(new TextEncoder().encode(JSON.stringify({ type: 'ack', accepted: true })));
-        const task = JSON.parse(decoder.decode(m.data)) as { type: string; round: number; taskId: string };
-        if (task.type !== 'fit') return;
-        const envelope = {
-          type: 'update' as const,
-          protocol: PROTOCOL_VERSION,
-          job: key,
-          site: 'by-hand',
-          round: task.round,
-          taskId: task.taskId,
-          nonce: newNonce(),
-          samples: 10,
-          trainLoss: 0.5,
-          steps: 1,
-          codec: 'none' as const,
-          object: { bucket: 'nowhere', name: 'nothing', sha256: '0'.repeat(64), size: 1 },
-        };
-        void byHand
-          .request(subj.update('by-hand'), new TextEncoder().encode(JSON.stringify(signEnvelope(envelope, auth.sites.real!.seed))), { timeout: 5000 })
-          .catch(() => {});
-      },
+    // by-hand answers its fit task with an envelope signed by another site's key.
+    let answer: (task: { round: number; taskId: string }) => void = () => {};
+    const f = await withSiteByHand('answer-refused', { rounds: 1, sampling: { minSites: 1 }, aggregation: { roundDeadlineSeconds: 1.5 } }, (task) => {
+      if (task.type === 'fit') answer(task);
     });
+    answer = (task) => {
+      const envelope = {
+        type: 'update' as const,
+        protocol: PROTOCOL_VERSION,
+        job: f.key,
+        site: 'by-hand',
+        round: task.round,
+        taskId: task.taskId,
+        nonce: newNonce(),
+        samples: 10,
+        trainLoss: 0.5,
+        steps: 1,
+        codec: 'none' as const,
+        object: { bucket: 'nowhere', name: 'nothing', sha256: '0'.repeat(64), size: 1 },
+      };
+      const forged = new TextEncoder().encode(JSON.stringify(signEnvelope(envelope, f.auth.sites.real!.seed)));
+      void f.byHand.request(f.subj.update('by-hand'), forged, { timeout: 5000 }).catch(() => {});
+    };
     const failures: string[] = [];
-    const site = runSite({
-      job,
-      site: 'real',
-      nc: await as('real', auth.sites.real!.seed),
-      seed: auth.sites.real!.seed,
-      baseDir: '.',
-      backend: 'cpu',
-      log: () => {},
-    });
     const result = await runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
+      job: f.job,
+      nc: await f.as(COORDINATOR_USER, f.auth.coordinator.seed),
+      siteKeys: f.auth.keys.sites,
       log: () => {},
       joinTimeoutMs: 30_000,
-      events: { siteFailed: (_round, f) => failures.push(`${f.site}: ${f.reason} [${f.code}]`) },
+      events: { siteFailed: (_round, x) => failures.push(`${x.site}: ${x.reason} [${x.code}]`) },
     });
-    await site;
+    await f.site;
     expect(result.rounds[0]!.participants).toEqual(['real']);
-    expect(failures.find((f) => f.startsWith('by-hand: no answer before the round deadline; its answer was refused: '))).toMatch(
+    expect(failures.find((x) => x.startsWith('by-hand: no answer before the round deadline; its answer was refused: '))).toMatch(
       /\[CONSORT_R_BAD_SIGNATURE\] \[CONSORT_C_DEADLINE\]$/,
     );
   }, 60_000);
@@ -269,49 +247,18 @@ describe('a site whose only answer in a round was refused', () => {
 
 describe('a job that fails', () => {
   it('is announced: its sites stop with CONSORT_W_JOB_FAILED and the reason, instead of waiting for ever', async () => {
-    const job = FederatedJob.parse(
-      jobManifest(
-        'job-fails',
-        hospitalSpec(
-          [
-            { name: 'real', samples: 80 },
-            { name: 'by-hand', samples: 80 },
-          ],
-          { rounds: 3, sampling: { minSites: 2 }, aggregation: { roundDeadlineSeconds: 1.5 } },
-        ),
-      ),
-    );
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
-    const model = await siteModel(job, 1);
-    const byHand = await as('by-hand', auth.sites['by-hand']!.seed);
-    // Alive, acknowledging its tasks and never answering them: round 1 misses its quorum of 2.
-    const beat = setInterval(
-      () =>
-        byHand
-          .request(subj.hello('by-hand'), signedHello(key, 'by-hand', auth.sites['by-hand']!.seed, model, { features: HOSPITAL_FEATURES }), { timeout: 1000 })
-          .catch(() => {}),
-      200,
-    );
-    cleanup.push(async () => clearInterval(beat));
-    byHand.subscribe(subj.task('by-hand'), {
-      callback: (_e, m) => {
-        m.respond(new TextEncoder().encode(JSON.stringify({ type: 'ack', accepted: true })));
-      },
-    });
-    const site = runSite({
-      job,
-      site: 'real',
-      nc: await as('real', auth.sites.real!.seed),
-      seed: auth.sites.real!.seed,
-      baseDir: '.',
-      backend: 'cpu',
-      log: () => {},
-    });
-    site.catch(() => {});
+    // by-hand acknowledges its tasks and never answers them: round 1 misses its quorum of 2.
+    const f = await withSiteByHand('job-fails', { rounds: 3, sampling: { minSites: 2 }, aggregation: { roundDeadlineSeconds: 1.5 } }, () => {});
     await expect(
-      runNatsCoordinator({ job, nc: await as(COORDINATOR_USER, auth.coordinator.seed), siteKeys: auth.keys.sites, log: () => {}, joinTimeoutMs: 30_000 }),
+      runNatsCoordinator({
+        job: f.job,
+        nc: await f.as(COORDINATOR_USER, f.auth.coordinator.seed),
+        siteKeys: f.auth.keys.sites,
+        log: () => {},
+        joinTimeoutMs: 30_000,
+      }),
     ).rejects.toMatchObject({ code: 'CONSORT_C_QUORUM' });
-    await expect(site).rejects.toMatchObject({
+    await expect(f.site).rejects.toMatchObject({
       code: 'CONSORT_W_JOB_FAILED',
       message: expect.stringMatching(/^site real: the coordinator ended the job in a failure: round 1: 1 of 2 sites answered/),
     });
