@@ -14,6 +14,19 @@ export class StalledReadError extends Error {
   }
 }
 
+/** nats.js's errors of the connection, not of the data: a request that a restart of the server, or the client's reconnect, cut short. */
+const CONNECTION_ERRORS = new Set(['ConnectionError', 'ClosedConnectionError', 'TimeoutError', 'NoResponders', 'NoRespondersError', 'StalledReadError']);
+
+/**
+ * Whether `err` (or the error it wraps) says the connection failed the request rather than the
+ * data being wrong: worth trying again. It may come before the client's own status event says the
+ * server went away, so a retry cannot wait for that event alone.
+ */
+export function connectionFailed(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) if (CONNECTION_ERRORS.has(e.name)) return true;
+  return false;
+}
+
 export interface RetryOptions {
   /** Epoch ms: no try starts after this; the last error is thrown. */
   until: number;

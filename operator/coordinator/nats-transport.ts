@@ -15,7 +15,7 @@ import { objectStoreDigest, sha256Hex } from '../../core/protocol/digest.ts';
 import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
 import type { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';
-import { retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
+import { connectionFailed, retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
 import type { Ack, EvaluateTask, FitTask, ObjectRef, UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
 import { buckets, OBJECT_PUT, OBJECT_READ_BATCH_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
@@ -451,7 +451,7 @@ export class NatsTransport implements SiteTransport {
         {
           until: Date.now() + READ_RETRY_MS,
           retryable: (err, startedAt) =>
-            !(err instanceof ObjectMismatchError) && !(err instanceof RangeError) && (this.o.interruptedSince?.(startedAt) ?? false),
+            !(err instanceof ObjectMismatchError) && !(err instanceof RangeError) && ((this.o.interruptedSince?.(startedAt) ?? false) || connectionFailed(err)),
         },
       );
     } catch (err) {
@@ -485,7 +485,7 @@ export class NatsTransport implements SiteTransport {
       const store = await this.o.updates(site);
       const info = await retrying(() => store.info(env.object.name), {
         until: Date.now() + READ_RETRY_MS,
-        retryable: (_err, startedAt) => this.o.interruptedSince?.(startedAt) ?? false,
+        retryable: (err, startedAt) => (this.o.interruptedSince?.(startedAt) ?? false) || connectionFailed(err),
       });
       if (!info || info.deleted) throw new ObjectReadError('CONSORT_R_OBJECT_MISSING', 'not found');
       // The store's metadata must be the envelope's (a link, another size or digest is another object).

@@ -1,7 +1,7 @@
 // Patience on the wire: retries until a deadline; is a stored object the referenced one.
 import { describe, expect, it } from 'vitest';
 import { objectStoreDigest, sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
-import { retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
+import { connectionFailed, retrying, StalledReadError, storedObjectMismatch } from '../../core/protocol/retry.ts';
 
 describe('retrying', () => {
   it('tries again after failures until the call succeeds', async () => {
@@ -66,5 +66,17 @@ describe('storedObjectMismatch', () => {
     expect(sha256OfObjectStoreDigest(objectStoreDigest(sha256))).toBe(sha256);
     expect(sha256OfObjectStoreDigest('SHA-256=abc')).toBeUndefined();
     expect(sha256OfObjectStoreDigest('MD5=xyz')).toBeUndefined();
+  });
+});
+
+describe('connectionFailed', () => {
+  it("tells nats.js's connection errors (also wrapped, as a request wraps them) from errors of the data", () => {
+    const named = (name: string, cause?: unknown) => Object.assign(new Error(name, cause === undefined ? undefined : { cause }), { name });
+    for (const name of ['ConnectionError', 'ClosedConnectionError', 'TimeoutError', 'NoResponders']) expect(connectionFailed(named(name)), name).toBe(true);
+    expect(connectionFailed(named('RequestError', named('ConnectionError')))).toBe(true);
+    expect(connectionFailed(new StalledReadError('direct get of x', 100))).toBe(true);
+    expect(connectionFailed(named('RequestError', new RangeError('too big')))).toBe(false);
+    expect(connectionFailed(new Error('object x not found'))).toBe(false);
+    expect(connectionFailed('not an error')).toBe(false);
   });
 });
