@@ -3,6 +3,8 @@
 import { z } from 'zod';
 import { DataQuality } from '../data/quality.ts';
 import { ParameterLayout } from '../model/layout.ts';
+import { newNonce } from './signing.ts';
+import { PROTOCOL_VERSION } from './subjects.ts';
 
 const name = z
   .string()
@@ -157,6 +159,19 @@ export const EvaluationEnvelope = z
   })
   .strict();
 export type EvaluationEnvelope = z.infer<typeof EvaluationEnvelope>;
+
+/** The scores an evaluation envelope carries. */
+export type EvaluationScores = Pick<EvaluationEnvelope, 'samples' | 'loss' | 'accuracy' | 'auc' | 'trainLoss' | 'trainSamples'>;
+
+/** The (unsigned) evaluation envelope of `task` by `site` of job `job`: its scores, a fresh nonce. */
+export function evaluationEnvelope(
+  job: string,
+  site: string,
+  task: { round: number; taskId: string },
+  scores: EvaluationScores,
+): Omit<EvaluationEnvelope, 'signature'> {
+  return { type: 'evaluation', protocol: PROTOCOL_VERSION, job, site, round: task.round, taskId: task.taskId, nonce: newNonce(), ...scores };
+}
 
 /** The coordinator's answer to an update or evaluation. */
 export const Ack = z

@@ -23,7 +23,7 @@ import { type ParameterLayout, layoutSize } from '../../core/model/layout.ts';
 import { encodeUpdate, encodeUpdateParts } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
 import { putObject } from '../../core/protocol/object-put.ts';
-import { Ack, type EvaluationEnvelope, type Hello, type ObjectRef, RoundNotice, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { Ack, evaluationEnvelope, type Hello, type ObjectRef, RoundNotice, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, OBJECT_PUT, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
@@ -330,18 +330,7 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
     const global = o.fetchModel ? await readModel(task.model, task.deadline) : undefined;
     t.modelRead = now();
     if (task.type === 'evaluate') {
-      const env: Omit<EvaluationEnvelope, 'signature'> = {
-        type: 'evaluation',
-        protocol: PROTOCOL_VERSION,
-        job: key,
-        site,
-        round: task.round,
-        taskId: task.taskId,
-        nonce: newNonce(),
-        samples: 10,
-        loss: 0.5,
-        accuracy: 0.5,
-      };
+      const env = evaluationEnvelope(key, site, task, { samples: 10, loss: 0.5, accuracy: 0.5 });
       t.deltaReady = t.written = t.modelRead;
       t.accepted = await deliver(subj.evaluation(site), json(signEnvelope(env, seed)), task.deadline);
       t.acked = now();

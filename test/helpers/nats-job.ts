@@ -7,6 +7,7 @@ import { connectAs } from '../../cli/nats/connect.ts';
 import { NatsServer } from '../../cli/nats/server.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
+import { evaluationEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { jobKey, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { afterEach } from 'vitest';
@@ -83,17 +84,6 @@ export function signedHello(
 
 /** An evaluation of `task` by `site`, signed with its seed, with fixed metrics (10 samples, loss and accuracy 0.5). */
 export function signedEvaluation(key: string, site: string, seed: string, task: { round: number; taskId: string }): Uint8Array {
-  const evaluation = {
-    type: 'evaluation' as const,
-    protocol: PROTOCOL_VERSION,
-    job: key,
-    site,
-    round: task.round,
-    taskId: task.taskId,
-    nonce: newNonce(),
-    samples: 10,
-    loss: 0.5,
-    accuracy: 0.5,
-  };
+  const evaluation = evaluationEnvelope(key, site, task, { samples: 10, loss: 0.5, accuracy: 0.5 });
   return encoder.encode(JSON.stringify(signEnvelope(evaluation, seed)));
 }

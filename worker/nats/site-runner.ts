@@ -14,7 +14,7 @@ import { retrying } from '../../core/protocol/retry.ts';
 import {
   Ack,
   type EvaluateTask,
-  type EvaluationEnvelope,
+  evaluationEnvelope,
   type FitTask,
   type Hello,
   type ObjectRef,
@@ -119,6 +119,8 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   });
   opts.signal?.addEventListener('abort', () => finish(), { once: true });
 
+  // The same every heartbeat: computed once.
+  const terms = jobTerms(spec);
   const hello = (): Uint8Array => {
     const h: Omit<Hello, 'signature'> = {
       type: 'hello',
@@ -130,7 +132,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       sampleShape: described.sampleShape,
       labels: described.labels,
       ...(described.features ? { features: described.features } : {}),
-      terms: jobTerms(spec),
+      terms,
       layout: prepared.layout,
       codecs: ['none', 'fp16', 'int8', 'topk'],
       quality: described.quality,
@@ -244,21 +246,14 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     if (already) return deliver(subj.evaluation(site), already, task.deadline, `evaluation of round ${task.round}`);
     const global = await fetchModel(task.model, task.deadline);
     const m = await worker.evaluate({ siteIndex, global, trainLoss: task.trainLoss });
-    const envelope: Omit<EvaluationEnvelope, 'signature'> = {
-      type: 'evaluation',
-      protocol: PROTOCOL_VERSION,
-      job: key,
-      site,
-      round: task.round,
-      taskId: task.taskId,
-      nonce: newNonce(),
+    const envelope = evaluationEnvelope(key, site, task, {
       samples: m.samples,
       loss: m.loss,
       accuracy: m.accuracy,
       ...(m.auc !== undefined ? { auc: m.auc } : {}),
       ...(m.trainLoss !== undefined ? { trainLoss: m.trainLoss } : {}),
       ...(m.trainSamples !== undefined ? { trainSamples: m.trainSamples } : {}),
-    };
+    });
     const body = json(signEnvelope(envelope, opts.seed));
     remember(`eval/${task.taskId}`, body);
     summary.evaluations++;
