@@ -43,6 +43,11 @@ export interface SiteTransport {
    * site before fit is called. A failure here is fit's to report.
    */
   prepareNext?(round: number, global: Float32Array): Promise<void>;
+  /**
+   * Round `round`'s checkpoint and the next round's model are saved, and no task of the next round
+   * has gone out: what the transport stored for earlier rounds may be let go. Never rejects.
+   */
+  checkpointed?(round: number): Promise<void>;
 }
 
 /** Yields promises' values in the order they settle (the order answers arrive). */

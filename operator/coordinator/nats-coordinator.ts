@@ -402,6 +402,8 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       }
       throw err;
     }
+    // Nothing of the rounds is needed any more: only the checkpoint and the final model stay.
+    await transport.finished();
     const final = safetensorsParts(layout!, result.global, { job: key });
     const modelsWire = objectWire(nc, bucket.models);
     const stored = await retrying(() => putObject(modelsWire, bucket.models, o.finalModelName ?? FINAL_MODEL, final, OBJECT_PUT), {

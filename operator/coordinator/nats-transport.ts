@@ -7,6 +7,7 @@
 // (the round loop folds it at once). A large model's (storedUpdates) is never held: it is checked
 // as it streams in, chunk by chunk, and handed over as a stored result, read again from the
 // bucket a range at a time when the round closes (stored-updates.ts).
+import { type JetStreamManager, jetstreamManager } from '@nats-io/jetstream';
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
@@ -29,6 +30,7 @@ import { Channel } from './channel.ts';
 import { encodeJson as json } from '../../core/protocol/wire.ts';
 import { objectWire } from '../../core/protocol/object-wire.ts';
 import { ObjectMismatchError, type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
+import { type BucketKind, RetentionMarks } from '../../core/protocol/retention.ts';
 
 // The Object Store checks every object it streams against its digest: with node's native SHA-256
 // (the JS fallback is 3-4x slower), and the only hash of an update's bytes the coordinator makes.
@@ -176,6 +178,13 @@ export class NatsTransport implements SiteTransport {
   private readonly wires = new Map<string, ObjectPutWire & ObjectReadWire>();
   /** The models and control variates put so far (the last few), by name. */
   private readonly published = new Map<string, ObjectRef>();
+  /** Where each bucket stood after each checkpointed round: below what it may be purged (retention.ts). */
+  private readonly retention: RetentionMarks;
+  private jsm: Promise<JetStreamManager> | undefined;
+  /** Purges under way (awaited by settled()). */
+  private readonly purges = new Set<Promise<void>>();
+  /** Why the last purge of a bucket failed (logged once per bucket and reason). */
+  private readonly purgeFailures = new Map<string, string>();
 
   constructor(o: NatsTransportOptions) {
     this.o = o;
@@ -188,6 +197,7 @@ export class NatsTransport implements SiteTransport {
       });
     }
     this.modelWire = this.wire(o.modelsBucket);
+    this.retention = new RetentionMarks(o.spec.aggregation);
   }
 
   private wire(bucket: string): ObjectPutWire & ObjectReadWire {
@@ -422,9 +432,74 @@ export class NatsTransport implements SiteTransport {
     }
   }
 
-  /** Resolves once every update read started so far is over (taken or refused). */
+  /** Resolves once every update read (and purge) started so far is over. */
   async settled(): Promise<void> {
-    while (this.reads.size > 0) await Promise.all([...this.reads]);
+    while (this.reads.size > 0 || this.purges.size > 0) await Promise.all([...this.reads, ...this.purges]);
+  }
+
+  /** The job's buckets whose objects pile up round after round: the models, and each site's updates. */
+  private storedBuckets(): Array<{ bucket: string; kind: BucketKind }> {
+    const b = buckets(this.o.job);
+    return [
+      { bucket: this.o.modelsBucket, kind: 'models' as const },
+      ...this.o.spec.sites.map((s) => ({ bucket: b.updates(s.name), kind: 'updates' as const })),
+    ];
+  }
+
+  /** Each bucket's next stream sequence (undefined where the bucket cannot be asked: say, a site's not made yet). */
+  private async nextSequences(): Promise<Array<{ bucket: string; kind: BucketKind; next: number | undefined }>> {
+    const jsm = await (this.jsm ??= jetstreamManager(this.o.nc, { checkAPI: false }));
+    return Promise.all(
+      this.storedBuckets().map(async (t) => {
+        try {
+          return { ...t, next: (await jsm.streams.info(`OBJ_${t.bucket}`)).state.last_seq + 1 };
+        } catch (err) {
+          this.purgeFailed(t.bucket, err);
+          return { ...t, next: undefined };
+        }
+      }),
+    );
+  }
+
+  private purgeFailed(bucket: string, err: unknown): void {
+    const why = (err as Error).message;
+    if (this.purgeFailures.get(bucket) === why) return;
+    this.purgeFailures.set(bucket, why);
+    this.o.log(`cannot free old objects of bucket ${bucket} (tried again after the next round): ${why}`);
+  }
+
+  /** Purges `bucket`'s messages below sequence `below`, without waiting (settled() does). */
+  private purgeBelow(bucket: string, below: number): void {
+    const p = (async () => {
+      const jsm = await (this.jsm ??= jetstreamManager(this.o.nc, { checkAPI: false }));
+      await jsm.streams.purge(`OBJ_${bucket}`, { seq: below });
+      this.purgeFailures.delete(bucket);
+    })().catch((err: unknown) => this.purgeFailed(bucket, err));
+    this.purges.add(p);
+    void p.finally(() => this.purges.delete(p));
+  }
+
+  /**
+   * Once round `round`'s checkpoint and the next round's model are saved, and before any task of
+   * the next round goes out: notes where each bucket stands, and purges (without waiting) the
+   * objects no later round can ask for (retention.ts). A failure costs storage only: logged, and
+   * the next round's purge takes what this one left.
+   */
+  async checkpointed(round: number): Promise<void> {
+    for (const { bucket, kind, next } of await this.nextSequences()) {
+      if (next === undefined) continue;
+      const below = this.retention.note(bucket, kind, round, next);
+      if (below !== undefined) this.purgeBelow(bucket, below);
+    }
+  }
+
+  /**
+   * The job is over, before its final model is put: every model and update object goes (the final
+   * model, put next, stays), and this waits for the purges.
+   */
+  async finished(): Promise<void> {
+    for (const { bucket, next } of await this.nextSequences()) if (next !== undefined && next > 1) this.purgeBelow(bucket, next);
+    await this.settled();
   }
 
   /** Reads an admitted update's object, checks it and hands it to the round; `release` frees its share of the memory budget once it is folded or refused. */

@@ -151,6 +151,7 @@ export class RoundCoordinator {
       // The next round's model goes out while the checkpoint is written; its tasks wait for both.
       const next = round < maxRounds && stoppedBy === 'rounds' ? this.transport.prepareNext?.(round, this.global).catch(() => {}) : undefined;
       await this.guard(Promise.all([this.saveCheckpoint({ round, records, best, sinceBest, stoppedBy }), next]));
+      await this.guard(this.transport.checkpointed?.(round) ?? Promise.resolve());
       this.events.roundFinished?.(record, round);
       if (round < maxRounds && stoppedBy === 'rounds' && this.pauseRequested?.()) {
         throw new OperatorError('CONSORT_C_PAUSED', `paused after round ${round} (its checkpoint is saved)`);

@@ -361,6 +361,23 @@ export class Federation {
     return await state.getBlob(objectNames.checkpoint);
   }
 
+  /**
+   * The objects stored now (names, and bytes of each bucket's stream): the models bucket's and
+   * each site's updates bucket's, read with the coordinator's credentials.
+   */
+  async storedObjects(): Promise<{ models: string[]; updates: string[]; bytes: number }> {
+    const objm = new Objm(this.observer);
+    const names = async (bucket: string) => {
+      const store = await objm.open(bucket).catch(() => undefined);
+      if (!store) return { names: [], bytes: 0 };
+      const [list, status] = await Promise.all([store.list(), store.status()]);
+      return { names: list.filter((i) => !i.deleted).map((i) => i.name), bytes: status.size };
+    };
+    const models = await names(this.bucket.models);
+    const sites = await Promise.all(this.siteNames.map((s) => names(this.bucket.updates(s))));
+    return { models: models.names, updates: sites.flatMap((u) => u.names), bytes: models.bytes + sites.reduce((n, u) => n + u.bytes, 0) };
+  }
+
   /** Resolves once the coordinator announced round `round` (phase `started` unless given). */
   notice(round: number, phase: RoundNotice['phase'] = 'started', timeoutMs = 60_000): Promise<Seen<RoundNotice>> {
     return until(
