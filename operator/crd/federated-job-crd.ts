@@ -59,6 +59,22 @@ const CROSS_FIELD_RULES: Record<string, ValidationRule[]> = {
   ],
 };
 
+// A running job's spec cannot change under it, but for `suspend`: the operator writes each job's
+// spec into its ConfigMap once, the coordinator's checkpoint holds the job's terms, and sites
+// refuse a coordinator of other terms (core/job/terms.ts). An edit used to be ignored or to
+// break the job; the API server now refuses it, naming the field. A transition rule runs only
+// where the field is there before and after, so the one field without a default (`classes`)
+// also may not come or go.
+const IMMUTABLE = 'cannot change once the job is created (only spec.suspend can): delete the job and create it again, or create one under another name';
+const IMMUTABLE_RULES: Record<string, ValidationRule[]> = Object.fromEntries(
+  Object.keys(FederatedJobSpec.shape)
+    .filter((key) => key !== 'suspend')
+    .map((key) => [`spec.${key}`, [{ rule: 'self == oldSelf', message: IMMUTABLE, reason: 'FieldValueForbidden' }]]),
+);
+const SPEC_TRANSITION_RULES: ValidationRule[] = [
+  { rule: 'has(self.classes) == has(oldSelf.classes)', message: IMMUTABLE, fieldPath: '.classes', reason: 'FieldValueForbidden' },
+];
+
 // Lists whose items are keyed: the API server refuses a duplicate key itself (no CEL, no cost),
 // and server-side apply merges such lists item by item (one site added by one manager).
 const LIST_MAP_KEYS: Record<string, string[]> = {
@@ -81,8 +97,8 @@ function toJsonSchema(schema: z.ZodType): ZodJsonSchema {
 export function federatedJobSchema(): JSONSchemaProps {
   const used = new Set<string>();
   const extend = (path: string, node: JSONSchemaProps) => {
-    const rules = CROSS_FIELD_RULES[path];
-    if (rules) node['x-kubernetes-validations'] = [...(node['x-kubernetes-validations'] ?? []), ...rules];
+    const rules = [...(CROSS_FIELD_RULES[path] ?? []), ...(IMMUTABLE_RULES[path] ?? []), ...(path === 'spec' ? SPEC_TRANSITION_RULES : [])];
+    if (rules.length > 0) node['x-kubernetes-validations'] = [...(node['x-kubernetes-validations'] ?? []), ...rules];
     const keys = LIST_MAP_KEYS[path];
     if (keys) {
       if (node.type !== 'array' || !keys.every((k) => node.items?.required?.includes(k)))
@@ -91,11 +107,11 @@ export function federatedJobSchema(): JSONSchemaProps {
       node['x-kubernetes-list-map-keys'] = keys;
     }
     if (DESCRIPTIONS[path] && node.description === undefined) node.description = DESCRIPTIONS[path];
-    if (rules || keys) used.add(path);
+    if (rules.length > 0 || keys) used.add(path);
   };
   const spec = structuralSchema(toJsonSchema(FederatedJobSpec), 'spec', extend);
   const status = structuralSchema(toJsonSchema(FederatedJobStatus), 'status', extend);
-  const unused = [...Object.keys(CROSS_FIELD_RULES), ...Object.keys(LIST_MAP_KEYS)].filter((p) => !used.has(p));
+  const unused = [...Object.keys(CROSS_FIELD_RULES), ...Object.keys(IMMUTABLE_RULES), ...Object.keys(LIST_MAP_KEYS)].filter((p) => !used.has(p));
   if (unused.length) throw new Error(`no such node in the FederatedJob schema: ${unused.join(', ')} (renamed in core/job?)`);
 
   // The API server lets a CRD constrain metadata.name (and nothing else in metadata). A job's name

@@ -67,6 +67,39 @@ describe('valid FederatedJobs', () => {
   });
 });
 
+describe('a created job', () => {
+  it('keeps its spec: an edit is refused naming the field, but suspend, metadata and the same spec again go through', async () => {
+    const job = parse(readFileSync(EXAMPLE, 'utf8')) as { metadata: Record<string, unknown>; spec: Record<string, unknown> };
+    job.metadata = { ...job.metadata, name: 'immutable' };
+    await cp.kubectlOk(['apply', '--server-side=false', '-f', '-'], { input: JSON.stringify(job) });
+    const sites = job.spec.sites as Array<Record<string, unknown>>;
+    const edits: Array<[field: string, spec: Record<string, unknown>]> = [
+      ['spec.rounds', { ...job.spec, rounds: 99 }],
+      ['spec.sites', { ...job.spec, sites: [...sites, { ...sites[0], name: 'added' }] }],
+      ['spec.seed', { ...job.spec, seed: 7 }],
+      ['spec.training', { ...job.spec, training: { epochs: 9 } }],
+      ['spec.worker', { ...job.spec, worker: { image: 'elsewhere/consort:2' } }],
+      // No default: added to a job that had none.
+      ['spec.classes', { ...job.spec, classes: ['no', 'yes'] }],
+    ];
+    for (const [field, spec] of edits) {
+      const r = await cp.kubectl(['apply', '--server-side=false', '-f', '-'], { input: JSON.stringify({ ...job, spec }) });
+      expect(r.code, `${field}: ${show(r)}`).not.toBe(0);
+      expect(r.stderr, show(r)).toMatch(naming(field));
+      expect(r.stderr, show(r)).toContain('only spec.suspend can');
+    }
+    // Suspending and resuming, a label, and the manifest as it was: accepted.
+    await cp.kubectlOk(['patch', 'fj', 'immutable', '--type=merge', '-p', '{"spec":{"suspend":true},"metadata":{"labels":{"team":"cardio"}}}']);
+    await cp.kubectlOk(['patch', 'fj', 'immutable', '--type=merge', '-p', '{"spec":{"suspend":false}}']);
+    await cp.kubectlOk(['apply', '--server-side=false', '-f', '-'], { input: JSON.stringify(job) });
+    const stored = JSON.parse(await cp.kubectlOk(['get', 'fj', 'immutable', '-o', 'json']));
+    expect(stored.spec.rounds).toBe(job.spec.rounds);
+    expect(stored.spec.sites).toHaveLength(sites.length);
+    expect(stored.spec.classes).toBeUndefined();
+    expect(stored.metadata.generation).toBe(3);
+  });
+});
+
 describe('kubectl explain', () => {
   it('prints the descriptions of the zod schema, the flattened unions included', async () => {
     const strategy = await cp.kubectlOk(['explain', 'federatedjob.spec.strategy']);
