@@ -74,7 +74,11 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
       'Ready',
       p === 'Running' && ready === sites.length,
       p === 'Running' ? (ready === sites.length ? 'AllSitesRunning' : 'SitesStarting') : p,
-      `${ready} of ${sites.length} sites running`,
+      p === 'Running' || p === 'Pending'
+        ? `${ready} of ${sites.length} sites running`
+        : p === 'Suspended'
+          ? 'suspended: no site runs until spec.suspend is false'
+          : `the job ${p === 'Succeeded' ? 'succeeded' : 'failed'}: its sites are done`,
     ),
   );
   conditions.push(

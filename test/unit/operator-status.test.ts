@@ -121,6 +121,25 @@ describe('desiredStatus', () => {
   });
 });
 
+describe('the Ready condition', () => {
+  it('counts running sites only while the job runs; after it, says the job is over', () => {
+    const ready = (phase: 'Running' | 'Succeeded' | 'Failed' | 'Suspended') =>
+      desiredStatus({
+        job: job(),
+        phase,
+        progress,
+        pods: new Map(['a', 'b', 'c'].map((s) => [s, pod(phase === 'Running' ? 'Running' : 'Succeeded')])),
+        refusals: new Map(),
+        restarts: new Map(),
+        now: new Date('2026-01-01T00:00:00Z'),
+      }).conditions?.find((c) => c.type === 'Ready');
+    expect(ready('Running')).toMatchObject({ status: 'True', reason: 'AllSitesRunning', message: '3 of 3 sites running' });
+    expect(ready('Succeeded')).toMatchObject({ status: 'False', reason: 'Succeeded', message: 'the job succeeded: its sites are done' });
+    expect(ready('Failed')).toMatchObject({ status: 'False', reason: 'Failed', message: 'the job failed: its sites are done' });
+    expect(ready('Suspended')).toMatchObject({ status: 'False', reason: 'Suspended', message: 'suspended: no site runs until spec.suspend is false' });
+  });
+});
+
 describe('the status round', () => {
   it('never goes backwards: a resumed run reports 0 until it has read its checkpoint', () => {
     const s = desiredStatus({
