@@ -42,7 +42,15 @@ export const ModelReference = z
   .object({
     bucket: z.string().describe('JetStream Object Store bucket of the job.'),
     object: z.string().describe('Object name of the final model (safetensors).'),
-    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    sha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/)
+      .describe('SHA-256 of the object (the safetensors file, its metadata included).'),
+    weightsSha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/)
+      .optional()
+      .describe('SHA-256 of the weights alone (little-endian float32 in layout order): the "model sha256" consort run prints.'),
     bytes: z.number().int().min(0),
   })
   .strict();

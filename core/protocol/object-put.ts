@@ -29,6 +29,8 @@ export interface PutObjectOptions {
   chunkBytes: number;
   /** Bytes of chunks sent and not yet acknowledged (at least one chunk). */
   windowBytes: number;
+  /** Kept in the object's metadata (the store's `metadata` field, which nats.js reads back in ObjectInfo). */
+  metadata?: Record<string, string>;
 }
 
 /** The metadata of the object written, as the store keeps it. */
@@ -44,6 +46,7 @@ export interface PutObjectInfo {
   /** "SHA-256=" and the padded base64url of the hash (objectStoreDigest). */
   digest: string;
   deleted: false;
+  metadata?: Record<string, string>;
   /** Lower-case hex SHA-256 of the bytes. */
   sha256: string;
 }
@@ -168,6 +171,7 @@ export async function putObject(wire: ObjectPutWire, bucket: string, name: strin
       mtime: new Date().toISOString(),
       digest: objectStoreDigest(sha256hex),
       deleted: false,
+      ...(o.metadata ? { metadata: o.metadata } : {}),
     };
     await wire.publishRollup(metaSubject, new TextEncoder().encode(JSON.stringify(info)));
     if (before && before !== nuid) await wire.purge(objectChunkSubject(bucket, before)).catch(() => {});

@@ -8,8 +8,12 @@ import type { SiteEvaluation } from '../protocol/transport.ts';
 import { REPORT_FORMAT, type RoundRecord, type RunReport } from './run-report.ts';
 import { sha256Hex } from '../protocol/digest.ts';
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 /** SHA-256 of the weights as little-endian float32 bytes in layout order. */
 export function weightsSha256(weights: Float32Array): string {
+  // The array's own bytes where the machine is little-endian (a 1 GB model is not copied).
+  if (LITTLE_ENDIAN) return sha256Hex(new Uint8Array(weights.buffer, weights.byteOffset, weights.byteLength));
   const le = new Uint8Array(weights.length * 4);
   const view = new DataView(le.buffer);
   for (let i = 0; i < weights.length; i++) view.setFloat32(i * 4, weights[i]!, true);

@@ -15,7 +15,7 @@ import type { RoundRecord } from '../../core/report/run-report.ts';
 import { readCheckpointHeader } from '../coordinator/checkpoint.ts';
 import { emptyTally, type RoundTally, tallyRounds } from '../coordinator/round-tally.ts';
 import { sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
-import { type CoordinatorCounters, FINAL_MODEL, runNatsCoordinator } from '../coordinator/nats-coordinator.ts';
+import { type CoordinatorCounters, FINAL_MODEL, runNatsCoordinator, WEIGHTS_SHA256_KEY } from '../coordinator/nats-coordinator.ts';
 import { OperatorError } from '../errors.ts';
 
 export type RunState = 'joining' | 'running' | 'paused' | 'succeeded' | 'failed' | 'stopped';
@@ -206,7 +206,14 @@ export class PodRun implements JobRun {
         const info = this.#models ? await this.#models.info(FINAL_MODEL) : null;
         const sha256 = info && !info.deleted ? sha256OfObjectStoreDigest(info.digest) : undefined;
         if (info && sha256) {
-          this.progress.model = { bucket: b.models, object: FINAL_MODEL, sha256, bytes: info.size };
+          const weightsSha256 = info.metadata?.[WEIGHTS_SHA256_KEY];
+          this.progress.model = {
+            bucket: b.models,
+            object: FINAL_MODEL,
+            sha256,
+            ...(weightsSha256 && /^[0-9a-f]{64}$/.test(weightsSha256) ? { weightsSha256 } : {}),
+            bytes: info.size,
+          };
           this.progress.state = 'succeeded';
         } else if (done) {
           this.progress.state = 'failed';

@@ -19,6 +19,7 @@ import { buckets, jobKey, OBJECT_PUT, objectNames, PROTOCOL_VERSION, subjects } 
 import { safetensorsParts } from '../../core/tensor/safetensors.ts';
 import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
 import { OperatorError } from '../errors.ts';
+import { weightsSha256 } from '../../core/report/assemble.ts';
 import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { AGGREGATION_RANGE, type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
@@ -29,6 +30,8 @@ setSha256Backend('native');
 
 /** Object name of the final model in the job's models bucket. */
 export const FINAL_MODEL = 'global/final';
+/** The final model object's metadata key for the SHA-256 of its weights (weightsSha256). */
+export const WEIGHTS_SHA256_KEY = 'consort-weights-sha256';
 
 export interface NatsCoordinatorOptions {
   job: FederatedJob;
@@ -104,8 +107,8 @@ export interface NatsCoordinatorResult extends CoordinatorResult {
   rejections: Record<string, number>;
   bytesIn: Record<number, number>;
   bytesOut: Record<number, number>;
-  /** The final model as stored: bucket, object name, SHA-256 and size of its safetensors bytes. */
-  model: { bucket: string; object: string; sha256: string; bytes: number };
+  /** The final model as stored: bucket, object name, SHA-256 and size of its safetensors bytes, SHA-256 of its weights (weightsSha256). */
+  model: { bucket: string; object: string; sha256: string; weightsSha256: string; bytes: number };
 }
 
 async function openOrCreate(objm: Objm, name: string): Promise<ObjectStore> {
@@ -406,7 +409,10 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     await transport.finished();
     const final = safetensorsParts(layout!, result.global, { job: key });
     const modelsWire = objectWire(nc, bucket.models);
-    const stored = await retrying(() => putObject(modelsWire, bucket.models, o.finalModelName ?? FINAL_MODEL, final, OBJECT_PUT), {
+    // The weights' own hash rides in the object's metadata: what `consort run` prints, for whoever reads the store (a coordinator Pod's operator).
+    const weightsSha = weightsSha256(result.global);
+    const putFinal = { ...OBJECT_PUT, metadata: { [WEIGHTS_SHA256_KEY]: weightsSha } };
+    const stored = await retrying(() => putObject(modelsWire, bucket.models, o.finalModelName ?? FINAL_MODEL, final, putFinal), {
       until: Date.now() + WRITE_RETRY_MS,
     });
     done = true;
@@ -425,6 +431,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
         object: o.finalModelName ?? FINAL_MODEL,
         // Hashed as it was written.
         sha256: stored.sha256,
+        weightsSha256: weightsSha,
         bytes: final.reduce((n, p) => n + p.length, 0),
       },
     };

@@ -37,6 +37,8 @@ describe('the operator on a real API server', () => {
   const tmp = useTmpDirs();
   let cluster: ConsortCluster;
   let reference: Float32Array;
+  /** The "model sha256" consort run printed (report.json's final.modelSha256). */
+  let referenceSha: string;
 
   beforeAll(async () => {
     const dir = tmp('operator-reference');
@@ -45,6 +47,7 @@ describe('the operator on a real API server', () => {
     cluster = c;
     expect(ref.code, ref.stderr).toBe(0);
     reference = decodeSafetensors(readFileSync(join(dir, 'out', 'model.safetensors'))).values;
+    referenceSha = JSON.parse(readFileSync(join(dir, 'out', 'report.json'), 'utf8')).final.modelSha256;
     await cluster.startOperator();
   }, 240_000);
 
@@ -72,6 +75,8 @@ describe('the operator on a real API server', () => {
     expect(status.round).toBe(ROUNDS);
     expect(status.model).toMatchObject({ bucket: buckets(jobKey({ name: 'hospitals', namespace: 'default' })).models, object: 'global/final' });
     expect((status.model as { sha256: string }).sha256).toMatch(/^[0-9a-f]{64}$/);
+    // The weights' hash is the one the one-process run printed.
+    expect((status.model as { weightsSha256?: string }).weightsSha256).toBe(referenceSha);
     expect(status.accuracy as number).toBeGreaterThan(0.7);
     expect(status.observedGeneration).toBe(1);
 

@@ -3,6 +3,7 @@
 // operator; remote sites are assigned over NATS to their own site-mode operator, which checks its
 // local policy: a refusal reaches the job's conditions with the site and the reason, an accepting
 // site trains.
+import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Objm } from '@nats-io/obj';
@@ -72,7 +73,12 @@ describe('coordinator placement and site mode', () => {
     const [a, b] = [await weights('in-operator'), await weights('in-pod')];
     expect(bytesOf(b).equals(bytesOf(a))).toBe(true);
     const podStatus = (await cluster.job('in-pod'))!.status!;
-    expect(podStatus.accuracy).toBe((await cluster.job('in-operator'))!.status!.accuracy);
+    const operatorStatus = (await cluster.job('in-operator'))!.status!;
+    expect(podStatus.accuracy).toBe(operatorStatus.accuracy);
+    // Both statuses name the weights' hash, the one `consort run` prints (the objects' own differ: the job's name is in their metadata).
+    const weightsSha = createHash('sha256').update(bytesOf(a)).digest('hex');
+    expect(podStatus.model).toMatchObject({ weightsSha256: weightsSha });
+    expect(operatorStatus.model).toMatchObject({ weightsSha256: weightsSha });
   });
 
   it('a job whose sites run apart on CSV data without spec.classes fails at once, saying why (each site sees only its own labels)', async () => {
