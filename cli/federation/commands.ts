@@ -117,6 +117,8 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         log,
         joinTimeoutMs: flags.joinTimeout * 1000,
         signal: stopSignal(stop),
+        // An operator watching this loop (a coordinator Pod) reads its metrics from the status replies.
+        tally: true,
         events: {
           roundFinished: (r, round) =>
             log(

@@ -199,3 +199,43 @@ export const RoundNotice = z
   })
   .strict();
 export type RoundNotice = z.infer<typeof RoundNotice>;
+
+const count = z.number().int().min(0);
+const perSite = <T extends z.ZodType>(v: T) => z.record(name, v);
+
+/** Rounds of durations a status reply carries at most (the operator reads it every round). */
+export const STATUS_ROUND_SECONDS = 64;
+
+/**
+ * The coordinator's answer on its status subject (operator → coordinator): its counters, and what
+ * the operator's metrics need of the rounds when the loop runs in a Pod of its own. Not
+ * strict: a newer coordinator may say more.
+ */
+export const CoordinatorStatus = z.object({
+  job: jobKey,
+  round: count,
+  done: z.boolean(),
+  joined: z.array(name).max(100_000),
+  alive: z.array(name).max(100_000),
+  accepted: count,
+  duplicates: count,
+  rejections: z.record(z.string().max(64), count),
+  stray: count,
+  /** Update bytes received, model bytes sent (each site counted), over the run. */
+  bytesIn: count.optional(),
+  bytesOut: count.optional(),
+  /** The latest round's tally (operator/coordinator/round-tally.ts), from a coordinator that keeps one. */
+  tally: z
+    .object({
+      /** The round the tally is of (rounds completed). */
+      round: count,
+      sampled: z.array(name).max(100_000),
+      participants: z.array(name).max(100_000),
+      missed: perSite(count),
+      norms: perSite(z.number().min(0)),
+      /** Durations in seconds of the last rounds, the latest last. */
+      roundSeconds: z.array(z.number().min(0)).max(STATUS_ROUND_SECONDS),
+    })
+    .optional(),
+});
+export type CoordinatorStatus = z.infer<typeof CoordinatorStatus>;

@@ -98,6 +98,7 @@ export function coordinatorPermissions(job: string, sites: readonly string[], in
     subj.evaluation('*'),
     subj.round,
     subj.status,
+    subj.summary,
     ...(['advertise', 'share', 'unmask'] as const).map((phase) => subj.secagg(phase, '*')),
   ];
   return {

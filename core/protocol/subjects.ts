@@ -27,6 +27,8 @@ export function subjects(job: string, v: number = PROTOCOL_VERSION) {
     round: `${base}.round`,
     /** anyone with the coordinator's rights → coordinator: counters and state. */
     status: `${base}.status`,
+    /** coordinator → its watchers (the operator), once when the loop ends: its last status (a coordinator Pod is gone right after). */
+    summary: `${base}.summary`,
     /** Reserved for secure aggregation (key advertisement, share exchange, unmasking). */
     secagg: (phase: 'advertise' | 'share' | 'unmask', site: string) => `${base}.secagg.${phase}.${site}`,
   };

@@ -8,7 +8,8 @@ import { type ObjectStore, Objm } from '@nats-io/obj';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import type { ModelReference } from '../../core/job/federated-job-status.ts';
-import { RoundNotice } from '../../core/protocol/messages.ts';
+import { CoordinatorStatus, RoundNotice } from '../../core/protocol/messages.ts';
+import { describeIssues } from '../../core/job/issues.ts';
 import { buckets, jobKey, objectNames, subjects } from '../../core/protocol/subjects.ts';
 import { decodeJson } from '../../core/protocol/wire.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
@@ -17,6 +18,9 @@ import { emptyTally, type RoundTally, tallyRounds } from '../coordinator/round-t
 import { sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
 import { type CoordinatorCounters, FINAL_MODEL, runNatsCoordinator, WEIGHTS_SHA256_KEY } from '../coordinator/nats-coordinator.ts';
 import { OperatorError } from '../errors.ts';
+
+/** How long the coordinator Pod is given to answer a status request. */
+const STATUS_TIMEOUT_MS = 5000;
 
 export type RunState = 'joining' | 'running' | 'paused' | 'succeeded' | 'failed' | 'stopped';
 
@@ -152,7 +156,12 @@ export class PodRun implements JobRun {
   readonly placement = 'pod' as const;
   readonly progress: RunProgress = emptyProgress();
   readonly #sub: Subscription;
+  readonly #summary: Subscription;
   readonly #ctx: RunContext;
+  /** The last round whose duration is in progress.roundSeconds (from the coordinator's status). */
+  #secondsUpTo = 0;
+  /** Why the coordinator's last status reply could not be read (logged once per reason). */
+  #statusProblem: string | undefined;
   readonly #key: string;
   readonly #objm: Objm;
   /** The job's buckets, opened once (they exist from the coordinator's start on). */
@@ -177,9 +186,54 @@ export class PodRun implements JobRun {
           ctx.onChange(was === 'running' ? 'progress' : 'state');
         }
         this.refresh(n.data.phase === 'done');
+        // The loop's own figures of the round just finished (bytes, refusals, norms, durations).
+        if (n.data.phase === 'started') this.#askStatus();
       },
     });
+    // Its last figures, published once as it ends (the Pod is gone right after).
+    this.#summary = ctx.nc.subscribe(subjects(this.#key).summary, {
+      callback: (_err, msg) => this.#takeStatus(decodeJson(msg.data)),
+    });
     this.refresh(false);
+  }
+
+  #askStatus(): void {
+    this.#reading = this.#reading.then(async () => {
+      if (this.#stopped) return;
+      // No answer (the Pod starting, or gone) is no news: the next round asks again.
+      const reply = await this.#ctx.nc.request(subjects(this.#key).status, '', { timeout: STATUS_TIMEOUT_MS }).catch(() => undefined);
+      if (reply) this.#takeStatus(decodeJson(reply.data));
+    });
+  }
+
+  /** Takes the coordinator's counters and its latest round's tally into progress (what the job's metrics show). */
+  #takeStatus(raw: unknown): void {
+    if (this.#stopped) return;
+    const parsed = CoordinatorStatus.safeParse(raw);
+    if (!parsed.success || parsed.data.job !== this.#key) {
+      const why = parsed.success ? `it is of job ${parsed.data.job}` : describeIssues(parsed.error, []).join('; ');
+      if (why !== this.#statusProblem) this.#ctx.log(`[${this.#key}] the coordinator's status cannot be read: ${why}`);
+      this.#statusProblem = why;
+      return;
+    }
+    const s = parsed.data;
+    const p = this.progress;
+    p.rejections = s.rejections;
+    if (s.bytesIn !== undefined) p.bytesIn = s.bytesIn;
+    if (s.bytesOut !== undefined) p.bytesOut = s.bytesOut;
+    const t = s.tally;
+    if (t && t.round > 0) {
+      p.sampled = t.sampled;
+      p.participants = t.participants;
+      p.missed = t.missed;
+      p.norms = t.norms;
+      for (const site of t.sampled) if (!p.joined.includes(site)) p.joined.push(site);
+      // Durations of rounds not counted yet (a restarted coordinator's tally starts at its resume).
+      const fresh = Math.min(t.round - this.#secondsUpTo, t.roundSeconds.length);
+      if (fresh > 0) p.roundSeconds.push(...t.roundSeconds.slice(-fresh));
+      this.#secondsUpTo = Math.max(this.#secondsUpTo, t.round);
+    }
+    this.#ctx.onChange('progress');
   }
 
   /** Reads the checkpoint's header (and, when done, the final model's description) again. */
@@ -233,6 +287,7 @@ export class PodRun implements JobRun {
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#sub.unsubscribe();
+    this.#summary.unsubscribe();
     await this.#reading;
   }
 }

@@ -11,7 +11,8 @@ import type { DataQuality } from '../../core/data/quality.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters, layoutSize, type ParameterLayout } from '../../core/model/layout.ts';
 import { UpdateIngestor } from '../../core/protocol/ingestion.ts';
-import { Hello, type RoundNotice, type Welcome } from '../../core/protocol/messages.ts';
+import { type CoordinatorStatus, Hello, type RoundNotice, STATUS_ROUND_SECONDS, type Welcome } from '../../core/protocol/messages.ts';
+import { emptyTally, type RoundTally, tallyRounds } from './round-tally.ts';
 import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejections.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
@@ -64,6 +65,12 @@ export interface NatsCoordinatorOptions {
   storedUpdatesFrom?: number;
   /** Parameters aggregated at a time from stored updates (default AGGREGATION_RANGE). */
   aggregationRange?: number;
+  /**
+   * Keep a tally of the rounds (who was asked, who answered, update norms, durations) and give it
+   * in status replies: what the operator's metrics read of a loop that runs in a Pod of its own.
+   * It makes the loop compute each update's norm.
+   */
+  tally?: boolean;
 }
 
 /**
@@ -195,6 +202,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
   let ingestor: UpdateIngestor | undefined;
   let round = resume?.round ?? 0;
   let done = false;
+  const tally: RoundTally | undefined = o.tally ? emptyTally() : undefined;
   const lastSeen = new Map<string, number>();
   // Kept across a resume: a site that does not come back is still described in the report.
   const joined: Record<string, JoinedSite> = { ...(resumedState?.sites ?? {}) };
@@ -303,25 +311,41 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       },
     });
   };
+  const statusNow = (): CoordinatorStatus => {
+    const sum = (m: ReadonlyMap<number, number> | undefined) => [...(m?.values() ?? [])].reduce((a, b) => a + b, 0);
+    return {
+      job: key,
+      round,
+      done,
+      joined: [...lastSeen.keys()].sort(),
+      alive: alive(),
+      // Updates counted in the current round, redeliveries answered as duplicates, refusals per code.
+      accepted: ingestor?.acceptedIn(round) ?? 0,
+      duplicates: ingestor?.duplicates() ?? 0,
+      rejections: rejections(),
+      stray,
+      bytesIn: sum(transport?.bytesIn),
+      bytesOut: sum(transport?.bytesOut),
+      ...(tally
+        ? {
+            tally: {
+              round: tally.round,
+              sampled: tally.sampled,
+              participants: tally.participants,
+              missed: tally.missed,
+              norms: tally.norms,
+              roundSeconds: tally.roundSeconds.slice(-STATUS_ROUND_SECONDS),
+            },
+          }
+        : {}),
+    };
+  };
   const subs: Subscription[] = [
     on(subj.helloAll, onHello),
     on(subj.updateAll, (msg) => serially(() => (transport ? transport.onUpdate(lastToken(msg), msg) : notReady(msg)))),
     on(subj.evaluationAll, (msg) => serially(() => (transport ? transport.onEvaluation(lastToken(msg), msg) : notReady(msg)))),
     on(subj.status, (msg) => {
-      msg.respond(
-        json({
-          job: key,
-          round,
-          done,
-          joined: [...lastSeen.keys()].sort(),
-          alive: alive(),
-          // Updates counted in the current round, redeliveries answered as duplicates, refusals per code.
-          accepted: ingestor?.acceptedIn(round) ?? 0,
-          duplicates: ingestor?.duplicates() ?? 0,
-          rejections: rejections(),
-          stray,
-        }),
-      );
+      msg.respond(json(statusNow()));
     }),
   ];
   await nc.flush();
@@ -367,16 +391,30 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       log,
     });
     o.onCounters?.({ rejections, bytesIn: transport.bytesIn, bytesOut: transport.bytesOut });
+    const kept = tally ? tallyRounds(tally) : undefined;
     const events: RoundEvents = {
       ...o.events,
       roundStarted: (r, sites) => {
         round = r;
+        kept?.roundStarted(r, sites);
         nc.publish(
           subj.round,
           json({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: r, phase: 'started', sites: [...sites] } satisfies RoundNotice),
         );
         o.events?.roundStarted?.(r, sites);
       },
+      ...(kept
+        ? {
+            siteUpdate: (r, site, u) => {
+              kept.siteUpdate(r, site, u);
+              o.events?.siteUpdate?.(r, site, u);
+            },
+            roundFinished: (record, r) => {
+              kept.roundFinished(record, r);
+              o.events?.roundFinished?.(record, r);
+            },
+          }
+        : {}),
     };
     const coordinator = new RoundCoordinator({
       spec,
@@ -399,6 +437,8 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     } catch (err) {
       // The job failed (not stopped, not paused: a run that can go on): the sites are told, and stop.
       if (err instanceof OperatorError && !RESUMABLE.has(err.code)) {
+        // The last figures first: a watcher stops watching at the notice.
+        nc.publish(subj.summary, json(statusNow()));
         const notice: RoundNotice = { type: 'round', protocol: PROTOCOL_VERSION, job: key, round, phase: 'failed', reason: err.message.slice(0, 1000) };
         nc.publish(subj.round, json(notice));
         await nc.flush().catch(() => {});
@@ -416,6 +456,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       until: Date.now() + WRITE_RETRY_MS,
     });
     done = true;
+    nc.publish(subj.summary, json(statusNow()));
     nc.publish(subj.round, json({ type: 'round', protocol: PROTOCOL_VERSION, job: key, round: result.roundsCompleted, phase: 'done' } satisfies RoundNotice));
     await nc.flush();
     return {

@@ -19,11 +19,14 @@ import { names } from '../../operator/controller/manifests.ts';
 import { buildConsortDashboard, dashboardPanels } from '../../operator/dashboard/consort-dashboard.ts';
 import { ConsortCluster } from '../helpers/consort-cluster.ts';
 import { HOSPITALS } from '../helpers/federation.ts';
-import { type MatrixSeries, PrometheusServer, promtool } from '../helpers/prometheus.ts';
+import { type MatrixSeries, PrometheusServer, promtool, type VectorSample } from '../helpers/prometheus.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const RULES = join(ROOT, 'manifests/prometheus/rules.yaml');
 const JOB = 'watched';
+/** The same job with its round loop in a coordinator Pod: the operator reads its figures over NATS. */
+const POD_JOB = 'watched-pod';
+const POD_ROUNDS = 30;
 const SITES = ['st-mary', 'riverside', 'northgate', 'lakeside', 'hillcrest'];
 /** The site whose credentials send the malformed envelopes. */
 const NOISY = 'lakeside';
@@ -63,8 +66,8 @@ subjects:
 const RATE_INTERVAL = '10s';
 
 /** A panel query as Grafana sends it: the dashboard's variables substituted. */
-function substitute(expr: string): string {
-  return expr.replaceAll('$__rate_interval', RATE_INTERVAL).replaceAll('$job', JOB).replaceAll('$site', SITE_SELECTION);
+function substitute(expr: string, job = JOB): string {
+  return expr.replaceAll('$__rate_interval', RATE_INTERVAL).replaceAll('$job', job).replaceAll('$site', SITE_SELECTION);
 }
 
 describe('Prometheus scrapes the operator while a job runs', () => {
@@ -103,8 +106,8 @@ describe('Prometheus scrapes the operator while a job runs', () => {
   });
 
   /** Sends `n` malformed update envelopes on NOISY's subject with NOISY's own credentials; each is refused as malformed. */
-  async function sendMalformed(n: number): Promise<void> {
-    const secret = await cluster.cp.request(`/api/v1/namespaces/default/secrets/${names.siteSecret(JOB, NOISY)}`);
+  async function sendMalformed(n: number, job = JOB): Promise<void> {
+    const secret = await cluster.cp.request(`/api/v1/namespaces/default/secrets/${names.siteSecret(job, NOISY)}`);
     expect(secret.status).toBe(200);
     const file = join(dir, `${NOISY}.creds`);
     writeFileSync(file, Buffer.from((secret.body as { data: Record<string, string> }).data['site.creds']!, 'base64'), { mode: 0o600 });
@@ -112,7 +115,7 @@ describe('Prometheus scrapes the operator while a job runs', () => {
     try {
       for (let i = 0; i < n; i++) {
         const ack = Ack.parse(
-          (await nc.request(subjects(jobKey({ name: JOB, namespace: 'default' })).update(NOISY), `not json ${i}`, { timeout: 10_000 })).json(),
+          (await nc.request(subjects(jobKey({ name: job, namespace: 'default' })).update(NOISY), `not json ${i}`, { timeout: 10_000 })).json(),
         );
         expect(ack).toMatchObject({ accepted: false, code: 'CONSORT_R_MALFORMED' });
       }
@@ -160,13 +163,38 @@ describe('Prometheus scrapes the operator while a job runs', () => {
     ended = Date.now() / 1000;
   });
 
-  it('every query of every dashboard panel returns data (privacy panels excepted), over the job and now', async () => {
+  it('a job whose loop runs in a coordinator Pod exports its bytes, refusals, update norms and round durations too', async () => {
+    const doc = parse(readFileSync(HOSPITALS, 'utf8')) as { metadata: { name: string }; spec: Record<string, unknown> };
+    doc.metadata.name = POD_JOB;
+    doc.spec.rounds = POD_ROUNDS;
+    doc.spec.coordinator = { placement: 'pod' };
+    const applied = await cluster.kubectl(['apply', '-f', '-'], { input: stringify(doc) });
+    expect(applied.code, applied.stderr).toBe(0);
+    await cluster.waitForJob(POD_JOB, (s) => s.phase === 'Running' && (s.round as number) >= 2, { timeoutMs: 240_000 });
+    await sendMalformed(3, POD_JOB);
+    const status = await cluster.waitForJob(POD_JOB, (s) => s.phase === 'Succeeded' || s.phase === 'Failed', { timeoutMs: 300_000 });
+    expect(status.phase, JSON.stringify(status)).toBe('Succeeded');
+    const samples = async (expr: string) => ((await prom.query(expr)).data?.result ?? []) as VectorSample[];
+    const value = async (expr: string) => Number((await samples(expr))[0]?.value[1] ?? Number.NaN);
+    const job = `federatedjob="${POD_JOB}"`;
+    // Scraped after the job's end: every round's duration, bytes both ways, a norm per site, the refusals by code.
+    await expect.poll(() => value(`consort_round_duration_seconds_count{${job}}`), { timeout: 30_000 }).toBe(POD_ROUNDS);
+    expect(await value(`consort_job_bytes_received_total{${job}}`)).toBeGreaterThan(0);
+    expect(await value(`consort_job_bytes_sent_total{${job}}`)).toBeGreaterThan(0);
+    expect(await samples(`consort_site_update_norm{${job}} > 0`)).toHaveLength(SITES.length);
+    expect(await value(`consort_updates_rejected_total{${job}, reason="CONSORT_R_MALFORMED"}`)).toBe(3);
+    // Enough scrapes of the final state for the panels' rates (two samples in their window).
+    await expect.poll(() => value(`count_over_time(consort_updates_rejected_total{${job}}[1m])`), { timeout: 30_000 }).toBeGreaterThanOrEqual(3);
+    ended = Date.now() / 1000;
+  });
+
+  it('every query of every dashboard panel returns data (privacy panels excepted), over each job and now', async () => {
     const dashboard = buildConsortDashboard();
     const failures: string[] = [];
     let checked = 0;
-    for (const { panel } of dashboardPanels(dashboard)) {
+    for (const { panel, job } of dashboardPanels(dashboard).flatMap((p) => [JOB, POD_JOB].map((job) => ({ ...p, job })))) {
       for (const target of panel.targets ?? []) {
-        const expr = substitute((target as { expr?: string }).expr ?? '');
+        const expr = substitute((target as { expr?: string }).expr ?? '', job);
         const range = await prom.queryRange(expr, started - 5, ended, 1);
         if (range.status !== 'success') {
           failures.push(`${panel.title}: ${expr}: ${range.errorType}: ${range.error}`);
