@@ -49,6 +49,11 @@ export const Hello = z
     site: name,
     nonce,
     sentAt: z.number().int().min(0),
+    /**
+     * A random id of the site's process, the same in each of its hellos: a new one tells the
+     * coordinator that the site started again, and lost any task it had been sent.
+     */
+    instance: nonce.optional(),
     sampleShape: z.array(z.number().int().positive()).min(1).max(8),
     labels: z.array(z.string().max(256)).max(10_000),
     /** The names of the input's features, in the model's order (tabular data): every site must send the same. */

@@ -239,6 +239,8 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
   const welcome = (msg: Msg, w: Omit<Welcome, 'type' | 'protocol' | 'round' | 'done'>) =>
     msg.respond(json({ type: 'welcome', protocol: PROTOCOL_VERSION, round, done, ...w } satisfies Welcome));
   const refusedHello = new Set<string>();
+  /** Each site's process, as its hellos name it. */
+  const instances = new Map<string, string>();
   const onHello = (msg: Msg) => {
     const site = msg.subject.split('.').pop() ?? '';
     const raw = parseJson(msg.data) as { protocol?: unknown } | undefined;
@@ -275,6 +277,13 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     const differ = other && featuresDiffer(other[1].features, h.data.features);
     if (differ) return refuse('CONSORT_R_WRONG_SHAPE', `the site's feature columns are not those of site "${other[0]}": ${differ}`);
     if (!lastSeen.has(site)) log(`site "${site}" joined`);
+    // Another process of a site already here: it lost whatever task it had been sent (a round waiting for it gets it again).
+    const before = instances.get(site);
+    if (h.data.instance !== undefined) instances.set(site, h.data.instance);
+    if (before !== undefined && h.data.instance !== undefined && before !== h.data.instance) {
+      log(`site "${site}" started again`);
+      transport?.siteRestarted(site);
+    }
     joined[site] = {
       labels: h.data.labels,
       sampleShape: h.data.sampleShape,

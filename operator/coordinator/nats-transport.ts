@@ -128,6 +128,8 @@ interface OpenRound<T> {
   answered: Set<string>;
   channel: Channel<Outcome<T>>;
   timer: NodeJS.Timeout;
+  /** A site's task of this round, once what it refers to is published (to send it again to a site that restarted). */
+  taskFor?: (site: string) => FitTask | EvaluateTask;
 }
 
 export interface NatsTransportOptions {
@@ -323,13 +325,10 @@ export class NatsTransport implements SiteTransport {
       );
       const body = await prepared;
       const deadline = Date.now() + this.deadlineMs;
-      await Promise.all(
-        [...r.sites].map((site) =>
-          this.sendTask(r, site, { ...body, protocol: PROTOCOL_VERSION, job: this.o.job, site, round: r.round, taskId: newNonce(), deadline } as
-            | FitTask
-            | EvaluateTask),
-        ),
-      );
+      r.taskFor = (site) =>
+        ({ ...body, protocol: PROTOCOL_VERSION, job: this.o.job, site, round: r.round, taskId: newNonce(), deadline }) as FitTask | EvaluateTask;
+      const taskFor = r.taskFor;
+      await Promise.all([...r.sites].map((site) => this.sendTask(r, site, taskFor(site))));
     })().catch((err: unknown) => {
       this.o.log(`round ${r.round}: cannot send the ${r.kind} tasks: ${(err as Error).message}`);
       this.close(r, `tasks not sent: ${(err as Error).message}`);
@@ -682,6 +681,19 @@ export class NatsTransport implements SiteTransport {
     });
     this.answered(r, site);
     this.reply(msg, { type: 'ack', accepted: true });
+  }
+
+  /**
+   * A site started again (its hellos name another process) while an open round waits for its
+   * answer: the task it lost is sent again, with the round's deadline, rather than the round
+   * waiting for that deadline. A site that trains deterministically gives the update it would have.
+   */
+  siteRestarted(site: string): void {
+    for (const r of [this.fitRound, this.evalRound] as Array<OpenRound<unknown> | undefined>) {
+      if (!r?.taskFor || r.channel.isClosed || !r.sites.has(site) || r.answered.has(site)) continue;
+      this.o.log(`round ${r.round}: site "${site}" started again; its ${r.kind} task is sent again`);
+      void this.sendTask(r, site, r.taskFor(site));
+    }
   }
 
   shutdown(): void {

@@ -1,6 +1,9 @@
-// A site process killed (SIGKILL) in the middle of a round it was asked to train: the round
-// closes at its deadline with the quorum of the others (sampling.minSites 4), the site started
-// again rejoins and takes part in every round after, and the job completes.
+// A site process killed (SIGKILL) in the middle of a round it was asked to train. Left down, the
+// round closes at its deadline with the quorum of the others (sampling.minSites 4), the site
+// started again rejoins and takes part in every round after, and the job completes. Started again
+// at once, while the round still waits for it, it is sent the round's task again (its hellos name
+// a new process): the round closes with all five long before its deadline, and the job ends in the
+// bytes of a run that no one interrupted.
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { readOutput, useFederations } from '../helpers/federation.ts';
@@ -59,5 +62,34 @@ describe('a site killed mid-round (SIGKILL) and started again', () => {
     for (const r of report.rounds.slice(joinedAt)) expect(r.participants, `round ${r.round}`).toEqual(all);
     // Its final score is in the report: it is back.
     expect(Object.keys(report.final.perSite)).toContain(VICTIM);
+  });
+
+  it("started again while the round waits for it, it is sent its task again: the round closes with it, and the model is the uninterrupted run's", async () => {
+    const dir = tmp('nats-site-restart-at-once');
+    const LONG_DEADLINE_S = 120;
+    const f = await federation({ rounds: ROUNDS, sampling: { minSites: 4 }, aggregation: { roundDeadlineSeconds: LONG_DEADLINE_S } });
+    // The same job in one process: what an uninterrupted run ends in.
+    const reference = f.run(join(dir, 'reference'));
+    const out = join(dir, 'out');
+    const sites = f.sites(undefined, { [VICTIM]: [`fit:${KILLED_IN}`] });
+    const coordinator = f.coordinator(out);
+
+    await f.stoppedAt(sites[VICTIM]!, `fit:${KILLED_IN}`);
+    await f.tasksOf('fit', KILLED_IN, 5);
+    await sites[VICTIM]!.kill();
+    const again = f.site(VICTIM);
+
+    const exit = await coordinator.exited;
+    expect(exit.code, f.logs()).toBe(0);
+    expect((await again.exited).code, again.tail()).toBe(0);
+    expect(coordinator.tail(1000)).toContain(`round ${KILLED_IN}: site "${VICTIM}" started again; its fit task is sent again`);
+    // Two fit tasks of that round went to it: the first, lost with the process, and the one sent again.
+    expect(f.tasks.filter((t) => t.value.type === 'fit' && t.value.round === KILLED_IN && t.value.site === VICTIM)).toHaveLength(2);
+
+    const { report, sha } = readOutput(out);
+    const all = [...f.siteNames].sort();
+    for (const r of report.rounds) expect(r.participants, `round ${r.round}`).toEqual(all);
+    expect(report.rounds[KILLED_IN - 1]!.durationMs).toBeLessThan((LONG_DEADLINE_S / 2) * 1000);
+    expect(sha).toBe((await reference).sha);
   });
 });

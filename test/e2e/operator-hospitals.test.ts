@@ -107,7 +107,8 @@ describe('the operator on a real API server', () => {
 
   it('a SIGKILLed operator resumes from the checkpoint with the model unchanged; a deleted worker Pod is recreated; deletion cleans up', async () => {
     // Two jobs at once: "faults" must end in the reference weights; "podloss" loses a worker
-    // mid-round (that round closes at its deadline without it, so its model differs). Enough
+    // mid-round (that round waits for the new Pod, which is sent the task again, or closes at its
+    // deadline without it). Enough
     // rounds for podloss to be still running once the operator is back (half a second a round).
     for (const input of [hospitals('faults'), hospitals('podloss', { rounds: 40, aggregation: { roundDeadlineSeconds: 15 } })]) {
       const applied = await cluster.kubectl(['apply', '-f', '-'], { input });

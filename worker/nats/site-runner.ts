@@ -119,8 +119,9 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   });
   opts.signal?.addEventListener('abort', () => finish(), { once: true });
 
-  // The same every heartbeat: computed once.
+  // The same every heartbeat: computed once. The instance tells a restart of this site from a heartbeat.
   const terms = jobTerms(spec);
+  const instance = newNonce();
   const hello = (): Uint8Array => {
     const h: Omit<Hello, 'signature'> = {
       type: 'hello',
@@ -129,6 +130,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       site,
       nonce: newNonce(),
       sentAt: Date.now(),
+      instance,
       sampleShape: described.sampleShape,
       labels: described.labels,
       ...(described.features ? { features: described.features } : {}),
