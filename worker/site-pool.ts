@@ -7,6 +7,7 @@
 // state between rounds (SCAFFOLD's control variates) stay home. Results depend neither on the
 // pool size nor on which thread serves a site: every random stream is keyed by (seed, round,
 // site), each thread builds the same model, and aggregation is exact.
+import type { InputScaler } from '../core/data/moments.ts';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { WorkerError, type WorkerErrorCode, WorkerErrorCodes } from './errors.ts';
@@ -156,8 +157,8 @@ export class SitePool {
   }
 
   /** Prepares every thread; returns what thread 0 reports (all threads agree). */
-  async prepare(classes: string[], sampleShape: number[]): Promise<PreparedModel> {
-    const all = await Promise.all(this.threads.map((t) => t.call<PreparedModel>('prepare', [classes, sampleShape])));
+  async prepare(classes: string[], sampleShape: number[], scaler?: InputScaler): Promise<PreparedModel> {
+    const all = await Promise.all(this.threads.map((t) => t.call<PreparedModel>('prepare', [classes, sampleShape, ...(scaler ? [scaler] : [])])));
     return all[0]!;
   }
 

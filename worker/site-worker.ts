@@ -7,6 +7,7 @@ import type { ParameterLayout } from '../core/model/layout.ts';
 import { evaluateProbabilities } from '../core/metrics/classification.ts';
 import { Rng } from '../core/rng.ts';
 import type { DataQuality } from '../core/data/quality.ts';
+import type { FeatureMoments, InputScaler } from '../core/data/moments.ts';
 import { type BackendChoice, type BackendPreference, selectBackend, tf } from './backend.ts';
 import { concatDatasets, type Dataset, type SiteData } from './data/dataset.ts';
 import { loadSiteData } from './data/load.ts';
@@ -29,6 +30,8 @@ export interface SiteDescription {
   /** The names of the input's features, in the model's order, where the data has them (tabular data). */
   features?: string[];
   quality: DataQuality;
+  /** Tabular data: the first moments of the train split's columns (no values), which the federation pools into its scaling. */
+  moments?: FeatureMoments;
 }
 
 export interface PreparedModel {
@@ -78,6 +81,8 @@ export function keepsSiteState(spec: FederatedJobSpec): boolean {
 export class SiteWorker {
   private readonly cfg: SiteWorkerConfig;
   private classes: string[] | undefined;
+  /** The federation's input scaling (core/data/moments.ts), once known. */
+  private scaler: InputScaler | undefined;
   private readonly data = new Map<number, SiteData>();
   private trainer: LocalTrainer | undefined;
   /** SCAFFOLD's client control variates c_i: site state that never leaves the site. */
@@ -103,6 +108,7 @@ export class SiteWorker {
         jobSeed: this.cfg.spec.seed,
         baseDir: this.cfg.baseDir,
         ...(this.classes ? { classes: this.classes } : {}),
+        ...(this.scaler ? { scaler: this.scaler } : {}),
       });
       if (d.train.n === 0) {
         throw new WorkerError('CONSORT_W_DATA_EMPTY', `site "${site.name}" has no training examples`);
@@ -122,7 +128,18 @@ export class SiteWorker {
       sampleShape: d.train.sampleShape,
       ...(d.featureNames ? { features: d.featureNames } : {}),
       quality: d.quality,
+      ...(d.moments ? { moments: d.moments } : {}),
     };
+  }
+
+  /**
+   * Scales tabular inputs with the federation's mean and std from now on (data scaled otherwise
+   * is read again). The same scaler again changes nothing.
+   */
+  useScaler(scaler: InputScaler): void {
+    if (this.scaler && JSON.stringify(this.scaler) === JSON.stringify(scaler)) return;
+    this.scaler = scaler;
+    this.data.clear();
   }
 
   /** Fixes the classes and input shape, picks the backend and builds the model. */
@@ -133,7 +150,8 @@ export class SiteWorker {
    */
   private static preparing: Promise<unknown> = Promise.resolve();
 
-  prepare(classes: string[], sampleShape: number[]): Promise<PreparedModel> {
+  prepare(classes: string[], sampleShape: number[], scaler?: InputScaler): Promise<PreparedModel> {
+    if (scaler) this.useScaler(scaler);
     const next = SiteWorker.preparing.then(() => this.prepareNow(classes, sampleShape));
     SiteWorker.preparing = next.catch(() => {});
     return next;

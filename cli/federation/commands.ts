@@ -138,6 +138,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         classes,
         sampleShape,
         ...(first?.features ? { features: first.features } : {}),
+        ...(result.inputScaler ? { inputScaler: result.inputScaler } : {}),
         backend,
         startedAt,
         durationMs: performance.now() - t0,

@@ -1,5 +1,6 @@
 // `consort run`: a FederatedJob trained on one machine. Sites run in a thread pool behind the
 // in-process transport; the round loop is the same RoundCoordinator the operator runs.
+import { federationScaler } from '../../core/data/moments.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters } from '../../core/model/layout.ts';
 import { weightedMean } from '../../core/metrics/aggregate.ts';
@@ -47,7 +48,9 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
       throw new CliError('CONSORT_CLI_DATA', `the sites' data has only the label ${JSON.stringify(classes[0])}: a classifier needs at least two classes`);
     }
     const sampleShape = agreeOnShape(described);
-    const prepared = await pool.prepare(classes, sampleShape);
+    // One scaling for the federation (tabular data): the pooled moments of every site's train split.
+    const inputScaler = federationScaler(described);
+    const prepared = await pool.prepare(classes, sampleShape, inputScaler);
     opts.events?.phase?.(`backend ${prepared.backend.name}: ${prepared.backend.reason}`);
     const initial = initialParameters(prepared.layout, spec.seed);
 
@@ -74,6 +77,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
       classes,
       sampleShape,
       ...(described[0]?.features ? { features: described[0].features } : {}),
+      ...(inputScaler ? { inputScaler } : {}),
       backend: prepared.backend,
       startedAt,
       durationMs: performance.now() - t0,

@@ -1,5 +1,6 @@
 // Every message of protocol v1 as a zod schema: what crosses the wire is parsed with these on
 // receipt and refused, with a reason, when it does not fit.
+import { FeatureMoments, InputScaler } from '../data/moments.ts';
 import { z } from 'zod';
 import { DataQuality } from '../data/quality.ts';
 import { ParameterLayout } from '../model/layout.ts';
@@ -64,6 +65,8 @@ export const Hello = z
     codecs: z.array(z.enum(['none', 'fp16', 'int8', 'topk'])),
     /** Counts only: the site's data-quality report, for the job's report and model card. */
     quality: DataQuality.optional(),
+    /** Tabular data: its train split's moments per feature (counts, means, squared deviations), pooled into the federation's scaling. */
+    moments: FeatureMoments.optional(),
     /** The TF.js backend the site trains on, and why. */
     backend: z
       .object({ name: z.string().max(64), reason: z.string().max(1000) })
@@ -97,6 +100,8 @@ const taskBase = {
   model: ObjectRef,
   /** Epoch milliseconds after which the coordinator no longer waits. */
   deadline: z.number().int().min(0),
+  /** Tabular data: the federation's input scaling, which the site's inputs take before the task (core/data/moments.ts). */
+  scaler: InputScaler.optional(),
 };
 
 export const FitTask = z

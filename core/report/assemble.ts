@@ -1,5 +1,6 @@
 // Builds report.json from what the round loop returns: shared by the local runner and the
 // NATS coordinator, so both write the same document for the same run.
+import type { InputScaler } from '../data/moments.ts';
 import type { FederatedJob } from '../job/federated-job.ts';
 import { globalMetrics, spread } from '../metrics/aggregate.ts';
 import { type ParameterLayout, layoutSize } from '../model/layout.ts';
@@ -27,6 +28,8 @@ export interface RunFacts {
   sampleShape: number[];
   /** Tabular data: the feature names, in input order. */
   features?: string[];
+  /** The federation's input scaling (tabular data scaled by its train splits). */
+  inputScaler?: InputScaler;
   backend: { name: string; reason: string };
   startedAt: Date;
   durationMs: number;
@@ -58,6 +61,7 @@ export function assembleRunReport(f: RunFacts): RunReport {
       inputShape: f.sampleShape,
       classes: f.classes,
       ...(f.features ? { features: f.features } : {}),
+      ...(f.inputScaler ? { inputScaler: f.inputScaler } : {}),
     },
     startedAt: f.startedAt.toISOString(),
     durationMs: f.durationMs,

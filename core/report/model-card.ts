@@ -42,7 +42,7 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   out.push(`# Model card: ${md(report.job)}`, '');
   out.push(
     `A classifier (model type ${md(m.type)}) trained by federated learning with Consort across ${sites.length} site${sites.length === 1 ? '' : 's'}: ` +
-      'each site trained on its own data, and only model updates and aggregate counts left a site.',
+      `each site trained on its own data, and only model updates and aggregate counts${m.inputScaler ? " (and each feature's mean and variance over a site's training rows)" : ''} left a site.`,
     '',
   );
 
@@ -50,9 +50,17 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   out.push(`- **Model:** ${md(m.type)}, ${formatCount(m.parameters)} parameters (float32 weights, batch-norm statistics included)`);
   out.push(`- **Input shape:** [${m.inputShape.join(', ')}] (per example)`);
   if (m.features) {
+    const scaler = m.inputScaler;
     out.push(
-      `- **Features** (in input order; each site scales them before training: CSV columns by the site's own training mean and standard deviation): ${m.features.map(code).join(', ')}`,
+      scaler
+        ? `- **Features** (in input order), each given to the model as (x − mean) / std with the federation's mean and standard deviation (pooled from every site's training split; a missing value is the mean, 0 once scaled):`
+        : `- **Features** (in input order; each site scales them before training): ${m.features.map(code).join(', ')}`,
     );
+    if (scaler) {
+      out.push('', '  | feature | mean | std |', '  |---|---|---|');
+      m.features.forEach((f, j) => out.push(`  | ${code(f)} | ${scaler.mean[j]} | ${scaler.std[j]} |`));
+      out.push('');
+    }
   }
   out.push(`- **Classes** (${m.classes.length}, in output index order): ${m.classes.map((c, i) => `${i} = ${code(c)}`).join(', ')}`);
   out.push('- **Output:** the probability of each class (`tfjs/model.json` ends in softmax)');

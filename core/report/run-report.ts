@@ -1,5 +1,6 @@
 // report.json: what `consort run` (and later the operator) writes about a finished job.
 // Other tools read it, so it is versioned and documented in core/report/README.md.
+import { InputScaler } from '../data/moments.ts';
 import { z } from 'zod';
 import { DataQuality } from '../data/quality.ts';
 
@@ -50,6 +51,8 @@ export const RunReport = z.object({
     classes: z.array(z.string()),
     /** Tabular data: the feature columns, in the model's input order. */
     features: z.array(z.string()).optional(),
+    /** Tabular data scaled by the federation: (x - mean) / std per feature, what the model's inputs must be (core/data/moments.ts). */
+    inputScaler: InputScaler.optional(),
   }),
   startedAt: z.string(),
   durationMs: z.number(),

@@ -1,6 +1,7 @@
 // The RunReport of a job the operator ran, from what outlives its round loop: the checkpoint
 // (every evaluated round, how it stopped, what the sites said of themselves when they joined)
 // and the final model. Assembled by the same code as `consort run`'s report.json.
+import type { InputScaler } from '../../core/data/moments.ts';
 import type { FederatedJob, FederatedJobSpec } from '../../core/job/federated-job.ts';
 import type { FederatedJobStatus } from '../../core/job/federated-job-status.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
@@ -19,6 +20,8 @@ export interface JobReportFacts {
   weights: Float32Array;
   /** What each site said of itself when it joined (absent from a checkpoint of an older operator). */
   sites?: Record<string, JoinedSite>;
+  /** The federation's input scaling, from the checkpoint. */
+  inputScaler?: InputScaler;
   now?: Date;
 }
 
@@ -42,6 +45,7 @@ export function assembleJobReport(f: JobReportFacts): RunReport | undefined {
     classes: f.spec.classes ?? first?.labels ?? [],
     sampleShape: first?.sampleShape ?? [],
     ...(first?.features ? { features: first.features } : {}),
+    ...(f.inputScaler ? { inputScaler: f.inputScaler } : {}),
     backend: first?.backend ?? { name: 'unknown', reason: 'no site reported its backend' },
     startedAt: started,
     durationMs: Math.max(0, ended.getTime() - started.getTime()),

@@ -3,6 +3,7 @@
 // once the loop is gone (job done, operator restarted, a standby replica), from the checkpoint in
 // the job's NATS state bucket; the final model from its models bucket. Buckets are named from the
 // job's own namespace and name, never from its status, so no request reads another job's bucket.
+import { InputScaler } from '../../core/data/moments.ts';
 import { Objm, type ObjectResult, type ObjectStore } from '@nats-io/obj';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { FederatedJobSpec } from '../../core/job/federated-job.ts';
@@ -133,6 +134,7 @@ export class ClusterJobSource implements JobSource {
       layout,
       weights: model?.values ?? checkpoint.global,
       ...(transport?.sites ? { sites: transport.sites } : {}),
+      ...(InputScaler.safeParse(transport?.scaler).success ? { inputScaler: transport!.scaler! } : {}),
     });
     if (report) {
       while (this.#reports.size >= 16) this.#reports.delete(this.#reports.keys().next().value!);

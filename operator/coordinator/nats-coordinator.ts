@@ -3,6 +3,7 @@
 // join, resumes from the last checkpoint if there is one, runs the RoundCoordinator over the
 // NatsTransport, and announces the end. A checkpoint goes into the job's state bucket after
 // every round, so a coordinator killed at any point carries on where it stopped.
+import { type FeatureMoments, federationScaler, InputScaler } from '../../core/data/moments.ts';
 import { featuresDiffer } from '../../core/data/features.ts';
 import { jobTerms, termsDiffer } from '../../core/job/terms.ts';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
@@ -104,6 +105,8 @@ export interface JoinedSite {
   features?: string[];
   quality?: DataQuality;
   backend?: { name: string; reason: string };
+  /** Tabular data: its train split's moments, which the federation's scaling pools. */
+  moments?: FeatureMoments;
 }
 
 export interface NatsCoordinatorResult extends CoordinatorResult {
@@ -114,6 +117,8 @@ export interface NatsCoordinatorResult extends CoordinatorResult {
   rejections: Record<string, number>;
   bytesIn: Record<number, number>;
   bytesOut: Record<number, number>;
+  /** The federation's input scaling (tabular data scaled by its train splits). */
+  inputScaler?: InputScaler;
   /** The final model as stored: bucket, object name, SHA-256 and size of its safetensors bytes, SHA-256 of its weights (weightsSha256). */
   model: { bucket: string; object: string; sha256: string; weightsSha256: string; bytes: number };
 }
@@ -160,6 +165,8 @@ export interface TransportState {
   sites?: Record<string, JoinedSite>;
   /** The job's terms (core/job/terms.ts) it was trained on: a resume under other terms is refused. */
   terms?: string;
+  /** The federation's input scaling, fixed when the rounds first started (core/data/moments.ts). */
+  scaler?: InputScaler;
 }
 
 export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<NatsCoordinatorResult> {
@@ -289,6 +296,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       sampleShape: h.data.sampleShape,
       ...(h.data.features ? { features: h.data.features } : {}),
       ...(h.data.quality ? { quality: h.data.quality } : {}),
+      ...(h.data.moments ? { moments: h.data.moments } : {}),
       ...(h.data.backend ? { backend: h.data.backend } : {}),
     };
     lastSeen.set(site, Date.now());
@@ -379,6 +387,11 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       await new Promise((r) => setTimeout(r, 100));
     }
     log(`${alive().length} of ${siteNames.length} sites joined; ${resume ? `resuming after round ${resume.round}` : 'starting'}`);
+    // One input scaling for the whole run (tabular data): pooled, in the job's site order, from the
+    // moments of the sites here as the rounds first start; a resumed run keeps its own.
+    const savedScaler = InputScaler.safeParse(resumedState?.scaler);
+    const inputScaler = savedScaler.success ? savedScaler.data : federationScaler(siteNames.map((s) => joined[s] ?? {}));
+    if (inputScaler && !savedScaler.success) log(`inputs scaled by the pooled moments of ${siteNames.filter((s) => joined[s]?.moments).length} sites`);
     const fromEnv = aggregationFromEnv();
     const parameters = layoutSize(layout!);
     const storedUpdates = parameters >= (o.storedUpdatesFrom ?? fromEnv?.from ?? STORED_UPDATES_FROM);
@@ -397,6 +410,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       alive,
       interruptedSince: (t) => interrupted >= t,
       storedUpdates,
+      ...(inputScaler ? { inputScaler } : {}),
       log,
     });
     o.onCounters?.({ rejections, bytesIn: transport.bytesIn, bytesOut: transport.bytesOut });
@@ -433,7 +447,8 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       checkpoints: {
         store: checkpoints,
         job: key,
-        transportState: () => ({ layout: layout!, ingestor: ingestor!.snapshot(), sites: joined, terms }) satisfies TransportState,
+        transportState: () =>
+          ({ layout: layout!, ingestor: ingestor!.snapshot(), sites: joined, terms, ...(inputScaler ? { scaler: inputScaler } : {}) }) satisfies TransportState,
       },
       ...(resume ? { resume } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
@@ -476,6 +491,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       rejections: rejections(),
       bytesIn: Object.fromEntries(transport.bytesIn),
       bytesOut: Object.fromEntries(transport.bytesOut),
+      ...(inputScaler ? { inputScaler } : {}),
       model: {
         bucket: bucket.models,
         object: o.finalModelName ?? FINAL_MODEL,

@@ -7,6 +7,7 @@
 // (the round loop folds it at once). A large model's (storedUpdates) is never held: it is checked
 // as it streams in, chunk by chunk, and handed over as a stored result, read again from the
 // bucket a range at a time when the round closes (stored-updates.ts).
+import type { InputScaler } from '../../core/data/moments.ts';
 import { type JetStreamManager, jetstreamManager } from '@nats-io/jetstream';
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { type ObjectStore, setSha256Backend } from '@nats-io/obj';
@@ -148,6 +149,8 @@ export interface NatsTransportOptions {
   interruptedSince?: (t: number) => boolean;
   /** Updates stay in their buckets: checked as they stream in, handed over as stored results (for large models). */
   storedUpdates?: boolean;
+  /** The federation's input scaling (tabular data), sent with every task. */
+  inputScaler?: InputScaler;
   log: (line: string) => void;
 }
 
@@ -326,7 +329,16 @@ export class NatsTransport implements SiteTransport {
       const body = await prepared;
       const deadline = Date.now() + this.deadlineMs;
       r.taskFor = (site) =>
-        ({ ...body, protocol: PROTOCOL_VERSION, job: this.o.job, site, round: r.round, taskId: newNonce(), deadline }) as FitTask | EvaluateTask;
+        ({
+          ...body,
+          protocol: PROTOCOL_VERSION,
+          job: this.o.job,
+          site,
+          round: r.round,
+          taskId: newNonce(),
+          deadline,
+          ...(this.o.inputScaler ? { scaler: this.o.inputScaler } : {}),
+        }) as FitTask | EvaluateTask;
       const taskFor = r.taskFor;
       await Promise.all([...r.sites].map((site) => this.sendTask(r, site, taskFor(site))));
     })().catch((err: unknown) => {

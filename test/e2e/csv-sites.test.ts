@@ -61,6 +61,52 @@ describe('consort run on CSV sites', () => {
     expect(report.final.accuracy).toBeGreaterThan(0.7);
   });
 
+  it("scales every site's inputs with the pooled moments of all train splits, the same in one process and over NATS", async () => {
+    const root = tmp('csv-scaling');
+    const sites = [
+      writeHospitalCsvSite(root, { name: 'north', train: 150, test: 40, prevalence: 0.3, shift: 0, blanks: { lactate: 4 } }, 31),
+      // Sicker patients: other means, which a site's own scaling would hide from the model.
+      writeHospitalCsvSite(root, { name: 'south', train: 60, test: 30, prevalence: 0.5, shift: 1.2 }, 32),
+    ];
+    const job = writeJob(root, {
+      model: { type: 'logistic' },
+      classes: ['no', 'yes'],
+      sites: sites.map((s) => ({ name: s.name, data: csvData(s) })),
+      rounds: 3,
+      seed: 7,
+    });
+    const run = async (name: string, flags: string[]) => {
+      const r = await runConsort(['run', job, '--quiet', '--out', join(root, name), ...flags]);
+      expect(r.code, transcript(r)).toBe(0);
+      return readReport(join(root, name));
+    };
+    const [local, nats] = await Promise.all([run('local', []), run('nats', ['--nats', 'embedded'])]);
+    // What one pooled train split would give: mean and population std per column, blanks left out.
+    const columns = HOSPITAL_FEATURES.map(() => [] as number[]);
+    for (const s of sites) {
+      const [header, ...lines] = readFileSync(join(root, s.train), 'utf8').trim().split('\n');
+      const names = header!.split(',');
+      for (const line of lines) {
+        const cells = line.split(',');
+        HOSPITAL_FEATURES.forEach((f, j) => {
+          const cell = cells[names.indexOf(f)]!;
+          if (cell !== '') columns[j]!.push(Number(cell));
+        });
+      }
+    }
+    const scaler = local.model.inputScaler!;
+    expect(scaler).toBeDefined();
+    columns.forEach((values, j) => {
+      const mean = values.reduce((a, b) => a + b, 0) / values.length;
+      const std = Math.sqrt(values.reduce((a, v) => a + (v - mean) ** 2, 0) / values.length);
+      expect(scaler.mean[j], HOSPITAL_FEATURES[j]).toBeCloseTo(mean, 9);
+      expect(scaler.std[j]! / std, HOSPITAL_FEATURES[j]).toBeCloseTo(1, 9);
+    });
+    // The sites pooled their moments over NATS to the very same scaling, and so the same model.
+    expect(nats.model.inputScaler).toEqual(scaler);
+    expect(nats.final.modelSha256).toBe(local.final.modelSha256);
+  });
+
   /** jobDir/rel's CSV (no quoted fields) rewritten with its columns in reverse and, with `id`, a text column first. */
   function reordered(jobDir: string, rel: string, id: boolean): string {
     const lines = readFileSync(join(jobDir, rel), 'utf8').trim().split('\n');
@@ -104,7 +150,9 @@ describe('consort run on CSV sites', () => {
     expect(readReport(named.out).final.modelSha256).toBe(readReport(same.out).final.modelSha256);
     // The report and the model card say which columns the model takes, in its order.
     expect(readReport(named.out).model.features).toEqual(HOSPITAL_FEATURES);
-    expect(readFileSync(join(named.out, 'MODEL_CARD.md'), 'utf8')).toContain(`${HOSPITAL_FEATURES.map((f) => `\`${f}\``).join(', ')}`);
+    const card = readFileSync(join(named.out, 'MODEL_CARD.md'), 'utf8');
+    const rows = card.split('\n').filter((l) => /^ {2}\| `/.test(l));
+    expect(rows.map((l) => /`([^`]+)`/.exec(l)?.[1])).toEqual(HOSPITAL_FEATURES);
 
     // A column data.featureColumns names that a file lacks is named, with the file's columns.
     const missing = await run('missing', spec(south, [...HOSPITAL_FEATURES, 'weight']));

@@ -1,4 +1,5 @@
 // A site's examples as flat typed arrays: the only form in which data reaches the local trainer.
+import type { FeatureMoments, InputScaler } from '../../core/data/moments.ts';
 import type { DataQuality } from '../../core/data/quality.ts';
 import type { Rng } from '../../core/rng.ts';
 
@@ -18,6 +19,8 @@ export interface SiteData {
   /** Tabular data only: the feature columns, in the order of a sample's values. */
   featureNames?: string[];
   quality: DataQuality;
+  /** Tabular data scaled by its train split: that split's moments, which the federation pools (core/data/moments.ts). */
+  moments?: FeatureMoments;
 }
 
 export function sampleSize(sampleShape: readonly number[]): number {
@@ -114,6 +117,8 @@ export interface LoadContext {
   baseDir: string;
   /** The job's classes in class-index order; when absent, the sorted distinct labels of this site. */
   classes?: string[];
+  /** The federation's input scaling (tabular data), once the job knows it; before, a site scales by its own train split. */
+  scaler?: InputScaler;
 }
 
 /**

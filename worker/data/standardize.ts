@@ -1,40 +1,17 @@
 // Feature scaling fitted on a site's own train split only, so that nothing about the test split
 // (or another site) leaks into training. Missing values (NaN) are ignored when fitting and become
-// the train mean, i.e. 0 after scaling.
+// the train mean, i.e. 0 after scaling. A federation of tabular sites scales with the pooled
+// moments of every site's train split instead (core/data/moments.ts), given in the load context.
+import { momentsOf, scalerOf } from '../../core/data/moments.ts';
 
 export interface Standardizer {
-  mean: Float64Array;
-  std: Float64Array;
+  mean: ArrayLike<number>;
+  std: ArrayLike<number>;
 }
 
-/** Per-column mean and population standard deviation of n rows of d values; NaN is missing. */
+/** Per-column mean and population standard deviation of n rows of d values; NaN is missing (core/data/moments.ts). */
 export function fitStandardizer(rows: Float64Array, n: number, d: number): Standardizer {
-  const mean = new Float64Array(d);
-  const std = new Float64Array(d);
-  const count = new Float64Array(d);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j < d; j++) {
-      const v = rows[i * d + j]!;
-      if (Number.isNaN(v)) continue;
-      count[j]!++;
-      mean[j]! += v;
-    }
-  }
-  for (let j = 0; j < d; j++) mean[j] = count[j]! > 0 ? mean[j]! / count[j]! : 0;
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j < d; j++) {
-      const v = rows[i * d + j]!;
-      if (Number.isNaN(v)) continue;
-      const dv = v - mean[j]!;
-      std[j]! += dv * dv;
-    }
-  }
-  for (let j = 0; j < d; j++) {
-    const s = count[j]! > 0 ? Math.sqrt(std[j]! / count[j]!) : 0;
-    // A constant (or absent) column carries no information; dividing by 1 keeps it at 0.
-    std[j] = s > 1e-12 && Number.isFinite(s) ? s : 1;
-  }
-  return { mean, std };
+  return scalerOf(momentsOf(rows, n, d));
 }
 
 /** (v - mean) / std per column as float32; a missing value (NaN) becomes 0, the train mean. */

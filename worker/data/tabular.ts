@@ -2,7 +2,9 @@
 // same scaling and the same quality report, so a CSV written from synthetic rows loads identically.
 import type { DataQuality } from '../../core/data/quality.ts';
 import { type Dataset, labelCounts, type SiteData } from './dataset.ts';
-import { applyStandardizer, fitStandardizer, type Standardizer } from './standardize.ts';
+import { momentsOf, scalerOf } from '../../core/data/moments.ts';
+import { applyStandardizer, type Standardizer } from './standardize.ts';
+import { WorkerError } from '../errors.ts';
 
 /** Raw (unscaled) rows of one split: n × d values, NaN where missing, with class indices. */
 export interface RawSplit {
@@ -24,8 +26,9 @@ export function selectRows(raw: RawSplit, d: number, indices: ArrayLike<number>)
 }
 
 /**
- * Site data from raw feature rows: standardised with the train split's own mean and std (missing
- * values become that mean) unless a fixed scaler is given, with the quality report.
+ * Site data from raw feature rows, standardised (missing values become the mean): with a fixed
+ * scaler if given, else the federation's if known, else the train split's own mean and std; with
+ * the quality report, and the train split's moments where they decide the scaling.
  */
 export function tabularSiteData(args: {
   features: string[];
@@ -36,9 +39,16 @@ export function tabularSiteData(args: {
   rejected: Record<string, number>;
   /** A scaling fixed in advance (e.g. clinical reference ranges) instead of one fitted on train. */
   scaler?: Standardizer;
+  /** The federation's scaling (pooled moments of every site's train split), when the job knows it. */
+  federation?: Standardizer;
 }): SiteData {
   const d = args.features.length;
-  const scaler = args.scaler ?? fitStandardizer(args.train.values, args.train.n, d);
+  if (args.federation && args.federation.mean.length !== d) {
+    throw new WorkerError('CONSORT_W_DATA_SCHEMA', `the federation's input scaling has ${args.federation.mean.length} features; this site's data has ${d}`);
+  }
+  // Fitted on this site's train split alone until the federation's is known: the moments go out with the site's hello.
+  const moments = args.scaler ? undefined : momentsOf(args.train.values, args.train.n, d);
+  const scaler = args.scaler ?? args.federation ?? scalerOf(moments!);
   const train: Dataset = { x: applyStandardizer(args.train.values, args.train.n, d, scaler), y: args.train.y, n: args.train.n, sampleShape: [d] };
   const test: Dataset = { x: applyStandardizer(args.test.values, args.test.n, d, scaler), y: args.test.y, n: args.test.n, sampleShape: [d] };
   const quality: DataQuality = {
@@ -49,5 +59,5 @@ export function tabularSiteData(args: {
     trainSamples: train.n,
     testSamples: test.n,
   };
-  return { train, test, classes: args.classes, featureNames: args.features, quality };
+  return { train, test, classes: args.classes, featureNames: args.features, quality, ...(moments ? { moments } : {}) };
 }

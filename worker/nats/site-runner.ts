@@ -1,7 +1,8 @@
 // A site as its own process: joins the job over NATS (signed hello, repeated as a heartbeat),
 // takes fit and evaluate tasks addressed to it alone, fetches the global model from the job's
 // models bucket, trains and scores with a SiteWorker, and sends back a signed update whose
-// payload sits in its own updates bucket. Raw data never leaves; only updates, metrics, counts.
+// payload sits in its own updates bucket. Raw data never leaves; only updates, metrics, counts
+// (and tabular data's per-column moments, core/data/moments.ts).
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { jobTerms } from '../../core/job/terms.ts';
@@ -138,6 +139,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       layout: prepared.layout,
       codecs: ['none', 'fp16', 'int8', 'topk'],
       quality: described.quality,
+      ...(described.moments ? { moments: described.moments } : {}),
       backend: { name: prepared.backend.name, reason: prepared.backend.reason },
     };
     return json(signEnvelope(h, opts.seed));
@@ -210,6 +212,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   const train = async (task: FitTask): Promise<void> => {
     const already = sent.get(`fit/${task.round}`);
     if (already) return deliver(subj.update(site), already, task.deadline, `update of round ${task.round}`);
+    if (task.scaler) worker.useScaler(task.scaler);
     const global = await fetchModel(task.model, task.deadline);
     const serverControl = task.control ? await fetchModel(task.control, task.deadline, 'control') : undefined;
     const r = await worker.fit({ round: task.round, siteIndex, global, proximalMu: task.proximalMu, ...(serverControl ? { serverControl } : {}) });
@@ -246,6 +249,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   const score = async (task: EvaluateTask): Promise<void> => {
     const already = sent.get(`eval/${task.taskId}`);
     if (already) return deliver(subj.evaluation(site), already, task.deadline, `evaluation of round ${task.round}`);
+    if (task.scaler) worker.useScaler(task.scaler);
     const global = await fetchModel(task.model, task.deadline);
     const m = await worker.evaluate({ siteIndex, global, trainLoss: task.trainLoss });
     const envelope = evaluationEnvelope(key, site, task, {
