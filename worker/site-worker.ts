@@ -264,9 +264,9 @@ export class SiteWorker {
     return siteIndices.map((i, k) => ({ site: this.site(i).name, ...this.score(parts[k]!.test) }));
   }
 
-  /** The global model in TF.js format, for the job's outputs. */
+  /** The global model in TF.js format, for the job's outputs (taking raw inputs where the federation's scaling folds into it). */
   async exportModel(global: Float32Array): Promise<ExportedModel> {
-    return exportLayersModel(this.ready().trainer, global);
+    return exportLayersModel(this.ready().trainer, global, this.scaler);
   }
 
   /** Tensors alive in this thread's TF.js engine (leak checks). */
@@ -285,10 +285,46 @@ export interface ExportedModel {
   modelTopology: unknown;
   weightSpecs: unknown[];
   weightData: ArrayBuffer;
+  /** The input scaling is folded into the first layer: the model takes raw values (foldScaler). */
+  takesRawInputs?: boolean;
 }
 
-export async function exportLayersModel(trainer: LocalTrainer, global: Float32Array): Promise<ExportedModel> {
-  trainer.setWeights(global);
+/**
+ * The weights with the federation's input scaling folded into the first layer, where that layer
+ * is a Dense one on the inputs (the built-in tabular models): x -> W((x - m) / s) + b is
+ * x -> (W / s) x + (b - W (m / s)), so the exported model takes raw values. Undefined where it
+ * cannot be folded (another first layer, or another input width).
+ */
+export function foldScaler(trainer: LocalTrainer, global: Float32Array, scaler: InputScaler): Float32Array | undefined {
+  const model = trainer.built.model;
+  const first = model.layers[0];
+  const [kernel, bias] = model.weights;
+  if (!first || !kernel || first.getClassName() !== 'Dense' || first.weights[0]?.name !== kernel.name) return undefined;
+  const d = scaler.mean.length;
+  const [rows, h] = kernel.shape as number[];
+  if (kernel.shape.length !== 2 || rows !== d || h === undefined) return undefined;
+  const hasBias = bias !== undefined && first.weights[1]?.name === bias.name && bias.shape.length === 1 && bias.shape[0] === h;
+  const out = Float32Array.from(global);
+  for (let k = 0; k < h; k++) {
+    let shift = 0;
+    for (let j = 0; j < d; j++) {
+      const w = global[j * h + k]!;
+      out[j * h + k] = w / scaler.std[j]!;
+      shift += (w * scaler.mean[j]!) / scaler.std[j]!;
+    }
+    // Without a bias the shift has nowhere to go: nothing is folded.
+    if (!hasBias) {
+      if (shift !== 0) return undefined;
+      continue;
+    }
+    out[d * h + k] = global[d * h + k]! - shift;
+  }
+  return out;
+}
+
+export async function exportLayersModel(trainer: LocalTrainer, global: Float32Array, scaler?: InputScaler): Promise<ExportedModel> {
+  const folded = scaler ? foldScaler(trainer, global, scaler) : undefined;
+  trainer.setWeights(folded ?? global);
   let captured: ExportedModel | undefined;
   await trainer.built.model.save(
     tf.io.withSaveHandler(async (a) => {
@@ -297,9 +333,10 @@ export async function exportLayersModel(trainer: LocalTrainer, global: Float32Ar
       return { modelArtifactsInfo: { dateSaved: new Date(0), modelTopologyType: 'JSON' } };
     }),
   );
+  if (folded) trainer.setWeights(global);
   if (!captured) throw new Error('TF.js did not hand over the model artifacts');
   if (!trainer.built.outputsProbabilities) captured.modelTopology = withSoftmax(captured.modelTopology);
-  return captured;
+  return folded ? { ...captured, takesRawInputs: true } : captured;
 }
 
 /**

@@ -132,25 +132,26 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
       const classes = job.spec.classes ?? first?.labels ?? [];
       const sampleShape = first?.sampleShape ?? [];
       const backend = first?.backend ?? { name: 'unknown', reason: 'no site reported its backend' };
+      const durationMs = performance.now() - t0;
+      // The TF.js format needs the model's topology: build it here (no data, no training).
+      const built = await buildModel(job.spec.model, sampleShape, classes.length, dirname(resolve(jobPath)));
+      const tfjsModel = await exportLayersModel(new LocalTrainer(built), result.global, result.inputScaler);
       const report = assembleRunReport({
         job,
         layout: result.layout,
         classes,
         sampleShape,
         ...(first?.features ? { features: first.features } : {}),
-        ...(result.inputScaler ? { inputScaler: result.inputScaler } : {}),
+        ...(result.inputScaler ? { inputScaler: result.inputScaler, tfjsTakesRawInputs: tfjsModel.takesRawInputs === true } : {}),
         backend,
         startedAt,
-        durationMs: performance.now() - t0,
+        durationMs,
         sites: job.spec.sites.flatMap((s) => {
           const q = result.sites[s.name]?.quality;
           return q ? [{ site: s.name, quality: q }] : [];
         }),
         result,
       });
-      // The TF.js format needs the model's topology: build it here (no data, no training).
-      const built = await buildModel(job.spec.model, sampleShape, classes.length, dirname(resolve(jobPath)));
-      const tfjsModel = await exportLayersModel(new LocalTrainer(built), result.global);
       const files = await writeOutputs(outDir, { report, layout: result.layout, weights: result.global, tfjsModel });
       const rejected = Object.entries(result.rejections).filter(([, n]) => n > 0);
       if (!flags.quiet) process.stdout.write(summaryTable(report));

@@ -77,7 +77,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
       classes,
       sampleShape,
       ...(described[0]?.features ? { features: described[0].features } : {}),
-      ...(inputScaler ? { inputScaler } : {}),
+      ...(inputScaler ? { inputScaler, tfjsTakesRawInputs: tfjsModel.takesRawInputs === true } : {}),
       backend: prepared.backend,
       startedAt,
       durationMs: performance.now() - t0,

@@ -30,6 +30,8 @@ export interface RunFacts {
   features?: string[];
   /** The federation's input scaling (tabular data scaled by its train splits). */
   inputScaler?: InputScaler;
+  /** The exported TF.js model has that scaling folded in, and takes raw values. */
+  tfjsTakesRawInputs?: boolean;
   backend: { name: string; reason: string };
   startedAt: Date;
   durationMs: number;
@@ -62,6 +64,7 @@ export function assembleRunReport(f: RunFacts): RunReport {
       classes: f.classes,
       ...(f.features ? { features: f.features } : {}),
       ...(f.inputScaler ? { inputScaler: f.inputScaler } : {}),
+      ...(f.tfjsTakesRawInputs !== undefined ? { tfjsTakesRawInputs: f.tfjsTakesRawInputs } : {}),
     },
     startedAt: f.startedAt.toISOString(),
     durationMs: f.durationMs,

@@ -60,6 +60,11 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
       out.push('', '  | feature | mean | std |', '  |---|---|---|');
       m.features.forEach((f, j) => out.push(`  | ${code(f)} | ${scaler.mean[j]} | ${scaler.std[j]} |`));
       out.push('');
+      out.push(
+        m.tfjsTakesRawInputs
+          ? '- **Inputs of the exported models:** `tfjs/model.json` takes the raw values (this scaling is folded into its first layer; give the mean for a missing value); `model.safetensors` holds the weights as trained, which take the scaled values'
+          : '- **Inputs of the exported models:** both take the scaled values: apply this scaling first',
+      );
     }
   }
   out.push(`- **Classes** (${m.classes.length}, in output index order): ${m.classes.map((c, i) => `${i} = ${code(c)}`).join(', ')}`);

@@ -53,6 +53,8 @@ export const RunReport = z.object({
     features: z.array(z.string()).optional(),
     /** Tabular data scaled by the federation: (x - mean) / std per feature, what the model's inputs must be (core/data/moments.ts). */
     inputScaler: InputScaler.optional(),
+    /** tfjs/model.json has inputScaler folded into its first layer, so it takes raw values (model.safetensors holds the weights as trained, for scaled values). */
+    tfjsTakesRawInputs: z.boolean().optional(),
   }),
   startedAt: z.string(),
   durationMs: z.number(),

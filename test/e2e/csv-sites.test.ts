@@ -2,6 +2,7 @@
 // relative to its own folder, and per-site results and data-quality counts in the report.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { runConsort, transcript } from '../helpers/consort-cli.ts';
 import { readReport, writeJob } from '../helpers/jobs.ts';
@@ -61,7 +62,7 @@ describe('consort run on CSV sites', () => {
     expect(report.final.accuracy).toBeGreaterThan(0.7);
   });
 
-  it("scales every site's inputs with the pooled moments of all train splits, the same in one process and over NATS", async () => {
+  it("scales every site's inputs with the pooled moments of all train splits, the same in one process and over NATS; the TF.js model takes raw values", async () => {
     const root = tmp('csv-scaling');
     const sites = [
       writeHospitalCsvSite(root, { name: 'north', train: 150, test: 40, prevalence: 0.3, shift: 0, blanks: { lactate: 4 } }, 31),
@@ -105,6 +106,38 @@ describe('consort run on CSV sites', () => {
     // The sites pooled their moments over NATS to the very same scaling, and so the same model.
     expect(nats.model.inputScaler).toEqual(scaler);
     expect(nats.final.modelSha256).toBe(local.final.modelSha256);
+
+    // The exported TF.js model takes raw values (the scaling folded into its first layer): on each
+    // site's raw test.csv it scores what the run reported, and so does the one the NATS run wrote.
+    for (const [name, report] of [
+      ['local', local],
+      ['nats', nats],
+    ] as const) {
+      expect(report.model.tfjsTakesRawInputs, name).toBe(true);
+      expect(readFileSync(join(root, name, 'MODEL_CARD.md'), 'utf8')).toContain('`tfjs/model.json` takes the raw values');
+      const modelJson = JSON.parse(readFileSync(join(root, name, 'tfjs/model.json'), 'utf8'));
+      const bin = readFileSync(join(root, name, 'tfjs/weights.bin'));
+      const model = await tf.loadLayersModel(
+        tf.io.fromMemory({
+          modelTopology: modelJson.modelTopology,
+          weightSpecs: modelJson.weightsManifest.flatMap((g: { weights: tf.io.WeightsManifestEntry[] }) => g.weights),
+          weightData: bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength),
+        }),
+      );
+      try {
+        for (const s of sites) {
+          const [header, ...lines] = readFileSync(join(root, s.test), 'utf8').trim().split('\n');
+          const names = header!.split(',');
+          const x = lines.map((line) => HOSPITAL_FEATURES.map((f) => Number(line.split(',')[names.indexOf(f)])));
+          const y = lines.map((line) => report.model.classes.indexOf(line.split(',')[names.indexOf('sepsis')]!));
+          const predicted = tf.tidy(() => (model.predict(tf.tensor2d(x)) as tf.Tensor).argMax(-1).arraySync() as number[]);
+          const accuracy = predicted.filter((p, i) => p === y[i]).length / lines.length;
+          expect(Math.abs(accuracy - report.final.perSite[s.name]!.accuracy), `${name} ${s.name}`).toBeLessThanOrEqual(1 / lines.length + 1e-9);
+        }
+      } finally {
+        model.dispose();
+      }
+    }
   });
 
   /** jobDir/rel's CSV (no quoted fields) rewritten with its columns in reverse and, with `id`, a text column first. */
