@@ -154,7 +154,8 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
       });
       const files = await writeOutputs(outDir, { report, layout: result.layout, weights: result.global, tfjsModel });
       const rejected = Object.entries(result.rejections).filter(([, n]) => n > 0);
-      if (!flags.quiet) process.stdout.write(summaryTable(report));
+      // The result, not a log line: printed with --quiet too (as `consort run` prints it).
+      process.stdout.write(summaryTable(report));
       process.stdout.write(
         `${rejected.length ? `rejected messages: ${rejected.map(([c, n]) => `${c} ${n}`).join(', ')}\n` : ''}wrote ${files.length} files to ${outDir}\n`,
       );

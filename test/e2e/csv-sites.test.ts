@@ -79,7 +79,10 @@ describe('consort run on CSV sites', () => {
     const run = async (name: string, flags: string[]) => {
       const r = await runConsort(['run', job, '--quiet', '--out', join(root, name), ...flags]);
       expect(r.code, transcript(r)).toBe(0);
-      return readReport(join(root, name));
+      const report = readReport(join(root, name));
+      // --quiet drops the progress, not the result: both modes print the summary and the model's hash.
+      expect(r.stdout, name).toContain(`model sha256 ${report.final.modelSha256}`);
+      return report;
     };
     const [local, nats] = await Promise.all([run('local', []), run('nats', ['--nats', 'embedded'])]);
     // What one pooled train split would give: mean and population std per column, blanks left out.
