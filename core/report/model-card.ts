@@ -49,6 +49,13 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   out.push('## Task', '');
   out.push(`- **Model:** ${md(m.type)}, ${formatCount(m.parameters)} parameters (float32 weights, batch-norm statistics included)`);
   out.push(`- **Input shape:** [${m.inputShape.join(', ')}] (per example)`);
+  // Images (the only inputs of three dimensions): what worker/data/image-folder.ts made of the files.
+  if (m.inputShape.length === 3) {
+    const [h, w, c] = m.inputShape;
+    out.push(
+      `- **Images:** ${h} × ${w} (height × width), ${c === 1 ? 'grayscale (0.299 R + 0.587 G + 0.114 B)' : 'RGB'}, resized bilinearly with half-pixel centres (TF's \`resizeBilinear\` with \`halfPixelCenters\`), values divided by 255 into [0, 1], rows first (NHWC): both exported models take them so`,
+    );
+  }
   if (m.features) {
     const scaler = m.inputScaler;
     out.push(

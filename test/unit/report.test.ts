@@ -171,6 +171,22 @@ describe('renderModelCard', () => {
     expect(card).toContain('stopped by **patience**');
   });
 
+  it('says how images become inputs, and how tabular inputs are scaled and which export takes raw values', () => {
+    const images = threeSitesPlain();
+    images.model = { ...images.model, inputShape: [16, 24, 1] };
+    const card = renderModelCard(images, CARD_FILES);
+    expect(card).toContain('- **Images:** 16 × 24 (height × width), grayscale');
+    expect(card).toContain('values divided by 255 into [0, 1]');
+    expect(renderModelCard(threeSitesPlain(), CARD_FILES)).not.toContain('**Images:**');
+
+    const tabular = threeSitesPlain();
+    tabular.model = { ...tabular.model, inputShape: [2], features: ['age', 'hr'], inputScaler: { mean: [50, 80], std: [10, 12] }, tfjsTakesRawInputs: true };
+    const scaled = renderModelCard(tabular, CARD_FILES);
+    expect(scaled).toContain('  | `hr` | 80 | 12 |');
+    expect(scaled).toContain('`tfjs/model.json` takes the raw values');
+    expect(scaled).toContain("each feature's mean and variance over a site's training rows");
+  });
+
   it('keeps table cells whole when a site name carries a pipe', () => {
     const report = threeSitesPlain();
     const pipe = 'a|b';
