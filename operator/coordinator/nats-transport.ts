@@ -459,7 +459,14 @@ export class NatsTransport implements SiteTransport {
 
   /** Each bucket's next stream sequence (undefined where the bucket cannot be asked: say, a site's not made yet). */
   private async nextSequences(): Promise<Array<{ bucket: string; kind: BucketKind; next: number | undefined }>> {
-    const jsm = await (this.jsm ??= jetstreamManager(this.o.nc, { checkAPI: false }));
+    let jsm: JetStreamManager;
+    try {
+      jsm = await (this.jsm ??= jetstreamManager(this.o.nc, { checkAPI: false }));
+    } catch (err) {
+      this.jsm = undefined;
+      this.purgeFailed('(all)', err);
+      return [];
+    }
     return Promise.all(
       this.storedBuckets().map(async (t) => {
         try {
