@@ -1,5 +1,6 @@
 // `consort run JOB.yaml`: flags checked with zod, the job read and validated, the run, the
 // outputs written atomically, and a summary table on stdout.
+import { noBetterThanMajority } from '../../core/report/no-better.ts';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
@@ -138,6 +139,8 @@ export function summaryTable(r: RunReport): string {
   ];
   if (f.pooled !== undefined) out.push(`pooled training (all data in one place): ${pct(f.pooled)}`);
   out.push(`accuracy spread across sites: min ${pct(f.accuracySpread.min)}, max ${pct(f.accuracySpread.max)}, std ${pct(f.accuracySpread.std)}`);
+  const warning = noBetterThanMajority(r);
+  if (warning) out.push(`warning: ${warning}`);
   out.push(`model sha256 ${f.modelSha256}`, '');
   return out.join('\n');
 }

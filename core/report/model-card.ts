@@ -1,5 +1,6 @@
 // MODEL_CARD.md: what the trained model is, how it was trained, how well it does where, and
 // what it must not be used for. Written for a reader who never sees report.json.
+import { noBetterThanMajority } from './no-better.ts';
 import type { RunReport } from './run-report.ts';
 import {
   describeStop,
@@ -109,6 +110,8 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
     `Final global model, on the sites' held-out test splits (${testTotal} examples; figures are sample-weighted over sites, loss is mean categorical cross-entropy): ${globalParts.join(', ')}.`,
     '',
   );
+  const warning = noBetterThanMajority(report);
+  if (warning) out.push(`**Warning:** ${warning}.`, '');
   const sp = f.accuracySpread;
   out.push(
     `Spread of per-site accuracy: min ${formatPercent(sp.min, 2)}, max ${formatPercent(sp.max, 2)}, standard deviation ${(sp.std * 100).toFixed(2)} percentage points.`,

@@ -1,3 +1,5 @@
+import { summaryTable } from '../../cli/run/command.ts';
+import { majorityClass } from '../../core/report/no-better.ts';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -185,6 +187,28 @@ describe('renderModelCard', () => {
     expect(scaled).toContain('  | `hr` | 80 | 12 |');
     expect(scaled).toContain('`tfjs/model.json` takes the raw values');
     expect(scaled).toContain("each feature's mean and variance over a site's training rows");
+  });
+
+  it('warns, in the summary and the card, when the model does no better than always answering the most common class', () => {
+    const fine = threeSitesPlain();
+    expect(summaryTable(fine)).not.toContain('warning');
+    expect(renderModelCard(fine, CARD_FILES)).not.toContain('**Warning:**');
+    const m = majorityClass(fine)!;
+    const stuck = threeSitesPlain();
+    stuck.final = { ...stuck.final, accuracy: m.share };
+    const line = summaryTable(stuck)
+      .split('\n')
+      .find((l) => l.startsWith('warning: '));
+    expect(line).toBe(
+      `warning: the federated model scores ${(m.share * 100).toFixed(1)}%, no better than always answering ${JSON.stringify(m.label)} (${(m.share * 100).toFixed(1)}% of the sites' examples): it has not learned the task (check the learning rate, the labels and the classes)`,
+    );
+    expect(renderModelCard(stuck, CARD_FILES)).toContain('**Warning:** the federated model scores');
+    // The majority is counted over every site's examples.
+    const labels = fine.sites.flatMap((s) => Object.entries(s.quality.labels));
+    const total = labels.reduce((n, [, c]) => n + c, 0);
+    const ofMajority = labels.filter(([l]) => l === m.label).reduce((n, [, c]) => n + c, 0);
+    expect(m.share).toBeCloseTo(ofMajority / total, 12);
+    expect(m.share).toBeGreaterThanOrEqual(0.5);
   });
 
   it('keeps table cells whole when a site name carries a pipe', () => {

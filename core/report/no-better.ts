@@ -1,0 +1,26 @@
+// Whether a run learned anything: a classifier that scores no better than always answering the
+// most common class has not, whatever else its report says (a learning rate that diverged, labels
+// that carry no signal, classes too imbalanced for the loss). Flower and FLARE report the number
+// and leave the reading to the user; Consort says it, in the summary and the model card.
+import type { RunReport } from './run-report.ts';
+
+/** The most common class over every site's examples (train and test), and its share of them. */
+export function majorityClass(report: Pick<RunReport, 'sites'>): { label: string; share: number } | undefined {
+  const totals = new Map<string, number>();
+  for (const { quality } of report.sites) for (const [label, n] of Object.entries(quality.labels)) totals.set(label, (totals.get(label) ?? 0) + n);
+  const all = [...totals.values()].reduce((a, b) => a + b, 0);
+  if (all === 0) return undefined;
+  const [label, n] = [...totals.entries()].reduce((best, e) => (e[1] > best[1] ? e : best));
+  return { label, share: n / all };
+}
+
+/** A warning when the final model scores no better than the majority class; undefined when it does better. */
+export function noBetterThanMajority(report: Pick<RunReport, 'sites' | 'final'>): string | undefined {
+  const m = majorityClass(report);
+  if (!m || report.final.accuracy > m.share) return undefined;
+  const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+  return (
+    `the federated model scores ${pct(report.final.accuracy)}, no better than always answering ${JSON.stringify(m.label)} ` +
+    `(${pct(m.share)} of the sites' examples): it has not learned the task (check the learning rate, the labels and the classes)`
+  );
+}
