@@ -1,5 +1,6 @@
 // report.html: one self-contained file that opens offline. Plots are inline SVG rendered here,
 // so nothing loads from a URL and no script runs in the reader's browser.
+import { noBetterThanMajority } from './no-better.ts';
 import type { DataQuality } from '../data/quality.ts';
 import type { RunReport } from './run-report.ts';
 import { finalAccuracySpec, globalCurvesSpec, renderSvg, siteCurvesSpec } from './charts.ts';
@@ -174,6 +175,7 @@ function perSiteTable(report: RunReport): string {
     const diff = f.siteAloneMean === undefined ? undefined : f.accuracy - f.siteAloneMean;
     foot.push(`<td class="num">${escapeHtml(formatPercent(f.siteAloneMean, 2))}</td>`, `<td class="num">${escapeHtml(formatPoints(diff))}</td>`);
   }
+  const warning = noBetterThanMajority(report);
   const sp = f.accuracySpread;
   const spread = `Accuracy spread over sites: min ${formatPercent(sp.min, 2)} · max ${formatPercent(sp.max, 2)} · range ${formatPoints(sp.max - sp.min).replace(/^[+±]/, '')} · std ${(sp.std * 100).toFixed(2)} pp`;
   return `<table class="grid">
@@ -183,7 +185,7 @@ ${body.join('\n')}
 </tbody>
 <tfoot><tr>${foot.join('')}</tr></tfoot>
 </table>
-<p class="spread">${escapeHtml(spread)}</p>`;
+<p class="spread">${escapeHtml(spread)}</p>${warning ? `\n<p class="warning"><strong>Warning:</strong> ${escapeHtml(warning)}.</p>` : ''}`;
 }
 
 function labelColours(report: RunReport): Map<string, string> {
@@ -277,6 +279,7 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; fo
 code.hash { word-break: break-all; }
 .muted { color: var(--muted); }
 .note, figcaption, .spread, footer { color: var(--muted); font-size: 13px; }
+.warning { border-left: 3px solid #b3261e; padding: 4px 10px; color: #b3261e; }
 figure { margin: 0 0 24px; }
 figure svg { display: block; max-width: 100%; height: auto; }
 figcaption { margin-top: 4px; }

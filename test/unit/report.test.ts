@@ -189,7 +189,7 @@ describe('renderModelCard', () => {
     expect(scaled).toContain("each feature's mean and variance over a site's training rows");
   });
 
-  it('warns, in the summary and the card, when the model does no better than always answering the most common class', () => {
+  it('warns, in the summary, the card and the page, when the model does no better than always answering the most common class', async () => {
     const fine = threeSitesPlain();
     expect(summaryTable(fine)).not.toContain('warning');
     expect(renderModelCard(fine, CARD_FILES)).not.toContain('**Warning:**');
@@ -203,6 +203,8 @@ describe('renderModelCard', () => {
       `warning: the federated model scores ${(m.share * 100).toFixed(1)}%, no better than always answering ${JSON.stringify(m.label)} (${(m.share * 100).toFixed(1)}% of the sites' examples): it has not learned the task (check the learning rate, the labels and the classes)`,
     );
     expect(renderModelCard(stuck, CARD_FILES)).toContain('**Warning:** the federated model scores');
+    expect(await renderReportHtml(stuck)).toContain('<p class="warning"><strong>Warning:</strong> the federated model scores');
+    expect(await renderReportHtml(fine)).not.toContain('class="warning"');
     // The majority is counted over every site's examples.
     const labels = fine.sites.flatMap((s) => Object.entries(s.quality.labels));
     const total = labels.reduce((n, [, c]) => n + c, 0);
