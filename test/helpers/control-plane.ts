@@ -314,7 +314,20 @@ export class ControlPlane {
     const dir = join(REPO_ROOT, 'crds');
     const files = readdirSync(dir).filter((f) => f.endsWith('.yaml'));
     for (const f of files) await this.kubectlOk(['apply', '--server-side', '--force-conflicts', '-f', join(dir, f)]);
-    await this.kubectlOk(['wait', '--for=condition=Established', '--timeout=60s', 'crd', '--all']);
+    // Polled rather than `kubectl wait`, which fails outright ("accessor error: <nil>") on a CRD
+    // whose status has no conditions yet: seen once in CI.
+    let last = '';
+    await waitUntil(
+      'CRDs established',
+      async () => {
+        const r = await this.kubectl(['get', 'crd', '-o', 'json']);
+        last = `${r.stderr}${r.stdout.slice(0, 2000)}`;
+        if (r.code !== 0) return false;
+        const items = (JSON.parse(r.stdout) as { items: Array<{ status?: { conditions?: Array<{ type: string; status: string }> } }> }).items;
+        return items.length > 0 && items.every((c) => c.status?.conditions?.some((x) => x.type === 'Established' && x.status === 'True'));
+      },
+      { timeoutMs: 60_000, intervalMs: 200, describe: () => last },
+    );
   }
 
   /** Kills the API server (SIGKILL by default) and starts it again on the same port; etcd keeps the state. */
