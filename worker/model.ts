@@ -13,6 +13,8 @@ export interface BuiltModel {
   layout: ParameterLayout;
   /** True when the last layer already applies softmax (user Layers models); ours emit logits. */
   outputsProbabilities: boolean;
+  /** Has convolutional layers (the backend choice: WebAssembly lacks their gradients). */
+  convolutional: boolean;
 }
 
 export async function buildModel(spec: ModelSpec, inputShape: number[], classes: number, baseDir: string): Promise<BuiltModel> {
@@ -20,6 +22,8 @@ export async function buildModel(spec: ModelSpec, inputShape: number[], classes:
   const layout = model.weights.map((w) => ({ name: w.originalName ?? w.name, shape: w.shape.map((d) => d ?? 1) }));
   const last = model.layers[model.layers.length - 1];
   const activation = (last?.getConfig() as { activation?: string } | undefined)?.activation;
+  // A last Softmax layer gives probabilities as an activation does (taking it for logits would apply softmax twice).
+  const outputsProbabilities = activation === 'softmax' || last?.getClassName() === 'Softmax';
   // A user's Layers model fixes its input shape; the data's must fit it (null takes any size).
   const expected = model.inputs[0]?.shape.slice(1) ?? [];
   if (expected.length !== inputShape.length || expected.some((d, i) => d !== null && d !== inputShape[i])) {
@@ -30,7 +34,7 @@ export async function buildModel(spec: ModelSpec, inputShape: number[], classes:
   if (outputShape[outputShape.length - 1] !== classes) {
     throw new WorkerError('CONSORT_W_MODEL', `model output has ${outputShape[outputShape.length - 1]} units, the job has ${classes} classes`);
   }
-  return { model, layout, outputsProbabilities: activation === 'softmax' };
+  return { model, layout, outputsProbabilities, convolutional: model.layers.some((l) => /^(Conv|SeparableConv|DepthwiseConv)/.test(l.getClassName())) };
 }
 
 /** Whether the spec builds a convolutional model (for backend choice). */

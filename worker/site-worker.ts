@@ -161,10 +161,11 @@ export class SiteWorker {
     this.classes = classes;
     this.data.clear();
     const { spec, baseDir } = this.cfg;
-    const convolutional = isConvolutional(spec.model);
-    // Count parameters on the default backend first: the backend choice depends on model size.
+    // Count parameters on the default backend first: the backend choice depends on model size, and
+    // on its layers (a user's Layers model may be convolutional too).
     const probe = await buildModel(spec.model, sampleShape, classes.length, baseDir);
     const parameters = probe.model.countParams();
+    const convolutional = isConvolutional(spec.model) || probe.convolutional;
     probe.model.dispose();
     const backend = await selectBackend(this.cfg.backend === 'auto' ? spec.training.backend : this.cfg.backend, parameters, convolutional);
     this.trainer?.built.model.dispose();

@@ -1,5 +1,6 @@
 // `consort run JOB.yaml`: flags checked with zod, the job read and validated, the run, the
 // outputs written atomically, and a summary table on stdout.
+import { separateProcessesProblem } from '../../core/job/federated-job.ts';
 import { noBetterThanMajority } from '../../core/report/no-better.ts';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
@@ -50,6 +51,9 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
       if (flags.metricsPort !== undefined)
         throw new CliError('CONSORT_CLI_USAGE', '--metrics-port serves the metrics of a run in this process; it cannot be combined with --nats');
       if (flags.baselines) throw new CliError('CONSORT_CLI_USAGE', "--baselines needs every site's data in one process; it cannot be combined with --nats");
+      // Sites that run apart cannot agree on classes they each infer from their own labels.
+      const apart = separateProcessesProblem(job.spec);
+      if (apart) throw new CliError('CONSORT_CLI_JOB_SPEC', `${jobPath}: with --nats, ${apart}`);
       return await runOverNats({
         jobPath,
         job,

@@ -27,8 +27,9 @@ export interface NatsRunOptions {
   rounds?: number;
 }
 
-function child(args: string[], label: string, quiet: boolean, stdout: 'inherit' | 'log'): ChildProcess {
-  const p = spawn(process.execPath, [...process.execArgv, CLI, ...args], {
+/** A child process, with the last `consort:` line it wrote (its error, if it stopped on one). */
+function child(args: string[], label: string, quiet: boolean, stdout: 'inherit' | 'log'): ChildProcess & { lastError?: string } {
+  const p: ChildProcess & { lastError?: string } = spawn(process.execPath, [...process.execArgv, CLI, ...args], {
     stdio: ['ignore', stdout === 'inherit' ? 'inherit' : 'pipe', 'pipe'],
     env: process.env,
   });
@@ -36,6 +37,7 @@ function child(args: string[], label: string, quiet: boolean, stdout: 'inherit' 
     if (!stream) return;
     const lines = createInterface({ input: stream });
     lines.on('line', (line) => {
+      if (line.startsWith('consort: ')) p.lastError = line.slice('consort: '.length);
       if (!quiet) process.stderr.write(`[${label}] ${line}\n`);
     });
   };
@@ -104,31 +106,31 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
       'inherit',
     );
     children.push(coordinator);
+    // A site that stops on bad input (exit 2: its data, its model) stops the run, as it would in
+    // one process: the coordinator would otherwise wait for it, or train without it and exit 0.
+    let refusedBy: { site: string; why: string } | undefined;
     for (const s of o.job.spec.sites) {
-      children.push(
-        child(
-          [
-            'site',
-            '--job',
-            o.jobPath,
-            '--site',
-            s.name,
-            '--nats',
-            url,
-            '--creds',
-            join(dir, 'sites', `${s.name}.nk`),
-            '--backend',
-            o.backend,
-            ...seed,
-            ...quiet,
-          ],
-          s.name,
-          o.quiet,
-          'log',
-        ),
+      const site = child(
+        ['site', '--job', o.jobPath, '--site', s.name, '--nats', url, '--creds', join(dir, 'sites', `${s.name}.nk`), '--backend', o.backend, ...seed, ...quiet],
+        s.name,
+        o.quiet,
+        'log',
       );
+      children.push(site);
+      site.once('exit', (code) => {
+        if (code !== 2 || stopping) return;
+        // Its own line, read to the end before 'close'.
+        site.once('close', () => {
+          refusedBy ??= { site: s.name, why: site.lastError ?? 'see its output above' };
+          stopAll();
+        });
+      });
     }
     const code = await exited(coordinator);
+    if (refusedBy) {
+      await Promise.all(children.map(exited));
+      throw new CliError('CONSORT_CLI_DATA', `site "${refusedBy.site}" stopped on bad input, so the run stopped: ${refusedBy.why}`);
+    }
     // Sites leave on the coordinator's "done"; give them a moment, then stop the stragglers.
     const grace = setTimeout(stopAll, code === 0 ? 10_000 : 0);
     await Promise.all(children.map(exited));

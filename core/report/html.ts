@@ -50,7 +50,7 @@ ${perSiteTable(report)}
 </section>
 <section>
 <h2>Data quality</h2>
-<p class="note">Counts only: no rows or values left any site. Missing values were imputed with the site\u2019s train mean; rejected rows were not used.</p>
+<p class="note">Counts only: no row or value left any site (for CSV data, each column\u2019s mean and variance did, pooled into one scaling). Missing values took the scaling\u2019s mean (the federation\u2019s, for CSV data); rejected rows were not used.</p>
 ${qualityTable(report)}
 </section>
 <footer>report.json format <code>${escapeHtml(report.format)}</code> · rendered by consort</footer>

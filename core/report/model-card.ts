@@ -172,7 +172,7 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
       parts.push(`${total} row${total === 1 ? '' : 's'} rejected (${rejected.map(([r, n]) => `${n} ${md(r)}`).join('; ')})`);
     }
     if (missing.length > 0) {
-      parts.push(`missing values imputed with the train mean (${missing.map(([c, n]) => `${md(c)}: ${n}`).join(', ')})`);
+      parts.push(`missing values filled with the scaling's mean, the federation's for CSV data (${missing.map(([c, n]) => `${md(c)}: ${n}`).join(', ')})`);
     }
     return [`- **${md(site)}:** ${parts.join('; ')}.`];
   });

@@ -126,6 +126,29 @@ describe('bad site data', () => {
     expect(message).toContain('"high"');
   });
 
+  it.concurrent('a number too large to read (1e400) names the file, the line and the column', async () => {
+    const dir = tmp('bad-data');
+    const good = '60,86,18,37.1,126,97,8.5,1.5,1.05,255,0.75,15,no';
+    const train = writeDataFile(dir, 'data/broken-site/train.csv', hospitalCsvText([good, good, '61,90,19,37.5,120,96,9.1,1e400,1.1,240,0.8,15,yes', good]));
+    const { message } = await expectBadInput(csvJob(dir, csvData({ train })), join(dir, 'out'));
+    expect(message).toContain(`${train} line 4: column "lactate" is "1e400", too large for a number`);
+  });
+
+  it.concurrent('over --nats embedded, CSV sites without spec.classes are refused before anything starts', async () => {
+    const dir = tmp('bad-data');
+    const job = csvJob(dir, csvData({ train: 'data/broken-site/nowhere.csv' }));
+    const { message } = await expectBadInput(job, join(dir, 'out'), ['--nats', 'embedded']);
+    expect(message).toContain('with --nats, spec.classes: required when sites run apart with CSV or image data');
+  });
+
+  it.concurrent('over --nats embedded, a site that stops on bad data stops the run (no training without it)', async () => {
+    const dir = tmp('bad-data');
+    const job = csvJob(dir, csvData({ train: 'data/broken-site/nowhere.csv' }), { classes: ['no', 'yes'] });
+    const { message } = await expectBadInput(job, join(dir, 'out'), ['--nats', 'embedded']);
+    expect(message).toContain('site "broken-site" stopped on bad input, so the run stopped:');
+    expect(message).toContain('data/broken-site/nowhere.csv');
+  });
+
   it.concurrent('a row with a missing field names the file and the line', async () => {
     const dir = tmp('bad-data');
     const good = '60,86,18,37.1,126,97,8.5,1.5,1.05,255,0.75,15,no';

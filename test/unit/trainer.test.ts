@@ -187,6 +187,27 @@ describe('buildModel refuses a model that cannot take the data', () => {
     }
   });
 
+  it("a user's Layers model: a last Softmax layer gives probabilities, and conv layers make it convolutional", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'consort-layers-'));
+    try {
+      const save = (name: string, m: tf.LayersModel) => writeFileSync(join(dir, name), JSON.stringify(m.toJSON(null, false)));
+      save('softmax-layer.json', tf.sequential({ layers: [tf.layers.dense({ units: 2, inputShape: [3] }), tf.layers.softmax()] }));
+      save('logits.json', tf.sequential({ layers: [tf.layers.dense({ units: 2, inputShape: [3] })] }));
+      save(
+        'conv.json',
+        tf.sequential({ layers: [tf.layers.conv2d({ filters: 2, kernelSize: 3, inputShape: [8, 8, 1] }), tf.layers.flatten(), tf.layers.dense({ units: 2 })] }),
+      );
+      const built = async (path: string, shape: number[]) => buildModel({ type: 'layers', path }, shape, 2, dir);
+      const softmax = await built('softmax-layer.json', [3]);
+      expect([softmax.outputsProbabilities, softmax.convolutional]).toEqual([true, false]);
+      const logits = await built('logits.json', [3]);
+      expect(logits.outputsProbabilities).toBe(false);
+      expect((await built('conv.json', [8, 8, 1])).convolutional).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a cnn whose blocks would halve the image below one pixel', async () => {
     const cnn = { type: 'cnn' as const, filters: [8, 8, 8], kernelSize: 3, dense: 16 };
     expect(await modelError(buildModel(cnn, [6, 6, 1], 3, '.'))).toBe(

@@ -126,8 +126,14 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
       if (field === '') {
         row[j] = Number.NaN;
         missingHere++;
-      } else if (NUMBER.test(field)) {
+      } else if (NUMBER.test(field) && Number.isFinite(Number(field))) {
         row[j] = Number(field);
+      } else if (NUMBER.test(field)) {
+        // 1e400 reads as Infinity, which would turn the pooled scaling, and every site's training, into NaN.
+        throw new WorkerError('CONSORT_W_DATA_ROW', `${shown} line ${line}: column "${header[c]}" is ${quote(field)}, too large for a number`, {
+          file: resolved,
+          line,
+        });
       } else {
         throw new WorkerError(
           'CONSORT_W_DATA_ROW',
