@@ -17,8 +17,14 @@ export function majorityClass(report: Pick<RunReport, 'sites'>): { label: string
 /** A warning when the final model scores no better than the majority class; undefined when it does better. */
 export function noBetterThanMajority(report: Pick<RunReport, 'sites' | 'final'>): string | undefined {
   const m = majorityClass(report);
-  if (!m || report.final.accuracy > m.share) return undefined;
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+  // A constant answer ranks nothing: its AUC is 0.5, whatever its accuracy on a test split a little
+  // more lopsided than the sites' data as a whole.
+  const auc = report.final.auc;
+  if (auc !== undefined && auc <= 0.501) {
+    return `the federated model's AUC is ${auc.toFixed(3)}: it ranks the examples no better than chance, whatever its accuracy (${pct(report.final.accuracy)}): it has not learned the task (check the learning rate, the labels and the classes)`;
+  }
+  if (!m || report.final.accuracy > m.share) return undefined;
   return (
     `the federated model scores ${pct(report.final.accuracy)}, no better than always answering ${JSON.stringify(m.label)} ` +
     `(${pct(m.share)} of the sites' examples): it has not learned the task (check the learning rate, the labels and the classes)`

@@ -203,6 +203,10 @@ describe('renderModelCard', () => {
       `warning: the federated model scores ${(m.share * 100).toFixed(1)}%, no better than always answering ${JSON.stringify(m.label)} (${(m.share * 100).toFixed(1)}% of the sites' examples): it has not learned the task (check the learning rate, the labels and the classes)`,
     );
     expect(renderModelCard(stuck, CARD_FILES)).toContain('**Warning:** the federated model scores');
+    // A constant answer on a test split more lopsided than the data: its accuracy beats the share, its AUC is 0.5.
+    const constant = threeSitesPlain();
+    constant.final = { ...constant.final, accuracy: Math.min(1, m.share + 0.005), auc: 0.5 };
+    expect(summaryTable(constant)).toContain("warning: the federated model's AUC is 0.500: it ranks the examples no better than chance");
     expect(await renderReportHtml(stuck)).toContain('<p class="warning"><strong>Warning:</strong> the federated model scores');
     expect(await renderReportHtml(fine)).not.toContain('class="warning"');
     // The majority is counted over every site's examples.
