@@ -59,9 +59,18 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
   let server: NatsServer | undefined;
   const children: ChildProcess[] = [];
   let stopping = false;
+  const alive = () => children.filter((c) => c.exitCode === null && c.signalCode === null);
+  let killing = false;
   const stopAll = () => {
     stopping = true;
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+    for (const c of alive()) c.kill('SIGTERM');
+    // A child caught by the signal where it cannot act on it yet (still loading its data, say)
+    // would keep the run waiting for ever: what is left after a few seconds is killed.
+    if (killing) return;
+    killing = true;
+    setTimeout(() => {
+      for (const c of alive()) c.kill('SIGKILL');
+    }, 5000).unref();
   };
   // Held until the cleanup below is over (not once): a second Ctrl-C must not kill this process
   // before it has stopped the server and removed the folder that holds every site's key.
