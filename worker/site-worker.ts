@@ -81,8 +81,9 @@ export function keepsSiteState(spec: FederatedJobSpec): boolean {
 export class SiteWorker {
   private readonly cfg: SiteWorkerConfig;
   private classes: string[] | undefined;
-  /** The federation's input scaling (core/data/moments.ts), once known. */
+  /** The federation's input scaling (core/data/moments.ts), once known, and its JSON (a task's is compared with it). */
   private scaler: InputScaler | undefined;
+  private scalerJson = '';
   private readonly data = new Map<number, SiteData>();
   private trainer: LocalTrainer | undefined;
   /** SCAFFOLD's client control variates c_i: site state that never leaves the site. */
@@ -137,8 +138,10 @@ export class SiteWorker {
    * is read again). The same scaler again changes nothing.
    */
   useScaler(scaler: InputScaler): void {
-    if (this.scaler && JSON.stringify(this.scaler) === JSON.stringify(scaler)) return;
+    const json = JSON.stringify(scaler);
+    if (json === this.scalerJson) return;
     this.scaler = scaler;
+    this.scalerJson = json;
     this.data.clear();
   }
 

@@ -7,7 +7,7 @@
 import { type ObjectStore, Objm } from '@nats-io/obj';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
-import type { ModelReference } from '../../core/job/federated-job-status.ts';
+import { ModelReference } from '../../core/job/federated-job-status.ts';
 import { CoordinatorStatus, RoundNotice } from '../../core/protocol/messages.ts';
 import { describeIssues } from '../../core/job/issues.ts';
 import { buckets, jobKey, objectNames, subjects } from '../../core/protocol/subjects.ts';
@@ -260,14 +260,8 @@ export class PodRun implements JobRun {
         const info = this.#models ? await this.#models.info(FINAL_MODEL) : null;
         const sha256 = info && !info.deleted ? sha256OfObjectStoreDigest(info.digest) : undefined;
         if (info && sha256) {
-          const weightsSha256 = info.metadata?.[WEIGHTS_SHA256_KEY];
-          this.progress.model = {
-            bucket: b.models,
-            object: FINAL_MODEL,
-            sha256,
-            ...(weightsSha256 && /^[0-9a-f]{64}$/.test(weightsSha256) ? { weightsSha256 } : {}),
-            bytes: info.size,
-          };
+          const weightsSha256 = ModelReference.shape.weightsSha256.safeParse(info.metadata?.[WEIGHTS_SHA256_KEY]).data;
+          this.progress.model = { bucket: b.models, object: FINAL_MODEL, sha256, ...(weightsSha256 ? { weightsSha256 } : {}), bytes: info.size };
           this.progress.state = 'succeeded';
         } else if (done) {
           this.progress.state = 'failed';

@@ -458,19 +458,20 @@ export class NatsTransport implements SiteTransport {
   }
 
   /** Each bucket's next stream sequence (undefined where the bucket cannot be asked: say, a site's not made yet). */
-  private async nextSequences(): Promise<Array<{ bucket: string; kind: BucketKind; next: number | undefined }>> {
-    let jsm: JetStreamManager;
-    try {
-      jsm = await (this.jsm ??= jetstreamManager(this.o.nc, { checkAPI: false }));
-    } catch (err) {
+  /** The JetStream manager of the purges, made once (and again after it could not be made). */
+  private manager(): Promise<JetStreamManager> {
+    this.jsm ??= jetstreamManager(this.o.nc, { checkAPI: false }).catch((err: unknown) => {
       this.jsm = undefined;
-      this.purgeFailed('(all)', err);
-      return [];
-    }
+      throw err;
+    });
+    return this.jsm;
+  }
+
+  private async nextSequences(): Promise<Array<{ bucket: string; kind: BucketKind; next: number | undefined }>> {
     return Promise.all(
       this.storedBuckets().map(async (t) => {
         try {
-          return { ...t, next: (await jsm.streams.info(`OBJ_${t.bucket}`)).state.last_seq + 1 };
+          return { ...t, next: (await (await this.manager()).streams.info(`OBJ_${t.bucket}`)).state.last_seq + 1 };
         } catch (err) {
           this.purgeFailed(t.bucket, err);
           return { ...t, next: undefined };
@@ -489,8 +490,7 @@ export class NatsTransport implements SiteTransport {
   /** Purges `bucket`'s messages below sequence `below`, without waiting (settled() does). */
   private purgeBelow(bucket: string, below: number): void {
     const p = (async () => {
-      const jsm = await (this.jsm ??= jetstreamManager(this.o.nc, { checkAPI: false }));
-      await jsm.streams.purge(`OBJ_${bucket}`, { seq: below });
+      await (await this.manager()).streams.purge(`OBJ_${bucket}`, { seq: below });
       this.purgeFailures.delete(bucket);
     })().catch((err: unknown) => this.purgeFailed(bucket, err));
     this.purges.add(p);
