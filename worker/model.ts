@@ -20,7 +20,15 @@ export interface BuiltModel {
 export async function buildModel(spec: ModelSpec, inputShape: number[], classes: number, baseDir: string): Promise<BuiltModel> {
   const model = await buildLayers(spec, inputShape, classes, baseDir);
   const layout = model.weights.map((w) => ({ name: w.originalName ?? w.name, shape: w.shape.map((d) => d ?? 1) }));
-  const last = model.layers[model.layers.length - 1];
+  // One input and one output: a site's examples are one tensor, its labels one class each.
+  if (model.inputs.length !== 1 || model.outputs.length !== 1) {
+    throw new WorkerError(
+      'CONSORT_W_MODEL',
+      `the model has ${model.inputs.length} inputs and ${model.outputs.length} outputs; a Consort model takes one input (the examples) and gives one output (the classes)`,
+    );
+  }
+  // A functional model's output layer need not be the last one listed.
+  const last = model.outputLayers[0] ?? model.layers[model.layers.length - 1];
   const activation = (last?.getConfig() as { activation?: string } | undefined)?.activation;
   // A last Softmax layer gives probabilities as an activation does (taking it for logits would apply softmax twice).
   const outputsProbabilities = activation === 'softmax' || last?.getClassName() === 'Softmax';

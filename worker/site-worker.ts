@@ -346,13 +346,28 @@ export async function exportLayersModel(trainer: LocalTrainer, global: Float32Ar
 /**
  * The topology of a model that trains on logits (the loss applies softmax itself), ending in a
  * softmax layer: what a user of the exported model expects `predict` to give is each class's
- * probability. The layer has no weights, so the weights file is unchanged.
+ * probability. The layer has no weights, so the weights file is unchanged. A Sequential model
+ * gets it as its last layer; a functional one (Model, Keras 3's Functional) as a layer fed by its
+ * one output, which it then replaces.
  */
-function withSoftmax(topology: ExportedModel['modelTopology']): ExportedModel['modelTopology'] {
-  const t = topology as { class_name?: string; config?: { layers?: unknown[] } } | undefined;
-  if (t?.class_name !== 'Sequential' || !Array.isArray(t.config?.layers)) {
-    throw new Error(`cannot add softmax to a ${t?.class_name ?? 'missing'} topology (the built-in models are Sequential)`);
+export function withSoftmax(topology: ExportedModel['modelTopology']): ExportedModel['modelTopology'] {
+  type Layer = { name?: string; config?: { name?: string } };
+  const t = topology as { class_name?: string; config?: { layers?: Layer[]; output_layers?: unknown[] } } | undefined;
+  const layers = t?.config?.layers;
+  if (!t || !Array.isArray(layers)) throw new Error(`cannot add softmax to a ${t?.class_name ?? 'missing'} topology: it lists no layers`);
+  const taken = new Set(layers.map((l) => l.name ?? l.config?.name));
+  let name = 'probabilities';
+  for (let i = 1; taken.has(name); i++) name = `probabilities_${i}`;
+  const config = { name, trainable: true, dtype: 'float32', activation: 'softmax' };
+  if (t.class_name === 'Sequential') {
+    return { ...t, config: { ...t.config, layers: [...layers, { class_name: 'Activation', config }] } } as ExportedModel['modelTopology'];
   }
-  const softmax = { class_name: 'Activation', config: { name: 'probabilities', trainable: true, dtype: 'float32', activation: 'softmax' } };
-  return { ...t, config: { ...t.config, layers: [...t.config.layers, softmax] } } as ExportedModel['modelTopology'];
+  const outputs = t.config?.output_layers;
+  const output = Array.isArray(outputs) && outputs.length === 1 ? outputs[0] : undefined;
+  if (!Array.isArray(output) || typeof output[0] !== 'string') {
+    throw new Error(`cannot add softmax to a ${t.class_name ?? 'missing'} topology: it does not name one output layer`);
+  }
+  const [layer, node = 0, tensor = 0] = output as [string, number?, number?];
+  const softmax = { name, class_name: 'Activation', config, inbound_nodes: [[[layer, node, tensor, {}]]] };
+  return { ...t, config: { ...t.config, layers: [...layers, softmax], output_layers: [[name, 0, 0]] } } as ExportedModel['modelTopology'];
 }

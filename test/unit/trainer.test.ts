@@ -12,7 +12,7 @@ import { proximalGradient, scaffoldControlUpdate, scaffoldCorrectedGradient } fr
 import { selectBackend, tf } from '../../worker/backend.ts';
 import type { Dataset } from '../../worker/data/dataset.ts';
 import { buildModel } from '../../worker/model.ts';
-import { SiteWorker } from '../../worker/site-worker.ts';
+import { exportLayersModel, SiteWorker } from '../../worker/site-worker.ts';
 import { LocalTrainer } from '../../worker/trainer.ts';
 
 const D = 3;
@@ -203,6 +203,42 @@ describe('buildModel refuses a model that cannot take the data', () => {
       const logits = await built('logits.json', [3]);
       expect(logits.outputsProbabilities).toBe(false);
       expect((await built('conv.json', [8, 8, 1])).convolutional).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a user's functional model of logits exports with a softmax after its output; one of two outputs is refused", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'consort-functional-'));
+    try {
+      const input = tf.input({ shape: [3], name: 'features' });
+      const hidden = tf.layers.dense({ units: 4, activation: 'relu', name: 'hidden' }).apply(input) as tf.SymbolicTensor;
+      const logits = tf.layers.dense({ units: 2, name: 'logits' }).apply(hidden) as tf.SymbolicTensor;
+      // Listed out of order: the output layer is not the last one (the topology is a graph).
+      const side = tf.layers.dense({ units: 1, name: 'side' }).apply(hidden) as tf.SymbolicTensor;
+      writeFileSync(join(dir, 'model.json'), JSON.stringify(tf.model({ inputs: input, outputs: logits }).toJSON(null, false)));
+      writeFileSync(join(dir, 'two.json'), JSON.stringify(tf.model({ inputs: input, outputs: [logits, side] }).toJSON(null, false)));
+      const built = await buildModel({ type: 'layers', path: 'model.json' }, [3], 2, dir);
+      expect(built.outputsProbabilities).toBe(false);
+      const trainer = new LocalTrainer(built);
+      const weights = initialParameters(built.layout, 7);
+      const exported = await exportLayersModel(trainer, weights);
+      const loaded = await tf.loadLayersModel(
+        tf.io.fromMemory({ modelTopology: exported.modelTopology, weightSpecs: exported.weightSpecs, weightData: exported.weightData }),
+      );
+      const x = tf.tensor2d([
+        [1, -2, 0.5],
+        [0.3, 0.1, -1],
+      ]);
+      trainer.setWeights(weights);
+      const want = tf.softmax(built.model.predict(x) as tf.Tensor).arraySync() as number[][];
+      const got = (loaded.predict(x) as tf.Tensor).arraySync() as number[][];
+      for (let i = 0; i < 2; i++) for (let k = 0; k < 2; k++) expect(got[i]![k]).toBeCloseTo(want[i]![k]!, 6);
+      expect(got[0]![0]! + got[0]![1]!).toBeCloseTo(1, 6);
+      x.dispose();
+      expect(await modelError(buildModel({ type: 'layers', path: 'two.json' }, [3], 2, dir))).toMatch(
+        /has 1 inputs and 2 outputs; a Consort model takes one input/,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
