@@ -9,6 +9,7 @@ export const OperatorErrorCodes = {
   CONSORT_C_PAUSED: 'the job was suspended after a round; its checkpoint is saved',
   CONSORT_C_ABORTED: 'the run was stopped (job deleted, or the operator is shutting down)',
   CONSORT_C_CHECKPOINT: "the job's checkpoint was written by the job with other terms (seed, model, training, strategy, compression)",
+  CONSORT_C_INITIAL_WEIGHTS: "the sites' model file carries weights (a pre-trained model), but no site's copy of them could be read",
   CONSORT_API_BAD_REQUEST: 'a path or query parameter is invalid (the answer names it in `field`)',
   CONSORT_API_UNAUTHENTICATED: 'no bearer token, or one the API server does not accept (TokenReview)',
   CONSORT_API_FORBIDDEN: 'the user may not get this FederatedJob (or /metrics): SubjectAccessReview said no',

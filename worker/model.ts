@@ -2,9 +2,10 @@
 // the global model (round 1: core's seeded initialParameters), so the builder's own random
 // initialisers never decide anything.
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import type { ModelSpec } from '../core/job/federated-job.ts';
 import type { ParameterLayout } from '../core/model/layout.ts';
+import { WeightsError, WeightsManifest, weightsInLayout } from '../core/model/tfjs-weights.ts';
 import { tf } from './backend.ts';
 import { WorkerError } from './errors.ts';
 
@@ -15,6 +16,8 @@ export interface BuiltModel {
   outputsProbabilities: boolean;
   /** Has convolutional layers (the backend choice: WebAssembly lacks their gradients). */
   convolutional: boolean;
+  /** A user's model.json with weights: those weights in the layout's order, round 1's global model. */
+  initial?: Float32Array;
 }
 
 export async function buildModel(spec: ModelSpec, inputShape: number[], classes: number, baseDir: string): Promise<BuiltModel> {
@@ -42,7 +45,47 @@ export async function buildModel(spec: ModelSpec, inputShape: number[], classes:
   if (outputShape[outputShape.length - 1] !== classes) {
     throw new WorkerError('CONSORT_W_MODEL', `model output has ${outputShape[outputShape.length - 1]} units, the job has ${classes} classes`);
   }
-  return { model, layout, outputsProbabilities, convolutional: model.layers.some((l) => /^(Conv|SeparableConv|DepthwiseConv)/.test(l.getClassName())) };
+  const initial = spec.type === 'layers' ? layersWeights(resolve(baseDir, spec.path), layout) : undefined;
+  return {
+    model,
+    layout,
+    outputsProbabilities,
+    convolutional: model.layers.some((l) => /^(Conv|SeparableConv|DepthwiseConv)/.test(l.getClassName())),
+    ...(initial ? { initial } : {}),
+  };
+}
+
+/**
+ * The weights a model.json's weightsManifest names (files beside it), in the layout's order;
+ * undefined when it names none (the topology alone: a seeded start).
+ */
+function layersWeights(path: string, layout: ParameterLayout): Float32Array | undefined {
+  const raw = (JSON.parse(readFileSync(path, 'utf8')) as { weightsManifest?: unknown }).weightsManifest;
+  if (raw === undefined) return undefined;
+  const manifest = WeightsManifest.safeParse(raw);
+  if (!manifest.success) {
+    const issue = manifest.error.issues[0];
+    throw new WorkerError('CONSORT_W_MODEL', `${path}: weightsManifest.${issue?.path.join('.')}: ${issue?.message}`, { file: path });
+  }
+  const groups = manifest.data.map((group) =>
+    Buffer.concat(
+      group.paths.map((p) => {
+        const file = resolve(dirname(path), p);
+        try {
+          return readFileSync(file);
+        } catch (err) {
+          const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
+          throw new WorkerError('CONSORT_W_MODEL', `cannot read the weights file ${file} that ${path} names: ${why}`, { file, cause: err });
+        }
+      }),
+    ),
+  );
+  try {
+    return weightsInLayout(manifest.data, groups, layout);
+  } catch (err) {
+    if (err instanceof WeightsError) throw new WorkerError('CONSORT_W_MODEL', `${path}: ${err.message}`, { file: path, cause: err });
+    throw err;
+  }
 }
 
 /** Whether the spec builds a convolutional model (for backend choice). */

@@ -38,6 +38,8 @@ export interface PreparedModel {
   layout: ParameterLayout;
   backend: BackendChoice;
   convolutional: boolean;
+  /** The weights the model file carries (a user's pre-trained model): round 1's global model. */
+  initial?: Float32Array;
 }
 
 export interface FitTask {
@@ -173,7 +175,8 @@ export class SiteWorker {
     const backend = await selectBackend(this.cfg.backend === 'auto' ? spec.training.backend : this.cfg.backend, parameters, convolutional);
     this.trainer?.built.model.dispose();
     this.trainer = new LocalTrainer(await buildModel(spec.model, sampleShape, classes.length, baseDir));
-    return { layout: this.trainer.built.layout, backend, convolutional };
+    const { initial } = this.trainer.built;
+    return { layout: this.trainer.built.layout, backend, convolutional, ...(initial ? { initial } : {}) };
   }
 
   private ready(): { trainer: LocalTrainer; classes: string[] } {

@@ -143,6 +143,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         sampleShape,
         ...(first?.features ? { features: first.features } : {}),
         ...(result.inputScaler ? { inputScaler: result.inputScaler, tfjsTakesRawInputs: tfjsModel.takesRawInputs === true } : {}),
+        initialWeights: result.initialWeights,
         backend,
         startedAt,
         durationMs,

@@ -52,7 +52,8 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
     const inputScaler = federationScaler(described);
     const prepared = await pool.prepare(classes, sampleShape, inputScaler);
     opts.events?.phase?.(`backend ${prepared.backend.name}: ${prepared.backend.reason}`);
-    const initial = initialParameters(prepared.layout, spec.seed);
+    // A pre-trained model file starts from its own weights; otherwise a seeded start.
+    const initial = prepared.initial ?? initialParameters(prepared.layout, spec.seed);
 
     const coordinator = new RoundCoordinator({
       spec,
@@ -78,6 +79,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
       sampleShape,
       ...(described[0]?.features ? { features: described[0].features } : {}),
       ...(inputScaler ? { inputScaler, tfjsTakesRawInputs: tfjsModel.takesRawInputs === true } : {}),
+      initialWeights: prepared.initial ? 'model file' : 'seeded',
       backend: prepared.backend,
       startedAt,
       durationMs: performance.now() - t0,

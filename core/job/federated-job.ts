@@ -45,7 +45,12 @@ export const ModelSpec = z
     z
       .object({
         type: z.literal('layers'),
-        path: z.string().min(1).describe('A TF.js Layers or Keras model JSON file (topology; weights optional).'),
+        path: z
+          .string()
+          .min(1)
+          .describe(
+            'A TF.js Layers or Keras model JSON file: its topology, and its weights (weightsManifest) when it has them, which training starts from (fine-tuning a pre-trained model); without them, from seeded weights.',
+          ),
       })
       .strict()
       .describe('A model defined by a TF.js/Keras Layers JSON file.'),

@@ -67,6 +67,15 @@ export const Hello = z
     quality: DataQuality.optional(),
     /** Tabular data: its train split's moments per feature (counts, means, squared deviations), pooled into the federation's scaling. */
     moments: FeatureMoments.optional(),
+    /**
+     * The site's model file carries weights (a pre-trained model): their safetensors object
+     * (objectNames.initial, in the site's updates bucket), which every site's must equal and
+     * which round 1 starts from.
+     */
+    initial: z
+      .object({ sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number().int().positive() })
+      .strict()
+      .optional(),
     /** The TF.js backend the site trains on, and why. */
     backend: z
       .object({ name: z.string().max(64), reason: z.string().max(1000) })

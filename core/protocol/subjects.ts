@@ -72,6 +72,8 @@ export const objectNames = {
   control: (round: number) => `control/r${round}`,
   update: (round: number, nonce: string) => `update/r${round}/${nonce}`,
   checkpoint: 'checkpoint',
+  /** A site's copy of the weights its model file carries (a pre-trained model), in its own bucket: round 1's global model. */
+  initial: 'initial',
 };
 
 /** Inbox prefix of a user, so that replies to one site cannot be read by another. */

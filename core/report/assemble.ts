@@ -32,6 +32,8 @@ export interface RunFacts {
   inputScaler?: InputScaler;
   /** The exported TF.js model has that scaling folded in, and takes raw values. */
   tfjsTakesRawInputs?: boolean;
+  /** Where round 1 started: the model file's weights (a pre-trained model), or seeded ones. */
+  initialWeights: 'model file' | 'seeded';
   backend: { name: string; reason: string };
   startedAt: Date;
   durationMs: number;
@@ -65,6 +67,7 @@ export function assembleRunReport(f: RunFacts): RunReport {
       ...(f.features ? { features: f.features } : {}),
       ...(f.inputScaler ? { inputScaler: f.inputScaler } : {}),
       ...(f.tfjsTakesRawInputs !== undefined ? { tfjsTakesRawInputs: f.tfjsTakesRawInputs } : {}),
+      initialWeights: f.initialWeights,
     },
     startedAt: f.startedAt.toISOString(),
     durationMs: f.durationMs,

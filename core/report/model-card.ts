@@ -75,6 +75,7 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
       );
     }
   }
+  if (m.initialWeights === 'model file') out.push('- **Starting weights:** those of the model file (a pre-trained model), fine-tuned by the federation');
   out.push(`- **Classes** (${m.classes.length}, in output index order): ${m.classes.map((c, i) => `${i} = ${code(c)}`).join(', ')}`);
   out.push('- **Output:** the probability of each class (`tfjs/model.json` ends in softmax)');
   out.push('');

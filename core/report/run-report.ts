@@ -55,6 +55,8 @@ export const RunReport = z.object({
     inputScaler: InputScaler.optional(),
     /** tfjs/model.json has inputScaler folded into its first layer, so it takes raw values (model.safetensors holds the weights as trained, for scaled values). */
     tfjsTakesRawInputs: z.boolean().optional(),
+    /** Round 1 started from the weights the model file carries (a pre-trained model), or from seeded ones. */
+    initialWeights: z.enum(['model file', 'seeded']).optional(),
   }),
   startedAt: z.string(),
   durationMs: z.number(),

@@ -46,6 +46,7 @@ export function assembleJobReport(f: JobReportFacts): RunReport | undefined {
     sampleShape: first?.sampleShape ?? [],
     ...(first?.features ? { features: first.features } : {}),
     ...(f.inputScaler ? { inputScaler: f.inputScaler } : {}),
+    initialWeights: first?.initialSha256 ? 'model file' : 'seeded',
     backend: first?.backend ?? { name: 'unknown', reason: 'no site reported its backend' },
     startedAt: started,
     durationMs: Math.max(0, ended.getTime() - started.getTime()),

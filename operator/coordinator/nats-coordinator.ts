@@ -17,8 +17,9 @@ import { emptyTally, type RoundTally, tallyRounds } from './round-tally.ts';
 import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejections.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, jobKey, OBJECT_PUT, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
-import { safetensorsParts } from '../../core/tensor/safetensors.ts';
+import { buckets, jobKey, OBJECT_PUT, OBJECT_READ_BATCH_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { ObjectMismatchError, readObject } from '../../core/protocol/object-read.ts';
+import { decodeSafetensors, safetensorsParts } from '../../core/tensor/safetensors.ts';
 import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
 import { OperatorError } from '../errors.ts';
 import { weightsSha256 } from '../../core/report/assemble.ts';
@@ -107,6 +108,8 @@ export interface JoinedSite {
   backend?: { name: string; reason: string };
   /** Tabular data: its train split's moments, which the federation's scaling pools. */
   moments?: FeatureMoments;
+  /** Its model file carries weights (a pre-trained model): their safetensors object's SHA-256. */
+  initialSha256?: string;
 }
 
 export interface NatsCoordinatorResult extends CoordinatorResult {
@@ -119,6 +122,8 @@ export interface NatsCoordinatorResult extends CoordinatorResult {
   bytesOut: Record<number, number>;
   /** The federation's input scaling (tabular data scaled by its train splits). */
   inputScaler?: InputScaler;
+  /** Round 1 started from the weights the sites' model file carries (a pre-trained model), or from seeded ones. */
+  initialWeights: 'model file' | 'seeded';
   /** The final model as stored: bucket, object name, SHA-256 and size of its safetensors bytes, SHA-256 of its weights (weightsSha256). */
   model: { bucket: string; object: string; sha256: string; weightsSha256: string; bytes: number };
 }
@@ -246,6 +251,13 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
   const welcome = (msg: Msg, w: Omit<Welcome, 'type' | 'protocol' | 'round' | 'done'>) =>
     msg.respond(json({ type: 'welcome', protocol: PROTOCOL_VERSION, round, done, ...w } satisfies Welcome));
   const refusedHello = new Set<string>();
+  /**
+   * What the sites' model files carry, as the first site accepted said: a pre-trained model's
+   * weights (their object's digest), or 'seeded' (a topology alone). Every site must say the same;
+   * those that carry weights each hold a copy round 1 can start from.
+   */
+  let startsFrom: string | undefined;
+  const initialCopies = new Map<string, NonNullable<Hello['initial']>>();
   /** Each site's process, as its hellos name it. */
   const instances = new Map<string, string>();
   const onHello = (msg: Msg) => {
@@ -283,6 +295,16 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     const other = Object.entries(joined).find(([s, j]) => s !== site && j.features);
     const differ = other && featuresDiffer(other[1].features, h.data.features);
     if (differ) return refuse('CONSORT_R_WRONG_SHAPE', `the site's feature columns are not those of site "${other[0]}": ${differ}`);
+    const from = h.data.initial?.sha256 ?? 'seeded';
+    if (startsFrom !== undefined && from !== startsFrom) {
+      const what = (d: string) => (d === 'seeded' ? 'no weights (a seeded start)' : `weights of SHA-256 ${d.slice(0, 12)}…`);
+      return refuse(
+        'CONSORT_R_WRONG_JOB',
+        `the site's model file carries ${what(from)}, the other sites' ${what(startsFrom)}; every site must have the same model file`,
+      );
+    }
+    startsFrom = from;
+    if (h.data.initial) initialCopies.set(site, h.data.initial);
     if (!lastSeen.has(site)) log(`site "${site}" joined`);
     // Another process of a site already here: it lost whatever task it had been sent (a round waiting for it gets it again).
     const before = instances.get(site);
@@ -298,9 +320,45 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       ...(h.data.quality ? { quality: h.data.quality } : {}),
       ...(h.data.moments ? { moments: h.data.moments } : {}),
       ...(h.data.backend ? { backend: h.data.backend } : {}),
+      ...(h.data.initial ? { initialSha256: h.data.initial.sha256 } : {}),
     };
     lastSeen.set(site, Date.now());
     welcome(msg, { accepted: true });
+  };
+
+  /**
+   * A pre-trained model's weights, read from the first site's copy that reads whole and is what
+   * its hello said; undefined for a seeded start.
+   */
+  const initialFromSites = async (): Promise<Float32Array | undefined> => {
+    if (initialCopies.size === 0) return undefined;
+    const problems: string[] = [];
+    for (const [site, copy] of initialCopies) {
+      const b = bucket.updates(site);
+      try {
+        const bytes = await retrying(
+          () =>
+            readObject(objectWire(nc, b), b, objectNames.initial, {
+              expect: { bucket: b, name: objectNames.initial, ...copy },
+              maxBytes: copy.size,
+              batchBytes: OBJECT_READ_BATCH_BYTES,
+            }),
+          { until: Date.now() + WRITE_RETRY_MS, retryable: (err) => !(err instanceof ObjectMismatchError) },
+        );
+        const decoded = decodeSafetensors(bytes);
+        if (JSON.stringify(decoded.layout) !== JSON.stringify(layout)) throw new Error('its tensors are not the model layout');
+        const bad = decoded.values.findIndex((v) => !Number.isFinite(v));
+        if (bad >= 0) throw new Error(`element ${bad} is ${decoded.values[bad]}`);
+        log(`round 1 starts from the weights of the sites' model file (site "${site}"'s copy, SHA-256 ${copy.sha256.slice(0, 12)}…)`);
+        return decoded.values;
+      } catch (err) {
+        problems.push(`site "${site}": ${(err as Error).message}`);
+      }
+    }
+    throw new OperatorError(
+      'CONSORT_C_INITIAL_WEIGHTS',
+      `the sites' model file carries weights, but no site's copy of them could be read: ${problems.join('; ')}`,
+    );
   };
 
   let transport: NatsTransport | undefined;
@@ -441,7 +499,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     };
     const coordinator = new RoundCoordinator({
       spec,
-      initial: resume?.global ?? initialParameters(layout!, spec.seed),
+      initial: resume?.global ?? (await initialFromSites()) ?? initialParameters(layout!, spec.seed),
       transport,
       events,
       checkpoints: {
@@ -492,6 +550,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       bytesIn: Object.fromEntries(transport.bytesIn),
       bytesOut: Object.fromEntries(transport.bytesOut),
       ...(inputScaler ? { inputScaler } : {}),
+      initialWeights: startsFrom !== undefined && startsFrom !== 'seeded' ? 'model file' : 'seeded',
       model: {
         bucket: bucket.models,
         object: o.finalModelName ?? FINAL_MODEL,

@@ -63,7 +63,7 @@ export function signedHello(
   site: string,
   seed: string,
   model: { layout: ParameterLayout; sampleShape: number[] },
-  extra: { features?: readonly string[]; terms?: string } = {},
+  extra: { features?: readonly string[]; terms?: string; initial?: { sha256: string; size: number } } = {},
 ): Uint8Array {
   const hello = {
     type: 'hello' as const,
@@ -76,6 +76,7 @@ export function signedHello(
     labels: ['no', 'yes'],
     ...(extra.features ? { features: extra.features } : {}),
     ...(extra.terms !== undefined ? { terms: extra.terms } : {}),
+    ...(extra.initial ? { initial: extra.initial } : {}),
     layout: model.layout,
     codecs: ['none' as const],
   };

@@ -26,7 +26,7 @@ import {
 } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, OBJECT_PUT, OBJECT_READ_BATCH_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
-import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
+import { decodeSafetensors, safetensorsParts } from '../../core/tensor/safetensors.ts';
 import type { BackendPreference } from '../backend.ts';
 import { WorkerError } from '../errors.ts';
 import { SiteWorker } from '../site-worker.ts';
@@ -120,6 +120,21 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   });
   opts.signal?.addEventListener('abort', () => finish(), { once: true });
 
+  // A pre-trained model file's weights go to the coordinator as an object in this site's bucket,
+  // which the hello then names (round 1 starts from it). Written before the first hello that is
+  // sent: the coordinator makes the buckets, and may start after this site.
+  const initialParts = prepared.initial ? safetensorsParts(prepared.layout, prepared.initial) : undefined;
+  let initial: Hello['initial'];
+  const putInitial = async (): Promise<boolean> => {
+    if (!initialParts || initial) return true;
+    try {
+      const put = await putObject(updatesWire, bucket.updates(site), objectNames.initial, initialParts, OBJECT_PUT);
+      initial = { sha256: put.sha256, size: initialParts.reduce((n, p) => n + p.length, 0) };
+      return true;
+    } catch {
+      return false;
+    }
+  };
   // The same every heartbeat: computed once. The instance tells a restart of this site from a heartbeat.
   const terms = jobTerms(spec);
   const instance = newNonce();
@@ -141,6 +156,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       quality: described.quality,
       ...(described.moments ? { moments: described.moments } : {}),
       backend: { name: prepared.backend.name, reason: prepared.backend.reason },
+      ...(initial ? { initial } : {}),
     };
     return json(signEnvelope(h, opts.seed));
   };
@@ -154,6 +170,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   let lastRefusal = '';
   const heartbeat = async (): Promise<void> => {
     try {
+      if (!(await putInitial())) return;
       const reply = await nc.request(subj.hello(site), hello(), { timeout: 2000 });
       const w = Welcome.safeParse(parseJson(reply.data));
       if (!w.success) return;
