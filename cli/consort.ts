@@ -94,7 +94,10 @@ program
   .option('--out <dir>', 'where to write the report and model (default: out/<job name>)')
   .option('--seed <n>', 'override spec.seed (the sites must be given the same)')
   .option('--rounds <n>', 'override spec.rounds')
-  .option('--join-timeout <seconds>', 'wait this long for every site, then start with a quorum (sampling.minSites)', '30')
+  .option(
+    '--join-timeout <seconds>',
+    'wait this long for every site, then start with a quorum (sampling.minSites) (default: spec.coordinator.joinTimeoutSeconds)',
+  )
   .option('--quiet', 'no log lines', false)
   .addHelpText(
     'after',

@@ -2,6 +2,7 @@
 // never reused, never renamed.
 
 export const OperatorErrorCodes = {
+  CONSORT_C_SITE_FAILED: 'a site reported that it could not carry out its task (its training or evaluation failed)',
   CONSORT_C_QUORUM: 'fewer updates than sampling.minSites arrived in a round',
   CONSORT_C_EVALUATION: 'no site could evaluate the global model',
   CONSORT_C_AGGREGATE: "a round's updates could not be aggregated (a partial step from stored updates that cannot be undone)",

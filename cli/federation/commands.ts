@@ -34,7 +34,7 @@ export const CoordinatorFlags = z
     out: z.string().min(1).optional(),
     seed: intFlag(0, 2 ** 31 - 1).optional(),
     rounds: intFlag(1, 100_000).optional(),
-    joinTimeout: seconds.default(30),
+    joinTimeout: seconds.optional(),
     quiet: z.boolean().default(false),
   })
   .strict();
@@ -115,7 +115,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         nc,
         siteKeys: keys.sites,
         log,
-        joinTimeoutMs: flags.joinTimeout * 1000,
+        joinTimeoutMs: (flags.joinTimeout ?? job.spec.coordinator.joinTimeoutSeconds) * 1000,
         signal: stopSignal(stop),
         // An operator watching this loop (a coordinator Pod) reads its metrics from the status replies.
         tally: true,

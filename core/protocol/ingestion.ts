@@ -18,7 +18,7 @@ import type { SiteFitResult } from '../strategies/strategy.ts';
 import { type Codec, decodeUpdate, UpdateDecodeError } from './codecs.ts';
 import { type ScannedUpdate, UpdateScanner } from './update-stream.ts';
 import { sha256Hex } from './digest.ts';
-import { EvaluationEnvelope, UpdateEnvelope } from './messages.ts';
+import { EvaluationEnvelope, TaskFailureEnvelope, UpdateEnvelope } from './messages.ts';
 import { REJECTION_CODES, type Rejection, type RejectionCode, RejectionLog } from './rejections.ts';
 import { verifyEnvelope } from './signing.ts';
 import { buckets, objectNames } from './subjects.ts';
@@ -393,6 +393,26 @@ export class UpdateIngestor {
     return { ok: true, envelope: env };
   }
 
+  /**
+   * A site's report that it could not carry out a task of the open round: signed, fresh (its
+   * nonce never seen), of the current round. Whether the round still waits for that site is the
+   * transport's to judge.
+   */
+  checkFailure(subjectSite: string, raw: Uint8Array): EnvelopeCheck<TaskFailureEnvelope> {
+    const parsed = this.admit(subjectSite, raw, TaskFailureEnvelope);
+    if (!parsed.ok) return parsed;
+    const env = parsed.envelope;
+    const replay = this.replayed(env.site, env.nonce);
+    if (replay) return replay;
+    const current = this.current ?? 0;
+    if (env.round > current) return this.fail(env.site, 'CONSORT_R_FUTURE_ROUND', `failure of round ${env.round}, the job is at round ${current}`);
+    if (env.round < current) return this.fail(env.site, 'CONSORT_R_STALE_ROUND', `failure of round ${env.round}, the job is at round ${current}`);
+    const attempts = this.attempts(env.site, env.round);
+    if (attempts) return attempts;
+    this.remember(env.site, env.round, env.nonce);
+    return { ok: true, envelope: env };
+  }
+
   /** Rejections so far, per code (every code present, zeros included). */
   counts(): Record<RejectionCode, number> {
     const out = {} as Record<RejectionCode, number>;
@@ -462,7 +482,7 @@ export class UpdateIngestor {
   }
 
   /** Size, UTF-8 JSON, version, schema, job, subject, site, signature: what every envelope must pass. */
-  private admit<S extends typeof UpdateEnvelope | typeof EvaluationEnvelope>(
+  private admit<S extends typeof UpdateEnvelope | typeof EvaluationEnvelope | typeof TaskFailureEnvelope>(
     subjectSite: string,
     raw: Uint8Array,
     schema: S,

@@ -179,6 +179,21 @@ export const EvaluationEnvelope = z
   .strict();
 export type EvaluationEnvelope = z.infer<typeof EvaluationEnvelope>;
 
+/**
+ * A site could not carry out its task (its training or evaluation threw): it says so at once, on
+ * the subject its answer would have gone to, so that the round counts it as failed rather than
+ * waiting for the deadline. Signed like an answer, so that no one can fail a site's task for it.
+ */
+export const TaskFailureEnvelope = z
+  .object({
+    type: z.literal('failure'),
+    ...envelopeBase,
+    task: z.enum(['fit', 'evaluate']),
+    reason: z.string().min(1).max(2000),
+  })
+  .strict();
+export type TaskFailureEnvelope = z.infer<typeof TaskFailureEnvelope>;
+
 /** The scores an evaluation envelope carries. */
 export type EvaluationScores = Pick<EvaluationEnvelope, 'samples' | 'loss' | 'accuracy' | 'auc' | 'trainLoss' | 'trainSamples'>;
 

@@ -28,7 +28,7 @@ import { storedResult } from '../../core/protocol/update-stream.ts';
 import { ObjectReadError, StoredObjects } from './stored-updates.ts';
 import { safetensorsHeaderBytes, safetensorsParts } from '../../core/tensor/safetensors.ts';
 import { Channel } from './channel.ts';
-import { encodeJson as json } from '../../core/protocol/wire.ts';
+import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
 import { objectWire } from '../../core/protocol/object-wire.ts';
 import { ObjectMismatchError, type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
 import { type BucketKind, RetentionMarks } from '../../core/protocol/retention.ts';
@@ -398,6 +398,7 @@ export class NatsTransport implements SiteTransport {
    * time, within the read budget. This resolves at once: `settled()` waits for what it started.
    */
   async onUpdate(site: string, msg: Msg): Promise<void> {
+    if (isFailure(msg)) return this.onFailure(site, msg);
     const previous = this.siteQueues.get(site) ?? Promise.resolve();
     const mine = previous.then(() => this.admitUpdate(site, msg)).catch((err: unknown) => this.o.log(`update of site "${site}": ${(err as Error).message}`));
     this.siteQueues.set(site, mine);
@@ -675,6 +676,7 @@ export class NatsTransport implements SiteTransport {
   }
 
   onEvaluation(site: string, msg: Msg): void {
+    if (isFailure(msg)) return this.onFailure(site, msg);
     const checked = this.o.ingestor.checkEvaluation(site, msg.data);
     if (!checked.ok) {
       this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
@@ -703,6 +705,25 @@ export class NatsTransport implements SiteTransport {
   }
 
   /**
+   * A site's signed report that its task failed: the open round of that task stops waiting for
+   * it, and counts it as failed with its reason (the quorum then decides, at once if no one else
+   * is awaited). One for a round already answered or closed changes nothing.
+   */
+  private onFailure(site: string, msg: Msg): void {
+    const checked = this.o.ingestor.checkFailure(site, msg.data);
+    if (!checked.ok) return this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
+    const f = checked.envelope;
+    const r = (f.task === 'fit' ? this.fitRound : this.evalRound) as OpenRound<unknown> | undefined;
+    if (!r || r.round !== f.round || r.channel.isClosed || !r.sites.has(site) || r.answered.has(site)) {
+      return this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
+    }
+    this.o.log(`site "${site}" could not ${f.task === 'fit' ? 'train' : 'evaluate'} in round ${f.round}: ${f.reason}`);
+    r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_SITE_FAILED', reason: f.reason } });
+    this.answered(r, site);
+    this.reply(msg, { type: 'ack', accepted: true });
+  }
+
+  /**
    * A site started again (its hellos name another process) while an open round waits for its
    * answer: the task it lost is sent again, with the round's deadline, rather than the round
    * waiting for that deadline. A site that trains deterministically gives the update it would have.
@@ -719,4 +740,9 @@ export class NatsTransport implements SiteTransport {
     for (const r of [this.fitRound, this.evalRound]) if (r) this.close(r as OpenRound<unknown>, 'coordinator stopping');
     for (const { release } of this.late.splice(0)) release();
   }
+}
+
+/** A site's report of a failed task (TaskFailureEnvelope), told from an answer before the ingestor reads it. */
+function isFailure(msg: Msg): boolean {
+  return (parseJson(msg.data) as { type?: unknown } | undefined)?.type === 'failure';
 }

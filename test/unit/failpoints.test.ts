@@ -14,7 +14,7 @@ describe('site failpoints (CONSORT_FAILPOINTS)', () => {
     for (const bad of ['stop-after-ack:fit:0', 'stop:fit:3', 'stop-after-ack:train:3', 'stop-after-ack:fit:-1', 'stop-after-ack:fit:3x']) {
       const r = Failpoints.safeParse(bad);
       expect(r.success, bad).toBe(false);
-      expect(r.error?.issues[0]?.message).toMatch(/stop-after-ack:<fit\|evaluate>:<round>/);
+      expect(r.error?.issues[0]?.message).toMatch(/stop-after-ack:<fit\|evaluate>:<round> or fail:<fit\|evaluate>:<round>/);
     }
   });
 
@@ -25,5 +25,14 @@ describe('site failpoints (CONSORT_FAILPOINTS)', () => {
     expect(armed.hit({ type: 'fit', round: 2 })).toBe(false);
     expect(armed.hit({ type: 'evaluate', round: 2 })).toBe(true);
     expect(armed.hit({ type: 'evaluate', round: 2 })).toBe(false);
+  });
+
+  it('a fail point fires only as a failure, a stop point only as a stop', () => {
+    const armed = new ArmedFailpoints(Failpoints.parse('fail:fit:1,stop-after-ack:fit:1'));
+    expect(Failpoints.parse('fail:evaluate:4')).toEqual([{ action: 'fail', task: 'evaluate', round: 4 }]);
+    expect(armed.fails({ type: 'fit', round: 1 })).toBe(true);
+    expect(armed.fails({ type: 'fit', round: 1 })).toBe(false);
+    expect(armed.hit({ type: 'fit', round: 1 })).toBe(true);
+    expect(armed.hit({ type: 'fit', round: 1 })).toBe(false);
   });
 });

@@ -443,6 +443,44 @@ describe('UpdateIngestor: evaluations', () => {
   });
 });
 
+describe("UpdateIngestor: a site's report of a failed task", () => {
+  const failure = (site: string, round: number, o: { seed?: string; nonce?: string; edit?: (e: Record<string, unknown>) => void } = {}) => {
+    const env: Record<string, unknown> = {
+      type: 'failure',
+      protocol: PROTOCOL_VERSION,
+      job: JOB,
+      site,
+      round,
+      taskId: newNonce(),
+      nonce: o.nonce ?? newNonce(),
+      task: 'fit',
+      reason: 'out of memory',
+    };
+    const signed = signEnvelope(env as never, o.seed ?? seedOf(site)) as Record<string, unknown>;
+    o.edit?.(signed);
+    return json(signed);
+  };
+
+  it('takes a signed report of the current round once, and refuses forgeries, replays and other rounds', () => {
+    const ing = atRound3();
+    const code = (site: string, raw: Uint8Array) => {
+      const r = ing.checkFailure(site, raw);
+      return r.ok ? 'ok' : r.rejection.code;
+    };
+    const raw = failure('st-mary', 3);
+    expect(code('st-mary', raw)).toBe('ok');
+    expect(code('st-mary', raw)).toBe('CONSORT_R_REPLAYED_NONCE');
+    expect(code('st-mary', failure('st-mary', 3, { seed: KEYS['st-john']!.seed }))).toBe('CONSORT_R_BAD_SIGNATURE');
+    expect(code('st-mary', failure('st-mary', 3, { edit: (e) => void (e.reason = 'forged') }))).toBe('CONSORT_R_BAD_SIGNATURE');
+    expect(code('st-mary', failure('st-mary', 3, { edit: (e) => void delete e.signature }))).toBe('CONSORT_R_MISSING_SIGNATURE');
+    expect(code('st-john', failure('st-mary', 3))).toBe('CONSORT_R_SUBJECT_MISMATCH');
+    expect(code('st-mary', failure('st-mary', 2))).toBe('CONSORT_R_STALE_ROUND');
+    expect(code('st-mary', failure('st-mary', 4))).toBe('CONSORT_R_FUTURE_ROUND');
+    expect(code('st-mary', failure('st-mary', 3, { edit: (e) => void (e.task = 'train') }))).toBe('CONSORT_R_MALFORMED');
+    expect(ing.counts().CONSORT_R_BAD_SIGNATURE).toBe(2);
+  });
+});
+
 describe('UpdateIngestor: snapshot and restore', () => {
   it('carries replay protection and counted pairs through a checkpoint (as JSON)', () => {
     const ing = atRound3();

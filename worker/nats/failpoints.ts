@@ -3,19 +3,23 @@
 // messages go by, races the federation (a round starts milliseconds after the one before, and a
 // loaded machine can leave the test's own process waiting longer than that); a site that stops
 // itself right after acknowledging a task cannot have answered it. The same idea as etcd's gofail.
-// Off unless CONSORT_FAILPOINTS is set; the process goes on where it stopped on SIGCONT.
+// Off unless CONSORT_FAILPOINTS is set; the process goes on where it stopped on SIGCONT. A `fail`
+// point makes the task itself throw instead (a training that fails), as a broken model would.
 import { z } from 'zod';
 
-/** `stop-after-ack:<fit|evaluate>:<round>`, comma-separated; each fires once. */
+/** `stop-after-ack:<fit|evaluate>:<round>` or `fail:<fit|evaluate>:<round>`, comma-separated; each fires once. */
 export const FAILPOINTS_ENV = 'CONSORT_FAILPOINTS';
 
 const Point = z
   .string()
   .trim()
-  .regex(/^stop-after-ack:(fit|evaluate):[1-9]\d{0,8}$/, 'expected stop-after-ack:<fit|evaluate>:<round>, e.g. stop-after-ack:fit:3')
+  .regex(
+    /^(stop-after-ack|fail):(fit|evaluate):[1-9]\d{0,8}$/,
+    'expected stop-after-ack:<fit|evaluate>:<round> or fail:<fit|evaluate>:<round>, e.g. stop-after-ack:fit:3',
+  )
   .transform((s) => {
-    const [, task, round] = s.split(':');
-    return { task: task as 'fit' | 'evaluate', round: Number(round) };
+    const [action, task, round] = s.split(':');
+    return { ...(action === 'fail' ? { action: 'fail' as const } : {}), task: task as 'fit' | 'evaluate', round: Number(round) };
   });
 
 export const Failpoints = z
@@ -32,8 +36,18 @@ export class ArmedFailpoints {
     this.#points = [...points];
   }
 
+  /** Whether a stop point of this task fires (and disarms it). */
   hit(task: { type: 'fit' | 'evaluate'; round: number }): boolean {
-    const i = this.#points.findIndex((p) => p.task === task.type && p.round === task.round);
+    return this.#take(task, undefined);
+  }
+
+  /** Whether a fail point of this task fires (and disarms it). */
+  fails(task: { type: 'fit' | 'evaluate'; round: number }): boolean {
+    return this.#take(task, 'fail');
+  }
+
+  #take(task: { type: 'fit' | 'evaluate'; round: number }, action: 'fail' | undefined): boolean {
+    const i = this.#points.findIndex((p) => p.task === task.type && p.round === task.round && p.action === action);
     if (i < 0) return false;
     this.#points.splice(i, 1);
     return true;

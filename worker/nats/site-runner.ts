@@ -18,6 +18,7 @@ import {
   evaluationEnvelope,
   type FitTask,
   type Hello,
+  type TaskFailureEnvelope,
   type ObjectRef,
   RoundNotice,
   Task,
@@ -58,7 +59,7 @@ export interface SiteRunnerOptions {
   backend: BackendPreference;
   log: (line: string) => void;
   heartbeatMs?: number;
-  /** Points at which the process stops itself (SIGSTOP), for crash tests (failpoints.ts). */
+  /** Points at which the process stops itself (SIGSTOP), or a task fails, for crash tests (failpoints.ts). */
   failpoints?: readonly Failpoint[];
   /** Ends the runner early (tests, signals). */
   signal?: AbortSignal;
@@ -296,9 +297,28 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       return;
     }
     msg.respond(json({ type: 'ack', accepted: true }));
+    const work = async () => {
+      if (failpoints.fails(task)) throw new Error(`failpoint: the ${task.type} task of round ${task.round} fails`);
+      return task.type === 'fit' ? train(task) : score(task);
+    };
     const run = () =>
-      (task.type === 'fit' ? train(task) : score(task)).catch((err: unknown) => {
-        log(`site ${site}: ${task.type} of round ${task.round} failed: ${(err as Error).message}`);
+      work().catch(async (err: unknown) => {
+        const message = (err as Error).message || String(err);
+        log(`site ${site}: ${task.type} of round ${task.round} failed: ${message}`);
+        // Said to the coordinator at once: the round counts this site as failed rather than waiting for its deadline.
+        const failure: Omit<TaskFailureEnvelope, 'signature'> = {
+          type: 'failure',
+          protocol: PROTOCOL_VERSION,
+          job: key,
+          site,
+          round: task.round,
+          taskId: task.taskId,
+          nonce: newNonce(),
+          task: task.type,
+          reason: message.slice(0, 2000),
+        };
+        const subject = task.type === 'fit' ? subj.update(site) : subj.evaluation(site);
+        await deliver(subject, json(signEnvelope(failure, opts.seed)), task.deadline, `the failure report of round ${task.round}`).catch(() => {});
       });
     if (failpoints.hit(task)) {
       // The acknowledgement out first (or the coordinator would give the site up as unreachable),
