@@ -676,7 +676,10 @@ export class NatsTransport implements SiteTransport {
   }
 
   onEvaluation(site: string, msg: Msg): void {
-    if (isFailure(msg)) return this.onFailure(site, msg);
+    if (isFailure(msg)) {
+      this.onFailure(site, msg);
+      return;
+    }
     const checked = this.o.ingestor.checkEvaluation(site, msg.data);
     if (!checked.ok) {
       this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
@@ -711,11 +714,15 @@ export class NatsTransport implements SiteTransport {
    */
   private onFailure(site: string, msg: Msg): void {
     const checked = this.o.ingestor.checkFailure(site, msg.data);
-    if (!checked.ok) return this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
+    if (!checked.ok) {
+      this.reject(msg, site, checked.rejection.code, checked.rejection.reason);
+      return;
+    }
     const f = checked.envelope;
     const r = (f.task === 'fit' ? this.fitRound : this.evalRound) as OpenRound<unknown> | undefined;
     if (!r || r.round !== f.round || r.channel.isClosed || !r.sites.has(site) || r.answered.has(site)) {
-      return this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
+      this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
+      return;
     }
     this.o.log(`site "${site}" could not ${f.task === 'fit' ? 'train' : 'evaluate'} in round ${f.round}: ${f.reason}`);
     r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_SITE_FAILED', reason: f.reason } });
