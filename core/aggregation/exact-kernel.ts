@@ -393,9 +393,14 @@ interface KernelExports {
   fromPair(h: number, end: number, l: number, hi: number, lo: number): void;
 }
 
+/** A WebAssembly.Memory: its bytes (an ArrayBuffer, or a SharedArrayBuffer for a shared one). */
+export interface WasmMemory {
+  buffer: ArrayBuffer | SharedArrayBuffer;
+}
+
 /** The part of the WebAssembly JS API used here (the project's type libraries do not declare it). */
 interface WasmApi {
-  Memory: new (descriptor: { initial: number }) => { buffer: ArrayBuffer };
+  Memory: new (descriptor: { initial: number; maximum?: number; shared?: boolean }) => WasmMemory;
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: object) => { exports: unknown };
 }
@@ -407,12 +412,14 @@ const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
  */
 export type FoldKernel = 'plain' | 'fused';
 
-function moduleOf(kernel: FoldKernel): object {
+function moduleOf(kernel: FoldKernel, shared = false): object {
   const folds = Array.from({ length: GROUP }, (_, i) => foldKernel(i + 1, kernel === 'fused'));
-  return new wasm.Module(encodeModule([...COMMON, ...folds]));
+  return new wasm.Module(encodeModule([...COMMON, ...folds], { shared }));
 }
 
 const modules = new Map<FoldKernel, object | null>();
+/** The same kernels over a shared memory (a sum folded by several threads). */
+const sharedModules = new Map<FoldKernel, object>();
 
 /**
  * Whether relaxed_madd is fused here (one rounding): only then is the fused kernel exact. Relaxed
@@ -456,14 +463,31 @@ export function fusedMultiplyAdd(): boolean {
  * this engine treats relaxed_madd (the fused kernel is exact only if every tier of the engine
  * fuses as the probe did); the fused kernel is for benchmarks and engines known to fuse.
  */
-function kernelModule(kernel: FoldKernel | undefined): object {
+function kernelModule(kernel: FoldKernel | undefined, shared = false): object {
   if (kernel === 'fused') {
     const fused = fusedModule();
-    if (fused) return fused;
-    throw new RangeError('ExactWeightedSum: this engine does not fuse relaxed_madd: no fused kernel');
+    if (!fused) throw new RangeError('ExactWeightedSum: this engine does not fuse relaxed_madd: no fused kernel');
+    if (!shared) return fused;
+  }
+  const k = kernel ?? 'plain';
+  if (shared) {
+    if (!sharedModules.has(k)) sharedModules.set(k, moduleOf(k, true));
+    return sharedModules.get(k)!;
   }
   if (!modules.has('plain')) modules.set('plain', moduleOf('plain'));
   return modules.get('plain')!;
+}
+
+/**
+ * What another thread needs to fold into a shard (postMessage-able): its shared memory, where
+ * its elements lie, its kernel, and how many threads' scratch areas precede its state.
+ */
+export interface ShardHandle {
+  memory: WasmMemory;
+  start: number;
+  length: number;
+  kernel: FoldKernel;
+  threads: number;
 }
 
 /** One shard of a sum's state: elements [start, start + length) of the model. */
@@ -490,22 +514,44 @@ export class Shard {
   /** Folded into or added to since the last normalize. */
   private dirty = false;
 
-  constructor(start: number, length: number, kernel?: FoldKernel) {
+  /** Where this thread's scratch starts (thread t of a shared shard: t scratch areas in). */
+  private readonly scratchBase: number;
+  /** Set when the shard's memory is shared: what other threads attach to. */
+  readonly handle: ShardHandle | undefined;
+
+  /**
+   * `threads` > 1: the memory is shared, with a scratch area per thread before the state, so
+   * that other threads can attach to it (Shard.attach) and fold blocks of their own at once.
+   * `attach`: this is such a thread's view of an existing shard (its folds only: no bookkeeping).
+   */
+  constructor(start: number, length: number, kernel?: FoldKernel, opts: { threads?: number; attach?: { memory: WasmMemory; thread: number } } = {}) {
     this.start = start;
     this.length = length;
     this.folds = new Uint32Array(Math.ceil(length / BLOCK));
     this.growth = new Uint16Array(this.folds.length);
+    const threads = opts.threads ?? 1;
+    const shared = threads > 1;
     const capacity = Math.ceil(length / 16) * 16;
-    this.hOffset = SCRATCH_BYTES;
-    this.lOffset = SCRATCH_BYTES + 8 * capacity;
-    const memory = new wasm.Memory({ initial: Math.ceil((this.lOffset + 8 * capacity) / 65536) });
-    const exports = new wasm.Instance(kernelModule(kernel), { env: { memory } }).exports as KernelExports & Record<string, Fold>;
+    this.hOffset = threads * SCRATCH_BYTES;
+    this.lOffset = this.hOffset + 8 * capacity;
+    const pages = Math.ceil((this.lOffset + 8 * capacity) / 65536);
+    if (pages > 65536) throw new RangeError(`Shard: ${length} elements and ${threads} scratch areas do not fit one memory`);
+    const memory = opts.attach?.memory ?? (shared ? new wasm.Memory({ initial: pages, maximum: pages, shared: true }) : new wasm.Memory({ initial: pages }));
+    this.scratchBase = (opts.attach?.thread ?? 0) * SCRATCH_BYTES;
+    this.handle = shared ? { memory, start, length, kernel: kernel ?? 'plain', threads } : undefined;
+    const exports = new wasm.Instance(kernelModule(kernel, shared), { env: { memory } }).exports as KernelExports & Record<string, Fold>;
     this.k = exports;
     this.foldKernels = Array.from({ length: GROUP }, (_, i) => exports[`fold${i + 1}`]!);
     // The memory never grows, so these views stay valid.
-    this.f32 = new Float32Array(memory.buffer, 0, SCRATCH_BYTES / 4);
-    this.f64 = new Float64Array(memory.buffer, 0, SCRATCH_BYTES / 8);
+    this.f32 = new Float32Array(memory.buffer, this.scratchBase, SCRATCH_BYTES / 4);
+    this.f64 = new Float64Array(memory.buffer, this.scratchBase, SCRATCH_BYTES / 8);
     this.bytes = new Uint8Array(memory.buffer);
+  }
+
+  /** Another thread's view of a shared shard, folding through scratch area `thread`. */
+  static attach(handle: ShardHandle, thread: number): Shard {
+    if (!(thread >= 1 && thread < handle.threads)) throw new RangeError(`Shard.attach: thread ${thread} of ${handle.threads}`);
+    return new Shard(handle.start, handle.length, handle.kernel, { threads: handle.threads, attach: { memory: handle.memory, thread } });
   }
 
   /**
@@ -517,7 +563,7 @@ export class Shard {
     const padded = Math.ceil(count / 16) * 16;
     this.f32.set(values.subarray(from, from + count), at);
     if (padded > count) this.f32.fill(0, at + count, at + padded);
-    return this.k.scan(SLOT_BYTES * slot, SLOT_BYTES * slot + 4 * padded);
+    return this.k.scan(this.scratchBase + SLOT_BYTES * slot, this.scratchBase + SLOT_BYTES * slot + 4 * padded);
   }
 
   /** max |values[from, from + count)| (NaN if any is NaN), count <= BLOCK. */
@@ -536,7 +582,40 @@ export class Shard {
     if (n < 1 || n > GROUP) throw new RangeError(`Shard.foldStaged: ${n} updates, 1 to ${GROUP} at a time`);
     const b = at / BLOCK;
     if (this.growth[b]! + n > GROWTH_LIMIT) this.normalizeBlock(b);
-    this.foldKernels[n - 1]!(0, Math.ceil(count / 16) * 64, this.hOffset + 8 * at, this.lOffset + 8 * at, FMA_A, FMA_B, ...weights);
+    this.foldRaw(count, at, weights);
+    this.folds[b]! += n;
+    this.growth[b]! += n;
+    this.dirty = true;
+  }
+
+  /**
+   * foldStaged's kernel call alone, through this view's scratch: what a thread folding blocks
+   * of a shared shard does; the shard's own bookkeeping (accountFolds) is its owner's.
+   */
+  foldRaw(count: number, at: number, weights: readonly number[]): void {
+    const p = this.scratchBase;
+    this.foldKernels[weights.length - 1]!(p, p + Math.ceil(count / 16) * 64, this.hOffset + 8 * at, this.lOffset + 8 * at, FMA_A, FMA_B, ...weights);
+  }
+
+  /**
+   * Before `n` updates are folded into every block by other threads: each block has room for
+   * them (normalized now where it would not, while its state is still a valid one).
+   */
+  makeRoom(n: number): void {
+    if (n > GROWTH_LIMIT) throw new RangeError(`Shard.makeRoom: ${n} updates at once, more than ${GROWTH_LIMIT}`);
+    for (let b = 0; b < this.folds.length; b++) if (this.growth[b]! + n > GROWTH_LIMIT) this.normalizeBlock(b);
+  }
+
+  /** After `n` updates were folded into every block (by foldRaw, in any thread): the bookkeeping foldStaged would have done. */
+  accountFolds(n: number): void {
+    for (let b = 0; b < this.folds.length; b++) this.accountBlockFolds(b, n);
+  }
+
+  /**
+   * After `n` folds into block b by foldRaw: each left the constants in the block's state, taken
+   * out when it is normalized (a fold with -w, which takes out w x, leaves them too).
+   */
+  accountBlockFolds(b: number, n: number): void {
     this.folds[b]! += n;
     this.growth[b]! += n;
     this.dirty = true;

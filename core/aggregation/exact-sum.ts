@@ -35,7 +35,9 @@
 // Memory: 16 bytes per element (four times a float32 model), in WebAssembly linear memories of up
 // to 4 GiB each (one per 268M elements); reset() empties the sum for another round without new
 // memory, whose page faults would cost more than the folds.
+import { type BlockFoldJob, LARGEST_FLOAT32 } from './block-folds.ts';
 import { BLOCK, type FoldKernel, GROUP, SHARD_ELEMENTS, Shard } from './exact-kernel.ts';
+import { allShared, foldPool } from './fold-pool.ts';
 
 /** Largest admissible M and total weight: |hi| then stays below 2^44 + 2^-8 * count, far under 2^53 * 2^-8. */
 const MAGNITUDE_LIMIT = 2 ** 44;
@@ -45,7 +47,9 @@ const UPDATE_LIMIT = 2 ** 43;
 const MIN_WEIGHT = 2 ** -20;
 /** Updates folded between two carries of L into H: each adds at most 2^51 to |L|, which must stay below 2^63. */
 const CARRY_EVERY = 1024;
-const LARGEST_FLOAT32 = 3.4028234663852886e38;
+/** Blocks each thread must have for a fold to be shared out (below, the messages cost more than they save). */
+const MIN_BLOCKS_PER_THREAD = 4;
+let shardKeys = 0;
 
 /** A checkpointable copy of an ExactWeightedSum's state. */
 export interface ExactSumSnapshot {
@@ -115,18 +119,27 @@ export class ExactWeightedSum {
   private uncarried = 0;
   /** takeMean() wrote over the state: only reset() may follow. */
   private spent = false;
+  /** Threads that fold at once (this one and helpers), and each shard's key for them. */
+  readonly threads: number;
+  private readonly keys: number[];
 
   /**
    * `shardElements` is for tests (several shards on a small model), and so is `kernel` (the
-   * fused fold kernel where the engine has it, else the plain one: the same bits).
+   * fused fold kernel where the engine has it, else the plain one: the same bits). `threads` > 1:
+   * updates held in SharedArrayBuffers are folded by that many threads at once, each a run of
+   * blocks (fold-pool.ts); the same bits as one thread.
    */
-  constructor(size: number, opts: { shardElements?: number; kernel?: FoldKernel } = {}) {
+  constructor(size: number, opts: { shardElements?: number; kernel?: FoldKernel; threads?: number } = {}) {
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`ExactWeightedSum: bad size ${size}`);
     const per = opts.shardElements ?? SHARD_ELEMENTS;
     if (!Number.isSafeInteger(per) || per < BLOCK || per % BLOCK !== 0) throw new RangeError(`ExactWeightedSum: bad shard size ${per}`);
+    const threads = opts.threads ?? 1;
+    if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw new RangeError(`ExactWeightedSum: bad thread count ${threads}`);
     this.size = size;
+    this.threads = threads;
     this.shards = [];
-    for (let start = 0; start < size; start += per) this.shards.push(new Shard(start, Math.min(per, size - start), opts.kernel));
+    for (let start = 0; start < size; start += per) this.shards.push(new Shard(start, Math.min(per, size - start), opts.kernel, { threads }));
+    this.keys = this.shards.map(() => ++shardKeys);
   }
 
   /** Updates folded in (merges included). */
@@ -158,6 +171,13 @@ export class ExactWeightedSum {
    */
   addAll(updates: readonly WeightedValues[]): void {
     this.requireLive();
+    if (this.threads > 1 && updates.length > 0 && updates.length <= CARRY_EVERY && allShared(updates.map((u) => u.values))) {
+      const blocks = Math.max(0, ...this.shards.map((s) => Math.ceil(s.length / BLOCK)));
+      if (blocks >= 2 * MIN_BLOCKS_PER_THREAD) {
+        this.addAllThreaded(updates);
+        return;
+      }
+    }
     const checked = updates.map((u) => this.admitShape(u.values, u.weight));
     const limits = checked.map(valueLimit);
     let weight = this.weight;
@@ -205,6 +225,74 @@ export class ExactWeightedSum {
     // An empty model still checks the weights.
     if (this.shards.length === 0) this.checkMagnitude(checked, limits, maxAbs, weight);
     this.magnitude = magnitude;
+    this.weight = weight;
+    this.n += updates.length;
+    this.uncarried += updates.length;
+    if (this.uncarried >= CARRY_EVERY) this.carry();
+  }
+
+  /**
+   * addAll by several threads: each shard's blocks in runs, one per thread, folded at once.
+   * What one thread checks before each block, each thread checks before each of its blocks; a
+   * run that meets a value it may not fold stops there, and then every fold made is taken out
+   * (exactly: int64 sums wrap, and folding -w x subtracts what w x added), so a refused batch
+   * leaves the state as it was, as addAll's does. The bounds on the totals are checked on the
+   * final max|x| of each update: M only grows, so they fail iff they would have failed on the
+   * way (the figure in the message may differ).
+   */
+  private addAllThreaded(updates: readonly WeightedValues[]): void {
+    const checked = updates.map((u) => this.admitShape(u.values, u.weight));
+    const limits = checked.map(valueLimit);
+    let weight = this.weight;
+    for (const w of checked) weight += toFixed60(w);
+    const groups = Math.ceil(updates.length / GROUP);
+    const bounds = Array.from({ length: groups + 1 }, (_, g) => Math.floor((g * updates.length) / groups));
+    const inputs = updates.map((u) => u.values);
+    const pool = foldPool();
+    const maxAbs = updates.map(() => 0);
+    const done: Array<{ shard: Shard; key: number; jobs: BlockFoldJob[]; folded: number[] }> = [];
+    let stopped: { update: number; kind: 'not-finite' | 'beyond-range'; maxAbs: number } | undefined;
+    try {
+      for (const [i, shard] of this.shards.entries()) {
+        const blocks = Math.ceil(shard.length / BLOCK);
+        const threads = Math.max(1, Math.min(this.threads, Math.floor(blocks / MIN_BLOCKS_PER_THREAD)));
+        const jobs = Array.from({ length: threads }, (_, t) => ({
+          inputs,
+          weights: checked,
+          limits,
+          bounds,
+          from: Math.floor((t * blocks) / threads),
+          to: Math.floor(((t + 1) * blocks) / threads),
+        }));
+        // Room for the folds and, should the batch be refused, as many that take them out.
+        shard.makeRoom(2 * updates.length);
+        const outcomes = pool.run('fold', shard, this.keys[i]!, jobs);
+        done.push({ shard, key: this.keys[i]!, jobs, folded: outcomes.map((o) => o.folded) });
+        for (const o of outcomes) {
+          o.maxAbs.forEach((m, k) => (maxAbs[k] = Math.max(maxAbs[k]!, m)));
+          if (o.stopped && (!stopped || (o.stopped.kind === 'not-finite' && stopped.kind !== 'not-finite'))) stopped = o.stopped;
+        }
+        if (stopped) break;
+      }
+      if (stopped?.kind === 'not-finite') throw new RangeError('ExactWeightedSum.add: update contains NaN or Infinity');
+      if (stopped) this.checkGrowth(checked[stopped.update]!, limits[stopped.update]!, stopped.maxAbs, weight, this.magnitude);
+      // As addAll: the totals are checked once some update holds a value other than 0 (or the model is empty).
+      if (maxAbs.some((m) => m > 0)) this.checkMagnitude(checked, limits, maxAbs, weight);
+    } catch (err) {
+      for (const d of done) {
+        pool.run('unfold', d.shard, d.key, d.jobs, d.folded);
+        // Each fold and its undoing left the kernel's constants in the block: counted, to be taken out.
+        d.jobs.forEach((job, t) => {
+          let left = d.folded[t]!;
+          for (let b = job.from; b < job.to && left > 0; b++) {
+            for (let g = 0; g < groups && left > 0; g++, left--) d.shard.accountBlockFolds(b, 2 * (bounds[g + 1]! - bounds[g]!));
+          }
+        });
+      }
+      throw err;
+    }
+    for (const d of done) d.shard.accountFolds(updates.length);
+    this.magnitude = this.magnitudeWith(checked, maxAbs);
     this.weight = weight;
     this.n += updates.length;
     this.uncarried += updates.length;

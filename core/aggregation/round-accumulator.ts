@@ -7,6 +7,8 @@ import { ExactWeightedSum } from './exact-sum.ts';
 export interface RoundAccumulatorOptions {
   /** SCAFFOLD: every result must carry a controlDelta (and, without it, none may). */
   control?: boolean;
+  /** Threads folding each update (ExactWeightedSum's `threads`): for updates held in SharedArrayBuffers. */
+  threads?: number;
 }
 
 export class RoundAccumulator {
@@ -20,8 +22,9 @@ export class RoundAccumulator {
   constructor(modelSize: number, options: RoundAccumulatorOptions = {}) {
     this.modelSize = modelSize;
     this.control = options.control ?? false;
-    this.deltas = new ExactWeightedSum(modelSize);
-    this.controls = this.control ? new ExactWeightedSum(modelSize) : undefined;
+    const threads = options.threads ?? 1;
+    this.deltas = new ExactWeightedSum(modelSize, { threads });
+    this.controls = this.control ? new ExactWeightedSum(modelSize, { threads }) : undefined;
   }
 
   /** Empties the accumulator for another round, keeping its memory (fresh memory costs page faults, several times the fold itself). */

@@ -150,6 +150,8 @@ export interface StoredAggregation {
   lookahead?: number;
   /** Also sum each update's squared delta, in model order (the L2 norms of the round events). */
   sumSquares?: boolean;
+  /** Threads folding each range (ExactWeightedSum's `threads`); the ranges are then read into SharedArrayBuffers. */
+  threads?: number;
 }
 
 interface Slot {
@@ -171,8 +173,11 @@ export async function aggregateStored(o: StoredAggregation): Promise<{ sumSquare
   // Sums and buffers of one range: a shorter range's values are padded with zeros, which add nothing.
   const width = Math.max(1, Math.min(o.range, n));
   const ahead = Math.max(1, o.lookahead ?? 4);
-  const deltas = new ExactWeightedSum(width);
-  const controls = o.control ? new ExactWeightedSum(width) : undefined;
+  const threads = o.threads ?? 1;
+  const deltas = new ExactWeightedSum(width, { threads });
+  const controls = o.control ? new ExactWeightedSum(width, { threads }) : undefined;
+  // What helper threads can read, when there are any.
+  const values = (length: number) => new Float32Array(threads > 1 ? new SharedArrayBuffer(4 * length) : new ArrayBuffer(4 * length));
   const squares = o.sumSquares ? new Float64Array(count) : undefined;
   const readers = updates.map((u) => u.result.open());
   // Ranges end where the first update's chunks do, when they can (its peers are stored alike).
@@ -193,7 +198,7 @@ export async function aggregateStored(o: StoredAggregation): Promise<{ sumSquare
     }
     const k = next++;
     const length = rangeEnd - rangeStart;
-    const slot = free.pop() ?? { delta: new Float32Array(width), control: controls ? new Float32Array(width) : undefined };
+    const slot = free.pop() ?? { delta: values(width), control: controls ? values(width) : undefined };
     const read = tails[k]!.then(async () => {
       await readers[k]!.read(slot.delta.subarray(0, length), slot.control?.subarray(0, length));
       if (length < width) {

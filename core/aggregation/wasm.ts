@@ -100,10 +100,18 @@ export interface WasmFunction {
   body: number[][];
 }
 
-/** A module that imports its memory as env.memory and exports `functions` by name. */
-export function encodeModule(functions: readonly WasmFunction[]): Uint8Array {
+/** Pages (64 KiB) of the largest memory wasm32 addresses: 4 GiB. */
+const MAX_PAGES = 65536;
+
+/**
+ * A module that imports its memory as env.memory and exports `functions` by name. `shared`: the
+ * memory is a shared one (threads proposal: a maximum, which is wasm32's), so that instances in
+ * several threads work on the same bytes.
+ */
+export function encodeModule(functions: readonly WasmFunction[], opts: { shared?: boolean } = {}): Uint8Array {
   const types = section(1, vec(functions.map((f) => [0x60, ...vec(f.params.map((p) => [TYPE_CODE[p]])), ...vec(f.results.map((r) => [TYPE_CODE[r]]))])));
-  const imports = section(2, vec([[...name('env'), ...name('memory'), 0x02, 0x00, ...uleb(1)]]));
+  const limits = opts.shared ? [0x03, ...uleb(1), ...uleb(MAX_PAGES)] : [0x00, ...uleb(1)];
+  const imports = section(2, vec([[...name('env'), ...name('memory'), 0x02, ...limits]]));
   const funcs = section(3, vec(functions.map((_, i) => uleb(i))));
   const exports = section(7, vec(functions.map((f, i) => [...name(f.name), 0x00, ...uleb(i)])));
   const code = section(

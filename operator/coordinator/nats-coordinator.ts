@@ -3,6 +3,7 @@
 // join, resumes from the last checkpoint if there is one, runs the RoundCoordinator over the
 // NatsTransport, and announces the end. A checkpoint goes into the job's state bucket after
 // every round, so a coordinator killed at any point carries on where it stopped.
+import { availableParallelism } from 'node:os';
 import { type FeatureMoments, federationScaler, InputScaler } from '../../core/data/moments.ts';
 import { featuresDiffer } from '../../core/data/features.ts';
 import { jobTerms, termsDiffer } from '../../core/job/terms.ts';
@@ -67,6 +68,11 @@ export interface NatsCoordinatorOptions {
   storedUpdatesFrom?: number;
   /** Parameters aggregated at a time from stored updates (default AGGREGATION_RANGE). */
   aggregationRange?: number;
+  /**
+   * Threads folding the updates into the round's exact sums (default: the cores, up to 4): the
+   * updates are read into SharedArrayBuffers, and each thread folds a run of blocks. 1: this one alone.
+   */
+  aggregationThreads?: number;
   /**
    * Keep a tally of the rounds (who was asked, who answered, update norms, durations) and give it
    * in status replies: what the operator's metrics read of a loop that runs in a Pod of its own.
@@ -455,6 +461,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     const storedUpdates = parameters >= (o.storedUpdatesFrom ?? fromEnv?.from ?? STORED_UPDATES_FROM);
     const aggregationRange = o.aggregationRange ?? fromEnv?.range ?? AGGREGATION_RANGE;
     if (storedUpdates) log(`${parameters} parameters: updates stay in their buckets, aggregated ${aggregationRange} parameters at a time`);
+    const aggregationThreads = o.aggregationThreads ?? Math.min(4, availableParallelism());
     transport = new NatsTransport({
       nc,
       spec,
@@ -468,6 +475,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       alive,
       interruptedSince: (t) => interrupted >= t,
       storedUpdates,
+      sharedBuffers: aggregationThreads > 1,
       ...(inputScaler ? { inputScaler } : {}),
       log,
     });
@@ -512,6 +520,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       ...(o.signal ? { signal: o.signal } : {}),
       ...(o.pauseRequested ? { pauseRequested: o.pauseRequested } : {}),
       aggregationRange,
+      aggregationThreads,
     });
     let result: Awaited<ReturnType<typeof coordinator.run>>;
     try {

@@ -93,9 +93,12 @@ class ByteBudget {
 class BufferPool {
   private readonly free: Uint8Array[] = [];
   private readonly limit: number;
+  private readonly shared: boolean;
 
-  constructor(limit: number) {
+  /** `shared`: new buffers are SharedArrayBuffers (what the aggregation's helper threads can read). */
+  constructor(limit: number, shared: boolean) {
     this.limit = limit;
+    this.shared = shared;
   }
 
   /** The smallest free buffer of at least `bytes`, or a new one. */
@@ -104,7 +107,8 @@ class BufferPool {
     this.free.forEach((b, i) => {
       if (b.length >= bytes && (best < 0 || b.length < this.free[best]!.length)) best = i;
     });
-    return best >= 0 ? this.free.splice(best, 1)[0]! : new Uint8Array(bytes);
+    if (best >= 0) return this.free.splice(best, 1)[0]!;
+    return new Uint8Array(this.shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes));
   }
 
   give(buffer: Uint8Array): void {
@@ -151,6 +155,8 @@ export interface NatsTransportOptions {
   storedUpdates?: boolean;
   /** The federation's input scaling (tabular data), sent with every task. */
   inputScaler?: InputScaler;
+  /** Updates are read into SharedArrayBuffers, which the aggregation's helper threads can read. */
+  sharedBuffers?: boolean;
   log: (line: string) => void;
 }
 
@@ -163,7 +169,7 @@ export class NatsTransport implements SiteTransport {
   /** Buffered mode: late updates that arrived between rounds, folded into the next one (with their share of the memory budget). */
   private late: Array<{ result: FitAnswer; release: () => void }> = [];
   private readonly memory = new ByteBudget(UPDATE_MEMORY_BUDGET_BYTES);
-  private readonly buffers = new BufferPool(UPDATE_MEMORY_BUDGET_BYTES);
+  private readonly buffers: BufferPool;
   private readonly window = new ByteBudget(UPDATE_READ_WINDOW_BYTES);
   /** Each site's envelopes, one after the other; and all of them under way. */
   private readonly siteQueues = new Map<string, Promise<void>>();
@@ -193,6 +199,7 @@ export class NatsTransport implements SiteTransport {
 
   constructor(o: NatsTransportOptions) {
     this.o = o;
+    this.buffers = new BufferPool(UPDATE_MEMORY_BUDGET_BYTES, o.sharedBuffers ?? false);
     if (o.storedUpdates) {
       this.objects = new StoredObjects({
         wire: (bucket) => this.wire(bucket),

@@ -63,6 +63,7 @@ export class RoundCoordinator {
   private readonly signal: AbortSignal | undefined;
   private readonly pauseRequested: (() => boolean) | undefined;
   private readonly aggregationRange: number;
+  private readonly aggregationThreads: number;
 
   constructor(opts: {
     spec: FederatedJobSpec;
@@ -79,6 +80,11 @@ export class RoundCoordinator {
     pauseRequested?: () => boolean;
     /** Stored updates: parameters aggregated at a time (default AGGREGATION_RANGE). */
     aggregationRange?: number;
+    /**
+     * Threads that fold updates into the exact sums at once (default 1): updates the transport
+     * holds in SharedArrayBuffers are folded by that many, each a run of blocks (fold-pool.ts).
+     */
+    aggregationThreads?: number;
   }) {
     this.signal = opts.signal;
     this.pauseRequested = opts.pauseRequested;
@@ -91,6 +97,7 @@ export class RoundCoordinator {
     this.transportState = opts.checkpoints?.transportState;
     this.resume = opts.resume;
     this.aggregationRange = opts.aggregationRange ?? AGGREGATION_RANGE;
+    this.aggregationThreads = opts.aggregationThreads ?? 1;
     // The model is ours from here: stored updates step it in place.
     this.global = opts.resume ? opts.resume.global : opts.initial;
     this.strategy = createStrategy(opts.spec.strategy, this.global.length, this.siteNames.length, opts.resume?.strategy);
@@ -212,7 +219,7 @@ export class RoundCoordinator {
             added = stored.add(r);
           } else {
             if (!acc) {
-              this.accumulator ??= new RoundAccumulator(this.global.length, { control });
+              this.accumulator ??= new RoundAccumulator(this.global.length, { control, threads: this.aggregationThreads });
               acc = this.accumulator;
               acc.reset();
             }
@@ -291,6 +298,7 @@ export class RoundCoordinator {
           updates: entries,
           control: stored.control,
           range: this.aggregationRange,
+          threads: this.aggregationThreads,
           sumSquares: this.events.siteUpdate !== undefined,
         });
         if (sumSquares) {

@@ -20,6 +20,10 @@
 // them for reference, and so is the bound the exact split's arithmetic sets by itself: the fold
 // kernel over every block of a sum, GROUP inputs at a time, with the inputs staged in cache once
 // (no input read from memory, no copy, no scan: what no way of moving the bytes can beat).
+// Then the same folds by as many threads as the machine has cores (ExactWeightedSum's `threads`:
+// the caller and helper threads each fold a run of blocks of one shared state; the coordinator
+// reads updates into SharedArrayBuffers for this), against the same single-core read rate.
+import { availableParallelism } from 'node:os';
 import { BLOCK, type FoldKernel, fusedMultiplyAdd, GROUP, Shard } from '../../core/aggregation/exact-kernel.ts';
 import { ExactWeightedSum } from '../../core/aggregation/exact-sum.ts';
 import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
@@ -33,11 +37,11 @@ export interface AggregationArgs {
 /** The coordinator's range for stored updates (AGGREGATION_RANGE in round-coordinator.ts). */
 const RANGE = 1 << 20;
 
-/** Deterministic values in [-0.01, 0.01) (xorshift32), like a round's deltas. */
+/** Deterministic values in [-0.01, 0.01) (xorshift32), like a round's deltas; in SharedArrayBuffers, as the coordinator reads them. */
 function updates(count: number, n: number): Float32Array[] {
   let s = 0x9e3779b9;
   return Array.from({ length: count }, () => {
-    const a = new Float32Array(n);
+    const a = new Float32Array(new SharedArrayBuffer(4 * n));
     for (let i = 0; i < n; i++) {
       s ^= s << 13;
       s ^= s >>> 17;
@@ -219,13 +223,18 @@ export async function run(args: AggregationArgs): Promise<unknown> {
     }),
   );
   const rangeSum = new ExactWeightedSum(width);
+  const threads = Math.max(2, availableParallelism());
+  const threadedBatched = new ExactWeightedSum(n, { threads });
+  const threadedRangeSum = new ExactWeightedSum(width, { threads });
+  const threadedAccumulator = new RoundAccumulator(n, { threads });
+  const threadedRangeMeans = new Float64Array(n);
   const rangeMeans = new Float64Array(n);
-  const byRange = (fold: (r: number) => void): number => {
+  const byRange = (fold: (r: number) => void, sum = rangeSum, means = rangeMeans): number => {
     let folding = 0;
     ranges.forEach((start, r) => {
-      rangeSum.reset();
+      sum.reset();
       folding += timed(() => fold(r));
-      rangeMeans.set(rangeSum.takeMean().subarray(0, Math.min(width, n - start)), start);
+      means.set(sum.takeMean().subarray(0, Math.min(width, n - start)), start);
     });
     return folding;
   };
@@ -293,6 +302,26 @@ export async function run(args: AggregationArgs): Promise<unknown> {
         },
       }),
     ),
+    {
+      what: `ExactWeightedSum.addAll of the 10, ${threads} threads`,
+      time: () => {
+        threadedBatched.reset();
+        return timed(() => threadedBatched.addAll(batch));
+      },
+    },
+    {
+      what: `range by range (${width}): addAll per range, ${threads} threads`,
+      time: () => byRange((r) => threadedRangeSum.addAll(slices.map((s, k) => ({ values: s[r]!, weight: weights[k]! }))), threadedRangeSum, threadedRangeMeans),
+    },
+    {
+      what: `RoundAccumulator.add x10, ${threads} threads`,
+      time: () => {
+        threadedAccumulator.reset();
+        return timed(() => {
+          for (let k = 0; k < count; k++) threadedAccumulator.add({ site: `site-${k}`, samples: weights[k]!, delta: ups[k]!, trainLoss: 0 });
+        });
+      },
+    },
   ];
   // Every repetition times every row once, in turn, so that whatever else the machine does
   // (other processes, other guests of the host) falls on all of them alike; a row's figure is
@@ -303,7 +332,10 @@ export async function run(args: AggregationArgs): Promise<unknown> {
   const rate = (what: string) => gbps(fastest[rows.findIndex((r) => r.what === what)]!);
   const readRate = Math.max(...reads.map((r) => rate(r.what)));
   const jsReadRate = Math.max(...reads.slice(1).map((r) => rate(r.what)));
-  const bound = Math.max(...folds.slice(6).map((r) => rate(r.what)));
+  const bound = Math.max(...folds.filter((r) => r.what.startsWith('fold kernel alone')).map((r) => rate(r.what)));
+  const threadedRows = folds.filter((r) => r.what.endsWith(`${threads} threads`));
+  const bestThreaded = Math.max(...threadedRows.map((r) => rate(r.what)));
+  const bestOne = Math.max(...folds.slice(0, 5).map((r) => rate(r.what)));
 
   // The same bits every way? (The states after the last repetition.)
   const a = oneAtATime.snapshot();
@@ -315,7 +347,11 @@ export async function run(args: AggregationArgs): Promise<unknown> {
     for (let i = 0; i < n; i++) if (mean[i] !== reference[i]) return false;
     return true;
   };
-  const rangesIdentical = sameMean(rangeMeans);
+  const rangesIdentical = sameMean(rangeMeans) && sameMean(threadedRangeMeans);
+  const t = threadedBatched.snapshot();
+  let threadedIdentical = true;
+  for (let i = 0; i < n && threadedIdentical; i++) threadedIdentical = t.hi[i] === b.hi[i] && t.lo[i] === b.lo[i];
+  threadedIdentical &&= sameMean(threadedAccumulator.take(1).meanDelta);
   let takeS = 0;
   const meanIdentical = sameMean(
     (() => {
@@ -334,7 +370,8 @@ export async function run(args: AggregationArgs): Promise<unknown> {
     [
       `read rate = the fastest of the four reads (${fixed(readRate, 2)} GB/s; of the three JS ones: ${fixed(jsReadRate, 2)} GB/s); target for the exact sum: >= 0.5x of it`,
       `ExactWeightedSum keeps two int64 per element (WebAssembly SIMD, fold kernel: ${kernel}); one update at a time, each element moves 4 bytes of input and reads and writes 16 bytes of state (36 bytes of memory traffic per 4 bytes of input); block by block, the state stays in cache and is read and written once per ${GROUP} updates`,
-      `add and addAll leave the same state bit for bit: ${identical ? 'yes' : 'NO'}; RoundAccumulator and range by range give the same mean as addAll: ${meanIdentical && rangesIdentical ? 'yes' : 'NO'}`,
+      `add and addAll leave the same state bit for bit: ${identical ? 'yes' : 'NO'}; RoundAccumulator and range by range give the same mean as addAll: ${meanIdentical && rangesIdentical ? 'yes' : 'NO'}; ${threads} threads, the same state and means: ${threadedIdentical ? 'yes' : 'NO'}`,
+      `best: one thread ${fixed(bestOne, 2)} GB/s = ${fixed(bestOne / readRate, 2)}x of the single-core read rate; ${threads} threads ${fixed(bestThreaded, 2)} GB/s = ${fixed(bestThreaded / readRate, 2)}x (target >= 0.5x)`,
       `the exact split's arithmetic alone (the fastest fold kernel, inputs in cache, no input read from memory): ${fixed(bound, 2)} GB/s = ${fixed(bound / readRate, 2)}x of the read rate: ${bound / readRate < 0.5 ? 'below 0.5x, so no way of moving the inputs can bring this exact sum to 0.5x on one core here' : 'the bound leaves room for reading the inputs'}`,
       `the mean (RoundAccumulator.take over the sum's own memory, ${(n / 1e6).toFixed(0)}M elements), timed apart: ${fixed(takeS * 1000, 0)} ms; each row's fastest of ${reps} rounds, the rows in turn`,
     ],
@@ -363,5 +400,14 @@ export async function run(args: AggregationArgs): Promise<unknown> {
     rangeByRange: { range: width, add: figure(folds[3]!.what), addAll: figure(folds[4]!.what), identicalMeans: rangesIdentical },
     naiveFloat64: figure(folds[5]!.what),
     foldKernelInCache: Object.fromEntries(kernelOnly.map(({ kernel }, i) => [kernel, figure(folds[6 + i]!.what)])),
+    threaded: {
+      threads,
+      identical: threadedIdentical,
+      addAll: figure(threadedRows[0]!.what),
+      rangeByRange: figure(threadedRows[1]!.what),
+      roundAccumulator: figure(threadedRows[2]!.what),
+      best: { GBps: bestThreaded, ratio: bestThreaded / readRate },
+    },
+    oneThreadBest: { GBps: bestOne, ratio: bestOne / readRate },
   };
 }

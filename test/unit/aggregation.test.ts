@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BLOCK, type FoldKernel, fusedMultiplyAdd, GROUP, maxAbs } from '../../core/aggregation/exact-kernel.ts';
 import { ExactWeightedSum } from '../../core/aggregation/exact-sum.ts';
+import { foldPool } from '../../core/aggregation/fold-pool.ts';
 import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
 import { Rng } from '../../core/rng.ts';
 import type { SiteFitResult } from '../../core/strategies/strategy.ts';
@@ -400,6 +401,82 @@ describe('ExactWeightedSum in batches, with either fold kernel', () => {
       new Uint32Array(values.buffer)[rng.int(values.length)] = t % 2 === 0 ? 0xffc00000 : 0x7f800001; // -NaN, a signalling NaN
       expect(maxAbs(values)).toBeNaN();
     }
+  });
+});
+
+describe('ExactWeightedSum folded by several threads', () => {
+  /** `values` copied into a SharedArrayBuffer (what helper threads can read). */
+  const shared = (values: Float32Array) => {
+    const out = new Float32Array(new SharedArrayBuffer(values.byteLength));
+    out.set(values);
+    return out;
+  };
+  const wide = (rng: Rng, n: number) => Float32Array.from({ length: n }, () => (rng.uniform() < 0.5 ? -1 : 1) * 10 ** (-9 + 12 * rng.uniform()));
+
+  it('gives the bits of one thread, in batches, one at a time and over several shards; the helpers fold their runs', () => {
+    const rng = Rng.from(21, 'threads');
+    const n = 11 * BLOCK + 123;
+    const batch = Array.from({ length: 2 * GROUP + 3 }, () => ({ values: shared(wide(rng, n)), weight: 1 + rng.int(3000) }));
+    const one = new ExactWeightedSum(n);
+    one.addAll(batch.map((u) => ({ values: u.values.slice(), weight: u.weight })));
+    const reference = one.snapshot();
+    const before = foldPool().helperBlocks;
+    for (const threads of [2, 3]) {
+      const many = new ExactWeightedSum(n, { threads });
+      many.addAll(batch.slice(0, 5));
+      for (const u of batch.slice(5)) many.add(u.values, u.weight);
+      const sharded = new ExactWeightedSum(n, { threads, shardElements: 8 * BLOCK });
+      sharded.addAll(batch);
+      for (const sum of [many, sharded]) {
+        const snap = sum.snapshot();
+        expect(Buffer.from(bytes(snap.hi)).equals(Buffer.from(bytes(reference.hi)))).toBe(true);
+        expect(Buffer.from(bytes(snap.lo)).equals(Buffer.from(bytes(reference.lo)))).toBe(true);
+        expect(Buffer.from(bytes(sum.mean())).equals(Buffer.from(bytes(one.mean())))).toBe(true);
+      }
+    }
+    expect(foldPool().helperBlocks).toBeGreaterThan(before);
+  });
+
+  it("refuses a batch with a bad value in any thread's run, leaving the state as it was, and goes on to the same bits", () => {
+    const rng = Rng.from(22, 'threads-refused');
+    const n = 12 * BLOCK + 5;
+    const batch = Array.from({ length: GROUP + 2 }, () => ({ values: shared(wide(rng, n)), weight: 1 + rng.int(100) }));
+    const sum = new ExactWeightedSum(n, { threads: 3 });
+    sum.addAll(batch.slice(0, 2));
+    const before = sum.snapshot();
+    // A value in the caller's run (first blocks), in the middle helper's, in the last one's.
+    for (const [t, at] of [5, 6 * BLOCK + 7, n - 2].entries()) {
+      const bad = batch.slice(2).map((u) => ({ values: shared(u.values), weight: u.weight }));
+      bad[t % bad.length]!.values[at] = [Number.NaN, -Infinity, 2 ** 43][t]!;
+      expect(() => sum.addAll(bad)).toThrow(t === 2 ? /beyond the exact range 2\^43/ : /NaN or Infinity/);
+      const after = sum.snapshot();
+      expect(bytes(after.hi)).toEqual(bytes(before.hi));
+      expect(bytes(after.lo)).toEqual(bytes(before.lo));
+      expect(bytes(after.magnitude)).toEqual(bytes(before.magnitude));
+      expect(sum.count).toBe(2);
+    }
+    // A total past the exact range (M = Sum weight * max|x| >= 2^44), found only once every run is folded.
+    const heavy = Array.from({ length: 5 }, () => ({ values: shared(new Float32Array(n).fill(2 ** 20)), weight: 2 ** 22 }));
+    expect(() => sum.addAll(heavy)).toThrow(/Sum weight\*max\|x\| would reach .* beyond the exact range 2\^44/);
+    expect(bytes(sum.snapshot().hi)).toEqual(bytes(before.hi));
+    sum.addAll(batch.slice(2));
+    const one = new ExactWeightedSum(n);
+    one.addAll(batch);
+    expect(bytes(sum.snapshot().hi)).toEqual(bytes(one.snapshot().hi));
+    expect(bytes(sum.snapshot().lo)).toEqual(bytes(one.snapshot().lo));
+  });
+
+  it('folds updates that are not in SharedArrayBuffers in the calling thread', () => {
+    const rng = Rng.from(23, 'threads-unshared');
+    const n = 10 * BLOCK;
+    const u = wide(rng, n);
+    const before = foldPool().helperBlocks;
+    const sum = new ExactWeightedSum(n, { threads: 2 });
+    sum.add(u, 7);
+    expect(foldPool().helperBlocks).toBe(before);
+    const one = new ExactWeightedSum(n);
+    one.add(u, 7);
+    expect(bytes(sum.mean())).toEqual(bytes(one.mean()));
   });
 });
 
