@@ -18,6 +18,8 @@ export interface BlockFoldJob {
   /** Blocks of the shard, [from, to). */
   from: number;
   to: number;
+  /** When the updates lie in the shard's input slots: their byte addresses (folded where they lie, not copied). */
+  pointers?: readonly number[];
 }
 
 export interface BlockFoldOutcome {
@@ -34,18 +36,20 @@ export function foldBlocks(shard: Shard, job: BlockFoldJob): BlockFoldOutcome {
   const groups = bounds.length - 1;
   const groupWeights = Array.from({ length: groups }, (_, g) => weights.slice(bounds[g]!, bounds[g + 1]!));
   const maxAbs = inputs.map(() => 0);
+  const pointers = job.pointers;
   let folded = 0;
   for (let b = job.from; b < job.to; b++) {
     const at = b * BLOCK;
     const count = Math.min(BLOCK, shard.length - at);
     for (let g = 0; g < groups; g++) {
       for (let k = bounds[g]!; k < bounds[g + 1]!; k++) {
-        const m = shard.stage(inputs[k]!, shard.start + at, count, k - bounds[g]!);
+        const m = pointers ? shard.scanAt(pointers[k]! + 4 * at, count) : shard.stage(inputs[k]!, shard.start + at, count, k - bounds[g]!);
         if (!(m <= LARGEST_FLOAT32)) return { maxAbs, folded, stopped: { update: k, kind: 'not-finite', maxAbs: m } };
         if (m > maxAbs[k]!) maxAbs[k] = m;
         if (!(m < limits[k]!)) return { maxAbs, folded, stopped: { update: k, kind: 'beyond-range', maxAbs: m } };
       }
-      shard.foldRaw(count, at, groupWeights[g]!);
+      if (pointers) shard.foldAt(groupPointers(pointers, bounds, g, at), count, at, groupWeights[g]!);
+      else shard.foldRaw(count, at, groupWeights[g]!);
       folded++;
     }
   }
@@ -62,8 +66,17 @@ export function unfoldBlocks(shard: Shard, job: BlockFoldJob, folded: number): v
     const at = b * BLOCK;
     const count = Math.min(BLOCK, shard.length - at);
     for (let g = 0; g < groups && left > 0; g++, left--) {
+      if (job.pointers) {
+        shard.foldAt(groupPointers(job.pointers, bounds, g, at), count, at, negated[g]!);
+        continue;
+      }
       for (let k = bounds[g]!; k < bounds[g + 1]!; k++) shard.stage(inputs[k]!, shard.start + at, count, k - bounds[g]!);
       shard.foldRaw(count, at, negated[g]!);
     }
   }
+}
+
+/** Group g's input addresses at element `at`. */
+export function groupPointers(pointers: readonly number[], bounds: readonly number[], g: number, at: number): number[] {
+  return pointers.slice(bounds[g]!, bounds[g + 1]!).map((p) => p + 4 * at);
 }

@@ -88,23 +88,26 @@ function loop(ptr: number, end: number, body: number[][], advance: Array<[number
  * rounded constant (relaxed SIMD would allow it); the plain kernel ignores them.
  */
 function foldKernel(n: number, fused: boolean): WasmFunction {
-  const [P, END, H, L] = [0, 1, 2, 3];
-  const [A_ARG, B_ARG] = [4, 5];
-  const weight = (k: number) => 6 + n + k;
-  const [K1, KA, KB] = [6 + 2 * n, 7 + 2 * n, 8 + 2 * n];
+  // Parameters: one input pointer per update (p_k), the end of p_0's run, the state's H and L,
+  // the fused constants, the weights.
+  const [END, H, L] = [n, n + 1, n + 2];
+  const [A_ARG, B_ARG] = [n + 3, n + 4];
+  const weightArg = (k: number) => n + 5 + k;
+  const weight = (k: number) => 2 * n + 5 + k;
+  const [K1, KA, KB] = [3 * n + 5, 3 * n + 6, 3 * n + 7];
   // Two pairs of elements per iteration, for independent chains of operations.
   const PAIRS = 2;
-  const hAcc = (j: number) => 9 + 2 * n + 2 * j;
-  const lAcc = (j: number) => 10 + 2 * n + 2 * j;
-  const [Q, T] = [9 + 2 * n + 2 * PAIRS, 10 + 2 * n + 2 * PAIRS];
+  const hAcc = (j: number) => 3 * n + 8 + 2 * j;
+  const lAcc = (j: number) => 3 * n + 9 + 2 * j;
+  const [Q, T] = [3 * n + 8 + 2 * PAIRS, 3 * n + 9 + 2 * PAIRS];
   const body: number[][] = [];
   for (let j = 0; j < PAIRS; j++)
     body.push(op.localGet(H), op.v128Load(16 * j), op.localSet(hAcc(j)), op.localGet(L), op.v128Load(16 * j), op.localSet(lAcc(j)));
   for (let k = 0; k < n; k++) {
     for (let j = 0; j < PAIRS; j++) {
       body.push(
-        op.localGet(P),
-        op.v128Load64Zero(k * SLOT_BYTES + 8 * j),
+        op.localGet(k),
+        op.v128Load64Zero(8 * j),
         op.f64x2PromoteLowF32x4,
         op.localGet(weight(k)),
         op.f64x2Mul,
@@ -131,18 +134,14 @@ function foldKernel(n: number, fused: boolean): WasmFunction {
   const splat = (value: number, local: number) => [op.f64Const(value), op.f64x2Splat, op.localSet(local)];
   return {
     name: `fold${n}`,
-    params: ['i32', 'i32', 'i32', 'i32', 'f64', 'f64', ...Array.from({ length: n }, () => 'f64' as const)],
+    params: [...Array.from({ length: n }, () => 'i32' as const), 'i32', 'i32', 'i32', 'f64', 'f64', ...Array.from({ length: n }, () => 'f64' as const)],
     results: [],
     locals: Array.from({ length: n + 3 + 2 * PAIRS + 2 }, () => 'v128' as const),
     body: [
-      ...Array.from({ length: n }, (_, k) => [op.localGet(6 + k), op.f64x2Splat, op.localSet(weight(k))]).flat(),
+      ...Array.from({ length: n }, (_, k) => [op.localGet(weightArg(k)), op.f64x2Splat, op.localSet(weight(k))]).flat(),
       ...splat(C1, K1),
       ...(fused ? [op.localGet(A_ARG), op.f64x2Splat, op.localSet(KA), op.localGet(B_ARG), op.f64x2Splat, op.localSet(KB)] : splat(C2, KA)),
-      ...loop(P, END, body, [
-        [P, 8 * PAIRS],
-        [H, 16 * PAIRS],
-        [L, 16 * PAIRS],
-      ]),
+      ...loop(0, END, body, [...Array.from({ length: n }, (_, k): [number, number] => [k, 8 * PAIRS]), [H, 16 * PAIRS], [L, 16 * PAIRS]]),
     ],
   };
 }
@@ -382,7 +381,8 @@ const COMMON: WasmFunction[] = [
   },
 ];
 
-type Fold = (p: number, end: number, h: number, l: number, a: number, b: number, ...weights: number[]) => void;
+/** fold<n>(p_0, ..., p_{n-1}, end, h, l, a, b, w_0, ..., w_{n-1}). */
+type Fold = (...args: number[]) => void;
 
 interface KernelExports {
   scan(p: number, end: number): number;
@@ -488,6 +488,7 @@ export interface ShardHandle {
   length: number;
   kernel: FoldKernel;
   threads: number;
+  inputs: number;
 }
 
 /** One shard of a sum's state: elements [start, start + length) of the model. */
@@ -524,7 +525,17 @@ export class Shard {
    * that other threads can attach to it (Shard.attach) and fold blocks of their own at once.
    * `attach`: this is such a thread's view of an existing shard (its folds only: no bookkeeping).
    */
-  constructor(start: number, length: number, kernel?: FoldKernel, opts: { threads?: number; attach?: { memory: WasmMemory; thread: number } } = {}) {
+  /** Input slots: where they start, and the bytes between two (the capacity, padded to 16 values). */
+  private readonly iOffset: number;
+  private readonly slotStride: number;
+  readonly inputs: number;
+
+  constructor(
+    start: number,
+    length: number,
+    kernel?: FoldKernel,
+    opts: { threads?: number; inputs?: number; attach?: { memory: WasmMemory; thread: number } } = {},
+  ) {
     this.start = start;
     this.length = length;
     this.folds = new Uint32Array(Math.ceil(length / BLOCK));
@@ -534,11 +545,14 @@ export class Shard {
     const capacity = Math.ceil(length / 16) * 16;
     this.hOffset = threads * SCRATCH_BYTES;
     this.lOffset = this.hOffset + 8 * capacity;
-    const pages = Math.ceil((this.lOffset + 8 * capacity) / 65536);
-    if (pages > 65536) throw new RangeError(`Shard: ${length} elements and ${threads} scratch areas do not fit one memory`);
+    this.iOffset = this.lOffset + 8 * capacity;
+    this.slotStride = 4 * capacity;
+    this.inputs = opts.inputs ?? 0;
+    const pages = Math.ceil((this.iOffset + this.inputs * this.slotStride) / 65536);
+    if (pages > 65536) throw new RangeError(`Shard: ${length} elements, ${threads} scratch areas and ${this.inputs} input slots do not fit one memory`);
     const memory = opts.attach?.memory ?? (shared ? new wasm.Memory({ initial: pages, maximum: pages, shared: true }) : new wasm.Memory({ initial: pages }));
     this.scratchBase = (opts.attach?.thread ?? 0) * SCRATCH_BYTES;
-    this.handle = shared ? { memory, start, length, kernel: kernel ?? 'plain', threads } : undefined;
+    this.handle = shared ? { memory, start, length, kernel: kernel ?? 'plain', threads, inputs: this.inputs } : undefined;
     const exports = new wasm.Instance(kernelModule(kernel, shared), { env: { memory } }).exports as KernelExports & Record<string, Fold>;
     this.k = exports;
     this.foldKernels = Array.from({ length: GROUP }, (_, i) => exports[`fold${i + 1}`]!);
@@ -551,7 +565,31 @@ export class Shard {
   /** Another thread's view of a shared shard, folding through scratch area `thread`. */
   static attach(handle: ShardHandle, thread: number): Shard {
     if (!(thread >= 1 && thread < handle.threads)) throw new RangeError(`Shard.attach: thread ${thread} of ${handle.threads}`);
-    return new Shard(handle.start, handle.length, handle.kernel, { threads: handle.threads, attach: { memory: handle.memory, thread } });
+    return new Shard(handle.start, handle.length, handle.kernel, { threads: handle.threads, inputs: handle.inputs, attach: { memory: handle.memory, thread } });
+  }
+
+  /** Input slot i: an update written here is folded where it lies (no copy), its padding zeros. */
+  inputView(i: number): Float32Array {
+    if (!(i >= 0 && i < this.inputs)) throw new RangeError(`Shard.inputView: slot ${i} of ${this.inputs}`);
+    return new Float32Array(this.bytes.buffer, this.iOffset + i * this.slotStride, this.length);
+  }
+
+  /** The byte address of `values` when it is one of this shard's input slots, whole; else undefined. */
+  inputAddress(values: Float32Array): number | undefined {
+    if (values.buffer !== this.bytes.buffer || values.length !== this.length) return undefined;
+    const offset = values.byteOffset - this.iOffset;
+    return offset >= 0 && offset % this.slotStride === 0 && offset / this.slotStride < this.inputs ? values.byteOffset : undefined;
+  }
+
+  /** foldStaged for values in input slots (their addresses + 4 at): the same folds and bookkeeping, without the copy. */
+  foldSlots(pointers: readonly number[], count: number, at: number, weights: readonly number[]): void {
+    if (at % BLOCK !== 0) throw new RangeError(`Shard.foldSlots: ${at} is not the start of a block`);
+    const b = at / BLOCK;
+    if (this.growth[b]! + weights.length > GROWTH_LIMIT) this.normalizeBlock(b);
+    this.foldAt(pointers, count, at, weights);
+    this.folds[b]! += weights.length;
+    this.growth[b]! += weights.length;
+    this.dirty = true;
   }
 
   /**
@@ -594,7 +632,34 @@ export class Shard {
    */
   foldRaw(count: number, at: number, weights: readonly number[]): void {
     const p = this.scratchBase;
-    this.foldKernels[weights.length - 1]!(p, p + Math.ceil(count / 16) * 64, this.hOffset + 8 * at, this.lOffset + 8 * at, FMA_A, FMA_B, ...weights);
+    this.foldAt(
+      weights.map((_, k) => p + k * SLOT_BYTES),
+      count,
+      at,
+      weights,
+    );
+  }
+
+  /**
+   * Folds the float32 values at byte addresses `pointers` of this memory (count each, padded
+   * with zeros to 16, already checked) into the elements at `at`: foldRaw without the copy, for
+   * updates that lie in this shard's own memory (its input slots).
+   */
+  foldAt(pointers: readonly number[], count: number, at: number, weights: readonly number[]): void {
+    this.foldKernels[weights.length - 1]!(
+      ...pointers,
+      pointers[0]! + Math.ceil(count / 16) * 64,
+      this.hOffset + 8 * at,
+      this.lOffset + 8 * at,
+      FMA_A,
+      FMA_B,
+      ...weights,
+    );
+  }
+
+  /** max |x| (NaN if any is NaN) of count float32 at byte address p of this memory, padded with zeros to 16. */
+  scanAt(p: number, count: number): number {
+    return this.k.scan(p, p + Math.ceil(count / 16) * 64);
   }
 
   /**

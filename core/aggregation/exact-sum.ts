@@ -35,7 +35,7 @@
 // Memory: 16 bytes per element (four times a float32 model), in WebAssembly linear memories of up
 // to 4 GiB each (one per 268M elements); reset() empties the sum for another round without new
 // memory, whose page faults would cost more than the folds.
-import { type BlockFoldJob, LARGEST_FLOAT32 } from './block-folds.ts';
+import { type BlockFoldJob, groupPointers, LARGEST_FLOAT32 } from './block-folds.ts';
 import { BLOCK, type FoldKernel, GROUP, SHARD_ELEMENTS, Shard } from './exact-kernel.ts';
 import { allShared, foldPool } from './fold-pool.ts';
 
@@ -50,6 +50,9 @@ const CARRY_EVERY = 1024;
 /** Blocks each thread must have for a fold to be shared out (below, the messages cost more than they save). */
 const MIN_BLOCKS_PER_THREAD = 4;
 let shardKeys = 0;
+
+/** Batches folded from input slots, where they lie (tests: the slots were used, not copied from). */
+export const slotFolds = { batches: 0 };
 
 /** A checkpointable copy of an ExactWeightedSum's state. */
 export interface ExactSumSnapshot {
@@ -129,7 +132,7 @@ export class ExactWeightedSum {
    * updates held in SharedArrayBuffers are folded by that many threads at once, each a run of
    * blocks (fold-pool.ts); the same bits as one thread.
    */
-  constructor(size: number, opts: { shardElements?: number; kernel?: FoldKernel; threads?: number } = {}) {
+  constructor(size: number, opts: { shardElements?: number; kernel?: FoldKernel; threads?: number; inputs?: number } = {}) {
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`ExactWeightedSum: bad size ${size}`);
     const per = opts.shardElements ?? SHARD_ELEMENTS;
     if (!Number.isSafeInteger(per) || per < BLOCK || per % BLOCK !== 0) throw new RangeError(`ExactWeightedSum: bad shard size ${per}`);
@@ -138,8 +141,33 @@ export class ExactWeightedSum {
     this.size = size;
     this.threads = threads;
     this.shards = [];
-    for (let start = 0; start < size; start += per) this.shards.push(new Shard(start, Math.min(per, size - start), opts.kernel, { threads }));
+    const inputs = opts.inputs ?? 0;
+    if (inputs > 0 && size > per) throw new RangeError(`ExactWeightedSum: input slots need a sum of one shard (${size} elements is more than ${per})`);
+    for (let start = 0; start < size; start += per) this.shards.push(new Shard(start, Math.min(per, size - start), opts.kernel, { threads, inputs }));
     this.keys = this.shards.map(() => ++shardKeys);
+  }
+
+  /**
+   * Input slot i (of the `inputs` asked for): an update written here, whole, is folded where it
+   * lies, with no copy (a reader that fills it, such as a stored round's, saves that pass).
+   */
+  input(i: number): Float32Array {
+    const shard = this.shards[0];
+    if (!shard) throw new RangeError('ExactWeightedSum.input: an empty sum has no input slots');
+    return shard.inputView(i);
+  }
+
+  /** The updates' addresses when every one is an input slot of this (one-shard) sum; else undefined. */
+  private slotAddresses(updates: readonly WeightedValues[]): number[] | undefined {
+    const shard = this.shards.length === 1 ? this.shards[0]! : undefined;
+    if (!shard || shard.inputs === 0) return undefined;
+    const addresses: number[] = [];
+    for (const u of updates) {
+      const a = shard.inputAddress(u.values);
+      if (a === undefined) return undefined;
+      addresses.push(a);
+    }
+    return addresses;
   }
 
   /** Updates folded in (merges included). */
@@ -191,6 +219,8 @@ export class ExactWeightedSum {
     const bounds = Array.from({ length: groups + 1 }, (_, g) => Math.floor((g * updates.length) / groups));
     const groupWeights = Array.from({ length: groups }, (_, g) => checked.slice(bounds[g]!, bounds[g + 1]!));
     const done: Array<{ shard: Shard; at: number; count: number; g: number }> = [];
+    const pointers = this.slotAddresses(updates);
+    if (pointers) slotFolds.batches++;
     try {
       for (const shard of this.shards) {
         for (let at = 0; at < shard.length; at += BLOCK) {
@@ -198,8 +228,8 @@ export class ExactWeightedSum {
           for (let g = 0; g < groups; g++) {
             const [first, end] = [bounds[g]!, bounds[g + 1]!];
             for (let k = first; k < end; k++) {
-              // Each block is checked (copied in, then scanned in cache) before it is folded.
-              const m = shard.stage(updates[k]!.values, shard.start + at, count, k - first);
+              // Each block is checked (copied in, then scanned in cache; or scanned where it lies) before it is folded.
+              const m = pointers ? shard.scanAt(pointers[k]! + 4 * at, count) : shard.stage(updates[k]!.values, shard.start + at, count, k - first);
               if (!(m <= LARGEST_FLOAT32)) throw new RangeError('ExactWeightedSum.add: update contains NaN or Infinity');
               if (m > maxAbs[k]!) {
                 // Only update k's bound changed: the others passed when theirs last grew.
@@ -208,7 +238,8 @@ export class ExactWeightedSum {
                 this.checkGrowth(checked[k]!, limits[k]!, m, weight, magnitude);
               }
             }
-            shard.foldStaged(count, at, groupWeights[g]!);
+            if (pointers) shard.foldSlots(groupPointers(pointers, bounds, g, at), count, at, groupWeights[g]!);
+            else shard.foldStaged(count, at, groupWeights[g]!);
             done.push({ shard, at, count, g });
           }
         }
@@ -217,6 +248,10 @@ export class ExactWeightedSum {
       // Folding -w x subtracts exactly what w x added (rounding to even is symmetric).
       const negated = groupWeights.map((ws) => ws.map((w) => -w));
       for (const { shard, at, count, g } of done) {
+        if (pointers) {
+          shard.foldSlots(groupPointers(pointers, bounds, g, at), count, at, negated[g]!);
+          continue;
+        }
         for (let k = bounds[g]!; k < bounds[g + 1]!; k++) shard.stage(updates[k]!.values, shard.start + at, count, k - bounds[g]!);
         shard.foldStaged(count, at, negated[g]!);
       }
@@ -248,6 +283,8 @@ export class ExactWeightedSum {
     const groups = Math.ceil(updates.length / GROUP);
     const bounds = Array.from({ length: groups + 1 }, (_, g) => Math.floor((g * updates.length) / groups));
     const inputs = updates.map((u) => u.values);
+    const pointers = this.slotAddresses(updates);
+    if (pointers) slotFolds.batches++;
     const pool = foldPool();
     const maxAbs = updates.map(() => 0);
     const done: Array<{ shard: Shard; key: number; jobs: BlockFoldJob[]; folded: number[] }> = [];
@@ -263,6 +300,7 @@ export class ExactWeightedSum {
           bounds,
           from: Math.floor((t * blocks) / threads),
           to: Math.floor(((t + 1) * blocks) / threads),
+          ...(pointers ? { pointers } : {}),
         }));
         // Room for the folds and, should the batch be refused, as many that take them out.
         shard.makeRoom(2 * updates.length);

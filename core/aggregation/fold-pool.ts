@@ -32,6 +32,7 @@ export interface HelperRequest {
   bounds: number[];
   from: number;
   to: number;
+  pointers?: number[];
   folded: number;
   /** Int32Array over a SharedArrayBuffer: set to 1, and notified, once the outcome is posted. */
   flag: Int32Array;
@@ -91,6 +92,7 @@ export class FoldPool {
         bounds: [...job.bounds],
         from: job.from,
         to: job.to,
+        ...(job.pointers ? { pointers: [...job.pointers] } : {}),
         folded: folded[i] ?? 0,
         flag: h.flag,
         port: h.theirs,

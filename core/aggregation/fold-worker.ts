@@ -28,6 +28,7 @@ parentPort?.on('message', (r: HelperRequest) => {
       bounds: r.bounds,
       from: r.from,
       to: r.to,
+      ...(r.pointers ? { pointers: r.pointers } : {}),
     };
     let outcome: BlockFoldOutcome;
     if (r.op === 'fold') outcome = foldBlocks(shard, job);

@@ -174,10 +174,18 @@ export async function aggregateStored(o: StoredAggregation): Promise<{ sumSquare
   const width = Math.max(1, Math.min(o.range, n));
   const ahead = Math.max(1, o.lookahead ?? 4);
   const threads = o.threads ?? 1;
-  const deltas = new ExactWeightedSum(width, { threads });
-  const controls = o.control ? new ExactWeightedSum(width, { threads }) : undefined;
-  // What helper threads can read, when there are any.
-  const values = (length: number) => new Float32Array(threads > 1 ? new SharedArrayBuffer(4 * length) : new ArrayBuffer(4 * length));
+  // The ranges are read into the sums' own input slots (as many as reads can be under way), and
+  // folded where they lie: no copy of each range into the fold's scratch.
+  const slots = ahead + 1;
+  const deltas = new ExactWeightedSum(width, { threads, inputs: slots });
+  const controls = o.control ? new ExactWeightedSum(width, { threads, inputs: slots }) : undefined;
+  let slotsTaken = 0;
+  const newSlot = (): Slot => {
+    const i = slotsTaken++;
+    if (i < slots) return { delta: deltas.input(i), control: controls?.input(i) };
+    // Not expected (at most `ahead` reads are under way); folded by copy, as any array.
+    return { delta: new Float32Array(width), control: controls ? new Float32Array(width) : undefined };
+  };
   const squares = o.sumSquares ? new Float64Array(count) : undefined;
   const readers = updates.map((u) => u.result.open());
   // Ranges end where the first update's chunks do, when they can (its peers are stored alike).
@@ -198,7 +206,7 @@ export async function aggregateStored(o: StoredAggregation): Promise<{ sumSquare
     }
     const k = next++;
     const length = rangeEnd - rangeStart;
-    const slot = free.pop() ?? { delta: values(width), control: controls ? values(width) : undefined };
+    const slot = free.pop() ?? newSlot();
     const read = tails[k]!.then(async () => {
       await readers[k]!.read(slot.delta.subarray(0, length), slot.control?.subarray(0, length));
       if (length < width) {

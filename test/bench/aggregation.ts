@@ -228,6 +228,19 @@ export async function run(args: AggregationArgs): Promise<unknown> {
   const threadedRangeSum = new ExactWeightedSum(width, { threads });
   const threadedAccumulator = new RoundAccumulator(n, { threads });
   const threadedRangeMeans = new Float64Array(n);
+  // Input slots: the updates written into the sums' own memory (as a stored round's reads write
+  // each range), folded where they lie. Filled before the timing, as the reads fill them.
+  const slotSums = [1, threads].map((t) => {
+    const sum = new ExactWeightedSum(n, { threads: t, inputs: count });
+    const batch = ups.map((u, k) => {
+      const slot = sum.input(k);
+      slot.set(u);
+      return { values: slot, weight: weights[k]! };
+    });
+    return { threads: t, sum, batch };
+  });
+  const slotRangeSum = new ExactWeightedSum(width, { threads, inputs: count });
+  const slotRangeMeans = new Float64Array(n);
   const rangeMeans = new Float64Array(n);
   const byRange = (fold: (r: number) => void, sum = rangeSum, means = rangeMeans): number => {
     let folding = 0;
@@ -313,6 +326,31 @@ export async function run(args: AggregationArgs): Promise<unknown> {
       what: `range by range (${width}): addAll per range, ${threads} threads`,
       time: () => byRange((r) => threadedRangeSum.addAll(slices.map((s, k) => ({ values: s[r]!, weight: weights[k]! }))), threadedRangeSum, threadedRangeMeans),
     },
+    ...slotSums.map(
+      ({ threads: t, sum, batch: inSlots }): Row => ({
+        what: `ExactWeightedSum.addAll of the 10 in its input slots (no copy), ${t === 1 ? '1 thread' : `${t} threads`}`,
+        time: () => {
+          sum.reset();
+          return timed(() => sum.addAll(inSlots));
+        },
+      }),
+    ),
+    {
+      what: `range by range (${width}): add x10 per range from input slots, ${threads} threads (stored, as the coordinator)`,
+      time: () => {
+        let folding = 0;
+        ranges.forEach((start, r) => {
+          slotRangeSum.reset();
+          for (let k = 0; k < count; k++) {
+            // The read of update k's range into its slot: not timed.
+            slotRangeSum.input(k).set(slices[k]![r]!);
+            folding += timed(() => slotRangeSum.add(slotRangeSum.input(k), weights[k]!));
+          }
+          slotRangeMeans.set(slotRangeSum.takeMean().subarray(0, Math.min(width, n - start)), start);
+        });
+        return folding;
+      },
+    },
     {
       what: `RoundAccumulator.add x10, ${threads} threads`,
       time: () => {
@@ -333,9 +371,11 @@ export async function run(args: AggregationArgs): Promise<unknown> {
   const readRate = Math.max(...reads.map((r) => rate(r.what)));
   const jsReadRate = Math.max(...reads.slice(1).map((r) => rate(r.what)));
   const bound = Math.max(...folds.filter((r) => r.what.startsWith('fold kernel alone')).map((r) => rate(r.what)));
-  const threadedRows = folds.filter((r) => r.what.endsWith(`${threads} threads`));
+  const threadedRows = folds.filter((r) => r.what.includes(`${threads} threads`));
   const bestThreaded = Math.max(...threadedRows.map((r) => rate(r.what)));
-  const bestOne = Math.max(...folds.slice(0, 5).map((r) => rate(r.what)));
+  const bestOne = Math.max(
+    ...folds.filter((r) => !r.what.includes('threads') && !r.what.startsWith('fold kernel') && !r.what.startsWith('naive')).map((r) => rate(r.what)),
+  );
 
   // The same bits every way? (The states after the last repetition.)
   const a = oneAtATime.snapshot();
@@ -347,11 +387,11 @@ export async function run(args: AggregationArgs): Promise<unknown> {
     for (let i = 0; i < n; i++) if (mean[i] !== reference[i]) return false;
     return true;
   };
-  const rangesIdentical = sameMean(rangeMeans) && sameMean(threadedRangeMeans);
+  const rangesIdentical = sameMean(rangeMeans) && sameMean(threadedRangeMeans) && sameMean(slotRangeMeans);
   const t = threadedBatched.snapshot();
   let threadedIdentical = true;
   for (let i = 0; i < n && threadedIdentical; i++) threadedIdentical = t.hi[i] === b.hi[i] && t.lo[i] === b.lo[i];
-  threadedIdentical &&= sameMean(threadedAccumulator.take(1).meanDelta);
+  threadedIdentical &&= sameMean(threadedAccumulator.take(1).meanDelta) && slotSums.every(({ sum }) => sameMean(sum.mean()));
   let takeS = 0;
   const meanIdentical = sameMean(
     (() => {
@@ -403,11 +443,10 @@ export async function run(args: AggregationArgs): Promise<unknown> {
     threaded: {
       threads,
       identical: threadedIdentical,
-      addAll: figure(threadedRows[0]!.what),
-      rangeByRange: figure(threadedRows[1]!.what),
-      roundAccumulator: figure(threadedRows[2]!.what),
+      rows: Object.fromEntries(threadedRows.map((r) => [r.what, figure(r.what)])),
       best: { GBps: bestThreaded, ratio: bestThreaded / readRate },
     },
     oneThreadBest: { GBps: bestOne, ratio: bestOne / readRate },
+    inputSlotsOneThread: figure(folds.find((r) => r.what.includes('input slots (no copy), 1 thread'))!.what),
   };
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { BLOCK, type FoldKernel, fusedMultiplyAdd, GROUP, maxAbs } from '../../core/aggregation/exact-kernel.ts';
-import { ExactWeightedSum } from '../../core/aggregation/exact-sum.ts';
+import { ExactWeightedSum, slotFolds } from '../../core/aggregation/exact-sum.ts';
 import { foldPool } from '../../core/aggregation/fold-pool.ts';
 import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
 import { Rng } from '../../core/rng.ts';
@@ -464,6 +464,37 @@ describe('ExactWeightedSum folded by several threads', () => {
     one.addAll(batch);
     expect(bytes(sum.snapshot().hi)).toEqual(bytes(one.snapshot().hi));
     expect(bytes(sum.snapshot().lo)).toEqual(bytes(one.snapshot().lo));
+  });
+
+  it('folds updates written into its input slots where they lie (one thread or several), to the same bits; a refused batch is taken out', () => {
+    const rng = Rng.from(24, 'slots');
+    const n = 9 * BLOCK + 77;
+    const batch = Array.from({ length: GROUP + 3 }, () => ({ values: wide(rng, n), weight: 1 + rng.int(500) }));
+    const one = new ExactWeightedSum(n);
+    one.addAll(batch);
+    const reference = one.snapshot();
+    for (const threads of [1, 2]) {
+      const sum = new ExactWeightedSum(n, { threads, inputs: batch.length });
+      const slots = batch.map((u, k) => {
+        const slot = sum.input(k);
+        slot.set(u.values);
+        return { values: slot, weight: u.weight };
+      });
+      expect(() => sum.input(batch.length)).toThrow(RangeError);
+      const folds = slotFolds.batches;
+      sum.addAll(slots.slice(0, 3));
+      expect(slotFolds.batches).toBe(folds + 1);
+      const before = sum.snapshot();
+      slots[4]!.values[n - 1] = Number.NaN;
+      expect(() => sum.addAll(slots.slice(3))).toThrow(/NaN or Infinity/);
+      expect(Buffer.from(bytes(sum.snapshot().hi)).equals(Buffer.from(bytes(before.hi)))).toBe(true);
+      slots[4]!.values[n - 1] = batch[4]!.values[n - 1]!;
+      sum.addAll(slots.slice(3));
+      const snap = sum.snapshot();
+      expect(Buffer.from(bytes(snap.hi)).equals(Buffer.from(bytes(reference.hi)))).toBe(true);
+      expect(Buffer.from(bytes(snap.lo)).equals(Buffer.from(bytes(reference.lo)))).toBe(true);
+    }
+    expect(() => new ExactWeightedSum(3 * BLOCK, { shardElements: BLOCK, inputs: 1 })).toThrow(/input slots need a sum of one shard/);
   });
 
   it('folds updates that are not in SharedArrayBuffers in the calling thread', () => {
