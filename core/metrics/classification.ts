@@ -6,7 +6,11 @@ export interface ClassificationScores {
   loss: number;
   /** Share of examples whose most probable class (the first, on ties) is the label. */
   accuracy: number;
-  /** Binary tasks only: ROC AUC of the class-1 probability; undefined when one class is absent. */
+  /**
+   * ROC AUC: of the class-1 probability for two classes; for more, the mean over the classes of
+   * each one's against the rest (one-vs-rest, macro: sklearn's roc_auc_score(multi_class='ovr')),
+   * over the classes that have both examples and non-examples here; undefined when none has.
+   */
   auc?: number;
 }
 
@@ -38,6 +42,22 @@ export function evaluateProbabilities(probs: Float32Array, numClasses: number, l
     for (let e = 0; e < n; e++) positive[e] = probs[e * 2 + 1]!;
     const auc = rocAuc(positive, labels);
     if (auc !== undefined) scores.auc = auc;
+  } else {
+    const score = new Float64Array(n);
+    const isClass = new Int32Array(n);
+    let sum = 0;
+    let classes = 0;
+    for (let k = 0; k < numClasses; k++) {
+      for (let e = 0; e < n; e++) {
+        score[e] = probs[e * numClasses + k]!;
+        isClass[e] = labels[e] === k ? 1 : 0;
+      }
+      const auc = rocAuc(score, isClass);
+      if (auc === undefined) continue;
+      sum += auc;
+      classes++;
+    }
+    if (classes > 0) scores.auc = sum / classes;
   }
   return scores;
 }

@@ -106,7 +106,8 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   out.push('## Evaluation', '');
   const testTotal = sum(Object.values(f.perSite).map((s) => s.samples));
   const globalParts = [`accuracy **${formatPercent(f.accuracy, 2)}**`, `loss ${formatNumber(f.loss)}`];
-  if (f.auc !== undefined) globalParts.push(`AUC ${formatNumber(f.auc)}`);
+  if (f.auc !== undefined)
+    globalParts.push(`AUC ${formatNumber(f.auc)}${report.model.classes.length > 2 ? ' (each class against the rest, averaged over the classes)' : ''}`);
   out.push(
     `Final global model, on the sites' held-out test splits (${testTotal} examples; figures are sample-weighted over sites, loss is mean categorical cross-entropy): ${globalParts.join(', ')}.`,
     '',

@@ -19,7 +19,13 @@ describe('evaluateProbabilities', () => {
     expect(scores.loss).toBeCloseTo(4.419685869129116, 12);
     // Right: example 0. Wrong: 1 (argmax 2), 3 (tie 0/1 -> 0, label 2). Example 2 is right.
     expect(scores.accuracy).toBe(0.5);
-    expect(scores.auc).toBeUndefined();
+    // One-vs-rest, macro: class 0's 0.7 outranks its 3 others (1); class 1's 0.3 outranks 2 of 3
+    // (2/3); class 2's 1 and 0 outrank 2 and 0 of the 2 others (1/2): (1 + 2/3 + 1/2) / 3.
+    expect(scores.auc).toBeCloseTo(13 / 18, 12);
+    // A class without examples here is left out of the mean; none with both: no AUC.
+    // Labels 0, 1, 1: class 0's 0.7 outranks both others (1), class 1's 0.3 and 0 outrank 1 of 2 against 0.2 (1/2), class 2 has none.
+    expect(evaluateProbabilities(probs.slice(0, 9), 3, new Int32Array([0, 1, 1])).auc).toBeCloseTo((1 + 1 / 2) / 2, 12);
+    expect(evaluateProbabilities(probs.slice(0, 6), 3, new Int32Array([2, 2])).auc).toBeUndefined();
   });
 
   it('binary AUC with tied scores, by average ranks', () => {
