@@ -84,6 +84,11 @@ export class LocalTrainer {
     const order = new Int32Array(n);
     let steps = 0;
     let lastEpochLoss: tf.Variable | undefined;
+    // Dropout (and any layer that draws noise) seeds itself from Math.random: for the steps, a
+    // stream of the task's seeded generator, so that a site's training is the same bytes every
+    // run. Swapped back before the first await, so no other task on this thread ever sees it.
+    const random = Math.random;
+    Math.random = () => opts.shuffle.uniform();
     try {
       for (let epoch = 0; epoch < opts.epochs; epoch++) {
         for (let i = 0; i < n; i++) order[i] = i;
@@ -112,9 +117,11 @@ export class LocalTrainer {
           steps++;
         }
       }
+      Math.random = random;
       const trainLoss = (await lastEpochLoss!.data())[0]! / Math.max(1, n);
       return { trainLoss, steps };
     } finally {
+      Math.random = random;
       lastEpochLoss?.dispose();
       optimizer.dispose();
       mu.dispose();

@@ -208,6 +208,24 @@ describe('buildModel refuses a model that cannot take the data', () => {
     }
   });
 
+  it('trains a model with dropout to the same bytes from the same seed, and other bytes from another; Math.random is left as it was', async () => {
+    const built = await buildModel({ type: 'mlp', hidden: [16], activation: 'relu', dropout: 0.5 }, [D], K, '.');
+    const dropout = new LocalTrainer(built);
+    const data = tinyData(64, 3);
+    const start = initialParameters(built.layout, 5);
+    const random = Math.random;
+    const train = async (seed: number) => {
+      dropout.setWeights(start);
+      await dropout.fit(data, K, { epochs: 2, batchSize: 8, optimizer: 'sgd', learningRate: 0.3, shuffle: Rng.from(seed, 'dropout'), proximalMu: 0 });
+      return Buffer.from(dropout.getWeights().buffer);
+    };
+    const a = await train(1);
+    expect((await train(1)).equals(a)).toBe(true);
+    expect((await train(2)).equals(a)).toBe(false);
+    expect(Math.random).toBe(random);
+    built.model.dispose();
+  });
+
   it("a user's functional model of logits exports with a softmax after its output; one of two outputs is refused", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'consort-functional-'));
     try {
