@@ -375,6 +375,13 @@ export const FederatedJobSpec = z
       }
       seen.set(s.name, i);
     });
+    // Two classes of one name: an output unit no label could ever be.
+    const classes = new Map<string, number>();
+    spec.classes?.forEach((c, i) => {
+      const prev = classes.get(c);
+      if (prev !== undefined) ctx.addIssue({ code: 'custom', path: ['classes', i], message: `duplicate class "${c}" (also classes[${prev}])` });
+      classes.set(c, i);
+    });
     if (spec.sampling.sitesPerRound !== undefined && spec.sampling.sitesPerRound > spec.sites.length) {
       ctx.addIssue({ code: 'custom', path: ['sampling', 'sitesPerRound'], message: `exceeds the ${spec.sites.length} sites` });
     }

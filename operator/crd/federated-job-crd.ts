@@ -83,6 +83,9 @@ const LIST_MAP_KEYS: Record<string, string[]> = {
   'status.conditions': ['type'],
 };
 
+// Lists of unique scalars: the API server refuses a duplicate item itself.
+const LIST_SETS = new Set(['spec.classes']); // FederatedJobSpec.superRefine: unique classes
+
 // What the zod schemas leave undescribed at the top.
 const DESCRIPTIONS: Record<string, string> = {
   spec: 'What to train, on which sites, and how: the FederatedJob as `consort run` takes it.',
@@ -106,8 +109,12 @@ export function federatedJobSchema(): JSONSchemaProps {
       node['x-kubernetes-list-type'] = 'map';
       node['x-kubernetes-list-map-keys'] = keys;
     }
+    if (LIST_SETS.has(path)) {
+      if (node.type !== 'array') throw new Error(`${path}: a list set must be an array`);
+      node['x-kubernetes-list-type'] = 'set';
+    }
     if (DESCRIPTIONS[path] && node.description === undefined) node.description = DESCRIPTIONS[path];
-    if (rules.length > 0 || keys) used.add(path);
+    if (rules.length > 0 || keys || LIST_SETS.has(path)) used.add(path);
   };
   const spec = structuralSchema(toJsonSchema(FederatedJobSpec), 'spec', extend);
   const status = structuralSchema(toJsonSchema(FederatedJobStatus), 'status', extend);
