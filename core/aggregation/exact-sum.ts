@@ -373,6 +373,14 @@ export class ExactWeightedSum {
     if (this.uncarried >= CARRY_EVERY) this.carry();
   }
 
+  /**
+   * Done with for now: helper threads drop their views of this sum's memory, which is then freed
+   * with the sum (a later fold by several threads attaches again).
+   */
+  release(): void {
+    if (this.threads > 1) foldPool().forget(this.keys);
+  }
+
   /** Back to no update at all, keeping the memory (a new sum's memory costs page faults on first use). */
   reset(): void {
     this.spent = false;

@@ -39,6 +39,12 @@ export interface HelperRequest {
   port: MessagePort;
 }
 
+/** Drop the views of these shards (their sum is done with): their memory is freed once no thread holds it. */
+export interface HelperForget {
+  op: 'forget';
+  keys: number[];
+}
+
 export type HelperReply = { ok: true; outcome: BlockFoldOutcome } | { ok: false; error: string; folded: number };
 
 /** How long a helper may take for one run before the sum gives up on it: far past any fold (a 4 GiB shard of ten updates takes seconds). */
@@ -134,6 +140,11 @@ export class FoldPool {
     });
     if (failure !== undefined) throw new Error(`exact sum: a fold failed: ${failure}`);
     return outcomes;
+  }
+
+  /** Tells every helper to drop its views of these shards (no answer awaited). */
+  forget(keys: readonly number[]): void {
+    for (const h of this.helpers) h.worker.postMessage({ op: 'forget', keys: [...keys] } satisfies HelperForget);
   }
 }
 

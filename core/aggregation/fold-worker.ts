@@ -3,14 +3,18 @@
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import { type BlockFoldOutcome, foldBlocks, unfoldBlocks } from './block-folds.ts';
 import { Shard } from './exact-kernel.ts';
-import type { HelperReply, HelperRequest } from './fold-pool.ts';
+import type { HelperForget, HelperReply, HelperRequest } from './fold-pool.ts';
 
 /** Shards attached to, by key; the last few only (a sum's memory is freed once no thread holds it). */
 const attached = new Map<number, Shard>();
-const KEEP = 4;
+const KEEP = 2;
 let port: MessagePort | undefined;
 
-parentPort?.on('message', (r: HelperRequest) => {
+parentPort?.on('message', (r: HelperRequest | HelperForget) => {
+  if (r.op === 'forget') {
+    for (const key of r.keys) attached.delete(key);
+    return;
+  }
   port = r.port ?? port;
   let reply: HelperReply;
   let folded = 0;

@@ -262,6 +262,9 @@ export async function aggregateStored(o: StoredAggregation): Promise<{ sumSquare
     strategy.endRangeFit();
   } finally {
     for (const r of readers) r.close();
+    // This round's sums are spent: no helper thread keeps their memory.
+    deltas.release();
+    controls?.release();
   }
   return squares ? { sumSquares: squares } : {};
 }
