@@ -143,6 +143,7 @@ export function summaryTable(r: RunReport): string {
   ];
   if (f.pooled !== undefined) out.push(`pooled training (all data in one place): ${pct(f.pooled)}`);
   out.push(`accuracy spread across sites: min ${pct(f.accuracySpread.min)}, max ${pct(f.accuracySpread.max)}, std ${pct(f.accuracySpread.std)}`);
+  for (const m of f.missing ?? []) out.push(`warning: site ${m.site} did not score the final model (${m.reason}): the figures above leave it out`);
   const warning = noBetterThanMajority(r);
   if (warning) out.push(`warning: ${warning}`);
   out.push(`model sha256 ${f.modelSha256}`, '');

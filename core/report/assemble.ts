@@ -44,6 +44,8 @@ export interface RunFacts {
     roundsCompleted: number;
     stoppedBy: RunReport['final']['stoppedBy'];
     final: SiteEvaluation[];
+    /** Sites asked to score the final model that did not. */
+    finalMissing?: Array<{ site: string; reason: string }>;
   };
   baselines?: Pick<RunReport['final'], 'siteAlone' | 'siteAloneMean' | 'pooled'>;
 }
@@ -82,6 +84,7 @@ export function assembleRunReport(f: RunFacts): RunReport {
       perSite: Object.fromEntries(
         result.final.map((s) => [s.site, { samples: s.samples, loss: s.loss, accuracy: s.accuracy, ...(s.auc !== undefined ? { auc: s.auc } : {}) }]),
       ),
+      ...(result.finalMissing && result.finalMissing.length > 0 ? { missing: result.finalMissing.map(({ site, reason }) => ({ site, reason })) } : {}),
       accuracySpread: spread(result.final.map((s) => s.accuracy)),
       ...(f.baselines ?? {}),
       modelSha256: weightsSha256(result.global),

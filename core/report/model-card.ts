@@ -108,8 +108,9 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   const globalParts = [`accuracy **${formatPercent(f.accuracy, 2)}**`, `loss ${formatNumber(f.loss)}`];
   if (f.auc !== undefined)
     globalParts.push(`AUC ${formatNumber(f.auc)}${report.model.classes.length > 2 ? ' (each class against the rest, averaged over the classes)' : ''}`);
+  const missing = f.missing ?? [];
   out.push(
-    `Final global model, on the sites' held-out test splits (${testTotal} examples; figures are sample-weighted over sites, loss is mean categorical cross-entropy): ${globalParts.join(', ')}.`,
+    `Final global model, on the sites' held-out test splits (${testTotal} examples; figures are sample-weighted over sites, loss is mean categorical cross-entropy): ${globalParts.join(', ')}.${missing.length > 0 ? ` **Not scored:** ${missing.map((m) => `${md(m.site)} (${md(m.reason)})`).join(', ')}: these figures leave ${missing.length === 1 ? 'it' : 'them'} out.` : ''}`,
     '',
   );
   const warning = noBetterThanMajority(report);

@@ -69,6 +69,8 @@ export const RunReport = z.object({
     loss: z.number(),
     auc: z.number().optional(),
     perSite: z.record(z.string(), SiteMetrics.omit({ site: true })),
+    /** Sites asked to score the final model that did not, and why: the figures above leave them out. */
+    missing: z.array(z.object({ site: z.string(), reason: z.string() })).optional(),
     accuracySpread: Spread,
     /** --baselines: each site trained alone on its own data, scored on its own test split. */
     siteAlone: z.record(z.string(), z.number()).optional(),

@@ -38,6 +38,8 @@ export interface CoordinatorResult {
   stoppedBy: 'rounds' | 'target' | 'patience';
   /** Every site's score of the final model. */
   final: SiteEvaluation[];
+  /** Sites asked to score the final model that did not (their failure, or that no answer came): the final figures leave them out. */
+  finalMissing: SiteFailure[];
 }
 
 /**
@@ -164,8 +166,14 @@ export class RoundCoordinator {
         throw new OperatorError('CONSORT_C_PAUSED', `paused after round ${round} (its checkpoint is saved)`);
       }
     }
-    const final = last && last.round === round && last.all ? last.scores : await this.guard(this.evaluateRound(round, this.evaluators(round, true)));
-    return { global: this.global, rounds: records, roundsCompleted: round, stoppedBy, final };
+    const reuse = last && last.round === round && last.all;
+    const finalSites = reuse ? this.siteNames : this.evaluators(round, true);
+    const final = reuse ? last!.scores : await this.guard(this.evaluateRound(round, finalSites));
+    const failed = new Map((this.evaluationFailures.get(round) ?? []).map((f) => [f.site, f]));
+    const finalMissing = finalSites
+      .filter((s) => !final.some((e) => e.site === s))
+      .map((site) => failed.get(site) ?? { site, code: 'CONSORT_C_UNREACHABLE', reason: 'no answer' });
+    return { global: this.global, rounds: records, roundsCompleted: round, stoppedBy, final, finalMissing };
   }
 
   /** `p`, or OperatorError CONSORT_C_ABORTED as soon as the run's signal fires. */
@@ -354,9 +362,14 @@ export class RoundCoordinator {
     this.strategy = createStrategy(this.spec.strategy, n, this.siteNames.length, checkpoint.strategy);
   }
 
+  /** The failures of the latest evaluation of each round (the final report names the sites they leave out). */
+  private readonly evaluationFailures = new Map<number, SiteFailure[]>();
+
   private async evaluateRound(round: number, sites: string[]): Promise<SiteEvaluation[]> {
     const scores: SiteEvaluation[] = [];
     const failures: SiteFailure[] = [];
+    this.evaluationFailures.clear();
+    this.evaluationFailures.set(round, failures);
     for await (const o of this.transport.evaluate(round, sites, this.global, { trainLoss: this.spec.evaluation.trainLoss })) {
       if (o.ok) scores.push(o.value);
       else failures.push(o.failure);

@@ -69,6 +69,14 @@ describe('a site whose task fails', () => {
     expect(f.logs).toContain('site "b" could not train in round 1: failpoint: the fit task of round 1 fails');
   });
 
+  it('is named among the sites missing from the final figures when it cannot score the final model', async () => {
+    const f = await federation('site-fails-final', 1, { b: [{ action: 'fail', task: 'evaluate', round: 2 }] });
+    const result = await f.coordinator;
+    await Promise.all(f.sites);
+    expect(result.final.map((e) => e.site)).toEqual(['a']);
+    expect(result.finalMissing).toEqual([{ site: 'b', code: 'CONSORT_C_SITE_FAILED', reason: 'failpoint: the evaluate task of round 2 fails' }]);
+  });
+
   it('fails the job at once when no quorum is left, naming the reason', async () => {
     const f = await federation('site-fails-quorum', 2, { b: [{ action: 'fail', task: 'fit', round: 1 }] });
     await expect(f.coordinator).rejects.toThrow('round 1: 1 of 2 sites answered, sampling.minSites is 2 (b: failpoint: the fit task of round 1 fails)');

@@ -189,6 +189,15 @@ describe('renderModelCard', () => {
     expect(scaled).toContain("each feature's mean and variance over a site's training rows");
   });
 
+  it('names the sites that did not score the final model, in the summary and the card', () => {
+    const r = threeSitesPlain();
+    r.final = { ...r.final, missing: [{ site: 'far-away', reason: 'no answer' }] };
+    expect(RunReport.parse(r).final.missing).toEqual([{ site: 'far-away', reason: 'no answer' }]);
+    expect(summaryTable(r)).toContain('warning: site far-away did not score the final model (no answer): the figures above leave it out');
+    expect(renderModelCard(r, CARD_FILES)).toContain('**Not scored:** far-away (no answer): these figures leave it out.');
+    expect(summaryTable(threeSitesPlain())).not.toContain('did not score');
+  });
+
   it('warns, in the summary, the card and the page, when the model does no better than always answering the most common class', async () => {
     const fine = threeSitesPlain();
     expect(summaryTable(fine)).not.toContain('warning');
