@@ -69,8 +69,9 @@ export interface NatsCoordinatorOptions {
   /** Parameters aggregated at a time from stored updates (default AGGREGATION_RANGE). */
   aggregationRange?: number;
   /**
-   * Threads folding the updates into the round's exact sums (default: the cores, up to 4): the
-   * updates are read into SharedArrayBuffers, and each thread folds a run of blocks. 1: this one alone.
+   * Threads folding the updates into the round's exact sums (default: CONSORT_AGGREGATION_THREADS,
+   * else defaultAggregationThreads()): the updates are read into SharedArrayBuffers, and each
+   * thread folds a run of blocks. 1: this one alone.
    */
   aggregationThreads?: number;
   /**
@@ -96,6 +97,29 @@ function aggregationFromEnv(): { from: number; range: number } | undefined {
   const range = Number(raw);
   if (!Number.isSafeInteger(range) || range < 1) throw new RangeError(`CONSORT_AGGREGATION_RANGE: a positive integer, not ${JSON.stringify(raw)}`);
   return { from: 0, range };
+}
+
+/**
+ * CONSORT_AGGREGATION_THREADS=<n>: the threads that fold updates (1: the coordinator's own
+ * alone). Default (defaultAggregationThreads): half the cores, up to 4, from 4 cores.
+ */
+/**
+ * Half the cores, up to 4, on a machine of 4 cores or more; else 1. A helper thread costs ~50 MB
+ * (its own heap, and the shared sums it holds), and on a small machine the cores it would take
+ * are the nats-server's and the sites' while a round closes.
+ */
+export function defaultAggregationThreads(): number {
+  const cores = availableParallelism();
+  return cores >= 4 ? Math.min(4, Math.floor(cores / 2)) : 1;
+}
+
+function aggregationThreadsFromEnv(): number | undefined {
+  const raw = process.env.CONSORT_AGGREGATION_THREADS;
+  if (raw === undefined || raw === '') return undefined;
+  const threads = Number(raw);
+  if (!Number.isInteger(threads) || threads < 1 || threads > 64)
+    throw new RangeError(`CONSORT_AGGREGATION_THREADS: an integer from 1 to 64, not ${JSON.stringify(raw)}`);
+  return threads;
 }
 
 /** Live counters of a running coordinator: refusals per code, bytes in and out per round. */
@@ -461,7 +485,7 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     const storedUpdates = parameters >= (o.storedUpdatesFrom ?? fromEnv?.from ?? STORED_UPDATES_FROM);
     const aggregationRange = o.aggregationRange ?? fromEnv?.range ?? AGGREGATION_RANGE;
     if (storedUpdates) log(`${parameters} parameters: updates stay in their buckets, aggregated ${aggregationRange} parameters at a time`);
-    const aggregationThreads = o.aggregationThreads ?? Math.min(4, availableParallelism());
+    const aggregationThreads = o.aggregationThreads ?? aggregationThreadsFromEnv() ?? defaultAggregationThreads();
     transport = new NatsTransport({
       nc,
       spec,

@@ -129,7 +129,7 @@ interface Config {
   sites: number;
 }
 
-async function measure(c: Config) {
+export async function measure(c: Config) {
   const names = siteNames(c.sites);
   const job = benchJob(`rss-${c.sites}`, c.sites, { rounds: 1, aggregation: { roundDeadlineSeconds: 3600 } });
   const layout = benchLayout(c.params);
