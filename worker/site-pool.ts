@@ -12,7 +12,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { WorkerError, type WorkerErrorCode, WorkerErrorCodes } from './errors.ts';
 import { applyNativeDefaults } from './native-env.ts';
-import type { SiteOp, SiteRequest, SiteResponse } from './site-thread.ts';
+import type { SiteOp, SiteRequest, SiteResponse, SiteThreadData } from './site-thread.ts';
 import {
   type EvaluateReply,
   type EvaluateTask,
@@ -39,8 +39,8 @@ class PoolThread {
   private nextId = 1;
   private failed: Error | undefined;
 
-  constructor(cfg: SiteWorkerConfig) {
-    this.worker = new Worker(THREAD_ENTRY, { workerData: cfg });
+  constructor(cfg: SiteWorkerConfig, nativeLock: Int32Array) {
+    this.worker = new Worker(THREAD_ENTRY, { workerData: { ...cfg, nativeLock } satisfies SiteThreadData });
     this.worker.on('message', (res: SiteResponse) => {
       const p = this.pending.get(res.id);
       if (!p) return;
@@ -109,8 +109,10 @@ export class SitePool {
   static start(cfg: SiteWorkerConfig, threads?: number): SitePool {
     applyNativeDefaults(); // before the threads start: their own process.env cannot reach libtensorflow
     const n = Math.max(1, Math.min(threads ?? availableParallelism(), cfg.spec.sites.length));
+    // One lock for the pool's threads: the native backend is not safe to use from two at once.
+    const nativeLock = new Int32Array(new SharedArrayBuffer(4));
     return new SitePool(
-      Array.from({ length: n }, () => new PoolThread(cfg)),
+      Array.from({ length: n }, () => new PoolThread(cfg, nativeLock)),
       keepsSiteState(cfg.spec),
     );
   }

@@ -50,6 +50,9 @@ export type HelperReply = { ok: true; outcome: BlockFoldOutcome } | { ok: false;
 /** How long a helper may take for one run before the sum gives up on it: far past any fold (a 4 GiB shard of ten updates takes seconds). */
 const HELPER_TIMEOUT_MS = 300_000;
 
+// Run from source (.ts, type stripping) or from a compiled build (.js).
+const HELPER_ENTRY = new URL(`./fold-worker.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
+
 interface Helper {
   worker: Worker;
   /** Ours, and the one the helper posts its outcomes on. */
@@ -65,7 +68,7 @@ export class FoldPool {
 
   private helper(i: number): Helper {
     while (this.helpers.length <= i) {
-      const worker = new Worker(new URL('./fold-worker.ts', import.meta.url));
+      const worker = new Worker(HELPER_ENTRY);
       worker.unref();
       const { port1, port2 } = new MessageChannel();
       port1.unref();
