@@ -61,6 +61,13 @@ export function assembleRunReport(f: RunFacts): RunReport {
     backend: f.backend.name,
     backendReason: f.backend.reason,
     strategy: job.spec.strategy.name,
+    settings: {
+      strategy: job.spec.strategy,
+      training: job.spec.training,
+      sampling: job.spec.sampling,
+      aggregation: job.spec.aggregation,
+      compression: job.spec.compression,
+    },
     model: {
       type: job.spec.model.type,
       parameters: layoutSize(f.layout),
@@ -70,6 +77,19 @@ export function assembleRunReport(f: RunFacts): RunReport {
       ...(f.inputScaler ? { inputScaler: f.inputScaler } : {}),
       ...(f.tfjsTakesRawInputs !== undefined ? { tfjsTakesRawInputs: f.tfjsTakesRawInputs } : {}),
       initialWeights: f.initialWeights,
+      ...(f.sampleShape.length === 3
+        ? {
+            imageInput: {
+              height: f.sampleShape[0]!,
+              width: f.sampleShape[1]!,
+              channels: f.sampleShape[2]!,
+              color: f.sampleShape[2] === 1 ? ('grayscale' as const) : ('rgb' as const),
+              resize: 'bilinear-half-pixel' as const,
+              scale: 'divide-by-255' as const,
+              layout: 'NHWC' as const,
+            },
+          }
+        : {}),
     },
     startedAt: f.startedAt.toISOString(),
     durationMs: f.durationMs,

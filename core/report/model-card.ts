@@ -82,7 +82,19 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
 
   out.push('## Training', '');
   if (report.namespace) out.push(`- **Job:** ${md(report.namespace)}/${md(report.job)}`);
-  out.push(`- **Strategy:** ${md(report.strategy)}`);
+  const s = report.settings;
+  const params = (o: Record<string, unknown>) =>
+    Object.entries(o)
+      .filter(([k]) => k !== 'name')
+      .map(([k, v]) => `${k} ${String(v)}`)
+      .join(', ');
+  out.push(`- **Strategy:** ${md(report.strategy)}${s && params(s.strategy) ? ` (${md(params(s.strategy))})` : ''}`);
+  if (s) {
+    const t = s.training;
+    out.push(
+      `- **Local training:** ${t.epochs} epoch${t.epochs === 1 ? '' : 's'} a round, batches of ${t.batchSize}, ${md(t.optimizer)} at learning rate ${t.learningRate}; updates sent ${s.compression.codec === 'none' ? 'uncompressed' : `as ${md(s.compression.codec)}${s.compression.codec === 'topk' ? ` (top ${s.compression.topkFraction * 100}%)` : ''}`}, aggregated ${md(s.aggregation.mode)}`,
+    );
+  }
   out.push(`- **Rounds completed:** ${f.rounds}, stopped by **${f.stoppedBy}**: ${describeStop(report)}`);
   out.push(`- **Seed:** ${report.seed}`);
   out.push(`- **Backend:** ${md(report.backend)} (${md(report.backendReason)})`);

@@ -3,6 +3,7 @@
 import { InputScaler } from '../data/moments.ts';
 import { z } from 'zod';
 import { DataQuality } from '../data/quality.ts';
+import { AggregationSpec, CompressionSpec, SamplingSpec, StrategySpec, TrainingSpec } from '../job/federated-job.ts';
 
 export const REPORT_FORMAT = 'consort.dev/run-report/v1';
 
@@ -44,6 +45,10 @@ export const RunReport = z.object({
   backend: z.string(),
   backendReason: z.string(),
   strategy: z.string(),
+  /** How the job trained, as its spec said (defaults filled in): what it takes to reproduce it beside the seed. */
+  settings: z
+    .object({ strategy: StrategySpec, training: TrainingSpec, sampling: SamplingSpec, aggregation: AggregationSpec, compression: CompressionSpec })
+    .optional(),
   model: z.object({
     type: z.string(),
     parameters: z.number().int(),
@@ -57,6 +62,21 @@ export const RunReport = z.object({
     tfjsTakesRawInputs: z.boolean().optional(),
     /** Round 1 started from the weights the model file carries (a pre-trained model), or from seeded ones. */
     initialWeights: z.enum(['model file', 'seeded']).optional(),
+    /** Image data: how a picture becomes the model's input (what a user of the exported model must do to one). */
+    imageInput: z
+      .object({
+        height: z.number().int(),
+        width: z.number().int(),
+        channels: z.number().int(),
+        /** grayscale: 0.299 R + 0.587 G + 0.114 B (ITU-R 601-2, as PIL's convert("L")); rgb: alpha dropped. */
+        color: z.enum(['grayscale', 'rgb']),
+        /** Bilinear, half-pixel centres (TF's resizeBilinear with halfPixelCenters), to height x width. */
+        resize: z.literal('bilinear-half-pixel'),
+        /** Each value divided by 255, into [0, 1]. */
+        scale: z.literal('divide-by-255'),
+        layout: z.literal('NHWC'),
+      })
+      .optional(),
   }),
   startedAt: z.string(),
   durationMs: z.number(),

@@ -47,6 +47,15 @@ describe('training.backend: tensorflow', () => {
     expect(report.backend).toBe('tensorflow');
     expect(report.model.type).toBe('cnn');
     expect(report.model.inputShape).toEqual([8, 8, 1]);
+    expect(report.model.imageInput).toEqual({
+      height: 8,
+      width: 8,
+      channels: 1,
+      color: 'grayscale',
+      resize: 'bilinear-half-pixel',
+      scale: 'divide-by-255',
+      layout: 'NHWC',
+    });
     expect(report.model.classes).toEqual(['left', 'right']);
     for (const site of sites) {
       expect(report.final.perSite[site]?.samples).toBe(20);

@@ -77,6 +77,35 @@ describe('a site whose task fails', () => {
     expect(result.finalMissing).toEqual([{ site: 'b', code: 'CONSORT_C_SITE_FAILED', reason: 'failpoint: the evaluate task of round 2 fails' }]);
   });
 
+  it('a site with no coordinator to answer it says that it is waiting, rather than nothing', async () => {
+    const job = FederatedJob.parse(jobManifest('no-coordinator', hospitalSpec([{ name: 'a', samples: 40 }], { rounds: 1 })));
+    const { auth, as } = await jobOnServer(job, cleanup);
+    const abort = new AbortController();
+    cleanup.push(async () => abort.abort());
+    let said!: (line: string) => void;
+    const waiting = new Promise<string>((resolve) => {
+      said = resolve;
+    });
+    const site = runSite({
+      job,
+      site: 'a',
+      nc: await as('a', auth.sites.a!.seed),
+      seed: auth.sites.a!.seed,
+      baseDir: '.',
+      backend: 'cpu',
+      heartbeatMs: 100,
+      log: (l) => {
+        if (l.includes('no coordinator')) said(l);
+      },
+      signal: abort.signal,
+    });
+    expect(await waiting).toMatch(
+      /^site a: no coordinator of no-coordinator has answered for \d+ s; still waiting \(is it running, on this NATS server\? a job that already ended is not run again\)$/,
+    );
+    abort.abort();
+    await site.catch(() => {});
+  });
+
   it('fails the job at once when no quorum is left, naming the reason', async () => {
     const f = await federation('site-fails-quorum', 2, { b: [{ action: 'fail', task: 'fit', round: 1 }] });
     await expect(f.coordinator).rejects.toThrow('round 1: 1 of 2 sites answered, sampling.minSites is 2 (b: failpoint: the fit task of round 1 fails)');

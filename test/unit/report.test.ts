@@ -189,6 +189,12 @@ describe('renderModelCard', () => {
     expect(scaled).toContain("each feature's mean and variance over a site's training rows");
   });
 
+  it("gives the strategy's parameters and the local training", () => {
+    const card = renderModelCard(fiveHospitals(), CARD_FILES);
+    expect(card).toContain('- **Strategy:** fedprox (mu 0.01, serverLearningRate 1)');
+    expect(card).toContain('- **Local training:** 2 epochs a round, batches of 32, sgd at learning rate 0.1; updates sent uncompressed, aggregated sync');
+  });
+
   it('names the sites that did not score the final model, in the summary and the card', () => {
     const r = threeSitesPlain();
     r.final = { ...r.final, missing: [{ site: 'far-away', reason: 'no answer' }] };

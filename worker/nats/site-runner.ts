@@ -169,6 +169,9 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   /** The coordinator ended the job in a failure (its reason). */
   let jobFailed: string | undefined;
   let lastRefusal = '';
+  /** Since when no coordinator has answered (a site started before it, or after the job ended); when that was last said. */
+  let unanswered: number | undefined;
+  let saidAt = 0;
   const heartbeat = async (): Promise<void> => {
     try {
       if (!(await putInitial())) return;
@@ -187,11 +190,22 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
         return;
       }
       lastRefusal = '';
+      unanswered = undefined;
       if (!joined) log(`site ${site}: joined ${job.metadata.name} at round ${w.data.round}`);
       joined = true;
       if (w.data.done) finish();
     } catch {
-      // No coordinator yet (or a restart under way): keep trying.
+      // No coordinator yet (or a restart under way): keep trying, and say so now and then
+      // (after ten heartbeats, then every 5 minutes), so that a site waiting for a job that already
+      // ended, or whose coordinator never started, is not silent.
+      const now = Date.now();
+      unanswered ??= now;
+      if (now - unanswered >= 10 * (opts.heartbeatMs ?? 1000) && now - saidAt >= (saidAt === 0 ? 0 : 300_000)) {
+        saidAt = now;
+        log(
+          `site ${site}: no coordinator of ${job.metadata.name} has answered for ${Math.round((now - unanswered) / 1000)} s; still waiting (is it running, on this NATS server? a job that already ended is not run again)`,
+        );
+      }
     }
   };
 
