@@ -6,6 +6,7 @@
 import type { CompressionSpec } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
 import { decodeUpdate, encodeUpdate } from '../../core/protocol/codecs.ts';
+import { updateValueProblem } from '../../core/protocol/ingestion.ts';
 import type { FitInstructions, SiteFitResult } from '../../core/strategies/strategy.ts';
 import { asCompleted, type Outcome, type SiteEvaluation, type SiteTransport } from '../../core/protocol/transport.ts';
 import type { SitePool } from '../../worker/site-pool.ts';
@@ -56,7 +57,11 @@ export class InProcessTransport implements SiteTransport {
           .then(
             (r): Outcome<SiteFitResult> => {
               try {
-                return { ok: true, value: this.throughWire(r) };
+                const value = this.throughWire(r);
+                // The coordinator's checks of values over NATS, here too: a run refuses alike either way.
+                const problem = updateValueProblem(value);
+                if (problem) return { ok: false, failure: { site, code: problem.code, reason: `update refused: ${problem.reason}` } };
+                return { ok: true, value };
               } catch (err) {
                 return failure(site, err);
               }

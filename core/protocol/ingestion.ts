@@ -13,6 +13,7 @@
 // Memory is bounded: per site, the nonces of the last maxStaleness + 2 rounds (anything older
 // is refused as stale before its nonce matters), and at most maxAttemptsPerRound of them.
 import { z } from 'zod';
+import { maxAbs } from '../aggregation/exact-kernel.ts';
 import type { ParameterLayout } from '../model/layout.ts';
 import type { SiteFitResult } from '../strategies/strategy.ts';
 import { type Codec, decodeUpdate, UpdateDecodeError } from './codecs.ts';
@@ -94,6 +95,33 @@ type Failure = { ok: false; rejection: Rejection; site: string };
 const decoder = new TextDecoder('utf-8', { fatal: true });
 /** The exact aggregate's bound on weight * max|x| for one update (ExactWeightedSum). */
 const MAX_UPDATE_WEIGHT = 2 ** 43;
+/** The largest |value| an update may hold (UpdateIngestorOptions.maxAbsValue's default). */
+export const MAX_ABS_UPDATE_VALUE = 2 ** 20;
+
+/**
+ * What the ingestor's value checks refuse in a decoded update held in memory (a run in one
+ * process, which has no wire): a NaN or infinite value, a |value| beyond ±2^20, samples x
+ * max|value| reaching 2^43; the same codes, so that both runs refuse the same updates.
+ */
+export function updateValueProblem(u: {
+  delta: Float32Array;
+  controlDelta?: Float32Array;
+  samples: number;
+}): { code: RejectionCode; reason: string } | undefined {
+  for (const [what, values, weight] of [
+    ['delta', u.delta, u.samples],
+    ['control delta', u.controlDelta, 1],
+  ] as const) {
+    if (!values) continue;
+    const m = maxAbs(values);
+    if (m <= MAX_ABS_UPDATE_VALUE && weight * m < MAX_UPDATE_WEIGHT) continue;
+    const i = values.findIndex((x) => !(Math.abs(x) <= MAX_ABS_UPDATE_VALUE));
+    if (i >= 0 && !Number.isFinite(values[i]!)) return { code: 'CONSORT_R_NON_FINITE', reason: `${what}[${i}] is ${values[i]}` };
+    if (i >= 0) return { code: 'CONSORT_R_OUT_OF_RANGE', reason: `${what}[${i}] = ${values[i]} exceeds ±${MAX_ABS_UPDATE_VALUE}` };
+    return { code: 'CONSORT_R_OUT_OF_RANGE', reason: `${what}: samples x max|value| = ${weight} x ${m} reaches 2^43, beyond the exact aggregate's range` };
+  }
+  return undefined;
+}
 
 /** What judgeValues needs of an update's values: the largest magnitudes, and where one beyond a limit lies. */
 interface ValueSummary {
@@ -129,7 +157,7 @@ export class UpdateIngestor {
   constructor(options: UpdateIngestorOptions) {
     if (!Number.isInteger(options.maxStaleness) || options.maxStaleness < 0) throw new RangeError(`UpdateIngestor: bad maxStaleness ${options.maxStaleness}`);
     this.o = { ...options, siteKeys: new Map(options.siteKeys) };
-    this.maxAbsValue = options.maxAbsValue ?? 2 ** 20;
+    this.maxAbsValue = options.maxAbsValue ?? MAX_ABS_UPDATE_VALUE;
     this.maxEnvelopeBytes = options.maxEnvelopeBytes ?? 64 * 1024;
     this.maxAttempts = options.maxAttemptsPerRound ?? 64;
   }

@@ -3,7 +3,7 @@ import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
 import { type Codec, encodeUpdate } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
-import { UpdateIngestor, type UpdateIngestorOptions } from '../../core/protocol/ingestion.ts';
+import { UpdateIngestor, type UpdateIngestorOptions, updateValueProblem } from '../../core/protocol/ingestion.ts';
 import type { EvaluationEnvelope, UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { REJECTION_CODES, REJECTIONS, type RejectionCode } from '../../core/protocol/rejections.ts';
 import { newNonce, signEnvelope, siteKeyPair } from '../../core/protocol/signing.ts';
@@ -529,5 +529,26 @@ describe('UpdateIngestor: snapshot and restore', () => {
     expect(s.sampled.map(([round]) => round)).toEqual([17, 18, 19, 20]);
     // What was forgotten is too old to be taken anyway.
     expect(ingest(ing, 'st-mary', update('st-mary', 16))).toBe('CONSORT_R_STALE_ROUND');
+  });
+});
+
+describe('updateValueProblem (a run in one process checks values as the ingestor does)', () => {
+  it('refuses NaN, values beyond ±2^20 and weights past the exact range, naming the first value', () => {
+    const ok = new Float32Array([0.5, -3, 2 ** 20]);
+    expect(updateValueProblem({ delta: ok, samples: 100 })).toBeUndefined();
+    expect(updateValueProblem({ delta: new Float32Array([1, Number.NaN, 2]), samples: 1 })).toEqual({
+      code: 'CONSORT_R_NON_FINITE',
+      reason: 'delta[1] is NaN',
+    });
+    expect(updateValueProblem({ delta: new Float32Array([1, 2, -(2 ** 21)]), samples: 1 })).toEqual({
+      code: 'CONSORT_R_OUT_OF_RANGE',
+      reason: `delta[2] = ${-(2 ** 21)} exceeds ±${2 ** 20}`,
+    });
+    expect(updateValueProblem({ delta: ok, samples: 2 ** 23 })?.reason).toBe(
+      `delta: samples x max|value| = ${2 ** 23} x ${2 ** 20} reaches 2^43, beyond the exact aggregate's range`,
+    );
+    expect(updateValueProblem({ delta: ok, controlDelta: new Float32Array([0, Number.POSITIVE_INFINITY, 0]), samples: 1 })?.reason).toBe(
+      'control delta[1] is Infinity',
+    );
   });
 });
