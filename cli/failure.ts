@@ -1,4 +1,5 @@
 // One place that turns any failure into a message on stderr and an exit status.
+import { basename } from 'node:path';
 import { OperatorError } from '../operator/errors.ts';
 import { WorkerError } from '../worker/errors.ts';
 import { CliError } from './errors.ts';
@@ -10,7 +11,9 @@ export function reportFailure(err: unknown, stream: NodeJS.WritableStream = proc
     return err.exitCode;
   }
   if (err instanceof WorkerError) {
-    const where = err.file && !err.message.includes(err.file) ? ` (${err.file}${err.line ? ` line ${err.line}` : ''})` : '';
+    // The full path, unless the message already names the file (as the job wrote it: its name at least).
+    const where =
+      err.file && !err.message.includes(err.file) && !err.message.includes(basename(err.file)) ? ` (${err.file}${err.line ? ` line ${err.line}` : ''})` : '';
     stream.write(`consort: ${err.message}${where} [${err.code}]\n`);
     // Data, schema and model problems are the user's input; a training failure is the run's.
     return err.code === 'CONSORT_W_TRAIN' || err.code === 'CONSORT_W_BACKEND' || err.code === 'CONSORT_W_JOB_FAILED' ? 1 : 2;

@@ -43,7 +43,11 @@ export async function buildModel(spec: ModelSpec, inputShape: number[], classes:
   }
   const outputShape = model.outputs[0]?.shape ?? [];
   if (outputShape[outputShape.length - 1] !== classes) {
-    throw new WorkerError('CONSORT_W_MODEL', `model output has ${outputShape[outputShape.length - 1]} units, the job has ${classes} classes`);
+    const from = spec.type === 'layers' ? `the model in ${resolve(baseDir, spec.path)} (spec.model.path)` : `the ${spec.type} model`;
+    throw new WorkerError(
+      'CONSORT_W_MODEL',
+      `${from} gives ${outputShape[outputShape.length - 1]} outputs, but the job has ${classes} classes: its last layer needs ${classes} units`,
+    );
   }
   const initial = spec.type === 'layers' ? layersWeights(resolve(baseDir, spec.path), layout) : undefined;
   return {

@@ -207,7 +207,15 @@ export class SiteWorker {
       ...(correction ? { correction } : {}),
     });
     if (!Number.isFinite(trainLoss)) {
-      throw new WorkerError('CONSORT_W_TRAIN', `site "${site}" diverged in round ${task.round} (training loss ${trainLoss}); lower training.learningRate`);
+      // FedProx's term pulls the weights back by learningRate x mu of their distance a step: at 1
+      // and more it overshoots the global model, past 2 further each step, whatever the data.
+      const mu = task.proximalMu;
+      const pull = mu * spec.training.learningRate;
+      const hint =
+        pull >= 1
+          ? `lower strategy.mu (${mu}): with training.learningRate ${spec.training.learningRate}, each step pulls the weights back by learningRate x mu = ${pull} times their distance from the global model, which must stay well below 1`
+          : 'lower training.learningRate';
+      throw new WorkerError('CONSORT_W_TRAIN', `site "${site}" diverged in round ${task.round} (training loss ${trainLoss}); ${hint}`);
     }
     // The trained weights become the delta in place: one model-sized allocation per task, not two.
     const delta = trainer.getWeights();

@@ -19,10 +19,33 @@ export class InProcessTransport implements SiteTransport {
   /** Per site, what lossy compression left out of its last update (top-k's error feedback). */
   private readonly residuals = new Map<string, Float32Array>();
 
-  constructor(pool: SitePool, siteNames: readonly string[], wire?: { layout: ParameterLayout; compression: CompressionSpec }) {
+  /** spec.aggregation.roundDeadlineSeconds, in ms: a site that has not answered by then fails the round, as over NATS. */
+  private readonly deadlineMs: number | undefined;
+
+  constructor(
+    pool: SitePool,
+    siteNames: readonly string[],
+    wire?: { layout: ParameterLayout; compression: CompressionSpec },
+    opts: { roundDeadlineSeconds?: number } = {},
+  ) {
     this.pool = pool;
     this.index = new Map(siteNames.map((s, i) => [s, i]));
     this.wire = wire && wire.compression.codec !== 'none' ? wire : undefined;
+    this.deadlineMs = opts.roundDeadlineSeconds !== undefined ? opts.roundDeadlineSeconds * 1000 : undefined;
+  }
+
+  /**
+   * The answer, or CONSORT_C_DEADLINE when the round's deadline passes first (the NATS
+   * coordinator's words): the site's task goes on in its thread, and its answer is dropped.
+   */
+  private inTime<T>(site: string, answer: Promise<Outcome<T>>): Promise<Outcome<T>> {
+    const ms = this.deadlineMs;
+    if (ms === undefined) return answer;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<Outcome<T>>((done) => {
+      timer = setTimeout(() => done({ ok: false, failure: { site, code: 'CONSORT_C_DEADLINE', reason: 'no answer before the round deadline' } }), ms);
+    });
+    return Promise.race([answer, late]).finally(() => clearTimeout(timer));
   }
 
   /** The update as the coordinator would have it after the wire: encoded, then decoded. */
@@ -46,28 +69,31 @@ export class InProcessTransport implements SiteTransport {
   fit(round: number, sites: readonly string[], global: Float32Array, instructions: FitInstructions): AsyncIterable<Outcome<SiteFitResult>> {
     return asCompleted(
       sites.map((site) =>
-        this.pool
-          .fit({
-            round,
-            siteIndex: this.siteIndex(site),
-            global,
-            proximalMu: instructions.proximalMu,
-            ...(instructions.serverControl ? { serverControl: instructions.serverControl } : {}),
-          })
-          .then(
-            (r): Outcome<SiteFitResult> => {
-              try {
-                const value = this.throughWire(r);
-                // The coordinator's checks of values over NATS, here too: a run refuses alike either way.
-                const problem = updateValueProblem(value);
-                if (problem) return { ok: false, failure: { site, code: problem.code, reason: `update refused: ${problem.reason}` } };
-                return { ok: true, value };
-              } catch (err) {
-                return failure(site, err);
-              }
-            },
-            (err: unknown): Outcome<SiteFitResult> => failure(site, err),
-          ),
+        this.inTime(
+          site,
+          this.pool
+            .fit({
+              round,
+              siteIndex: this.siteIndex(site),
+              global,
+              proximalMu: instructions.proximalMu,
+              ...(instructions.serverControl ? { serverControl: instructions.serverControl } : {}),
+            })
+            .then(
+              (r): Outcome<SiteFitResult> => {
+                try {
+                  const value = this.throughWire(r);
+                  // The coordinator's checks of values over NATS, here too: a run refuses alike either way.
+                  const problem = updateValueProblem(value);
+                  if (problem) return { ok: false, failure: { site, code: problem.code, reason: `update refused: ${problem.reason}` } };
+                  return { ok: true, value };
+                } catch (err) {
+                  return failure(site, err);
+                }
+              },
+              (err: unknown): Outcome<SiteFitResult> => failure(site, err),
+            ),
+        ),
       ),
     );
   }
@@ -75,9 +101,12 @@ export class InProcessTransport implements SiteTransport {
   evaluate(_round: number, sites: readonly string[], global: Float32Array, opts: { trainLoss: boolean }): AsyncIterable<Outcome<SiteEvaluation>> {
     return asCompleted(
       sites.map((site) =>
-        this.pool.evaluate({ siteIndex: this.siteIndex(site), global, trainLoss: opts.trainLoss }).then(
-          (r): Outcome<SiteEvaluation> => ({ ok: true, value: r }),
-          (err: unknown): Outcome<SiteEvaluation> => failure(site, err),
+        this.inTime(
+          site,
+          this.pool.evaluate({ siteIndex: this.siteIndex(site), global, trainLoss: opts.trainLoss }).then(
+            (r): Outcome<SiteEvaluation> => ({ ok: true, value: r }),
+            (err: unknown): Outcome<SiteEvaluation> => failure(site, err),
+          ),
         ),
       ),
     );

@@ -41,7 +41,9 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
   const t0 = performance.now();
   const pool = SitePool.start({ spec, baseDir, backend: opts.backend }, opts.threads);
   try {
-    opts.events?.phase?.(`reading the data of ${spec.sites.length} sites on ${pool.size} threads`);
+    opts.events?.phase?.(
+      `reading the data of ${spec.sites.length} site${spec.sites.length === 1 ? '' : 's'} on ${pool.size} thread${pool.size === 1 ? '' : 's'}`,
+    );
     const described = await Promise.all(spec.sites.map((_, i) => pool.describe(i)));
     const classes = spec.classes ?? sortLabels(described.flatMap((d) => d.labels));
     if (classes.length < 2) {
@@ -62,6 +64,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
         pool,
         spec.sites.map((s) => s.name),
         { layout: prepared.layout, compression: spec.compression },
+        { roundDeadlineSeconds: spec.aggregation.roundDeadlineSeconds },
       ),
       ...(opts.events ? { events: opts.events } : {}),
     });

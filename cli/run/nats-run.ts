@@ -144,6 +144,8 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
     const grace = setTimeout(stopAll, code === 0 ? 10_000 : 0);
     await Promise.all(children.map(exited));
     clearTimeout(grace);
+    // The coordinator's reason, said once by this process too: with --quiet nothing else says it.
+    if (code === 1) throw new CliError('CONSORT_CLI_RUN', `the coordinator stopped: ${coordinator.lastError ?? `exit status ${code}, see its output above`}`);
     return code;
   } finally {
     stopAll();

@@ -274,6 +274,11 @@ export const SamplingSpec = z
   .refine((s) => !(s.fraction !== undefined && s.sitesPerRound !== undefined), {
     message: 'set fraction or sitesPerRound, not both',
     path: ['sitesPerRound'],
+  })
+  // A round of sitesPerRound sites can never close with more updates than that.
+  .refine((s) => s.sitesPerRound === undefined || s.minSites <= s.sitesPerRound, {
+    message: 'must not exceed sitesPerRound: a round asks only that many sites',
+    path: ['minSites'],
   });
 export type SamplingSpec = z.infer<typeof SamplingSpec>;
 
@@ -290,9 +295,18 @@ export const StoppingSpec = z
     target: z
       .object({ metric: z.enum(['accuracy', 'loss', 'auc']), value: z.number() })
       .strict()
+      // A target no evaluation can reach (accuracy 95 for 95%, a negative loss) would run every round unnoticed.
+      .refine((t) => (t.metric === 'loss' ? t.value >= 0 : t.value > 0 && t.value <= 1), {
+        message: 'out of reach: accuracy and auc are fractions in (0, 1] (0.95, not 95), a loss is at least 0',
+        path: ['value'],
+      })
       .optional()
       .describe('Stop once the global metric reaches this value (loss: falls to it).'),
-    patience: positiveInt.optional().describe('Stop after this many evaluations without improvement.'),
+    patience: positiveInt
+      .optional()
+      .describe(
+        "Stop after this many evaluations without improvement of the target's metric (accuracy without a target); the model is the last round's, not the best one's.",
+      ),
   })
   .strict();
 
@@ -337,7 +351,10 @@ export const FederatedJobSpec = z
   .object({
     model: ModelSpec,
     classes: z
-      .array(z.string().min(1))
+      .array(
+        // YAML reads 0, 1, 2 as numbers: say how to write them, rather than only what was expected.
+        z.string({ error: (iss) => (typeof iss.input === 'number' ? `a class name is text: write it in quotes ("${iss.input}")` : undefined) }).min(1),
+      )
       .min(2)
       .optional()
       .describe(

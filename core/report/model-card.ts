@@ -48,7 +48,7 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   );
 
   out.push('## Task', '');
-  out.push(`- **Model:** ${md(m.type)}, ${formatCount(m.parameters)} parameters (float32 weights, batch-norm statistics included)`);
+  out.push(`- **Model:** ${md(m.type)}, ${formatCount(m.parameters)} parameters (float32 weights)`);
   out.push(`- **Input shape:** [${m.inputShape.join(', ')}] (per example)`);
   // Images (the only inputs of three dimensions): what worker/data/image-folder.ts made of the files.
   if (m.inputShape.length === 3) {

@@ -47,6 +47,21 @@ const CROSS_FIELD_RULES: Record<string, ValidationRule[]> = {
       fieldPath: '.sitesPerRound',
       reason: 'FieldValueForbidden',
     },
+    {
+      rule: '!has(self.sitesPerRound) || !has(self.minSites) || self.minSites <= self.sitesPerRound',
+      message: 'must not exceed sitesPerRound: a round asks only that many sites',
+      fieldPath: '.minSites',
+      reason: 'FieldValueInvalid',
+    },
+  ],
+  // StoppingSpec's target.refine
+  'spec.stopping.target': [
+    {
+      rule: "self.metric == 'loss' ? self.value >= 0.0 : (self.value > 0.0 && self.value <= 1.0)",
+      message: 'out of reach: accuracy and auc are fractions in (0, 1] (0.95, not 95), a loss is at least 0',
+      fieldPath: '.value',
+      reason: 'FieldValueInvalid',
+    },
   ],
   // DataVolume.refine
   'spec.sites[*].volume': [

@@ -6,7 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CONSORT_BIN, REPO_ROOT } from '../helpers/consort-cli.ts';
+import { CONSORT_BIN, REPO_ROOT, runConsort, transcript } from '../helpers/consort-cli.ts';
 import { hospitalSpec, writeJob } from '../helpers/jobs.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 
@@ -51,4 +51,20 @@ describe('consort run --nats embedded, interrupted while the sites start', () =>
     expect(store, stderr).toBeDefined();
     expect(existsSync(store!), `${store} should be gone`).toBe(false);
   }, 90_000);
+});
+
+describe('a run whose rounds cannot close (roundDeadlineSeconds far too short)', () => {
+  it('fails alike in one process and over NATS, and says why even with --quiet', async () => {
+    const dir = tmp('deadline');
+    const job = writeJob(dir, hospitalSpec(undefined, { rounds: 2, aggregation: { roundDeadlineSeconds: 0.001 } }));
+    const local = await runConsort(['run', job, '--quiet', '--out', join(dir, 'local')]);
+    expect(local.code, transcript(local)).toBe(1);
+    expect(local.stderr).toMatch(/round 1: 0 of 3 sites answered, sampling\.minSites is 1 \(.*no answer before the round deadline/);
+    const nats = await runConsort(['run', job, '--nats', 'embedded', '--quiet', '--out', join(dir, 'nats')]);
+    expect(nats.code, transcript(nats)).toBe(1);
+    expect(nats.stderr).toMatch(
+      /^consort: the coordinator stopped: round 1: 0 of 3 sites answered, sampling\.minSites is 1 \(.*no answer before the round deadline/m,
+    );
+    expect(existsSync(join(dir, 'nats'))).toBe(false);
+  });
 });

@@ -181,6 +181,22 @@ describe('zod refuses every manifest the CRD refuses, naming the same field', ()
     expect(new Set(INVALID_JOBS.map((j) => j.name)).size).toBe(INVALID_JOBS.length);
   });
 
+  it('says what to write where it can: class names YAML read as numbers, a target out of reach', () => {
+    const messages = (edit: (spec: Record<string, unknown>) => void) => {
+      const job = validJob();
+      edit(job.spec);
+      const r = FederatedJob.safeParse(job);
+      return r.success ? [] : r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+    };
+    expect(messages((s) => (s.classes = [0, 1]))).toEqual([
+      'spec.classes.0: a class name is text: write it in quotes ("0")',
+      'spec.classes.1: a class name is text: write it in quotes ("1")',
+    ]);
+    expect(messages((s) => (s.stopping = { target: { metric: 'auc', value: 90 } }))).toEqual([
+      'spec.stopping.target.value: out of reach: accuracy and auc are fractions in (0, 1] (0.95, not 95), a loss is at least 0',
+    ]);
+  });
+
   it('and accepts the jobs that set every field of every variant', () => {
     for (const job of VALID_JOBS) expect(issuePaths(job), job.metadata.name).toEqual([]);
   });
