@@ -216,7 +216,7 @@ export function buildConsortDashboard(): Dashboard {
 
     .withRow(new RowBuilder('Privacy'))
     .withPanel(
-      timeseries('ε spent', 'Differential privacy: ε spent so far and the budget (jobs with privacy only).', 'none', [
+      timeseries('ε spent', 'Differential privacy: ε spent so far and the budget (jobs with privacy only; not yet in this version, so empty).', 'none', [
         [`consort_job_epsilon_spent{${JOB}}`, '{{federatedjob}} ε spent'],
         [`consort_job_epsilon_budget{${JOB}}`, '{{federatedjob}} ε budget'],
       ]),
