@@ -1,6 +1,7 @@
 // `consort run JOB.yaml`: flags checked with zod, the job read and validated, the run, the
 // outputs written atomically, and a summary table on stdout.
 import { separateProcessesProblem } from '../../core/job/federated-job.ts';
+import { jobWarnings } from '../../core/job/warnings.ts';
 import { noBetterThanMajority } from '../../core/report/no-better.ts';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
@@ -47,6 +48,8 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
     const job = withOverrides(readJobFile(jobPath), flags);
     const outDir = resolve(flags.out ?? `out/${job.metadata.name}`);
     checkOutputDir(outDir);
+    // Said even with --quiet: a rule the user set that cannot act.
+    for (const w of jobWarnings(job.spec)) process.stderr.write(`warning: ${w}\n`);
     if (flags.nats !== undefined) {
       if (flags.metricsPort !== undefined)
         throw new CliError('CONSORT_CLI_USAGE', '--metrics-port serves the metrics of a run in this process; it cannot be combined with --nats');

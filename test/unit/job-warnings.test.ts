@@ -1,0 +1,22 @@
+// Rules a valid job sets that cannot act as written are said before the job runs.
+import { describe, expect, it } from 'vitest';
+import { FederatedJobSpec } from '../../core/job/federated-job.ts';
+import { jobWarnings } from '../../core/job/warnings.ts';
+
+const spec = (extra: Record<string, unknown>) =>
+  FederatedJobSpec.parse({ model: { type: 'mlp' }, sites: [{ name: 'a', data: { type: 'synthetic', generator: 'hospital', samples: 10 } }], ...extra });
+
+describe('jobWarnings', () => {
+  it('a patience that the evaluations can never exhaust, and a target checked only at the end', () => {
+    expect(jobWarnings(spec({ rounds: 5, evaluation: { every: 10 }, stopping: { patience: 2 } }))).toEqual([
+      'stopping.patience 2 cannot stop the job: 5 rounds evaluated every 10 give 1 evaluation, and patience needs 3 (the first sets the best)',
+    ]);
+    // 10 rounds every 3: rounds 3, 6, 9 and the last, 10.
+    expect(jobWarnings(spec({ rounds: 10, evaluation: { every: 3 }, stopping: { patience: 4 } }))[0]).toContain('give 4 evaluations, and patience needs 5');
+    expect(jobWarnings(spec({ rounds: 10, evaluation: { every: 3 }, stopping: { patience: 3 } }))).toEqual([]);
+    expect(jobWarnings(spec({ rounds: 4, evaluation: { every: 4 }, stopping: { target: { metric: 'accuracy', value: 0.9 } } }))).toEqual([
+      'stopping.target can only be checked after the last round: evaluation.every 4 leaves one evaluation in 4 rounds',
+    ]);
+    expect(jobWarnings(spec({}))).toEqual([]);
+  });
+});
