@@ -18,6 +18,7 @@
 // and aggregates again without that update (round-coordinator.ts).
 import type { RejectionCode } from '../protocol/rejections.ts';
 import type { RangeAggregate, SiteFitResult, Strategy } from '../strategies/strategy.ts';
+import { GROUP } from './exact-kernel.ts';
 import { ExactSumBound, ExactWeightedSum } from './exact-sum.ts';
 import { checkControl, checkSamples, contributionKey, contributionWeight } from './round-accumulator.ts';
 
@@ -174,16 +175,18 @@ export async function aggregateStored(o: StoredAggregation): Promise<{ sumSquare
   const width = Math.max(1, Math.min(o.range, n));
   const ahead = Math.max(1, o.lookahead ?? 4);
   const threads = o.threads ?? 1;
-  // The ranges are read into the sums' own input slots (as many as reads can be under way), and
-  // folded where they lie: no copy of each range into the fold's scratch.
-  const slots = ahead + 1;
+  // The ranges are read into the sums' own input slots (as many as reads can be under way, and a
+  // batch waiting to be folded), and folded where they lie: no copy of each range into the fold's
+  // scratch. A range's updates are folded GROUP at a time (each block of the sum is then read
+  // and written once per GROUP updates, not once per update): the same bits, the sums are exact.
+  const slots = ahead + GROUP;
   const deltas = new ExactWeightedSum(width, { threads, inputs: slots });
   const controls = o.control ? new ExactWeightedSum(width, { threads, inputs: slots }) : undefined;
   let slotsTaken = 0;
   const newSlot = (): Slot => {
     const i = slotsTaken++;
     if (i < slots) return { delta: deltas.input(i), control: controls?.input(i) };
-    // Not expected (at most `ahead` reads are under way); folded by copy, as any array.
+    // Not expected (at most `ahead` reads are under way, and a batch); folded by copy, as any array.
     return { delta: new Float32Array(width), control: controls ? new Float32Array(width) : undefined };
   };
   const squares = o.sumSquares ? new Float64Array(count) : undefined;
@@ -220,6 +223,14 @@ export async function aggregateStored(o: StoredAggregation): Promise<{ sumSquare
     queue.push({ k, start: rangeStart, length, read });
   };
   let committed = 0;
+  const pending: Array<{ k: number; slot: Slot }> = [];
+  const flush = () => {
+    if (pending.length === 0) return;
+    deltas.addAll(pending.map(({ k, slot }) => ({ values: slot.delta, weight: updates[k]!.weight })));
+    if (controls) controls.addAll(pending.map(({ slot }) => ({ values: slot.control!, weight: 1 })));
+    for (const p of pending) free.push(p.slot);
+    pending.length = 0;
+  };
   try {
     for (;;) {
       while (queue.length < ahead && !(rangeEnd >= n && next === count)) issue();
@@ -236,15 +247,14 @@ export async function aggregateStored(o: StoredAggregation): Promise<{ sumSquare
         deltas.reset();
         controls?.reset();
       }
-      deltas.add(slot.delta, updates[k]!.weight);
-      if (controls) controls.add(slot.control!, 1);
       if (squares) {
         let sq = squares[k]!;
         const d = slot.delta;
         for (let i = 0; i < length; i++) sq += d[i]! * d[i]!;
         squares[k] = sq;
       }
-      free.push(slot);
+      pending.push({ k, slot });
+      if (pending.length === GROUP || k === count - 1) flush();
       if (k === count - 1) {
         // The means are written over the sums' own memory (reset for the next range).
         const range: RangeAggregate = {
