@@ -4,6 +4,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { coordinatorCommand, siteCommand } from './federation/commands.ts';
 import { natsConfigCommand } from './nats/config.ts';
 import { runCommand } from './run/command.ts';
+import { validateCommand } from './validate.ts';
 import { reportFailure } from './failure.ts';
 import { operatorCommand } from './operator/command.ts';
 
@@ -53,6 +54,17 @@ if the run fails. Exit status: 0 done, 2 bad input (job file, flag or data), 1 r
   )
   .action(async (job: string, flags: Record<string, unknown>) => {
     process.exitCode = await runCommand(job, flags);
+  });
+
+program
+  .command('validate')
+  .description(
+    "Check a FederatedJob file without running it: its schema (every bad field named), and the rules it sets that cannot act; the sites' data is not read.",
+  )
+  .argument('<job>', 'FederatedJob manifest (YAML)')
+  .addHelpText('after', '\nExit status: 0 valid (warnings on stderr), 2 invalid.')
+  .action((job: string) => {
+    process.exitCode = validateCommand(job);
   });
 
 program

@@ -1,0 +1,51 @@
+// consort validate: a job file checked without running it.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { validateCommand } from '../../cli/validate.ts';
+import { REPO_ROOT } from '../helpers/consort-cli.ts';
+import { useTmpDirs } from '../helpers/tmp-dirs.ts';
+
+function sink(): { stream: Writable; text: () => string } {
+  let text = '';
+  const stream = new Writable({
+    write(chunk, _enc, done) {
+      text += String(chunk);
+      done();
+    },
+  });
+  return { stream, text: () => text };
+}
+
+describe('consort validate', () => {
+  const tmp = useTmpDirs();
+
+  it('says what a valid job is, warns of rules that cannot act, and names every bad field of an invalid one, exit 2', () => {
+    const out = sink();
+    const err = sink();
+    const example = join(REPO_ROOT, 'manifests/examples/hospitals.yaml');
+    expect(validateCommand(example, out.stream, err.stream)).toBe(0);
+    expect(out.text()).toBe(`${example}: valid: job hospitals, 5 sites, model mlp, fedavg, 20 rounds, seed 42\n`);
+    expect(err.text()).toBe('');
+
+    const dir = tmp('validate');
+    const job = (spec: string) => {
+      const path = join(dir, `job-${Math.random().toString(36).slice(2)}.yaml`);
+      writeFileSync(
+        path,
+        `apiVersion: consort.dev/v1alpha1\nkind: FederatedJob\nmetadata: {name: x}\nspec:\n  model: {type: mlp}\n  sites: [{name: a, data: {type: synthetic, generator: hospital, samples: 10}}]\n${spec}`,
+      );
+      return path;
+    };
+    const warned = sink();
+    expect(validateCommand(job('  rounds: 3\n  stopping: {patience: 5}\n'), sink().stream, warned.stream)).toBe(0);
+    expect(warned.text()).toContain('warning: stopping.patience 5 cannot stop the job: 3 rounds evaluated every 1 give 3 evaluations');
+
+    const bad = sink();
+    expect(validateCommand(job('  classes: [0, 1]\n  stopping: {target: {metric: accuracy, value: 95}}\n'), sink().stream, bad.stream)).toBe(2);
+    expect(bad.text()).toContain('not a valid FederatedJob (3 problems) [CONSORT_CLI_JOB_SPEC]');
+    expect(bad.text()).toContain('spec.classes[0]: a class name is text: write it in quotes ("0")');
+    expect(bad.text()).toContain('spec.stopping.target.value: out of reach');
+  });
+});
