@@ -10,7 +10,7 @@ describe('consort help', () => {
     expect(r.code, transcript(r)).toBe(0);
     expect(r.stdout).toMatch(/Usage: consort/);
     expect(r.stdout).toMatch(/^\s+run \[options\] <job>\s+\S/m);
-    expect(r.stdout).toMatch(/^\s+validate \[options\] <job>\s+\S/m);
+    expect(r.stdout).toMatch(/^\s+validate <job>\s+\S/m);
   });
 
   it('consort run --help exits 0 and explains every flag', async () => {
