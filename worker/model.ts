@@ -65,7 +65,8 @@ export async function buildModel(spec: ModelSpec, inputShape: number[], classes:
  */
 function layersWeights(path: string, layout: ParameterLayout): Float32Array | undefined {
   const raw = (JSON.parse(readFileSync(path, 'utf8')) as { weightsManifest?: unknown }).weightsManifest;
-  if (raw === undefined) return undefined;
+  // No manifest, or an empty one: the topology alone.
+  if (raw === undefined || (Array.isArray(raw) && raw.length === 0)) return undefined;
   const manifest = WeightsManifest.safeParse(raw);
   if (!manifest.success) {
     const issue = manifest.error.issues[0];

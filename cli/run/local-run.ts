@@ -3,6 +3,10 @@
 import { federationScaler } from '../../core/data/moments.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters } from '../../core/model/layout.ts';
+import { carriesWeights } from '../../core/model/tfjs-weights.ts';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { ModelSpec } from '../../core/job/federated-job.ts';
 import { weightedMean } from '../../core/metrics/aggregate.ts';
 import { assembleRunReport } from '../../core/report/assemble.ts';
 import type { RunReport } from '../../core/report/run-report.ts';
@@ -51,7 +55,8 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
     }
     const sampleShape = agreeOnShape(described);
     // One scaling for the federation (tabular data): the pooled moments of every site's train split.
-    const inputScaler = federationScaler(described);
+    // A pre-trained model (its file carries weights) takes the inputs it was trained on, unscaled.
+    const inputScaler = modelFileHasWeights(spec.model, opts.baseDir) ? undefined : federationScaler(described);
     const prepared = await pool.prepare(classes, sampleShape, inputScaler);
     opts.events?.phase?.(`backend ${prepared.backend.name}: ${prepared.backend.reason}`);
     // A pre-trained model file starts from its own weights; otherwise a seeded start.
@@ -140,4 +145,14 @@ async function trainBaselines(
     siteAloneMean: weightedMean(alone.map((r) => ({ samples: weights.get(r[0]!.site) ?? r[0]!.samples, value: r[0]!.accuracy }))),
     pooled: weightedMean(pooled!.map((s) => ({ samples: s.samples, value: s.accuracy }))),
   };
+}
+
+/** Whether the job's model is a Layers file that carries weights; a file that cannot be read is the sites' to report. */
+function modelFileHasWeights(model: ModelSpec, baseDir: string): boolean {
+  if (model.type !== 'layers') return false;
+  try {
+    return carriesWeights(JSON.parse(readFileSync(resolve(baseDir, model.path), 'utf8')));
+  } catch {
+    return false;
+  }
 }

@@ -18,6 +18,12 @@ export const WeightsManifest = z
   .describe("TF.js model.json's weightsManifest: groups of weights, each stored across its paths' files in order");
 export type WeightsManifest = z.infer<typeof WeightsManifest>;
 
+/** Whether a model.json's contents carry weights (a non-empty weightsManifest): a pre-trained model. */
+export function carriesWeights(modelJson: unknown): boolean {
+  const raw = (modelJson as { weightsManifest?: unknown } | null)?.weightsManifest;
+  return Array.isArray(raw) && raw.length > 0;
+}
+
 /** A weights file that cannot give the model its weights; the message says why. */
 export class WeightsError extends Error {}
 

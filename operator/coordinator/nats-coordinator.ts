@@ -478,8 +478,11 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     // One input scaling for the whole run (tabular data): pooled, in the job's site order, from the
     // moments of the sites here as the rounds first start; a resumed run keeps its own.
     const savedScaler = InputScaler.safeParse(resumedState?.scaler);
-    const inputScaler = savedScaler.success ? savedScaler.data : federationScaler(siteNames.map((s) => joined[s] ?? {}));
+    // A pre-trained model was trained on the inputs as they are: scaled, its weights would be wasted.
+    const pretrained = startsFrom !== undefined && startsFrom !== 'seeded';
+    const inputScaler = savedScaler.success ? savedScaler.data : pretrained ? undefined : federationScaler(siteNames.map((s) => joined[s] ?? {}));
     if (inputScaler && !savedScaler.success) log(`inputs scaled by the pooled moments of ${siteNames.filter((s) => joined[s]?.moments).length} sites`);
+    if (pretrained && !inputScaler) log("inputs not scaled: the sites' model file carries weights, trained on the inputs as they are");
     const fromEnv = aggregationFromEnv();
     const parameters = layoutSize(layout!);
     const storedUpdates = parameters >= (o.storedUpdatesFrom ?? fromEnv?.from ?? STORED_UPDATES_FROM);

@@ -145,6 +145,10 @@ describe("a user's pre-trained Layers model", () => {
     const r = await runConsort(['run', onlyReal, '--quiet', '--out', out]);
     expect(r.code, transcript(r)).toBe(0);
     expect(result.initialWeights).toBe('model file');
+    // Trained on the inputs as they are: they are not scaled for it.
+    expect(result.inputScaler).toBeUndefined();
+    expect(logs).toContain("inputs not scaled: the sites' model file carries weights, trained on the inputs as they are");
+    expect(JSON.parse(readFileSync(join(out, 'report.json'), 'utf8')).model.inputScaler).toBeUndefined();
     expect(result.sites.real?.initialSha256).toMatch(/^[0-9a-f]{64}$/);
     expect(JSON.parse(readFileSync(join(out, 'report.json'), 'utf8')).model.initialWeights).toBe('model file');
     expect(readFileSync(join(out, 'MODEL_CARD.md'), 'utf8')).toContain('- **Starting weights:** those of the model file (a pre-trained model)');
