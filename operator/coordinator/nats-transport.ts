@@ -218,8 +218,23 @@ export class NatsTransport implements SiteTransport {
     return wire;
   }
 
+  /**
+   * The sites alive now; while fewer than sampling.minSites are (a site that crashed and is
+   * coming back), waits for them, up to the round deadline, rather than start a round that cannot
+   * reach its quorum.
+   */
   async available(): Promise<string[]> {
-    return this.o.alive();
+    const { minSites } = this.o.spec.sampling;
+    const until = Date.now() + this.deadlineMs;
+    let alive = this.o.alive();
+    if (alive.length >= minSites) return alive;
+    const missing = () => this.o.spec.sites.map((s) => s.name).filter((s) => !alive.includes(s));
+    this.o.log(`waiting for sites before the next round: ${alive.length} alive, sampling.minSites is ${minSites} (missing ${missing().join(', ')})`);
+    while (alive.length < minSites && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 200));
+      alive = this.o.alive();
+    }
+    return alive;
   }
 
   private get deadlineMs(): number {

@@ -277,7 +277,7 @@ export class RoundCoordinator {
       const why = failures.map((f) => `${f.site}: ${f.reason}`).join('; ');
       throw new OperatorError(
         'CONSORT_C_QUORUM',
-        `round ${round}: ${participants.length} of ${sites.length} sites answered, sampling.minSites is ${this.spec.sampling.minSites}${why ? ` (${why})` : ''}`,
+        `round ${round}: ${participants.length} of ${sites.length} sites answered, sampling.minSites is ${this.spec.sampling.minSites}${why ? ` (${why})` : ''}${sites.length < this.siteNames.length && sites.length < this.spec.sampling.minSites ? `; only ${sites.length} of the job's ${this.siteNames.length} sites were reachable when it started (${this.siteNames.filter((s) => !sites.includes(s)).join(', ')} not)` : ''}`,
       );
     }
   }

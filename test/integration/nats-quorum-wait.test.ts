@@ -1,0 +1,102 @@
+// A round does not start without the sites its quorum needs: over a real nats-server, a site that
+// goes quiet between rounds (a crash and a restart, played here by its hellos stopping) is waited
+// for, up to the round deadline, rather than a round being started that cannot close.
+import { Objm } from '@nats-io/obj';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { describe, expect, it } from 'vitest';
+import { FederatedJob } from '../../core/job/federated-job.ts';
+import { layoutSize } from '../../core/model/layout.ts';
+import { encodeUpdate } from '../../core/protocol/codecs.ts';
+import { sha256Hex } from '../../core/protocol/digest.ts';
+import { Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
+import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
+import { buckets, objectNames, PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
+import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
+import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
+import { jobOnServer, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+const cleanup = useCleanup();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('a round whose quorum needs a site that has gone quiet', () => {
+  it('waits for it to come back, then runs with it', async () => {
+    const job = FederatedJob.parse(
+      jobManifest(
+        'quorum-wait',
+        hospitalSpec(
+          [
+            { name: 'north', samples: 40 },
+            { name: 'south', samples: 30 },
+          ],
+          { rounds: 2, sampling: { minSites: 2 }, aggregation: { roundDeadlineSeconds: 60 } },
+        ),
+      ),
+    );
+    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const model = await siteModel(job, 0);
+    const n = layoutSize(model.layout);
+    /** south's hellos stop from its round-1 task until 2 s after it has answered round 1's evaluation. */
+    let southQuiet = false;
+    for (const site of ['north', 'south']) {
+      const seed = auth.sites[site]!.seed;
+      const nc: NatsConnection = await as(site, seed);
+      const beat = setInterval(() => {
+        if (site === 'south' && southQuiet) return;
+        nc.request(subj.hello(site), signedHello(key, site, seed, model), { timeout: 1000 }).catch(() => {});
+      }, 100);
+      cleanup.push(async () => clearInterval(beat));
+      nc.subscribe(subj.task(site), {
+        callback: (_e, m) => {
+          m.respond(encoder.encode(JSON.stringify({ type: 'ack', accepted: true })));
+          const task = Task.parse(JSON.parse(decoder.decode(m.data)));
+          void (async () => {
+            if (task.type === 'evaluate') {
+              if (site === 'south' && task.round === 1) await sleep(1000);
+              await nc.request(subj.evaluation(site), signedEvaluation(key, site, seed, task), { timeout: 5000 }).catch(() => {});
+              if (site === 'south' && task.round === 1) setTimeout(() => (southQuiet = false), 2000);
+              return;
+            }
+            if (site === 'south' && task.round === 1) southQuiet = true;
+            const { bytes } = encodeUpdate(new Float32Array(n).fill(0.01), model.layout, job.spec.compression);
+            const nonce = newNonce();
+            const object = objectNames.update(task.round, nonce);
+            await (await new Objm(nc).open(buckets(key).updates(site))).putBlob({ name: object }, bytes);
+            const env: Omit<UpdateEnvelope, 'signature'> = {
+              type: 'update',
+              protocol: PROTOCOL_VERSION,
+              job: key,
+              site,
+              round: task.round,
+              taskId: task.taskId,
+              nonce,
+              samples: 10,
+              trainLoss: 0.5,
+              steps: 1,
+              codec: 'none',
+              object: { bucket: buckets(key).updates(site), name: object, sha256: sha256Hex(bytes), size: bytes.length },
+            };
+            await nc.request(subj.update(site), encoder.encode(JSON.stringify(signEnvelope(env, seed))), { timeout: 10_000 });
+          })();
+        },
+      });
+    }
+    const logs: string[] = [];
+    const result = await runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: (l) => logs.push(l),
+      joinTimeoutMs: 20_000,
+      aliveMs: 500,
+    });
+    expect(result.roundsCompleted).toBe(2);
+    expect(result.rounds.map((r) => r.participants)).toEqual([
+      ['north', 'south'],
+      ['north', 'south'],
+    ]);
+    expect(logs).toContain('waiting for sites before the next round: 1 alive, sampling.minSites is 2 (missing south)');
+  });
+});
