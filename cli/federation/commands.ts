@@ -16,6 +16,7 @@ import { reportFailure } from '../failure.ts';
 import { readJobFile, withOverrides } from '../job-file.ts';
 import { TrustedKeys } from '../nats/config.ts';
 import { connectAs, readSeed, watchPermissions } from '../nats/connect.ts';
+import { publicKeyOf } from '../../core/protocol/signing.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { checkOutputDir, writeOutputs } from '../run/outputs.ts';
 import { summaryTable } from '../run/command.ts';
@@ -56,6 +57,16 @@ function parseFlags<T extends z.ZodType>(schema: T, raw: Record<string, unknown>
   const parsed = schema.safeParse(raw);
   if (!parsed.success) throw invalidFlags(parsed.error);
   return parsed.data;
+}
+
+/** The seed of an NKey seed file (what nats-config writes), or undefined for a .creds file (JWT mode: keys.json is the operator's). */
+function ownNkeySeed(creds: string): string | undefined {
+  try {
+    if (!/^SU[A-Z2-7]+$/.test(creds) && readFileSync(creds, 'utf8').includes('BEGIN NATS USER JWT')) return undefined;
+    return readSeed(creds);
+  } catch {
+    return undefined; // connecting reports what is wrong with the file
+  }
 }
 
 function readKeys(path: string): TrustedKeys {
@@ -103,6 +114,20 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
     checkOutputDir(outDir);
     const missing = job.spec.sites.map((s) => s.name).filter((s) => !keys.sites[s]);
     if (missing.length > 0) throw new CliError('CONSORT_CLI_CREDENTIALS', `${flags.keys} has no key for site(s) ${missing.join(', ')}`);
+    // A keys.json of another nats-config would make every site's signature look forged: the
+    // coordinator's own seed (an NKey file, as nats-config writes beside keys.json) must be the key it names.
+    const own = ownNkeySeed(flags.creds);
+    const ownKey = own !== undefined ? publicKeyOf(own) : undefined;
+    const asSite = Object.entries(keys.sites).find(([, k]) => k === ownKey)?.[0];
+    if (asSite !== undefined) {
+      throw new CliError('CONSORT_CLI_CREDENTIALS', `--creds: ${flags.creds} holds site "${asSite}"'s key, not the coordinator's: use coordinator.nk`);
+    }
+    if (own !== undefined && ownKey !== keys.coordinator) {
+      throw new CliError(
+        'CONSORT_CLI_CREDENTIALS',
+        `${flags.keys} and ${flags.creds} come from different nats-config runs (its coordinator key is ${keys.coordinator.slice(0, 12)}…, the credentials' is ${publicKeyOf(own).slice(0, 12)}…): every site would be refused as forged; use the keys.json written beside coordinator.nk`,
+      );
+    }
     const log = logTo(flags.quiet);
     const nc = await connectAs(flags.nats, flags.creds, COORDINATOR_USER);
     const stop = new AbortController();

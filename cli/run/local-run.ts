@@ -111,7 +111,7 @@ function agreeOnShape(described: SiteDescription[]): number[] {
       );
     }
     // The same count of features is not enough: a weight belongs to a column by position.
-    const differ = featuresDiffer(first.features, d.features);
+    const differ = featuresDiffer(first.features, d.features, { a: `"${first.site}"`, b: `"${d.site}"` });
     if (differ) throw new CliError('CONSORT_CLI_DATA', `sites disagree on the feature columns: "${first.site}" and "${d.site}": ${differ}`);
   }
   return first.sampleShape;

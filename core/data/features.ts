@@ -9,15 +9,19 @@ const shown = (names: readonly string[]) => names.map((n) => `"${n}"`).join(', '
  * position where their orders part), or undefined when they agree or either site's data has no
  * names (images, say).
  */
-export function featuresDiffer(a: readonly string[] | undefined, b: readonly string[] | undefined): string | undefined {
+export function featuresDiffer(
+  a: readonly string[] | undefined,
+  b: readonly string[] | undefined,
+  names: { a: string; b: string } = { a: 'the first', b: 'the second' },
+): string | undefined {
   if (!a || !b) return undefined;
   if (a.length === b.length && a.every((f, i) => f === b[i])) return undefined;
   const onlyA = a.filter((f) => !b.includes(f));
   const onlyB = b.filter((f) => !a.includes(f));
   if (onlyA.length > 0 || onlyB.length > 0) {
-    const parts = [onlyA.length > 0 ? `only the first has ${shown(onlyA)}` : '', onlyB.length > 0 ? `only the second has ${shown(onlyB)}` : ''];
+    const parts = [onlyA.length > 0 ? `only ${names.a} has ${shown(onlyA)}` : '', onlyB.length > 0 ? `only ${names.b} has ${shown(onlyB)}` : ''];
     return `${parts.filter((p) => p !== '').join('; ')} (list the columns to use in each site's data.featureColumns)`;
   }
   const at = a.findIndex((f, i) => f !== b[i]);
-  return `the same columns in another order: column ${at + 1} is "${a[at]}" at the first and "${b[at]}" at the second (list them in each site's data.featureColumns, in one order)`;
+  return `the same columns in another order: column ${at + 1} is "${a[at]}" at ${names.a} and "${b[at]}" at ${names.b} (list them in each site's data.featureColumns, in one order)`;
 }

@@ -295,8 +295,9 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     const raw = parseJson(msg.data) as { protocol?: unknown } | undefined;
     const refuse = (code: RejectionCode, reason: string) => {
       countRefusal(code);
-      if (!refusedHello.has(`${site}\u0000${code}`)) {
-        refusedHello.add(`${site}\u0000${code}`);
+      // Once per site and reason: a site refused again for another reason (another model file, say) is said again.
+      if (!refusedHello.has(`${site}\u0000${code}\u0000${reason}`)) {
+        refusedHello.add(`${site}\u0000${code}\u0000${reason}`);
         log(`refused site "${site}": ${reason} [${code}]`);
       }
       welcome(msg, { accepted: false, code, reason });
@@ -323,8 +324,9 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     }
     // The same layout is not enough: a first-layer weight belongs to a feature by its position.
     const other = Object.entries(joined).find(([s, j]) => s !== site && j.features);
-    const differ = other && featuresDiffer(other[1].features, h.data.features);
-    if (differ) return refuse('CONSORT_R_WRONG_SHAPE', `the site's feature columns are not those of site "${other[0]}": ${differ}`);
+    const differ = other && featuresDiffer(other[1].features, h.data.features, { a: `site "${other[0]}"`, b: `site "${site}"` });
+    // Which of the two is wrong is the user's to say: the first to join is only the reference.
+    if (differ) return refuse('CONSORT_R_WRONG_SHAPE', `the site's feature columns are not those of site "${other[0]}", which joined first: ${differ}`);
     const from = h.data.initial?.sha256 ?? 'seeded';
     if (startsFrom !== undefined && from !== startsFrom) {
       const what = (d: string) => (d === 'seeded' ? 'no weights (a seeded start)' : `weights of SHA-256 ${d.slice(0, 12)}…`);

@@ -55,11 +55,37 @@ describe('a credentials file of another user', () => {
     ]);
     for (const r of [site, coordinator]) {
       expect(r.code, transcript(r)).toBe(2);
-      expect(r.stderr, transcript(r)).toMatch(
-        /^consort: --creds: the server refused this user's (publish|subscription) on \S+: the file holds another user's key/m,
-      );
       expect(r.stderr).toContain('[CONSORT_CLI_CREDENTIALS]');
     }
+    expect(site.stderr, transcript(site)).toMatch(
+      /^consort: --creds: the server refused this user's (publish|subscription) on \S+: the file holds another user's key/m,
+    );
+    // The coordinator knows every key from keys.json: it says whose file it was given, before connecting.
+    expect(coordinator.stderr, transcript(coordinator)).toContain(
+      `consort: --creds: ${join(dir, 'nats/sites/north.nk')} holds site "north"'s key, not the coordinator's: use coordinator.nk`,
+    );
+
+    // keys.json of another nats-config run: every site would look forged; refused before starting.
+    const other = natsAuthFor(FederatedJob.parse(manifest));
+    writeNatsConfigFiles(join(dir, 'other'), other);
+    const mixed = await runConsort(
+      [
+        'coordinator',
+        jobPath,
+        '--nats',
+        server.url,
+        '--creds',
+        join(dir, 'nats/coordinator.nk'),
+        '--keys',
+        join(dir, 'other/keys.json'),
+        '--out',
+        join(dir, 'out2'),
+        '--quiet',
+      ],
+      { timeoutMs: 60_000 },
+    );
+    expect(mixed.code, transcript(mixed)).toBe(2);
+    expect(mixed.stderr).toMatch(/come from different nats-config runs .* use the keys.json written beside coordinator.nk \[CONSORT_CLI_CREDENTIALS\]/);
   }, 90_000);
 });
 

@@ -74,11 +74,11 @@ describe('a hello whose feature columns differ from the joined sites', () => {
     const reversed = await hello([...HOSPITAL_FEATURES].reverse());
     expect(reversed).toMatchObject({ accepted: false, code: 'CONSORT_R_WRONG_SHAPE' });
     expect(reversed.reason).toContain(
-      `the site's feature columns are not those of site "real": the same columns in another order: column 1 is "${HOSPITAL_FEATURES[0]}"`,
+      `the site's feature columns are not those of site "real", which joined first: the same columns in another order: column 1 is "${HOSPITAL_FEATURES[0]}" at site "real"`,
     );
     const renamed = await hello([...HOSPITAL_FEATURES.slice(1), 'weight']);
     expect(renamed).toMatchObject({ accepted: false, code: 'CONSORT_R_WRONG_SHAPE' });
-    expect(renamed.reason).toContain(`only the first has "${HOSPITAL_FEATURES[0]}"; only the second has "weight"`);
+    expect(renamed.reason).toContain(`only site "real" has "${HOSPITAL_FEATURES[0]}"; only site "by-hand" has "weight"`);
     expect(coordinatorLogs.filter((l) => l.includes('refused site "by-hand"') && l.includes('CONSORT_R_WRONG_SHAPE'))).toHaveLength(1);
 
     // Another seed in the site's copy of the job: refused, naming it.

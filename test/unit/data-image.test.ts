@@ -68,6 +68,12 @@ describe('image-folder loader', () => {
     await writeFile(join(root, 'train/dog/notes.txt'), 'not an image');
     await writeFile(join(root, 'train/dog/.DS_Store'), 'ignored');
     await writeFile(join(root, 'train/README'), 'not in a class folder');
+    // Images one folder down are not read, and the report says why.
+    await mkdir(join(root, 'train/dog/2019'), { recursive: true });
+    await writeFile(
+      join(root, 'train/dog/2019/c.png'),
+      pngBytes(2, 2, () => WHITE),
+    );
     await mkdir(join(root, 'test/cat'), { recursive: true });
     await mkdir(join(root, 'test/dog'), { recursive: true });
     await writeFile(
@@ -104,7 +110,11 @@ describe('image-folder loader', () => {
     expect(Array.from(data.test.y)).toEqual([0, 1]);
     expect(data.quality).toEqual({
       rowsUsed: 7,
-      rowsRejected: { 'not a PNG or JPEG file': 1, 'not in a class folder': 1 },
+      rowsRejected: {
+        'not a PNG or JPEG file': 1,
+        'not in a class folder': 1,
+        'a sub-folder of a class folder (not read: images go directly in their class folder)': 1,
+      },
       missing: {},
       labels: { cat: 4, dog: 3 },
       trainSamples: 5,

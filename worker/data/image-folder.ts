@@ -13,6 +13,8 @@ import { addCounts, type Dataset, labelCounts, type LoadContext, type SiteData, 
 import { listDataFolder, readDataFile, resolveDataPath } from './files.ts';
 
 export const NOT_IN_CLASS_FOLDER = 'not in a class folder';
+/** A folder inside a class folder: not read (a class's images lie directly in its folder). */
+export const SUB_FOLDER = 'a sub-folder of a class folder (not read: images go directly in their class folder)';
 export const NOT_AN_IMAGE = 'not a PNG or JPEG file';
 
 const IMAGE_EXT = /\.(png|jpe?g)$/i;
@@ -47,7 +49,7 @@ async function scanFolder(path: string, ctx: LoadContext): Promise<FolderScan> {
     for (const f of await listDataFolder(join(resolved, entry.name), join(path, entry.name))) {
       if (f.name.startsWith('.')) continue;
       if (!f.isDir && IMAGE_EXT.test(f.name)) files.push(f.name);
-      else count(NOT_AN_IMAGE);
+      else count(f.isDir ? SUB_FOLDER : NOT_AN_IMAGE);
     }
     images.set(entry.name, files.sort(byCodeUnits));
   }
