@@ -238,6 +238,11 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       );
     }
     log(`resuming ${job.metadata.name} from its checkpoint after round ${resume.round}`);
+    if (resume.round >= spec.rounds || (resume.stoppedBy !== undefined && resume.stoppedBy !== 'rounds')) {
+      log(
+        `${job.metadata.name} already finished training (after round ${resume.round}${resume.stoppedBy && resume.stoppedBy !== 'rounds' ? `, stopped by ${resume.stoppedBy}` : ''}): its sites are needed only to score the final model again; to train anew, run it under another name, or delete its state bucket ${bucket.state}`,
+      );
+    }
   }
   const resumedState = resume?.transport as TransportState | undefined;
   let layout: ParameterLayout | undefined = resumedState?.layout;

@@ -79,7 +79,7 @@ describe('a hello whose feature columns differ from the joined sites', () => {
     const renamed = await hello([...HOSPITAL_FEATURES.slice(1), 'weight']);
     expect(renamed).toMatchObject({ accepted: false, code: 'CONSORT_R_WRONG_SHAPE' });
     expect(renamed.reason).toContain(`only site "real" has "${HOSPITAL_FEATURES[0]}"; only site "by-hand" has "weight"`);
-    expect(coordinatorLogs.filter((l) => l.includes('refused site "by-hand"') && l.includes('CONSORT_R_WRONG_SHAPE'))).toHaveLength(1);
+    expect(coordinatorLogs.filter((l) => l.includes('refused site "by-hand"') && l.includes('CONSORT_R_WRONG_SHAPE'))).toHaveLength(2); // once per reason
 
     // Another seed in the site's copy of the job: refused, naming it.
     const otherSeed = Welcome.parse(
@@ -121,6 +121,25 @@ describe('a hello whose feature columns differ from the joined sites', () => {
         joinTimeoutMs: 5000,
       }),
     ).rejects.toMatchObject({ code: 'CONSORT_C_CHECKPOINT', message: expect.stringContaining('spec.model.hidden ([16] in the checkpoint, [4] now)') });
+
+    // The same job again: it says at once that the training is done, rather than only wait for its sites.
+    const again: string[] = [];
+    const stop = new AbortController();
+    const rerun = runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: (l) => {
+        again.push(l);
+        if (l.includes('already finished training')) stop.abort();
+      },
+      joinTimeoutMs: 30_000,
+      signal: stop.signal,
+    });
+    await rerun.catch(() => {});
+    expect(again, again.join('\n')).toContain(
+      `hello-features already finished training (after round 1): its sites are needed only to score the final model again; to train anew, run it under another name, or delete its state bucket consort-default_hello-features-state`,
+    );
   }, 90_000);
 });
 
