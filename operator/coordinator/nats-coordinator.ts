@@ -300,9 +300,9 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     const raw = parseJson(msg.data) as { protocol?: unknown } | undefined;
     const refuse = (code: RejectionCode, reason: string) => {
       countRefusal(code);
-      // Once per site and reason: a site refused again for another reason (another model file, say) is said again.
-      if (!refusedHello.has(`${site}\u0000${code}\u0000${reason}`)) {
-        refusedHello.add(`${site}\u0000${code}\u0000${reason}`);
+      // Once per site and code, however many hellos come (a hostile stream of them cannot flood the log).
+      if (!refusedHello.has(`${site}\u0000${code}`)) {
+        refusedHello.add(`${site}\u0000${code}`);
         log(`refused site "${site}": ${reason} [${code}]`);
       }
       welcome(msg, { accepted: false, code, reason });
