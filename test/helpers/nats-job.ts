@@ -7,9 +7,12 @@ import { connectAs } from '../../cli/nats/connect.ts';
 import { NatsServer } from '../../cli/nats/server.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
-import { evaluationEnvelope } from '../../core/protocol/messages.ts';
+import { Objm } from '@nats-io/obj';
+import { encodeUpdate } from '../../core/protocol/codecs.ts';
+import { sha256Hex } from '../../core/protocol/digest.ts';
+import { evaluationEnvelope, type UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { jobKey, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
+import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { afterEach } from 'vitest';
 import { SiteWorker } from '../../worker/site-worker.ts';
 
@@ -87,4 +90,38 @@ export function signedHello(
 export function signedEvaluation(key: string, site: string, seed: string, task: { round: number; taskId: string }): Uint8Array {
   const evaluation = evaluationEnvelope(key, site, task, { samples: 10, loss: 0.5, accuracy: 0.5 });
   return encoder.encode(JSON.stringify(signEnvelope(evaluation, seed)));
+}
+
+/**
+ * A played site's update for `task`: `delta` encoded (codec none), put into the site's own
+ * bucket, its envelope signed and sent; resolves on the coordinator's answer.
+ */
+export async function sendPlainUpdate(
+  nc: NatsConnection,
+  to: { key: string; site: string; seed: string; layout: ParameterLayout },
+  task: { round: number; taskId: string },
+  delta: Float32Array,
+  samples: number,
+): Promise<void> {
+  const { key, site, seed, layout } = to;
+  const { bytes } = encodeUpdate(delta, layout, { codec: 'none', topkFraction: 0.01 });
+  const nonce = newNonce();
+  const name = objectNames.update(task.round, nonce);
+  const bucket = buckets(key).updates(site);
+  await (await new Objm(nc).open(bucket)).putBlob({ name }, bytes);
+  const env: Omit<UpdateEnvelope, 'signature'> = {
+    type: 'update',
+    protocol: PROTOCOL_VERSION,
+    job: key,
+    site,
+    round: task.round,
+    taskId: task.taskId,
+    nonce,
+    samples,
+    trainLoss: 0.5,
+    steps: 1,
+    codec: 'none',
+    object: { bucket, name, sha256: sha256Hex(bytes), size: bytes.length },
+  };
+  await nc.request(subjects(key).update(site), encoder.encode(JSON.stringify(signEnvelope(env, seed))), { timeout: 10_000 });
 }

@@ -1,20 +1,15 @@
 // A round does not start without the sites its quorum needs: over a real nats-server, a site that
 // goes quiet between rounds (a crash and a restart, played here by its hellos stopping) is waited
 // for, up to the round deadline, rather than a round being started that cannot close.
-import { Objm } from '@nats-io/obj';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { layoutSize } from '../../core/model/layout.ts';
-import { encodeUpdate } from '../../core/protocol/codecs.ts';
-import { sha256Hex } from '../../core/protocol/digest.ts';
-import { Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { Task } from '../../core/protocol/messages.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, objectNames, PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { jobOnServer, sendPlainUpdate, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
@@ -60,25 +55,7 @@ describe('a round whose quorum needs a site that has gone quiet', () => {
               return;
             }
             if (site === 'south' && task.round === 1) southQuiet = true;
-            const { bytes } = encodeUpdate(new Float32Array(n).fill(0.01), model.layout, job.spec.compression);
-            const nonce = newNonce();
-            const object = objectNames.update(task.round, nonce);
-            await (await new Objm(nc).open(buckets(key).updates(site))).putBlob({ name: object }, bytes);
-            const env: Omit<UpdateEnvelope, 'signature'> = {
-              type: 'update',
-              protocol: PROTOCOL_VERSION,
-              job: key,
-              site,
-              round: task.round,
-              taskId: task.taskId,
-              nonce,
-              samples: 10,
-              trainLoss: 0.5,
-              steps: 1,
-              codec: 'none',
-              object: { bucket: buckets(key).updates(site), name: object, sha256: sha256Hex(bytes), size: bytes.length },
-            };
-            await nc.request(subj.update(site), encoder.encode(JSON.stringify(signEnvelope(env, seed))), { timeout: 10_000 });
+            await sendPlainUpdate(nc, { key, site, seed, layout: model.layout }, task, new Float32Array(n).fill(0.01), 10);
           })();
         },
       });

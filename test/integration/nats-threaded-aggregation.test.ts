@@ -1,20 +1,15 @@
 // The coordinator folds a large model's updates with helper threads (the updates read into
 // SharedArrayBuffers, each thread a run of blocks of the exact sums): over a real nats-server,
 // in memory and stored (read back range by range), the round ends in the bits of one thread.
-import { Objm } from '@nats-io/obj';
 import { describe, expect, it } from 'vitest';
 import { foldPool } from '../../core/aggregation/fold-pool.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { layoutSize } from '../../core/model/layout.ts';
-import { encodeUpdate } from '../../core/protocol/codecs.ts';
-import { sha256Hex } from '../../core/protocol/digest.ts';
-import { Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { Task } from '../../core/protocol/messages.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, objectNames, PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { jobOnServer, sendPlainUpdate, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
@@ -50,28 +45,8 @@ async function oneRound(name: string, threads: number, stored: boolean): Promise
           void nc.request(subj.evaluation(site), signedEvaluation(key, site, seed, task), { timeout: 5000 }).catch(() => {});
           return;
         }
-        void (async () => {
-          const delta = Float32Array.from({ length: n }, (_, i) => Math.sin(i * (s + 1) * 0.001) / (1 + (i % 97)));
-          const { bytes } = encodeUpdate(delta, model.layout, job.spec.compression);
-          const nonce = newNonce();
-          const object = objectNames.update(task.round, nonce);
-          await (await new Objm(nc).open(buckets(key).updates(site))).putBlob({ name: object }, bytes);
-          const env: Omit<UpdateEnvelope, 'signature'> = {
-            type: 'update',
-            protocol: PROTOCOL_VERSION,
-            job: key,
-            site,
-            round: task.round,
-            taskId: task.taskId,
-            nonce,
-            samples: 40 - 10 * s,
-            trainLoss: 0.5,
-            steps: 1,
-            codec: 'none',
-            object: { bucket: buckets(key).updates(site), name: object, sha256: sha256Hex(bytes), size: bytes.length },
-          };
-          await nc.request(subj.update(site), encoder.encode(JSON.stringify(signEnvelope(env, seed))), { timeout: 10_000 });
-        })();
+        const delta = Float32Array.from({ length: n }, (_, i) => Math.sin(i * (s + 1) * 0.001) / (1 + (i % 97)));
+        void sendPlainUpdate(nc, { key, site, seed, layout: model.layout }, task, delta, 40 - 10 * s);
       },
     });
   }
