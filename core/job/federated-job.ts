@@ -60,9 +60,13 @@ export type ModelSpec = z.infer<typeof ModelSpec>;
 
 // ---- data --------------------------------------------------------------------------------
 
+/** The share of train held out when a site names no test set and no testFraction. */
+export const DEFAULT_TEST_FRACTION = 0.2;
+
 const splitFields = {
   test: z.string().min(1).optional().describe('Held-out file/folder; when absent, testFraction of train is held out.'),
-  testFraction: z.number().gt(0).lt(1).default(0.2).describe('Share of train held out when no test set is given.'),
+  // No default in the schema: a testFraction beside a test set would be ignored, and is refused.
+  testFraction: z.number().gt(0).lt(1).optional().describe(`Share of train held out when no test set is given (default ${DEFAULT_TEST_FRACTION}).`),
 };
 
 export const CsvData = z
@@ -391,6 +395,17 @@ export const FederatedJobSpec = z
         ctx.addIssue({ code: 'custom', path: ['sites', i, 'name'], message: `duplicate site name "${s.name}" (also sites[${prev}])` });
       }
       seen.set(s.name, i);
+    });
+    // A test set and a share of train to hold out: one of them would be ignored.
+    spec.sites.forEach((s, i) => {
+      const d = s.data as { test?: string; testFraction?: number };
+      if ((s.data.type === 'csv' || s.data.type === 'imageFolder') && d.test !== undefined && d.testFraction !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['sites', i, 'data', 'testFraction'],
+          message: 'set test or testFraction, not both: with a test set, none of train is held out',
+        });
+      }
     });
     // Two classes of one name: an output unit no label could ever be.
     const classes = new Map<string, number>();

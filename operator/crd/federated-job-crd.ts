@@ -63,6 +63,15 @@ const CROSS_FIELD_RULES: Record<string, ValidationRule[]> = {
       reason: 'FieldValueInvalid',
     },
   ],
+  // FederatedJobSpec.superRefine: a test set, or a share of train held out, not both
+  'spec.sites[*].data': [
+    {
+      rule: '!(has(self.test) && has(self.testFraction))',
+      message: 'set test or testFraction, not both: with a test set, none of train is held out',
+      fieldPath: '.testFraction',
+      reason: 'FieldValueForbidden',
+    },
+  ],
   // DataVolume.refine
   'spec.sites[*].volume': [
     {

@@ -3,7 +3,7 @@
 // Only two things are tolerated, and both are counted in the quality report: an empty feature
 // value (missing; imputed with the train split's mean) and an empty label (the row is skipped).
 import { CsvError, parse } from 'csv-parse/sync';
-import type { CsvData } from '../../core/job/federated-job.ts';
+import { type CsvData, DEFAULT_TEST_FRACTION } from '../../core/job/federated-job.ts';
 import { Rng } from '../../core/rng.ts';
 import { WorkerError } from '../errors.ts';
 import { addCounts, type LoadContext, type SiteData, sortLabels, splitIndices } from './dataset.ts';
@@ -231,7 +231,7 @@ export async function loadCsv(spec: CsvData, ctx: LoadContext): Promise<SiteData
     train = { values: trainTable.values, y: yAll, n: trainTable.n };
     test = { values: testTable.values, y: classIndices(testTable, classes), n: testTable.n };
   } else {
-    const split = splitIndices(trainTable.n, spec.testFraction, Rng.from(ctx.jobSeed, 'split', ctx.site));
+    const split = splitIndices(trainTable.n, spec.testFraction ?? DEFAULT_TEST_FRACTION, Rng.from(ctx.jobSeed, 'split', ctx.site));
     const all: RawSplit = { values: trainTable.values, y: yAll, n: trainTable.n };
     train = selectRows(all, d, split.train);
     test = selectRows(all, d, split.test);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
 import type { DataQuality } from '../../core/data/quality.ts';
-import type { ImageFolderData } from '../../core/job/federated-job.ts';
+import { DEFAULT_TEST_FRACTION, type ImageFolderData } from '../../core/job/federated-job.ts';
 import { Rng } from '../../core/rng.ts';
 import { WorkerError } from '../errors.ts';
 import { addCounts, type Dataset, labelCounts, type LoadContext, type SiteData, selectExamples, sortLabels, splitIndices } from './dataset.ts';
@@ -177,7 +177,7 @@ export async function loadImageFolder(spec: ImageFolderData, ctx: LoadContext): 
       });
     }
   } else {
-    const split = splitIndices(all.n, spec.testFraction, Rng.from(ctx.jobSeed, 'split', ctx.site));
+    const split = splitIndices(all.n, spec.testFraction ?? DEFAULT_TEST_FRACTION, Rng.from(ctx.jobSeed, 'split', ctx.site));
     train = selectExamples(all, split.train);
     test = selectExamples(all, split.test);
   }
