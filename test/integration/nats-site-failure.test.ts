@@ -54,6 +54,8 @@ async function federation(name: string, minSites: number, failpoints: Record<str
       signal: abort.signal,
     });
   const sites = [site('a', await as('a', auth.sites.a!.seed)), site('b', await as('b', auth.sites.b!.seed))];
+  // A job that fails ends its sites with CONSORT_W_JOB_FAILED, maybe before a test awaits them: never unhandled.
+  for (const s of sites) s.catch(() => {});
   return { coordinator, sites, failures, logs, abort };
 }
 
