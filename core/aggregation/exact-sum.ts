@@ -157,6 +157,22 @@ export class ExactWeightedSum {
     return shard.inputView(i);
   }
 
+  /**
+   * What both ways of folding a batch start from: each weight admitted with its value limit, the
+   * total weight after the batch, the groups of at most GROUP updates (as even as can be: 10 is 4,
+   * 3, 3) and, when every update lies in an input slot, their addresses.
+   */
+  private batchOf(updates: readonly WeightedValues[]) {
+    const checked = updates.map((u) => this.admitShape(u.values, u.weight));
+    let weight = this.weight;
+    for (const w of checked) weight += toFixed60(w);
+    const groups = Math.ceil(updates.length / GROUP);
+    const bounds = Array.from({ length: groups + 1 }, (_, g) => Math.floor((g * updates.length) / groups));
+    const pointers = this.slotAddresses(updates);
+    if (pointers) slotFolds.batches++;
+    return { checked, limits: checked.map(valueLimit), weight, groups, bounds, pointers };
+  }
+
   /** The updates' addresses when every one is an input slot of this (one-shard) sum; else undefined. */
   private slotAddresses(updates: readonly WeightedValues[]): number[] | undefined {
     const shard = this.shards.length === 1 ? this.shards[0]! : undefined;
@@ -206,21 +222,13 @@ export class ExactWeightedSum {
         return;
       }
     }
-    const checked = updates.map((u) => this.admitShape(u.values, u.weight));
-    const limits = checked.map(valueLimit);
-    let weight = this.weight;
-    for (const w of checked) weight += toFixed60(w);
+    const { checked, limits, weight, groups, bounds, pointers } = this.batchOf(updates);
     // Per update: the largest |x| seen so far; M grows by weight * that, checked block by block
     // (magnitude: M with every update's current weight * max|x|, kept as they grow).
     const maxAbs = updates.map(() => 0);
     let magnitude = this.magnitude;
-    // Groups of at most GROUP updates, as even as can be (10: 4, 3, 3).
-    const groups = Math.ceil(updates.length / GROUP);
-    const bounds = Array.from({ length: groups + 1 }, (_, g) => Math.floor((g * updates.length) / groups));
     const groupWeights = Array.from({ length: groups }, (_, g) => checked.slice(bounds[g]!, bounds[g + 1]!));
     const done: Array<{ shard: Shard; at: number; count: number; g: number }> = [];
-    const pointers = this.slotAddresses(updates);
-    if (pointers) slotFolds.batches++;
     try {
       for (const shard of this.shards) {
         for (let at = 0; at < shard.length; at += BLOCK) {
@@ -276,15 +284,8 @@ export class ExactWeightedSum {
    * way (the figure in the message may differ).
    */
   private addAllThreaded(updates: readonly WeightedValues[]): void {
-    const checked = updates.map((u) => this.admitShape(u.values, u.weight));
-    const limits = checked.map(valueLimit);
-    let weight = this.weight;
-    for (const w of checked) weight += toFixed60(w);
-    const groups = Math.ceil(updates.length / GROUP);
-    const bounds = Array.from({ length: groups + 1 }, (_, g) => Math.floor((g * updates.length) / groups));
+    const { checked, limits, weight, groups, bounds, pointers } = this.batchOf(updates);
     const inputs = updates.map((u) => u.values);
-    const pointers = this.slotAddresses(updates);
-    if (pointers) slotFolds.batches++;
     const pool = foldPool();
     const maxAbs = updates.map(() => 0);
     const done: Array<{ shard: Shard; key: number; jobs: BlockFoldJob[]; folded: number[] }> = [];

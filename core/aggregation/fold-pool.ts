@@ -36,6 +36,10 @@ export interface HelperRequest {
   folded: number;
   /** Int32Array over a SharedArrayBuffer: set to 1, and notified, once the outcome is posted. */
   flag: Int32Array;
+}
+
+/** What a helper is started with: the port it posts its outcomes on. */
+export interface HelperData {
   port: MessagePort;
 }
 
@@ -55,9 +59,8 @@ const HELPER_ENTRY = new URL(`./fold-worker.${import.meta.url.endsWith('.ts') ? 
 
 interface Helper {
   worker: Worker;
-  /** Ours, and the one the helper posts its outcomes on. */
+  /** Ours: the helper posts its outcomes on the other end. */
   port: MessagePort;
-  theirs: MessagePort;
   flag: Int32Array;
 }
 
@@ -68,11 +71,11 @@ export class FoldPool {
 
   private helper(i: number): Helper {
     while (this.helpers.length <= i) {
-      const worker = new Worker(HELPER_ENTRY);
-      worker.unref();
       const { port1, port2 } = new MessageChannel();
+      const worker = new Worker(HELPER_ENTRY, { workerData: { port: port2 } satisfies HelperData, transferList: [port2] });
+      worker.unref();
       port1.unref();
-      this.helpers.push({ worker, port: port1, theirs: port2, flag: new Int32Array(new SharedArrayBuffer(4)) });
+      this.helpers.push({ worker, port: port1, flag: new Int32Array(new SharedArrayBuffer(4)) });
     }
     return this.helpers[i]!;
   }
@@ -104,15 +107,8 @@ export class FoldPool {
         ...(job.pointers ? { pointers: [...job.pointers] } : {}),
         folded: folded[i] ?? 0,
         flag: h.flag,
-        port: h.theirs,
       };
-      // The port goes over once; the helper keeps it.
-      if (h.theirs) {
-        h.worker.postMessage(request, [h.theirs]);
-        (h as { theirs: MessagePort | undefined }).theirs = undefined;
-      } else {
-        h.worker.postMessage({ ...request, port: undefined });
-      }
+      h.worker.postMessage(request);
       sent.push(h);
     }
     const outcomes: BlockFoldOutcome[] = [];

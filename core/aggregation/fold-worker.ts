@@ -1,21 +1,20 @@
 // A helper thread of FoldPool (fold-pool.ts): attaches to each shared shard it is sent (once),
 // folds or unfolds its run of blocks, posts the outcome on its port and raises its flag.
-import { type MessagePort, parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { type BlockFoldOutcome, foldBlocks, unfoldBlocks } from './block-folds.ts';
 import { Shard } from './exact-kernel.ts';
-import type { HelperForget, HelperReply, HelperRequest } from './fold-pool.ts';
+import type { HelperData, HelperForget, HelperReply, HelperRequest } from './fold-pool.ts';
 
 /** Shards attached to, by key; the last few only (a sum's memory is freed once no thread holds it). */
 const attached = new Map<number, Shard>();
 const KEEP = 2;
-let port: MessagePort | undefined;
+const { port } = workerData as HelperData;
 
 parentPort?.on('message', (r: HelperRequest | HelperForget) => {
   if (r.op === 'forget') {
     for (const key of r.keys) attached.delete(key);
     return;
   }
-  port = r.port ?? port;
   let reply: HelperReply;
   let folded = 0;
   try {
@@ -45,7 +44,7 @@ parentPort?.on('message', (r: HelperRequest | HelperForget) => {
   } catch (err) {
     reply = { ok: false, error: (err as Error).message, folded };
   }
-  port?.postMessage(reply);
+  port.postMessage(reply);
   Atomics.store(r.flag, 0, 1);
   Atomics.notify(r.flag, 0);
 });

@@ -169,7 +169,7 @@ export class RoundCoordinator {
     const reuse = last && last.round === round && last.all;
     const finalSites = reuse ? this.siteNames : this.evaluators(round, true);
     const final = reuse ? last!.scores : await this.guard(this.evaluateRound(round, finalSites));
-    const failed = new Map((this.evaluationFailures.get(round) ?? []).map((f) => [f.site, f]));
+    const failed = new Map((this.lastEvaluation?.round === round ? this.lastEvaluation.failures : []).map((f) => [f.site, f]));
     const finalMissing = finalSites
       .filter((s) => !final.some((e) => e.site === s))
       .map((site) => failed.get(site) ?? { site, code: 'CONSORT_C_UNREACHABLE', reason: 'no answer' });
@@ -362,14 +362,13 @@ export class RoundCoordinator {
     this.strategy = createStrategy(this.spec.strategy, n, this.siteNames.length, checkpoint.strategy);
   }
 
-  /** The failures of the latest evaluation of each round (the final report names the sites they leave out). */
-  private readonly evaluationFailures = new Map<number, SiteFailure[]>();
+  /** The latest evaluation's failures, and its round (the final report names the sites they leave out). */
+  private lastEvaluation: { round: number; failures: SiteFailure[] } | undefined;
 
   private async evaluateRound(round: number, sites: string[]): Promise<SiteEvaluation[]> {
     const scores: SiteEvaluation[] = [];
     const failures: SiteFailure[] = [];
-    this.evaluationFailures.clear();
-    this.evaluationFailures.set(round, failures);
+    this.lastEvaluation = { round, failures };
     for await (const o of this.transport.evaluate(round, sites, this.global, { trainLoss: this.spec.evaluation.trainLoss })) {
       if (o.ok) scores.push(o.value);
       else failures.push(o.failure);
