@@ -131,7 +131,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
     const log = logTo(flags.quiet);
     const nc = await connectAs(flags.nats, flags.creds, COORDINATOR_USER);
     const stop = new AbortController();
-    const permissions = watchPermissions(nc, stop);
+    const permissions = watchPermissions(nc, stop, log);
     const startedAt = new Date();
     const t0 = performance.now();
     try {
@@ -214,7 +214,7 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
     const seed = readSeed(flags.creds);
     const nc = await connectAs(flags.nats, flags.creds, flags.site);
     const stop = new AbortController();
-    const permissions = watchPermissions(nc, stop);
+    const permissions = watchPermissions(nc, stop, logTo(flags.quiet));
     try {
       const summary = await runSite({
         failpoints: failpoints.data,

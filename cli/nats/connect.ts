@@ -10,6 +10,9 @@ import { inboxOf } from '../../core/protocol/permissions.ts';
 import { inboxPrefix } from '../../core/protocol/subjects.ts';
 import { CliError } from '../errors.ts';
 
+/** Every user's inbox starts so (inboxPrefix): a publish there is a reply. */
+const REPLY_PREFIX = inboxPrefix('');
+
 const SEED = /^SU[A-Z2-7]{56}$/;
 const CREDS_JWT = '-----BEGIN NATS USER JWT-----';
 const JWT = /-----BEGIN NATS USER JWT-----\s*\n\s*([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)\s*\n/;
@@ -145,15 +148,30 @@ export async function connectAs(url: string | string[], seedOrFile: string, user
  * Watches `nc` for the server's permission violations: a credentials file of another user (a
  * site given another site's file, or the coordinator's) logs in fine, and only the server's
  * refusals of its subscriptions and publications tell. The first one aborts `abort` and is kept
- * in `violation()`, for the command to report as a credentials error. JetStream API requests
- * are left out: the object writes try a purge that a site may not make, on purpose (object-put.ts).
+ * in `violation()`, for the command to report as a credentials error. Left out:
+ * - JetStream API requests: the object writes try a purge that a site may not make, on purpose
+ *   (object-put.ts);
+ * - replies (a publish into another user's inbox): the server lets one through only while it
+ *   remembers the request (allow_responses), and forgets it when it restarts, so a request taken
+ *   before a restart and answered after it is refused. The asker asks again; the process goes on
+ *   (it used to stop as if its credentials were another user's). Said once through `log`.
  */
-export function watchPermissions(nc: NatsConnection, abort: AbortController): { violation: () => CliError | undefined } {
+export function watchPermissions(
+  nc: NatsConnection,
+  abort: AbortController,
+  log: (line: string) => void = () => {},
+): { violation: () => CliError | undefined } {
   let found: CliError | undefined;
+  let saidReply = false;
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type !== 'error' || !(s.error instanceof PermissionViolationError) || found) continue;
       if (s.error.operation === 'publish' && s.error.subject.startsWith('$JS.')) continue;
+      if (s.error.operation === 'publish' && s.error.subject.startsWith(REPLY_PREFIX)) {
+        if (!saidReply) log(`a reply on ${s.error.subject} was refused by the server (it no longer knew the request: restarted since?); the asker asks again`);
+        saidReply = true;
+        continue;
+      }
       found = new CliError(
         'CONSORT_CLI_CREDENTIALS',
         `--creds: the server refused this user's ${s.error.operation} on ${s.error.subject}: the file holds another user's key (each site's file logs in that site alone)`,

@@ -137,12 +137,12 @@ export class ConsortProcess {
   }
 
   /** Resolves with the first match of `pattern` in the output (from `from` on), polling. */
-  waitFor(pattern: RegExp, timeoutMs = 60_000, from = 0): Promise<RegExpMatchArray> {
+  waitFor(pattern: RegExp, timeoutMs = 60_000, from = 0, context = () => this.tail()): Promise<RegExpMatchArray> {
     return until(
       () => this.#out.slice(from).match(pattern) ?? (this.running ? undefined : Promise.reject(this.#died(pattern))),
       `${this.label}: ${pattern}`,
       timeoutMs,
-      () => this.tail(),
+      context,
     );
   }
 
@@ -335,7 +335,8 @@ export class Federation {
   /** Waits until `site` has stopped itself at its failpoint after acknowledging `task` (`fit:3`). */
   async stoppedAt(site: ConsortProcess, task: string): Promise<void> {
     const [type, round] = task.split(':');
-    await site.waitFor(new RegExp(`failpoint: stopped after acknowledging the ${type} task of round ${round}\\b`));
+    // Every process's log on a timeout: a site that never gets there usually waits on the coordinator.
+    await site.waitFor(new RegExp(`failpoint: stopped after acknowledging the ${type} task of round ${round}\\b`), 60_000, 0, () => this.logs());
   }
 
   /** A connection with a site's own credentials (what a hostile site can do). */

@@ -8,8 +8,13 @@ import { describe, expect, it } from 'vitest';
 import { natsAuthFor, writeNatsConfigFiles } from '../../cli/nats/config.ts';
 import { NatsServer } from '../../cli/nats/server.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
+import type { Msg } from '@nats-io/transport-node';
+import { connectAs, watchPermissions } from '../../cli/nats/connect.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
+import { jobKey, subjects } from '../../core/protocol/subjects.ts';
 import { CONSORT_BIN, runConsort, transcript } from '../helpers/consort-cli.ts';
 import { hospitalSpec, jobManifest, writeJob } from '../helpers/jobs.ts';
+import { until } from '../helpers/federation.ts';
 import { useCleanup } from '../helpers/nats-job.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 
@@ -87,6 +92,59 @@ describe('a credentials file of another user', () => {
     expect(mixed.code, transcript(mixed)).toBe(2);
     expect(mixed.stderr).toMatch(/come from different nats-config runs .* use the keys.json written beside coordinator.nk \[CONSORT_CLI_CREDENTIALS\]/);
   }, 90_000);
+});
+
+describe('a reply the server refuses because it restarted since the request', () => {
+  // Seen in CI: a site's hello taken just before a nats-server restart, answered just after it;
+  // the server no longer knew the request (allow_responses), refused the reply, and the
+  // coordinator stopped with CONSORT_CLI_CREDENTIALS as if its file were another user's.
+  it('is logged once and stops nothing; a publish the user may not make still stops it', async () => {
+    const manifest = FederatedJob.parse(jobManifest('reply-refused', hospitalSpec([{ name: 'north', samples: 60 }], { rounds: 1 })));
+    const auth = natsAuthFor(manifest);
+    const server = await NatsServer.start({ config: auth.config });
+    cleanup.push(() => server.stop());
+    const subj = subjects(jobKey(manifest.metadata));
+    const coordinator = await connectAs(server.url, auth.coordinator.seed, COORDINATOR_USER);
+    const site = await connectAs(server.url, auth.sites.north!.seed, 'north');
+    cleanup.push(() => Promise.all([coordinator.close(), site.close()]).then(() => {}));
+    const stop = new AbortController();
+    const lines: string[] = [];
+    const watch = watchPermissions(coordinator, stop, (l) => lines.push(l));
+
+    let taken: (m: Msg) => void = () => {};
+    const hello = new Promise<Msg>((done) => {
+      taken = done;
+    });
+    coordinator.subscribe(subj.hello('north'), { callback: (_err, m) => taken(m) });
+    await coordinator.flush();
+    // Its answer never comes (refused): the request times out, as a site's hello does before it asks again.
+    void site.request(subj.hello('north'), new TextEncoder().encode('{}'), { timeout: 5000 }).catch(() => {});
+    const msg = await hello;
+    await server.restart({ signal: 'SIGKILL', downMs: 100 });
+    // Both back.
+    for (const nc of [coordinator, site])
+      await until(
+        async () =>
+          nc.flush().then(
+            () => true,
+            () => false,
+          ),
+        'a reconnection',
+        20_000,
+      );
+    msg.respond(new TextEncoder().encode('late'));
+    await until(() => lines.length > 0 || stop.signal.aborted, 'the refused reply to be logged', 10_000);
+    expect(watch.violation()).toBeUndefined();
+    expect(stop.signal.aborted).toBe(false);
+    expect(lines).toEqual([expect.stringMatching(/^a reply on _INBOX_north\.\S+ was refused by the server \(it no longer knew the request/)]);
+
+    // A subject the coordinator may not publish on (another job's): another user's key, stopped.
+    coordinator.publish('consort.hello.another-job.north', new Uint8Array(0));
+    await until(() => stop.signal.aborted, 'the abort', 10_000);
+    expect(watch.violation()?.message).toMatch(
+      /the server refused this user's publish on consort\.hello\.another-job\.north: the file holds another user's key/,
+    );
+  }, 60_000);
 });
 
 describe('consort site stopped by Ctrl-C before its job ended', () => {
