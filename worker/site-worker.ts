@@ -86,6 +86,8 @@ export class SiteWorker {
   /** The federation's input scaling (core/data/moments.ts), once known, and its JSON (a task's is compared with it). */
   private scaler: InputScaler | undefined;
   private scalerJson = '';
+  /** The model file carries weights: its inputs are the columns as they are, unless a scaler is given. */
+  private pretrained = false;
   private readonly data = new Map<number, SiteData>();
   private trainer: LocalTrainer | undefined;
   /** SCAFFOLD's client control variates c_i: site state that never leaves the site. */
@@ -111,7 +113,7 @@ export class SiteWorker {
         jobSeed: this.cfg.spec.seed,
         baseDir: this.cfg.baseDir,
         ...(this.classes ? { classes: this.classes } : {}),
-        ...(this.scaler ? { scaler: this.scaler } : {}),
+        ...(this.scaler ? { scaler: this.scaler } : this.pretrained ? { raw: true } : {}),
       });
       if (d.train.n === 0) {
         throw new WorkerError('CONSORT_W_DATA_EMPTY', `site "${site.name}" has no training examples`);
@@ -176,6 +178,7 @@ export class SiteWorker {
     this.trainer?.built.model.dispose();
     this.trainer = new LocalTrainer(await buildModel(spec.model, sampleShape, classes.length, baseDir));
     const { initial } = this.trainer.built;
+    this.pretrained = initial !== undefined;
     return { layout: this.trainer.built.layout, backend, convolutional, ...(initial ? { initial } : {}) };
   }
 

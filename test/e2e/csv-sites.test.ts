@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { runConsort, transcript } from '../helpers/consort-cli.ts';
 import { readReport, writeJob } from '../helpers/jobs.ts';
-import { csvData, writeDataFile, writeHospitalCsvSite } from '../helpers/site-data.ts';
+import { csvData, writeDataFile, writeHospitalCsvSite, writePretrainedDense } from '../helpers/site-data.ts';
 import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 
@@ -140,6 +140,52 @@ describe('consort run on CSV sites', () => {
       } finally {
         model.dispose();
       }
+    }
+  });
+
+  it("feeds a pre-trained model every site's columns as they are: two sites scoring one test file agree, with the exported model on the raw rows", async () => {
+    const root = tmp('csv-pretrained');
+    const north = writeHospitalCsvSite(root, { name: 'north', train: 120, test: 50, prevalence: 0.3, shift: 0, blanks: { lactate: 3 } }, 41);
+    // Other means: scaled each by its own split (as the sites did), the same row would be another input at each.
+    const south = writeHospitalCsvSite(root, { name: 'south', train: 80, test: 10, prevalence: 0.5, shift: 1.5 }, 42);
+    await writePretrainedDense(root, (i) => (((i * 29) % 17) - 8) / 200);
+    const job = writeJob(root, {
+      model: { type: 'layers', path: 'model.json' },
+      classes: ['no', 'yes'],
+      // Both sites score north's test file.
+      sites: [north, { ...south, test: north.test }].map((s) => ({ name: s.name, data: csvData(s) })),
+      rounds: 2,
+      training: { epochs: 1, learningRate: 0.01 },
+      seed: 3,
+    });
+    const r = await runConsort(['run', job, '--quiet', '--out', join(root, 'out')]);
+    expect(r.code, transcript(r)).toBe(0);
+    const report = readReport(join(root, 'out'));
+    expect(report.model.inputScaler).toBeUndefined();
+    const [a, b] = [report.final.perSite.north!, report.final.perSite.south!];
+    expect(b.loss).toBe(a.loss);
+    expect(b.accuracy).toBe(a.accuracy);
+    // The exported model on north's raw test rows scores what the run reported.
+    const modelJson = JSON.parse(readFileSync(join(root, 'out', 'tfjs/model.json'), 'utf8'));
+    const bin = readFileSync(join(root, 'out', 'tfjs/weights.bin'));
+    const model = await tf.loadLayersModel(
+      tf.io.fromMemory({
+        modelTopology: modelJson.modelTopology,
+        weightSpecs: modelJson.weightsManifest.flatMap((g: { weights: tf.io.WeightsManifestEntry[] }) => g.weights),
+        weightData: bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength),
+      }),
+    );
+    try {
+      const [header, ...lines] = readFileSync(join(root, north.test), 'utf8').trim().split('\n');
+      const names = header!.split(',');
+      const x = lines.map((line) => HOSPITAL_FEATURES.map((f) => Number(line.split(',')[names.indexOf(f)])));
+      const y = lines.map((line) => report.model.classes.indexOf(line.split(',')[names.indexOf('sepsis')]!));
+      // The exported model ends in a softmax: its outputs are probabilities.
+      const p = tf.tidy(() => (model.predict(tf.tensor2d(x)) as tf.Tensor).arraySync() as number[][]);
+      const loss = -y.reduce((sum, c, i) => sum + Math.log(p[i]![c]!), 0) / y.length;
+      expect(loss).toBeCloseTo(a.loss, 4);
+    } finally {
+      model.dispose();
     }
   });
 

@@ -1,6 +1,7 @@
 // Site data on disk for end-to-end tests: hospital patients as CSV files, and tiny image folders.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
 import { PNG } from 'pngjs';
 import { Rng } from '../../core/rng.ts';
 import { HOSPITAL_FEATURES, HOSPITAL_LABEL, hospitalRows, toCsvText } from '../../worker/data/synthetic/hospital.ts';
@@ -91,4 +92,30 @@ export function writeHalvesImageFolder(folder: string, perClass: number, seed: n
       writeFileSync(join(folder, cls, `${String(k).padStart(3, '0')}.png`), PNG.sync.write(png));
     }
   }
+}
+
+/** model.json + weights.bin in `dir`: a dense 12 -> 8 -> 2 model whose weights are `fill(i)`, as TF.js saves it. */
+export async function writePretrainedDense(dir: string, fill: (i: number) => number): Promise<Float32Array> {
+  const model = tf.sequential({
+    layers: [tf.layers.dense({ units: 8, activation: 'relu', inputShape: [HOSPITAL_FEATURES.length], name: 'h' }), tf.layers.dense({ units: 2, name: 'out' })],
+  });
+  model.setWeights(
+    model.weights.map((w) =>
+      tf.tensor(
+        Float32Array.from({ length: w.shape.reduce((a, b) => a! * b!, 1)! }, (_, i) => fill(i)),
+        w.shape as number[],
+      ),
+    ),
+  );
+  await model.save(
+    tf.io.withSaveHandler(async (a) => {
+      writeFileSync(join(dir, 'weights.bin'), new Uint8Array(a.weightData as ArrayBuffer));
+      writeFileSync(
+        join(dir, 'model.json'),
+        JSON.stringify({ modelTopology: a.modelTopology, weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }] }),
+      );
+      return { modelArtifactsInfo: { dateSaved: new Date(0), modelTopologyType: 'JSON' } };
+    }),
+  );
+  return Float32Array.from(model.weights.flatMap((w) => [...(w.read().dataSync() as Float32Array)]));
 }

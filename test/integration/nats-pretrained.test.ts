@@ -2,9 +2,8 @@
 // over a real nats-server each site writes the weights its file carries into its own bucket and
 // names them in its hello; the coordinator starts round 1 from them, and refuses a site whose
 // file carries other weights, or none. The in-process run starts from the same weights, to the bit.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters } from '../../core/model/layout.ts';
@@ -17,43 +16,18 @@ import { runSite } from '../../worker/nats/site-runner.ts';
 import { runConsort, transcript } from '../helpers/consort-cli.ts';
 import { hospitalSpec, jobManifest, writeJob } from '../helpers/jobs.ts';
 import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { writePretrainedDense } from '../helpers/site-data.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 
 const cleanup = useCleanup();
 const decoder = new TextDecoder();
-
-/** model.json + weights.bin in `dir`: a dense 12 -> 8 -> 2 model whose weights are `fill(i)`, as TF.js saves it. */
-async function savePretrained(dir: string, fill: (i: number) => number): Promise<Float32Array> {
-  const model = tf.sequential({
-    layers: [tf.layers.dense({ units: 8, activation: 'relu', inputShape: [HOSPITAL_FEATURES.length], name: 'h' }), tf.layers.dense({ units: 2, name: 'out' })],
-  });
-  model.setWeights(
-    model.weights.map((w) =>
-      tf.tensor(
-        Float32Array.from({ length: w.shape.reduce((a, b) => a! * b!, 1)! }, (_, i) => fill(i)),
-        w.shape as number[],
-      ),
-    ),
-  );
-  await model.save(
-    tf.io.withSaveHandler(async (a) => {
-      writeFileSync(join(dir, 'weights.bin'), new Uint8Array(a.weightData as ArrayBuffer));
-      writeFileSync(
-        join(dir, 'model.json'),
-        JSON.stringify({ modelTopology: a.modelTopology, weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }] }),
-      );
-      return { modelArtifactsInfo: { dateSaved: new Date(0), modelTopologyType: 'JSON' } };
-    }),
-  );
-  return Float32Array.from(model.weights.flatMap((w) => [...(w.read().dataSync() as Float32Array)]));
-}
 
 describe("a user's pre-trained Layers model", () => {
   const tmp = useTmpDirs();
 
   it('starts round 1 from its weights, over NATS and in process alike; a site whose file carries other weights or none is refused', async () => {
     const dir = tmp('pretrained');
-    const weights = await savePretrained(dir, (i) => 0.05 + ((i * 37) % 23) / 100);
+    const weights = await writePretrainedDense(dir, (i) => 0.05 + ((i * 37) % 23) / 100);
     // One round at a vanishing learning rate: the final model is the start, to within a step.
     const spec = hospitalSpec(
       [

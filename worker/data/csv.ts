@@ -236,5 +236,14 @@ export async function loadCsv(spec: CsvData, ctx: LoadContext): Promise<SiteData
     train = selectRows(all, d, split.train);
     test = selectRows(all, d, split.test);
   }
-  return tabularSiteData({ features: trainTable.features, classes, train, test, missing, rejected, ...(ctx.scaler ? { federation: ctx.scaler } : {}) });
+  return tabularSiteData({
+    features: trainTable.features,
+    classes,
+    train,
+    test,
+    missing,
+    rejected,
+    ...(ctx.scaler ? { federation: ctx.scaler } : {}),
+    ...(ctx.raw ? { raw: true } : {}),
+  });
 }

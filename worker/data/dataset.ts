@@ -119,6 +119,11 @@ export interface LoadContext {
   classes?: string[];
   /** The federation's input scaling (tabular data), once the job knows it; before, a site scales by its own train split. */
   scaler?: InputScaler;
+  /**
+   * The inputs as they are, never scaled (a pre-trained model: its file was trained on raw
+   * columns); a missing value becomes the column's mean over this site's train split.
+   */
+  raw?: boolean;
 }
 
 /**

@@ -3,7 +3,7 @@
 import type { DataQuality } from '../../core/data/quality.ts';
 import { type Dataset, labelCounts, type SiteData } from './dataset.ts';
 import { momentsOf, scalerOf } from '../../core/data/moments.ts';
-import { applyStandardizer, type Standardizer } from './standardize.ts';
+import { applyStandardizer, rawInputs, type Standardizer } from './standardize.ts';
 import { WorkerError } from '../errors.ts';
 
 /** Raw (unscaled) rows of one split: n × d values, NaN where missing, with class indices. */
@@ -27,7 +27,8 @@ export function selectRows(raw: RawSplit, d: number, indices: ArrayLike<number>)
 
 /**
  * Site data from raw feature rows, standardised (missing values become the mean): with a fixed
- * scaler if given, else the federation's if known, else the train split's own mean and std; with
+ * scaler if given, else none at all for `raw`, else the federation's if known, else the train
+ * split's own mean and std; with
  * the quality report, and the train split's moments where they decide the scaling.
  */
 export function tabularSiteData(args: {
@@ -41,6 +42,8 @@ export function tabularSiteData(args: {
   scaler?: Standardizer;
   /** The federation's scaling (pooled moments of every site's train split), when the job knows it. */
   federation?: Standardizer;
+  /** No scaling (a pre-trained model takes the columns as they are): a missing value becomes the train split's mean. */
+  raw?: boolean;
 }): SiteData {
   const d = args.features.length;
   if (args.federation && args.federation.mean.length !== d) {
@@ -48,7 +51,10 @@ export function tabularSiteData(args: {
   }
   // Fitted on this site's train split alone until the federation's is known: the moments go out with the site's hello.
   const moments = args.scaler ? undefined : momentsOf(args.train.values, args.train.n, d);
-  const scaler = args.scaler ?? args.federation ?? scalerOf(moments!);
+  // A pre-trained model's inputs are its own: every site feeds it the columns unscaled (scaling
+  // each by its own split, as before the federation's scaler is known, would give every site
+  // other inputs for the same rows, and figures that describe no exported model).
+  const scaler = args.scaler ?? (args.raw ? rawInputs(moments!.mean) : (args.federation ?? scalerOf(moments!)));
   const train: Dataset = { x: applyStandardizer(args.train.values, args.train.n, d, scaler), y: args.train.y, n: args.train.n, sampleShape: [d] };
   const test: Dataset = { x: applyStandardizer(args.test.values, args.test.n, d, scaler), y: args.test.y, n: args.test.n, sampleShape: [d] };
   const quality: DataQuality = {
