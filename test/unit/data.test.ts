@@ -138,6 +138,20 @@ describe('CSV loader', () => {
     expect(err.file).toBe(join(fixtures, 'broken/non-numeric.csv'));
   });
 
+  it('refuses a file that is not UTF-8 with its first such line, instead of merging "élevé" and "èlevè" into one class', async () => {
+    // Latin-1: é is 0xE9, è is 0xE8, each alone not UTF-8.
+    const text = 'age,risque\n50,bas\n61,élevé\n70,èlevè\n';
+    await writeFile(join(tmp, 'latin1.csv'), Buffer.from(text, 'latin1'));
+    const err = await failure(loadSiteData(csv({ train: 'latin1.csv', labelColumn: 'risque' }), { ...ctx, baseDir: tmp }));
+    expect(err.code).toBe('CONSORT_W_DATA_ROW');
+    expect(err.message).toBe('site "hospital-a": latin1.csv line 3 is not UTF-8 text (Latin-1, Windows-1252 or UTF-16?): save the file as UTF-8');
+    expect(err.line).toBe(3);
+    // The same text as UTF-8 has three classes.
+    await writeFile(join(tmp, 'utf8.csv'), text.repeat(1).replace(/\n$/, '\n80,bas\n90,élevé\n95,èlevè\n'));
+    const data = await loadSiteData(csv({ train: 'utf8.csv', labelColumn: 'risque', testFraction: 0.3 }), { ...ctx, baseDir: tmp });
+    expect(data.classes).toEqual(['bas', 'èlevè', 'élevé']);
+  });
+
   it('reports a row with the wrong number of fields with file and line', async () => {
     const err = await failure(loadSiteData(csv({ train: 'broken/field-count.csv' }), ctx));
     expect(err.code).toBe('CONSORT_W_DATA_ROW');

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 // The CSV loader. Broken data fails the load with file and line rather than vanishing: a wrong
 // field count or a non-numeric value is an error, a label outside the job's classes is an error.
 // Only two things are tolerated, and both are counted in the quality report: an empty feature
@@ -157,10 +158,31 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
   return { shown, resolved, features, values: Float64Array.from(values), labels, lines, n: labels.length, missing, rejected };
 }
 
+/**
+ * The file's text, which must be UTF-8: decoded leniently, a Latin-1 "élevé" and "èlevè" both
+ * became "\uFFFDlev\uFFFD", one class out of two, and a column name no featureColumns entry could match.
+ */
+function utf8Text(bytes: Buffer, path: string, site: string, resolved: string): string {
+  if (isUtf8(bytes)) return bytes.toString('utf8');
+  let line = 1;
+  let start = 0;
+  for (let i = 0; i <= bytes.length; i++) {
+    if (i < bytes.length && bytes[i] !== 0x0a) continue;
+    if (!isUtf8(bytes.subarray(start, i))) break;
+    line++;
+    start = i + 1;
+  }
+  throw new WorkerError(
+    'CONSORT_W_DATA_ROW',
+    `site "${site}": ${path} line ${line} is not UTF-8 text (Latin-1, Windows-1252 or UTF-16?): save the file as UTF-8`,
+    { file: resolved, line },
+  );
+}
+
 async function readCsvTable(path: string, ctx: LoadContext, spec: CsvData): Promise<CsvTable> {
   const resolved = resolveDataPath(ctx.baseDir, path);
   const bytes = await readDataFile(resolved, path);
-  const table = parseCsvTable(bytes.toString('utf8'), path, resolved, spec.delimiter, spec.labelColumn, spec.featureColumns);
+  const table = parseCsvTable(utf8Text(bytes, path, ctx.site, resolved), path, resolved, spec.delimiter, spec.labelColumn, spec.featureColumns);
   if (table.n === 0) {
     throw new WorkerError('CONSORT_W_DATA_EMPTY', `site "${ctx.site}": ${path} has no usable rows`, { file: resolved });
   }
