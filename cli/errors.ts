@@ -27,3 +27,12 @@ export class CliError extends Error {
     return CliErrorCodes[this.code].exit;
   }
 }
+
+/** Why a file could not be read, in words (node's own text for a rarer errno, or a parser's message). */
+export function fileProblem(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') return 'no such file';
+  if (code === 'EISDIR') return 'a folder, not a file';
+  if (code === 'EACCES') return 'permission denied';
+  return (err as Error).message;
+}

@@ -4,15 +4,14 @@ import { readFileSync } from 'node:fs';
 import { parseAllDocuments } from 'yaml';
 import { FederatedJob, FederatedJobSpec, KIND } from '../core/job/federated-job.ts';
 import { describeIssues } from '../core/job/issues.ts';
-import { CliError } from './errors.ts';
+import { CliError, fileProblem } from './errors.ts';
 
 export function readJobFile(path: string): FederatedJob {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new CliError('CONSORT_CLI_JOB_FILE', `${path}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { cause: err });
+    throw new CliError('CONSORT_CLI_JOB_FILE', `${path}: ${fileProblem(err)}`, { cause: err });
   }
   return parseJob(text, path);
 }

@@ -11,7 +11,7 @@ import { buildModel } from '../../worker/model.ts';
 import { LocalTrainer } from '../../worker/trainer.ts';
 import { FAILPOINTS_ENV, Failpoints } from '../../worker/nats/failpoints.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
-import { CliError } from '../errors.ts';
+import { CliError, fileProblem } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
 import { readJobFile, withOverrides } from '../job-file.ts';
 import { TrustedKeys } from '../nats/config.ts';
@@ -74,7 +74,7 @@ function readKeys(path: string): TrustedKeys {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new CliError('CONSORT_CLI_CREDENTIALS', `${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+    throw new CliError('CONSORT_CLI_CREDENTIALS', `${path}: ${fileProblem(err)}`);
   }
   let value: unknown;
   try {

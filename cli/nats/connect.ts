@@ -8,7 +8,7 @@ import { type Authenticator, type ConnectionOptions, connect, type NatsConnectio
 import { nativeKeyPair } from '../../core/protocol/native-keys.ts';
 import { inboxOf } from '../../core/protocol/permissions.ts';
 import { inboxPrefix } from '../../core/protocol/subjects.ts';
-import { CliError } from '../errors.ts';
+import { CliError, fileProblem } from '../errors.ts';
 
 /** Every user's inbox starts so (inboxPrefix): a publish there is a reply. */
 const REPLY_PREFIX = inboxPrefix('');
@@ -21,8 +21,7 @@ function readCredentials(file: string): string {
   try {
     return readFileSync(file, 'utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new CliError('CONSORT_CLI_CREDENTIALS', `${file}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { cause: err });
+    throw new CliError('CONSORT_CLI_CREDENTIALS', `${file}: ${fileProblem(err)}`, { cause: err });
   }
 }
 

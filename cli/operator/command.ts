@@ -15,7 +15,7 @@ import { ClusterJobSource } from '../../operator/api/job-source.ts';
 import { type ApiServer, startApiServer } from '../../operator/api/server.ts';
 import { parseAccountSigner } from '../../operator/nats/trust.ts';
 import { OPERATOR_USER } from '../../core/protocol/permissions.ts';
-import { CliError } from '../errors.ts';
+import { CliError, fileProblem } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
 import { connectAs } from '../nats/connect.ts';
 import { intFlag, invalidFlags } from '../flags.ts';
@@ -61,10 +61,7 @@ function readText(path: string, what: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (err) {
-    throw new CliError(
-      'CONSORT_CLI_CREDENTIALS',
-      `${what} ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`,
-    );
+    throw new CliError('CONSORT_CLI_CREDENTIALS', `${what} ${path}: ${fileProblem(err)}`);
   }
 }
 

@@ -6,7 +6,7 @@ import { describeIssues } from '../../core/job/issues.ts';
 import { SitePolicy } from '../../core/job/site-policy.ts';
 import { KubeClient } from '../../operator/kube/client.ts';
 import { SiteAgent } from '../../operator/site/site-agent.ts';
-import { CliError } from '../errors.ts';
+import { CliError, fileProblem } from '../errors.ts';
 import { connectAs } from '../nats/connect.ts';
 import type { OperatorFlags } from './command.ts';
 
@@ -16,7 +16,7 @@ export function readPolicy(path: string | undefined): SitePolicy {
   try {
     value = parse(readFileSync(path, 'utf8')) ?? {};
   } catch (err) {
-    throw new CliError('CONSORT_CLI_USAGE', `--policy ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+    throw new CliError('CONSORT_CLI_USAGE', `--policy ${path}: ${fileProblem(err)}`);
   }
   const p = SitePolicy.safeParse(value);
   if (!p.success) throw new CliError('CONSORT_CLI_USAGE', `--policy ${path}: not a site policy`, { details: describeIssues(p.error) });

@@ -80,6 +80,8 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
         backend: flags.backend,
         ...(flags.threads !== undefined ? { threads: flags.threads } : {}),
         events: served ? { ...fanOut([p, served.metrics]), phase: p.phase } : p,
+        // Said even with --quiet, as the job's own warnings are; through the progress display when it is on.
+        warn: (w) => (flags.quiet ? process.stderr.write(`warning: ${w}\n`) : p.phase(`warning: ${w}`)),
       });
       served?.metrics.finished('Succeeded');
     } catch (err) {

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { ModelSpec } from '../../core/job/federated-job.ts';
 import { weightedMean } from '../../core/metrics/aggregate.ts';
+import { dataWarnings } from '../../core/job/warnings.ts';
 import { assembleRunReport } from '../../core/report/assemble.ts';
 import type { RunReport } from '../../core/report/run-report.ts';
 import type { SiteEvaluation } from '../../core/protocol/transport.ts';
@@ -29,6 +30,8 @@ export interface LocalRunOptions {
   backend: BackendPreference;
   threads?: number;
   events?: RoundEvents & { phase?(what: string): void };
+  /** What the data says against the job (a class no site has), said before training; the run goes on. */
+  warn?: (line: string) => void;
 }
 
 export interface LocalRunResult {
@@ -53,6 +56,11 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
     if (classes.length < 2) {
       throw new CliError('CONSORT_CLI_DATA', `the sites' data has only the label ${JSON.stringify(classes[0])}: a classifier needs at least two classes`);
     }
+    for (const w of dataWarnings(
+      classes,
+      described.map((d) => ({ labels: d.quality.labels })),
+    ))
+      opts.warn?.(w);
     const sampleShape = agreeOnShape(described);
     // One scaling for the federation (tabular data): the pooled moments of every site's train split.
     // A pre-trained model (its file carries weights) takes the inputs it was trained on, unscaled.
@@ -104,15 +112,16 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
 function agreeOnShape(described: SiteDescription[]): number[] {
   const first = described[0]!;
   for (const d of described) {
+    // Columns by name first (which ones differ says more than how many), then the shape; the same
+    // count of features is not enough either: a weight belongs to a column by position.
+    const differ = featuresDiffer(first.features, d.features, { a: `"${first.site}"`, b: `"${d.site}"` });
+    if (differ) throw new CliError('CONSORT_CLI_DATA', `sites disagree on the feature columns: "${first.site}" and "${d.site}": ${differ}`);
     if (d.sampleShape.join('x') !== first.sampleShape.join('x')) {
       throw new CliError(
         'CONSORT_CLI_DATA',
         `sites disagree on the shape of an example: "${first.site}" has [${first.sampleShape.join(', ')}], "${d.site}" has [${d.sampleShape.join(', ')}]`,
       );
     }
-    // The same count of features is not enough: a weight belongs to a column by position.
-    const differ = featuresDiffer(first.features, d.features, { a: `"${first.site}"`, b: `"${d.site}"` });
-    if (differ) throw new CliError('CONSORT_CLI_DATA', `sites disagree on the feature columns: "${first.site}" and "${d.site}": ${differ}`);
   }
   return first.sampleShape;
 }

@@ -1,6 +1,7 @@
 // The FederatedJob resource: the single source of truth for the job's shape. Its inferred types
 // drive the CLI, the local runner and (later) the CRD's openAPIV3Schema.
 import { z } from 'zod';
+import { className } from '../data/labels.ts';
 
 export const API_GROUP = 'consort.dev';
 export const API_VERSION = `${API_GROUP}/v1alpha1`;
@@ -407,12 +408,27 @@ export const FederatedJobSpec = z
         });
       }
     });
+    // The label among the features: the model would be given the answer (the loader refuses it, but only once it runs).
+    spec.sites.forEach((s, i) => {
+      if (s.data.type !== 'csv' || !s.data.featureColumns) return;
+      const at = s.data.featureColumns.indexOf(s.data.labelColumn);
+      if (at >= 0) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['sites', i, 'data', 'featureColumns', at],
+          message: `"${s.data.labelColumn}" is the labelColumn: a feature must not be the label`,
+        });
+      }
+    });
     // Two classes of one name: an output unit no label could ever be.
     const classes = new Map<string, number>();
     spec.classes?.forEach((c, i) => {
-      const prev = classes.get(c);
-      if (prev !== undefined) ctx.addIssue({ code: 'custom', path: ['classes', i], message: `duplicate class "${c}" (also classes[${prev}])` });
-      classes.set(c, i);
+      const prev = classes.get(className(c));
+      if (prev !== undefined) {
+        const spelled = spec.classes![prev] === c ? '' : `, "${spec.classes![prev]}": a number is one class however it is written`;
+        ctx.addIssue({ code: 'custom', path: ['classes', i], message: `duplicate class "${c}" (also classes[${prev}]${spelled})` });
+      }
+      classes.set(className(c), i);
     });
     if (spec.sampling.sitesPerRound !== undefined && spec.sampling.sitesPerRound > spec.sites.length) {
       ctx.addIssue({ code: 'custom', path: ['sampling', 'sitesPerRound'], message: `exceeds the ${spec.sites.length} sites` });

@@ -24,6 +24,7 @@ import { decodeSafetensors, safetensorsParts } from '../../core/tensor/safetenso
 import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
 import { OperatorError } from '../errors.ts';
 import { weightsSha256 } from '../../core/report/assemble.ts';
+import { dataWarnings } from '../../core/job/warnings.ts';
 import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { AGGREGATION_RANGE, type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
@@ -482,6 +483,12 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
       await new Promise((r) => setTimeout(r, 100));
     }
     log(`${alive().length} of ${siteNames.length} sites joined; ${resume ? `resuming after round ${resume.round}` : 'starting'}`);
+    if (job.spec.classes)
+      for (const w of dataWarnings(
+        job.spec.classes,
+        Object.values(joined).map((j) => ({ labels: j.quality?.labels })),
+      ))
+        log(`warning: ${w}`);
     // One input scaling for the whole run (tabular data): pooled, in the job's site order, from the
     // moments of the sites here as the rounds first start; a resumed run keeps its own.
     const savedScaler = InputScaler.safeParse(resumedState?.scaler);

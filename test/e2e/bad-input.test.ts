@@ -225,6 +225,12 @@ describe('a missing job file', () => {
     expect(message).toContain(job);
     expect(message).toContain('no such file');
   });
+
+  it.concurrent('a folder given as the job file says so', async () => {
+    const dir = tmp('job-folder');
+    const { message } = await expectBadInput(dir, join(dir, 'out'));
+    expect(message).toBe(`consort: ${dir}: a folder, not a file [CONSORT_CLI_JOB_FILE]\n`);
+  });
 });
 
 describe('a malformed failpoint in the environment of `consort site`', () => {

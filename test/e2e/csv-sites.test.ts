@@ -189,6 +189,18 @@ describe('consort run on CSV sites', () => {
     }
   });
 
+  it('warns of a class that spec.classes lists and no site has, and trains on', async () => {
+    const root = tmp('csv-empty-class');
+    const north = writeHospitalCsvSite(root, { name: 'north', train: 40, test: 15, prevalence: 0.3, shift: 0 }, 51);
+    const job = writeJob(root, { model: { type: 'logistic' }, classes: ['no', 'yes', 'Yes'], sites: [{ name: 'north', data: csvData(north) }], rounds: 1 });
+    const r = await runConsort(['run', job, '--quiet', '--out', join(root, 'out')]);
+    expect(r.code, transcript(r)).toBe(0);
+    expect(r.stderr).toContain(
+      `warning: spec.classes lists "Yes", which no site's data has (1 site counted): the model keeps an output for it that no example trains`,
+    );
+    expect(readReport(join(root, 'out')).model.classes).toEqual(['no', 'yes', 'Yes']);
+  });
+
   /** jobDir/rel's CSV (no quoted fields) rewritten with its columns in reverse and, with `id`, a text column first. */
   function reordered(jobDir: string, rel: string, id: boolean): string {
     const lines = readFileSync(join(jobDir, rel), 'utf8').trim().split('\n');
@@ -225,8 +237,23 @@ describe('consort run on CSV sites', () => {
     expect(refused.r.stderr).toContain('sites disagree on the feature columns: "north" and "south": the same columns in another order');
     expect(refused.r.stderr).toContain('data.featureColumns');
 
-    // Named: each site picks its columns by name, leaving its text ID column out.
+    // A text ID column, not named away: the message says how to leave it out.
     const withId = { train: reordered(root, south.train, true), test: reordered(root, south.test, true) };
+    const text = await run('text-id', spec(withId));
+    expect(text.r.code, transcript(text.r)).toBe(2);
+    expect(text.r.stderr).toContain(
+      'column "patient id" is "P-1", not a number (leave the field empty for a missing value; a column that is not a feature, such as an ID, is left out by listing the columns to use in data.featureColumns)',
+    );
+    // An extra number column: the column is named, not only the counts of columns.
+    const withWeight = (rel: string) => {
+      const lines = readFileSync(join(root, rel), 'utf8').trim().split('\n');
+      return writeDataFile(root, rel.replace('.csv', '-weight.csv'), `${lines.map((l, i) => `${l},${i === 0 ? 'weight' : 60 + (i % 30)}`).join('\n')}\n`);
+    };
+    const extra = await run('extra', spec({ train: withWeight(south.train), test: withWeight(south.test) }));
+    expect(extra.r.code, transcript(extra.r)).toBe(2);
+    expect(extra.r.stderr).toContain('sites disagree on the feature columns: "north" and "south": only "south" has "weight"');
+
+    // Named: each site picks its columns by name, leaving its text ID column out.
     const named = await run('named', spec(withId, HOSPITAL_FEATURES));
     expect(named.r.code, transcript(named.r)).toBe(0);
     expect(readReport(named.out).final.modelSha256).toBe(readReport(same.out).final.modelSha256);

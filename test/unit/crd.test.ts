@@ -192,6 +192,16 @@ describe('zod refuses every manifest the CRD refuses, naming the same field', ()
       'spec.classes.0: a class name is text: write it in quotes ("0")',
       'spec.classes.1: a class name is text: write it in quotes ("1")',
     ]);
+    // The CRD's list-type set refuses "1" twice; only zod knows that "1.0" is the class "1" too (as every loader reads it).
+    expect(messages((s) => (s.classes = ['0', '1', '1.0']))).toEqual([
+      'spec.classes.2: duplicate class "1.0" (also classes[1], "1": a number is one class however it is written)',
+    ]);
+    // The label among the features: refused before any run (the loader refused it only once running).
+    expect(
+      messages((s) => {
+        (s.sites as Array<Record<string, unknown>>)[0]!.data = { type: 'csv', train: 'a.csv', labelColumn: 'sepsis', featureColumns: ['age', 'sepsis'] };
+      }),
+    ).toEqual(['spec.sites.0.data.featureColumns.1: "sepsis" is the labelColumn: a feature must not be the label']);
     expect(messages((s) => (s.stopping = { target: { metric: 'auc', value: 90 } }))).toEqual([
       'spec.stopping.target.value: out of reach: accuracy and auc are fractions in (0, 1] (0.95, not 95), a loss is at least 0',
     ]);

@@ -1,7 +1,7 @@
 // Rules a valid job sets that cannot act as written are said before the job runs.
 import { describe, expect, it } from 'vitest';
 import { FederatedJobSpec } from '../../core/job/federated-job.ts';
-import { jobWarnings } from '../../core/job/warnings.ts';
+import { dataWarnings, jobWarnings } from '../../core/job/warnings.ts';
 
 const spec = (extra: Record<string, unknown>) =>
   FederatedJobSpec.parse({ model: { type: 'mlp' }, sites: [{ name: 'a', data: { type: 'synthetic', generator: 'hospital', samples: 10 } }], ...extra });
@@ -18,5 +18,20 @@ describe('jobWarnings', () => {
       'stopping.target can only be checked after the last round: evaluation.every 4 leaves one evaluation in 4 rounds',
     ]);
     expect(jobWarnings(spec({}))).toEqual([]);
+  });
+});
+
+describe('dataWarnings', () => {
+  it('a class of spec.classes that no site has, counting only the sites that said their labels', () => {
+    const a = { labels: { no: 10, yes: 3, maybe: 0 } };
+    const b = { labels: { no: 4, yes: 0, maybe: 0 } };
+    expect(dataWarnings(['no', 'yes', 'maybe'], [a, b])).toEqual([
+      `spec.classes lists "maybe", which no site's data has (2 sites counted): the model keeps an output for it that no example trains; check the spelling, or leave it out`,
+    ]);
+    expect(dataWarnings(['no', 'yes', 'maybe', '2'], [a, { labels: undefined }])[0]).toContain(
+      'lists "maybe", "2", which no site\'s data has (1 site counted)',
+    );
+    expect(dataWarnings(['no', 'yes'], [a, b])).toEqual([]);
+    expect(dataWarnings(['no', 'yes', 'maybe'], [{ labels: undefined }])).toEqual([]);
   });
 });

@@ -5,6 +5,7 @@ import { isUtf8 } from 'node:buffer';
 // value (missing; imputed with the train split's mean) and an empty label (the row is skipped).
 import { CsvError, parse } from 'csv-parse/sync';
 import { type CsvData, DEFAULT_TEST_FRACTION } from '../../core/job/federated-job.ts';
+import { className, NUMBER } from '../../core/data/labels.ts';
 import { Rng } from '../../core/rng.ts';
 import { WorkerError } from '../errors.ts';
 import { addCounts, type LoadContext, type SiteData, sortLabels, splitIndices } from './dataset.ts';
@@ -26,17 +27,6 @@ interface CsvTable {
   n: number;
   missing: Record<string, number>;
   rejected: Record<string, number>;
-}
-
-// A decimal number as people write them; Number() alone would also take "0x1A", "Infinity" or "".
-const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
-
-/**
- * A label as a class name: a number in its shortest form ("1.0", "1.00" and "1e0" are the class
- * "1", as pandas and R write the same integers differently), any other text as it is.
- */
-function className(label: string): string {
-  return NUMBER.test(label) ? String(Number(label)) : label;
 }
 
 /** Past this many distinct labels, and more than one per two rows, the column holds measurements, not classes. */
@@ -138,7 +128,7 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
       } else {
         throw new WorkerError(
           'CONSORT_W_DATA_ROW',
-          `${shown} line ${line}: column "${header[c]}" is ${quote(field)}, not a number (leave the field empty for a missing value)`,
+          `${shown} line ${line}: column "${header[c]}" is ${quote(field)}, not a number (leave the field empty for a missing value${wanted ? '' : '; a column that is not a feature, such as an ID, is left out by listing the columns to use in data.featureColumns'})`,
           { file: resolved, line },
         );
       }
