@@ -98,6 +98,8 @@ export class SitePool {
   private readonly cost: number[] = [];
   /** Per thread: the estimated cost of the tasks sent to it and not yet answered. */
   private readonly queued: number[];
+  /** Per site with a task in a thread: that thread, and how many of its tasks are there. */
+  private readonly busy = new Map<number, { thread: number; tasks: number }>();
 
   private constructor(threads: PoolThread[], stayHome: boolean) {
     this.threads = threads;
@@ -144,11 +146,18 @@ export class SitePool {
   }
 
   private dispatch<T>(siteIndex: number, op: 'fit' | 'evaluate', task: FitTask | EvaluateTask): Promise<T> {
-    const t = this.route(siteIndex);
+    // A site still busy with an earlier task (one its round's deadline gave up on) queues behind
+    // it, as a site process would, rather than on the idle thread where an on-time site would
+    // then wait for it and miss its deadline too.
+    const busy = this.busy.get(siteIndex);
+    const t = busy ? busy.thread : this.route(siteIndex);
     const cost = this.cost[siteIndex] ?? 1;
     this.queued[t]! += cost;
+    this.busy.set(siteIndex, { thread: t, tasks: (busy?.tasks ?? 0) + 1 });
     return this.threads[t]!.call<T>(op, [{ ...task, global: this.share(task.global) }]).finally(() => {
       this.queued[t]! -= cost;
+      const b = this.busy.get(siteIndex)!;
+      if (--b.tasks === 0) this.busy.delete(siteIndex);
     });
   }
 

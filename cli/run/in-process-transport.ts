@@ -2,7 +2,9 @@
 // interface the NATS transport implements, so the coordinator cannot tell them apart. Updates
 // pass through the job's compression as they would on the wire (encoded with each site's
 // error-feedback residual, decoded as the coordinator decodes them), so that a run in one
-// process gives the model bytes of the same job over NATS.
+// process gives the model bytes of the same job over NATS. With a round deadline, a late update
+// is dropped (sync) or folded into the next round with its staleness weight (buffered, FedBuff),
+// as the NATS coordinator does.
 import type { CompressionSpec } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
 import { decodeUpdate, encodeUpdate } from '../../core/protocol/codecs.ts';
@@ -21,31 +23,51 @@ export class InProcessTransport implements SiteTransport {
 
   /** spec.aggregation.roundDeadlineSeconds, in ms: a site that has not answered by then fails the round, as over NATS. */
   private readonly deadlineMs: number | undefined;
+  /** Buffered mode (FedBuff): how many rounds late an update may be folded; undefined in sync mode, where a late one is dropped. */
+  private readonly maxStaleness: number | undefined;
+  /** Updates that came after their round's deadline (buffered mode), with the round they were trained for: folded into the next round. */
+  private late: Array<{ round: number; value: SiteFitResult }> = [];
 
   constructor(
     pool: SitePool,
     siteNames: readonly string[],
     wire?: { layout: ParameterLayout; compression: CompressionSpec },
-    opts: { roundDeadlineSeconds?: number } = {},
+    opts: { roundDeadlineSeconds?: number; buffered?: { maxStaleness: number } } = {},
   ) {
     this.pool = pool;
     this.index = new Map(siteNames.map((s, i) => [s, i]));
     this.wire = wire && wire.compression.codec !== 'none' ? wire : undefined;
     this.deadlineMs = opts.roundDeadlineSeconds !== undefined ? opts.roundDeadlineSeconds * 1000 : undefined;
+    this.maxStaleness = opts.buffered?.maxStaleness;
   }
 
   /**
    * The answer, or CONSORT_C_DEADLINE when the round's deadline passes first (the NATS
-   * coordinator's words): the site's task goes on in its thread, and its answer is dropped.
+   * coordinator's words): the site's task goes on in its thread, and its answer is dropped, or,
+   * buffered, given to `onLate` to be folded later.
    */
-  private inTime<T>(site: string, answer: Promise<Outcome<T>>): Promise<Outcome<T>> {
+  private inTime<T>(site: string, answer: Promise<Outcome<T>>, onLate?: (value: T) => void): Promise<Outcome<T>> {
     const ms = this.deadlineMs;
     if (ms === undefined) return answer;
     let timer: NodeJS.Timeout | undefined;
+    let missed = false;
     const late = new Promise<Outcome<T>>((done) => {
-      timer = setTimeout(() => done({ ok: false, failure: { site, code: 'CONSORT_C_DEADLINE', reason: 'no answer before the round deadline' } }), ms);
+      timer = setTimeout(() => {
+        missed = true;
+        done({ ok: false, failure: { site, code: 'CONSORT_C_DEADLINE', reason: 'no answer before the round deadline' } });
+      }, ms);
     });
+    if (onLate) void answer.then((o) => missed && o.ok && onLate(o.value));
     return Promise.race([answer, late]).finally(() => clearTimeout(timer));
+  }
+
+  /** The late updates (buffered mode) a round at `round` folds: those at most maxStaleness rounds old, each with its staleness. */
+  private lateFor(round: number): Array<Promise<Outcome<SiteFitResult>>> {
+    const taken = this.late;
+    this.late = [];
+    return taken
+      .filter((l) => round - l.round <= this.maxStaleness!)
+      .map((l) => Promise.resolve({ ok: true, value: { ...l.value, staleness: round - l.round } }));
   }
 
   /** The update as the coordinator would have it after the wire: encoded, then decoded. */
@@ -67,8 +89,11 @@ export class InProcessTransport implements SiteTransport {
   }
 
   fit(round: number, sites: readonly string[], global: Float32Array, instructions: FitInstructions): AsyncIterable<Outcome<SiteFitResult>> {
-    return asCompleted(
-      sites.map((site) =>
+    const onLate = this.maxStaleness !== undefined ? (value: SiteFitResult) => this.late.push({ round, value }) : undefined;
+    return asCompleted([
+      // FedBuff, as over NATS: what came after an earlier round's deadline is folded here, weighted by its staleness.
+      ...(this.maxStaleness !== undefined ? this.lateFor(round) : []),
+      ...sites.map((site) =>
         this.inTime(
           site,
           this.pool
@@ -93,9 +118,10 @@ export class InProcessTransport implements SiteTransport {
               },
               (err: unknown): Outcome<SiteFitResult> => failure(site, err),
             ),
+          onLate,
         ),
       ),
-    );
+    ]);
   }
 
   evaluate(_round: number, sites: readonly string[], global: Float32Array, opts: { trainLoss: boolean }): AsyncIterable<Outcome<SiteEvaluation>> {

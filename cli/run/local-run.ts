@@ -77,7 +77,10 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
         pool,
         spec.sites.map((s) => s.name),
         { layout: prepared.layout, compression: spec.compression },
-        { roundDeadlineSeconds: spec.aggregation.roundDeadlineSeconds },
+        {
+          roundDeadlineSeconds: spec.aggregation.roundDeadlineSeconds,
+          ...(spec.aggregation.mode === 'buffered' ? { buffered: { maxStaleness: spec.aggregation.maxStaleness } } : {}),
+        },
       ),
       ...(opts.events ? { events: opts.events } : {}),
     });
