@@ -9,6 +9,7 @@ export const OperatorErrorCodes = {
   CONSORT_C_NATS_TRUST: 'a NATS account signing key, user name or user seed is invalid',
   CONSORT_C_PAUSED: 'the job was suspended after a round; its checkpoint is saved',
   CONSORT_C_ABORTED: 'the run was stopped (job deleted, or the operator is shutting down)',
+  CONSORT_C_ANOTHER_COORDINATOR: 'another coordinator process of the job is running on this NATS server (a job has one; the later one stops)',
   CONSORT_C_CHECKPOINT: "the job's checkpoint was written by the job with other terms (seed, model, training, strategy, compression)",
   CONSORT_C_INITIAL_WEIGHTS: "the sites' model file carries weights (a pre-trained model), but no site's copy of them could be read",
   CONSORT_API_BAD_REQUEST: 'a path or query parameter is invalid (the answer names it in `field`)',

@@ -271,5 +271,10 @@ export const CoordinatorStatus = z.object({
       roundSeconds: z.array(z.number().min(0)).max(STATUS_ROUND_SECONDS),
     })
     .optional(),
+  /**
+   * Which coordinator process answers, and when it began answering (epoch ms): a job has one
+   * coordinator, and of two that find each other the later one stops (nats-coordinator.ts).
+   */
+  coordinator: z.object({ instance: z.string().max(64), since: z.number() }).optional(),
 });
 export type CoordinatorStatus = z.infer<typeof CoordinatorStatus>;

@@ -7,13 +7,13 @@ import { availableParallelism } from 'node:os';
 import { type FeatureMoments, federationScaler, InputScaler } from '../../core/data/moments.ts';
 import { featuresDiffer } from '../../core/data/features.ts';
 import { jobTerms, termsDiffer } from '../../core/job/terms.ts';
-import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { type Msg, type NatsConnection, nuid, type Subscription } from '@nats-io/transport-node';
 import { Objm, type ObjectStore, setSha256Backend, StorageType } from '@nats-io/obj';
 import type { DataQuality } from '../../core/data/quality.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters, layoutSize, type ParameterLayout } from '../../core/model/layout.ts';
 import { UpdateIngestor } from '../../core/protocol/ingestion.ts';
-import { type CoordinatorStatus, Hello, type RoundNotice, STATUS_ROUND_SECONDS, type Welcome } from '../../core/protocol/messages.ts';
+import { CoordinatorStatus, Hello, type RoundNotice, STATUS_ROUND_SECONDS, type Welcome } from '../../core/protocol/messages.ts';
 import { emptyTally, type RoundTally, tallyRounds } from './round-tally.ts';
 import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejections.ts';
 import { retrying } from '../../core/protocol/retry.ts';
@@ -206,6 +206,32 @@ export interface TransportState {
 }
 
 export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<NatsCoordinatorResult> {
+  const key = jobKey(o.job.metadata);
+  const subject = subjects(key).status;
+  // One coordinator per job: a second would resume from an older checkpoint and refuse, as from
+  // the future, what the sites send the first (or, started together, both train the job).
+  const me = { instance: nuid.next(), since: Date.now() };
+  const status: StatusAnswer = { me, answer: (msg) => msg.respond(json({ ...IDLE_STATUS, job: key, coordinator: me } satisfies CoordinatorStatus)) };
+  const sub = o.nc.subscribe(subject, {
+    callback: (err, msg) => {
+      if (!err) status.answer(msg);
+    },
+  });
+  try {
+    await refuseIfAnotherCoordinator(o.nc, subject, me, o.job.metadata.name);
+    return await coordinate(o, status);
+  } finally {
+    sub.unsubscribe();
+  }
+}
+
+/** Who answers on the job's status subject, and how (idle until the coordinator's state is loaded). */
+interface StatusAnswer {
+  readonly me: { instance: string; since: number };
+  answer: (msg: Msg) => void;
+}
+
+async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Promise<NatsCoordinatorResult> {
   const { job, nc, log } = o;
   const spec = job.spec;
   const key = jobKey(job.metadata);
@@ -457,10 +483,8 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     on(subj.helloAll, onHello),
     on(subj.updateAll, (msg) => serially(() => (transport ? transport.onUpdate(lastToken(msg), msg) : notReady(msg)))),
     on(subj.evaluationAll, (msg) => serially(() => (transport ? transport.onEvaluation(lastToken(msg), msg) : notReady(msg)))),
-    on(subj.status, (msg) => {
-      msg.respond(json(statusNow()));
-    }),
   ];
+  status.answer = (msg) => msg.respond(json({ ...statusNow(), coordinator: status.me }));
   await nc.flush();
 
   try {
@@ -615,5 +639,39 @@ export async function runNatsCoordinator(o: NatsCoordinatorOptions): Promise<Nat
     for (const s of subs) s.unsubscribe();
     await inbox;
     await transport?.settled();
+  }
+}
+
+/** A status with nothing counted yet: what a coordinator answers before its state is loaded. */
+const IDLE_STATUS = { round: 0, done: false, joined: [], alive: [], accepted: 0, duplicates: 0, rejections: {}, stray: 0 };
+
+/** How long a coordinator listens for others of its job before it starts: at most, and after the last answer (its own comes first). */
+const PEER_PROBE_MS = 2000;
+const PEER_PROBE_STALL_MS = 300;
+
+/**
+ * Asks the job's status subject who answers. Every coordinator answers there from the moment it
+ * starts (`me.since`, taken once it listens, before it asks): of two that hear each other the
+ * later one stops, and of two where only the later one hears the other, again the later one. A
+ * coordinator that listens after another asked is later than it, and asks in its turn.
+ */
+async function refuseIfAnotherCoordinator(nc: NatsConnection, subject: string, me: { instance: string; since: number }, job: string): Promise<void> {
+  await nc.flush();
+  let replies: AsyncIterable<Msg>;
+  try {
+    replies = await nc.requestMany(subject, new Uint8Array(0), { maxWait: PEER_PROBE_MS, strategy: 'stall', stall: PEER_PROBE_STALL_MS });
+  } catch {
+    return; // no responders at all: not even this one yet (a server that drops the request): nobody to refuse for
+  }
+  for await (const m of replies) {
+    const other = CoordinatorStatus.safeParse(parseJson(m.data)).data?.coordinator;
+    if (!other || other.instance === me.instance) continue;
+    const earlier = other.since < me.since || (other.since === me.since && other.instance < me.instance);
+    if (earlier) {
+      throw new OperatorError(
+        'CONSORT_C_ANOTHER_COORDINATOR',
+        `another coordinator of ${job} has been running on this NATS server since ${new Date(other.since).toISOString()}: a job has one coordinator; stop that one first (its checkpoint is kept, and a coordinator started then resumes from it)`,
+      );
+    }
   }
 }
