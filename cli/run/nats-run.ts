@@ -126,8 +126,15 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
         'log',
       );
       children.push(site);
-      site.once('exit', (code) => {
-        if (code !== 2 || stopping) return;
+      site.once('exit', (code, signal) => {
+        if (stopping || code === 0) return;
+        // Said at once, not at the round's deadline: nothing here starts a site again.
+        if (code !== 2 && coordinator.exitCode === null && coordinator.signalCode === null) {
+          process.stderr.write(
+            `warning: site "${s.name}"'s process ended (${signal ? `killed by ${signal}` : `exit status ${code}`}) before the job did: a round under way waits for it until its deadline (${o.job.spec.aggregation.roundDeadlineSeconds} s); later rounds go on without it while sampling.minSites (${o.job.spec.sampling.minSites}) allows\n`,
+          );
+        }
+        if (code !== 2) return;
         // Its own line, read to the end before 'close'.
         site.once('close', () => {
           refusedBy ??= { site: s.name, why: site.lastError ?? 'see its output above' };

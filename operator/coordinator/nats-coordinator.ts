@@ -538,6 +538,8 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       updates: async (s) => updateStores.get(s) ?? (await objm.open(bucket.updates(s))),
       ingestor: ingestor!,
       alive,
+      lastSeen: (s) => lastSeen.get(s),
+      ...(o.waitingLogMs !== undefined ? { waitingLogMs: o.waitingLogMs } : {}),
       interruptedSince: (t) => interrupted >= t,
       storedUpdates,
       sharedBuffers: aggregationThreads > 1,

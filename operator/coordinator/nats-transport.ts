@@ -126,6 +126,11 @@ class BufferPool {
   }
 }
 
+/** How often an open round says whom it still waits for. */
+const WAITING_LOG_MS = 10_000;
+/** A site whose hellos (one a second) stopped this long ago is said to be silent. */
+const SILENT_MS = 5000;
+
 interface OpenRound<T> {
   round: number;
   kind: 'fit' | 'evaluate';
@@ -133,6 +138,9 @@ interface OpenRound<T> {
   answered: Set<string>;
   channel: Channel<Outcome<T>>;
   timer: NodeJS.Timeout;
+  /** Says, while the round waits, for whom (a site whose process died is otherwise silent until the deadline). */
+  waiting: NodeJS.Timeout;
+  opened: number;
   /** A site's task of this round, once what it refers to is published (to send it again to a site that restarted). */
   taskFor?: (site: string) => FitTask | EvaluateTask;
 }
@@ -149,6 +157,10 @@ export interface NatsTransportOptions {
   ingestor: UpdateIngestor;
   /** Sites heard from lately. */
   alive: () => string[];
+  /** When a site was last heard from (epoch ms), if ever. */
+  lastSeen?: (site: string) => number | undefined;
+  /** How often an open round says whom it still waits for (default 10 s). */
+  waitingLogMs?: number;
   /** Whether the connection to the server was interrupted since `t` (epoch ms): a read that failed meanwhile is tried again. */
   interruptedSince?: (t: number) => boolean;
   /** Updates stay in their buckets: checked as they stream in, handed over as stored results (for large models). */
@@ -283,12 +295,33 @@ export class NatsTransport implements SiteTransport {
       answered: new Set(),
       channel,
       timer: setTimeout(() => this.close(r, 'no answer before the round deadline'), this.deadlineMs),
+      // Unref'd: a round left open by a run that stopped keeps no process alive.
+      waiting: setInterval(() => this.sayWaiting(r), this.o.waitingLogMs ?? WAITING_LOG_MS).unref(),
+      opened: Date.now(),
     };
     return r;
   }
 
+  /** "round 4: still waiting for northgate (2 of 3 answered; deadline in 50 s); northgate not heard from for 12 s". */
+  private sayWaiting<T>(r: OpenRound<T>): void {
+    const missing = [...r.sites].filter((s) => !r.answered.has(s));
+    if (missing.length === 0 || r.channel.isClosed) return;
+    const now = Date.now();
+    const silent = missing.flatMap((s) => {
+      const seen = this.o.lastSeen?.(s);
+      return seen !== undefined && now - seen < SILENT_MS
+        ? []
+        : [`${s} ${seen === undefined ? 'never heard from' : `not heard from for ${Math.round((now - seen) / 1000)} s`}`];
+    });
+    const left = Math.max(0, Math.round((r.opened + this.deadlineMs - now) / 1000));
+    this.o.log(
+      `round ${r.round}: ${r.kind === 'fit' ? 'updates' : 'evaluations'} still awaited from ${missing.join(', ')} (${r.answered.size} of ${r.sites.size} in; the round's deadline in ${left} s)${silent.length > 0 ? `; ${silent.join(', ')} (its process stopped, or lost its NATS connection?)` : ''}`,
+    );
+  }
+
   private close<T>(r: OpenRound<T>, reason: string): void {
     clearTimeout(r.timer);
+    clearInterval(r.waiting);
     if (r.kind === 'fit' && !r.channel.isClosed) this.o.ingestor.closeRound(r.round);
     for (const site of r.sites) {
       if (r.answered.has(site)) continue;

@@ -3,7 +3,7 @@
 // must still end (it used to wait forever for children that a signal had already ended) and
 // clean up: the nats-server stopped and its folder removed.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CONSORT_BIN, REPO_ROOT, runConsort, transcript } from '../helpers/consort-cli.ts';
@@ -51,6 +51,50 @@ describe('consort run --nats embedded, interrupted while the sites start', () =>
     expect(store, stderr).toBeDefined();
     expect(existsSync(store!), `${store} should be gone`).toBe(false);
   }, 90_000);
+});
+
+describe('consort run --nats embedded, one site process killed mid-job', () => {
+  it('says so at once, naming the site and the signal, instead of at the round deadline', async () => {
+    const dir = tmp('site-killed');
+    const job = writeJob(dir, hospitalSpec(undefined, { rounds: 500, aggregation: { roundDeadlineSeconds: 300 } }));
+    const run = spawn(process.execPath, [CONSORT_BIN, 'run', job, '--nats', 'embedded', '--quiet', '--out', join(dir, 'out')], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2', NO_COLOR: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    group = run;
+    let stderr = '';
+    run.stderr!.setEncoding('utf8').on('data', (s: string) => {
+      stderr += s;
+    });
+    // The site's process: a child of the run whose command line names it.
+    const sitePid = (): number | undefined => {
+      for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+        try {
+          const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+          if (argv.includes('site') && argv.includes('south') && argv.includes(job)) return Number(pid);
+        } catch {}
+      }
+      return undefined;
+    };
+    const started = Date.now();
+    let pid: number | undefined;
+    while (!(pid = sitePid()) && Date.now() - started < 30_000) await new Promise((r) => setTimeout(r, 100));
+    expect(pid, stderr).toBeDefined();
+    // Let it join and the rounds run, then kill it as the OOM killer would.
+    await new Promise((r) => setTimeout(r, 3000));
+    process.kill(pid!, 'SIGKILL');
+    const said = Date.now();
+    while (!stderr.includes('warning: site "south"') && Date.now() - said < 10_000) await new Promise((r) => setTimeout(r, 50));
+    expect(stderr).toContain(
+      `warning: site "south"'s process ended (killed by SIGKILL) before the job did: a round under way waits for it until its deadline (300 s); later rounds go on without it while sampling.minSites (1) allows`,
+    );
+    // Ctrl-C: the run stops and cleans up after itself (its nats-server and folder).
+    const ended = new Promise<void>((done) => run.on('close', () => done()));
+    process.kill(-run.pid!, 'SIGINT');
+    await ended;
+  }, 60_000);
 });
 
 describe('a run whose rounds cannot close (roundDeadlineSeconds far too short)', () => {

@@ -219,7 +219,7 @@ async function withSiteByHand(name: string, extra: Record<string, unknown>, onTa
   });
   const site = realSite(job, auth, as);
   site.catch(() => {});
-  return { job, key, subj, auth, as, byHand, site };
+  return { job, key, subj, auth, as, byHand, site, silence: () => clearInterval(beat) };
 }
 
 describe('a site whose only answer in a round was refused', () => {
@@ -261,6 +261,31 @@ describe('a site whose only answer in a round was refused', () => {
     expect(failures.find((x) => x.startsWith('by-hand: no answer before the round deadline; its answer was refused: '))).toMatch(
       /\[CONSORT_R_BAD_SIGNATURE\] \[CONSORT_C_DEADLINE\]$/,
     );
+  }, 60_000);
+});
+
+describe('a round waiting for a site that went silent', () => {
+  it('says whom it awaits while it waits, and that the site is no longer heard from', async () => {
+    // by-hand stops saying hello once it has its fit task, as a site whose process died.
+    let silence = () => {};
+    const f = await withSiteByHand('went-silent', { rounds: 1, sampling: { minSites: 1 }, aggregation: { roundDeadlineSeconds: 8 } }, (task) => {
+      if (task.type === 'fit') silence();
+    });
+    silence = f.silence;
+    const logs: string[] = [];
+    const result = await runNatsCoordinator({
+      job: f.job,
+      nc: await f.as(COORDINATOR_USER, f.auth.coordinator.seed),
+      siteKeys: f.auth.keys.sites,
+      log: (l) => logs.push(l),
+      joinTimeoutMs: 30_000,
+      waitingLogMs: 300,
+    });
+    await f.site;
+    expect(result.rounds[0]!.participants).toEqual(['real']);
+    const waiting = logs.filter((l) => l.startsWith('round 1: updates still awaited from by-hand (1 of 2 in; '));
+    expect(waiting.length, logs.join('\n')).toBeGreaterThan(3);
+    expect(waiting.at(-1)).toMatch(/deadline in \d+ s\); by-hand not heard from for [5-9] s \(its process stopped, or lost its NATS connection\?\)$/);
   }, 60_000);
 });
 
