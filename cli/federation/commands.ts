@@ -15,7 +15,7 @@ import { CliError, fileProblem } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
 import { readJobFile, withOverrides } from '../job-file.ts';
 import { TrustedKeys } from '../nats/config.ts';
-import { connectAs, readSeed, watchPermissions } from '../nats/connect.ts';
+import { connectAs, readSeed, sayConnectionChanges, watchPermissions } from '../nats/connect.ts';
 import { publicKeyOf } from '../../core/protocol/signing.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { checkOutputDir, writeOutputs } from '../run/outputs.ts';
@@ -132,6 +132,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
     const nc = await connectAs(flags.nats, flags.creds, COORDINATOR_USER);
     const stop = new AbortController();
     const permissions = watchPermissions(nc, stop, log);
+    sayConnectionChanges(nc, log);
     const startedAt = new Date();
     const t0 = performance.now();
     try {
@@ -215,6 +216,7 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
     const nc = await connectAs(flags.nats, flags.creds, flags.site);
     const stop = new AbortController();
     const permissions = watchPermissions(nc, stop, logTo(flags.quiet));
+    sayConnectionChanges(nc, logTo(flags.quiet));
     try {
       const summary = await runSite({
         failpoints: failpoints.data,

@@ -181,3 +181,29 @@ export function watchPermissions(
   })();
   return { violation: () => found };
 }
+
+/** How often a process without its NATS server says it is still trying. */
+const OUTAGE_LOG_MS = 30_000;
+
+/**
+ * Says when `nc` loses its server and when it is back: during an outage every process of a job
+ * goes quiet, and a site's "no coordinator has answered" would otherwise blame the coordinator.
+ */
+export function sayConnectionChanges(nc: NatsConnection, log: (line: string) => void): void {
+  let lost: number | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect' && lost === undefined) {
+        lost = Date.now();
+        log(`lost the connection to the NATS server ${s.server}; reconnecting`);
+        timer = setInterval(() => log(`still no NATS server after ${Math.round((Date.now() - lost!) / 1000)} s; still trying`), OUTAGE_LOG_MS).unref();
+      } else if (s.type === 'reconnect' && lost !== undefined) {
+        clearInterval(timer);
+        log(`reconnected to the NATS server ${s.server} after ${((Date.now() - lost) / 1000).toFixed(1)} s`);
+        lost = undefined;
+      }
+    }
+    clearInterval(timer);
+  })();
+}

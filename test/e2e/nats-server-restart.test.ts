@@ -52,6 +52,12 @@ describe('nats-server restarted mid-job (SIGKILL, JetStream on disk)', () => {
     const exit = await coordinator.exited;
     expect(exit.code, f.logs()).toBe(0);
     for (const s of Object.values(sites)) expect((await s.exited).code, s.tail()).toBe(0);
+    // Each process said that its server went and came back (a site's "no coordinator has
+    // answered" alone would blame the coordinator).
+    for (const p of [coordinator, ...Object.values(sites)]) {
+      expect(p.output(), p.label).toMatch(/lost the connection to the NATS server \S+; reconnecting\n/);
+      expect(p.output(), p.label).toMatch(/reconnected to the NATS server \S+ after \d+\.\d s\n/);
+    }
 
     const resumed = readOutput(out);
     const uninterrupted = await reference;
