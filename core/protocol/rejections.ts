@@ -26,11 +26,15 @@ export const REJECTIONS = {
   CONSORT_R_WRONG_SHAPE: "tensors' names or shapes do not match the model",
   CONSORT_R_NON_FINITE: 'contains NaN or Infinity',
   CONSORT_R_OUT_OF_RANGE: 'contains values beyond the magnitude the coordinator accepts',
+  CONSORT_R_SITE_TWICE: 'another process of the same site (started before it) is still running: a site runs once',
 } as const;
 
 export type RejectionCode = keyof typeof REJECTIONS;
 
 export const REJECTION_CODES = Object.keys(REJECTIONS) as RejectionCode[];
+
+/** Codes only a hello can get (the coordinator's, about the site's process): no update envelope reaches them. */
+export const HELLO_ONLY_REJECTIONS: ReadonlySet<RejectionCode> = new Set(['CONSORT_R_SITE_TWICE']);
 
 /** A refused message: a catalogue code and a reason that names what was wrong. */
 export interface Rejection {

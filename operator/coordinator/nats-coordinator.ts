@@ -322,6 +322,9 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
   const initialCopies = new Map<string, NonNullable<Hello['initial']>>();
   /** Each site's process, as its hellos name it. */
   const instances = new Map<string, string>();
+  /** Per site, the processes a newer one replaced (a restart), and the "site\0instance"s refused for running beside an earlier one. */
+  const replaced = new Map<string, Set<string>>();
+  const twice = new Set<string>();
   const onHello = (msg: Msg) => {
     const site = msg.subject.split('.').pop() ?? '';
     const raw = parseJson(msg.data) as { protocol?: unknown } | undefined;
@@ -369,12 +372,29 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     }
     startsFrom = from;
     if (h.data.initial) initialCopies.set(site, h.data.initial);
+    const instance = h.data.instance;
+    if (instance !== undefined && twice.has(`${site}\u0000${instance}`)) {
+      return refuse(
+        'CONSORT_R_SITE_TWICE',
+        `another process of site "${site}", started before this one, is still running (both say hello, and both would take its tasks): this one stops; a site runs once`,
+      );
+    }
+    // A process this site's newer one replaced is still saying hello: two run at once. The first
+    // stays the site; the later one is refused from its next hello on (it stops).
+    const before = instances.get(site);
+    if (instance !== undefined && before !== undefined && before !== instance && replaced.get(site)?.has(instance)) {
+      twice.add(`${site}\u0000${before}`);
+      instances.set(site, instance);
+      lastSeen.set(site, Date.now());
+      welcome(msg, { accepted: true });
+      return;
+    }
     if (!lastSeen.has(site)) log(`site "${site}" joined`);
     // Another process of a site already here: it lost whatever task it had been sent (a round waiting for it gets it again).
-    const before = instances.get(site);
-    if (h.data.instance !== undefined) instances.set(site, h.data.instance);
-    if (before !== undefined && h.data.instance !== undefined && before !== h.data.instance) {
+    if (instance !== undefined) instances.set(site, instance);
+    if (before !== undefined && instance !== undefined && before !== instance) {
       log(`site "${site}" started again`);
+      replaced.set(site, (replaced.get(site) ?? new Set()).add(before));
       transport?.siteRestarted(site);
     }
     joined[site] = {

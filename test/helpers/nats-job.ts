@@ -66,7 +66,7 @@ export function signedHello(
   site: string,
   seed: string,
   model: { layout: ParameterLayout; sampleShape: number[] },
-  extra: { features?: readonly string[]; terms?: string; initial?: { sha256: string; size: number } } = {},
+  extra: { features?: readonly string[]; terms?: string; initial?: { sha256: string; size: number }; instance?: string } = {},
 ): Uint8Array {
   const hello = {
     type: 'hello' as const,
@@ -80,6 +80,7 @@ export function signedHello(
     ...(extra.features ? { features: extra.features } : {}),
     ...(extra.terms !== undefined ? { terms: extra.terms } : {}),
     ...(extra.initial ? { initial: extra.initial } : {}),
+    ...(extra.instance ? { instance: extra.instance } : {}),
     layout: model.layout,
     codecs: ['none' as const],
   };

@@ -176,6 +176,53 @@ describe('a site whose copy of the job has another seed', () => {
   }, 60_000);
 });
 
+describe('two processes of one site', () => {
+  it('the later one is refused (CONSORT_R_SITE_TWICE) once the earlier says hello again; a restart (the earlier silent) is not', async () => {
+    const job = twoSites('site-twice', ['north', 'south'], { rounds: 1 });
+    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const model = await siteModel(job, 0);
+    const logs: string[] = [];
+    const stop = new AbortController();
+    const coordinator = runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: (l) => logs.push(l),
+      joinTimeoutMs: 60_000,
+      signal: stop.signal,
+    });
+    coordinator.catch(() => {});
+    const north = await as('north', auth.sites.north!.seed);
+    const hello = async (instance: string) => {
+      for (;;) {
+        const reply = await north
+          .request(subj.hello('north'), signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance }), { timeout: 1000 })
+          .catch(() => undefined);
+        if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
+      }
+    };
+    const [a, b, c] = ['A'.repeat(22), 'B'.repeat(22), 'C'.repeat(22)];
+    expect((await hello(a)).accepted).toBe(true);
+    // A restart: b replaces a, which says nothing more.
+    expect((await hello(b)).accepted).toBe(true);
+    expect(logs).toContain('site "north" started again');
+    // c replaces b, and b is still there: b stays the site, c is refused from then on.
+    expect((await hello(c)).accepted).toBe(true);
+    expect((await hello(b)).accepted).toBe(true);
+    const refused = await hello(c);
+    expect(refused).toMatchObject({ accepted: false, code: 'CONSORT_R_SITE_TWICE' });
+    expect(refused.reason).toBe(
+      'another process of site "north", started before this one, is still running (both say hello, and both would take its tasks): this one stops; a site runs once',
+    );
+    expect((await hello(b)).accepted).toBe(true);
+    expect((await hello(c)).code).toBe('CONSORT_R_SITE_TWICE');
+    // Logged once, counted each time.
+    expect(logs.filter((l) => l.includes('[CONSORT_R_SITE_TWICE]'))).toHaveLength(1);
+    stop.abort();
+    await expect(coordinator).rejects.toMatchObject({ code: 'CONSORT_C_ABORTED' });
+  }, 60_000);
+});
+
 describe('a coordinator whose sites do not come', () => {
   it('says so while it waits, naming the sites it misses', async () => {
     const job = twoSites('nobody-came', ['north', 'south'], { rounds: 1 });

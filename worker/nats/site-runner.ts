@@ -73,7 +73,13 @@ export interface SiteRunSummary {
 }
 
 /** Refusals of a hello that the same site cannot turn around by saying hello again. */
-const PERMANENT_REFUSALS = new Set(['CONSORT_R_UNKNOWN_PROTOCOL', 'CONSORT_R_UNKNOWN_SITE', 'CONSORT_R_WRONG_JOB', 'CONSORT_R_WRONG_SHAPE']);
+const PERMANENT_REFUSALS = new Set([
+  'CONSORT_R_UNKNOWN_PROTOCOL',
+  'CONSORT_R_UNKNOWN_SITE',
+  'CONSORT_R_WRONG_JOB',
+  'CONSORT_R_WRONG_SHAPE',
+  'CONSORT_R_SITE_TWICE',
+]);
 
 export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> {
   const { job, site, nc, log } = opts;
