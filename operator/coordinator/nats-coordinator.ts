@@ -313,6 +313,8 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
   const welcome = (msg: Msg, w: Omit<Welcome, 'type' | 'protocol' | 'round' | 'done'>) =>
     msg.respond(json({ type: 'welcome', protocol: PROTOCOL_VERSION, round, done, ...w } satisfies Welcome));
   const refusedHello = new Set<string>();
+  /** Per site, why its latest hello was refused (cleared when one is taken): what a task it cannot get fails with. */
+  const helloRefusals = new Map<string, string>();
   /**
    * What the sites' model files carry, as the first site accepted said: a pre-trained model's
    * weights (their object's digest), or 'seeded' (a topology alone). Every site must say the same;
@@ -330,6 +332,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     const raw = parseJson(msg.data) as { protocol?: unknown } | undefined;
     const refuse = (code: RejectionCode, reason: string) => {
       countRefusal(code);
+      if (siteNames.includes(site)) helloRefusals.set(site, `${reason} [${code}]`);
       // Once per site and code, however many hellos come (a hostile stream of them cannot flood the log).
       if (!refusedHello.has(`${site}\u0000${code}`)) {
         refusedHello.add(`${site}\u0000${code}`);
@@ -407,6 +410,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       ...(h.data.initial ? { initialSha256: h.data.initial.sha256 } : {}),
     };
     lastSeen.set(site, Date.now());
+    helloRefusals.delete(site);
     welcome(msg, { accepted: true });
   };
 
@@ -559,6 +563,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       ingestor: ingestor!,
       alive,
       lastSeen: (s) => lastSeen.get(s),
+      whyAbsent: (s) => helloRefusals.get(s),
       ...(o.waitingLogMs !== undefined ? { waitingLogMs: o.waitingLogMs } : {}),
       interruptedSince: (t) => interrupted >= t,
       storedUpdates,

@@ -159,6 +159,8 @@ export interface NatsTransportOptions {
   alive: () => string[];
   /** When a site was last heard from (epoch ms), if ever. */
   lastSeen?: (site: string) => number | undefined;
+  /** Why a site is not here, when the coordinator knows (its hello was refused: the reason and code). */
+  whyAbsent?: (site: string) => string | undefined;
   /** How often an open round says whom it still waits for (default 10 s). */
   waitingLogMs?: number;
   /** Whether the connection to the server was interrupted since `t` (epoch ms): a read that failed meanwhile is tried again. */
@@ -358,7 +360,10 @@ export class NatsTransport implements SiteTransport {
     }
     if (!r.answered.has(site) && !r.channel.isClosed) {
       r.answered.add(site);
-      r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_UNREACHABLE', reason: `task not delivered: ${lastError}` } });
+      // A site refused at its hello (other columns, another job file) says so, not "no responders".
+      const refused = this.o.whyAbsent?.(site);
+      const reason = refused ? `its hello was refused: ${refused}` : `task not delivered: ${lastError}`;
+      r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_UNREACHABLE', reason } });
       if ([...r.sites].every((s) => r.answered.has(s))) this.close(r, '');
     }
   }

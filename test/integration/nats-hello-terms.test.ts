@@ -176,6 +176,36 @@ describe('a site whose copy of the job has another seed', () => {
   }, 60_000);
 });
 
+describe('a site refused at its hello, and never taken', () => {
+  it('is missing from the final evaluation with its refusal as the reason, not "no responders"', async () => {
+    const job = twoSites('hello-refused-missing', ['real', 'by-hand'], { rounds: 1, sampling: { minSites: 1 } });
+    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const model = await siteModel(job, 1);
+    const byHand = await as('by-hand', auth.sites['by-hand']!.seed);
+    const reversed = signedHello(key, 'by-hand', auth.sites['by-hand']!.seed, model, { features: [...HOSPITAL_FEATURES].reverse() });
+    const coordinator = runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: (l) => {
+        // Once the real site is in, by-hand says hello with its columns in another order.
+        if (l.includes('site "real" joined')) void byHand.request(subj.hello('by-hand'), reversed, { timeout: 5000 }).catch(() => {});
+      },
+      joinTimeoutMs: 3000,
+    });
+    const site = realSite(job, auth, as);
+    const result = await coordinator;
+    await site;
+    expect(result.finalMissing).toEqual([
+      {
+        site: 'by-hand',
+        code: 'CONSORT_C_UNREACHABLE',
+        reason: expect.stringMatching(/^its hello was refused: the site's feature columns are not those of site "real", which joined first: .* \[CONSORT_R_WRONG_SHAPE\]$/),
+      },
+    ]);
+  }, 60_000);
+});
+
 describe('two processes of one site', () => {
   it('the later one is refused (CONSORT_R_SITE_TWICE) once the earlier says hello again; a restart (the earlier silent) is not', async () => {
     const job = twoSites('site-twice', ['north', 'south'], { rounds: 1 });
