@@ -12,6 +12,8 @@ import { LocalTrainer } from '../../worker/trainer.ts';
 import { FAILPOINTS_ENV, Failpoints } from '../../worker/nats/failpoints.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
 import { CliError, fileProblem } from '../errors.ts';
+import { OperatorError } from '../../operator/errors.ts';
+import { EPHEMERAL_NATS_ENV } from '../nats/server.ts';
 import { reportFailure } from '../failure.ts';
 import { readJobFile, withOverrides } from '../job-file.ts';
 import { TrustedKeys } from '../nats/config.ts';
@@ -101,6 +103,9 @@ function stopSignal(also?: AbortController): AbortSignal {
 /** 128 + the signal's number, as a shell reports a process a signal ended. */
 const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
+/** Failures after which the same coordinator, started again, resumes the job from its last checkpoint. */
+const RESUMABLE_FAILURES = new Set<string>(['CONSORT_C_ABORTED', 'CONSORT_C_QUORUM', 'CONSORT_C_DEADLINE', 'CONSORT_C_EVALUATION', 'CONSORT_C_SITE_FAILED']);
+
 const logTo = (quiet: boolean) => (line: string) => {
   if (!quiet) process.stderr.write(`${new Date().toISOString()} ${line}\n`);
 };
@@ -135,6 +140,8 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
     sayConnectionChanges(nc, log);
     const startedAt = new Date();
     const t0 = performance.now();
+    /** The last round checkpointed by this run: a failure after it says that a rerun resumes from there. */
+    let checkpointed = 0;
     try {
       const result = await runNatsCoordinator({
         job,
@@ -146,12 +153,14 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         // An operator watching this loop (a coordinator Pod) reads its metrics from the status replies.
         tally: true,
         events: {
-          roundFinished: (r, round) =>
+          roundFinished: (r, round) => {
+            checkpointed = round;
             log(
               r
                 ? `round ${round}: loss ${r.globalLoss.toFixed(4)} accuracy ${r.globalAccuracy.toFixed(4)} (${r.participants.length} sites)`
                 : `round ${round} done`,
-            ),
+            );
+          },
         },
       });
       const first = Object.values(result.sites)[0];
@@ -188,7 +197,17 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
       );
       return 0;
     } catch (err) {
-      throw permissions.violation() ?? err;
+      const violation = permissions.violation();
+      if (violation) throw violation;
+      // Stopped (Ctrl-C) or failed mid-job: the rounds done are not lost, and the user should know.
+      if (err instanceof OperatorError && RESUMABLE_FAILURES.has(err.code) && checkpointed > 0 && !process.env[EPHEMERAL_NATS_ENV]) {
+        throw new OperatorError(
+          err.code,
+          `${err.message} (the checkpoint after round ${checkpointed} is kept: this coordinator, started again with the same job file, goes on from there)`,
+          { cause: err },
+        );
+      }
+      throw err;
     } finally {
       await nc.drain().catch(() => nc.close());
     }

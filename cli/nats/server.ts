@@ -16,6 +16,9 @@ const REPO_ROOT = resolve(import.meta.dirname, '../..');
 const HOST = '127.0.0.1';
 const LOG_LIMIT = 256 * 1024;
 
+/** Set by `consort run --nats embedded` for its children: the server's store goes with the run, so no rerun resumes a job. */
+export const EPHEMERAL_NATS_ENV = 'CONSORT_NATS_EPHEMERAL';
+
 export interface NatsServerOptions {
   /** Configuration text (e.g. from `natsAuthFor`); the harness's address, ports and store directory override what it says about those. */
   config?: string;

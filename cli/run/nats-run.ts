@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { CliError } from '../errors.ts';
 import { natsAuthFor, writeNatsConfigFiles } from '../nats/config.ts';
-import { freePort, NatsServer } from '../nats/server.ts';
+import { EPHEMERAL_NATS_ENV, freePort, NatsServer } from '../nats/server.ts';
 
 const CLI = resolve(import.meta.dirname, '../consort.ts');
 
@@ -28,10 +28,11 @@ export interface NatsRunOptions {
 }
 
 /** A child process, with the last `consort:` line it wrote (its error, if it stopped on one). */
-function child(args: string[], label: string, quiet: boolean, stdout: 'inherit' | 'log'): ChildProcess & { lastError?: string } {
+function child(args: string[], label: string, quiet: boolean, stdout: 'inherit' | 'log', ephemeral: boolean): ChildProcess & { lastError?: string } {
   const p: ChildProcess & { lastError?: string } = spawn(process.execPath, [...process.execArgv, CLI, ...args], {
     stdio: ['ignore', stdout === 'inherit' ? 'inherit' : 'pipe', 'pipe'],
-    env: process.env,
+    // The embedded server's store goes with it: nothing a rerun could resume from.
+    env: ephemeral ? { ...process.env, [EPHEMERAL_NATS_ENV]: '1' } : process.env,
   });
   const forward = (stream: NodeJS.ReadableStream | null) => {
     if (!stream) return;
@@ -113,6 +114,7 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
       'coordinator',
       o.quiet,
       'inherit',
+      o.nats === 'embedded',
     );
     children.push(coordinator);
     // A site that stops on bad input (exit 2: its data, its model) stops the run, as it would in
@@ -124,6 +126,7 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
         s.name,
         o.quiet,
         'log',
+        o.nats === 'embedded',
       );
       children.push(site);
       site.once('exit', (code, signal) => {

@@ -85,4 +85,25 @@ describe('the coordinator killed mid-job (SIGKILL) and started again', () => {
     const numbers = (o: typeof resumed) => o.report.rounds.map(({ durationMs: _, ...r }) => r);
     expect(numbers(resumed)).toEqual(numbers(uninterrupted));
   });
+
+  it('stopped by Ctrl-C, says that its checkpoint is kept and how to go on; started again, it does', async () => {
+    const dir = tmp('nats-coordinator-sigint');
+    const f = await federation({ rounds: 4, aggregation: { roundDeadlineSeconds: 60 } });
+    const out = join(dir, 'out');
+    const sites = f.sites(undefined, { [HELD]: ['fit:3'] });
+    const first = f.coordinator(out);
+    await f.stoppedAt(sites[HELD]!, 'fit:3');
+    first.signal('SIGINT');
+    const stopped = await first.exited;
+    expect(stopped.code, first.tail()).toBe(1);
+    expect(first.output()).toContain(
+      'consort: the run was stopped (the checkpoint after round 2 is kept: this coordinator, started again with the same job file, goes on from there) [CONSORT_C_ABORTED]',
+    );
+    const again = f.coordinator(out);
+    sites[HELD]!.resume();
+    await again.waitFor(/resuming hospitals from its checkpoint after round 2\b/);
+    expect((await again.exited).code, f.logs()).toBe(0);
+    for (const s of Object.values(sites)) expect((await s.exited).code, s.tail()).toBe(0);
+    expect(readOutput(out).report.rounds.map((r) => r.round)).toEqual([1, 2, 3, 4]);
+  });
 });

@@ -200,7 +200,9 @@ describe('a site refused at its hello, and never taken', () => {
       {
         site: 'by-hand',
         code: 'CONSORT_C_UNREACHABLE',
-        reason: expect.stringMatching(/^its hello was refused: the site's feature columns are not those of site "real", which joined first: .* \[CONSORT_R_WRONG_SHAPE\]$/),
+        reason: expect.stringMatching(
+          /^its hello was refused: the site's feature columns are not those of site "real", which joined first: .* \[CONSORT_R_WRONG_SHAPE\]$/,
+        ),
       },
     ]);
   }, 60_000);
