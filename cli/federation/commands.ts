@@ -17,7 +17,7 @@ import { EPHEMERAL_NATS_ENV } from '../nats/server.ts';
 import { reportFailure } from '../failure.ts';
 import { readJobFile, withOverrides } from '../job-file.ts';
 import { TrustedKeys } from '../nats/config.ts';
-import { connectAs, readSeed, sayConnectionChanges, watchPermissions } from '../nats/connect.ts';
+import { connectWhenUp, readSeed, sayConnectionChanges, watchPermissions } from '../nats/connect.ts';
 import { publicKeyOf } from '../../core/protocol/signing.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { checkOutputDir, writeOutputs } from '../run/outputs.ts';
@@ -134,7 +134,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
       );
     }
     const log = logTo(flags.quiet);
-    const nc = await connectAs(flags.nats, flags.creds, COORDINATOR_USER);
+    const nc = await connectWhenUp(flags.nats, flags.creds, COORDINATOR_USER, log);
     const stop = new AbortController();
     const permissions = watchPermissions(nc, stop, log);
     sayConnectionChanges(nc, log);
@@ -232,7 +232,7 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
     }
     // The seed signs updates; the file logs in (a .creds file carries the site's JWT too).
     const seed = readSeed(flags.creds);
-    const nc = await connectAs(flags.nats, flags.creds, flags.site);
+    const nc = await connectWhenUp(flags.nats, flags.creds, flags.site, logTo(flags.quiet));
     const stop = new AbortController();
     const permissions = watchPermissions(nc, stop, logTo(flags.quiet));
     sayConnectionChanges(nc, logTo(flags.quiet));

@@ -207,3 +207,38 @@ export function sayConnectionChanges(nc: NatsConnection, log: (line: string) => 
     clearInterval(timer);
   })();
 }
+
+/** A connection that failed because no server answers there (yet), not because it refused us. */
+function unreachable(err: unknown): boolean {
+  const text = `${(err as Error).message} ${((err as Error).cause as Error | undefined)?.message ?? ''}`;
+  return /connection refused|ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|timeout/i.test(text);
+}
+
+/** How often a process waiting for its NATS server says so. */
+const WAITING_FOR_SERVER_LOG_MS = 30_000;
+
+/**
+ * connectAs, waiting for the server to come up: a site or coordinator started before its NATS
+ * server (a hospital's machine booting, a server restarting) tries again every second and says
+ * so, rather than exiting. A refusal (credentials) still fails at once.
+ */
+export async function connectWhenUp(url: string, seedOrFile: string, user: string, log: (line: string) => void): Promise<NatsConnection> {
+  let said = 0;
+  const since = Date.now();
+  for (;;) {
+    try {
+      return await connectAs(url, seedOrFile, user);
+    } catch (err) {
+      if (!unreachable(err)) throw err;
+      const now = Date.now();
+      if (said === 0 || now - said >= WAITING_FOR_SERVER_LOG_MS) {
+        said = now;
+        const cause = ((err as Error).cause as Error | undefined)?.message ?? (err as Error).message;
+        log(
+          `no NATS server answers at ${url}${now - since > 1000 ? ` after ${Math.round((now - since) / 1000)} s` : ''} (${cause}); trying again every second (check --nats; Ctrl-C stops)`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}

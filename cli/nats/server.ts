@@ -30,6 +30,8 @@ export interface NatsServerOptions {
   startTimeoutMs?: number;
   /** How long stop waits after SIGTERM before SIGKILL (default 5 s). */
   stopTimeoutMs?: number;
+  /** The client port (default: a free one): for a server that clients were told of before it started. */
+  port?: number;
 }
 
 // Process groups still running, killed when this process exits however it exits normally (the
@@ -108,7 +110,7 @@ export class NatsServer {
   /** Temporary folder of this server: store, config file. Removed by stop(). */
   readonly dir: string;
   readonly storeDir: string;
-  readonly opts: Required<Omit<NatsServerOptions, 'config'>> & { config?: string };
+  readonly opts: Required<Omit<NatsServerOptions, 'config' | 'port'>> & { config?: string; port?: number };
   #port = 0;
   #monitorPort = 0;
   /** The server process and a promise that settles once it has exited and its output is drained. */
@@ -193,7 +195,8 @@ export class NatsServer {
   async #launch({ keepPort }: { keepPort: boolean }): Promise<void> {
     const deadline = Date.now() + this.opts.startTimeoutMs;
     for (let attempt = 1; ; attempt++) {
-      if (!keepPort || this.#port === 0) this.#port = await freePort();
+      if (this.opts.port !== undefined) this.#port = this.opts.port;
+      else if (!keepPort || this.#port === 0) this.#port = await freePort();
       this.#monitorPort = await freePort();
       try {
         await this.#spawnOnce(deadline);

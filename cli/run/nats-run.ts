@@ -6,6 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { CliError } from '../errors.ts';
@@ -89,6 +90,9 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
     } else {
       const url = natsUrlFlag.safeParse(o.nats);
       if (!url.success) throw new CliError('CONSORT_CLI_USAGE', `--nats: "${o.nats}" is not "embedded", and as a URL it ${url.error.issues[0]?.message}`);
+      // Its coordinator and sites would wait for a server that is not there (as a site started
+      // before its server does): a run started by hand is told at once instead.
+      await reachable(url.data);
     }
     // Stopped while the server started: nothing to spawn.
     if (stopping) throw new CliError('CONSORT_CLI_RUN', 'stopped before the coordinator and the sites started');
@@ -164,4 +168,23 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
     await server?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Resolves once something accepts a TCP connection at the URL's host and port (4222 by default); else CONSORT_CLI_NATS. */
+async function reachable(url: string): Promise<void> {
+  const { hostname, port } = new URL(url);
+  const host = hostname.replace(/^\[(.*)\]$/, '$1');
+  await new Promise<void>((done, fail) => {
+    const socket = connect({ host, port: Number(port || 4222), timeout: 5000 });
+    const refuse = (why: string) => {
+      socket.destroy();
+      fail(new CliError('CONSORT_CLI_NATS', `--nats ${url}: no NATS server answers there (${why})`));
+    };
+    socket.once('connect', () => {
+      socket.destroy();
+      done();
+    });
+    socket.once('timeout', () => refuse('no answer in 5 s'));
+    socket.once('error', (err: NodeJS.ErrnoException) => refuse(err.code ?? err.message));
+  });
 }
