@@ -182,6 +182,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         backend,
         startedAt,
         durationMs,
+        ...(result.resumedFrom > 0 ? { resumedAfterRound: result.resumedFrom } : {}),
         sites: job.spec.sites.flatMap((s) => {
           const q = result.sites[s.name]?.quality;
           return q ? [{ site: s.name, quality: q }] : [];

@@ -37,6 +37,8 @@ export interface RunFacts {
   backend: { name: string; reason: string };
   startedAt: Date;
   durationMs: number;
+  /** The run went on from a checkpoint after this round (a coordinator started again): startedAt and durationMs are the last process's. */
+  resumedAfterRound?: number;
   sites: Array<{ site: string; quality: DataQuality }>;
   result: {
     global: Float32Array;
@@ -93,6 +95,7 @@ export function assembleRunReport(f: RunFacts): RunReport {
     },
     startedAt: f.startedAt.toISOString(),
     durationMs: f.durationMs,
+    ...(f.resumedAfterRound ? { resumedAfterRound: f.resumedAfterRound } : {}),
     sites: f.sites,
     rounds: result.rounds,
     final: {

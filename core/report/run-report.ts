@@ -80,6 +80,8 @@ export const RunReport = z.object({
   }),
   startedAt: z.string(),
   durationMs: z.number(),
+  /** The run went on from its checkpoint after this round (its coordinator was started again): startedAt and durationMs are then the last process's. */
+  resumedAfterRound: z.number().int().min(1).optional(),
   sites: z.array(z.object({ site: z.string(), quality: DataQuality })),
   rounds: z.array(RoundRecord),
   final: z.object({

@@ -104,6 +104,9 @@ describe('the coordinator killed mid-job (SIGKILL) and started again', () => {
     await again.waitFor(/resuming hospitals from its checkpoint after round 2\b/);
     expect((await again.exited).code, f.logs()).toBe(0);
     for (const s of Object.values(sites)) expect((await s.exited).code, s.tail()).toBe(0);
-    expect(readOutput(out).report.rounds.map((r) => r.round)).toEqual([1, 2, 3, 4]);
+    const { report } = readOutput(out);
+    expect(report.rounds.map((r) => r.round)).toEqual([1, 2, 3, 4]);
+    // The report says that its start and duration are the second process's.
+    expect(report.resumedAfterRound).toBe(2);
   });
 });
