@@ -7,6 +7,9 @@ import { runCommand } from './run/command.ts';
 import { validateCommand } from './validate.ts';
 import { reportFailure } from './failure.ts';
 import { operatorCommand } from './operator/command.ts';
+import { tuneGcForThroughput } from '../core/gc-tuning.ts';
+
+tuneGcForThroughput();
 
 // `consort ... | head` closes stdout early: that is the reader's choice, not a failure.
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {

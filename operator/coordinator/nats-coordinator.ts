@@ -25,6 +25,7 @@ import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts
 import { OperatorError } from '../errors.ts';
 import { weightsSha256 } from '../../core/report/assemble.ts';
 import { dataWarnings } from '../../core/job/warnings.ts';
+import { tuneGcForModel } from '../../core/gc-tuning.ts';
 import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { AGGREGATION_RANGE, type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
@@ -547,6 +548,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     if (pretrained && !inputScaler) log("inputs not scaled: the sites' model file carries weights, trained on the inputs as they are");
     const fromEnv = aggregationFromEnv();
     const parameters = layoutSize(layout!);
+    tuneGcForModel(4 * parameters);
     const storedUpdates = parameters >= (o.storedUpdatesFrom ?? fromEnv?.from ?? STORED_UPDATES_FROM);
     const aggregationRange = o.aggregationRange ?? fromEnv?.range ?? AGGREGATION_RANGE;
     if (storedUpdates) log(`${parameters} parameters: updates stay in their buckets, aggregated ${aggregationRange} parameters at a time`);

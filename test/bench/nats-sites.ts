@@ -18,6 +18,7 @@ import { type ChildProcess, fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { connectAs } from '../../cli/nats/connect.ts';
+import { tuneGcForModel } from '../../core/gc-tuning.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { type ParameterLayout, layoutSize } from '../../core/model/layout.ts';
 import { encodeUpdate, encodeUpdateParts } from '../../core/protocol/codecs.ts';
@@ -171,6 +172,8 @@ export async function runSites(args: SitesArgs): Promise<SitesResult> {
   }
   const job = FederatedJob.parse(args.manifest);
   const layout = args.layout!;
+  // As runSite does once its model is prepared.
+  tuneGcForModel(4 * layoutSize(layout));
   let shared: { bytes: Uint8Array; sha256: string } | undefined;
   if (args.update === 'shared') {
     const bytes = encodeUpdate(benchValues(layoutSize(layout), 7), layout, job.spec.compression).bytes;

@@ -3,6 +3,8 @@
 // models bucket, trains and scores with a SiteWorker, and sends back a signed update whose
 // payload sits in its own updates bucket. Raw data never leaves; only updates, metrics, counts
 // (and tabular data's per-column moments, core/data/moments.ts).
+import { layoutSize } from '../../core/model/layout.ts';
+import { tuneGcForModel } from '../../core/gc-tuning.ts';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { jobTerms } from '../../core/job/terms.ts';
@@ -101,6 +103,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     );
   }
   const prepared = await worker.prepare(classes, described.sampleShape);
+  tuneGcForModel(4 * layoutSize(prepared.layout));
   log(
     `site ${site}: ${described.quality.trainSamples} train / ${described.quality.testSamples} test examples; backend ${prepared.backend.name} (${prepared.backend.reason})`,
   );
