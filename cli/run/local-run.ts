@@ -59,6 +59,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
     for (const w of dataWarnings(
       classes,
       described.map((d) => ({ labels: d.quality.labels })),
+      spec.classes !== undefined,
     ))
       opts.warn?.(w);
     const sampleShape = agreeOnShape(described);

@@ -92,7 +92,7 @@ export const CsvData = z
 export const ImageFolderData = z
   .object({
     type: z.literal('imageFolder'),
-    train: z.string().min(1).describe('Folder with one sub-folder of PNG/JPEG images per class.'),
+    train: z.string().min(1).describe('Folder with one sub-folder per class, named for it, holding its PNG/JPEG images (at any depth below it).'),
     ...splitFields,
     width: positiveInt.max(1024).default(28),
     height: positiveInt.max(1024).default(28),

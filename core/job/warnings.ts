@@ -20,16 +20,27 @@ export function jobWarnings(spec: FederatedJobSpec): string[] {
 }
 
 /**
- * What the sites' data says against the job, once their label counts are known: a class of
- * spec.classes that no site has (its output unit is never a right answer, and no figure can show
+ * What the sites' data says against the job, once their label counts are known: a class (of
+ * spec.classes, or a class folder) that no site has (its output unit is never a right answer, and no figure can show
  * it is missing). Sites that have not said their counts (over NATS, not yet joined) are left out.
  */
-export function dataWarnings(classes: readonly string[], sites: ReadonlyArray<{ labels?: Readonly<Record<string, number>> | undefined }>): string[] {
+export function dataWarnings(
+  classes: readonly string[],
+  sites: ReadonlyArray<{ labels?: Readonly<Record<string, number>> | undefined }>,
+  /** The classes are spec.classes (else gathered from the sites' labels and class folders). */
+  listed = true,
+): string[] {
   const counted = sites.filter((s) => s.labels !== undefined);
   if (counted.length === 0) return [];
   const none = classes.filter((c) => counted.every((s) => (s.labels![c] ?? 0) === 0));
   if (none.length === 0) return [];
   const names = none.map((c) => `"${c}"`).join(', ');
+  if (!listed) {
+    // Gathered from the data: a class folder with no image in it.
+    return [
+      `class${none.length === 1 ? '' : 'es'} ${names} ${none.length === 1 ? 'has' : 'have'} no example at any site (an empty class folder?): the model keeps an output for ${none.length === 1 ? 'it' : 'them'} that no example trains`,
+    ];
+  }
   return [
     `spec.classes lists ${names}, which no site's data has (${counted.length} site${counted.length === 1 ? '' : 's'} counted): the model keeps an output for ${none.length === 1 ? 'it' : 'them'} that no example trains; check the spelling, or leave ${none.length === 1 ? 'it' : 'them'} out`,
   ];

@@ -1,5 +1,6 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { crc32, deflateSync } from 'node:zlib';
 import { join } from 'node:path';
 import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
@@ -68,7 +69,7 @@ describe('image-folder loader', () => {
     await writeFile(join(root, 'train/dog/notes.txt'), 'not an image');
     await writeFile(join(root, 'train/dog/.DS_Store'), 'ignored');
     await writeFile(join(root, 'train/README'), 'not in a class folder');
-    // Images one folder down are not read, and the report says why.
+    // Images further down (class/patient/slice.png) are the class's too.
     await mkdir(join(root, 'train/dog/2019'), { recursive: true });
     await writeFile(
       join(root, 'train/dog/2019/c.png'),
@@ -96,9 +97,9 @@ describe('image-folder loader', () => {
   it('loads class folders, decodes PNG and JPEG, resizes, converts to luminance', async () => {
     const data = await loadSiteData(spec({ train: 'train', test: 'test', channels: 1 }), ctx());
     expect(data.classes).toEqual(['cat', 'dog']);
-    expect(data.train).toMatchObject({ n: 5, sampleShape: [4, 4, 1] });
-    expect(data.train.x.length).toBe(5 * 16);
-    expect(Array.from(data.train.y)).toEqual([0, 0, 0, 1, 1]);
+    expect(data.train).toMatchObject({ n: 6, sampleShape: [4, 4, 1] });
+    expect(data.train.x.length).toBe(6 * 16);
+    expect(Array.from(data.train.y)).toEqual([0, 0, 0, 1, 1, 1]);
     // red → ITU-R 601 luminance 0.299; white → 1; grey JPEG about 128/255.
     for (let p = 0; p < 16; p++) {
       expect(data.train.x[p]).toBeCloseTo(0.299, 3);
@@ -109,15 +110,14 @@ describe('image-folder loader', () => {
     expect(data.test.n).toBe(2);
     expect(Array.from(data.test.y)).toEqual([0, 1]);
     expect(data.quality).toEqual({
-      rowsUsed: 7,
+      rowsUsed: 8,
       rowsRejected: {
         'not a PNG or JPEG file': 1,
         'not in a class folder': 1,
-        'a sub-folder of a class folder (not read: images go directly in their class folder)': 1,
       },
       missing: {},
-      labels: { cat: 4, dog: 3 },
-      trainSamples: 5,
+      labels: { cat: 4, dog: 4 },
+      trainSamples: 6,
       testSamples: 2,
     });
   });
@@ -142,7 +142,7 @@ describe('image-folder loader', () => {
     const s = spec({ train: 'train', testFraction: 0.4 });
     const a = await loadSiteData(s, ctx());
     const b = await loadSiteData(s, ctx());
-    expect(a.train.n).toBe(3);
+    expect(a.train.n).toBe(4);
     expect(a.test.n).toBe(2);
     expect(a.test.x).toEqual(b.test.x);
     expect(a.test.y).toEqual(b.test.y);
@@ -153,6 +153,49 @@ describe('image-folder loader', () => {
     expect(err.code).toBe('CONSORT_W_DATA_FILE');
     expect(err.message).toContain(join('bad', 'cat', 'broken.png'));
     expect(err.file).toBe(join(root, 'bad/cat/broken.png'));
+  });
+
+  it('refuses a PNG whose pixel data stops short of its header, or whose header declares a giant, before decoding it', async () => {
+    // pngjs decoded the short one without a word, its last row from leftover memory (other pixels each read).
+    const chunk = (type: string, body: Buffer) => {
+      const head = Buffer.alloc(8);
+      head.writeUInt32BE(body.length, 0);
+      head.write(type, 4, 'latin1');
+      const crc = Buffer.alloc(4);
+      crc.writeUInt32BE(crc32(Buffer.concat([head.subarray(4), body])), 0);
+      return Buffer.concat([head, body, crc]);
+    };
+    const png = (width: number, height: number, rows: number) => {
+      const ihdr = Buffer.alloc(13);
+      ihdr.writeUInt32BE(width, 0);
+      ihdr.writeUInt32BE(height, 4);
+      ihdr[8] = 8; // bit depth
+      ihdr[9] = 0; // greyscale
+      const pixels = Buffer.alloc(rows * (1 + width), 0x80);
+      for (let r = 0; r < rows; r++) pixels[r * (1 + width)] = 0; // filter: none
+      return Buffer.concat([
+        Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+        chunk('IHDR', ihdr),
+        chunk('IDAT', deflateSync(pixels)),
+        chunk('IEND', Buffer.alloc(0)),
+      ]);
+    };
+    await mkdir(join(root, 'short/cat'), { recursive: true });
+    // The same file whole loads (its pixels 0x80 grey).
+    await writeFile(join(root, 'short/cat/whole.png'), png(16, 16, 16));
+    await writeFile(join(root, 'short/cat/whole2.png'), png(16, 16, 16));
+    const whole = await loadSiteData(spec({ train: 'short', testFraction: 0.5 }), ctx());
+    expect(whole.train.x[0]).toBeCloseTo(128 / 255, 5);
+    await writeFile(join(root, 'short/cat/short.png'), png(16, 16, 15));
+    let err = await failure(loadSiteData(spec({ train: 'short', testFraction: 0.5 }), ctx()));
+    expect(err.code).toBe('CONSORT_W_DATA_FILE');
+    expect(err.message).toBe(
+      `image ${join('short', 'cat', 'short.png')}: cannot decode it: truncated: 255 bytes of pixel data where its 16 × 16 header needs 272`,
+    );
+    await mkdir(join(root, 'giant/cat'), { recursive: true });
+    await writeFile(join(root, 'giant/cat/bomb.png'), png(20_000, 20_000, 1));
+    err = await failure(loadSiteData(spec({ train: 'giant', testFraction: 0.5 }), ctx()));
+    expect(err.message).toContain('bomb.png: cannot decode it: 20000 × 20000 pixels, more than the 100 megapixels Consort decodes: downscale it first');
   });
 
   it("rejects a class folder outside the job's classes, a missing folder and an empty one", async () => {

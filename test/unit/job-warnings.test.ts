@@ -32,6 +32,10 @@ describe('dataWarnings', () => {
       'lists "maybe", "2", which no site\'s data has (1 site counted)',
     );
     expect(dataWarnings(['no', 'yes'], [a, b])).toEqual([]);
+    // Classes gathered from the data (no spec.classes): an empty class folder, not a spelling.
+    expect(dataWarnings(['no', 'yes', 'maybe'], [a, b], false)).toEqual([
+      'class "maybe" has no example at any site (an empty class folder?): the model keeps an output for it that no example trains',
+    ]);
     expect(dataWarnings(['no', 'yes', 'maybe'], [{ labels: undefined }])).toEqual([]);
   });
 });

@@ -5,6 +5,7 @@
 import { join } from 'node:path';
 import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
+import { inflateSync } from 'node:zlib';
 import type { DataQuality } from '../../core/data/quality.ts';
 import { DEFAULT_TEST_FRACTION, type ImageFolderData } from '../../core/job/federated-job.ts';
 import { Rng } from '../../core/rng.ts';
@@ -14,7 +15,9 @@ import { listDataFolder, readDataFile, resolveDataPath } from './files.ts';
 
 export const NOT_IN_CLASS_FOLDER = 'not in a class folder';
 /** A folder inside a class folder: not read (a class's images lie directly in its folder). */
-export const SUB_FOLDER = 'a sub-folder of a class folder (not read: images go directly in their class folder)';
+/** Folders below a class folder are read down to this depth. */
+const MAX_DEPTH = 8;
+export const TOO_DEEP = `a folder more than ${MAX_DEPTH} levels below its class folder (not read)`;
 export const NOT_AN_IMAGE = 'not a PNG or JPEG file';
 
 const IMAGE_EXT = /\.(png|jpe?g)$/i;
@@ -45,34 +48,102 @@ async function scanFolder(path: string, ctx: LoadContext): Promise<FolderScan> {
       count(NOT_IN_CLASS_FOLDER);
       continue;
     }
+    // Every image under the class folder, at any depth (class/patient/slice.png, as medical
+    // images are often kept; Keras and torchvision read them so too), by path relative to it.
     const files: string[] = [];
-    for (const f of await listDataFolder(join(resolved, entry.name), join(path, entry.name))) {
-      if (f.name.startsWith('.')) continue;
-      if (!f.isDir && IMAGE_EXT.test(f.name)) files.push(f.name);
-      else count(f.isDir ? SUB_FOLDER : NOT_AN_IMAGE);
-    }
+    const walk = async (rel: string, depth: number): Promise<void> => {
+      for (const f of await listDataFolder(join(resolved, entry.name, rel), join(path, entry.name, rel))) {
+        if (f.name.startsWith('.')) continue;
+        if (f.isDir && depth < MAX_DEPTH) await walk(join(rel, f.name), depth + 1);
+        else if (!f.isDir && IMAGE_EXT.test(f.name)) files.push(join(rel, f.name));
+        else count(f.isDir ? TOO_DEEP : NOT_AN_IMAGE);
+      }
+    };
+    await walk('', 0);
     images.set(entry.name, files.sort(byCodeUnits));
   }
   return { shown: path, resolved, images, rejected };
+}
+
+/** Images larger than this are refused before they are decoded (a 99-byte PNG can declare 20000 × 20000). */
+export const MAX_IMAGE_PIXELS = 100_000_000;
+
+/** A file whose contents are not the image they claim to be: said as such, whatever the decoder's words. */
+class DamagedImage extends Error {}
+
+/** Samples per pixel of a PNG colour type: grey, -, RGB, palette, grey + alpha, -, RGBA. */
+const PNG_CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
+/** Adam7's passes: x start, y start, x step, y step. */
+const ADAM7 = [
+  [0, 0, 8, 8],
+  [4, 0, 8, 8],
+  [0, 4, 4, 8],
+  [2, 0, 4, 4],
+  [0, 2, 2, 4],
+  [1, 0, 2, 2],
+  [0, 1, 1, 2],
+] as const;
+
+/**
+ * Checks a PNG's size and that its pixel data is all there, before pngjs decodes it: pngjs decodes
+ * a file whose compressed data stops short without a word, the missing rows taken from whatever
+ * memory its buffer held (different pixels on every read, so the same seed gave other models), and
+ * allocates whatever size the header declares.
+ */
+function checkPng(bytes: Buffer): void {
+  let at = 8;
+  let header: { width: number; height: number; depth: number; color: number; interlace: number } | undefined;
+  const data: Buffer[] = [];
+  while (at + 8 <= bytes.length) {
+    const length = bytes.readUInt32BE(at);
+    const type = bytes.toString('latin1', at + 4, at + 8);
+    if (at + 12 + length > bytes.length) throw new DamagedImage(`truncated: its ${type} chunk stops short`);
+    const body = bytes.subarray(at + 8, at + 8 + length);
+    if (type === 'IHDR' && length >= 13) {
+      header = { width: body.readUInt32BE(0), height: body.readUInt32BE(4), depth: body[8]!, color: body[9]!, interlace: body[12]! };
+    } else if (type === 'IDAT') data.push(body);
+    else if (type === 'IEND') break;
+    at += 12 + length;
+  }
+  if (!header) throw new DamagedImage('no PNG header (IHDR)');
+  const { width, height, depth, color, interlace } = header;
+  const channels = PNG_CHANNELS[color];
+  if (width === 0 || height === 0 || channels === undefined)
+    throw new DamagedImage(`a PNG header that describes no image (${width} × ${height}, colour type ${color})`);
+  if (width * height > MAX_IMAGE_PIXELS) {
+    throw new DamagedImage(`${width} × ${height} pixels, more than the ${MAX_IMAGE_PIXELS / 1e6} megapixels Consort decodes: downscale it first`);
+  }
+  const bits = channels * depth;
+  const rows = (w: number, h: number) => (w > 0 && h > 0 ? h * (1 + Math.ceil((w * bits) / 8)) : 0);
+  const expected =
+    interlace === 1 ? ADAM7.reduce((n, [x0, y0, dx, dy]) => n + rows(Math.ceil((width - x0) / dx), Math.ceil((height - y0) / dy)), 0) : rows(width, height);
+  let pixels: Buffer;
+  try {
+    pixels = inflateSync(Buffer.concat(data), { maxOutputLength: expected + 1 });
+  } catch (err) {
+    // Cut short mid-stream ("unexpected end of file") or damaged: either way not the image its header says.
+    throw new DamagedImage(`its pixel data cannot be read whole (${(err as Error).message})`);
+  }
+  if (pixels.length < expected)
+    throw new DamagedImage(`truncated: ${pixels.length} bytes of pixel data where its ${width} × ${height} header needs ${expected}`);
 }
 
 /** RGB(A) pixels of a PNG or JPEG file, by its first bytes rather than its name. */
 function decodeImage(bytes: Buffer, shown: string, resolved: string): { width: number; height: number; rgba: Uint8Array } {
   try {
     if (bytes.length >= 8 && bytes.readUInt32BE(0) === 0x89504e47) {
+      checkPng(bytes);
       const png = PNG.sync.read(bytes);
       return { width: png.width, height: png.height, rgba: png.data };
     }
     if (bytes.length >= 3 && bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff) {
-      const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true });
+      const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true, maxResolutionInMP: MAX_IMAGE_PIXELS / 1e6 });
       return { width: img.width, height: img.height, rgba: img.data };
     }
-    throw new Error('neither a PNG nor a JPEG image');
+    throw new DamagedImage('neither a PNG nor a JPEG image');
   } catch (err) {
-    throw new WorkerError('CONSORT_W_DATA_FILE', `image ${shown}: cannot decode it: ${err instanceof Error ? err.message : String(err)}`, {
-      file: resolved,
-      cause: err,
-    });
+    const why = err instanceof DamagedImage ? err.message : `damaged or truncated (${err instanceof Error ? err.message : String(err)})`;
+    throw new WorkerError('CONSORT_W_DATA_FILE', `image ${shown}: cannot decode it: ${why}`, { file: resolved, cause: err });
   }
 }
 
