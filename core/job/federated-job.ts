@@ -408,6 +408,49 @@ export const FederatedJobSpec = z
         });
       }
     });
+    // One model, one input: what the job file alone says of the sites' examples.
+    const images = spec.sites.flatMap((s, i) => (s.data.type === 'imageFolder' ? [{ i, name: s.name, d: s.data }] : []));
+    const tables = spec.sites.filter((s) => s.data.type !== 'imageFolder');
+    if (images.length > 0 && tables.length > 0) {
+      const table = spec.sites.findIndex((s) => s.data.type !== 'imageFolder');
+      ctx.addIssue({
+        code: 'custom',
+        path: ['sites', table, 'data', 'type'],
+        message: `sites of one job all give images or all give tables: site "${images[0]!.name}" has an imageFolder, site "${spec.sites[table]!.name}" ${spec.sites[table]!.data.type} data`,
+      });
+    }
+    const first = images[0];
+    for (const img of images.slice(1)) {
+      const a = first!.d;
+      const b = img.d;
+      if (a.width !== b.width || a.height !== b.height || a.channels !== b.channels) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['sites', img.i, 'data'],
+          message: `every imageFolder site gives the model images of one size: site "${first!.name}" ${a.width}x${a.height}x${a.channels}, site "${img.name}" ${b.width}x${b.height}x${b.channels} (width x height x channels)`,
+        });
+      }
+    }
+    if (spec.model.type === 'cnn') {
+      if (tables.length > 0) {
+        const at = spec.sites.findIndex((s) => s.data.type !== 'imageFolder');
+        ctx.addIssue({
+          code: 'custom',
+          path: ['model', 'type'],
+          message: `a cnn takes images: site "${spec.sites[at]!.name}" has ${spec.sites[at]!.data.type} data (use mlp or logistic for tables)`,
+        });
+      } else if (first) {
+        const side = Math.min(first.d.width, first.d.height);
+        const blocks = spec.model.filters.length;
+        if (side / 2 ** blocks < 1) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['model', 'filters'],
+            message: `a cnn of ${blocks} blocks halves a ${first.d.height}x${first.d.width} image ${blocks} times, below one pixel; use at most ${Math.floor(Math.log2(side))} blocks, or larger images`,
+          });
+        }
+      }
+    }
     // The label among the features: the model would be given the answer (the loader refuses it, but only once it runs).
     spec.sites.forEach((s, i) => {
       if (s.data.type !== 'csv' || !s.data.featureColumns) return;

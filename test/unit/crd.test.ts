@@ -202,6 +202,31 @@ describe('zod refuses every manifest the CRD refuses, naming the same field', ()
         (s.sites as Array<Record<string, unknown>>)[0]!.data = { type: 'csv', train: 'a.csv', labelColumn: 'sepsis', featureColumns: ['age', 'sepsis'] };
       }),
     ).toEqual(['spec.sites.0.data.featureColumns.1: "sepsis" is the labelColumn: a feature must not be the label']);
+    // What the job file alone says of the sites' examples: one kind, one image size, a cnn for images only, and not too deep.
+    const image = (name: string, width: number, channels = 1) => ({ name, data: { type: 'imageFolder', train: name, width, height: width, channels } });
+    expect(
+      messages((s) => {
+        s.sites = [image('a', 28), (s.sites as unknown[])[0]];
+      }),
+    ).toEqual([
+      expect.stringMatching(
+        /^spec\.sites\.1\.data\.type: sites of one job all give images or all give tables: site "a" has an imageFolder, site "\S+" \w+ data$/,
+      ),
+    ]);
+    expect(
+      messages((s) => {
+        s.sites = [image('a', 28), image('b', 32, 3)];
+      }),
+    ).toEqual(['spec.sites.1.data: every imageFolder site gives the model images of one size: site "a" 28x28x1, site "b" 32x32x3 (width x height x channels)']);
+    expect(messages((s) => (s.model = { type: 'cnn' }))).toEqual([
+      expect.stringMatching(/^spec\.model\.type: a cnn takes images: site "\S+" has \w+ data \(use mlp or logistic for tables\)$/),
+    ]);
+    expect(
+      messages((s) => {
+        s.model = { type: 'cnn', filters: [8, 8, 8, 8, 8] };
+        s.sites = [image('a', 16), image('b', 16)];
+      }),
+    ).toEqual(['spec.model.filters: a cnn of 5 blocks halves a 16x16 image 5 times, below one pixel; use at most 4 blocks, or larger images']);
     expect(messages((s) => (s.stopping = { target: { metric: 'auc', value: 90 } }))).toEqual([
       'spec.stopping.target.value: out of reach: accuracy and auc are fractions in (0, 1] (0.95, not 95), a loss is at least 0',
     ]);

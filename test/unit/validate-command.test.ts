@@ -47,5 +47,26 @@ describe('consort validate', () => {
     expect(bad.text()).toContain('not a valid FederatedJob (3 problems) [CONSORT_CLI_JOB_SPEC]');
     expect(bad.text()).toContain('spec.classes[0]: a class name is text: write it in quotes ("0")');
     expect(bad.text()).toContain('spec.stopping.target.value: out of reach');
+
+    // A model file the job names: read as a run would read it.
+    const withModel = (path: string) => {
+      const file = join(dir, `job-${Math.random().toString(36).slice(2)}.yaml`);
+      writeFileSync(
+        file,
+        `apiVersion: consort.dev/v1alpha1\nkind: FederatedJob\nmetadata: {name: x}\nspec:\n  model: {type: layers, path: ${path}}\n  sites: [{name: a, data: {type: synthetic, generator: hospital, samples: 10}}]\n`,
+      );
+      return file;
+    };
+    const missing = sink();
+    expect(validateCommand(withModel('models/none.json'), sink().stream, missing.stream)).toBe(2);
+    expect(missing.text()).toBe(
+      `consort: spec.model.path: models/none.json: no such file (read from ${join(dir, 'models/none.json')}) [CONSORT_CLI_JOB_SPEC]\n`,
+    );
+    writeFileSync(join(dir, 'weights.json'), '{"weightsManifest": []}');
+    const notModel = sink();
+    expect(validateCommand(withModel('weights.json'), sink().stream, notModel.stream)).toBe(2);
+    expect(notModel.text()).toContain('spec.model.path: weights.json: not a TF.js Layers model (no modelTopology');
+    writeFileSync(join(dir, 'model.json'), '{"modelTopology": {"class_name": "Sequential"}}');
+    expect(validateCommand(withModel('model.json'), sink().stream, sink().stream)).toBe(0);
   });
 });
