@@ -11,6 +11,7 @@
 // signed envelope). Raw: one publisher sends the model in 128 KiB core-NATS messages to 10
 // subscribers, then each of 10 publishers sends its 100 MB to one subscriber, with window flow
 // control. Goodput = (10 models delivered + 10 updates collected) / wall time, for both.
+import { tuneGcForModel } from '../../core/gc-tuning.ts';
 import { availableParallelism } from 'node:os';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Objm, type ObjectStore, StorageType } from '@nats-io/obj';
@@ -78,6 +79,9 @@ export async function run(args: GoodputArgs): Promise<unknown> {
   const bucket = buckets(key);
   const layout = benchLayout(params);
   const modelBytes = encodeSafetensors(layout, new Float32Array(layoutSize(layout))).length;
+  // Both the raw baseline and Consort's coordinator run in this process: tuned for this model
+  // before either, as Consort's coordinator tunes itself (core/gc-tuning.ts).
+  tuneGcForModel(modelBytes);
   const auth = natsAuthFor(job);
   const server = await NatsServer.start({ config: withRawAccount(auth.config) });
   const connections: NatsConnection[] = [];

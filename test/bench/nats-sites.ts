@@ -167,6 +167,8 @@ export async function runSites(args: SitesArgs): Promise<SitesResult> {
   // The coordinator's process went away: so do we.
   process.on('disconnect', () => process.exit(3));
   if (args.mode === 'raw') {
+    // The baseline runs as Consort's sites do for a model of this size (core/gc-tuning.ts).
+    tuneGcForModel(args.raw!.modelBytes);
     const raw = await Promise.all(args.sites.map((s) => rawSite(args.url, s, args.raw!)));
     return { timings: [], retries: [], raw: raw.flat(), maxRssBytes: process.resourceUsage().maxRSS * 1024, cpuSeconds: cpuSeconds() };
   }
