@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { runConsort, transcript } from '../helpers/consort-cli.ts';
-import { readReport, writeJob } from '../helpers/jobs.ts';
+import { loadExportedModel, readReport, writeJob } from '../helpers/jobs.ts';
 import { csvData, writeDataFile, writeHospitalCsvSite, writePretrainedDense } from '../helpers/site-data.ts';
 import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
@@ -118,15 +118,7 @@ describe('consort run on CSV sites', () => {
     ] as const) {
       expect(report.model.tfjsTakesRawInputs, name).toBe(true);
       expect(readFileSync(join(root, name, 'MODEL_CARD.md'), 'utf8')).toContain('`tfjs/model.json` takes the raw values');
-      const modelJson = JSON.parse(readFileSync(join(root, name, 'tfjs/model.json'), 'utf8'));
-      const bin = readFileSync(join(root, name, 'tfjs/weights.bin'));
-      const model = await tf.loadLayersModel(
-        tf.io.fromMemory({
-          modelTopology: modelJson.modelTopology,
-          weightSpecs: modelJson.weightsManifest.flatMap((g: { weights: tf.io.WeightsManifestEntry[] }) => g.weights),
-          weightData: bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength),
-        }),
-      );
+      const model = await loadExportedModel(join(root, name));
       try {
         for (const s of sites) {
           const [header, ...lines] = readFileSync(join(root, s.test), 'utf8').trim().split('\n');
@@ -166,15 +158,7 @@ describe('consort run on CSV sites', () => {
     expect(b.loss).toBe(a.loss);
     expect(b.accuracy).toBe(a.accuracy);
     // The exported model on north's raw test rows scores what the run reported.
-    const modelJson = JSON.parse(readFileSync(join(root, 'out', 'tfjs/model.json'), 'utf8'));
-    const bin = readFileSync(join(root, 'out', 'tfjs/weights.bin'));
-    const model = await tf.loadLayersModel(
-      tf.io.fromMemory({
-        modelTopology: modelJson.modelTopology,
-        weightSpecs: modelJson.weightsManifest.flatMap((g: { weights: tf.io.WeightsManifestEntry[] }) => g.weights),
-        weightData: bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength),
-      }),
-    );
+    const model = await loadExportedModel(join(root, 'out'));
     try {
       const [header, ...lines] = readFileSync(join(root, north.test), 'utf8').trim().split('\n');
       const names = header!.split(',');

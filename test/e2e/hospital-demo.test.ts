@@ -10,7 +10,7 @@ import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
 import { hospitalSiteData } from '../../worker/data/synthetic/hospital.ts';
 import { readJobFile } from '../../cli/job-file.ts';
 import { type CliResult, REPO_ROOT, runConsort, transcript } from '../helpers/consort-cli.ts';
-import { readReport } from '../helpers/jobs.ts';
+import { loadExportedModel, readReport } from '../helpers/jobs.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 
 const EXAMPLE = 'manifests/examples/hospitals.yaml';
@@ -109,15 +109,7 @@ describe('consort run manifests/examples/hospitals.yaml --baselines', () => {
   });
 
   it('saves a TF.js model that loads and reproduces the reported accuracy', async () => {
-    const modelJson = JSON.parse(readFileSync(join(out, 'tfjs/model.json'), 'utf8')) as { modelTopology: object; weightsManifest: WeightsManifestEntry[] };
-    const bin = readFileSync(join(out, 'tfjs/weights.bin'));
-    const model = await tf.loadLayersModel(
-      tf.io.fromMemory({
-        modelTopology: modelJson.modelTopology,
-        weightSpecs: modelJson.weightsManifest.flatMap((g) => g.weights) as tf.io.WeightsManifestEntry[],
-        weightData: bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength),
-      }),
-    );
+    const model = await loadExportedModel(out);
     try {
       expect(model.inputs[0]!.shape).toEqual([null, ...report.model.inputShape]);
       // Score the loaded model on each hospital's own test split, rebuilt from the generator: it

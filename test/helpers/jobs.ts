@@ -2,6 +2,7 @@
 // the outputs of a finished run read back.
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
 import { stringify } from 'yaml';
 import { API_VERSION, KIND } from '../../core/job/federated-job.ts';
 import { RunReport } from '../../core/report/run-report.ts';
@@ -51,6 +52,22 @@ export function hospitalSpec(sites: HospitalSite[] = SMALL_HOSPITALS, extra: Rec
 /** report.json of a finished run, validated against the documented schema. */
 export function readReport(outDir: string): RunReport {
   return RunReport.parse(JSON.parse(readFileSync(join(outDir, 'report.json'), 'utf8')));
+}
+
+/** tfjs/model.json and weights.bin of a finished run, loaded as a user of the export loads them (dispose it after). */
+export async function loadExportedModel(outDir: string): Promise<tf.LayersModel> {
+  const modelJson = JSON.parse(readFileSync(join(outDir, 'tfjs/model.json'), 'utf8')) as {
+    modelTopology: object;
+    weightsManifest: tf.io.WeightsManifestConfig;
+  };
+  const bin = readFileSync(join(outDir, 'tfjs/weights.bin'));
+  return tf.loadLayersModel(
+    tf.io.fromMemory({
+      modelTopology: modelJson.modelTopology,
+      weightSpecs: modelJson.weightsManifest.flatMap((g) => g.weights),
+      weightData: bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength),
+    }),
+  );
 }
 
 /** What a failed run may have left: outDir itself or a staging sibling `.NAME.partial-*`. */
