@@ -198,6 +198,29 @@ describe('image-folder loader', () => {
     expect(err.message).toContain('bomb.png: cannot decode it: 20000 × 20000 pixels, more than the 100 megapixels Consort decodes: downscale it first');
   });
 
+  it('reads a number folder name as a CSV label is read: "1.0" and "1" are the class "1"', async () => {
+    await mkdir(join(root, 'numbers/1'), { recursive: true });
+    await mkdir(join(root, 'numbers/1.0'), { recursive: true });
+    await mkdir(join(root, 'numbers/2'), { recursive: true });
+    for (const [dir, colour] of [
+      ['1', RED],
+      ['1.0', RED],
+      ['2', WHITE],
+      ['2', WHITE],
+    ] as const) {
+      await writeFile(
+        join(root, 'numbers', dir, `${Math.random().toString(36).slice(2)}.png`),
+        pngBytes(4, 4, () => colour),
+      );
+    }
+    const data = await loadSiteData(spec({ train: 'numbers', testFraction: 0.25 }), ctx());
+    expect(data.classes).toEqual(['1', '2']);
+    expect(data.quality.labels).toEqual({ '1': 2, '2': 2 });
+    // The job's classes as the user spelled them.
+    const listed = await loadSiteData(spec({ train: 'numbers', testFraction: 0.25 }), { ...ctx(), classes: ['1.0', '2'] });
+    expect(listed.train.n + listed.test.n).toBe(4);
+  });
+
   it("rejects a class folder outside the job's classes, a missing folder and an empty one", async () => {
     let err = await failure(loadSiteData(spec({ train: 'train' }), { ...ctx(), classes: ['cat', 'bird'] }));
     expect(err.code).toBe('CONSORT_W_DATA_LABEL');

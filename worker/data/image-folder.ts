@@ -5,6 +5,7 @@
 import { join } from 'node:path';
 import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
+import { className } from '../../core/data/labels.ts';
 import { inflateSync } from 'node:zlib';
 import type { DataQuality } from '../../core/data/quality.ts';
 import { DEFAULT_TEST_FRACTION, type ImageFolderData } from '../../core/job/federated-job.ts';
@@ -26,7 +27,7 @@ const IMAGE_EXT = /\.(png|jpe?g)$/i;
 interface FolderScan {
   shown: string;
   resolved: string;
-  /** class folder name → image file names, sorted. */
+  /** class (its folder's name, a number in its shortest form) → image paths relative to the folder scanned, sorted. */
   images: Map<string, string[]>;
   rejected: Record<string, number>;
 }
@@ -60,7 +61,9 @@ async function scanFolder(path: string, ctx: LoadContext): Promise<FolderScan> {
       }
     };
     await walk('', 0);
-    images.set(entry.name, files.sort(byCodeUnits));
+    // The folder's name is its class, read as a CSV label is ("1.0" and "1" are the class "1").
+    const label = className(entry.name);
+    images.set(label, [...(images.get(label) ?? []), ...files.map((f) => join(entry.name, f))].sort(byCodeUnits));
   }
   return { shown: path, resolved, images, rejected };
 }
@@ -194,15 +197,15 @@ export function toSample(img: { width: number; height: number; rgba: Uint8Array 
 }
 
 async function readImages(scan: FolderScan, classes: readonly string[], spec: ImageFolderData): Promise<Dataset> {
-  const index = new Map(classes.map((c, i) => [c, i]));
+  const index = new Map(classes.map((c, i) => [className(c), i]));
   const size = spec.width * spec.height * spec.channels;
   let n = 0;
   for (const [folder, files] of scan.images) {
     if (!index.has(folder)) {
       throw new WorkerError(
         'CONSORT_W_DATA_LABEL',
-        `${join(scan.shown, folder)}: folder "${folder}" is not one of the job's classes (${classes.map((c) => `"${c}"`).join(', ')})`,
-        { file: join(scan.resolved, folder) },
+        `${scan.shown}: class folder "${folder}" is not one of the job's classes (${classes.map((c) => `"${c}"`).join(', ')})`,
+        { file: scan.resolved },
       );
     }
     n += files.length;
@@ -214,8 +217,8 @@ async function readImages(scan: FolderScan, classes: readonly string[], spec: Im
   const folders = [...scan.images.keys()].sort((a, b) => index.get(a)! - index.get(b)!);
   for (const folder of folders) {
     for (const file of scan.images.get(folder)!) {
-      const shown = join(scan.shown, folder, file);
-      const resolved = join(scan.resolved, folder, file);
+      const shown = join(scan.shown, file);
+      const resolved = join(scan.resolved, file);
       const img = decodeImage(await readDataFile(resolved, shown), shown, resolved);
       x.set(toSample(img, spec.width, spec.height, spec.channels), at * size);
       y[at++] = index.get(folder)!;
