@@ -2,7 +2,8 @@
 // in-process transport; the round loop is the same RoundCoordinator the operator runs.
 import { federationScaler } from '../../core/data/moments.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
-import { initialParameters } from '../../core/model/layout.ts';
+import { initialParameters, layoutSize } from '../../core/model/layout.ts';
+import { tuneGcForModel } from '../../core/gc-tuning.ts';
 import { carriesWeights } from '../../core/model/tfjs-weights.ts';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -67,6 +68,8 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
     // A pre-trained model (its file carries weights) takes the inputs it was trained on, unscaled.
     const inputScaler = modelFileHasWeights(spec.model, opts.baseDir) ? undefined : federationScaler(described);
     const prepared = await pool.prepare(classes, sampleShape, inputScaler);
+    // As the coordinator and the sites do over NATS (core/gc-tuning.ts): a large model, memory first.
+    tuneGcForModel(4 * layoutSize(prepared.layout));
     opts.events?.phase?.(`backend ${prepared.backend.name}: ${prepared.backend.reason}`);
     // A pre-trained model file starts from its own weights; otherwise a seeded start.
     const initial = prepared.initial ?? initialParameters(prepared.layout, spec.seed);
