@@ -8,6 +8,7 @@ import { jobWarnings } from '../core/job/warnings.ts';
 import { CliError, fileProblem } from './errors.ts';
 import { reportFailure } from './failure.ts';
 import { readJobFile } from './job-file.ts';
+import { layersTopology } from '../worker/model.ts';
 
 /** A Layers model file the job names: there, JSON, and a model (its topology); read as a run reads it, relative to the job file. */
 function checkModelFile(model: ModelSpec, jobPath: string): void {
@@ -25,8 +26,8 @@ function checkModelFile(model: ModelSpec, jobPath: string): void {
   } catch (err) {
     throw new CliError('CONSORT_CLI_JOB_SPEC', `spec.model.path: ${model.path}: not JSON (${(err as Error).message})`, { cause: err });
   }
-  const topology = (json as { modelTopology?: unknown } | null)?.modelTopology;
-  if (typeof topology !== 'object' || topology === null) {
+  // What a run accepts: a TF.js model.json, or a bare Keras topology (worker/model.ts).
+  if (!layersTopology(json)) {
     throw new CliError(
       'CONSORT_CLI_JOB_SPEC',
       `spec.model.path: ${model.path}: not a TF.js Layers model (no modelTopology: what model.save() or the Keras converter writes)`,

@@ -20,8 +20,42 @@ export interface BuiltModel {
   initial?: Float32Array;
 }
 
-export async function buildModel(spec: ModelSpec, inputShape: number[], classes: number, baseDir: string): Promise<BuiltModel> {
-  const model = await buildLayers(spec, inputShape, classes, baseDir);
+/** A Layers model file, read once: where it is, and its JSON. */
+interface LayersFile {
+  path: string;
+  json: unknown;
+}
+
+/** The Layers model file a spec names, relative to `baseDir`, parsed (CONSORT_W_MODEL when it cannot be read). */
+function readLayersFile(spec: Extract<ModelSpec, { type: 'layers' }>, baseDir: string): LayersFile {
+  const path = resolve(baseDir, spec.path);
+  try {
+    return { path, json: JSON.parse(readFileSync(path, 'utf8')) };
+  } catch (err) {
+    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
+    throw new WorkerError('CONSORT_W_MODEL', `cannot read the model file ${path}: ${why}`, { file: path, cause: err });
+  }
+}
+
+/**
+ * The Keras topology a model file holds: a TF.js model.json's modelTopology, or a bare Keras
+ * topology (its class_name or model_config); undefined when the JSON is neither.
+ */
+export function layersTopology(json: unknown): object | undefined {
+  if (typeof json !== 'object' || json === null) return undefined;
+  const topology = (json as { modelTopology?: unknown }).modelTopology;
+  if (typeof topology === 'object' && topology !== null) return topology;
+  return 'class_name' in json || 'model_config' in json ? json : undefined;
+}
+
+/**
+ * The job's model on the current backend. `weights: false` leaves a Layers file's weights unread
+ * (a probe of the model's size and layers, disposed at once: the weights files may be large).
+ */
+export async function buildModel(spec: ModelSpec, inputShape: number[], classes: number, baseDir: string, o: { weights?: boolean } = {}): Promise<BuiltModel> {
+  // A Layers file is read once, for its topology and its weights alike.
+  const file = spec.type === 'layers' ? readLayersFile(spec, baseDir) : undefined;
+  const model = await buildLayers(spec, inputShape, classes, file);
   const layout = model.weights.map((w) => ({ name: w.originalName ?? w.name, shape: w.shape.map((d) => d ?? 1) }));
   // One input and one output: a site's examples are one tensor, its labels one class each.
   if (model.inputs.length !== 1 || model.outputs.length !== 1) {
@@ -49,7 +83,7 @@ export async function buildModel(spec: ModelSpec, inputShape: number[], classes:
       `${from} gives ${outputShape[outputShape.length - 1]} outputs, but the job has ${classes} classes: its last layer needs ${classes} units`,
     );
   }
-  const initial = spec.type === 'layers' ? layersWeights(resolve(baseDir, spec.path), layout) : undefined;
+  const initial = file && o.weights !== false ? layersWeights(file, layout) : undefined;
   return {
     model,
     layout,
@@ -63,8 +97,8 @@ export async function buildModel(spec: ModelSpec, inputShape: number[], classes:
  * The weights a model.json's weightsManifest names (files beside it), in the layout's order;
  * undefined when it names none (the topology alone: a seeded start).
  */
-function layersWeights(path: string, layout: ParameterLayout): Float32Array | undefined {
-  const raw = (JSON.parse(readFileSync(path, 'utf8')) as { weightsManifest?: unknown }).weightsManifest;
+function layersWeights({ path, json }: LayersFile, layout: ParameterLayout): Float32Array | undefined {
+  const raw = (json as { weightsManifest?: unknown }).weightsManifest;
   // No manifest, or an empty one: the topology alone.
   if (raw === undefined || (Array.isArray(raw) && raw.length === 0)) return undefined;
   const manifest = WeightsManifest.safeParse(raw);
@@ -98,7 +132,7 @@ export function isConvolutional(spec: ModelSpec): boolean {
   return spec.type === 'cnn';
 }
 
-async function buildLayers(spec: ModelSpec, inputShape: number[], classes: number, baseDir: string): Promise<tf.LayersModel> {
+async function buildLayers(spec: ModelSpec, inputShape: number[], classes: number, file: LayersFile | undefined): Promise<tf.LayersModel> {
   const zeros = 'zeros';
   switch (spec.type) {
     case 'logistic': {
@@ -160,16 +194,9 @@ async function buildLayers(spec: ModelSpec, inputShape: number[], classes: numbe
       return m;
     }
     case 'layers': {
-      const path = resolve(baseDir, spec.path);
-      let json: unknown;
-      try {
-        json = JSON.parse(readFileSync(path, 'utf8'));
-      } catch (err) {
-        const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
-        throw new WorkerError('CONSORT_W_MODEL', `cannot read the model file ${path}: ${why}`, { file: path, cause: err });
-      }
-      // Accept a TF.js model.json ({modelTopology}) or a bare Keras topology.
-      const topology = (json as { modelTopology?: unknown }).modelTopology ?? json;
+      const { path, json } = file!;
+      // A TF.js model.json ({modelTopology}) or a bare Keras topology; anything else is left to modelFromJSON to refuse.
+      const topology = layersTopology(json) ?? json;
       try {
         const cfg = topology as { model_config?: unknown };
         return await tf.models.modelFromJSON((cfg.model_config ?? topology) as tf.serialization.ConfigDict);

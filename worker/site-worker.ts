@@ -170,7 +170,7 @@ export class SiteWorker {
     const { spec, baseDir } = this.cfg;
     // Count parameters on the default backend first: the backend choice depends on model size, and
     // on its layers (a user's Layers model may be convolutional too).
-    const probe = await buildModel(spec.model, sampleShape, classes.length, baseDir);
+    const probe = await buildModel(spec.model, sampleShape, classes.length, baseDir, { weights: false });
     const parameters = probe.model.countParams();
     const convolutional = isConvolutional(spec.model) || probe.convolutional;
     probe.model.dispose();

@@ -17,7 +17,7 @@ import { EPHEMERAL_NATS_ENV } from '../nats/server.ts';
 import { reportFailure } from '../failure.ts';
 import { readJobFile, withOverrides } from '../job-file.ts';
 import { TrustedKeys } from '../nats/config.ts';
-import { connectWhenUp, readSeed, sayConnectionChanges, watchPermissions } from '../nats/connect.ts';
+import { connectWhenUp, nkeySeedOf, readSeed, sayConnectionChanges, watchPermissions } from '../nats/connect.ts';
 import { publicKeyOf } from '../../core/protocol/signing.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { checkOutputDir, writeOutputs } from '../run/outputs.ts';
@@ -59,16 +59,6 @@ function parseFlags<T extends z.ZodType>(schema: T, raw: Record<string, unknown>
   const parsed = schema.safeParse(raw);
   if (!parsed.success) throw invalidFlags(parsed.error);
   return parsed.data;
-}
-
-/** The seed of an NKey seed file (what nats-config writes), or undefined for a .creds file (JWT mode: keys.json is the operator's). */
-function ownNkeySeed(creds: string): string | undefined {
-  try {
-    if (!/^SU[A-Z2-7]+$/.test(creds) && readFileSync(creds, 'utf8').includes('BEGIN NATS USER JWT')) return undefined;
-    return readSeed(creds);
-  } catch {
-    return undefined; // connecting reports what is wrong with the file
-  }
 }
 
 function readKeys(path: string): TrustedKeys {
@@ -121,7 +111,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
     if (missing.length > 0) throw new CliError('CONSORT_CLI_CREDENTIALS', `${flags.keys} has no key for site(s) ${missing.join(', ')}`);
     // A keys.json of another nats-config would make every site's signature look forged: the
     // coordinator's own seed (an NKey file, as nats-config writes beside keys.json) must be the key it names.
-    const own = ownNkeySeed(flags.creds);
+    const own = nkeySeedOf(flags.creds);
     const ownKey = own !== undefined ? publicKeyOf(own) : undefined;
     const asSite = Object.entries(keys.sites).find(([, k]) => k === ownKey)?.[0];
     if (asSite !== undefined) {
@@ -233,10 +223,11 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
     }
     // The seed signs updates; the file logs in (a .creds file carries the site's JWT too).
     const seed = readSeed(flags.creds);
-    const nc = await connectWhenUp(flags.nats, flags.creds, flags.site, logTo(flags.quiet));
+    const log = logTo(flags.quiet);
+    const nc = await connectWhenUp(flags.nats, flags.creds, flags.site, log);
     const stop = new AbortController();
-    const permissions = watchPermissions(nc, stop, logTo(flags.quiet));
-    sayConnectionChanges(nc, logTo(flags.quiet));
+    const permissions = watchPermissions(nc, stop, log);
+    sayConnectionChanges(nc, log);
     try {
       const summary = await runSite({
         failpoints: failpoints.data,
@@ -246,7 +237,7 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
         seed,
         baseDir: resolve(flags.dataDir ?? dirname(resolve(flags.job))),
         backend: flags.backend,
-        log: logTo(flags.quiet),
+        log,
         signal: stopSignal(stop),
       });
       const violation = permissions.violation();
@@ -255,10 +246,10 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
       // Stopped by Ctrl-C or SIGTERM, not by the job's end: not a success.
       const signal = stop.signal.aborted ? String(stop.signal.reason) : undefined;
       if (signal && SIGNAL_EXIT[signal]) {
-        logTo(flags.quiet)(`site ${summary.site}: stopped by ${signal} before the job ended (${counts})`);
+        log(`site ${summary.site}: stopped by ${signal} before the job ended (${counts})`);
         return SIGNAL_EXIT[signal];
       }
-      logTo(flags.quiet)(`site ${summary.site}: done (${counts})`);
+      log(`site ${summary.site}: done (${counts})`);
       return 0;
     } catch (err) {
       throw permissions.violation() ?? err;

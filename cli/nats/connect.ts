@@ -37,6 +37,16 @@ export function readSeed(seedOrFile: string): string {
   return seed.trim();
 }
 
+/** The seed of an NKey seed file or seed (what nats-config writes), or undefined for a .creds file (a JWT login) or a file that cannot be read (connecting says why). */
+export function nkeySeedOf(seedOrFile: string): string | undefined {
+  if (SEED.test(seedOrFile)) return seedOrFile;
+  try {
+    return readFileSync(seedOrFile, 'utf8').includes(CREDS_JWT) ? undefined : readSeed(seedOrFile);
+  } catch {
+    return undefined;
+  }
+}
+
 interface CredsClaims {
   name: string;
   /** The inbox prefix the JWT's permissions allow replies on, when they name one. */

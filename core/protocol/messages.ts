@@ -207,6 +207,20 @@ export function evaluationEnvelope(
   return { type: 'evaluation', protocol: PROTOCOL_VERSION, job, site, round: task.round, taskId: task.taskId, nonce: newNonce(), ...scores };
 }
 
+/** What an update envelope says of its update beside the task it answers: the site's counts, the codec and the object. */
+export type UpdateFields = Pick<UpdateEnvelope, 'samples' | 'trainLoss' | 'steps' | 'codec' | 'object'>;
+
+/** The (unsigned) update envelope of `task` by `site` of job `job`, under `nonce` (the one in its object's name). */
+export function updateEnvelope(
+  job: string,
+  site: string,
+  task: { round: number; taskId: string },
+  nonce: string,
+  fields: UpdateFields,
+): Omit<UpdateEnvelope, 'signature'> {
+  return { type: 'update', protocol: PROTOCOL_VERSION, job, site, round: task.round, taskId: task.taskId, nonce, ...fields };
+}
+
 /** The coordinator's answer to an update or evaluation. */
 export const Ack = z
   .object({

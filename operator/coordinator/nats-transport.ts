@@ -128,8 +128,6 @@ class BufferPool {
 
 /** How often an open round says whom it still waits for. */
 const WAITING_LOG_MS = 10_000;
-/** A site whose hellos (one a second) stopped this long ago is said to be silent. */
-const SILENT_MS = 5000;
 
 interface OpenRound<T> {
   round: number;
@@ -309,11 +307,12 @@ export class NatsTransport implements SiteTransport {
     const missing = [...r.sites].filter((s) => !r.answered.has(s));
     if (missing.length === 0 || r.channel.isClosed) return;
     const now = Date.now();
+    // Silent: no longer alive, by the coordinator's own rule (its hellos stopped).
+    const alive = new Set(this.o.alive());
     const silent = missing.flatMap((s) => {
+      if (alive.has(s)) return [];
       const seen = this.o.lastSeen?.(s);
-      return seen !== undefined && now - seen < SILENT_MS
-        ? []
-        : [`${s} ${seen === undefined ? 'never heard from' : `not heard from for ${Math.round((now - seen) / 1000)} s`}`];
+      return [`${s} ${seen === undefined ? 'never heard from' : `not heard from for ${Math.round((now - seen) / 1000)} s`}`];
     });
     const left = Math.max(0, Math.round((r.opened + this.deadlineMs - now) / 1000));
     this.o.log(

@@ -24,7 +24,7 @@ import { type ParameterLayout, layoutSize } from '../../core/model/layout.ts';
 import { encodeUpdate, encodeUpdateParts } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
 import { putObject } from '../../core/protocol/object-put.ts';
-import { Ack, evaluationEnvelope, type Hello, type ObjectRef, RoundNotice, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { Ack, evaluationEnvelope, type Hello, type ObjectRef, RoundNotice, Task, updateEnvelope } from '../../core/protocol/messages.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, OBJECT_PUT, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
@@ -366,20 +366,13 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
     const stored = await patiently(`write ${name}`, task.deadline, () => putObject(updatesWire, bucket.updates(site), name, parts, OBJECT_PUT));
     sha256 ||= stored.sha256;
     t.written = now();
-    const env: Omit<UpdateEnvelope, 'signature'> = {
-      type: 'update',
-      protocol: PROTOCOL_VERSION,
-      job: key,
-      site,
-      round: task.round,
-      taskId: task.taskId,
-      nonce,
+    const env = updateEnvelope(key, site, task, nonce, {
       samples: 100,
       trainLoss: 0.5,
       steps: 1,
       codec: job.spec.compression.codec,
       object: { bucket: bucket.updates(site), name, sha256, size },
-    };
+    });
     t.accepted = await deliver(subj.update(site), json(signEnvelope(env, seed)), task.deadline);
     t.acked = now();
     o.timings.push(t);

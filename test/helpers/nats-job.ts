@@ -10,7 +10,7 @@ import type { ParameterLayout } from '../../core/model/layout.ts';
 import { Objm } from '@nats-io/obj';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
-import { evaluationEnvelope, type UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { evaluationEnvelope, updateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { afterEach } from 'vitest';
@@ -110,19 +110,12 @@ export async function sendPlainUpdate(
   const name = objectNames.update(task.round, nonce);
   const bucket = buckets(key).updates(site);
   await (await new Objm(nc).open(bucket)).putBlob({ name }, bytes);
-  const env: Omit<UpdateEnvelope, 'signature'> = {
-    type: 'update',
-    protocol: PROTOCOL_VERSION,
-    job: key,
-    site,
-    round: task.round,
-    taskId: task.taskId,
-    nonce,
+  const env = updateEnvelope(key, site, task, nonce, {
     samples,
     trainLoss: 0.5,
     steps: 1,
     codec: 'none',
     object: { bucket, name, sha256: sha256Hex(bytes), size: bytes.length },
-  };
+  });
   await nc.request(subjects(key).update(site), encoder.encode(JSON.stringify(signEnvelope(env, seed))), { timeout: 10_000 });
 }

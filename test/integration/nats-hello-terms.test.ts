@@ -7,10 +7,9 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { jobTerms } from '../../core/job/terms.ts';
-import { Welcome } from '../../core/protocol/messages.ts';
+import { updateEnvelope, Welcome } from '../../core/protocol/messages.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
@@ -309,20 +308,13 @@ describe('a site whose only answer in a round was refused', () => {
       if (task.type === 'fit') answer(task);
     });
     answer = (task) => {
-      const envelope = {
-        type: 'update' as const,
-        protocol: PROTOCOL_VERSION,
-        job: f.key,
-        site: 'by-hand',
-        round: task.round,
-        taskId: task.taskId,
-        nonce: newNonce(),
+      const envelope = updateEnvelope(f.key, 'by-hand', task, newNonce(), {
         samples: 10,
         trainLoss: 0.5,
         steps: 1,
-        codec: 'none' as const,
+        codec: 'none',
         object: { bucket: 'nowhere', name: 'nothing', sha256: '0'.repeat(64), size: 1 },
-      };
+      });
       const forged = new TextEncoder().encode(JSON.stringify(signEnvelope(envelope, f.auth.sites.real!.seed)));
       void f.byHand.request(f.subj.update('by-hand'), forged, { timeout: 5000 }).catch(() => {});
     };

@@ -11,10 +11,10 @@ import { FederatedJob } from '../../core/job/federated-job.ts';
 import { layoutSize } from '../../core/model/layout.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
-import { Ack, type FitTask, Task, type UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { Ack, type FitTask, Task, updateEnvelope } from '../../core/protocol/messages.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, objectNames, PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
+import { buckets, objectNames } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
 import { jobOnServer, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
@@ -82,20 +82,13 @@ async function oneRound(mallory: Mallory, stored = true) {
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
     const info = await store.putBlob({ name, options: { max_chunk_size: 512 } }, bytes);
-    const env: Omit<UpdateEnvelope, 'signature'> = {
-      type: 'update',
-      protocol: PROTOCOL_VERSION,
-      job: key,
-      site,
-      round: task.round,
-      taskId: task.taskId,
-      nonce,
+    const env = updateEnvelope(key, site, task, nonce, {
       samples,
       trainLoss: 0.5,
       steps: 2,
       codec: 'none',
       object: { bucket: buckets(key).updates(site), name, sha256: sha256Hex(bytes), size: bytes.length },
-    };
+    });
     const reply = await nc.request(subj.update(site), encoder.encode(JSON.stringify(signEnvelope(env, auth.sites[site]!.seed))), { timeout: 5000 });
     return { ack: Ack.parse(JSON.parse(decoder.decode(reply.data))), store, name, nuid: info.nuid };
   };

@@ -8,9 +8,9 @@ import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
-import { Ack, FitTask, type UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { Ack, FitTask, updateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
-import { buckets, objectNames, PROTOCOL_VERSION } from '../../core/protocol/subjects.ts';
+import { buckets, objectNames } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
@@ -67,20 +67,13 @@ async function straggle(mode: 'sync' | 'buffered') {
         const name = objectNames.update(task.data.round, nonce);
         const updates = await objm.open(buckets(key).updates('slow'));
         await updates.putBlob({ name }, bytes);
-        const env: Omit<UpdateEnvelope, 'signature'> = {
-          type: 'update',
-          protocol: PROTOCOL_VERSION,
-          job: key,
-          site: 'slow',
-          round: task.data.round,
-          taskId: task.data.taskId,
-          nonce,
+        const env = updateEnvelope(key, 'slow', task.data, nonce, {
           samples: 84,
           trainLoss: 0.5,
           steps: 6,
           codec: 'none',
           object: { bucket: buckets(key).updates('slow'), name, sha256: sha256Hex(bytes), size: bytes.length },
-        };
+        });
         const reply = await slow.request(subj.update('slow'), encoder.encode(JSON.stringify(signEnvelope(env, auth.sites.slow!.seed))), { timeout: 5000 });
         acks.push(Ack.parse(JSON.parse(decoder.decode(reply.data))));
       })();

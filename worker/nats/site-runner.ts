@@ -24,7 +24,7 @@ import {
   type ObjectRef,
   RoundNotice,
   Task,
-  type UpdateEnvelope,
+  updateEnvelope,
   Welcome,
 } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
@@ -267,20 +267,13 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     const name = objectNames.update(task.round, nonce);
     // Hashed as it is written: that is the envelope's SHA-256, with no second pass.
     const { sha256 } = await retrying(() => putObject(updatesWire, bucket.updates(site), name, encoded.parts, OBJECT_PUT), patience(task.deadline));
-    const envelope: Omit<UpdateEnvelope, 'signature'> = {
-      type: 'update',
-      protocol: PROTOCOL_VERSION,
-      job: key,
-      site,
-      round: task.round,
-      taskId: task.taskId,
-      nonce,
+    const envelope = updateEnvelope(key, site, task, nonce, {
       samples: r.samples,
       trainLoss: r.trainLoss,
       steps: r.steps,
       codec: spec.compression.codec,
       object: { bucket: bucket.updates(site), name, sha256, size: encoded.size },
-    };
+    });
     const body = json(signEnvelope(envelope, opts.seed));
     remember(`fit/${task.round}`, body);
     summary.fits++;
