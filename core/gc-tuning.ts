@@ -6,8 +6,8 @@
 // they are collected when heap and buffers together outgrow V8's global limit: 25-30 % less CPU in
 // the coordinator and the sites for the same round (test/bench/nats-overhead.ts). The price is
 // garbage kept longer: +50 MB of peak RSS for a 64 MB model, which for large models would break
-// the coordinator's memory bound (test/bench/coordinator-rss.ts: 607 against 554 MB, 256 MB model,
-// 50 sites). So processes start with it (cli/consort.ts; the benchmarks too, to measure what
+// the coordinator's memory bound (test/bench/coordinator-rss.ts: 607 MB for a 256 MB model and 50
+// sites, against the 584 MB bound; 554 MB in an earlier run with the default). So processes start with it (cli/consort.ts; the benchmarks too, to measure what
 // runs), and one that takes up a large model gives it up for good (the flag is process-wide: an
 // operator holding one large job's coordinator keeps memory first for all of them).
 // CONSORT_V8_DEFAULTS=0 leaves V8's defaults throughout (to compare).
