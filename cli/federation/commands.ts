@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
+import { allowWideSimd } from '../../core/aggregation/wide-simd.ts';
 import { describeIssues } from '../../core/job/issues.ts';
 import { assembleRunReport } from '../../core/report/assemble.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
@@ -101,6 +102,8 @@ const logTo = (quiet: boolean) => (line: string) => {
 };
 
 export async function coordinatorCommand(jobPath: string, raw: Record<string, unknown>): Promise<number> {
+  // A coordinator process trains nothing: 256-bit folds where the CPU has them (wide-simd.ts).
+  allowWideSimd();
   try {
     const flags = parseFlags(CoordinatorFlags, raw);
     const job = withOverrides(readJobFile(jobPath), flags);

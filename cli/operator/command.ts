@@ -19,6 +19,7 @@ import { CliError, fileProblem } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
 import { connectAs } from '../nats/connect.ts';
 import { intFlag, invalidFlags } from '../flags.ts';
+import { allowWideSimd } from '../../core/aggregation/wide-simd.ts';
 
 export const OperatorFlags = z
   .object({
@@ -77,6 +78,8 @@ export async function operatorCommand(raw: Record<string, unknown>): Promise<num
       const { runSiteOperator } = await import('./site-mode.ts');
       return await runSiteOperator(f, log);
     }
+    // The operator hosts coordinators and trains nothing: 256-bit folds where the CPU has them.
+    allowWideSimd();
     const signer = parseAccountSigner(readText(f.accountKey!, '--account-key'), f.accountKey);
     let client: KubeClient;
     try {

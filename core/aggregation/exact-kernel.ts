@@ -13,6 +13,7 @@
 // per two elements and update: some 0.3 ns an element on a 2023 x86 core) and by the copy of each
 // update's block into its slot (the kernels read only their own memory), not by the state.
 import { encodeModule, op, type WasmFunction } from './wasm.ts';
+import { wideSimd } from './wide-simd.ts';
 
 /** Elements per block: 64 KiB of float32 input per update, 256 KiB of state, all in L2 while folded. */
 export const BLOCK = 16384;
@@ -53,6 +54,21 @@ function bitsOf(x: number): bigint {
   return v.getBigInt64(0, true);
 }
 const C1_BITS = bitsOf(C1);
+/**
+ * 'bits' reads a float32 x by its bits: sign-extended to 64 bits and shifted left by 29, then
+ * masked with BITS_MASK (sign, and the 8 exponent and 23 fraction bits one place each where a
+ * float64 keeps them), it is the float64 x 2^-896 exactly, subnormals and zeros included; times
+ * w 2^896 (WEIGHT_SCALE) it is the same product w x, rounded once. Three integer operations where
+ * 'promote' has one, but ones V8 can pair into 256-bit AVX2 operations (wide-simd.ts).
+ */
+export type InputReading = 'promote' | 'bits';
+const WEIGHT_SCALE = 2 ** 896;
+/** The double whose bits are 0x8FFFFFFFE0000000 (a mask, used by its bits). */
+const BITS_MASK = new Float64Array(new BigInt64Array([-0x7000000020000000n]).buffer)[0]!;
+/** How this process reads inputs: by their bits where the folds run 256 bits wide (decided at the first call). */
+export function inputReading(): InputReading {
+  return wideSimd() ? 'bits' : 'promote';
+}
 const C2_BITS = bitsOf(C2);
 
 /** A loop over [local `ptr`, local `end`): `body`, then each (local, bytes) advance. */
@@ -87,7 +103,7 @@ function loop(ptr: number, end: number, body: number[][], advance: Array<[number
  * be exact. a and b are parameters, not constants, so that no compiler can fold a * b into one
  * rounded constant (relaxed SIMD would allow it); the plain kernel ignores them.
  */
-function foldKernel(n: number, fused: boolean): WasmFunction {
+function foldKernel(n: number, fused: boolean, reading: InputReading): WasmFunction {
   // Parameters: one input pointer per update (p_k), the end of p_0's run, the state's H and L,
   // the fused constants, the weights.
   const [END, H, L] = [n, n + 1, n + 2];
@@ -95,11 +111,12 @@ function foldKernel(n: number, fused: boolean): WasmFunction {
   const weightArg = (k: number) => n + 5 + k;
   const weight = (k: number) => 2 * n + 5 + k;
   const [K1, KA, KB] = [3 * n + 5, 3 * n + 6, 3 * n + 7];
-  // Two pairs of elements per iteration, for independent chains of operations.
-  const PAIRS = 2;
+  // Four pairs of elements per iteration, for independent chains of operations (and two 256-bit
+  // ones where V8 pairs them: adjacent loads and stores, H's stores together, then L's).
+  const PAIRS = 4;
   const hAcc = (j: number) => 3 * n + 8 + 2 * j;
   const lAcc = (j: number) => 3 * n + 9 + 2 * j;
-  const [Q, T] = [3 * n + 8 + 2 * PAIRS, 3 * n + 9 + 2 * PAIRS];
+  const [Q, T, MASK] = [3 * n + 8 + 2 * PAIRS, 3 * n + 9 + 2 * PAIRS, 3 * n + 10 + 2 * PAIRS];
   const body: number[][] = [];
   for (let j = 0; j < PAIRS; j++)
     body.push(op.localGet(H), op.v128Load(16 * j), op.localSet(hAcc(j)), op.localGet(L), op.v128Load(16 * j), op.localSet(lAcc(j)));
@@ -107,8 +124,9 @@ function foldKernel(n: number, fused: boolean): WasmFunction {
     for (let j = 0; j < PAIRS; j++) {
       body.push(
         op.localGet(k),
-        op.v128Load64Zero(8 * j),
-        op.f64x2PromoteLowF32x4,
+        ...(reading === 'bits'
+          ? [op.v128Load32x2S(8 * j), op.i32Const(29), op.i64x2Shl, op.localGet(MASK), op.v128And]
+          : [op.v128Load64Zero(8 * j), op.f64x2PromoteLowF32x4]),
         op.localGet(weight(k)),
         op.f64x2Mul,
         op.localSet(Q),
@@ -129,16 +147,22 @@ function foldKernel(n: number, fused: boolean): WasmFunction {
       );
     }
   }
-  for (let j = 0; j < PAIRS; j++)
-    body.push(op.localGet(H), op.localGet(hAcc(j)), op.v128Store(16 * j), op.localGet(L), op.localGet(lAcc(j)), op.v128Store(16 * j));
+  for (let j = 0; j < PAIRS; j++) body.push(op.localGet(H), op.localGet(hAcc(j)), op.v128Store(16 * j));
+  for (let j = 0; j < PAIRS; j++) body.push(op.localGet(L), op.localGet(lAcc(j)), op.v128Store(16 * j));
   const splat = (value: number, local: number) => [op.f64Const(value), op.f64x2Splat, op.localSet(local)];
   return {
     name: `fold${n}`,
     params: [...Array.from({ length: n }, () => 'i32' as const), 'i32', 'i32', 'i32', 'f64', 'f64', ...Array.from({ length: n }, () => 'f64' as const)],
     results: [],
-    locals: Array.from({ length: n + 3 + 2 * PAIRS + 2 }, () => 'v128' as const),
+    locals: Array.from({ length: n + 3 + 2 * PAIRS + 3 }, () => 'v128' as const),
     body: [
-      ...Array.from({ length: n }, (_, k) => [op.localGet(weightArg(k)), op.f64x2Splat, op.localSet(weight(k))]).flat(),
+      ...Array.from({ length: n }, (_, k) => [
+        op.localGet(weightArg(k)),
+        ...(reading === 'bits' ? [op.f64Const(WEIGHT_SCALE), op.f64Mul] : []),
+        op.f64x2Splat,
+        op.localSet(weight(k)),
+      ]).flat(),
+      ...splat(BITS_MASK, MASK),
       ...splat(C1, K1),
       ...(fused ? [op.localGet(A_ARG), op.f64x2Splat, op.localSet(KA), op.localGet(B_ARG), op.f64x2Splat, op.localSet(KB)] : splat(C2, KA)),
       ...loop(0, END, body, [...Array.from({ length: n }, (_, k): [number, number] => [k, 8 * PAIRS]), [H, 16 * PAIRS], [L, 16 * PAIRS]]),
@@ -412,14 +436,20 @@ const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
  */
 export type FoldKernel = 'plain' | 'fused';
 
-function moduleOf(kernel: FoldKernel, shared = false): object {
-  const folds = Array.from({ length: GROUP }, (_, i) => foldKernel(i + 1, kernel === 'fused'));
+function moduleOf(kernel: FoldKernel, reading: InputReading, shared = false): object {
+  const folds = Array.from({ length: GROUP }, (_, i) => foldKernel(i + 1, kernel === 'fused', reading));
   return new wasm.Module(encodeModule([...COMMON, ...folds], { shared }));
 }
 
-const modules = new Map<FoldKernel, object | null>();
-/** The same kernels over a shared memory (a sum folded by several threads). */
-const sharedModules = new Map<FoldKernel, object>();
+/** Compiled modules by kernel, reading and sharing; null: the fused kernel where the engine does not fuse. */
+const modules = new Map<string, object | null>();
+
+function cachedModule(kernel: FoldKernel, reading: InputReading, shared: boolean): object {
+  const key = `${kernel} ${reading} ${shared}`;
+  if (!modules.has(key)) modules.set(key, moduleOf(kernel, reading, shared));
+  return modules.get(key)!;
+}
+const fusedProbe: { fuses?: boolean } = {};
 
 /**
  * Whether relaxed_madd is fused here (one rounding): only then is the fused kernel exact. Relaxed
@@ -427,9 +457,9 @@ const sharedModules = new Map<FoldKernel, object>();
  * A * B + C1 tells which: -C2 fused, -2^-7 with A * B rounded first. An engine without relaxed
  * SIMD does not compile the module: plain it is.
  */
-function fusedModule(): object | null {
-  if (modules.has('fused')) return modules.get('fused')!;
-  let module: object | null = null;
+function fuses(): boolean {
+  if (fusedProbe.fuses !== undefined) return fusedProbe.fuses;
+  let fused = false;
   try {
     const probe = new wasm.Module(
       encodeModule([
@@ -445,17 +475,17 @@ function fusedModule(): object | null {
     const { probe: run } = new wasm.Instance(probe, { env: { memory: new wasm.Memory({ initial: 1 }) } }).exports as {
       probe: (a: number, b: number, c: number) => number;
     };
-    if (run(FMA_A, FMA_B, C1) === -C2) module = moduleOf('fused');
+    fused = run(FMA_A, FMA_B, C1) === -C2;
   } catch {
-    module = null;
+    fused = false;
   }
-  modules.set('fused', module);
-  return module;
+  fusedProbe.fuses = fused;
+  return fused;
 }
 
 /** Whether this engine fuses relaxed_madd, so that a sum may be asked to use the fused fold kernel. */
 export function fusedMultiplyAdd(): boolean {
-  return fusedModule() !== null;
+  return fuses();
 }
 
 /**
@@ -463,19 +493,9 @@ export function fusedMultiplyAdd(): boolean {
  * this engine treats relaxed_madd (the fused kernel is exact only if every tier of the engine
  * fuses as the probe did); the fused kernel is for benchmarks and engines known to fuse.
  */
-function kernelModule(kernel: FoldKernel | undefined, shared = false): object {
-  if (kernel === 'fused') {
-    const fused = fusedModule();
-    if (!fused) throw new RangeError('ExactWeightedSum: this engine does not fuse relaxed_madd: no fused kernel');
-    if (!shared) return fused;
-  }
-  const k = kernel ?? 'plain';
-  if (shared) {
-    if (!sharedModules.has(k)) sharedModules.set(k, moduleOf(k, true));
-    return sharedModules.get(k)!;
-  }
-  if (!modules.has('plain')) modules.set('plain', moduleOf('plain'));
-  return modules.get('plain')!;
+function kernelModule(kernel: FoldKernel, reading: InputReading, shared: boolean): object {
+  if (kernel === 'fused' && !fuses()) throw new RangeError('ExactWeightedSum: this engine does not fuse relaxed_madd: no fused kernel');
+  return cachedModule(kernel, reading, shared);
 }
 
 /**
@@ -487,6 +507,7 @@ export interface ShardHandle {
   start: number;
   length: number;
   kernel: FoldKernel;
+  reading: InputReading;
   threads: number;
   inputs: number;
 }
@@ -534,7 +555,7 @@ export class Shard {
     start: number,
     length: number,
     kernel?: FoldKernel,
-    opts: { threads?: number; inputs?: number; attach?: { memory: WasmMemory; thread: number } } = {},
+    opts: { threads?: number; inputs?: number; reading?: InputReading; attach?: { memory: WasmMemory; thread: number } } = {},
   ) {
     this.start = start;
     this.length = length;
@@ -552,8 +573,9 @@ export class Shard {
     if (pages > 65536) throw new RangeError(`Shard: ${length} elements, ${threads} scratch areas and ${this.inputs} input slots do not fit one memory`);
     const memory = opts.attach?.memory ?? (shared ? new wasm.Memory({ initial: pages, maximum: pages, shared: true }) : new wasm.Memory({ initial: pages }));
     this.scratchBase = (opts.attach?.thread ?? 0) * SCRATCH_BYTES;
-    this.handle = shared ? { memory, start, length, kernel: kernel ?? 'plain', threads, inputs: this.inputs } : undefined;
-    const exports = new wasm.Instance(kernelModule(kernel, shared), { env: { memory } }).exports as KernelExports & Record<string, Fold>;
+    const reading = opts.reading ?? inputReading();
+    this.handle = shared ? { memory, start, length, kernel: kernel ?? 'plain', reading, threads, inputs: this.inputs } : undefined;
+    const exports = new wasm.Instance(kernelModule(kernel ?? 'plain', reading, shared), { env: { memory } }).exports as KernelExports & Record<string, Fold>;
     this.k = exports;
     this.foldKernels = Array.from({ length: GROUP }, (_, i) => exports[`fold${i + 1}`]!);
     // The memory never grows, so these views stay valid.
@@ -565,7 +587,12 @@ export class Shard {
   /** Another thread's view of a shared shard, folding through scratch area `thread`. */
   static attach(handle: ShardHandle, thread: number): Shard {
     if (!(thread >= 1 && thread < handle.threads)) throw new RangeError(`Shard.attach: thread ${thread} of ${handle.threads}`);
-    return new Shard(handle.start, handle.length, handle.kernel, { threads: handle.threads, inputs: handle.inputs, attach: { memory: handle.memory, thread } });
+    return new Shard(handle.start, handle.length, handle.kernel, {
+      threads: handle.threads,
+      inputs: handle.inputs,
+      reading: handle.reading,
+      attach: { memory: handle.memory, thread },
+    });
   }
 
   /** Input slot i: an update written here is folded where it lies (no copy), its padding zeros. */

@@ -36,7 +36,7 @@
 // to 4 GiB each (one per 268M elements); reset() empties the sum for another round without new
 // memory, whose page faults would cost more than the folds.
 import { type BlockFoldJob, groupPointers, LARGEST_FLOAT32 } from './block-folds.ts';
-import { BLOCK, type FoldKernel, GROUP, SHARD_ELEMENTS, Shard } from './exact-kernel.ts';
+import { BLOCK, type FoldKernel, GROUP, type InputReading, SHARD_ELEMENTS, Shard } from './exact-kernel.ts';
 import { allShared, foldPool } from './fold-pool.ts';
 
 /** Largest admissible M and total weight: |hi| then stays below 2^44 + 2^-8 * count, far under 2^53 * 2^-8. */
@@ -127,12 +127,13 @@ export class ExactWeightedSum {
   private readonly keys: number[];
 
   /**
-   * `shardElements` is for tests (several shards on a small model), and so is `kernel` (the
-   * fused fold kernel where the engine has it, else the plain one: the same bits). `threads` > 1:
+   * `shardElements` is for tests (several shards on a small model), and so are `kernel` (the
+   * fused fold kernel where the engine has it, else the plain one: the same bits) and `reading`
+   * (how the kernels read float32 inputs: the process's choice by default, the same bits). `threads` > 1:
    * updates held in SharedArrayBuffers are folded by that many threads at once, each a run of
    * blocks (fold-pool.ts); the same bits as one thread.
    */
-  constructor(size: number, opts: { shardElements?: number; kernel?: FoldKernel; threads?: number; inputs?: number } = {}) {
+  constructor(size: number, opts: { shardElements?: number; kernel?: FoldKernel; reading?: InputReading; threads?: number; inputs?: number } = {}) {
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`ExactWeightedSum: bad size ${size}`);
     const per = opts.shardElements ?? SHARD_ELEMENTS;
     if (!Number.isSafeInteger(per) || per < BLOCK || per % BLOCK !== 0) throw new RangeError(`ExactWeightedSum: bad shard size ${per}`);
@@ -143,7 +144,8 @@ export class ExactWeightedSum {
     this.shards = [];
     const inputs = opts.inputs ?? 0;
     if (inputs > 0 && size > per) throw new RangeError(`ExactWeightedSum: input slots need a sum of one shard (${size} elements is more than ${per})`);
-    for (let start = 0; start < size; start += per) this.shards.push(new Shard(start, Math.min(per, size - start), opts.kernel, { threads, inputs }));
+    for (let start = 0; start < size; start += per)
+      this.shards.push(new Shard(start, Math.min(per, size - start), opts.kernel, { threads, inputs, reading: opts.reading }));
     this.keys = this.shards.map(() => ++shardKeys);
   }
 
@@ -425,7 +427,7 @@ export class ExactWeightedSum {
   }
 
   /** Restores a snapshot; throws RangeError when it is not a canonical state. */
-  static fromSnapshot(s: ExactSumSnapshot, opts: { shardElements?: number; kernel?: FoldKernel } = {}): ExactWeightedSum {
+  static fromSnapshot(s: ExactSumSnapshot, opts: { shardElements?: number; kernel?: FoldKernel; reading?: InputReading } = {}): ExactWeightedSum {
     const size = s.hi.length;
     if (s.lo.length !== size || s.weight.length !== 2 || s.magnitude.length !== 2) {
       throw new RangeError('ExactWeightedSum.fromSnapshot: arrays have inconsistent lengths');

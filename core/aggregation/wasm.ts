@@ -66,6 +66,8 @@ export const op = {
   v128Store: (offset = 0) => [...simd(0x0b), ...memarg(4, offset)],
   /** Loads 8 bytes into the low half, zeroes the high half. */
   v128Load64Zero: (offset = 0) => [...simd(0x5d), ...memarg(3, offset)],
+  /** Loads two int32, each sign-extended into an i64 lane. */
+  v128Load32x2S: (offset = 0) => [...simd(0x05), ...memarg(3, offset)],
   /** A vector of lanes of a and b (0-15: a's bytes, 16-31: b's). */
   i8x16Shuffle: (lanes: readonly number[]) => [...simd(0x0d), ...lanes],
   i32x4ExtractLane: (lane: number) => [...simd(0x1b), lane],

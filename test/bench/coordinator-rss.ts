@@ -22,6 +22,7 @@ import { FederatedJob } from '../../core/job/federated-job.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { benchJob, benchLayout, siteNames, startSites } from './nats-sites.ts';
 import { fixed, printTable } from './table.ts';
+import { allowWideSimd } from '../../core/aggregation/wide-simd.ts';
 
 export interface RssArgs {
   quick: boolean;
@@ -56,6 +57,8 @@ export interface CoordinatorFigures {
 
 /** The coordinator's process: runs the job's one round and reports its own memory. */
 export async function coordinator(a: CoordinatorArgs): Promise<CoordinatorFigures> {
+  // As a coordinator process (cli/federation/commands.ts): 256-bit folds where the CPU has them.
+  allowWideSimd();
   const idleRssBytes = process.memoryUsage().rss;
   const job = FederatedJob.parse(a.manifest);
   const samples: Sample[] = [];

@@ -17,6 +17,7 @@ import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.
 import { FLWR_VERSION, flowerRounds } from './flower-baseline.ts';
 import { benchJob, benchLayout, cpuSeconds, cpuSecondsOf, now, siteNames, startSites, type TaskTiming } from './nats-sites.ts';
 import { fixed, median, printTable } from './table.ts';
+import { allowWideSimd } from '../../core/aggregation/wide-simd.ts';
 
 export interface OverheadArgs {
   quick: boolean;
@@ -40,6 +41,8 @@ interface RoundFigures {
 }
 
 export async function consortRounds(rounds: number, params: number, sites: number) {
+  // As a coordinator process (cli/federation/commands.ts): 256-bit folds where the CPU has them.
+  allowWideSimd();
   const names = siteNames(sites);
   const job = benchJob('overhead', sites, { rounds, evaluation: { every: 1_000_000 }, aggregation: { roundDeadlineSeconds: 120 } });
   const layout = benchLayout(params);

@@ -1,10 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { BLOCK, type FoldKernel, fusedMultiplyAdd, GROUP, maxAbs } from '../../core/aggregation/exact-kernel.ts';
+import { BLOCK, type FoldKernel, fusedMultiplyAdd, GROUP, type InputReading, maxAbs } from '../../core/aggregation/exact-kernel.ts';
+import { allowWideSimd } from '../../core/aggregation/wide-simd.ts';
 import { ExactWeightedSum, slotFolds } from '../../core/aggregation/exact-sum.ts';
 import { foldPool } from '../../core/aggregation/fold-pool.ts';
 import { RoundAccumulator } from '../../core/aggregation/round-accumulator.ts';
 import { Rng } from '../../core/rng.ts';
 import type { SiteFitResult } from '../../core/strategies/strategy.ts';
+
+// As a coordinator process does: where the CPU has AVX2, the folds run 256 bits wide (this test
+// process trains nothing), so that the tests below check that code too.
+allowWideSimd();
 
 const SIZE = 64;
 
@@ -275,8 +280,10 @@ describe('ExactWeightedSum', () => {
   });
 });
 
-describe('ExactWeightedSum in batches, with either fold kernel', () => {
-  const kernels: FoldKernel[] = fusedMultiplyAdd() ? ['plain', 'fused'] : ['plain'];
+describe('ExactWeightedSum in batches, with either fold kernel and either reading of the inputs', () => {
+  const kernels: Array<{ kernel: FoldKernel; reading: InputReading }> = (fusedMultiplyAdd() ? (['plain', 'fused'] as const) : (['plain'] as const)).flatMap(
+    (kernel) => (['promote', 'bits'] as const).map((reading) => ({ kernel, reading })),
+  );
 
   /** Values that stress the fold: wide magnitudes, zeros, subnormals, and ties at both splits (2^-8, 2^-60). */
   function hardValues(rng: Rng, n: number): Float32Array {
@@ -322,10 +329,10 @@ describe('ExactWeightedSum in batches, with either fold kernel', () => {
       }));
       const exact = exactSums(batch, n);
       let reference: Uint8Array | undefined;
-      for (const kernel of kernels) {
-        const one = new ExactWeightedSum(n, { kernel });
+      for (const fold of kernels) {
+        const one = new ExactWeightedSum(n, { ...fold });
         for (const u of batch) one.add(u.values, u.weight);
-        const sharded = new ExactWeightedSum(n, { kernel, shardElements: BLOCK });
+        const sharded = new ExactWeightedSum(n, { ...fold, shardElements: BLOCK });
         const shuffled = rng.shuffle([...batch]) as Update[];
         for (let at = 0; at < count; ) {
           const take = 1 + rng.int(count - at);
@@ -346,8 +353,8 @@ describe('ExactWeightedSum in batches, with either fold kernel', () => {
     const rng = Rng.from(9, 'refused');
     const n = 3 * BLOCK + 11;
     const batch: Update[] = Array.from({ length: 2 * GROUP + 1 }, () => ({ values: hardValues(rng, n), weight: 1 + rng.int(100) }));
-    for (const kernel of kernels) {
-      const sum = new ExactWeightedSum(n, { kernel });
+    for (const fold of kernels) {
+      const sum = new ExactWeightedSum(n, { ...fold });
       sum.addAll(batch.slice(0, 3));
       const before = sum.snapshot();
       for (let t = 0; t < 6; t++) {
@@ -375,16 +382,56 @@ describe('ExactWeightedSum in batches, with either fold kernel', () => {
     const x = new Float32Array(16).fill(2 ** -9 - 2 ** -30);
     const batch = Array.from({ length: 5000 }, () => ({ values: x, weight: 1 }));
     const y = new Float32Array(16).fill(2 ** -8 - 2 ** -30);
-    for (const kernel of kernels) {
-      const sum = new ExactWeightedSum(16, { kernel });
+    for (const fold of kernels) {
+      const sum = new ExactWeightedSum(16, { ...fold });
       sum.addAll(batch);
       expectState(sum, exactSums(batch, 16));
-      const one = new ExactWeightedSum(16, { kernel });
+      const one = new ExactWeightedSum(16, { ...fold });
       one.add(y, 1);
       one.sum(); // carried: L is 2^52 - 2^30, and stays so
-      const total = new ExactWeightedSum(16, { kernel });
+      const total = new ExactWeightedSum(16, { ...fold });
       for (let t = 0; t < 4500; t++) total.merge(one);
       expectState(total, exactSums([{ values: y, weight: 4500 }], 16));
+    }
+  });
+
+  it('reads inputs by their bits to the same sums as by promotion, also once V8 has optimized (and, with AVX2, widened) the kernels', () => {
+    // The first calls run V8's baseline code; some hundred blocks later the optimized (and, where
+    // wide-simd.ts turned it on, revectorized) code takes over. Three passes over batches of 9, 4,
+    // 2 and 1 updates (fold3, fold4, fold2, fold1), so that the last ones run the optimized code,
+    // compared bit for bit with the other reading and with the BigInt reference on every element
+    // with a special value and a sample of the rest.
+    const rng = Rng.from(12, 'readings');
+    const n = 32 * BLOCK + 40;
+    const specials = [0, -0, 2 ** -149, -(2 ** -149), 2 ** -126 - 2 ** -149, 2 ** -126, -(2 ** 42), 2 ** 42, 2 ** 42 - 2 ** 18, 1, -1];
+    const at = (k: number, i: number) => (k * 7919 + i * 104729) % n;
+    const batch: Update[] = Array.from({ length: 2 * GROUP + 1 }, (_, k) => {
+      const weight = k === 0 ? 1 : [1 + rng.int(5000), 1 + 4999 * rng.uniform(), 2 ** -20 * (1 + rng.uniform())][rng.int(3)]!;
+      const values = hardValues(rng, n);
+      // Magnitudes of 2^42 only at weight 1, so that the batch stays in the exact range.
+      for (let i = 0; i < specials.length; i++) values[at(k, i)] = weight === 1 ? specials[i]! : specials[i]! / 2 ** 22;
+      return { values, weight };
+    });
+    const watched = new Set<number>();
+    for (let k = 0; k < batch.length; k++) for (let i = 0; i < specials.length; i++) watched.add(at(k, i));
+    for (let i = 0; i < n; i += 4099) watched.add(i);
+    for (let pass = 0; pass < 3; pass++) {
+      for (const take of [2 * GROUP + 1, GROUP, 2, 1]) {
+        const updates = batch.slice(0, take);
+        const snaps = (['promote', 'bits'] as const).map((reading) => {
+          const sum = new ExactWeightedSum(n, { reading });
+          sum.addAll(updates);
+          return sum.snapshot();
+        });
+        // The first element whose bits differ, if any (toEqual on megabytes is slow).
+        const firstDifference = (a: Float64Array, b: Float64Array) => a.findIndex((v, i) => !Object.is(v, b[i]));
+        expect([take, firstDifference(snaps[1]!.hi, snaps[0]!.hi), firstDifference(snaps[1]!.lo, snaps[0]!.lo)]).toEqual([take, -1, -1]);
+        for (const i of watched) {
+          const e = updates.reduce((acc, u) => acc + roundHalfEven(u.weight * u.values[i]! * 2 ** 60), 0n);
+          const h = e >> 52n;
+          expect([i, snaps[1]!.hi[i], snaps[1]!.lo[i]]).toEqual([i, Number(h) * 2 ** -8, Number(e - (h << 52n)) * 2 ** -60]);
+        }
+      }
     }
   });
 
