@@ -9,6 +9,8 @@ export const DataQuality = z.object({
   missing: z.record(z.string(), z.number().int().min(0)),
   /** Examples per label, train and test together. */
   labels: z.record(z.string(), z.number().int().min(0)),
+  /** Examples per label in the train split alone (absent from sites of earlier versions). */
+  trainLabels: z.record(z.string(), z.number().int().min(0)).optional(),
   trainSamples: z.number().int().min(0),
   testSamples: z.number().int().min(0),
 });

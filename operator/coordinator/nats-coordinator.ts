@@ -535,7 +535,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     if (job.spec.classes)
       for (const w of dataWarnings(
         job.spec.classes,
-        Object.values(joined).map((j) => ({ labels: j.quality?.labels })),
+        Object.values(joined).map((j) => ({ labels: j.quality?.labels, trainLabels: j.quality?.trainLabels })),
       ))
         log(`warning: ${w}`);
     // One input scaling for the whole run (tabular data): pooled, in the job's site order, from the

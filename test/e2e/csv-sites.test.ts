@@ -185,6 +185,29 @@ describe('consort run on CSV sites', () => {
     expect(readReport(join(root, 'out')).model.classes).toEqual(['no', 'yes', 'Yes']);
   });
 
+  it('warns of a class only the test data has (a misspelt test label), and trains on', async () => {
+    const root = tmp('csv-test-only-class');
+    const north = writeHospitalCsvSite(root, { name: 'north', train: 40, test: 15, prevalence: 0.3, shift: 0 }, 52);
+    const [header, ...lines] = readFileSync(join(root, north.test), 'utf8').trim().split('\n');
+    const label = header!.split(',').indexOf('sepsis');
+    const misspelt = lines.map((line, i) =>
+      i < 3
+        ? line
+            .split(',')
+            .map((v, c) => (c === label ? 'Yes' : v))
+            .join(',')
+        : line,
+    );
+    writeDataFile(root, north.test, `${[header, ...misspelt].join('\n')}\n`);
+    const job = writeJob(root, { model: { type: 'logistic' }, sites: [{ name: 'north', data: csvData(north) }], rounds: 1 });
+    const r = await runConsort(['run', job, '--quiet', '--out', join(root, 'out')]);
+    expect(r.code, transcript(r)).toBe(0);
+    expect(r.stderr).toContain('warning: class "Yes" (3) is only in test data: no site trains on it, so every such test example is scored wrong');
+    const report = readReport(join(root, 'out'));
+    expect(report.model.classes).toEqual(['Yes', 'no', 'yes']);
+    expect(report.sites.find((s) => s.site === 'north')?.quality.trainLabels).toEqual({ Yes: 0, no: expect.any(Number), yes: expect.any(Number) });
+  });
+
   /** jobDir/rel's CSV (no quoted fields) rewritten with its columns in reverse and, with `id`, a text column first. */
   function reordered(jobDir: string, rel: string, id: boolean): string {
     const lines = readFileSync(join(jobDir, rel), 'utf8').trim().split('\n');

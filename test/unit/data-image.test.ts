@@ -117,6 +117,7 @@ describe('image-folder loader', () => {
       },
       missing: {},
       labels: { cat: 4, dog: 4 },
+      trainLabels: { cat: 3, dog: 3 },
       trainSamples: 6,
       testSamples: 2,
     });

@@ -89,7 +89,15 @@ describe('CSV loader', () => {
     }
     const ages = [64, 71, 45, 58, 80, 39, 67, 52, 76, 61];
     expect(data.test.x[0]).toBeCloseTo((59 - mean(ages)) / sd(ages), 5);
-    expect(data.quality).toEqual({ rowsUsed: 13, rowsRejected: {}, missing: {}, labels: { no: 8, yes: 5 }, trainSamples: 10, testSamples: 3 });
+    expect(data.quality).toEqual({
+      rowsUsed: 13,
+      rowsRejected: {},
+      missing: {},
+      labels: { no: 8, yes: 5 },
+      trainLabels: { no: 6, yes: 4 },
+      trainSamples: 10,
+      testSamples: 3,
+    });
     expect(() => DataQuality.parse(data.quality)).not.toThrow();
   });
 

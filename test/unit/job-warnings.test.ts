@@ -38,4 +38,21 @@ describe('dataWarnings', () => {
     ]);
     expect(dataWarnings(['no', 'yes', 'maybe'], [{ labels: undefined }])).toEqual([]);
   });
+
+  it('a class only test splits have, when every counted site said its train counts', () => {
+    const a = { labels: { no: 10, yes: 3, maybe: 2 }, trainLabels: { no: 8, yes: 2, maybe: 0 } };
+    const b = { labels: { no: 4, yes: 1, maybe: 1 }, trainLabels: { no: 3, yes: 1 } };
+    const onlyTest =
+      'class "maybe" (3) is only in test data: no site trains on it, so every such test example is scored wrong; move some into a train split, or check the spelling of the test labels or folders';
+    expect(dataWarnings(['no', 'yes', 'maybe'], [a, b])).toEqual([onlyTest]);
+    expect(dataWarnings(['no', 'yes', 'maybe'], [a, b], false)).toEqual([onlyTest]);
+    // One site trains on it: no warning. A site that did not say its train counts: no judgement.
+    expect(dataWarnings(['no', 'yes', 'maybe'], [a, { ...b, trainLabels: { no: 3, yes: 0, maybe: 1 } }])).toEqual([]);
+    expect(dataWarnings(['no', 'yes', 'maybe'], [a, { labels: b.labels }])).toEqual([]);
+    // Both kinds at once: the test-only class first, then the class no site has.
+    expect(dataWarnings(['no', 'yes', 'maybe', 'gone'], [a, b])).toEqual([
+      onlyTest,
+      `spec.classes lists "gone", which no site's data has (2 sites counted): the model keeps an output for it that no example trains; check the spelling, or leave it out`,
+    ]);
+  });
 });

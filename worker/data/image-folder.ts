@@ -260,6 +260,7 @@ export async function loadImageFolder(spec: ImageFolderData, ctx: LoadContext): 
     rowsRejected: rejected,
     missing: {},
     labels: labelCounts(classes, train, test),
+    trainLabels: labelCounts(classes, train),
     trainSamples: train.n,
     testSamples: test.n,
   };

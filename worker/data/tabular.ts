@@ -62,6 +62,7 @@ export function tabularSiteData(args: {
     rowsRejected: args.rejected,
     missing: args.missing,
     labels: labelCounts(args.classes, train, test),
+    trainLabels: labelCounts(args.classes, train),
     trainSamples: train.n,
     testSamples: test.n,
   };
