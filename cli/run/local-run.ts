@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { ModelSpec } from '../../core/job/federated-job.ts';
 import { weightedMean } from '../../core/metrics/aggregate.ts';
-import { dataWarnings } from '../../core/job/warnings.ts';
+import { dataWarnings, scaleWarnings } from '../../core/job/warnings.ts';
 import { assembleRunReport } from '../../core/report/assemble.ts';
 import type { RunReport } from '../../core/report/run-report.ts';
 import type { SiteEvaluation } from '../../core/protocol/transport.ts';
@@ -63,6 +63,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
       spec.classes !== undefined,
     ))
       opts.warn?.(w);
+    for (const w of scaleWarnings(described)) opts.warn?.(w);
     const sampleShape = agreeOnShape(described);
     // One scaling for the federation (tabular data): the pooled moments of every site's train split.
     // A pre-trained model (its file carries weights) takes the inputs it was trained on, unscaled.

@@ -1,6 +1,7 @@
 // What a valid job asks that cannot happen as written: said before it runs (consort run, the
 // coordinator's log), not refused, since the job still trains; a user who set the rule expects
 // it to act.
+import type { FeatureMoments } from '../data/moments.ts';
 import type { FederatedJobSpec } from './federated-job.ts';
 
 export function jobWarnings(spec: FederatedJobSpec): string[] {
@@ -58,4 +59,66 @@ export function dataWarnings(
     ...warnings,
     `spec.classes lists ${names}, which no site's data has (${counted.length} site${counted.length === 1 ? '' : 's'} counted): the model keeps an output for ${none.length === 1 ? 'it' : 'them'} that no example trains; check the spelling, or leave ${none.length === 1 ? 'it' : 'them'} out`,
   ];
+}
+
+/** How far apart one site's column may be from the other sites' before it is said to be on another scale. */
+const SCALE_FACTOR = 10;
+
+function median(values: number[]): number {
+  const v = [...values].sort((a, b) => a - b);
+  return v.length % 2 === 1 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
+}
+
+const fmt = (v: number) => (Math.abs(v) >= 1e5 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(2) : String(Number(v.toPrecision(4))));
+
+/**
+ * Tabular columns a site measures on another scale than the others (grams against kilograms,
+ * °F against °C, a column of IDs among measurements): the pooled scaling then squeezes the other
+ * sites' values together and the model learns the site, not the feature. Judged from the moments
+ * the sites already send (no value leaves a site): against the median of the sites' means and of
+ * their standard deviations (one odd site cannot hide itself by moving them), a site whose mean
+ * is SCALE_FACTOR standard deviations away, or whose standard deviation is SCALE_FACTOR times
+ * larger or smaller (both varying). Two sites cannot say which of them is odd: then one warning names both. A
+ * column with fewer than two values at a site, or constant at every site, is not judged.
+ */
+export function scaleWarnings(
+  sites: ReadonlyArray<{ site: string; moments?: FeatureMoments | undefined; features?: readonly string[] | undefined }>,
+): string[] {
+  const withMoments = sites.filter((s): s is typeof s & { moments: FeatureMoments } => s.moments !== undefined);
+  if (withMoments.length < 2) return [];
+  const names = withMoments.find((s) => s.features)?.features;
+  const d = withMoments[0]!.moments.count.length;
+  const out: string[] = [];
+  const advice =
+    'other units, or another column under that name? The pooled scaling puts every site on one scale, so the model would learn which site a row comes from; convert it at the site, or leave the column out (data.featureColumns)';
+  for (let j = 0; j < d; j++) {
+    const column = names?.[j] !== undefined ? `column "${names[j]}"` : `feature ${j + 1}`;
+    const judged = withMoments
+      .filter((s) => s.moments.count[j]! >= 2)
+      .map((s) => ({ site: s.site, mean: s.moments.mean[j]!, sd: Math.sqrt(s.moments.m2[j]! / s.moments.count[j]!) }));
+    if (judged.length < 2) continue;
+    const apart = (a: { mean: number; sd: number }, b: { mean: number; sd: number }) => {
+      const spread = Math.max(a.sd, b.sd);
+      if (!(spread > 0)) return false;
+      // A column constant at one site (no smoker there) is judged by its mean alone.
+      const ratio = a.sd > 0 && b.sd > 0 && (a.sd >= SCALE_FACTOR * b.sd || b.sd >= SCALE_FACTOR * a.sd);
+      return Math.abs(a.mean - b.mean) >= SCALE_FACTOR * spread || ratio;
+    };
+    if (judged.length === 2) {
+      const [a, b] = judged as [(typeof judged)[0], (typeof judged)[0]];
+      if (apart(a, b))
+        out.push(
+          `${column} differs in scale between site "${a.site}" (mean ${fmt(a.mean)}, sd ${fmt(a.sd)}) and site "${b.site}" (mean ${fmt(b.mean)}, sd ${fmt(b.sd)}): ${advice}`,
+        );
+      continue;
+    }
+    const reference = { mean: median(judged.map((s) => s.mean)), sd: median(judged.map((s) => s.sd)) };
+    for (const s of judged) {
+      if (!apart(s, reference)) continue;
+      out.push(
+        `${column} at site "${s.site}" looks on another scale than at the other sites (mean ${fmt(s.mean)}, sd ${fmt(s.sd)}; the sites' median: mean ${fmt(reference.mean)}, sd ${fmt(reference.sd)}): ${advice}`,
+      );
+    }
+  }
+  return out;
 }

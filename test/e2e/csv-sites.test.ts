@@ -208,6 +208,33 @@ describe('consort run on CSV sites', () => {
     expect(report.sites.find((s) => s.site === 'north')?.quality.trainLabels).toEqual({ Yes: 0, no: expect.any(Number), yes: expect.any(Number) });
   });
 
+  it('warns of a column one site measures in other units (temperature in °F), from the moments alone, and trains on', async () => {
+    const root = tmp('csv-units');
+    const sites = [
+      writeHospitalCsvSite(root, { name: 'north', train: 60, test: 20, prevalence: 0.3, shift: 0 }, 61),
+      writeHospitalCsvSite(root, { name: 'south', train: 50, test: 20, prevalence: 0.4, shift: 0.3 }, 62),
+      writeHospitalCsvSite(root, { name: 'east', train: 40, test: 20, prevalence: 0.3, shift: 0.1 }, 63),
+    ];
+    const east = sites[2]!;
+    for (const file of [east.train, east.test]) {
+      const [header, ...lines] = readFileSync(join(root, file), 'utf8').trim().split('\n');
+      const c = header!.split(',').indexOf('temperature');
+      const fahrenheit = lines.map((line) =>
+        line
+          .split(',')
+          .map((v, i) => (i === c && v !== '' ? String((Number(v) * 9) / 5 + 32) : v))
+          .join(','),
+      );
+      writeDataFile(root, file, `${[header, ...fahrenheit].join('\n')}\n`);
+    }
+    const job = writeJob(root, { model: { type: 'logistic' }, sites: sites.map((s) => ({ name: s.name, data: csvData(s) })), rounds: 1 });
+    const r = await runConsort(['run', job, '--quiet', '--out', join(root, 'out')]);
+    expect(r.code, transcript(r)).toBe(0);
+    const warnings = r.stderr.split('\n').filter((l) => l.includes('looks on another scale'));
+    expect(warnings, transcript(r)).toHaveLength(1);
+    expect(warnings[0]).toMatch(/warning: column "temperature" at site "east" looks on another scale than at the other sites \(mean 9\d\.\d+, sd/);
+  });
+
   /** jobDir/rel's CSV (no quoted fields) rewritten with its columns in reverse and, with `id`, a text column first. */
   function reordered(jobDir: string, rel: string, id: boolean): string {
     const lines = readFileSync(join(jobDir, rel), 'utf8').trim().split('\n');

@@ -1,7 +1,8 @@
 // Rules a valid job sets that cannot act as written are said before the job runs.
 import { describe, expect, it } from 'vitest';
 import { FederatedJobSpec } from '../../core/job/federated-job.ts';
-import { dataWarnings, jobWarnings } from '../../core/job/warnings.ts';
+import { dataWarnings, jobWarnings, scaleWarnings } from '../../core/job/warnings.ts';
+import { momentsOf } from '../../core/data/moments.ts';
 
 const spec = (extra: Record<string, unknown>) =>
   FederatedJobSpec.parse({ model: { type: 'mlp' }, sites: [{ name: 'a', data: { type: 'synthetic', generator: 'hospital', samples: 10 } }], ...extra });
@@ -54,5 +55,77 @@ describe('dataWarnings', () => {
       onlyTest,
       `spec.classes lists "gone", which no site's data has (2 sites counted): the model keeps an output for it that no example trains; check the spelling, or leave it out`,
     ]);
+  });
+});
+
+describe('scaleWarnings', () => {
+  /** The moments of columns of values (one array per column). */
+  const moments = (...columns: number[][]) => {
+    const n = columns[0]!.length;
+    const rows = Array.from({ length: n * columns.length }, (_, k) => columns[k % columns.length]![Math.floor(k / columns.length)]!);
+    return momentsOf(rows, n, columns.length);
+  };
+  const kg = [60, 72, 81, 55, 90, 67];
+  const celsius = [36.6, 37.2, 38.1, 36.9, 39.0, 37.5];
+  const site = (name: string, weight: number[], temperature: number[], smoker: number[] = [0, 1, 0, 0, 1, 0]) => ({
+    site: name,
+    features: ['weight', 'temperature', 'smoker'],
+    moments: moments(weight, temperature, smoker),
+  });
+
+  it('names a column one site measures in other units, against the median of the others', () => {
+    const sites = [
+      site('north', kg, celsius),
+      site(
+        'south',
+        kg.map((v) => v + 4),
+        celsius.map((v) => v - 0.3),
+      ),
+      site(
+        'east',
+        kg.map((v) => v * 1000),
+        celsius.map((v) => (v * 9) / 5 + 32),
+      ),
+      site(
+        'west',
+        kg.map((v) => v - 3),
+        celsius,
+        [0, 0, 0, 0, 0, 0],
+      ),
+    ];
+    const w = scaleWarnings(sites);
+    expect(w).toHaveLength(2);
+    expect(w[0]).toMatch(
+      /^column "weight" at site "east" looks on another scale than at the other sites \(mean 70830, sd 11940; the sites' median: mean 72\.83, sd 11\.94\): other units/,
+    );
+    expect(w[1]).toMatch(/^column "temperature" at site "east" looks on another scale/);
+    // Natural differences between hospitals, and a column constant at one site (west's smokers), are not warned of.
+    expect(scaleWarnings(sites.filter((s) => s.site !== 'east'))).toEqual([]);
+  });
+
+  it('with two sites, names both; with fewer, or without moments (images), says nothing', () => {
+    const [a, b] = [
+      site('north', kg, celsius),
+      site(
+        'east',
+        kg.map((v) => v * 1000),
+        celsius,
+      ),
+    ];
+    const w = scaleWarnings([a, b]);
+    expect(w).toEqual([
+      expect.stringMatching(
+        /^column "weight" differs in scale between site "north" \(mean 70\.83, sd 11\.94\) and site "east" \(mean 70830, sd 11940\): other units/,
+      ),
+    ]);
+    expect(scaleWarnings([a])).toEqual([]);
+    expect(scaleWarnings([a, { site: 'images' }])).toEqual([]);
+    // Without feature names, features are numbered from 1.
+    expect(
+      scaleWarnings([
+        { ...a, features: undefined },
+        { ...b, features: undefined },
+      ])[0],
+    ).toMatch(/^feature 1 differs in scale/);
   });
 });
