@@ -7,7 +7,7 @@ import type { ParameterLayout } from '../core/model/layout.ts';
 import { evaluateProbabilities } from '../core/metrics/classification.ts';
 import { Rng } from '../core/rng.ts';
 import type { DataQuality } from '../core/data/quality.ts';
-import type { FeatureMoments, InputScaler } from '../core/data/moments.ts';
+import { coarseColumns, type FeatureMoments, type InputScaler } from '../core/data/moments.ts';
 import { type BackendChoice, type BackendPreference, selectBackend, tf } from './backend.ts';
 import { concatDatasets, type Dataset, type SiteData } from './data/dataset.ts';
 import { loadSiteData } from './data/load.ts';
@@ -305,6 +305,8 @@ export interface ExportedModel {
   weightData: ArrayBuffer;
   /** The input scaling is folded into the first layer: the model takes raw values (foldScaler). */
   takesRawInputs?: boolean;
+  /** Not folded because float32 cannot hold these columns' raw values finely enough (coarseColumns): their indices. */
+  coarseColumns?: number[];
 }
 
 /**
@@ -341,7 +343,8 @@ export function foldScaler(trainer: LocalTrainer, global: Float32Array, scaler: 
 }
 
 export async function exportLayersModel(trainer: LocalTrainer, global: Float32Array, scaler?: InputScaler): Promise<ExportedModel> {
-  const folded = scaler ? foldScaler(trainer, global, scaler) : undefined;
+  const coarse = scaler ? coarseColumns(scaler) : [];
+  const folded = scaler && coarse.length === 0 ? foldScaler(trainer, global, scaler) : undefined;
   trainer.setWeights(folded ?? global);
   let captured: ExportedModel | undefined;
   await trainer.built.model.save(
@@ -354,7 +357,7 @@ export async function exportLayersModel(trainer: LocalTrainer, global: Float32Ar
   if (folded) trainer.setWeights(global);
   if (!captured) throw new Error('TF.js did not hand over the model artifacts');
   if (!trainer.built.outputsProbabilities) captured.modelTopology = withSoftmax(captured.modelTopology);
-  return folded ? { ...captured, takesRawInputs: true } : captured;
+  return folded ? { ...captured, takesRawInputs: true } : coarse.length > 0 ? { ...captured, coarseColumns: coarse } : captured;
 }
 
 /**

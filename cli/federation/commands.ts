@@ -8,6 +8,7 @@ import { describeIssues } from '../../core/job/issues.ts';
 import { assembleRunReport } from '../../core/report/assemble.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { exportLayersModel } from '../../worker/site-worker.ts';
+import { coarseInputsWarning } from '../../core/data/moments.ts';
 import { buildModel } from '../../worker/model.ts';
 import { LocalTrainer } from '../../worker/trainer.ts';
 import { FAILPOINTS_ENV, Failpoints } from '../../worker/nats/failpoints.ts';
@@ -164,6 +165,8 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
       // The TF.js format needs the model's topology: build it here (no data, no training).
       const built = await buildModel(job.spec.model, sampleShape, classes.length, dirname(resolve(jobPath)));
       const tfjsModel = await exportLayersModel(new LocalTrainer(built), result.global, result.inputScaler);
+      const coarse = coarseInputsWarning(tfjsModel.coarseColumns, result.inputScaler, first?.features);
+      if (coarse) log(`warning: ${coarse}`);
       const report = assembleRunReport({
         job,
         layout: result.layout,

@@ -1,6 +1,6 @@
 // `consort run`: a FederatedJob trained on one machine. Sites run in a thread pool behind the
 // in-process transport; the round loop is the same RoundCoordinator the operator runs.
-import { federationScaler } from '../../core/data/moments.ts';
+import { coarseInputsWarning, federationScaler } from '../../core/data/moments.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters, layoutSize } from '../../core/model/layout.ts';
 import { tuneGcForModel } from '../../core/gc-tuning.ts';
@@ -96,6 +96,8 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
       baselines = await trainBaselines(pool, described, initial, result.roundsCompleted * spec.training.epochs, spec.training.batchSize, result.final);
     }
     const tfjsModel = await pool.exportModel(result.global);
+    const coarse = coarseInputsWarning(tfjsModel.coarseColumns, inputScaler, described[0]?.features);
+    if (coarse) opts.warn?.(coarse);
     const report = assembleRunReport({
       job,
       layout: prepared.layout,

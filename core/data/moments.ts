@@ -100,3 +100,31 @@ export function federationScaler(sites: ReadonlyArray<{ moments?: FeatureMoments
   const parts = sites.flatMap((s) => (s.moments ? [s.moments] : []));
   return parts.length > 0 ? scalerOf(poolMoments(parts)) : undefined;
 }
+
+/** The spacing of float32 values near v. */
+function float32Spacing(v: number): number {
+  return v === 0 ? 2 ** -149 : 2 ** (Math.floor(Math.log2(Math.abs(v))) - 23);
+}
+
+/**
+ * Columns whose raw values a float32 model cannot take: near their mean, float32 (TF.js's
+ * tensors) holds them no finer than a thousandth of their standard deviation (a timestamp of
+ * 3e7 varying by 2 is held in steps of 2). Folded into the first layer, such a column's scaling
+ * would lose what tells its rows apart, so the scaling is not folded and the exported model takes
+ * scaled values, computed in double precision by whoever feeds it.
+ */
+export function coarseColumns(scaler: InputScaler): number[] {
+  const out: number[] = [];
+  scaler.mean.forEach((m, j) => {
+    const s = scaler.std[j]!;
+    if (float32Spacing(Math.abs(m) + 4 * s) > s / 1024) out.push(j);
+  });
+  return out;
+}
+
+/** What a run says when its TF.js model takes scaled values because of coarse columns (their indices); undefined when none. */
+export function coarseInputsWarning(columns: readonly number[] | undefined, scaler: InputScaler | undefined, features?: readonly string[]): string | undefined {
+  if (!scaler || !columns?.length) return undefined;
+  const named = columns.map((j) => `${features?.[j] !== undefined ? `"${features[j]}"` : `feature ${j + 1}`} (mean ${scaler.mean[j]}, std ${scaler.std[j]})`);
+  return `tfjs/model.json takes scaled values, not raw ones: float32, TF.js's number type, cannot hold the raw values of ${named.join(', ')} finely enough to tell them apart; give it (x - mean) / std with report.json's model.inputScaler, computed in double precision`;
+}

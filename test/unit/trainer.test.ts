@@ -13,6 +13,7 @@ import { selectBackend, tf } from '../../worker/backend.ts';
 import type { Dataset } from '../../worker/data/dataset.ts';
 import { buildModel } from '../../worker/model.ts';
 import { exportLayersModel, SiteWorker } from '../../worker/site-worker.ts';
+import { coarseColumns, coarseInputsWarning } from '../../core/data/moments.ts';
 import { LocalTrainer } from '../../worker/trainer.ts';
 
 const D = 3;
@@ -260,6 +261,44 @@ describe('buildModel refuses a model that cannot take the data', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('folds the scaling into the exported model where float32 holds the raw values finely, and not where it cannot (a timestamp of 3e7 varying by 2)', async () => {
+    const built = await buildModel({ type: 'logistic' }, [2], 2, '.');
+    const trainer = new LocalTrainer(built);
+    const weights = initialParameters(built.layout, 3);
+    const fine = { mean: [250, 37], std: [80, 0.7] };
+    const coarse = { mean: [30_000_001.5, 37], std: [1.8, 0.7] };
+    expect(coarseColumns(fine)).toEqual([]);
+    expect(coarseColumns(coarse)).toEqual([0]);
+    expect(coarseColumns({ mean: [1e6], std: [1] })).toEqual([0]);
+    const load = async (e: { modelTopology: unknown; weightSpecs: unknown[]; weightData: ArrayBuffer }) =>
+      tf.loadLayersModel(
+        tf.io.fromMemory({ modelTopology: e.modelTopology as object, weightSpecs: e.weightSpecs as tf.io.WeightsManifestEntry[], weightData: e.weightData }),
+      );
+    const rows = (scaler: { mean: number[]; std: number[] }) => [
+      [scaler.mean[0]! + scaler.std[0]!, scaler.mean[1]! - scaler.std[1]!],
+      [scaler.mean[0]! - 2 * scaler.std[0]!, scaler.mean[1]!],
+    ];
+    const scaled = (scaler: { mean: number[]; std: number[] }) => rows(scaler).map((r) => r.map((v, j) => (v - scaler.mean[j]!) / scaler.std[j]!));
+    trainer.setWeights(weights);
+    for (const scaler of [fine, coarse]) {
+      const exported = await exportLayersModel(trainer, weights, scaler);
+      const loaded = await load(exported);
+      const want = tf.tidy(() => tf.softmax(built.model.predict(tf.tensor2d(scaled(scaler))) as tf.Tensor).arraySync() as number[][]);
+      // Folded: raw values in; else scaled values in, and the coarse column named.
+      const input = scaler === fine ? rows(scaler) : scaled(scaler);
+      const got = tf.tidy(() => (loaded.predict(tf.tensor2d(input)) as tf.Tensor).arraySync() as number[][]);
+      for (let i = 0; i < 2; i++) for (let k = 0; k < 2; k++) expect(got[i]![k]).toBeCloseTo(want[i]![k]!, 5);
+      expect(exported.takesRawInputs).toBe(scaler === fine ? true : undefined);
+      expect(exported.coarseColumns).toEqual(scaler === fine ? undefined : [0]);
+      loaded.dispose();
+    }
+    expect(coarseInputsWarning([0], coarse, ['stamp', 'temperature'])).toBe(
+      `tfjs/model.json takes scaled values, not raw ones: float32, TF.js's number type, cannot hold the raw values of "stamp" (mean 30000001.5, std 1.8) finely enough to tell them apart; give it (x - mean) / std with report.json's model.inputScaler, computed in double precision`,
+    );
+    expect(coarseInputsWarning(undefined, fine)).toBeUndefined();
+    built.model.dispose();
   });
 
   it('a cnn whose blocks would halve the image below one pixel', async () => {
