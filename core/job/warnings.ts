@@ -87,7 +87,10 @@ export function scaleWarnings(
   const withMoments = sites.filter((s): s is typeof s & { moments: FeatureMoments } => s.moments !== undefined);
   if (withMoments.length < 2) return [];
   const names = withMoments.find((s) => s.features)?.features;
+  // Sites whose columns differ are refused, naming the difference: their moments are not comparable by position.
+  if (withMoments.some((s) => s.features && s.features.join('\u0000') !== names!.join('\u0000'))) return [];
   const d = withMoments[0]!.moments.count.length;
+  if (withMoments.some((s) => s.moments.count.length !== d)) return [];
   const out: string[] = [];
   const advice =
     'other units, or another column under that name? The pooled scaling puts every site on one scale, so the model would learn which site a row comes from; convert it at the site, or leave the column out (data.featureColumns)';

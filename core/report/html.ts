@@ -50,7 +50,7 @@ ${perSiteTable(report)}
 </section>
 <section>
 <h2>Data quality</h2>
-<p class="note">Counts only: no row or value left any site (for CSV data, each column\u2019s mean and variance did, pooled into one scaling). Missing values took the scaling\u2019s mean (the federation\u2019s, for CSV data); rejected rows were not used.</p>
+<p class="note">${qualityNote(report)}</p>
 ${qualityTable(report)}
 </section>
 <footer>report.json format <code>${escapeHtml(report.format)}</code> · rendered by consort</footer>
@@ -292,3 +292,12 @@ ul.labels i { display: inline-block; width: 9px; height: 9px; border-radius: 2px
 footer { margin-top: 36px; padding-top: 10px; border-top: 1px solid var(--line); }
 @media print { body { background: #fff; } main { padding: 0; max-width: none; } section { break-inside: avoid-page; } }
 `;
+
+/** What the data-quality counts are, and what a missing value became: it depends on how the inputs were scaled. */
+function qualityNote(report: RunReport): string {
+  if (report.model.inputScaler)
+    return 'Counts only: no row or value left any site (each column\u2019s mean and variance did, pooled into one scaling). Missing values took the federation\u2019s mean; rejected rows were not used.';
+  if (report.model.features)
+    return 'Counts only: no row or value left any site. The inputs were not scaled; a missing value took the column\u2019s mean over that site\u2019s training rows; rejected rows were not used.';
+  return 'Counts only: no row or value left any site. Rejected files were not used.';
+}

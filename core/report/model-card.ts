@@ -62,7 +62,7 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
     out.push(
       scaler
         ? `- **Features** (in input order), each given to the model as (x − mean) / std with the federation's mean and standard deviation (pooled from every site's training split; a missing value is the mean, 0 once scaled):`
-        : `- **Features** (in input order; each site scales them before training): ${m.features.map(code).join(', ')}`,
+        : `- **Features** (in input order), given to the model as they are, unscaled${m.initialWeights === 'model file' ? " (the model file's weights were trained on raw values)" : ''}; a missing value is the column's mean over that site's training rows: ${m.features.map(code).join(', ')}`,
     );
     if (scaler) {
       out.push('', '  | feature | mean | std |', '  |---|---|---|');
@@ -187,7 +187,8 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
       parts.push(`${total} row${total === 1 ? '' : 's'} rejected (${rejected.map(([r, n]) => `${n} ${md(r)}`).join('; ')})`);
     }
     if (missing.length > 0) {
-      parts.push(`missing values filled with the scaling's mean, the federation's for CSV data (${missing.map(([c, n]) => `${md(c)}: ${n}`).join(', ')})`);
+      const fill = report.model.inputScaler ? "the federation's mean" : "the column's mean over this site's training rows";
+      parts.push(`missing values filled with ${fill} (${missing.map(([c, n]) => `${md(c)}: ${n}`).join(', ')})`);
     }
     return [`- **${md(site)}:** ${parts.join('; ')}.`];
   });

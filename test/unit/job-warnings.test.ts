@@ -120,6 +120,8 @@ describe('scaleWarnings', () => {
     ]);
     expect(scaleWarnings([a])).toEqual([]);
     expect(scaleWarnings([a, { site: 'images' }])).toEqual([]);
+    // Columns in another order (a run refuses them, naming the difference): not compared by position.
+    expect(scaleWarnings([a, { ...b, features: ['temperature', 'weight', 'smoker'] }])).toEqual([]);
     // Without feature names, features are numbered from 1.
     expect(
       scaleWarnings([

@@ -189,6 +189,24 @@ describe('renderModelCard', () => {
     expect(scaled).toContain("each feature's mean and variance over a site's training rows");
   });
 
+  it('says that a pre-trained model took its inputs unscaled, and what a missing value became, in the card and the page', async () => {
+    const pretrained = threeSitesPlain();
+    pretrained.model = { ...pretrained.model, inputShape: [2], features: ['age', 'hr'], initialWeights: 'model file' };
+    const site = pretrained.sites[0]!;
+    site.quality = { ...site.quality, missing: { hr: 4 } };
+    const card = renderModelCard(pretrained, CARD_FILES);
+    expect(card).toContain("given to the model as they are, unscaled (the model file's weights were trained on raw values)");
+    expect(card).toContain("missing values filled with the column's mean over this site's training rows (hr: 4)");
+    expect(card).not.toMatch(/scales them|the scaling's mean/);
+    const html = await renderReportHtml(RunReport.parse(pretrained));
+    expect(html).toContain('The inputs were not scaled; a missing value took the column\u2019s mean over that site\u2019s training rows');
+    const scaled = threeSitesPlain();
+    scaled.model = { ...scaled.model, inputShape: [2], features: ['age', 'hr'], inputScaler: { mean: [50, 80], std: [10, 12] } };
+    scaled.sites[0]!.quality = { ...scaled.sites[0]!.quality, missing: { hr: 4 } };
+    expect(renderModelCard(scaled, CARD_FILES)).toContain("missing values filled with the federation's mean (hr: 4)");
+    expect(await renderReportHtml(RunReport.parse(scaled))).toContain('Missing values took the federation\u2019s mean');
+  });
+
   it("gives the strategy's parameters and the local training", () => {
     const card = renderModelCard(fiveHospitals(), CARD_FILES);
     expect(card).toContain('- **Strategy:** fedprox (mu 0.01, serverLearningRate 1)');
