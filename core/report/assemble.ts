@@ -69,6 +69,10 @@ export function assembleRunReport(f: RunFacts): RunReport {
       sampling: job.spec.sampling,
       aggregation: job.spec.aggregation,
       compression: job.spec.compression,
+      model: job.spec.model,
+      rounds: job.spec.rounds,
+      evaluation: job.spec.evaluation,
+      stopping: job.spec.stopping,
     },
     model: {
       type: job.spec.model.type,

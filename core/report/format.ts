@@ -64,13 +64,34 @@ export function formatDuration(ms: number): string {
 }
 
 export function describeStop(report: RunReport): string {
+  const s = report.settings;
+  const target = s?.stopping?.target;
+  const metric = target?.metric ?? 'accuracy';
   switch (report.final.stoppedBy) {
     case 'rounds':
-      return 'ran all configured rounds';
+      return `ran all configured rounds${s?.rounds !== undefined ? ` (${s.rounds})` : ''}`;
     case 'target':
-      return 'reached the target metric';
+      return target ? `reached the target: ${metric} ${metric === 'loss' ? '<=' : '>='} ${target.value}` : 'reached the target metric';
     case 'patience':
-      return 'stopped early: no improvement within the patience window';
+      return s?.stopping?.patience !== undefined
+        ? `stopped early: ${metric} did not improve in ${s.stopping.patience} evaluation${s.stopping.patience === 1 ? '' : 's'} (patience)${s.rounds !== undefined ? `, of ${s.rounds} rounds asked for` : ''}`
+        : 'stopped early: no improvement within the patience window';
+  }
+}
+
+/** The model's architecture, as the job gave it: "hidden [16, 8], relu, dropout 0.3"; undefined when the report does not say. */
+export function describeArchitecture(report: RunReport): string | undefined {
+  const m = report.settings?.model;
+  if (!m) return undefined;
+  switch (m.type) {
+    case 'logistic':
+      return 'one dense softmax layer';
+    case 'mlp':
+      return `hidden layers [${m.hidden.join(', ')}], ${m.activation}${m.dropout > 0 ? `, dropout ${m.dropout}` : ''}`;
+    case 'cnn':
+      return `conv blocks of [${m.filters.join(', ')}] filters, kernel ${m.kernelSize}, dense ${m.dense}`;
+    case 'layers':
+      return `the Layers model file ${m.path}`;
   }
 }
 

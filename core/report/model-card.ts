@@ -3,6 +3,7 @@
 import { noBetterThanMajority } from './no-better.ts';
 import type { RunReport } from './run-report.ts';
 import {
+  describeArchitecture,
   describeStop,
   escapeMarkdown as md,
   formatCount,
@@ -48,7 +49,8 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   );
 
   out.push('## Task', '');
-  out.push(`- **Model:** ${md(m.type)}, ${formatCount(m.parameters)} parameters (float32 weights)`);
+  const architecture = describeArchitecture(report);
+  out.push(`- **Model:** ${md(m.type)}${architecture ? ` (${md(architecture)})` : ''}, ${formatCount(m.parameters)} parameters (float32 weights)`);
   out.push(`- **Input shape:** [${m.inputShape.join(', ')}] (per example)`);
   // Images (the only inputs of three dimensions): what worker/data/image-folder.ts made of the files.
   if (m.inputShape.length === 3) {
@@ -96,6 +98,11 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
     );
   }
   out.push(`- **Rounds completed:** ${f.rounds}, stopped by **${f.stoppedBy}**: ${describeStop(report)}`);
+  const e = s?.evaluation;
+  if (e)
+    out.push(
+      `- **Evaluation:** every ${e.every === 1 ? 'round' : `${e.every} rounds`} (and the last), by ${e.fraction === 1 ? 'every site' : `${e.fraction * 100}% of the sites`}${e.trainLoss ? ', with the train loss' : ''}`,
+    );
   out.push(`- **Seed:** ${report.seed}`);
   out.push(`- **Backend:** ${md(report.backend)} (${md(report.backendReason)})`);
   out.push(`- **Started:** ${md(report.startedAt)}, ran ${formatDuration(report.durationMs)}`);

@@ -3,7 +3,7 @@
 import { InputScaler } from '../data/moments.ts';
 import { z } from 'zod';
 import { DataQuality } from '../data/quality.ts';
-import { AggregationSpec, CompressionSpec, SamplingSpec, StrategySpec, TrainingSpec } from '../job/federated-job.ts';
+import { AggregationSpec, CompressionSpec, EvaluationSpec, ModelSpec, SamplingSpec, StoppingSpec, StrategySpec, TrainingSpec } from '../job/federated-job.ts';
 
 export const REPORT_FORMAT = 'consort.dev/run-report/v1';
 
@@ -47,7 +47,18 @@ export const RunReport = z.object({
   strategy: z.string(),
   /** How the job trained, as its spec said (defaults filled in): what it takes to reproduce it beside the seed. */
   settings: z
-    .object({ strategy: StrategySpec, training: TrainingSpec, sampling: SamplingSpec, aggregation: AggregationSpec, compression: CompressionSpec })
+    .object({
+      strategy: StrategySpec,
+      training: TrainingSpec,
+      sampling: SamplingSpec,
+      aggregation: AggregationSpec,
+      compression: CompressionSpec,
+      // Since report format 1's later runs (absent from earlier reports): the model's architecture, the rounds asked for, and when to evaluate and stop.
+      model: ModelSpec.optional(),
+      rounds: z.number().int().optional(),
+      evaluation: EvaluationSpec.optional(),
+      stopping: StoppingSpec.optional(),
+    })
     .optional(),
   model: z.object({
     type: z.string(),

@@ -213,6 +213,29 @@ describe('renderModelCard', () => {
     expect(card).toContain('- **Local training:** 2 epochs a round, batches of 32, sgd at learning rate 0.1; updates sent uncompressed, aggregated sync');
   });
 
+  it('gives the architecture, the evaluation and the stopping rule the job asked for, where the report has them', async () => {
+    const r = fiveHospitals();
+    r.settings = {
+      ...r.settings!,
+      model: { type: 'mlp', hidden: [16, 8], activation: 'relu', dropout: 0.3 },
+      rounds: 30,
+      evaluation: { every: 3, fraction: 1, trainLoss: false },
+      stopping: { target: { metric: 'loss', value: 0.45 }, patience: 1 },
+    };
+    r.final = { ...r.final, stoppedBy: 'patience' };
+    const card = renderModelCard(RunReport.parse(r), CARD_FILES);
+    // Brackets escaped for Markdown.
+    expect(card).toMatch(/- \*\*Model:\*\* mlp \(hidden layers \\\[16, 8\\\], relu, dropout 0\.3\), [\d,]+ parameters/);
+    expect(card).toContain('stopped by **patience**: stopped early: loss did not improve in 1 evaluation (patience), of 30 rounds asked for');
+    expect(card).toContain('- **Evaluation:** every 3 rounds (and the last), by every site');
+    r.final = { ...r.final, stoppedBy: 'target' };
+    expect(renderModelCard(RunReport.parse(r), CARD_FILES)).toContain('stopped by **target**: reached the target: loss <= 0.45');
+    expect(await renderReportHtml(RunReport.parse(r))).toContain('reached the target: loss &lt;= 0.45');
+    // An earlier report, without them, reads as before.
+    const before = fiveHospitals();
+    expect(renderModelCard(RunReport.parse(before), CARD_FILES)).toMatch(/- \*\*Model:\*\* \w+, [\d,]+ parameters/);
+  });
+
   it('names the sites that did not score the final model, in the summary and the card', () => {
     const r = threeSitesPlain();
     r.final = { ...r.final, missing: [{ site: 'far-away', reason: 'no answer' }] };
