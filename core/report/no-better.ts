@@ -4,14 +4,27 @@
 // and leave the reading to the user; Consort says it, in the summary and the model card.
 import type { RunReport } from './run-report.ts';
 
-/** The most common class over every site's examples (train and test), and its share of them. */
-export function majorityClass(report: Pick<RunReport, 'sites'>): { label: string; share: number } | undefined {
-  const totals = new Map<string, number>();
-  for (const { quality } of report.sites) for (const [label, n] of Object.entries(quality.labels)) totals.set(label, (totals.get(label) ?? 0) + n);
-  const all = [...totals.values()].reduce((a, b) => a + b, 0);
-  if (all === 0) return undefined;
-  const [label, n] = [...totals.entries()].reduce((best, e) => (e[1] > best[1] ? e : best));
-  return { label, share: n / all };
+/**
+ * The most common class, and the share of the test examples a model always answering it scores:
+ * the training splits' majority, over the test splits, where the sites report their train counts
+ * (what a model that learned only the class balance would answer, where its accuracy is
+ * measured); else the majority over every example, train and test (reports of earlier versions).
+ */
+export function majorityClass(report: Pick<RunReport, 'sites'>): { label: string; share: number; of: 'test' | 'all' } | undefined {
+  const byTrain = report.sites.every(({ quality }) => quality.trainLabels !== undefined);
+  const total = new Map<string, number>();
+  const train = new Map<string, number>();
+  for (const { quality } of report.sites) {
+    for (const [label, n] of Object.entries(quality.labels)) total.set(label, (total.get(label) ?? 0) + n);
+    if (byTrain) for (const [label, n] of Object.entries(quality.trainLabels!)) train.set(label, (train.get(label) ?? 0) + n);
+  }
+  // Where the accuracy is measured: the test examples (all minus train), or every example.
+  const measured = byTrain ? new Map([...total].map(([label, n]) => [label, n - (train.get(label) ?? 0)])) : total;
+  const majorityOf = byTrain ? train : total;
+  const all = [...measured.values()].reduce((a, b) => a + b, 0);
+  if (all === 0 || majorityOf.size === 0) return undefined;
+  const [label] = [...majorityOf.entries()].reduce((best, e) => (e[1] > best[1] ? e : best));
+  return { label, share: (measured.get(label) ?? 0) / all, of: byTrain ? 'test' : 'all' };
 }
 
 /** A warning when the final model scores no better than the majority class; undefined when it does better. */
@@ -27,6 +40,6 @@ export function noBetterThanMajority(report: Pick<RunReport, 'sites' | 'final'>)
   if (!m || report.final.accuracy > m.share) return undefined;
   return (
     `the federated model scores ${pct(report.final.accuracy)}, no better than always answering ${JSON.stringify(m.label)} ` +
-    `(${pct(m.share)} of the sites' examples): it has not learned the task (check the learning rate, the labels and the classes)`
+    `(${pct(m.share)} of the sites' ${m.of === 'test' ? 'test ' : ''}examples): it has not learned the task (check the learning rate, the labels and the classes)`
   );
 }

@@ -245,6 +245,27 @@ describe('renderModelCard', () => {
     expect(summaryTable(threeSitesPlain())).not.toContain('did not score');
   });
 
+  it("measures the majority answer on the test examples: the training splits' majority class, its share of the test splits", () => {
+    const r = threeSitesPlain();
+    // Train: 120 no, 80 yes; test: 55 no, 35 yes (61.1%), all rows 175 / 290 (60.3%).
+    const counts = [
+      { labels: { no: 100, yes: 60 }, trainLabels: { no: 70, yes: 40 } },
+      { labels: { no: 45, yes: 35 }, trainLabels: { no: 30, yes: 25 } },
+      { labels: { no: 30, yes: 20 }, trainLabels: { no: 20, yes: 15 } },
+    ];
+    r.sites = r.sites.map((s, i) => ({ ...s, quality: { ...s.quality, ...counts[i]! } }));
+    expect(majorityClass(r)).toEqual({ label: 'no', share: 55 / 90, of: 'test' });
+    // A test split whose majority differs: a model that learned the balance answers the train majority.
+    r.sites[0]!.quality.labels = { no: 70 + 5, yes: 40 + 40 };
+    expect(majorityClass(r)).toEqual({ label: 'no', share: 30 / 85, of: 'test' });
+    // An earlier report, without train counts: every example.
+    const old = threeSitesPlain();
+    old.sites = old.sites.map((s, i) => ({ ...s, quality: { ...s.quality, labels: counts[i]!.labels } }));
+    expect(majorityClass(old)).toEqual({ label: 'no', share: 175 / 290, of: 'all' });
+    r.final = { ...r.final, accuracy: 0.3, auc: 0.7 };
+    expect(summaryTable(r)).toContain('no better than always answering "no" (35.3% of the sites\' test examples)');
+  });
+
   it('warns, in the summary, the card and the page, when the model does no better than always answering the most common class', async () => {
     const fine = threeSitesPlain();
     expect(summaryTable(fine)).not.toContain('warning');
