@@ -68,7 +68,7 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
         ...(flags.rounds !== undefined ? { rounds: flags.rounds } : {}),
       });
     }
-    progress.current = createProgress({ rounds: job.spec.rounds, stream: process.stderr, quiet: flags.quiet });
+    progress.current = createProgress({ rounds: job.spec.rounds, stream: process.stderr, quiet: flags.quiet, evaluateEvery: job.spec.evaluation.every });
     const p = progress.current;
     const served = flags.metricsPort !== undefined ? await serveMetrics(job, flags.metricsPort, flags.metricsAddress, p.phase) : undefined;
     let run: Awaited<ReturnType<typeof runLocal>>;

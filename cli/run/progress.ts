@@ -12,7 +12,7 @@ export interface Progress extends RoundEvents {
 
 const fmt = (x: number | undefined, digits = 4) => (x === undefined || Number.isNaN(x) ? '  -   ' : x.toFixed(digits));
 
-export function createProgress(opts: { rounds: number; stream: NodeJS.WriteStream; quiet: boolean }): Progress {
+export function createProgress(opts: { rounds: number; stream: NodeJS.WriteStream; quiet: boolean; evaluateEvery?: number }): Progress {
   const { stream } = opts;
   if (opts.quiet) return { phase() {}, stop() {} };
   if (!stream.isTTY) {
@@ -23,7 +23,7 @@ export function createProgress(opts: { rounds: number; stream: NodeJS.WriteStrea
         stream.write(
           r
             ? `round ${r.round}/${opts.rounds}  loss ${fmt(r.globalLoss)}  accuracy ${fmt(r.globalAccuracy)}  sites ${r.participants.length}  ${Math.round(r.durationMs)} ms\n`
-            : `round ${round}/${opts.rounds}\n`,
+            : `round ${round}/${opts.rounds}  trained; not evaluated (${opts.evaluateEvery && opts.evaluateEvery > 1 ? `every ${opts.evaluateEvery} rounds, and the last` : 'no evaluation this round'})\n`,
         ),
       stop() {},
     };
