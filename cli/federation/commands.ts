@@ -147,6 +147,10 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
         // An operator watching this loop (a coordinator Pod) reads its metrics from the status replies.
         tally: true,
         events: {
+          // A site the round went on without, at its deadline (other failures are logged where they are seen).
+          siteFailed: (round, f) => {
+            if (f.code === 'CONSORT_C_DEADLINE') log(`round ${round}: site "${f.site}" left out: ${f.reason || 'no answer before the round deadline'}`);
+          },
           roundFinished: (r, round) => {
             checkpointed = round;
             log(

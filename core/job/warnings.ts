@@ -17,6 +17,13 @@ export function jobWarnings(spec: FederatedJobSpec): string[] {
   if (stopping.target && evaluations === 1 && rounds > 1) {
     out.push(`stopping.target can only be checked after the last round: evaluation.every ${evaluation.every} leaves one evaluation in ${rounds} rounds`);
   }
+  const { fraction, minSites } = spec.sampling;
+  const asked = fraction !== undefined ? Math.ceil(fraction * spec.sites.length) : undefined;
+  if (asked !== undefined && asked < minSites && minSites <= spec.sites.length) {
+    out.push(
+      `sampling.fraction ${fraction} of ${spec.sites.length} sites asks ${asked} a round, fewer than sampling.minSites ${minSites}: each round asks ${minSites} sites instead (raise fraction to ${minSites / spec.sites.length}, or lower minSites, to say so)`,
+    );
+  }
   return out;
 }
 

@@ -254,6 +254,98 @@ describe('two processes of one site', () => {
   }, 60_000);
 });
 
+describe('a site restarted under top-k compression and SCAFFOLD', () => {
+  it('is said to have started its residual and control variate over: the run no longer ends in the bytes of an uninterrupted one', async () => {
+    const job = twoSites('restart-state', ['north', 'south'], { rounds: 1, compression: { codec: 'topk', topkFraction: 0.1 }, strategy: { name: 'scaffold' } });
+    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const model = await siteModel(job, 0);
+    const logs: string[] = [];
+    const stop = new AbortController();
+    const coordinator = runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: (l) => logs.push(l),
+      joinTimeoutMs: 60_000,
+      signal: stop.signal,
+    });
+    coordinator.catch(() => {});
+    const north = await as('north', auth.sites.north!.seed);
+    const hello = async (instance: string) => {
+      for (;;) {
+        const reply = await north
+          .request(subj.hello('north'), signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance }), { timeout: 1000 })
+          .catch(() => undefined);
+        if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
+      }
+    };
+    expect((await hello('A'.repeat(22))).accepted).toBe(true);
+    expect((await hello('B'.repeat(22))).accepted).toBe(true);
+    expect(logs).toContain(
+      'site "north" started again: its top-k residual (what its earlier updates left unsent) and its SCAFFOLD control variate ended with the old process and start over, so the run no longer ends in the bytes of an uninterrupted one',
+    );
+    stop.abort();
+    await expect(coordinator).rejects.toMatchObject({ code: 'CONSORT_C_ABORTED' });
+  }, 60_000);
+});
+
+describe('a second real process of a site', () => {
+  it('stops at its refusal: it takes no more tasks, and settles before the job ends, which the first one finishes', async () => {
+    const job = twoSites('site-twin', ['north', 'south'], { rounds: 8, training: { epochs: 40, batchSize: 16, learningRate: 0.05 } });
+    const { auth, as } = await jobOnServer(job, cleanup);
+    let second!: () => void;
+    const roundTwo = new Promise<void>((resolve) => {
+      second = resolve;
+    });
+    const coordinator = runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: () => {},
+      joinTimeoutMs: 60_000,
+      events: {
+        roundStarted: (r) => {
+          if (r === 2) second();
+        },
+      },
+    });
+    let jobEnded = 0;
+    coordinator.then(
+      () => (jobEnded = Date.now()),
+      () => {},
+    );
+    const site = async (name: string, log: (l: string) => void = () => {}) =>
+      // Hellos every 100 ms: the earlier process says hello again, and the later is refused, within a round.
+      runSite({
+        job,
+        site: name,
+        nc: await as(name, auth.sites[name]!.seed),
+        seed: auth.sites[name]!.seed,
+        baseDir: '.',
+        backend: 'cpu',
+        log,
+        heartbeatMs: 100,
+      });
+    const sites = [site('north'), site('south')];
+    await roundTwo;
+    const twinLog: string[] = [];
+    let twinSettled = 0;
+    const twin = site('north', (l) => twinLog.push(l)).finally(() => (twinSettled = Date.now()));
+    await expect(twin).rejects.toMatchObject({ code: 'CONSORT_W_REFUSED', message: expect.stringContaining('[CONSORT_R_SITE_TWICE]') });
+    const result = await coordinator;
+    await Promise.all(sites);
+    expect(result.roundsCompleted).toBe(8);
+    expect(twinSettled).toBeGreaterThan(0);
+    expect(twinSettled, twinLog.join('\n')).toBeLessThan(jobEnded);
+    const refusal = twinLog.findIndex((l) => l.includes('CONSORT_R_SITE_TWICE'));
+    expect(refusal, twinLog.join('\n')).toBeGreaterThanOrEqual(0);
+    expect(
+      twinLog.slice(refusal + 1).filter((l) => /round \d+/.test(l)),
+      twinLog.join('\n'),
+    ).toEqual([]);
+  }, 120_000);
+});
+
 describe('a coordinator whose sites do not come', () => {
   it('says so while it waits, naming the sites it misses', async () => {
     const job = twoSites('nobody-came', ['north', 'south'], { rounds: 1 });

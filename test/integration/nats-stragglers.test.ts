@@ -110,3 +110,69 @@ describe('stragglers', () => {
     expect(result.rounds.slice(1).some((r) => r.participants.includes('slow@r1'))).toBe(true);
   }, 60_000);
 });
+
+describe('a task whose deadline passed before the site could start it (the site was stopped or busy)', () => {
+  it('is acknowledged and skipped, saying so, in sync mode: no work, no failure report; in buffered mode a fit task is still trained', async () => {
+    for (const mode of ['sync', 'buffered'] as const) {
+      const job = FederatedJob.parse(jobManifest(`stale-task-${mode}`, hospitalSpec([{ name: 'north', samples: 80 }], { rounds: 1, aggregation: { mode } })));
+      const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+      const coordinator = await as(COORDINATOR_USER, auth.coordinator.seed);
+      const answers: string[] = [];
+      const sub = coordinator.subscribe(subj.evaluation('north'), {
+        callback: (_e, m) => {
+          answers.push(decoder.decode(m.data));
+        },
+      });
+      const fits = coordinator.subscribe(subj.update('north'), {
+        callback: (_e, m) => {
+          answers.push(decoder.decode(m.data));
+        },
+      });
+      const logs: string[] = [];
+      let said!: () => void;
+      const saidIt = new Promise<void>((resolve) => {
+        said = resolve;
+      });
+      const stop = new AbortController();
+      const site = runSite({
+        job,
+        site: 'north',
+        nc: await as('north', auth.sites.north!.seed),
+        seed: auth.sites.north!.seed,
+        baseDir: '.',
+        backend: 'cpu',
+        signal: stop.signal,
+        log: (l) => {
+          logs.push(l);
+          if (l.includes('skipped') || l.includes('failed')) said();
+        },
+      });
+      const model = { bucket: buckets(key).models, name: objectNames.global(0), sha256: '0'.repeat(64), size: 8 };
+      const base = { protocol: 1, job: key, site: 'north', round: 3, model, deadline: Date.now() - 5000 };
+      const send = async (task: Record<string, unknown>) => {
+        // The site subscribes before its first hello: ask until it answers.
+        for (;;) {
+          const reply = await coordinator.request(subj.task('north'), encoder.encode(JSON.stringify(task)), { timeout: 1000 }).catch(() => undefined);
+          if (reply) return JSON.parse(decoder.decode(reply.data)) as { accepted: boolean };
+        }
+      };
+      const task =
+        mode === 'sync' ? { ...base, type: 'evaluate', taskId: newNonce(), trainLoss: false } : { ...base, type: 'fit', taskId: newNonce(), proximalMu: 0 };
+      expect(await send(task)).toMatchObject({ accepted: true });
+      await saidIt;
+      if (mode === 'sync') {
+        expect(logs.join('\n')).toMatch(/site north: the evaluate task of round 3 skipped: its deadline passed \d+ s ago, while this site was busy or stopped/);
+        await coordinator.flush();
+        expect(answers).toEqual([]);
+      } else {
+        // Buffered: a late update is still worth sending, so the site works on it (here it cannot read the model named).
+        expect(logs.some((l) => l.includes('fit of round 3 failed'))).toBe(true);
+        expect(logs.some((l) => l.includes('skipped'))).toBe(false);
+      }
+      stop.abort();
+      await site;
+      sub.unsubscribe();
+      fits.unsubscribe();
+    }
+  }, 90_000);
+});

@@ -22,6 +22,22 @@ describe('jobWarnings', () => {
   });
 });
 
+describe('jobWarnings on sampling', () => {
+  it('a fraction that asks fewer sites than minSites: each round asks minSites, and says so', () => {
+    const four = (sampling: Record<string, unknown>) =>
+      FederatedJobSpec.parse({
+        model: { type: 'mlp' },
+        sites: ['a', 'b', 'c', 'd'].map((name) => ({ name, data: { type: 'synthetic', generator: 'hospital', samples: 10 } })),
+        sampling,
+      });
+    expect(jobWarnings(four({ fraction: 0.5, minSites: 3 }))).toEqual([
+      'sampling.fraction 0.5 of 4 sites asks 2 a round, fewer than sampling.minSites 3: each round asks 3 sites instead (raise fraction to 0.75, or lower minSites, to say so)',
+    ]);
+    expect(jobWarnings(four({ fraction: 0.5, minSites: 2 }))).toEqual([]);
+    expect(jobWarnings(four({ sitesPerRound: 3, minSites: 3 }))).toEqual([]);
+  });
+});
+
 describe('dataWarnings', () => {
   it('a class of spec.classes that no site has, counting only the sites that said their labels', () => {
     const a = { labels: { no: 10, yes: 3, maybe: 0 } };

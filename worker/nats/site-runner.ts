@@ -128,7 +128,11 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   const finished = new Promise<void>((resolve) => {
     finish = resolve;
   });
-  opts.signal?.addEventListener('abort', () => finish(), { once: true });
+  // Stops the retries and the queued tasks: asked by the caller (a signal), or on a refusal no
+  // second hello can change (another process of this site runs: this one must not keep training).
+  const halt = new AbortController();
+  opts.signal?.addEventListener('abort', () => halt.abort(opts.signal?.reason), { once: true });
+  halt.signal.addEventListener('abort', () => finish(), { once: true });
 
   // A pre-trained model file's weights go to the coordinator as an object in this site's bucket,
   // which the hello then names (round 1 starts from it). Written before the first hello that is
@@ -194,7 +198,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
         lastRefusal = why;
         if (PERMANENT_REFUSALS.has(w.data.code ?? '')) {
           refused = why;
-          finish();
+          halt.abort(why);
         }
         return;
       }
@@ -220,7 +224,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
 
   // Reads and writes are tried again until the task's deadline: a server that restarts takes
   // the requests in flight with it, and the work is not lost for that.
-  const patience = (deadline: number) => ({ until: deadline, ...(opts.signal ? { signal: opts.signal } : {}) });
+  const patience = (deadline: number) => ({ until: deadline, signal: halt.signal });
   // The model (and SCAFFOLD's control variate) are read into the same arrays every round: a fresh
   // one costs page faults worth several times the copy. Tasks run one at a time, and nothing
   // keeps a task's model once it is done, so the next task may overwrite it.
@@ -234,7 +238,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   /** Sends an envelope until the coordinator answers, or the deadline passes. */
   const deliver = async (subject: string, body: Uint8Array, deadline: number, what: string): Promise<void> => {
     let wait = 250;
-    while (Date.now() < deadline + 60_000 && !opts.signal?.aborted) {
+    while (Date.now() < deadline + 60_000 && !halt.signal.aborted) {
       try {
         const reply = await nc.request(subject, body, { timeout: 5000 });
         const ack = Ack.safeParse(parseJson(reply.data));
@@ -317,8 +321,17 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       if (failpoints.fails(task)) throw new Error(`failpoint: the ${task.type} task of round ${task.round} fails`);
       return task.type === 'fit' ? train(task) : score(task);
     };
-    const run = () =>
-      work().catch(async (err: unknown) => {
+    const run = () => {
+      if (halt.signal.aborted) return Promise.resolve();
+      // A task whose round closed while this site was stopped or busy: nothing to answer (but a
+      // late update, which buffered aggregation folds into a later round).
+      if (Date.now() > task.deadline && (task.type === 'evaluate' || spec.aggregation.mode === 'sync')) {
+        log(
+          `site ${site}: the ${task.type} task of round ${task.round} skipped: its deadline passed ${Math.round((Date.now() - task.deadline) / 1000)} s ago, while this site was busy or stopped`,
+        );
+        return Promise.resolve();
+      }
+      return work().catch(async (err: unknown) => {
         const message = (err as Error).message || String(err);
         log(`site ${site}: ${task.type} of round ${task.round} failed: ${message}`);
         // Said to the coordinator at once: the round counts this site as failed rather than waiting for its deadline.
@@ -336,6 +349,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
         const subject = task.type === 'fit' ? subj.update(site) : subj.evaluation(site);
         await deliver(subject, json(signEnvelope(failure, opts.seed)), task.deadline, `the failure report of round ${task.round}`).catch(() => {});
       });
+    };
     if (failpoints.hit(task)) {
       // The acknowledgement out first (or the coordinator would give the site up as unreachable),
       // then stopped before the task is even queued: it cannot be answered until SIGCONT.
