@@ -207,31 +207,37 @@ describe('a site refused at its hello, and never taken', () => {
   }, 60_000);
 });
 
+/** A coordinator of `job` (its log lines in `logs`), and hellos of site north by hand, each with a process instance id. */
+async function hellosOfNorth(job: FederatedJob) {
+  const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+  const model = await siteModel(job, 0);
+  const logs: string[] = [];
+  const stop = new AbortController();
+  const coordinator = runNatsCoordinator({
+    job,
+    nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+    siteKeys: auth.keys.sites,
+    log: (l) => logs.push(l),
+    joinTimeoutMs: 60_000,
+    signal: stop.signal,
+  });
+  coordinator.catch(() => {});
+  const north = await as('north', auth.sites.north!.seed);
+  const hello = async (instance: string) => {
+    for (;;) {
+      const reply = await north
+        .request(subj.hello('north'), signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance }), { timeout: 1000 })
+        .catch(() => undefined);
+      if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
+    }
+  };
+  return { logs, hello, stop, coordinator };
+}
+
 describe('two processes of one site', () => {
   it('the later one is refused (CONSORT_R_SITE_TWICE) once the earlier says hello again; a restart (the earlier silent) is not', async () => {
     const job = twoSites('site-twice', ['north', 'south'], { rounds: 1 });
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
-    const model = await siteModel(job, 0);
-    const logs: string[] = [];
-    const stop = new AbortController();
-    const coordinator = runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
-      log: (l) => logs.push(l),
-      joinTimeoutMs: 60_000,
-      signal: stop.signal,
-    });
-    coordinator.catch(() => {});
-    const north = await as('north', auth.sites.north!.seed);
-    const hello = async (instance: string) => {
-      for (;;) {
-        const reply = await north
-          .request(subj.hello('north'), signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance }), { timeout: 1000 })
-          .catch(() => undefined);
-        if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
-      }
-    };
+    const { logs, hello, stop, coordinator } = await hellosOfNorth(job);
     const [a, b, c] = ['A'.repeat(22), 'B'.repeat(22), 'C'.repeat(22)];
     expect((await hello(a)).accepted).toBe(true);
     // A restart: b replaces a, which says nothing more.
@@ -257,28 +263,7 @@ describe('two processes of one site', () => {
 describe('a site restarted under top-k compression and SCAFFOLD', () => {
   it('is said to have started its residual and control variate over: the run no longer ends in the bytes of an uninterrupted one', async () => {
     const job = twoSites('restart-state', ['north', 'south'], { rounds: 1, compression: { codec: 'topk', topkFraction: 0.1 }, strategy: { name: 'scaffold' } });
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
-    const model = await siteModel(job, 0);
-    const logs: string[] = [];
-    const stop = new AbortController();
-    const coordinator = runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
-      log: (l) => logs.push(l),
-      joinTimeoutMs: 60_000,
-      signal: stop.signal,
-    });
-    coordinator.catch(() => {});
-    const north = await as('north', auth.sites.north!.seed);
-    const hello = async (instance: string) => {
-      for (;;) {
-        const reply = await north
-          .request(subj.hello('north'), signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance }), { timeout: 1000 })
-          .catch(() => undefined);
-        if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
-      }
-    };
+    const { logs, hello, stop, coordinator } = await hellosOfNorth(job);
     expect((await hello('A'.repeat(22))).accepted).toBe(true);
     expect((await hello('B'.repeat(22))).accepted).toBe(true);
     expect(logs).toContain(
