@@ -17,6 +17,7 @@ import { createProgress } from './progress.ts';
 import { fanOut, LocalRunMetrics } from './run-metrics.ts';
 import { type ApiServer, startApiServer } from '../../operator/api/server.ts';
 import { intFlag, invalidFlags } from '../flags.ts';
+import { siteOrder } from '../../core/report/format.ts';
 
 /** Kept for the commands that took it from here. */
 export { intFlag };
@@ -126,8 +127,10 @@ const pct = (x: number | undefined) => (x === undefined || Number.isNaN(x) ? '-'
 export function summaryTable(r: RunReport): string {
   const f = r.final;
   const rows: string[][] = [['site', 'test samples', 'federated', ...(f.siteAlone ? ['site alone'] : [])]];
-  for (const [site, m] of Object.entries(f.perSite)) {
-    rows.push([site, String(m.samples), pct(m.accuracy), ...(f.siteAlone ? [pct(f.siteAlone[site])] : [])]);
+  // The job's site order, as the model card and the page list them.
+  for (const site of siteOrder(r)) {
+    const m = f.perSite[site];
+    if (m) rows.push([site, String(m.samples), pct(m.accuracy), ...(f.siteAlone ? [pct(f.siteAlone[site])] : [])]);
   }
   rows.push([
     'all (weighted)',

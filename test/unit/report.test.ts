@@ -245,6 +245,18 @@ describe('renderModelCard', () => {
     expect(summaryTable(threeSitesPlain())).not.toContain('did not score');
   });
 
+  it('lists the sites in the summary in the job order, as the card and the page do', () => {
+    const r = threeSitesPlain();
+    const order = r.sites.map((s) => s.site);
+    // perSite as the coordinator writes it: sorted by name.
+    r.final = { ...r.final, perSite: Object.fromEntries(Object.entries(r.final.perSite).sort(([a], [b]) => (a < b ? 1 : -1))) };
+    const rows = summaryTable(r)
+      .split('\n')
+      .map((l) => l.split(' ')[0]!)
+      .filter((name) => order.includes(name));
+    expect(rows).toEqual(order);
+  });
+
   it("measures the majority answer on the test examples: the training splits' majority class, its share of the test splits", () => {
     const r = threeSitesPlain();
     // Train: 120 no, 80 yes; test: 55 no, 35 yes (61.1%), all rows 175 / 290 (60.3%).
