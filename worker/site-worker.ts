@@ -357,7 +357,7 @@ export async function exportLayersModel(trainer: LocalTrainer, global: Float32Ar
   if (folded) trainer.setWeights(global);
   if (!captured) throw new Error('TF.js did not hand over the model artifacts');
   if (!trainer.built.outputsProbabilities) captured.modelTopology = withSoftmax(captured.modelTopology);
-  return folded ? { ...captured, takesRawInputs: true } : coarse.length > 0 ? { ...captured, coarseColumns: coarse } : captured;
+  return { ...captured, ...(folded ? { takesRawInputs: true } : {}), ...(coarse.length > 0 ? { coarseColumns: coarse } : {}) };
 }
 
 /**

@@ -54,6 +54,8 @@ function bitsOf(x: number): bigint {
   return v.getBigInt64(0, true);
 }
 const C1_BITS = bitsOf(C1);
+const C2_BITS = bitsOf(C2);
+
 /**
  * 'bits' reads a float32 x by its bits: sign-extended to 64 bits and shifted left by 29, then
  * masked with BITS_MASK (sign, and the 8 exponent and 23 fraction bits one place each where a
@@ -69,7 +71,6 @@ const BITS_MASK = new Float64Array(new BigInt64Array([-0x7000000020000000n]).buf
 export function inputReading(): InputReading {
   return wideSimd() ? 'bits' : 'promote';
 }
-const C2_BITS = bitsOf(C2);
 
 /** A loop over [local `ptr`, local `end`): `body`, then each (local, bytes) advance. */
 function loop(ptr: number, end: number, body: number[][], advance: Array<[number, number]>): number[][] {
@@ -441,24 +442,26 @@ function moduleOf(kernel: FoldKernel, reading: InputReading, shared = false): ob
   return new wasm.Module(encodeModule([...COMMON, ...folds], { shared }));
 }
 
-/** Compiled modules by kernel, reading and sharing; null: the fused kernel where the engine does not fuse. */
-const modules = new Map<string, object | null>();
+/** Compiled modules by kernel, reading and sharing. */
+const modules = new Map<string, object>();
 
 function cachedModule(kernel: FoldKernel, reading: InputReading, shared: boolean): object {
   const key = `${kernel} ${reading} ${shared}`;
   if (!modules.has(key)) modules.set(key, moduleOf(kernel, reading, shared));
   return modules.get(key)!;
 }
-const fusedProbe: { fuses?: boolean } = {};
+/** What the probe found (fusedMultiplyAdd), once. */
+let fusesHere: boolean | undefined;
 
 /**
  * Whether relaxed_madd is fused here (one rounding): only then is the fused kernel exact. Relaxed
  * SIMD lets each engine choose, once (V8 fuses where the CPU has FMA, in both of its compilers);
  * A * B + C1 tells which: -C2 fused, -2^-7 with A * B rounded first. An engine without relaxed
- * SIMD does not compile the module: plain it is.
+ * SIMD does not compile the module: plain it is. Only where it fuses may a sum be asked to use
+ * the fused fold kernel.
  */
-function fuses(): boolean {
-  if (fusedProbe.fuses !== undefined) return fusedProbe.fuses;
+export function fusedMultiplyAdd(): boolean {
+  if (fusesHere !== undefined) return fusesHere;
   let fused = false;
   try {
     const probe = new wasm.Module(
@@ -479,13 +482,8 @@ function fuses(): boolean {
   } catch {
     fused = false;
   }
-  fusedProbe.fuses = fused;
+  fusesHere = fused;
   return fused;
-}
-
-/** Whether this engine fuses relaxed_madd, so that a sum may be asked to use the fused fold kernel. */
-export function fusedMultiplyAdd(): boolean {
-  return fuses();
 }
 
 /**
@@ -494,7 +492,7 @@ export function fusedMultiplyAdd(): boolean {
  * fuses as the probe did); the fused kernel is for benchmarks and engines known to fuse.
  */
 function kernelModule(kernel: FoldKernel, reading: InputReading, shared: boolean): object {
-  if (kernel === 'fused' && !fuses()) throw new RangeError('ExactWeightedSum: this engine does not fuse relaxed_madd: no fused kernel');
+  if (kernel === 'fused' && !fusedMultiplyAdd()) throw new RangeError('ExactWeightedSum: this engine does not fuse relaxed_madd: no fused kernel');
   return cachedModule(kernel, reading, shared);
 }
 

@@ -53,19 +53,17 @@ export function dataWarnings(
       `class${testOnly.length === 1 ? '' : 'es'} ${examples} ${testOnly.length === 1 ? 'is' : 'are'} only in test data: no site trains on ${testOnly.length === 1 ? 'it' : 'them'}, so every such test example is scored wrong; move some into a train split, or check the spelling of the test labels or folders`,
     );
   }
-  if (none.length === 0) return warnings;
-  const names = none.map((c) => `"${c}"`).join(', ');
-  if (!listed) {
-    // Gathered from the data: a class folder with no image in it.
-    return [
-      ...warnings,
-      `class${none.length === 1 ? '' : 'es'} ${names} ${none.length === 1 ? 'has' : 'have'} no example at any site (an empty class folder?): the model keeps an output for ${none.length === 1 ? 'it' : 'them'} that no example trains`,
-    ];
+  if (none.length > 0) {
+    const names = none.map((c) => `"${c}"`).join(', ');
+    const them = none.length === 1 ? 'it' : 'them';
+    warnings.push(
+      listed
+        ? `spec.classes lists ${names}, which no site's data has (${counted.length} site${counted.length === 1 ? '' : 's'} counted): the model keeps an output for ${them} that no example trains; check the spelling, or leave ${them} out`
+        : // Gathered from the data: a class folder with no image in it.
+          `class${none.length === 1 ? '' : 'es'} ${names} ${none.length === 1 ? 'has' : 'have'} no example at any site (an empty class folder?): the model keeps an output for ${them} that no example trains`,
+    );
   }
-  return [
-    ...warnings,
-    `spec.classes lists ${names}, which no site's data has (${counted.length} site${counted.length === 1 ? '' : 's'} counted): the model keeps an output for ${none.length === 1 ? 'it' : 'them'} that no example trains; check the spelling, or leave ${none.length === 1 ? 'it' : 'them'} out`,
-  ];
+  return warnings;
 }
 
 /** How far apart one site's column may be from the other sites' before it is said to be on another scale. */
@@ -74,6 +72,15 @@ const SCALE_FACTOR = 10;
 function median(values: number[]): number {
   const v = [...values].sort((a, b) => a - b);
   return v.length % 2 === 1 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
+}
+
+/** Whether two columns' (mean, sd) are on different scales (SCALE_FACTOR apart). */
+function apart(a: { mean: number; sd: number }, b: { mean: number; sd: number }): boolean {
+  const spread = Math.max(a.sd, b.sd);
+  if (!(spread > 0)) return false;
+  // A column constant at one site (no smoker there) is judged by its mean alone.
+  const ratio = a.sd > 0 && b.sd > 0 && (a.sd >= SCALE_FACTOR * b.sd || b.sd >= SCALE_FACTOR * a.sd);
+  return Math.abs(a.mean - b.mean) >= SCALE_FACTOR * spread || ratio;
 }
 
 const fmt = (v: number) => (Math.abs(v) >= 1e5 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(2) : String(Number(v.toPrecision(4))));
@@ -107,13 +114,6 @@ export function scaleWarnings(
       .filter((s) => s.moments.count[j]! >= 2)
       .map((s) => ({ site: s.site, mean: s.moments.mean[j]!, sd: Math.sqrt(s.moments.m2[j]! / s.moments.count[j]!) }));
     if (judged.length < 2) continue;
-    const apart = (a: { mean: number; sd: number }, b: { mean: number; sd: number }) => {
-      const spread = Math.max(a.sd, b.sd);
-      if (!(spread > 0)) return false;
-      // A column constant at one site (no smoker there) is judged by its mean alone.
-      const ratio = a.sd > 0 && b.sd > 0 && (a.sd >= SCALE_FACTOR * b.sd || b.sd >= SCALE_FACTOR * a.sd);
-      return Math.abs(a.mean - b.mean) >= SCALE_FACTOR * spread || ratio;
-    };
     if (judged.length === 2) {
       const [a, b] = judged as [(typeof judged)[0], (typeof judged)[0]];
       if (apart(a, b))
