@@ -107,8 +107,14 @@ const taskBase = {
   round,
   taskId: nonce,
   model: ObjectRef,
-  /** Epoch milliseconds after which the coordinator no longer waits. */
+  /** Epoch milliseconds after which the coordinator no longer waits (on the coordinator's clock). */
   deadline: z.number().int().min(0),
+  /**
+   * Milliseconds from this message's sending to `deadline`. A site counts them from receipt on its
+   * own clock, so that one whose clock is minutes off still works to the round's deadline (absent:
+   * a coordinator that does not send it; `deadline` is then taken as it is).
+   */
+  validForMs: z.number().int().min(0).optional(),
   /** Tabular data: the federation's input scaling, which the site's inputs take before the task (core/data/moments.ts). */
   scaler: InputScaler.optional(),
 };
@@ -135,6 +141,20 @@ export type EvaluateTask = z.infer<typeof EvaluateTask>;
 
 export const Task = z.discriminatedUnion('type', [FitTask, EvaluateTask]);
 export type Task = z.infer<typeof Task>;
+
+/**
+ * A task's deadline on the clock of the site that received it at `receivedAt` (its own clock),
+ * and how far the coordinator's clock was ahead of the site's at that moment (the message's
+ * transit counts against it: a few milliseconds on a working network). Without `validForMs` the
+ * coordinator's deadline is all there is, taken as it is, and the offset is unknown.
+ */
+export function deadlineOnSite(task: Pick<Task, 'deadline' | 'validForMs'>, receivedAt: number): { deadline: number; coordinatorAheadMs?: number } {
+  if (task.validForMs === undefined) return { deadline: task.deadline };
+  return { deadline: receivedAt + task.validForMs, coordinatorAheadMs: task.deadline - task.validForMs - receivedAt };
+}
+
+/** A clock difference from which a site says that its clock or the coordinator's is off. */
+export const CLOCK_OFFSET_WORTH_SAYING_MS = 5_000;
 
 /** What every signed envelope from a site carries: who, for which task, and a fresh nonce. */
 const envelopeBase = {

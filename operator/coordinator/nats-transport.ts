@@ -340,13 +340,14 @@ export class NatsTransport implements SiteTransport {
 
   /** Sends a task; a site that is not alive (no hello lately) fails at once, others are retried until the deadline. */
   private async sendTask<T>(r: OpenRound<T>, site: string, task: FitTask | EvaluateTask): Promise<void> {
-    const body = json(task);
+    // The time left, as of each sending: the site counts it on its own clock (clocks differ).
+    const body = () => json({ ...task, validForMs: Math.max(0, task.deadline - Date.now()) });
     const until = Date.now() + this.deadlineMs;
     let wait = 200;
     let lastError = '';
     while (Date.now() < until && !r.channel.isClosed) {
       try {
-        await this.o.nc.request(this.o.subjects.task(site), body, { timeout: 2000 });
+        await this.o.nc.request(this.o.subjects.task(site), body(), { timeout: 2000 });
         return;
       } catch (err) {
         lastError = (err as Error).message;

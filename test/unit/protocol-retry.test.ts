@@ -1,6 +1,7 @@
 // Patience on the wire: retries until a deadline; is a stored object the referenced one.
 import { describe, expect, it } from 'vitest';
 import { objectStoreDigest, sha256Hex, sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
+import { deadlineOnSite, Task } from '../../core/protocol/messages.ts';
 import { connectionFailed, retrying, StalledReadError, storedObjectMismatch } from '../../core/protocol/retry.ts';
 
 describe('retrying', () => {
@@ -78,5 +79,38 @@ describe('connectionFailed', () => {
     expect(connectionFailed(named('RequestError', new RangeError('too big')))).toBe(false);
     expect(connectionFailed(new Error('object x not found'))).toBe(false);
     expect(connectionFailed('not an error')).toBe(false);
+  });
+});
+
+describe('deadlineOnSite', () => {
+  const task = { deadline: 1_000_000 + 60_000, validForMs: 59_990 };
+
+  it('counts the time the task leaves from its arrival, on the site clock', () => {
+    // The site's clock 10 minutes ahead: the coordinator's deadline has "passed" on it, its own has not.
+    const receivedAt = 1_000_010 + 600_000;
+    expect(deadlineOnSite(task, receivedAt)).toEqual({ deadline: receivedAt + 59_990, coordinatorAheadMs: -600_000 });
+    // 10 minutes behind: the site does not go on 10 minutes past the round.
+    expect(deadlineOnSite(task, 1_000_010 - 600_000).deadline).toBe(1_000_010 - 600_000 + 59_990);
+    expect(deadlineOnSite(task, 1_000_010 - 600_000).coordinatorAheadMs).toBe(600_000);
+  });
+
+  it('takes a deadline that says nothing of the time left as it is', () => {
+    expect(deadlineOnSite({ deadline: 5_000 }, 123_456)).toEqual({ deadline: 5_000 });
+  });
+
+  it('a task carries the time it leaves in its schema, not negative', () => {
+    const base = {
+      type: 'evaluate',
+      protocol: 1,
+      job: 'default_j',
+      site: 'north',
+      round: 1,
+      taskId: 'a'.repeat(32),
+      model: { bucket: 'b', name: 'n', sha256: 'a'.repeat(64), size: 4 },
+      deadline: 10,
+      trainLoss: false,
+    };
+    expect(Task.safeParse({ ...base, validForMs: 5 }).success).toBe(true);
+    expect(Task.safeParse({ ...base, validForMs: -5 }).success).toBe(false);
   });
 });

@@ -16,6 +16,8 @@ import { objectWire } from '../../core/protocol/object-wire.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import {
   Ack,
+  CLOCK_OFFSET_WORTH_SAYING_MS,
+  deadlineOnSite,
   type EvaluateTask,
   evaluationEnvelope,
   type FitTask,
@@ -177,6 +179,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
 
   // Join, then keep saying hello: the coordinator samples only sites it has heard from lately.
   let joined = false;
+  let clockOffsetSaid = false;
   /** A refusal no second hello can change (another job, protocol or model): the site stops with it. */
   let refused: string | undefined;
   /** The coordinator ended the job in a failure (its reason). */
@@ -317,6 +320,16 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       return;
     }
     msg.respond(json({ type: 'ack', accepted: true }));
+    // The deadline from here on is on this machine's clock: counted from receipt.
+    const { deadline, coordinatorAheadMs } = deadlineOnSite(task, Date.now());
+    task = { ...task, deadline };
+    if (coordinatorAheadMs !== undefined && Math.abs(coordinatorAheadMs) >= CLOCK_OFFSET_WORTH_SAYING_MS && !clockOffsetSaid) {
+      clockOffsetSaid = true;
+      const s = Math.round(Math.abs(coordinatorAheadMs) / 1000);
+      log(
+        `site ${site}: this machine's clock is about ${s} s ${coordinatorAheadMs > 0 ? 'behind' : 'ahead of'} the coordinator's (or its tasks take that long to arrive); each task's deadline is counted from its arrival, but set the clocks right (NTP): logs and metrics on the two sides will not line up`,
+      );
+    }
     const work = async () => {
       if (failpoints.fails(task)) throw new Error(`failpoint: the ${task.type} task of round ${task.round} fails`);
       return task.type === 'fit' ? train(task) : score(task);
