@@ -98,6 +98,17 @@ export class SiteWorker {
     this.classes = cfg.spec.classes;
   }
 
+  /** A site's SCAFFOLD control variate c_i after its last fit (undefined before its first), to keep across restarts. */
+  controlOf(siteIndex: number): Float32Array | undefined {
+    return this.controls.get(siteIndex);
+  }
+
+  /** Puts back a kept control variate (or none: the site starts from c_i = 0, as at its first round). */
+  restoreControl(siteIndex: number, control: Float32Array | undefined): void {
+    if (control) this.controls.set(siteIndex, control);
+    else this.controls.delete(siteIndex);
+  }
+
   private site(siteIndex: number) {
     const site = this.cfg.spec.sites[siteIndex];
     if (!site) throw new RangeError(`no site #${siteIndex}`);

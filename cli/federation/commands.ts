@@ -1,6 +1,6 @@
 // `consort coordinator` and `consort site`: the two processes of a job over NATS. Flags are
 // checked with zod; each process stops cleanly on SIGINT/SIGTERM.
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import { allowWideSimd } from '../../core/aggregation/wide-simd.ts';
@@ -53,6 +53,7 @@ export const SiteFlags = z
     backend: z.enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto'),
     seed: intFlag(0, 2 ** 31 - 1).optional(),
     dataDir: z.string().min(1).optional(),
+    state: z.string().min(1).optional(),
     quiet: z.boolean().default(false),
   })
   .strict();
@@ -217,6 +218,18 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
   }
 }
 
+/** A folder this process can write in (made if missing), or a CliError naming the flag. */
+function writableDir(path: string, flag: string): string {
+  const dir = resolve(path);
+  try {
+    mkdirSync(dir, { recursive: true });
+    accessSync(dir, constants.W_OK);
+  } catch (err) {
+    throw new CliError('CONSORT_CLI_OUTPUT', `${flag}: ${dir}: ${fileProblem(err)}`);
+  }
+  return dir;
+}
+
 export async function siteCommand(raw: Record<string, unknown>): Promise<number> {
   try {
     const flags = parseFlags(SiteFlags, raw);
@@ -231,6 +244,7 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
         `--site: "${flags.site}" is not a site of ${job.metadata.name} (${job.spec.sites.map((s) => s.name).join(', ')})`,
       );
     }
+    const stateDir = flags.state === undefined ? undefined : writableDir(flags.state, '--state');
     // The seed signs updates; the file logs in (a .creds file carries the site's JWT too).
     const seed = readSeed(flags.creds);
     const log = logTo(flags.quiet);
@@ -247,6 +261,7 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
         seed,
         baseDir: resolve(flags.dataDir ?? dirname(resolve(flags.job))),
         backend: flags.backend,
+        ...(stateDir ? { stateDir } : {}),
         log,
         signal: stopSignal(stop),
       });

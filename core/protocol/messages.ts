@@ -55,6 +55,11 @@ export const Hello = z
      * coordinator that the site started again, and lost any task it had been sent.
      */
     instance: nonce.optional(),
+    /**
+     * The site keeps what only it holds between rounds (top-k residual, SCAFFOLD's c_i) on its
+     * disk (`consort site --state`): a restart of its process loses none of it.
+     */
+    keepsState: z.boolean().optional(),
     sampleShape: z.array(z.number().int().positive()).min(1).max(8),
     labels: z.array(z.string().max(256)).max(10_000),
     /** The names of the input's features, in the model's order (tabular data): every site must send the same. */

@@ -19,6 +19,8 @@ export const FINALIZER = 'consort.dev/cleanup';
 /** Where the worker sees its job file and its NATS credentials. */
 export const JOB_MOUNT = '/etc/consort/job';
 export const NATS_MOUNT = '/etc/consort/nats';
+/** Where a worker keeps its site state between rounds (consort site --state): an emptyDir of its Pod. */
+export const SITE_STATE_MOUNT = '/var/lib/consort/state';
 
 export interface JobObject extends KubeObject {
   spec: FederatedJobSpec;
@@ -126,6 +128,11 @@ export function workerPod(job: JobObject, site: SiteSpec, s: PodSettings): KubeO
   const w = job.spec.worker;
   const { volumes, mounts } = baseVolumes(job, names.siteSecret(job.metadata.name, site.name));
   const args = ['site', '--job', `${JOB_MOUNT}/job.yaml`, '--site', site.name, '--nats', s.natsUrl, '--creds', `${NATS_MOUNT}/site.creds`];
+  // The site's own state between rounds (top-k residual, SCAFFOLD's c_i) on a volume of the Pod:
+  // a worker container that crashes and is restarted in place carries on where it stopped.
+  volumes.push({ name: 'site-state', emptyDir: {} } as never);
+  mounts.push({ name: 'site-state', mountPath: SITE_STATE_MOUNT } as never);
+  args.push('--state', SITE_STATE_MOUNT);
   if (site.volume) {
     volumes.push({
       name: 'data',

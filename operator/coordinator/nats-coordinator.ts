@@ -397,16 +397,18 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     // Another process of a site already here: it lost whatever task it had been sent (a round waiting for it gets it again).
     if (instance !== undefined) instances.set(site, instance);
     if (before !== undefined && instance !== undefined && before !== instance) {
-      // Site state that lives only in the site's process: a restart starts it over.
-      const lost = [
+      // Site state that lives only in the site: a restart starts it over, unless the site keeps it on its disk (--state).
+      const held = [
         ...(spec.compression.codec === 'topk' ? ['its top-k residual (what its earlier updates left unsent)'] : []),
         ...(spec.strategy.name === 'scaffold' ? ['its SCAFFOLD control variate'] : []),
       ];
       log(
         `site "${site}" started again${
-          lost.length > 0
-            ? `: ${lost.join(' and ')} ended with the old process and start over, so the run no longer ends in the bytes of an uninterrupted one`
-            : ''
+          held.length === 0
+            ? ''
+            : h.data.keepsState
+              ? `; it keeps ${held.join(' and ')} on its disk, and carries on from there`
+              : `: ${held.join(' and ')} ended with the old process and start over, so the run no longer ends in the bytes of an uninterrupted one (consort site --state DIR keeps them)`
         }`,
       );
       replaced.set(site, (replaced.get(site) ?? new Set()).add(before));

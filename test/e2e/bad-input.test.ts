@@ -248,6 +248,33 @@ describe('a malformed failpoint in the environment of `consort site`', () => {
   });
 });
 
+describe('a --state folder that `consort site` cannot write', () => {
+  it.concurrent('is refused at once, naming the flag and the folder', async () => {
+    const dir = tmp('bad-state');
+    const job = writeJob(dir, hospitalSpec());
+    const file = join(dir, 'a-file');
+    writeFileSync(file, 'not a folder');
+    const result = await runConsort([
+      'site',
+      '--job',
+      job,
+      '--site',
+      'north',
+      '--nats',
+      'nats://127.0.0.1:1',
+      '--creds',
+      join(dir, 'none.nk'),
+      '--state',
+      join(file, 'state'),
+    ]);
+    const why = transcript(result);
+    expect(result.code, why).toBe(1);
+    expect(result.stderr, why).toMatch(
+      new RegExp(`^consort: --state: ${join(file, 'state').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: .+ \\[CONSORT_CLI_OUTPUT\\]\n$`),
+    );
+  });
+});
+
 describe('an output folder that the results would destroy', () => {
   /** Runs `consort run JOB --out OUT` (in `cwd`) and checks it is refused at once, naming the folder. */
   async function expectRefused(job: string, out: string, cwd?: string): Promise<string> {

@@ -92,4 +92,45 @@ describe('a site killed mid-round (SIGKILL) and started again', () => {
     expect(report.rounds[KILLED_IN - 1]!.durationMs).toBeLessThan((LONG_DEADLINE_S / 2) * 1000);
     expect(sha).toBe((await reference).sha);
   });
+
+  it("under top-k and SCAFFOLD, a site that keeps its state (--state) and dies with an update written but not announced carries on from its state: the model is the uninterrupted run's", async () => {
+    const dir = tmp('nats-site-restart-state');
+    const f = await federation({
+      rounds: ROUNDS,
+      sampling: { minSites: 4 },
+      aggregation: { roundDeadlineSeconds: 120 },
+      compression: { codec: 'topk', topkFraction: 0.05 },
+      strategy: { name: 'scaffold' },
+    });
+    const reference = f.run(join(dir, 'reference'));
+    const out = join(dir, 'out');
+    const state = ['--state', join(dir, 'site-state')];
+    const sites = Object.fromEntries(
+      f.siteNames.map((s) => [s, f.site(s, [], { args: state, failpoints: s === VICTIM ? [`stop-before-answer:fit:${KILLED_IN}`] : [] })]),
+    );
+    const coordinator = f.coordinator(out);
+
+    // Its state after round 3 is on its disk, its update of round 3 in its bucket, and no one was told.
+    await sites[VICTIM]!.waitFor(
+      new RegExp(`failpoint: stopped before answering the fit task of round ${KILLED_IN} \\(its update written, its state kept\\)`),
+      60_000,
+      0,
+      () => f.logs(),
+    );
+    await sites[VICTIM]!.kill();
+    const again = f.site(VICTIM, [], { args: state });
+
+    const exit = await coordinator.exited;
+    expect(exit.code, f.logs()).toBe(0);
+    expect((await again.exited).code, again.tail()).toBe(0);
+    const { report, sha } = readOutput(out);
+    const all = [...f.siteNames].sort();
+    for (const r of report.rounds) expect(r.participants, `round ${r.round}`).toEqual(all);
+    expect(sha).toBe((await reference).sha);
+    // Round 3 trained again from the state before it, not from the one it had written.
+    expect(again.tail(1000)).toContain(`site ${VICTIM}: carries on from its state after round ${KILLED_IN - 1} (`);
+    expect(coordinator.tail(1000)).toContain(
+      `site "${VICTIM}" started again; it keeps its top-k residual (what its earlier updates left unsent) and its SCAFFOLD control variate on its disk, and carries on from there`,
+    );
+  });
 });

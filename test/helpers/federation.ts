@@ -292,14 +292,27 @@ export class Federation {
   /**
    * `consort site --job JOB --site NAME --nats URL --creds sites/NAME.nk`; `stopAfterAck`: the
    * tasks (`fit:3`, `evaluate:5`) after whose acknowledgement it stops itself (SIGSTOP) until
-   * resumed (worker/nats/failpoints.ts), each logged as `failpoint: stopped` first.
+   * resumed (worker/nats/failpoints.ts), each logged as `failpoint: stopped` first; `more`: further
+   * flags, and failpoints as CONSORT_FAILPOINTS spells them (`stop-before-answer:fit:3`).
    */
-  site(name: string, stopAfterAck: string[] = []): ConsortProcess {
+  site(name: string, stopAfterAck: string[] = [], more: { args?: string[]; failpoints?: string[] } = {}): ConsortProcess {
     const label = `site ${name} #${this.processes.filter((p) => p.label.startsWith(`site ${name} `)).length + 1}`;
-    const env: Record<string, string> = stopAfterAck.length ? { [FAILPOINTS_ENV]: stopAfterAck.map((t) => `stop-after-ack:${t}`).join(',') } : {};
+    const failpoints = [...stopAfterAck.map((t) => `stop-after-ack:${t}`), ...(more.failpoints ?? [])];
+    const env: Record<string, string> = failpoints.length ? { [FAILPOINTS_ENV]: failpoints.join(',') } : {};
     return this.consort(
       label,
-      ['site', '--job', this.jobPath, '--site', name, '--nats', this.server.url, '--creds', join(this.dir, 'nats', 'sites', `${name}.nk`)],
+      [
+        'site',
+        '--job',
+        this.jobPath,
+        '--site',
+        name,
+        '--nats',
+        this.server.url,
+        '--creds',
+        join(this.dir, 'nats', 'sites', `${name}.nk`),
+        ...(more.args ?? []),
+      ],
       env,
     );
   }

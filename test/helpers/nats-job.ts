@@ -66,7 +66,7 @@ export function signedHello(
   site: string,
   seed: string,
   model: { layout: ParameterLayout; sampleShape: number[] },
-  extra: { features?: readonly string[]; terms?: string; initial?: { sha256: string; size: number }; instance?: string } = {},
+  extra: { features?: readonly string[]; terms?: string; initial?: { sha256: string; size: number }; instance?: string; keepsState?: boolean } = {},
 ): Uint8Array {
   const hello = {
     type: 'hello' as const,
@@ -81,6 +81,7 @@ export function signedHello(
     ...(extra.terms !== undefined ? { terms: extra.terms } : {}),
     ...(extra.initial ? { initial: extra.initial } : {}),
     ...(extra.instance ? { instance: extra.instance } : {}),
+    ...(extra.keepsState !== undefined ? { keepsState: extra.keepsState } : {}),
     layout: model.layout,
     codecs: ['none' as const],
   };

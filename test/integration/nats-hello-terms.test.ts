@@ -223,10 +223,12 @@ async function hellosOfNorth(job: FederatedJob) {
   });
   coordinator.catch(() => {});
   const north = await as('north', auth.sites.north!.seed);
-  const hello = async (instance: string) => {
+  const hello = async (instance: string, extra: { keepsState?: boolean } = {}) => {
     for (;;) {
       const reply = await north
-        .request(subj.hello('north'), signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance }), { timeout: 1000 })
+        .request(subj.hello('north'), signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance, ...extra }), {
+          timeout: 1000,
+        })
         .catch(() => undefined);
       if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
     }
@@ -267,7 +269,12 @@ describe('a site restarted under top-k compression and SCAFFOLD', () => {
     expect((await hello('A'.repeat(22))).accepted).toBe(true);
     expect((await hello('B'.repeat(22))).accepted).toBe(true);
     expect(logs).toContain(
-      'site "north" started again: its top-k residual (what its earlier updates left unsent) and its SCAFFOLD control variate ended with the old process and start over, so the run no longer ends in the bytes of an uninterrupted one',
+      'site "north" started again: its top-k residual (what its earlier updates left unsent) and its SCAFFOLD control variate ended with the old process and start over, so the run no longer ends in the bytes of an uninterrupted one (consort site --state DIR keeps them)',
+    );
+    // A process that keeps them on its disk (--state) says so: nothing is said lost.
+    expect((await hello('C'.repeat(22), { keepsState: true })).accepted).toBe(true);
+    expect(logs).toContain(
+      'site "north" started again; it keeps its top-k residual (what its earlier updates left unsent) and its SCAFFOLD control variate on its disk, and carries on from there',
     );
     stop.abort();
     await expect(coordinator).rejects.toMatchObject({ code: 'CONSORT_C_ABORTED' });

@@ -11,10 +11,18 @@ describe('site failpoints (CONSORT_FAILPOINTS)', () => {
   });
 
   it('refuses anything else, saying what it expected', () => {
-    for (const bad of ['stop-after-ack:fit:0', 'stop:fit:3', 'stop-after-ack:train:3', 'stop-after-ack:fit:-1', 'stop-after-ack:fit:3x']) {
+    for (const bad of [
+      'stop-after-ack:fit:0',
+      'stop:fit:3',
+      'stop-after-ack:train:3',
+      'stop-after-ack:fit:-1',
+      'stop-after-ack:fit:3x',
+      // An evaluation has no update to write before its answer.
+      'stop-before-answer:evaluate:3',
+    ]) {
       const r = Failpoints.safeParse(bad);
       expect(r.success, bad).toBe(false);
-      expect(r.error?.issues[0]?.message).toMatch(/stop-after-ack:<fit\|evaluate>:<round> or fail:<fit\|evaluate>:<round>/);
+      expect(r.error?.issues[0]?.message).toMatch(/stop-after-ack:<fit\|evaluate>:<round>, stop-before-answer:fit:<round> or fail:<fit\|evaluate>:<round>/);
     }
   });
 
@@ -34,5 +42,15 @@ describe('site failpoints (CONSORT_FAILPOINTS)', () => {
     expect(armed.fails({ type: 'fit', round: 1 })).toBe(false);
     expect(armed.hit({ type: 'fit', round: 1 })).toBe(true);
     expect(armed.hit({ type: 'fit', round: 1 })).toBe(false);
+  });
+
+  it('a stop point before the answer fires there only', () => {
+    expect(Failpoints.parse('stop-before-answer:fit:2')).toEqual([{ action: 'before-answer', task: 'fit', round: 2 }]);
+    const armed = new ArmedFailpoints(Failpoints.parse('stop-before-answer:fit:2'));
+    expect(armed.hit({ type: 'fit', round: 2 })).toBe(false);
+    expect(armed.fails({ type: 'fit', round: 2 })).toBe(false);
+    expect(armed.beforeAnswer({ type: 'fit', round: 1 })).toBe(false);
+    expect(armed.beforeAnswer({ type: 'fit', round: 2 })).toBe(true);
+    expect(armed.beforeAnswer({ type: 'fit', round: 2 })).toBe(false);
   });
 });

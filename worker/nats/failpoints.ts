@@ -7,19 +7,24 @@
 // point makes the task itself throw instead (a training that fails), as a broken model would.
 import { z } from 'zod';
 
-/** `stop-after-ack:<fit|evaluate>:<round>` or `fail:<fit|evaluate>:<round>`, comma-separated; each fires once. */
+/**
+ * `stop-after-ack:<fit|evaluate>:<round>`, `stop-before-answer:fit:<round>` (its update written,
+ * and its state kept, but not announced) or `fail:<fit|evaluate>:<round>`, comma-separated; each
+ * fires once.
+ */
 export const FAILPOINTS_ENV = 'CONSORT_FAILPOINTS';
 
 const Point = z
   .string()
   .trim()
   .regex(
-    /^(stop-after-ack|fail):(fit|evaluate):[1-9]\d{0,8}$/,
-    'expected stop-after-ack:<fit|evaluate>:<round> or fail:<fit|evaluate>:<round>, e.g. stop-after-ack:fit:3',
+    /^((stop-after-ack|fail):(fit|evaluate)|stop-before-answer:fit):[1-9]\d{0,8}$/,
+    'expected stop-after-ack:<fit|evaluate>:<round>, stop-before-answer:fit:<round> or fail:<fit|evaluate>:<round>, e.g. stop-after-ack:fit:3',
   )
   .transform((s) => {
     const [action, task, round] = s.split(':');
-    return { ...(action === 'fail' ? { action: 'fail' as const } : {}), task: task as 'fit' | 'evaluate', round: Number(round) };
+    const as = action === 'fail' ? { action: 'fail' as const } : action === 'stop-before-answer' ? { action: 'before-answer' as const } : {};
+    return { ...as, task: task as 'fit' | 'evaluate', round: Number(round) };
   });
 
 export const Failpoints = z
@@ -46,7 +51,12 @@ export class ArmedFailpoints {
     return this.#take(task, 'fail');
   }
 
-  #take(task: { type: 'fit' | 'evaluate'; round: number }, action: 'fail' | undefined): boolean {
+  /** Whether a stop point before this task's answer fires (and disarms it). */
+  beforeAnswer(task: { type: 'fit' | 'evaluate'; round: number }): boolean {
+    return this.#take(task, 'before-answer');
+  }
+
+  #take(task: { type: 'fit' | 'evaluate'; round: number }, action: Failpoint['action']): boolean {
     const i = this.#points.findIndex((p) => p.task === task.type && p.round === task.round && p.action === action);
     if (i < 0) return false;
     this.#points.splice(i, 1);

@@ -14,6 +14,7 @@ import { type ObjectReadWire, readObject } from '../../core/protocol/object-read
 import { objectWire } from '../../core/protocol/object-wire.ts';
 
 import { retrying } from '../../core/protocol/retry.ts';
+import { SiteStateStore } from './site-state.ts';
 import {
   Ack,
   CLOCK_OFFSET_WORTH_SAYING_MS,
@@ -63,6 +64,11 @@ export interface SiteRunnerOptions {
   backend: BackendPreference;
   log: (line: string) => void;
   heartbeatMs?: number;
+  /**
+   * Where the site keeps what only it holds between rounds (top-k residual, SCAFFOLD's c_i), so
+   * that a restarted process carries on (site-state.ts); absent: they start over at a restart.
+   */
+  stateDir?: string;
   /** Points at which the process stops itself (SIGSTOP), or a task fails, for crash tests (failpoints.ts). */
   failpoints?: readonly Failpoint[];
   /** Ends the runner early (tests, signals). */
@@ -125,6 +131,22 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   };
   /** Top-k error feedback: what compression left out stays here. */
   let residual: Float32Array | undefined;
+  // What only the site holds between rounds, kept on its disk when asked (--state) and the job has any.
+  const stateStore =
+    opts.stateDir !== undefined && (spec.compression.codec === 'topk' || spec.strategy.name === 'scaffold')
+      ? new SiteStateStore(opts.stateDir, { job: key, site, parameters: layoutSize(prepared.layout) })
+      : undefined;
+  /** The round whose state (residual, c_i) this process holds; undefined until a fit task reads the kept one. */
+  let stateRound: number | undefined;
+  /** Before round `round`'s training: this site's state after its last round before it, from disk (a new process, or a round trained again). */
+  const restoreState = (round: number) => {
+    if (!stateStore || (stateRound !== undefined && stateRound < round)) return;
+    const kept = stateStore.before(round, (file, why) => log(`site ${site}: ${file} not used (${why}); its state starts over`));
+    residual = kept?.residual;
+    worker.restoreControl(siteIndex, kept?.control);
+    if (kept && stateRound === undefined) log(`site ${site}: carries on from its state after round ${kept.round} (${stateStore.dir})`);
+    stateRound = kept?.round ?? 0;
+  };
 
   let finish: () => void = () => {};
   const finished = new Promise<void>((resolve) => {
@@ -163,6 +185,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       nonce: newNonce(),
       sentAt: Date.now(),
       instance,
+      ...(stateStore ? { keepsState: true } : {}),
       sampleShape: described.sampleShape,
       labels: described.labels,
       ...(described.features ? { features: described.features } : {}),
@@ -261,6 +284,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     const already = sent.get(`fit/${task.round}`);
     if (already) return deliver(subj.update(site), already, task.deadline, `update of round ${task.round}`);
     if (task.scaler) worker.useScaler(task.scaler);
+    restoreState(task.round);
     const global = await fetchModel(task.model, task.deadline);
     const serverControl = task.control ? await fetchModel(task.control, task.deadline, 'control') : undefined;
     const r = await worker.fit({ round: task.round, siteIndex, global, proximalMu: task.proximalMu, ...(serverControl ? { serverControl } : {}) });
@@ -270,6 +294,15 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       ...(r.controlDelta ? { control: r.controlDelta } : {}),
     });
     if (encoded.residual) residual = encoded.residual;
+    // On disk before the update is announced: no update the coordinator counts is ahead of the kept state.
+    if (stateStore) {
+      stateStore.save({
+        round: task.round,
+        ...(residual ? { residual } : {}),
+        ...(worker.controlOf(siteIndex) ? { control: worker.controlOf(siteIndex)! } : {}),
+      });
+      stateRound = task.round;
+    }
     const nonce = newNonce();
     const name = objectNames.update(task.round, nonce);
     // Hashed as it is written: that is the envelope's SHA-256, with no second pass.
@@ -284,6 +317,10 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     const body = json(signEnvelope(envelope, opts.seed));
     remember(`fit/${task.round}`, body);
     summary.fits++;
+    if (failpoints.beforeAnswer(task)) {
+      log(`site ${site}: failpoint: stopped before answering the fit task of round ${task.round} (its update written${stateStore ? ', its state kept' : ''})`);
+      process.kill(process.pid, 'SIGSTOP');
+    }
     await deliver(subj.update(site), body, task.deadline, `update of round ${task.round}`);
   };
 
