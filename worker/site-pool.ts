@@ -186,8 +186,15 @@ export class SitePool {
     return this.threads[thread % this.threads.length]!.call('trainCentral', [siteIndices, initial, epochs]);
   }
 
+  /**
+   * On the thread with the least work queued (thread 0 on ties): at a run's end a thread may still
+   * be training a task a deadline gave up on, and the export, which every prepared thread gives
+   * alike, used to wait for it (a minute after the last round, behind a slow site).
+   */
   exportModel(global: Float32Array): Promise<ExportedModel> {
-    return this.threads[0]!.call('exportModel', [global]);
+    let t = 0;
+    for (let i = 1; i < this.threads.length; i++) if (this.queued[i]! < this.queued[t]!) t = i;
+    return this.threads[t]!.call('exportModel', [global]);
   }
 
   numTensors(): Promise<number[]> {
