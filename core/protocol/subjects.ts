@@ -72,6 +72,8 @@ export const objectNames = {
   control: (round: number) => `control/r${round}`,
   update: (round: number, nonce: string) => `update/r${round}/${nonce}`,
   checkpoint: 'checkpoint',
+  /** The coordinator's round records kept apart from its checkpoint, RECORDS_PER_SEGMENT a segment (operator/coordinator/checkpoint.ts). */
+  records: (segment: number) => `records/${segment}`,
   /** A site's copy of the weights its model file carries (a pre-trained model), in its own bucket: round 1's global model. */
   initial: 'initial',
 };

@@ -13,7 +13,7 @@ import { describeIssues } from '../../core/job/issues.ts';
 import { buckets, jobKey, objectNames, subjects } from '../../core/protocol/subjects.ts';
 import { decodeJson } from '../../core/protocol/wire.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
-import { readCheckpointHeader } from '../coordinator/checkpoint.ts';
+import { archivedRecords, readCheckpointHeader, readRecordSegment } from '../coordinator/checkpoint.ts';
 import { emptyTally, type RoundTally, tallyRounds } from '../coordinator/round-tally.ts';
 import { sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
 import { type CoordinatorCounters, FINAL_MODEL, runNatsCoordinator, WEIGHTS_SHA256_KEY } from '../coordinator/nats-coordinator.ts';
@@ -167,6 +167,8 @@ export class PodRun implements JobRun {
   /** The job's buckets, opened once (they exist from the coordinator's start on). */
   #state: ObjectStore | undefined;
   #models: ObjectStore | undefined;
+  /** The checkpoint's archived record segments read so far (they never change). */
+  readonly #segments = new Map<number, RoundRecord[]>();
   #stopped = false;
   #reading: Promise<void> = Promise.resolve();
 
@@ -236,6 +238,15 @@ export class PodRun implements JobRun {
     this.#ctx.onChange('progress');
   }
 
+  async #segment(state: ObjectStore, index: number): Promise<RoundRecord[]> {
+    let records = this.#segments.get(index);
+    if (!records) {
+      records = await readRecordSegment(state, index);
+      this.#segments.set(index, records);
+    }
+    return records;
+  }
+
   /** Reads the checkpoint's header (and, when done, the final model's description) again. */
   refresh(done: boolean): void {
     this.#reading = this.#reading.then(async () => {
@@ -247,7 +258,12 @@ export class PodRun implements JobRun {
         const r = this.#state ? await this.#state.get(objectNames.checkpoint) : null;
         if (r) {
           r.error.catch(() => {}); // the rest of the body is cancelled
-          const h = await readCheckpointHeader(r.data);
+          const header = await readCheckpointHeader(r.data);
+          // Archived segments never change: each is read once per run.
+          const state = this.#state!;
+          const h = header.archived
+            ? { ...header, records: [...(await archivedRecords(header.archived, (i) => this.#segment(state, i))), ...header.records] }
+            : header;
           if (h.round > this.progress.round) this.progress.lastRoundAt = Date.now();
           this.progress.round = h.round;
           this.progress.records = h.records;

@@ -2,12 +2,35 @@
 // needs to carry on as if it had never stopped. Sampling draws from a stream keyed by
 // (seed, round), so the round number is the whole RNG state. Float64 strategy buffers are kept
 // bit-exact, so a resumed job ends in the same bytes as an uninterrupted one.
+import type { ObjectStore } from '@nats-io/obj';
 import { z } from 'zod';
+import { retrying } from '../../core/protocol/retry.ts';
+import { objectNames } from '../../core/protocol/subjects.ts';
 import { RoundRecord } from '../../core/report/run-report.ts';
 import { concatBytes } from '../../core/tensor/safetensors.ts';
 import type { StrategyState } from '../../core/strategies/strategy.ts';
 
 export const CHECKPOINT_FORMAT = 'consort.dev/checkpoint/v1';
+
+/**
+ * Round records per archived segment. A checkpoint is written every round; with every record in
+ * it, its header grew with rounds × sites (a 50-site job of 1,000 rounds rewrote megabytes of JSON
+ * each round). A store that can keep records apart (CheckpointStore.saveRecords) takes each full
+ * run of this many once, and the checkpoint keeps only the records after them.
+ */
+export const RECORDS_PER_SEGMENT = 64;
+
+/** One archived segment: exactly RECORDS_PER_SEGMENT records, as JSON. */
+const RecordSegment = z.array(RoundRecord).length(RECORDS_PER_SEGMENT);
+
+export function encodeRecordSegment(records: readonly RoundRecord[]): Uint8Array {
+  if (records.length !== RECORDS_PER_SEGMENT) throw new RangeError(`a record segment holds ${RECORDS_PER_SEGMENT} records, not ${records.length}`);
+  return new TextEncoder().encode(JSON.stringify(records));
+}
+
+export function decodeRecordSegment(bytes: Uint8Array): RoundRecord[] {
+  return RecordSegment.parse(JSON.parse(new TextDecoder().decode(bytes)));
+}
 
 export interface Checkpoint {
   job: string;
@@ -15,7 +38,14 @@ export interface Checkpoint {
   round: number;
   global: Float32Array;
   strategy: StrategyState;
+  /**
+   * The round records. Encoded (checkpointParts), the first `archived` of them are left out, the
+   * store keeping them apart; decoded (decodeCheckpoint), only those after them are here, and
+   * loadCheckpoint puts the archived ones back in front.
+   */
   records: RoundRecord[];
+  /** How many leading records the store keeps apart, in segments of RECORDS_PER_SEGMENT. */
+  archived?: number;
   /** Early-stopping bookkeeping. */
   best: number;
   sinceBest: number;
@@ -31,6 +61,12 @@ const Header = z.object({
   strategy: z.object({ name: z.string(), step: z.number().int().min(0), buffers: z.array(z.object({ name: z.string(), length: z.number().int().min(0) })) }),
   globalLength: z.number().int().min(0),
   records: z.array(RoundRecord),
+  archived: z
+    .number()
+    .int()
+    .min(0)
+    .refine((n) => n % RECORDS_PER_SEGMENT === 0, `a multiple of ${RECORDS_PER_SEGMENT}`)
+    .optional(),
   best: z.number().nullable(),
   sinceBest: z.number().int().min(0),
   stoppedBy: z.enum(['rounds', 'target', 'patience']).optional(),
@@ -69,7 +105,8 @@ export function checkpointParts(c: Checkpoint): Uint8Array[] {
       round: c.round,
       strategy: { name: c.strategy.name, step: c.strategy.step, buffers: buffers.map(([name, b]) => ({ name, length: b.length })) },
       globalLength: c.global.length,
-      records: c.records,
+      records: c.archived ? c.records.slice(c.archived) : c.records,
+      ...(c.archived ? { archived: c.archived } : {}),
       best: Number.isFinite(c.best) ? c.best : null,
       sinceBest: c.sinceBest,
       ...(c.stoppedBy ? { stoppedBy: c.stoppedBy } : {}),
@@ -118,6 +155,7 @@ export function decodeCheckpoint(bytes: Uint8Array): Checkpoint {
     global,
     strategy: { name: h.strategy.name as StrategyState['name'], step: h.strategy.step, buffers },
     records: h.records,
+    ...(h.archived ? { archived: h.archived } : {}),
     best: h.best ?? Number.NEGATIVE_INFINITY,
     sinceBest: h.sinceBest,
     ...(h.stoppedBy ? { stoppedBy: h.stoppedBy } : {}),
@@ -130,22 +168,71 @@ export interface CheckpointStore {
   load(): Promise<Uint8Array | undefined>;
   /** Stores the checkpoint whose bytes are these pieces, one after the other (checkpointParts). */
   save(parts: Uint8Array[]): Promise<void>;
+  /**
+   * Keeps segment `index` of the round records (RECORDS_PER_SEGMENT of them, which never change)
+   * apart from the checkpoint; written before the checkpoint that counts it. Absent: every record
+   * stays in the checkpoint.
+   */
+  saveRecords?(index: number, records: readonly RoundRecord[]): Promise<void>;
+  /** Segment `index` of the round records, as saveRecords kept it. */
+  loadRecords?(index: number): Promise<RoundRecord[]>;
+}
+
+/**
+ * Segment `index` of a job's round records from its state bucket (store: the bucket), tried again
+ * for up to `patienceMs` while the server is unreachable; a missing or malformed one is an error.
+ */
+export async function readRecordSegment(store: Pick<ObjectStore, 'getBlob'>, index: number, patienceMs = 0): Promise<RoundRecord[]> {
+  const bytes = await retrying(() => store.getBlob(objectNames.records(index)), { until: Date.now() + patienceMs });
+  if (!bytes) throw new RangeError(`checkpoint: its record segment ${index} (${objectNames.records(index)}) is missing from the state bucket`);
+  try {
+    return decodeRecordSegment(bytes);
+  } catch (err) {
+    throw new RangeError(`checkpoint: its record segment ${index} is not ${RECORDS_PER_SEGMENT} round records: ${(err as Error).message.slice(0, 300)}`);
+  }
+}
+
+/** The stored checkpoint with all its round records (the archived ones put back in front), or undefined if there is none. */
+export async function loadCheckpoint(store: CheckpointStore): Promise<Checkpoint | undefined> {
+  const bytes = await store.load();
+  if (!bytes) return undefined;
+  const c = decodeCheckpoint(bytes);
+  return c.archived ? { ...c, records: [...(await archivedRecords(c.archived, (i) => loadSegment(store, i))), ...c.records] } : c;
+}
+
+function loadSegment(store: CheckpointStore, index: number): Promise<RoundRecord[]> {
+  if (!store.loadRecords) throw new RangeError(`checkpoint: ${index + 1} or more record segments are kept apart, and this store cannot read them`);
+  return store.loadRecords(index);
+}
+
+/** The first `archived` records, read segment by segment with `segment` (which may cache: segments never change). */
+export async function archivedRecords(archived: number, segment: (index: number) => Promise<RoundRecord[]>): Promise<RoundRecord[]> {
+  const segments = await Promise.all(Array.from({ length: archived / RECORDS_PER_SEGMENT }, (_, i) => segment(i)));
+  return segments.flat();
 }
 
 /** Only the header of a checkpoint (round, records, stop reason): what a watcher of the job needs, without decoding the model. */
-export function decodeCheckpointHeader(bytes: Uint8Array): Pick<Checkpoint, 'job' | 'round' | 'records' | 'stoppedBy'> {
+export function decodeCheckpointHeader(bytes: Uint8Array): Pick<Checkpoint, 'job' | 'round' | 'records' | 'archived' | 'stoppedBy'> {
   if (bytes.length < 4) throw new RangeError('checkpoint: truncated');
   const n = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0, true);
   if (4 + n > bytes.length) throw new RangeError('checkpoint: header exceeds the file');
   const h = Header.parse(JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + n))));
-  return { job: h.job, round: h.round, records: h.records, ...(h.stoppedBy ? { stoppedBy: h.stoppedBy } : {}) };
+  return {
+    job: h.job,
+    round: h.round,
+    records: h.records,
+    ...(h.archived ? { archived: h.archived } : {}),
+    ...(h.stoppedBy ? { stoppedBy: h.stoppedBy } : {}),
+  };
 }
 
 /**
  * Reads only as much of a checkpoint stream as its header needs, then cancels the rest: a watcher
  * of the job (the operator's PodRun, the API's history) never pulls the model-sized body.
  */
-export async function readCheckpointHeader(data: ReadableStream<Uint8Array>): Promise<Pick<Checkpoint, 'job' | 'round' | 'records' | 'stoppedBy'>> {
+export async function readCheckpointHeader(
+  data: ReadableStream<Uint8Array>,
+): Promise<Pick<Checkpoint, 'job' | 'round' | 'records' | 'archived' | 'stoppedBy'>> {
   const reader = data.getReader();
   const chunks: Uint8Array[] = [];
   let have = 0;

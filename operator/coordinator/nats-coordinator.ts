@@ -26,7 +26,8 @@ import { OperatorError } from '../errors.ts';
 import { weightsSha256 } from '../../core/report/assemble.ts';
 import { dataWarnings, scaleWarnings } from '../../core/job/warnings.ts';
 import { tuneGcForModel } from '../../core/gc-tuning.ts';
-import { type Checkpoint, type CheckpointStore, decodeCheckpoint } from './checkpoint.ts';
+import { type Checkpoint, type CheckpointStore, encodeRecordSegment, loadCheckpoint, readRecordSegment } from './checkpoint.ts';
+import type { RoundRecord } from '../../core/report/run-report.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { AGGREGATION_RANGE, type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
 import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
@@ -172,7 +173,7 @@ async function openOrCreate(objm: Objm, name: string): Promise<ObjectStore> {
 const WRITE_RETRY_MS = 60_000;
 
 /** The job's checkpoint as one object in its state bucket (replaced atomically each round). */
-class BucketCheckpointStore implements CheckpointStore {
+export class BucketCheckpointStore implements CheckpointStore {
   private readonly store: ObjectStore;
   private readonly wire: ObjectPutWire;
   private readonly bucket: string;
@@ -186,6 +187,13 @@ class BucketCheckpointStore implements CheckpointStore {
   }
   async save(parts: Uint8Array[]): Promise<void> {
     await retrying(() => putObject(this.wire, this.bucket, objectNames.checkpoint, parts, OBJECT_PUT), { until: Date.now() + WRITE_RETRY_MS });
+  }
+  async saveRecords(index: number, records: readonly RoundRecord[]): Promise<void> {
+    const bytes = encodeRecordSegment(records);
+    await retrying(() => putObject(this.wire, this.bucket, objectNames.records(index), [bytes], OBJECT_PUT), { until: Date.now() + WRITE_RETRY_MS });
+  }
+  async loadRecords(index: number): Promise<RoundRecord[]> {
+    return readRecordSegment(this.store, index, WRITE_RETRY_MS);
   }
 }
 
@@ -254,9 +262,9 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
   // What every process of this job must share; a checkpoint of other terms is another training.
   const terms = jobTerms(job.spec);
   let resume: Checkpoint | undefined;
-  const saved = await checkpoints.load();
+  const saved = await loadCheckpoint(checkpoints);
   if (saved) {
-    resume = decodeCheckpoint(saved);
+    resume = saved;
     const savedTerms = (resume.transport as Partial<TransportState> | undefined)?.terms;
     const differ = savedTerms !== undefined ? termsDiffer(savedTerms, terms, { here: 'in the checkpoint', there: 'now' }) : undefined;
     if (differ) {

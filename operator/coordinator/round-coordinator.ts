@@ -20,7 +20,7 @@ import { Rng } from '../../core/rng.ts';
 import { createStrategy } from '../../core/strategies/index.ts';
 import type { Strategy } from '../../core/strategies/strategy.ts';
 import { OperatorError } from '../errors.ts';
-import { type Checkpoint, type CheckpointStore, checkpointParts, decodeCheckpoint } from './checkpoint.ts';
+import { type Checkpoint, type CheckpointStore, checkpointParts, decodeCheckpoint, RECORDS_PER_SEGMENT } from './checkpoint.ts';
 
 export interface RoundEvents {
   roundStarted?(round: number, sites: readonly string[]): void;
@@ -60,6 +60,8 @@ export class RoundCoordinator {
 
   private readonly job: string;
   private readonly checkpoints: CheckpointStore | undefined;
+  /** How many leading round records the checkpoint store keeps apart (segments already written). */
+  private archived: number;
   private readonly transportState: (() => unknown) | undefined;
   private readonly resume: Checkpoint | undefined;
   private readonly signal: AbortSignal | undefined;
@@ -74,7 +76,7 @@ export class RoundCoordinator {
     events?: RoundEvents;
     /** Where to write a checkpoint after every round, and the job's name in it. */
     checkpoints?: { store: CheckpointStore; job: string; transportState?: () => unknown };
-    /** A checkpoint to carry on from. */
+    /** A checkpoint to carry on from, with all its records (loadCheckpoint puts the archived ones back). */
     resume?: Checkpoint;
     /** Ends the run at once (OperatorError CONSORT_C_ABORTED); the last checkpoint stays. */
     signal?: AbortSignal;
@@ -98,6 +100,7 @@ export class RoundCoordinator {
     this.checkpoints = opts.checkpoints?.store;
     this.transportState = opts.checkpoints?.transportState;
     this.resume = opts.resume;
+    this.archived = opts.resume?.archived ?? 0;
     this.aggregationRange = opts.aggregationRange ?? AGGREGATION_RANGE;
     this.aggregationThreads = opts.aggregationThreads ?? 1;
     // The model is ours from here: stored updates step it in place.
@@ -199,9 +202,25 @@ export class RoundCoordinator {
 
   private async saveCheckpoint(c: Pick<Checkpoint, 'round' | 'records' | 'best' | 'sinceBest' | 'stoppedBy'>): Promise<void> {
     if (!this.checkpoints) return;
+    // Each full segment of records goes apart once, before the checkpoint that counts it: the
+    // checkpoint then holds fewer than RECORDS_PER_SEGMENT records, however long the job.
+    const store = this.checkpoints;
+    if (store.saveRecords) {
+      while (c.records.length - this.archived >= RECORDS_PER_SEGMENT) {
+        await store.saveRecords(this.archived / RECORDS_PER_SEGMENT, c.records.slice(this.archived, this.archived + RECORDS_PER_SEGMENT));
+        this.archived += RECORDS_PER_SEGMENT;
+      }
+    }
     const transport = this.transportState?.();
-    await this.checkpoints.save(
-      checkpointParts({ job: this.job, global: this.global, strategy: this.strategy.state(), ...c, ...(transport !== undefined ? { transport } : {}) }),
+    await store.save(
+      checkpointParts({
+        job: this.job,
+        global: this.global,
+        strategy: this.strategy.state(),
+        ...c,
+        ...(this.archived > 0 ? { archived: this.archived } : {}),
+        ...(transport !== undefined ? { transport } : {}),
+      }),
     );
   }
 

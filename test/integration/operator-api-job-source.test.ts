@@ -13,7 +13,7 @@ import { encodeSafetensors } from '../../core/tensor/safetensors.ts';
 import { ClusterJobSource } from '../../operator/api/job-source.ts';
 import { emptyProgress, type JobRun } from '../../operator/controller/job-runs.ts';
 import type { JobObject } from '../../operator/controller/manifests.ts';
-import { encodeCheckpoint } from '../../operator/coordinator/checkpoint.ts';
+import { encodeCheckpoint, encodeRecordSegment, RECORDS_PER_SEGMENT } from '../../operator/coordinator/checkpoint.ts';
 import { FINAL_MODEL } from '../../operator/coordinator/nats-coordinator.ts';
 import { useNatsServer } from '../helpers/nats-server.ts';
 
@@ -86,6 +86,32 @@ describe('ClusterJobSource on a real nats-server', () => {
     );
     const models = await objm.create(b.models);
     await models.putBlob({ name: FINAL_MODEL }, modelBytes);
+
+    // A job long enough that its first RECORDS_PER_SEGMENT records went apart from the checkpoint.
+    const long = buckets(jobKey({ name: 'long', namespace: 'default' }));
+    const longState = await objm.create(long.state);
+    const all = Array.from({ length: RECORDS_PER_SEGMENT + 2 }, (_, i) => record(i + 1));
+    await longState.putBlob({ name: objectNames.records(0) }, encodeRecordSegment(all.slice(0, RECORDS_PER_SEGMENT)));
+    await longState.putBlob(
+      { name: objectNames.checkpoint },
+      encodeCheckpoint({
+        job: 'default_long',
+        round: all.length,
+        global: weights,
+        strategy: { name: 'fedavg', step: all.length, buffers: {} },
+        records: all,
+        archived: RECORDS_PER_SEGMENT,
+        best: 0.53,
+        sinceBest: 0,
+        stoppedBy: 'rounds',
+        transport: {
+          layout,
+          ingestor: {},
+          sites: { a: { labels: ['no', 'yes'], sampleShape: [3], quality }, b: { labels: ['no', 'yes'], sampleShape: [3], quality } },
+        },
+      }),
+    );
+    await (await objm.create(long.models)).putBlob({ name: FINAL_MODEL }, modelBytes);
   });
   afterAll(async () => {
     await nc?.close();
@@ -103,6 +129,13 @@ describe('ClusterJobSource on a real nats-server', () => {
   it('reads the history from the checkpoint once no loop runs; nothing for a job without buckets', async () => {
     expect((await source().history(job('done'))).map((r) => r.round)).toEqual([1, 2, 3]);
     expect(await source().history(job('never-ran'))).toEqual([]);
+  });
+
+  it('puts back the records a long job keeps apart from its checkpoint, in the history and in the report', async () => {
+    const rounds = Array.from({ length: RECORDS_PER_SEGMENT + 2 }, (_, i) => i + 1);
+    expect((await source().history(job('long'))).map((r) => r.round)).toEqual(rounds);
+    const report = (await source().report(job('long', { ...succeeded, round: rounds.length })))!;
+    expect(report.rounds.map((r) => r.round)).toEqual(rounds);
   });
 
   it("takes a live loop's rounds, and the checkpoint's before those of a loop that resumed from it", async () => {
