@@ -1,7 +1,7 @@
 // Runs the real `consort` command as a child process, the way a user does: `node cli/consort.ts`
 // with the repository as working directory.
 import { spawn } from 'node:child_process';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 
 export const REPO_ROOT = resolve(import.meta.dirname, '../..');
 export const CONSORT_BIN = resolve(REPO_ROOT, 'cli/consort.ts');
@@ -54,4 +54,12 @@ export function runConsort(args: readonly string[], opts: CliOptions = {}): Prom
 /** Everything a failed run printed, for assertion messages. */
 export function transcript(r: CliResult): string {
   return `exit ${r.code ?? r.signal} after ${Math.round(r.ms)} ms\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`;
+}
+
+/**
+ * `consort coordinator JOB --nats URL --creds … --keys … --out DIR/out --quiet` with the files
+ * `consort nats-config` wrote into DIR/nats (`creds`: another of them, to hand it the wrong one).
+ */
+export function coordinatorArgs(job: string, url: string, dir: string, creds = 'coordinator.nk'): string[] {
+  return ['coordinator', job, '--nats', url, '--creds', join(dir, 'nats', creds), '--keys', join(dir, 'nats/keys.json'), '--out', join(dir, 'out'), '--quiet'];
 }

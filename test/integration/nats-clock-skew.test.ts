@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { natsAuthFor, writeNatsConfigFiles } from '../../cli/nats/config.ts';
 import { NatsServer } from '../../cli/nats/server.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
-import { runConsort, transcript } from '../helpers/consort-cli.ts';
+import { runConsort, transcript, coordinatorArgs } from '../helpers/consort-cli.ts';
 import { hospitalSpec, jobManifest, writeJob } from '../helpers/jobs.ts';
 import { useCleanup } from '../helpers/nats-job.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
@@ -45,22 +45,7 @@ describe('a site whose clock is 10 minutes off', () => {
         });
       const started = performance.now();
       const [coordinator, north, south] = await Promise.all([
-        runConsort(
-          [
-            'coordinator',
-            jobPath,
-            '--nats',
-            server.url,
-            '--creds',
-            join(dir, 'nats/coordinator.nk'),
-            '--keys',
-            join(dir, 'nats/keys.json'),
-            '--out',
-            join(dir, 'out'),
-            '--quiet',
-          ],
-          { timeoutMs: 100_000 },
-        ),
+        runConsort(coordinatorArgs(jobPath, server.url, dir), { timeoutMs: 100_000 }),
         site('north'),
         site('south', { NODE_OPTIONS: `--import=${CLOCK_OFFSET}`, CONSORT_TEST_CLOCK_OFFSET_MS: String(offsetMs) }),
       ]);

@@ -12,7 +12,7 @@ import type { Msg } from '@nats-io/transport-node';
 import { connectAs, watchPermissions } from '../../cli/nats/connect.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { jobKey, subjects } from '../../core/protocol/subjects.ts';
-import { CONSORT_BIN, runConsort, transcript } from '../helpers/consort-cli.ts';
+import { CONSORT_BIN, runConsort, transcript, coordinatorArgs } from '../helpers/consort-cli.ts';
 import { hospitalSpec, jobManifest, writeJob } from '../helpers/jobs.ts';
 import { until } from '../helpers/federation.ts';
 import { useCleanup } from '../helpers/nats-job.ts';
@@ -41,22 +41,7 @@ describe('a credentials file of another user', () => {
       runConsort(['site', '--job', jobPath, '--site', 'north', '--nats', server.url, '--creds', join(dir, 'nats/sites/south.nk'), '--quiet'], {
         timeoutMs: 60_000,
       }),
-      runConsort(
-        [
-          'coordinator',
-          jobPath,
-          '--nats',
-          server.url,
-          '--creds',
-          join(dir, 'nats/sites/north.nk'),
-          '--keys',
-          join(dir, 'nats/keys.json'),
-          '--out',
-          join(dir, 'out'),
-          '--quiet',
-        ],
-        { timeoutMs: 60_000 },
-      ),
+      runConsort(coordinatorArgs(jobPath, server.url, dir, 'sites/north.nk'), { timeoutMs: 60_000 }),
     ]);
     for (const r of [site, coordinator]) {
       expect(r.code, transcript(r)).toBe(2);

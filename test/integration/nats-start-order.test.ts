@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { natsAuthFor, writeNatsConfigFiles } from '../../cli/nats/config.ts';
 import { freePort, NatsServer } from '../../cli/nats/server.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
-import { CONSORT_BIN, runConsort, transcript } from '../helpers/consort-cli.ts';
+import { CONSORT_BIN, runConsort, transcript, coordinatorArgs } from '../helpers/consort-cli.ts';
 import { hospitalSpec, jobManifest, writeJob } from '../helpers/jobs.ts';
 import { useCleanup } from '../helpers/nats-job.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
@@ -56,24 +56,7 @@ describe('a site started before its NATS server', () => {
     const server = await NatsServer.start({ config: auth.config, port });
     cleanup.push(() => server.stop());
     const [coordinator, south] = await Promise.all([
-      runConsort(
-        [
-          'coordinator',
-          jobPath,
-          '--nats',
-          url,
-          '--creds',
-          join(dir, 'nats/coordinator.nk'),
-          '--keys',
-          join(dir, 'nats/keys.json'),
-          '--out',
-          join(dir, 'out'),
-          '--quiet',
-        ],
-        {
-          timeoutMs: 90_000,
-        },
-      ),
+      runConsort(coordinatorArgs(jobPath, url, dir), { timeoutMs: 90_000 }),
       runConsort(siteArgs('south'), { timeoutMs: 90_000 }),
     ]);
     expect(coordinator.code, transcript(coordinator)).toBe(0);

@@ -61,57 +61,44 @@ describe('ClusterJobSource on a real nats-server', () => {
   beforeAll(async () => {
     nc = await connect({ servers: nats.url });
     const objm = new Objm(nc);
-    const b = buckets(jobKey({ name: 'done', namespace: 'default' }));
-    const state = await objm.create(b.state);
-    await state.putBlob(
-      { name: objectNames.checkpoint },
-      encodeCheckpoint({
-        job: 'default_done',
-        round: 3,
-        global: weights,
-        strategy: { name: 'fedavg', step: 3, buffers: {} },
-        records: [record(1), record(2), record(3)],
-        best: 0.53,
-        sinceBest: 0,
-        stoppedBy: 'rounds',
-        transport: {
-          layout,
-          ingestor: {},
-          sites: {
-            a: { labels: ['no', 'yes'], sampleShape: [3], quality, backend: { name: 'cpu', reason: 'test' } },
-            b: { labels: ['no', 'yes'], sampleShape: [3], quality },
+    /** A finished job's state and models buckets: its checkpoint after `records`, the first `archived` of them kept apart. */
+    const finished = async (name: string, records: RoundRecord[], archived = 0) => {
+      const b = buckets(jobKey({ name, namespace: 'default' }));
+      const state = await objm.create(b.state);
+      for (let k = 0; k * RECORDS_PER_SEGMENT < archived; k++) {
+        await state.putBlob({ name: objectNames.records(k) }, encodeRecordSegment(records.slice(k * RECORDS_PER_SEGMENT, (k + 1) * RECORDS_PER_SEGMENT)));
+      }
+      await state.putBlob(
+        { name: objectNames.checkpoint },
+        encodeCheckpoint({
+          job: `default_${name}`,
+          round: records.length,
+          global: weights,
+          strategy: { name: 'fedavg', step: records.length, buffers: {} },
+          records,
+          ...(archived ? { archived } : {}),
+          best: 0.53,
+          sinceBest: 0,
+          stoppedBy: 'rounds',
+          transport: {
+            layout,
+            ingestor: {},
+            sites: {
+              a: { labels: ['no', 'yes'], sampleShape: [3], quality, backend: { name: 'cpu', reason: 'test' } },
+              b: { labels: ['no', 'yes'], sampleShape: [3], quality },
+            },
           },
-        },
-      }),
-    );
-    const models = await objm.create(b.models);
-    await models.putBlob({ name: FINAL_MODEL }, modelBytes);
-
+        }),
+      );
+      await (await objm.create(b.models)).putBlob({ name: FINAL_MODEL }, modelBytes);
+    };
+    await finished('done', [record(1), record(2), record(3)]);
     // A job long enough that its first RECORDS_PER_SEGMENT records went apart from the checkpoint.
-    const long = buckets(jobKey({ name: 'long', namespace: 'default' }));
-    const longState = await objm.create(long.state);
-    const all = Array.from({ length: RECORDS_PER_SEGMENT + 2 }, (_, i) => record(i + 1));
-    await longState.putBlob({ name: objectNames.records(0) }, encodeRecordSegment(all.slice(0, RECORDS_PER_SEGMENT)));
-    await longState.putBlob(
-      { name: objectNames.checkpoint },
-      encodeCheckpoint({
-        job: 'default_long',
-        round: all.length,
-        global: weights,
-        strategy: { name: 'fedavg', step: all.length, buffers: {} },
-        records: all,
-        archived: RECORDS_PER_SEGMENT,
-        best: 0.53,
-        sinceBest: 0,
-        stoppedBy: 'rounds',
-        transport: {
-          layout,
-          ingestor: {},
-          sites: { a: { labels: ['no', 'yes'], sampleShape: [3], quality }, b: { labels: ['no', 'yes'], sampleShape: [3], quality } },
-        },
-      }),
+    await finished(
+      'long',
+      Array.from({ length: RECORDS_PER_SEGMENT + 2 }, (_, i) => record(i + 1)),
+      RECORDS_PER_SEGMENT,
     );
-    await (await objm.create(long.models)).putBlob({ name: FINAL_MODEL }, modelBytes);
   });
   afterAll(async () => {
     await nc?.close();
