@@ -9,7 +9,8 @@ import { CliError } from './errors.ts';
 export const intFlag = (min: number, max: number) =>
   z
     .string()
-    .regex(/^\d+$/, 'must be a whole number')
+    // A sign is read, so that -5 is told it is below the minimum, not that it is no whole number.
+    .regex(/^[-+]?\d+$/, 'must be a whole number')
     .transform(Number)
     .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`));
 

@@ -313,7 +313,9 @@ export async function buildApiServer(o: ApiServerOptions): Promise<FastifyInstan
           if (!report)
             throw fail(
               'CONSORT_API_NOT_READY',
-              `FederatedJob "${job.metadata.name}" has no report yet (phase ${phaseOf(job)}): it is written when the job succeeds`,
+              phaseOf(job) === 'Failed'
+                ? `FederatedJob "${job.metadata.name}" failed: it has no report (one is written only when a job succeeds; its status says why it failed)`
+                : `FederatedJob "${job.metadata.name}" has no report yet (phase ${phaseOf(job)}): it is written when the job succeeds`,
             );
           html = await renderReportHtml(report);
           while (reports.size >= 16) reports.delete(reports.keys().next().value!);

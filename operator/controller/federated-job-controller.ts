@@ -284,11 +284,24 @@ export class FederatedJobController {
     // The cache may not have our own terminal status write back yet: remember it, or a reconcile
     // in between would start the finished job again.
     const finished = this.#finished.get(key);
+    // A finished job edited (its generation moved on) runs again, resuming from its checkpoint
+    // (more rounds, a fixed data path), but not for spec.suspend: suspending a job that has ended
+    // used to rewrite its phase to Suspended, its conditions and its report's availability with it.
+    const ended = TERMINAL.includes(status.phase as JobPhase);
+    const suspendIgnored = ended && job.spec.suspend === true && status.observedGeneration !== job.metadata.generation;
     const terminal =
-      (TERMINAL.includes(status.phase as JobPhase) && status.observedGeneration === job.metadata.generation) ||
+      (ended && (status.observedGeneration === job.metadata.generation || suspendIgnored)) ||
       (finished !== undefined && finished.uid === job.metadata.uid && finished.generation === job.metadata.generation);
     if (terminal) {
       await finalizer;
+      if (suspendIgnored) {
+        void this.#events.record(
+          job,
+          'Normal',
+          'SuspendIgnored',
+          `the job has ended (${status.phase}): spec.suspend changes nothing; create a new job to train again`,
+        );
+      }
       // Our terminal status write may have failed (API server away): write it from what we kept.
       if (finished && status.phase !== finished.phase) {
         await this.#writeStatus(job, finished.phase, { progress: finished.progress, ...(finished.problem ? { problem: finished.problem } : {}) });
@@ -613,19 +626,22 @@ export class FederatedJobController {
       );
     }
     const finalizers = (job.metadata.finalizers ?? []).filter((f) => f !== FINALIZER);
+    // Gone already (a reconcile before this one removed the finalizer): said once, by that one.
+    let gone = false;
     try {
       await this.#o.client.patch(resourcePath(Resources.federatedJobs, job.metadata.namespace, job.metadata.name), {
         metadata: { finalizers, resourceVersion: job.metadata.resourceVersion },
       });
     } catch (err) {
       if (!isNotFound(err)) throw err;
+      gone = true;
     }
     this.#restarts.delete(key);
     this.#refusals.delete(key);
     this.#finished.delete(key);
     this.#minted.delete(job.metadata.uid!);
     this.#events.forget(job.metadata.uid!);
-    this.#log(`${key}: deleted; its NATS buckets are removed`);
+    if (!gone) this.#log(`${key}: deleted; its NATS buckets are removed`);
     return undefined;
   }
 
@@ -639,7 +655,13 @@ export class FederatedJobController {
     const id = `${uid}/${job.metadata.generation ?? 0}/${site}`;
     const state = this.#assignments.get(id);
     if (state === 'asking' || state === 'accepted' || state === 'refused') return;
-    if (state !== undefined && Date.now() < state) return; // not answered lately: asked again at that time
+    if (state !== undefined && Date.now() < state) {
+      // Not answered lately: asked again at that time. Armed again here, because a reconcile that
+      // comes sooner (a status write, a watch event) cancels the queue's delayed add: a late agent
+      // used to be asked never again.
+      this.queue.addAfter(key, state - Date.now());
+      return;
+    }
     if (!creds) return; // not minted yet: the next reconcile asks
     this.#assignments.set(id, 'asking');
     const assignment: Assignment = {

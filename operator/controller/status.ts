@@ -78,7 +78,7 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
         ? `${ready} of ${sites.length} sites running`
         : p === 'Suspended'
           ? 'suspended: no site runs until spec.suspend is false'
-          : `the job ${p === 'Succeeded' ? 'succeeded' : 'failed'}: its sites are done`,
+          : `the job ${p === 'Succeeded' ? 'succeeded' : 'failed'}: no site runs any more`,
     ),
   );
   conditions.push(
@@ -90,7 +90,9 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
         ? `round ${round} of ${o.job.spec.rounds} completed`
         : p === 'Pending'
           ? 'creating credentials and Pods; waiting for the sites to join'
-          : `the job is ${p.toLowerCase()}`,
+          : p === 'Suspended'
+            ? 'suspended: no round runs until spec.suspend is false'
+            : `the job ${p === 'Succeeded' ? 'succeeded' : 'failed'}: no more rounds run`,
     ),
   );
   conditions.push(

@@ -342,6 +342,8 @@ describe('bad flags of consort coordinator and consort site', () => {
     [['coordinator', 'JOB', '--nats', 'http://127.0.0.1:1', '--creds', 'c.nk', '--keys', 'k.json'], '--nats: must be a nats://, tls://, ws:// or wss:// URL'],
     [['site', '--job', 'JOB', '--site', 'st-mary', '--nats', 'nat://127.0.0.1:1', '--creds', 'c.nk'], '--nats: must be a nats://, tls://, ws:// or wss:// URL'],
     [['coordinator', 'JOB', '--nats', 'nats://127.0.0.1:1', '--creds', 'c.nk', '--keys', 'k.json', '--rounds', '0'], '--rounds: must be at least 1'],
+    // A negative number is below the minimum, not "no whole number".
+    [['coordinator', 'JOB', '--nats', 'nats://127.0.0.1:1', '--creds', 'c.nk', '--keys', 'k.json', '--rounds', '-5'], '--rounds: must be at least 1'],
     [
       ['site', '--job', 'JOB', '--site', 'st-mary', '--nats', 'nats://127.0.0.1:99999', '--creds', 'c.nk'],
       '--nats: must name a host and, if any, a port from 1 to 65535',

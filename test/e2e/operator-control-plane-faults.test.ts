@@ -101,5 +101,16 @@ describe('the operator when the control plane fails under it', () => {
     const events = (await cluster.kubectl(['describe', 'fj', 'pausable'])).stdout;
     expect(events).toMatch(/Suspended\s.*suspended after round \d+/);
     expect(events).toMatch(/Resumed\s+.*checkpoint after round \d+/);
+
+    // Suspending it now that it has ended changes nothing: it stays Succeeded, with its report.
+    const late = await cluster.kubectl(['patch', 'fj', 'pausable', '--type=merge', '-p', '{"spec":{"suspend":true}}']);
+    expect(late.code, late.stderr).toBe(0);
+    await expect
+      .poll(async () => (await cluster.kubectl(['describe', 'fj', 'pausable'])).stdout, { timeout: 30_000 })
+      .toMatch(/SuspendIgnored\s+.*the job has ended \(Succeeded\): spec.suspend changes nothing/);
+    const after = (await cluster.job('pausable'))!.status!;
+    expect(after.phase).toBe('Succeeded');
+    expect(after.round).toBe(ROUNDS);
+    expect((after.conditions as Array<{ type: string; status: string }>).find((c) => c.type === 'Succeeded')?.status).toBe('True');
   });
 });

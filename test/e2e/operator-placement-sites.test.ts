@@ -125,7 +125,7 @@ describe('coordinator placement and site mode', () => {
       lakeside: { allowedModels: ['mlp', 'logistic'] },
       hillcrest: { allowedModels: ['cnn'] },
     };
-    for (const site of ['lakeside', 'hillcrest']) {
+    const startAgent = async (site: string) => {
       const ns = `site-${site}`;
       await cluster.cp.kubectlOk(['create', 'namespace', ns]);
       await waitUntil('default ServiceAccount', async () => (await cluster.kubectl(['get', 'sa', 'default', '-n', ns])).code === 0, { timeoutMs: 30_000 });
@@ -157,7 +157,10 @@ describe('coordinator placement and site mode', () => {
         gone: () => agent.exited,
         describe: () => agent.log(),
       });
-    }
+    };
+    // Hillcrest's agent is up before the job; lakeside's only after the operator found no one to
+    // ask (it is asked again every 5 s: a reconcile in between used to cancel that, for good).
+    await startAgent('hillcrest');
     const input = hospitals('multi', (spec) => {
       for (const s of spec.sites as { name: string; remote?: boolean }[]) if (s.name === 'lakeside' || s.name === 'hillcrest') s.remote = true;
       spec.sampling = { minSites: 4 };
@@ -165,6 +168,14 @@ describe('coordinator placement and site mode', () => {
     });
     const r = await cluster.kubectl(['apply', '-f', '-'], { input });
     expect(r.code, r.stderr).toBe(0);
+    await waitUntil(
+      "the operator's first unanswered assignment to lakeside",
+      async () => /multi: site lakeside's agent does not answer its assignment/.test(cluster.operators[0]!.log(1_000_000)),
+      {
+        timeoutMs: 60_000,
+      },
+    );
+    await startAgent('lakeside');
     const refused = await cluster.waitForJob('multi', (s) =>
       ((s.conditions as { type: string; status: string }[] | undefined) ?? []).some((c) => c.type === 'SitesAccepted' && c.status === 'False'),
     );

@@ -134,8 +134,8 @@ describe('the Ready condition', () => {
         now: new Date('2026-01-01T00:00:00Z'),
       }).conditions?.find((c) => c.type === 'Ready');
     expect(ready('Running')).toMatchObject({ status: 'True', reason: 'AllSitesRunning', message: '3 of 3 sites running' });
-    expect(ready('Succeeded')).toMatchObject({ status: 'False', reason: 'Succeeded', message: 'the job succeeded: its sites are done' });
-    expect(ready('Failed')).toMatchObject({ status: 'False', reason: 'Failed', message: 'the job failed: its sites are done' });
+    expect(ready('Succeeded')).toMatchObject({ status: 'False', reason: 'Succeeded', message: 'the job succeeded: no site runs any more' });
+    expect(ready('Failed')).toMatchObject({ status: 'False', reason: 'Failed', message: 'the job failed: no site runs any more' });
     expect(ready('Suspended')).toMatchObject({ status: 'False', reason: 'Suspended', message: 'suspended: no site runs until spec.suspend is false' });
   });
 });
