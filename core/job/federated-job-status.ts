@@ -23,7 +23,8 @@ export const Condition = z
   .strict();
 export type Condition = z.infer<typeof Condition>;
 
-export const SiteState = z.enum(['Pending', 'Running', 'Refused', 'Failed', 'Succeeded']);
+/** Stopped: the job ended (failed, by another site or the coordinator) while this site was fine. */
+export const SiteState = z.enum(['Pending', 'Running', 'Refused', 'Failed', 'Stopped', 'Succeeded']);
 export type SiteState = z.infer<typeof SiteState>;
 
 export const SiteStatus = z

@@ -469,6 +469,11 @@ export class FederatedJobController {
       ...(progress ? { progress } : {}),
       pods,
       refusals: this.#refusals.get(key) ?? new Map(),
+      unanswered: new Set(
+        job.spec.sites
+          .filter((s) => s.remote && typeof this.#assignments.get(`${job.metadata.uid}/${job.metadata.generation ?? 0}/${s.name}`) === 'number')
+          .map((s) => s.name),
+      ),
       restarts: this.#restarts.get(key) ?? new Map(),
       ...(extra.problem ? { problem: extra.problem } : {}),
       now: new Date(),

@@ -15,6 +15,8 @@ export interface Observation {
   pods: Map<string, KubeObject>;
   /** Sites whose own operator refused the job, with the reason. */
   refusals: Map<string, string>;
+  /** Remote sites whose agent has not answered the job's assignment yet. */
+  unanswered?: ReadonlySet<string>;
   /** Worker Pods recreated per site. */
   restarts: Map<string, number>;
   /** Why the job failed or is not starting, if it did or is not. */
@@ -23,6 +25,18 @@ export interface Observation {
 }
 
 const podPhase = (p: KubeObject | undefined) => (p?.status as { phase?: string } | undefined)?.phase;
+
+const UNANSWERED_HINT = "is consort operator --mode site running for it, on the job's NATS server? it is asked again every 5 s";
+const UNANSWERED = `its site agent has not answered the job's assignment (${UNANSWERED_HINT})`;
+
+/** A worker Pod that failed, or whose container ended in failure (now or before its last restart). */
+function podFailed(p: KubeObject | undefined): boolean {
+  if (!p) return false;
+  if (podPhase(p) === 'Failed') return true;
+  type Terminated = { terminated?: { exitCode?: number } };
+  const statuses = (p.status as { containerStatuses?: Array<{ state?: Terminated; lastState?: Terminated }> } | undefined)?.containerStatuses ?? [];
+  return statuses.some((c) => (c.state?.terminated?.exitCode ?? 0) !== 0 || (c.lastState?.terminated?.exitCode ?? 0) !== 0);
+}
 
 function siteStatuses(o: Observation): SiteStatus[] {
   const prev = new Map(((o.job.status?.sites as SiteStatus[] | undefined) ?? []).map((s) => [s.name, s]));
@@ -36,8 +50,16 @@ function siteStatuses(o: Observation): SiteStatus[] {
       state = 'Refused';
       message = refused;
     } else if (o.phase === 'Succeeded') state = 'Succeeded';
-    else if (site.remote) state = o.progress?.joined.includes(site.name) ? 'Running' : 'Pending';
-    else if (podPhase(pod) === 'Running') state = 'Running';
+    else if (o.phase === 'Failed') {
+      // The site the failure names, or whose worker failed, failed; the others were stopped with
+      // the job (they used to stay "Running", the job "5/5 ready", with no Pod left).
+      const named = o.problem?.message.startsWith(`site ${site.name}:`) ?? false;
+      state = named || (!site.remote && podFailed(pod)) ? 'Failed' : 'Stopped';
+      if (named) message = o.problem!.message;
+    } else if (site.remote) {
+      state = o.progress?.joined.includes(site.name) ? 'Running' : 'Pending';
+      if (o.unanswered?.has(site.name)) message = UNANSWERED;
+    } else if (podPhase(pod) === 'Running') state = 'Running';
     else if (podPhase(pod) === 'Failed') state = 'Failed';
     return {
       name: site.name,
@@ -104,12 +126,16 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
     ),
   );
   const refusals = [...o.refusals].map(([s, why]) => `${s}: ${why}`);
+  const silent = [...(o.unanswered ?? [])].filter((s) => !o.refusals.has(s));
   conditions.push(
     cond(
       'SitesAccepted',
-      refusals.length === 0,
-      refusals.length === 0 ? 'AllSitesAccepted' : 'SiteRefused',
-      refusals.length === 0 ? 'no site refused the job' : `refused by ${refusals.join('; ')}`,
+      refusals.length === 0 && silent.length === 0,
+      refusals.length > 0 ? 'SiteRefused' : silent.length > 0 ? 'AwaitingSiteAgents' : 'AllSitesAccepted',
+      [
+        ...(refusals.length > 0 ? [`refused by ${refusals.join('; ')}`] : []),
+        ...(silent.length > 0 ? [`no answer yet from the site agent of ${silent.join(', ')} (${UNANSWERED_HINT})`] : []),
+      ].join('; ') || 'no site refused the job',
     ),
   );
   if (p === 'Succeeded') {

@@ -115,6 +115,11 @@ describe('coordinator placement and site mode', () => {
     expect(failed?.message).toMatch(
       /^site st-mary: its worker no-data-site-st-mary stops on bad input \(exit status 2\), which restarting cannot mend: .*no-such-file\.csv.*\[CONSORT_W_DATA_FILE\]/,
     );
+    // Per site: st-mary failed, saying why; the others were stopped with the job, none is ready.
+    const sites = s.sites as Array<{ name: string; state: string; message?: string }>;
+    expect(sites.find((x) => x.name === 'st-mary')).toMatchObject({ state: 'Failed', message: failed?.message });
+    expect(sites.filter((x) => x.name !== 'st-mary').map((x) => x.state)).toEqual(sites.slice(1).map(() => 'Stopped'));
+    expect(s.sitesReady).toBe(`0/${sites.length}`);
   });
 
   it('site mode: a site whose policy refuses the model leaves a condition naming it and why; a site that accepts trains', async () => {

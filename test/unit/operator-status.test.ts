@@ -43,6 +43,72 @@ const progress: RunProgress = {
 };
 
 describe('desiredStatus', () => {
+  it('says which remote sites have not answered their assignment, rather than that every site accepted', () => {
+    const remote = FederatedJobSpec.parse({ ...spec, sites: spec.sites.map((x) => (x.name === 'c' ? { ...x, remote: true } : x)) });
+    const observe = (unanswered: string[], refusals: Array<[string, string]> = []) =>
+      desiredStatus({
+        job: { ...job(), spec: remote },
+        phase: 'Pending',
+        pods: new Map(),
+        refusals: new Map(refusals),
+        unanswered: new Set(unanswered),
+        restarts: new Map(),
+        now: new Date('2026-01-01T00:00:00Z'),
+      });
+    const waiting = observe(['c']);
+    expect(waiting.conditions?.find((c) => c.type === 'SitesAccepted')).toMatchObject({
+      status: 'False',
+      reason: 'AwaitingSiteAgents',
+      message: expect.stringMatching(/^no answer yet from the site agent of c \(is consort operator --mode site running for it/),
+    });
+    expect(waiting.sites?.find((x) => x.name === 'c')).toMatchObject({ state: 'Pending', message: expect.stringMatching(/^its site agent has not answered/) });
+    expect(observe([]).conditions?.find((c) => c.type === 'SitesAccepted')).toMatchObject({ status: 'True', reason: 'AllSitesAccepted' });
+    expect(observe([], [['c', 'no [CONSORT_P_MODEL]']]).conditions?.find((c) => c.type === 'SitesAccepted')).toMatchObject({
+      status: 'False',
+      reason: 'SiteRefused',
+    });
+  });
+
+  it('of a failed job: the site the failure names, or whose worker failed, Failed; the others Stopped, none ready', () => {
+    const crashed: KubeObject = {
+      metadata: { name: 'j-site-b' },
+      status: { phase: 'Running', containerStatuses: [{ lastState: { terminated: { exitCode: 2 } } }] },
+    };
+    const message = 'site b: its worker j-site-b stops on bad input (exit status 2), which restarting cannot mend: no such file [CONSORT_W_DATA_FILE]';
+    const s = desiredStatus({
+      job: job(),
+      phase: 'Failed',
+      progress,
+      pods: new Map([
+        ['a', pod('Running')],
+        ['b', crashed],
+        ['c', pod('Running')],
+      ]),
+      refusals: new Map(),
+      restarts: new Map(),
+      problem: { reason: 'WorkerInvalidInput', message },
+      now: new Date('2026-01-01T00:00:00Z'),
+    });
+    expect(FederatedJobStatus.safeParse(s).success).toBe(true);
+    expect(s.sites?.map((x) => [x.name, x.state, x.message])).toEqual([
+      ['a', 'Stopped', undefined],
+      ['b', 'Failed', message],
+      ['c', 'Stopped', undefined],
+    ]);
+    expect(s.sitesReady).toBe('0/3');
+    // A worker that failed without the problem naming it (the coordinator's failure) is Failed too.
+    const other = desiredStatus({
+      job: job(),
+      phase: 'Failed',
+      pods: new Map([['c', pod('Failed')]]),
+      refusals: new Map(),
+      restarts: new Map(),
+      problem: { reason: 'CoordinatorFailed', message: 'round 2: quorum not reached' },
+      now: new Date('2026-01-01T00:00:00Z'),
+    });
+    expect(other.sites?.map((x) => x.state)).toEqual(['Stopped', 'Stopped', 'Failed']);
+  });
+
   it('fills the printer columns, per-site state and conditions, and parses as the status schema', () => {
     const s = desiredStatus({
       job: job(),
