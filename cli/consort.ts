@@ -80,6 +80,11 @@ program
   .option('--cluster', 'configure one long-running server for every job: it trusts an operator JWT and the Consort account; no <job>', false)
   .option('--listen <host:port>', 'address the server listens on for clients', '127.0.0.1:4222')
   .option('--store <dir>', "JetStream's store directory, where models, updates and checkpoints live (default: <out>/jetstream)")
+  .option(
+    '--site-agent <site>',
+    "instead: mint the credentials of a hospital's site agent (consort operator --mode site) for a cluster that --cluster configured; needs --account-key",
+  )
+  .option('--account-key <file>', "the cluster's account.nk (with --site-agent)")
   .addHelpText(
     'after',
     `
@@ -90,6 +95,9 @@ With --cluster, writes into --out: nats-server.conf (operator JWT, system and Co
 preloaded, JetStream), operator.creds (the Consort operator's user: any job, mode 0600) and
 account.nk (the account's signing key, mode 0600: it mints each job's site and coordinator
 .creds with least-privilege permissions and an expiry; the server is never reloaded).
+With --site-agent NAME --account-key account.nk, writes <NAME>-agent.creds into --out (mode
+0600): the user of that hospital's site agent, which may only receive its site's assignments
+and answer them.
 Exit status: 0 written, 2 bad input, 1 the files cannot be written.`,
   )
   .action(async (job: string | undefined, flags: Record<string, unknown>) => {

@@ -5,18 +5,26 @@
 // embedded runs. `consort nats-config --cluster --out DIR`: the shared server of every job instead
 // (decentralized JWT auth, operator/nats/trust.ts), the Consort operator's user and the account
 // signing key that mints each job's users.
-import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createUser } from '@nats-io/nkeys';
 import { z } from 'zod';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { fieldPath } from '../../core/job/issues.ts';
 import { inboxPrefix, jobKey } from '../../core/protocol/subjects.ts';
-import { CliError } from '../errors.ts';
+import { CliError, fileProblem } from '../errors.ts';
 import { reportFailure } from '../failure.ts';
 import { readJobFile } from '../job-file.ts';
-import { type AccountSigner, createNatsTrust, mintOperatorCreds, renderAccountSigner, renderClusterNatsConfig } from '../../operator/nats/trust.ts';
-import { COORDINATOR_USER, coordinatorPermissions, sitePermissions, type UserPermissions } from '../../core/protocol/permissions.ts';
+import {
+  type AccountSigner,
+  createNatsTrust,
+  mintOperatorCreds,
+  mintUserCreds,
+  parseAccountSigner,
+  renderAccountSigner,
+  renderClusterNatsConfig,
+} from '../../operator/nats/trust.ts';
+import { COORDINATOR_USER, coordinatorPermissions, siteAgentPermissions, sitePermissions, type UserPermissions } from '../../core/protocol/permissions.ts';
 
 export const DEFAULT_LISTEN = '127.0.0.1:4222';
 
@@ -130,12 +138,29 @@ export const NatsConfigFlags = z
     listen: hostPort.default(DEFAULT_LISTEN),
     store: z.string().min(1, 'must name a folder').optional(),
     cluster: z.boolean().default(false),
+    siteAgent: z
+      .string()
+      .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'must be a site name (lower-case letters, digits and -)')
+      .max(63)
+      .optional(),
+    accountKey: z.string().min(1, 'must name the account.nk that nats-config --cluster wrote').optional(),
   })
   .strict();
 export type NatsConfigFlags = z.infer<typeof NatsConfigFlags>;
 
 /** The <job> argument and the flags together: a job's configuration needs the job; the cluster's takes none. */
 const NatsConfigInput = z.object({ job: z.string().min(1).optional(), flags: NatsConfigFlags }).superRefine(({ job, flags }, ctx) => {
+  if (flags.siteAgent !== undefined || flags.accountKey !== undefined) {
+    // A site agent's credentials for a cluster that exists: its account key mints them.
+    if (flags.siteAgent === undefined) ctx.addIssue({ code: 'custom', path: ['flags', 'siteAgent'], message: 'is required with --account-key (which site?)' });
+    if (flags.accountKey === undefined)
+      ctx.addIssue({ code: 'custom', path: ['flags', 'accountKey'], message: "is required with --site-agent (the cluster's account.nk)" });
+    if (flags.cluster)
+      ctx.addIssue({ code: 'custom', path: ['flags', 'siteAgent'], message: 'mints a user of an existing cluster: not with --cluster, which makes a new one' });
+    if (job !== undefined)
+      ctx.addIssue({ code: 'custom', path: ['flags', 'siteAgent'], message: `takes no <job> (got ${job}): the agent receives every job that names its site` });
+    return;
+  }
   if (!flags.cluster && job === undefined) {
     ctx.addIssue({ code: 'custom', path: ['job'], message: 'a FederatedJob manifest is required, unless --cluster (the shared server of every job)' });
   }
@@ -154,7 +179,8 @@ function usageError(error: z.ZodError): CliError {
   const lines = error.issues.map((issue) => {
     const [head, ...rest] = issue.path;
     if (head === 'job') return `<job>: ${issue.message}`;
-    return `--${fieldPath(rest)}: ${issue.message}`;
+    // The flag as typed: --site-agent, not its option name siteAgent.
+    return `--${fieldPath(rest).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}: ${issue.message}`;
   });
   return new CliError('CONSORT_CLI_USAGE', 'invalid flags', { details: lines });
 }
@@ -174,6 +200,24 @@ export async function natsConfigCommand(jobPath: string | undefined, rawFlags: R
     const { flags } = parsed.data;
     const out = resolve(flags.out);
     const storeDir = resolve(flags.store ?? join(out, 'jetstream'));
+    if (flags.siteAgent !== undefined) {
+      const file = siteAgentCredsFile(flags.siteAgent);
+      refuseExisting(out, flags.out, [file]);
+      const signer = readAccountSigner(flags.accountKey!);
+      const user = await mintUserCreds(signer, { name: flags.siteAgent, permissions: siteAgentPermissions(flags.siteAgent) });
+      mkdirSync(out, { recursive: true });
+      writeFileSync(join(out, file), user.creds, { mode: 0o600 });
+      chmodSync(join(out, file), 0o600);
+      process.stdout.write(
+        [
+          `wrote the credentials of site ${flags.siteAgent}'s agent to ${join(out, file)} (mode 0600; a secret: give it to that hospital only).`,
+          `run there: consort operator --mode site --site ${flags.siteAgent} --nats nats://<the cluster's server>:4222 --nats-creds ${file} --policy policy.yaml`,
+          "it may only receive its site's assignments and answer them; each job it accepts brings its own credentials.",
+          '',
+        ].join('\n'),
+      );
+      return 0;
+    }
     if (flags.cluster) {
       refuseExisting(out, flags.out, CLUSTER_CONFIG_FILES);
       const trust = await createNatsTrust();
@@ -207,6 +251,26 @@ export async function natsConfigCommand(jobPath: string | undefined, rawFlags: R
     return 0;
   } catch (err) {
     return reportFailure(err);
+  }
+}
+
+/** The file `consort nats-config --site-agent NAME` writes, relative to --out. */
+export function siteAgentCredsFile(site: string): string {
+  return `${site}-agent.creds`;
+}
+
+/** The account's signing key from the file nats-config --cluster wrote, or a CliError naming the flag. */
+function readAccountSigner(path: string): AccountSigner {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new CliError('CONSORT_CLI_CREDENTIALS', `--account-key: ${path}: ${fileProblem(err)}`);
+  }
+  try {
+    return parseAccountSigner(text, path);
+  } catch (err) {
+    throw new CliError('CONSORT_CLI_CREDENTIALS', `--account-key: ${(err as Error).message}`);
   }
 }
 

@@ -1,4 +1,4 @@
-// A hospital's local policy (charts/consort-site, `consort operator --mode site --policy`): which
+// A hospital's local policy (`consort operator --mode site --policy`): which
 // jobs and models it accepts and how much of its cluster a job may take. Checked on every
 // assignment before anything runs; a refusal has a stable code and a reason the job's owner sees.
 import { z } from 'zod';

@@ -11,6 +11,8 @@ import { CLUSTER_CONFIG_FILES, natsConfigFiles, TrustedKeys } from '../../cli/na
 import { connectAs } from '../../cli/nats/connect.ts';
 import { COORDINATOR_USER, OPERATOR_USER } from '../../core/protocol/permissions.ts';
 import { subjects } from '../../core/protocol/subjects.ts';
+import { assignmentSubject } from '../../core/protocol/assignment.ts';
+import { violation, watchedClient } from '../helpers/nats-clients.ts';
 import { mintJobCreds, parseAccountSigner } from '../../operator/nats/trust.ts';
 import { runConsort, transcript } from '../helpers/consort-cli.ts';
 import { hospitalSpec, writeJob } from '../helpers/jobs.ts';
@@ -142,7 +144,36 @@ describe.concurrent('consort nats-config', () => {
       await operator.flush();
       expect((await north.request(subj.hello('north'), 'hi', { timeout: 5000 })).string()).toBe('welcome');
       sub.unsubscribe();
-      await Promise.all([operator.close(), north.close()]);
+
+      // A hospital's site agent, minted afterwards from account.nk: it receives its own site's
+      // assignments and answers them, and nothing else.
+      const minted = await runConsort(['nats-config', '--site-agent', 'lakeside', '--account-key', join(out, 'account.nk'), '--out', join(dir, 'agents')]);
+      expect(minted.code, transcript(minted)).toBe(0);
+      const agentCreds = join(dir, 'agents', 'lakeside-agent.creds');
+      expect(statSync(agentCreds).mode & 0o777).toBe(0o600);
+      expect(minted.stdout).toContain(
+        `consort operator --mode site --site lakeside --nats nats://<the cluster's server>:4222 --nats-creds lakeside-agent.creds`,
+      );
+      const agent = await watchedClient(server.url, 'lakeside', agentCreds);
+      const assignments = agent.nc.subscribe(assignmentSubject('lakeside'), {
+        callback: (_err, m) => {
+          m.respond('accepted');
+        },
+      });
+      await agent.nc.flush();
+      expect((await operator.request(assignmentSubject('lakeside'), '{}', { timeout: 5000 })).string()).toBe('accepted');
+      assignments.unsubscribe();
+      // Another site's assignments are not its to read, nor is anything else its to publish.
+      agent.nc.subscribe(assignmentSubject('hillcrest'));
+      await violation(agent, 'subscription', assignmentSubject('hillcrest'));
+      agent.nc.publish(subj.hello('north'), 'hi');
+      await violation(agent, 'publish', subj.hello('north'));
+      const again = await runConsort(['nats-config', '--site-agent', 'lakeside', '--account-key', join(out, 'account.nk'), '--out', join(dir, 'agents')]);
+      expect(again.code, transcript(again)).toBe(2);
+      const noKey = await runConsort(['nats-config', '--site-agent', 'lakeside', '--account-key', join(dir, 'nope.nk'), '--out', join(dir, 'agents2')]);
+      expect(noKey.code, transcript(noKey)).toBe(2);
+      expect(noKey.stderr).toContain(`--account-key: ${join(dir, 'nope.nk')}: `);
+      await Promise.all([operator.close(), north.close(), agent.nc.close()]);
     } finally {
       await server.stop();
     }
@@ -154,6 +185,12 @@ describe.concurrent('consort nats-config', () => {
   it.each([
     ['no <job> and no --cluster', ['--out', 'x'], '<job>: a FederatedJob manifest is required, unless --cluster'],
     ['a <job> with --cluster', ['job.yaml', '--cluster', '--out', 'x'], '--cluster: configures the shared server of every job: it takes no <job>'],
+    [
+      '--site-agent without --account-key',
+      ['--site-agent', 'lakeside', '--out', 'x'],
+      "--account-key: is required with --site-agent (the cluster's account.nk)",
+    ],
+    ['--site-agent that is no site name', ['--site-agent', 'Lake Side', '--account-key', 'a.nk', '--out', 'x'], '--site-agent: must be a site name'],
   ])('%s: exit 2, naming what is wrong', async (_what, args, message) => {
     const r = await runConsort(['nats-config', ...args]);
     expect(r.code, transcript(r)).toBe(2);
@@ -166,7 +203,8 @@ describe.concurrent('consort nats-config', () => {
     const r = await runConsort(['nats-config', '--help']);
     expect(r.code, transcript(r)).toBe(0);
     expect(r.stdout).toMatch(/Usage: consort nats-config \[options\] \[job\]/);
-    for (const flag of ['--out', '--cluster', '--listen', '--store']) expect(r.stdout, flag).toMatch(new RegExp(`^\\s+${flag}\\b[^\\n]*\\s{2,}\\w`, 'm'));
+    for (const flag of ['--out', '--cluster', '--listen', '--store', '--site-agent', '--account-key'])
+      expect(r.stdout, flag).toMatch(new RegExp(`^\\s+${flag}\\b[^\\n]*\\s{2,}\\w`, 'm'));
     expect(r.stdout).toContain('operator.creds');
     expect(r.stdout).toContain('account.nk');
   });
