@@ -161,9 +161,12 @@ program
       .default('cluster'),
   )
   .option('--kubeconfig <file>', 'kubeconfig (default: $KUBECONFIG, ~/.kube/config, or the in-cluster ServiceAccount)')
-  .requiredOption('--nats <url>', 'NATS server URL the operator connects to')
-  .requiredOption('--nats-creds <file>', "the operator's NATS credentials (operator.creds from consort nats-config --cluster; site mode: the site's)")
-  .option('--account-key <file>', "cluster mode: account.nk from consort nats-config --cluster, which mints every job's NATS users")
+  .requiredOption('--nats <url>', 'required: the NATS server URL the operator connects to')
+  .requiredOption(
+    '--nats-creds <file>',
+    "required: the operator's NATS credentials (operator.creds from consort nats-config --cluster; site mode: <site>-agent.creds from consort nats-config --site-agent)",
+  )
+  .option('--account-key <file>', "cluster mode, required: account.nk from consort nats-config --cluster, which mints every job's NATS users")
   .option('--pod-nats <url>', 'the NATS URL as worker Pods reach it (default: --nats)')
   .option('--namespace <ns>', 'watch this namespace only (default: all)')
   .option('--workers <n>', 'reconciles run in parallel (default 8)')
@@ -171,8 +174,11 @@ program
   .option('--lease-namespace <ns>', 'namespace of the leader-election Lease (default: $POD_NAMESPACE or consort-system)')
   .option('--lease-name <name>', 'name of the leader-election Lease', 'consort-operator')
   .option('--identity <id>', "this replica's name in the Lease (default: host-pid)")
-  .option('--site <name>', "site mode: this site's name")
-  .option('--policy <file>', 'site mode: the local policy (YAML): allowed jobs and models, maximum rounds and resources')
+  .option('--site <name>', "site mode, required: this site's name")
+  .option(
+    '--policy <file>',
+    "site mode: the local policy (YAML): allowed jobs and models, maximum rounds and resources (default: the policy schema's defaults)",
+  )
   .option(
     '--metrics-port <port>',
     'cluster mode: serve the HTTP API (/api/v1, /openapi.json), /metrics (Prometheus), /healthz and /readyz on this port (0: any free port; default: none)',
