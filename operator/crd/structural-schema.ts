@@ -158,7 +158,7 @@ function convert(node: ZodJsonSchema, path: string, extend: (path: string, node:
   }
   if (type === 'array') {
     if (!node.items) throw new Error(`${path}: array without items`);
-    out.items = structuralSchema(node.items, `${path}[*]`, extend);
+    out.items = withoutDefaults(structuralSchema(node.items, `${path}[*]`, extend));
   }
   return out;
 }
@@ -435,4 +435,23 @@ class CelConditions {
     for (const [value, g] of partial) terms.push(`${prop} ${value} with ${this.words(g.picked, g.group, depth + 1)}`);
     return terms.join(', or ');
   }
+}
+
+/**
+ * A list item's schema without defaults (each said in its description instead; zod applies them).
+ * kubectl apply replaces a custom resource's lists whole: a default the server filled into each
+ * item (a site's `remote: false`) made the stored list differ from every manifest, so applying
+ * an unchanged job sent its whole list again and said "configured", never "unchanged".
+ */
+function withoutDefaults(schema: JSONSchemaProps): JSONSchemaProps {
+  const { default: value, ...rest } = schema;
+  const out: JSONSchemaProps = rest;
+  if (value !== undefined) {
+    const said = `Default: ${JSON.stringify(value)}.`;
+    if (!out.description?.includes(said)) out.description = out.description ? `${out.description} ${said}` : said;
+  }
+  if (out.properties) out.properties = Object.fromEntries(Object.entries(out.properties).map(([k, v]) => [k, withoutDefaults(v)]));
+  if (out.items) out.items = withoutDefaults(out.items);
+  if (out.additionalProperties && typeof out.additionalProperties === 'object') out.additionalProperties = withoutDefaults(out.additionalProperties);
+  return out;
 }
