@@ -358,6 +358,7 @@ export class FederatedJobController {
         // A round's figures alone wait a moment for the next ones: one status write a second at
         // most for a job of many fast rounds, while a change of state is acted on at once.
         onChange: (what: 'state' | 'progress') => (what === 'state' ? this.queue.add(key) : this.queue.addAfter(key, PROGRESS_WRITE_INTERVAL_MS)),
+        refused: () => new Set(this.#refusals.get(key)?.keys() ?? []),
       };
       run = placement === 'operator' ? new InOperatorRun(withUid, creds.keys.sites, ctx) : new PodRun(withUid, ctx);
       this.runs.set(key, run);

@@ -61,6 +61,8 @@ export interface RunContext {
    * controller may gather into one status write.
    */
   onChange: (what: 'state' | 'progress') => void;
+  /** Sites whose own operator refused the job (site mode): the rounds do not wait for them to join. */
+  refused?: () => ReadonlySet<string>;
 }
 
 function lastRounds(records: RoundRecord[], into: Record<string, number>): void {
@@ -92,6 +94,7 @@ export class InOperatorRun implements JobRun {
           siteKeys,
           log,
           joinTimeoutMs: job.spec.coordinator.joinTimeoutSeconds * 1000,
+          ...(ctx.refused ? { notComing: ctx.refused } : {}),
           signal: this.#ctl.signal,
           pauseRequested: () => this.#pause,
           onCounters: (c) => {

@@ -49,6 +49,11 @@ export interface NatsCoordinatorOptions {
   events?: RoundEvents;
   /** How long to wait for every site before starting with a quorum (sampling.minSites). */
   joinTimeoutMs?: number;
+  /**
+   * Sites known not to come (their own operator refused the job, site mode): the rounds start
+   * once every other site has joined, and a quorum is there, without waiting out joinTimeoutMs.
+   */
+  notComing?: () => ReadonlySet<string>;
   /** A site not heard from for this long is not sampled. */
   aliveMs?: number;
   /** How often to say who is still missing while the sites join (tests: shorter). */
@@ -542,6 +547,11 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       if (o.signal?.aborted) throw new OperatorError('CONSORT_C_ABORTED', 'stopped before the sites joined');
       const n = alive().length;
       if (layout && n === siteNames.length) break;
+      const refused = o.notComing?.();
+      if (layout && refused && refused.size > 0 && n >= spec.sampling.minSites) {
+        const here = new Set(alive());
+        if (siteNames.every((s) => here.has(s) || refused.has(s))) break;
+      }
       if (layout && n >= spec.sampling.minSites && Date.now() > joinDeadline) break;
       if (Date.now() - told >= (o.waitingLogMs ?? WAITING_LOG_MS)) {
         told = Date.now();

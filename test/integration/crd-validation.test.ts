@@ -74,7 +74,9 @@ describe('a created job', () => {
     await cp.kubectlOk(['apply', '--server-side=false', '-f', '-'], { input: JSON.stringify(job) });
     // The same manifest again changes nothing, and says so (a default the server put into each
     // site used to make kubectl send the whole list again: "configured", every time).
-    expect(await cp.kubectlOk(['apply', '--server-side=false', '-f', '-'], { input: JSON.stringify(job) })).toMatch(/federatedjob.consort.dev\/immutable unchanged/);
+    expect(await cp.kubectlOk(['apply', '--server-side=false', '-f', '-'], { input: JSON.stringify(job) })).toMatch(
+      /federatedjob.consort.dev\/immutable unchanged/,
+    );
     const sites = job.spec.sites as Array<Record<string, unknown>>;
     const edits: Array<[field: string, spec: Record<string, unknown>]> = [
       ['spec.rounds', { ...job.spec, rounds: 99 }],
