@@ -14,7 +14,7 @@ import type { RoundRecord, RunReport } from '../../core/report/run-report.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
 import type { JobRun } from '../controller/job-runs.ts';
 import type { JobObject } from '../controller/manifests.ts';
-import { archivedRecords, decodeCheckpoint, type decodeCheckpointHeader, readCheckpointHeader, readRecordSegment } from '../coordinator/checkpoint.ts';
+import { decodeCheckpoint, type decodeCheckpointHeader, readCheckpointHeader, readRecordSegment, withArchivedRecords } from '../coordinator/checkpoint.ts';
 import type { TransportState } from '../coordinator/nats-coordinator.ts';
 import { OperatorError } from '../errors.ts';
 import { assembleJobReport } from './job-report.ts';
@@ -116,8 +116,7 @@ export class ClusterJobSource implements JobSource {
       throw unavailable("the job's checkpoint and model", err);
     }
     if (!checkpointBytes) return undefined;
-    const checkpoint = decodeCheckpoint(checkpointBytes);
-    if (checkpoint.archived) checkpoint.records = [...(await this.#archived(state!, checkpoint.archived)), ...checkpoint.records];
+    const checkpoint = await this.#withArchived(state!, decodeCheckpoint(checkpointBytes));
     const transport = checkpoint.transport as Partial<TransportState> | undefined;
     const model = modelBytes ? decodeSafetensors(modelBytes) : undefined;
     const layout = model?.layout ?? ParameterLayout.safeParse(transport?.layout).data ?? [{ name: 'weights', shape: [checkpoint.global.length] }];
@@ -151,17 +150,16 @@ export class ClusterJobSource implements JobSource {
       const r = await state.get(objectNames.checkpoint);
       if (!r) return undefined;
       r.error.catch(() => {}); // a cancelled read may end in an error nobody waits for
-      const h = await readCheckpointHeader(r.data);
-      return h.archived ? { ...h, records: [...(await this.#archived(state, h.archived)), ...h.records] } : h;
+      return await this.#withArchived(state, await readCheckpointHeader(r.data));
     } catch (err) {
       throw unavailable("the job's checkpoint", err);
     }
   }
 
-  /** The round records a checkpoint keeps apart, from the job's state bucket. */
-  async #archived(state: ObjectStore, archived: number): Promise<RoundRecord[]> {
+  /** A checkpoint with the round records it keeps apart read back from the job's state bucket. */
+  async #withArchived<T extends Parameters<typeof withArchivedRecords>[0]>(state: ObjectStore, c: T): Promise<T> {
     try {
-      return await archivedRecords(archived, (i) => readRecordSegment(state, i));
+      return await withArchivedRecords(c, (i) => readRecordSegment(state, i));
     } catch (err) {
       throw unavailable("the job's round records", err);
     }

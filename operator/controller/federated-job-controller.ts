@@ -284,9 +284,8 @@ export class FederatedJobController {
     // The cache may not have our own terminal status write back yet: remember it, or a reconcile
     // in between would start the finished job again.
     const finished = this.#finished.get(key);
-    // A finished job edited (its generation moved on) runs again, resuming from its checkpoint
-    // (more rounds, a fixed data path), but not for spec.suspend: suspending a job that has ended
-    // used to rewrite its phase to Suspended, its conditions and its report's availability with it.
+    // A finished job stays finished when spec.suspend (the one field the CRD lets change) is set:
+    // it used to rewrite its phase to Suspended, its conditions and its report's availability.
     const ended = TERMINAL.includes(status.phase as JobPhase);
     const suspendIgnored = ended && job.spec.suspend === true && status.observedGeneration !== job.metadata.generation;
     const terminal =
@@ -470,11 +469,7 @@ export class FederatedJobController {
       ...(progress ? { progress } : {}),
       pods,
       refusals: this.#refusals.get(key) ?? new Map(),
-      unanswered: new Set(
-        job.spec.sites
-          .filter((s) => s.remote && typeof this.#assignments.get(`${job.metadata.uid}/${job.metadata.generation ?? 0}/${s.name}`) === 'number')
-          .map((s) => s.name),
-      ),
+      unanswered: new Set(job.spec.sites.filter((s) => s.remote && typeof this.#assignments.get(assignmentId(job, s.name)) === 'number').map((s) => s.name)),
       restarts: this.#restarts.get(key) ?? new Map(),
       ...(extra.problem ? { problem: extra.problem } : {}),
       now: new Date(),
@@ -657,8 +652,7 @@ export class FederatedJobController {
    */
   #assign(key: string, job: JobObject, site: string, creds: string | undefined): void {
     const uid = job.metadata.uid!;
-    // Asked again when the spec changes: a new spec may pass a policy the old one failed.
-    const id = `${uid}/${job.metadata.generation ?? 0}/${site}`;
+    const id = assignmentId(job, site);
     const state = this.#assignments.get(id);
     if (state === 'asking' || state === 'accepted' || state === 'refused') return;
     if (state !== undefined && Date.now() < state) {
@@ -705,4 +699,9 @@ export class FederatedJobController {
       }
     })();
   }
+}
+
+/** A site's assignment of a job, asked again when the spec changes: a new spec may pass a policy the old one failed. */
+function assignmentId(job: JobObject, site: string): string {
+  return `${job.metadata.uid}/${job.metadata.generation ?? 0}/${site}`;
 }

@@ -13,7 +13,7 @@ import { describeIssues } from '../../core/job/issues.ts';
 import { buckets, jobKey, objectNames, subjects } from '../../core/protocol/subjects.ts';
 import { decodeJson } from '../../core/protocol/wire.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
-import { archivedRecords, readCheckpointHeader, readRecordSegment } from '../coordinator/checkpoint.ts';
+import { readCheckpointHeader, readRecordSegment, withArchivedRecords } from '../coordinator/checkpoint.ts';
 import { emptyTally, type RoundTally, tallyRounds } from '../coordinator/round-tally.ts';
 import { sha256OfObjectStoreDigest } from '../../core/protocol/digest.ts';
 import { type CoordinatorCounters, FINAL_MODEL, runNatsCoordinator, WEIGHTS_SHA256_KEY } from '../coordinator/nats-coordinator.ts';
@@ -261,12 +261,9 @@ export class PodRun implements JobRun {
         const r = this.#state ? await this.#state.get(objectNames.checkpoint) : null;
         if (r) {
           r.error.catch(() => {}); // the rest of the body is cancelled
-          const header = await readCheckpointHeader(r.data);
           // Archived segments never change: each is read once per run.
           const state = this.#state!;
-          const h = header.archived
-            ? { ...header, records: [...(await archivedRecords(header.archived, (i) => this.#segment(state, i))), ...header.records] }
-            : header;
+          const h = await withArchivedRecords(await readCheckpointHeader(r.data), (i) => this.#segment(state, i));
           if (h.round > this.progress.round) this.progress.lastRoundAt = Date.now();
           this.progress.round = h.round;
           this.progress.records = h.records;

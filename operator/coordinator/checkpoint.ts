@@ -196,8 +196,7 @@ export async function readRecordSegment(store: Pick<ObjectStore, 'getBlob'>, ind
 export async function loadCheckpoint(store: CheckpointStore): Promise<Checkpoint | undefined> {
   const bytes = await store.load();
   if (!bytes) return undefined;
-  const c = decodeCheckpoint(bytes);
-  return c.archived ? { ...c, records: [...(await archivedRecords(c.archived, (i) => loadSegment(store, i))), ...c.records] } : c;
+  return withArchivedRecords(decodeCheckpoint(bytes), (i) => loadSegment(store, i));
 }
 
 function loadSegment(store: CheckpointStore, index: number): Promise<RoundRecord[]> {
@@ -205,10 +204,18 @@ function loadSegment(store: CheckpointStore, index: number): Promise<RoundRecord
   return store.loadRecords(index);
 }
 
-/** The first `archived` records, read segment by segment with `segment` (which may cache: segments never change). */
-export async function archivedRecords(archived: number, segment: (index: number) => Promise<RoundRecord[]>): Promise<RoundRecord[]> {
-  const segments = await Promise.all(Array.from({ length: archived / RECORDS_PER_SEGMENT }, (_, i) => segment(i)));
-  return segments.flat();
+/**
+ * A decoded checkpoint (or its header) with the records it keeps apart put back in front, read
+ * segment by segment with `segment` (which may cache: segments never change); as it is when it
+ * keeps none apart.
+ */
+export async function withArchivedRecords<T extends Pick<Checkpoint, 'records' | 'archived'>>(
+  c: T,
+  segment: (index: number) => Promise<RoundRecord[]>,
+): Promise<T> {
+  if (!c.archived) return c;
+  const segments = await Promise.all(Array.from({ length: c.archived / RECORDS_PER_SEGMENT }, (_, i) => segment(i)));
+  return { ...c, records: [...segments.flat(), ...c.records] };
 }
 
 /** Only the header of a checkpoint (round, records, stop reason): what a watcher of the job needs, without decoding the model. */

@@ -296,11 +296,8 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     if (encoded.residual) residual = encoded.residual;
     // On disk before the update is announced: no update the coordinator counts is ahead of the kept state.
     if (stateStore) {
-      stateStore.save({
-        round: task.round,
-        ...(residual ? { residual } : {}),
-        ...(worker.controlOf(siteIndex) ? { control: worker.controlOf(siteIndex)! } : {}),
-      });
+      const control = worker.controlOf(siteIndex);
+      stateStore.save({ round: task.round, ...(residual ? { residual } : {}), ...(control ? { control } : {}) });
       stateRound = task.round;
     }
     const nonce = newNonce();

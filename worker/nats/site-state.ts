@@ -10,9 +10,9 @@
 // of round r starts from the newest state of a round before r: a site that restarts after
 // writing round r's state but before its update was counted trains round r again from round
 // r-1's state, and gives the same bytes. The last two are kept (and none of a later round: a
-// coordinator that resumed from an earlier checkpoint made it a round that did not happen). A file that is not this job's and
-// site's state (another job, another model, damaged) is refused with a reason and left alone: the
-// site starts over, as without --state.
+// coordinator that resumed from an earlier checkpoint made it a round that did not happen). A
+// file that is not this job's and site's state (another job, another model, damaged) is refused
+// with a reason and left alone: the site starts over, as without --state.
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
