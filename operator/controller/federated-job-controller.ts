@@ -284,22 +284,22 @@ export class FederatedJobController {
     // The cache may not have our own terminal status write back yet: remember it, or a reconcile
     // in between would start the finished job again.
     const finished = this.#finished.get(key);
-    // A finished job stays finished when spec.suspend (the one field the CRD lets change) is set:
-    // it used to rewrite its phase to Suspended, its conditions and its report's availability.
+    // A job that has ended stays ended whatever its generation: the CRD lets only spec.suspend
+    // change, and setting it used to rewrite the phase to Suspended (conditions and report lost),
+    // clearing it again then trained the job a second time over its finished model.
     const ended = TERMINAL.includes(status.phase as JobPhase);
-    const suspendIgnored = ended && job.spec.suspend === true && status.observedGeneration !== job.metadata.generation;
-    const terminal =
-      (ended && (status.observedGeneration === job.metadata.generation || suspendIgnored)) ||
-      (finished !== undefined && finished.uid === job.metadata.uid && finished.generation === job.metadata.generation);
+    const terminal = ended || (finished !== undefined && finished.uid === job.metadata.uid && finished.generation === job.metadata.generation);
     if (terminal) {
       await finalizer;
-      if (suspendIgnored) {
+      if (ended && status.observedGeneration !== job.metadata.generation) {
         void this.#events.record(
           job,
           'Normal',
           'SuspendIgnored',
           `the job has ended (${status.phase}): spec.suspend changes nothing; create a new job to train again`,
         );
+        // Seen: the event once per change, and observedGeneration tells kubectl wait and scripts so.
+        await this.#observed(job);
       }
       // Our terminal status write may have failed (API server away): write it from what we kept.
       if (finished && status.phase !== finished.phase) {
@@ -357,7 +357,7 @@ export class FederatedJobController {
         // A round's figures alone wait a moment for the next ones: one status write a second at
         // most for a job of many fast rounds, while a change of state is acted on at once.
         onChange: (what: 'state' | 'progress') => (what === 'state' ? this.queue.add(key) : this.queue.addAfter(key, PROGRESS_WRITE_INTERVAL_MS)),
-        refused: () => new Set(this.#refusals.get(key)?.keys() ?? []),
+        refused: () => this.#refusals.get(key) ?? new Map<string, string>(),
       };
       run = placement === 'operator' ? new InOperatorRun(withUid, creds.keys.sites, ctx) : new PodRun(withUid, ctx);
       this.runs.set(key, run);
@@ -457,6 +457,18 @@ export class FederatedJobController {
       if (p) pods.set(site.name, p);
     }
     return pods;
+  }
+
+  /** Only status.observedGeneration moves to the job's generation (an ended job's status is otherwise kept as it is). */
+  async #observed(job: JobObject): Promise<void> {
+    try {
+      await this.#o.client.patch(resourcePath(Resources.federatedJobs, job.metadata.namespace, job.metadata.name, 'status'), {
+        status: { observedGeneration: job.metadata.generation ?? 0 },
+      });
+      this.statusWrites++;
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
   }
 
   async #writeStatus(job: JobObject, phase: JobPhase, extra: { problem?: { reason: string; message: string }; progress?: RunProgress }): Promise<void> {

@@ -112,5 +112,18 @@ describe('the operator when the control plane fails under it', () => {
     expect(after.phase).toBe('Succeeded');
     expect(after.round).toBe(ROUNDS);
     expect((after.conditions as Array<{ type: string; status: string }>).find((c) => c.type === 'Succeeded')?.status).toBe('True');
+
+    // Nor does clearing it again: the job used to train a second time over its finished model.
+    const unsuspend = await cluster.kubectl(['patch', 'fj', 'pausable', '--type=merge', '-p', '{"spec":{"suspend":false}}']);
+    expect(unsuspend.code, unsuspend.stderr).toBe(0);
+    const generation = (await cluster.job('pausable'))!.metadata.generation;
+    // observedGeneration says the operator has acted on this generation.
+    const seen = await cluster.waitForJob('pausable', (s) => s.observedGeneration === generation);
+    expect(seen.phase).toBe('Succeeded');
+    expect(seen.round).toBe(ROUNDS);
+    expect((seen.conditions as Array<{ type: string; status: string }>).find((c) => c.type === 'Succeeded')?.status).toBe('True');
+    expect((await cluster.kubectl(['get', 'pods', '-l', 'consort.dev/job=pausable', '-o', 'name'])).stdout.trim()).toBe('');
+    const described = (await cluster.kubectl(['describe', 'fj', 'pausable'])).stdout;
+    expect(described.match(/\bResumed\s/g) ?? []).toHaveLength(1);
   });
 });
