@@ -69,8 +69,8 @@ export const FederatedJobStatus = z
     sitesReady: z.string().optional().describe('Sites whose worker runs, of all sites, e.g. "5/5".'),
     sites: z.array(SiteStatus).optional(),
     model: ModelReference.optional().describe('Where the final model is.'),
-    startTime: z.string().optional(),
-    completionTime: z.string().optional(),
+    startTime: z.string().optional().describe('When the rounds began; absent for a job that failed before its first round.'),
+    completionTime: z.string().optional().describe('When the job succeeded or failed.'),
     conditions: z.array(Condition).optional(),
   })
   .strict();

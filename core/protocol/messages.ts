@@ -317,3 +317,16 @@ export const CoordinatorStatus = z.object({
   coordinator: z.object({ instance: z.string().max(64), since: z.number() }).optional(),
 });
 export type CoordinatorStatus = z.infer<typeof CoordinatorStatus>;
+
+/**
+ * The operator's answer on the absent subject (coordinator → operator): the sites whose own
+ * operator refused the job (site mode), with why. A coordinator in a Pod of its own learns them
+ * so, and starts the rounds once every other site has joined instead of waiting out its join
+ * timeout for sites that will not come.
+ */
+export const AbsentSites = z.object({
+  type: z.literal('absent'),
+  job: jobKey,
+  sites: z.array(z.object({ site: name, reason: z.string().max(2000) })).max(100_000),
+});
+export type AbsentSites = z.infer<typeof AbsentSites>;

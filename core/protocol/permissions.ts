@@ -99,6 +99,7 @@ export function coordinatorPermissions(job: string, sites: readonly string[], in
     subj.round,
     subj.status,
     subj.summary,
+    subj.absent,
     ...(['advertise', 'share', 'unmask'] as const).map((phase) => subj.secagg(phase, '*')),
   ];
   return {

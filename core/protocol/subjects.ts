@@ -29,6 +29,8 @@ export function subjects(job: string, v: number = PROTOCOL_VERSION) {
     status: `${base}.status`,
     /** coordinator → its watchers (the operator), once when the loop ends: its last status (a coordinator Pod is gone right after). */
     summary: `${base}.summary`,
+    /** coordinator → the operator, request/reply, while the sites join: the sites whose own operator refused the job (site mode), not to be waited for. */
+    absent: `${base}.absent`,
     /** Reserved for secure aggregation (key advertisement, share exchange, unmasking). */
     secagg: (phase: 'advertise' | 'share' | 'unmask', site: string) => `${base}.secagg.${phase}.${site}`,
   };

@@ -8,10 +8,10 @@ import { type ObjectStore, Objm } from '@nats-io/obj';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { ModelReference } from '../../core/job/federated-job-status.ts';
-import { CoordinatorStatus, RoundNotice } from '../../core/protocol/messages.ts';
+import { type AbsentSites, CoordinatorStatus, RoundNotice } from '../../core/protocol/messages.ts';
 import { describeIssues } from '../../core/job/issues.ts';
 import { buckets, jobKey, objectNames, subjects } from '../../core/protocol/subjects.ts';
-import { decodeJson } from '../../core/protocol/wire.ts';
+import { decodeJson, encodeJson } from '../../core/protocol/wire.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
 import { readCheckpointHeader, readRecordSegment, withArchivedRecords } from '../coordinator/checkpoint.ts';
 import { emptyTally, type RoundTally, tallyRounds } from '../coordinator/round-tally.ts';
@@ -61,8 +61,8 @@ export interface RunContext {
    * controller may gather into one status write.
    */
   onChange: (what: 'state' | 'progress') => void;
-  /** Sites whose own operator refused the job (site mode): the rounds do not wait for them to join. */
-  refused?: () => ReadonlySet<string>;
+  /** Sites whose own operator refused the job (site mode), with why: the rounds do not wait for them to join. */
+  refused?: () => ReadonlyMap<string, string>;
 }
 
 function lastRounds(records: RoundRecord[], into: Record<string, number>): void {
@@ -94,7 +94,7 @@ export class InOperatorRun implements JobRun {
           siteKeys,
           log,
           joinTimeoutMs: job.spec.coordinator.joinTimeoutSeconds * 1000,
-          ...(ctx.refused ? { notComing: ctx.refused } : {}),
+          ...(ctx.refused ? { notComing: () => new Set(ctx.refused!().keys()) } : {}),
           signal: this.#ctl.signal,
           pauseRequested: () => this.#pause,
           onCounters: (c) => {
@@ -160,6 +160,8 @@ export class PodRun implements JobRun {
   readonly progress: RunProgress = emptyProgress();
   readonly #sub: Subscription;
   readonly #summary: Subscription;
+  /** Answers the Pod's coordinator asking which sites will not come (their own operator refused the job). */
+  readonly #absent: Subscription;
   readonly #ctx: RunContext;
   /** The last round whose duration is in progress.roundSeconds (from the coordinator's status). */
   #secondsUpTo = 0;
@@ -198,6 +200,12 @@ export class PodRun implements JobRun {
     // Its last figures, published once as it ends (the Pod is gone right after).
     this.#summary = ctx.nc.subscribe(subjects(this.#key).summary, {
       callback: (_err, msg) => this.#takeStatus(decodeJson(msg.data)),
+    });
+    this.#absent = ctx.nc.subscribe(subjects(this.#key).absent, {
+      callback: (_err, msg) => {
+        const sites = [...(ctx.refused?.() ?? new Map<string, string>())].map(([site, reason]) => ({ site, reason }));
+        msg.respond(encodeJson({ type: 'absent', job: this.#key, sites } satisfies AbsentSites));
+      },
     });
     this.refresh(false);
   }
@@ -298,6 +306,7 @@ export class PodRun implements JobRun {
     this.#stopped = true;
     this.#sub.unsubscribe();
     this.#summary.unsubscribe();
+    this.#absent.unsubscribe();
     await this.#reading;
   }
 }

@@ -173,7 +173,8 @@ export function desiredStatus(o: Observation): FederatedJobStatus {
     sitesReady: `${ready}/${sites.length}`,
     sites,
     ...(model ? { model } : {}),
-    ...(old.startTime ? { startTime: old.startTime } : p !== 'Pending' ? { startTime: t } : {}),
+    // When the rounds began: a job refused before any round (its spec, a worker's input) never started.
+    ...(old.startTime ? { startTime: old.startTime } : p === 'Running' || round > 0 ? { startTime: t } : {}),
     ...(old.completionTime ? { completionTime: old.completionTime } : p === 'Succeeded' || p === 'Failed' ? { completionTime: t } : {}),
     conditions: keepTransitionTimes(old.conditions ?? [], conditions),
   };

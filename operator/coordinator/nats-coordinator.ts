@@ -29,6 +29,7 @@ import { tuneGcForModel } from '../../core/gc-tuning.ts';
 import { type Checkpoint, type CheckpointStore, encodeRecordSegment, loadCheckpoint, readRecordSegment } from './checkpoint.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
 import { NatsTransport } from './nats-transport.ts';
+import { askAbsentSites } from './absent-sites.ts';
 import { AGGREGATION_RANGE, type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
 import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
 import { objectWire } from '../../core/protocol/object-wire.ts';
@@ -543,24 +544,31 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     const joinDeadline = Date.now() + (o.joinTimeoutMs ?? 30_000);
     // Waiting is said, every WAITING_LOG_MS, with who is missing: a coordinator with no sites is not silent.
     let told = Date.now();
-    for (;;) {
-      if (o.signal?.aborted) throw new OperatorError('CONSORT_C_ABORTED', 'stopped before the sites joined');
-      const n = alive().length;
-      if (layout && n === siteNames.length) break;
-      const refused = o.notComing?.();
-      if (layout && refused && refused.size > 0 && n >= spec.sampling.minSites) {
-        const here = new Set(alive());
-        if (siteNames.every((s) => here.has(s) || refused.has(s))) break;
+    // Told by the operator it runs in, or asked of the operator (a coordinator in a Pod).
+    const asker = o.notComing ? undefined : askAbsentSites(nc, key, log);
+    const notComing = o.notComing ?? asker!.current;
+    try {
+      for (;;) {
+        if (o.signal?.aborted) throw new OperatorError('CONSORT_C_ABORTED', 'stopped before the sites joined');
+        const n = alive().length;
+        if (layout && n === siteNames.length) break;
+        const refused = notComing();
+        if (layout && refused && refused.size > 0 && n >= spec.sampling.minSites) {
+          const here = new Set(alive());
+          if (siteNames.every((s) => here.has(s) || refused.has(s))) break;
+        }
+        if (layout && n >= spec.sampling.minSites && Date.now() > joinDeadline) break;
+        if (Date.now() - told >= (o.waitingLogMs ?? WAITING_LOG_MS)) {
+          told = Date.now();
+          const here = new Set(alive());
+          log(
+            `waiting for sites: ${n} of ${siteNames.length} joined (at least ${spec.sampling.minSites} needed); missing ${siteNames.filter((s) => !here.has(s)).join(', ')}`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, 100));
       }
-      if (layout && n >= spec.sampling.minSites && Date.now() > joinDeadline) break;
-      if (Date.now() - told >= (o.waitingLogMs ?? WAITING_LOG_MS)) {
-        told = Date.now();
-        const here = new Set(alive());
-        log(
-          `waiting for sites: ${n} of ${siteNames.length} joined (at least ${spec.sampling.minSites} needed); missing ${siteNames.filter((s) => !here.has(s)).join(', ')}`,
-        );
-      }
-      await new Promise((r) => setTimeout(r, 100));
+    } finally {
+      asker?.stop();
     }
     log(`${alive().length} of ${siteNames.length} sites joined; ${resume ? `resuming after round ${resume.round}` : 'starting'}`);
     if (job.spec.classes)

@@ -201,5 +201,21 @@ describe('coordinator placement and site mode', () => {
     expect(sites.find((s) => s.name === 'hillcrest')).toMatchObject({ state: 'Refused' });
     expect(sites.find((s) => s.name === 'hillcrest')?.lastRound).toBeUndefined();
     expect((await cluster.kubectl(['describe', 'fj', 'multi'])).stdout).toMatch(/Warning\s+SiteRefused\s+.*hillcrest/);
+
+    // The same with the round loop in a Pod of its own: the operator tells it who refused (it
+    // used to wait out its join timeout, here 600 s, for hillcrest).
+    const inPod = hospitals('multi-pod', (spec) => {
+      for (const s of spec.sites as { name: string; remote?: boolean }[]) if (s.name === 'lakeside' || s.name === 'hillcrest') s.remote = true;
+      spec.sampling = { minSites: 4 };
+      spec.coordinator = { placement: 'pod', joinTimeoutSeconds: 600 };
+    });
+    const p = await cluster.kubectl(['apply', '-f', '-'], { input: inPod });
+    expect(p.code, p.stderr).toBe(0);
+    const podDone = await cluster.waitForJob('multi-pod', (s) => s.phase === 'Succeeded' || s.phase === 'Failed', { timeoutMs: 240_000 });
+    expect(podDone.phase, JSON.stringify(podDone)).toBe('Succeeded');
+    expect((podDone.sites as { name: string; state: string }[]).find((s) => s.name === 'hillcrest')).toMatchObject({ state: 'Refused' });
+    expect(cluster.podLogs('multi-pod', 100_000)).toMatch(
+      /not waiting for sites whose own operator refused the job: hillcrest \(model type "mlp" is not allowed/,
+    );
   });
 });

@@ -157,6 +157,27 @@ describe('desiredStatus', () => {
     expect(s.sites?.find((x) => x.name === 'b')?.state).toBe('Refused');
     expect(s.conditions?.find((x) => x.type === 'Failed')).toMatchObject({ status: 'True', reason: 'CoordinatorFailed' });
     expect(s.completionTime).toBe('2026-01-01T00:00:00Z');
+    // It failed before any round: it never started (start and completion used to be the same instant).
+    expect(s.startTime).toBeUndefined();
+    const ran = desiredStatus({
+      job: job({ phase: 'Running', round: 3, startTime: '2025-12-31T23:00:00Z' }),
+      phase: 'Failed',
+      pods: new Map(),
+      refusals: new Map(),
+      restarts: new Map(),
+      problem: { reason: 'CoordinatorFailed', message: 'quorum' },
+      now: new Date('2026-01-01T00:00:00Z'),
+    });
+    expect(ran).toMatchObject({ startTime: '2025-12-31T23:00:00Z', completionTime: '2026-01-01T00:00:00Z' });
+    const quick = desiredStatus({
+      job: job(),
+      phase: 'Running',
+      pods: new Map(),
+      refusals: new Map(),
+      restarts: new Map(),
+      now: new Date('2026-01-01T00:00:00Z'),
+    });
+    expect(quick.startTime).toBe('2026-01-01T00:00:00Z');
   });
 
   it("a job stopped early says by which rule, in the Succeeded condition's reason and message", () => {
