@@ -59,7 +59,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
     }
     for (const w of dataWarnings(
       classes,
-      described.map((d) => ({ labels: d.quality.labels, trainLabels: d.quality.trainLabels })),
+      described.map((d, i) => ({ site: spec.sites[i]!.name, labels: d.quality.labels, trainLabels: d.quality.trainLabels })),
       spec.classes !== undefined,
     ))
       opts.warn?.(w);

@@ -36,7 +36,12 @@ export function jobWarnings(spec: FederatedJobSpec): string[] {
  */
 export function dataWarnings(
   classes: readonly string[],
-  sites: ReadonlyArray<{ labels?: Readonly<Record<string, number>> | undefined; trainLabels?: Readonly<Record<string, number>> | undefined }>,
+  sites: ReadonlyArray<{
+    /** The site's name, to say which spells a class how. */
+    site?: string;
+    labels?: Readonly<Record<string, number>> | undefined;
+    trainLabels?: Readonly<Record<string, number>> | undefined;
+  }>,
   /** The classes are spec.classes (else gathered from the sites' labels and class folders). */
   listed = true,
 ): string[] {
@@ -61,6 +66,63 @@ export function dataWarnings(
         ? `spec.classes lists ${names}, which no site's data has (${counted.length} site${counted.length === 1 ? '' : 's'} counted): the model keeps an output for ${them} that no example trains; check the spelling, or leave ${them} out`
         : // Gathered from the data: a class folder with no image in it.
           `class${none.length === 1 ? '' : 'es'} ${names} ${none.length === 1 ? 'has' : 'have'} no example at any site (an empty class folder?): the model keeps an output for ${them} that no example trains`,
+    );
+  }
+  warnings.push(...spellingWarnings(classes, counted));
+  return warnings;
+}
+
+/** A class as people mean it: "Yes", "yes" and " YES" are one (NFKC, case, runs of spaces, _ and -). */
+function meaning(c: string): string {
+  return c
+    .normalize('NFKC')
+    .toLowerCase()
+    .replace(/[\s_-]+/g, ' ')
+    .trim();
+}
+
+/**
+ * Sites that write one class two ways ("Yes" at one, "yes" at another; 1/0 at one, True/False at
+ * another): the model silently gets an output for each spelling, each learnt from part of the
+ * data. Said when spellings differ only in case or spacing, and when a site's labels are none of
+ * the other sites' (the same classes, written otherwise, or a split of the data worth knowing of).
+ */
+function spellingWarnings(
+  classes: readonly string[],
+  counted: ReadonlyArray<{ site?: string; labels?: Readonly<Record<string, number>> | undefined }>,
+): string[] {
+  const warnings: string[] = [];
+  const has = (s: (typeof counted)[number], c: string) => (s.labels?.[c] ?? 0) > 0;
+  const whose = (c: string) => {
+    const at = counted.filter((s) => has(s, c));
+    const named = at.flatMap((s) => (s.site !== undefined ? [s.site] : []));
+    return named.length === at.length ? `site${at.length === 1 ? '' : 's'} ${named.join(', ')}` : `${at.length} site${at.length === 1 ? '' : 's'}`;
+  };
+  const spellings = new Map<string, string[]>();
+  for (const c of classes) if (counted.some((s) => has(s, c))) spellings.set(meaning(c), [...(spellings.get(meaning(c)) ?? []), c]);
+  const respelt = new Set<string>();
+  for (const group of spellings.values()) {
+    if (group.length < 2) continue;
+    for (const c of group) respelt.add(c);
+    warnings.push(
+      `classes ${group.map((c) => `${JSON.stringify(c)} (${whose(c)})`).join(', ')} differ only in case or spacing: the model learns them as ${group.length} different classes; write the labels alike at every site`,
+    );
+  }
+  if (counted.length < 2) return warnings;
+  // Of two sites apart, one is named (the other is "the other sites").
+  const said = new Set<number>();
+  for (const [i, s] of counted.entries()) {
+    const own = classes.filter((c) => has(s, c));
+    if (said.has(i) || own.length < 2 || own.every((c) => respelt.has(c))) continue;
+    const others = counted.filter((_, j) => j !== i);
+    if (own.some((c) => others.some((o) => has(o, c)))) continue;
+    const theirs = classes.filter((c) => others.some((o) => has(o, c)));
+    // Against sites of one class between them (label skew), not a question of spelling.
+    if (theirs.length < 2) continue;
+    if (counted.length === 2) said.add(1 - i);
+    const who = s.site !== undefined ? `site ${s.site}'s labels` : `one site's labels`;
+    warnings.push(
+      `${who} (${own.map((c) => JSON.stringify(c)).join(', ')}) are none of the other sites' (${theirs.map((c) => JSON.stringify(c)).join(', ')}): each of these classes is learnt from one site's data alone; if they mean the same, write them alike at every site`,
     );
   }
   return warnings;

@@ -574,7 +574,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     if (job.spec.classes)
       for (const w of dataWarnings(
         job.spec.classes,
-        Object.values(joined).map((j) => ({ labels: j.quality?.labels, trainLabels: j.quality?.trainLabels })),
+        Object.entries(joined).map(([site, j]) => ({ site, labels: j.quality?.labels, trainLabels: j.quality?.trainLabels })),
       ))
         log(`warning: ${w}`);
     if (!resume) for (const w of scaleWarnings(siteNames.flatMap((s) => (joined[s] ? [{ site: s, ...joined[s] }] : [])))) log(`warning: ${w}`);

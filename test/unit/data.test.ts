@@ -160,6 +160,18 @@ describe('CSV loader', () => {
     expect(data.classes).toEqual(['bas', 'èlevè', 'élevé']);
   });
 
+  it("reads names and labels in Unicode's composed form: a file saved on macOS (NFD) matches the job's names and another site's labels", async () => {
+    const nfd = (t: string) => t.normalize('NFD');
+    await writeFile(join(tmp, 'nfd.csv'), nfd('âge,Température °C,risque\n50,37,élevé\n61,38,bas\n70,39,élevé\n80,36,bas\n'));
+    expect(nfd('é')).not.toBe('é');
+    const data = await loadSiteData(csv({ train: 'nfd.csv', labelColumn: 'risque', featureColumns: ['Température °C', 'âge'], testFraction: 0.25 }), {
+      ...ctx,
+      baseDir: tmp,
+    });
+    expect(data.classes).toEqual(['bas', 'élevé']);
+    expect(data.featureNames).toEqual(['Température °C', 'âge']);
+  });
+
   it('reports a row with the wrong number of fields with file and line', async () => {
     const err = await failure(loadSiteData(csv({ train: 'broken/field-count.csv' }), ctx));
     expect(err.code).toBe('CONSORT_W_DATA_ROW');
@@ -172,6 +184,33 @@ describe('CSV loader', () => {
     const err = await failure(loadSiteData(csv({ train: join(tmp, 'quote.csv') }), ctx));
     expect(err.code).toBe('CONSORT_W_DATA_ROW');
     expect(err.message).toMatch(/quote\.csv line \d/);
+  });
+
+  it('names the line where a stray quote opens, not where the parser gave up (the end of the file, or the line that closed it)', async () => {
+    const rows = ['age,bp,temp,y', ...Array.from({ length: 199 }, (_, i) => `${i + 1},2,3,no`)];
+    rows[3] = '4,5,"6,yes';
+    await writeFile(join(tmp, 'open.csv'), `${rows.join('\n')}\n`);
+    const open = await failure(loadSiteData(csv({ train: join(tmp, 'open.csv'), labelColumn: 'y' }), ctx));
+    expect(open.code).toBe('CONSORT_W_DATA_ROW');
+    expect(open.message).toMatch(/open\.csv line 4: a quoted field opens here and is never closed \(a stray " \?\)/);
+    expect(open.line).toBe(4);
+    // Closed by another stray quote seven lines on: the value runs over eight lines.
+    rows[10] = '10,2,3",no';
+    await writeFile(join(tmp, 'closed.csv'), `${rows.join('\n')}\n`);
+    const closed = await failure(loadSiteData(csv({ train: join(tmp, 'closed.csv'), labelColumn: 'y' }), ctx));
+    expect(closed.message).toMatch(/closed\.csv line 4: column "temp" opens a quote that runs on to line 11 \("6,yes\\n/);
+    expect(closed.line).toBe(4);
+    // Into the label column: not a class of its own.
+    rows[10] = '10,2,3,no';
+    rows[3] = '4,5,6,"yes';
+    rows[6] = '7,2,3,no",';
+    await writeFile(join(tmp, 'label.csv'), `${rows.join('\n')}\n`);
+    const label = await failure(loadSiteData(csv({ train: join(tmp, 'label.csv'), labelColumn: 'y' }), ctx));
+    expect(label.message).toMatch(/label\.csv line 4: /);
+    // A quoted field over two lines that is meant so, and lines after it, keep their numbers.
+    await writeFile(join(tmp, 'multi.csv'), 'a,note,y\n1,"multi\nline",no\n2,,no\nx,,no\n');
+    const after = await failure(loadSiteData(csv({ train: join(tmp, 'multi.csv'), labelColumn: 'y', featureColumns: ['a'] }), ctx));
+    expect(after.message).toMatch(/multi\.csv line 5: column "a" is "x", not a number/);
   });
 
   it('names the missing label column, the file and the columns it has', async () => {

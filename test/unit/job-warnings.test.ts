@@ -56,6 +56,35 @@ describe('dataWarnings', () => {
     expect(dataWarnings(['no', 'yes', 'maybe'], [{ labels: undefined }])).toEqual([]);
   });
 
+  it("one class spelt two ways at two sites (case, spacing), and a site whose labels are none of the others'", () => {
+    const a = { site: 'a', labels: { no: 50, yes: 50 } };
+    const b = { site: 'b', labels: { No: 40, Yes: 60 } };
+    const classes = ['No', 'Yes', 'no', 'yes'];
+    expect(dataWarnings(classes, [a, b], false)).toEqual([
+      'classes "No" (site b), "no" (site a) differ only in case or spacing: the model learns them as 2 different classes; write the labels alike at every site',
+      'classes "Yes" (site b), "yes" (site a) differ only in case or spacing: the model learns them as 2 different classes; write the labels alike at every site',
+    ]);
+    // 1/0 at one site, True/False at another: no spelling in common.
+    const c = { site: 'c', labels: { '0': 30, '1': 20 } };
+    const d = { site: 'd', labels: { False: 30, True: 20 } };
+    const e = { site: 'e', labels: { '0': 10, '1': 10 } };
+    expect(dataWarnings(['0', '1', 'False', 'True'], [c, d, e], false)).toEqual([
+      `site d's labels ("False", "True") are none of the other sites' ("0", "1"): each of these classes is learnt from one site's data alone; if they mean the same, write them alike at every site`,
+    ]);
+    // Sites sharing a class, or a site of one class (label skew), say nothing; nor does one site alone.
+    expect(dataWarnings(['0', '1', '2'], [c, { site: 'f', labels: { '1': 5, '2': 5 } }], false)).toEqual([]);
+    expect(dataWarnings(['0', '1', '2'], [c, { site: 'g', labels: { '2': 5 } }], false)).toEqual([]);
+    expect(dataWarnings(['False', 'True'], [d], false)).toEqual([]);
+    // Two sites apart: said once.
+    expect(dataWarnings(['0', '1', 'False', 'True'], [c, d], false)).toEqual([
+      `site c's labels ("0", "1") are none of the other sites' ("False", "True"): each of these classes is learnt from one site's data alone; if they mean the same, write them alike at every site`,
+    ]);
+    // Unnamed sites are counted.
+    expect(dataWarnings(classes, [{ labels: a.labels }, { labels: b.labels }, { labels: a.labels }], false)[0]).toBe(
+      'classes "No" (1 site), "no" (2 sites) differ only in case or spacing: the model learns them as 2 different classes; write the labels alike at every site',
+    );
+  });
+
   it('a class only test splits have, when every counted site said its train counts', () => {
     const a = { labels: { no: 10, yes: 3, maybe: 2 }, trainLabels: { no: 8, yes: 2, maybe: 0 } };
     const b = { labels: { no: 4, yes: 1, maybe: 1 }, trainLabels: { no: 3, yes: 1 } };

@@ -29,6 +29,12 @@ interface CsvTable {
   rejected: Record<string, number>;
 }
 
+function newlines(field: string): number {
+  let n = 0;
+  for (let i = field.indexOf('\n'); i >= 0; i = field.indexOf('\n', i + 1)) n++;
+  return n;
+}
+
 /** Past this many distinct labels, and more than one per two rows, the column holds measurements, not classes. */
 const MANY_LABELS = 20;
 
@@ -36,14 +42,71 @@ function quote(s: string): string {
   return JSON.stringify(s.length > 40 ? `${s.slice(0, 40)}…` : s);
 }
 
-function parseCsvTable(text: string, shown: string, resolved: string, delimiter: string, labelColumn: string, wanted?: readonly string[]): CsvTable {
+const QUOTE_ERRORS = new Set(['CSV_QUOTE_NOT_CLOSED', 'CSV_INVALID_CLOSING_QUOTE', 'CSV_NON_TRIMABLE_CHAR_AFTER_CLOSING_QUOTE']);
+
+/**
+ * The line (1-based) where the quoted field open at line `at` began (at the file's end when `at`
+ * is Infinity), by CSV's rules: a field that starts with a quote (after spaces) runs to the next
+ * lone quote, "" being a quote within it. Undefined when no quoted field spans that line.
+ */
+export function quoteOpenedAt(text: string, delimiter: string, at: number): number | undefined {
+  let line = 1;
+  let fieldStart = true;
+  let openedAt: number | undefined;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i]!;
+    if (openedAt !== undefined) {
+      if (ch === '"') {
+        if (text[i + 1] === '"') i++;
+        else {
+          if (line >= at) return openedAt;
+          openedAt = undefined;
+        }
+      } else if (ch === '\n') line++;
+      continue;
+    }
+    if (ch === '\n') {
+      if (line >= at) return undefined;
+      line++;
+      fieldStart = true;
+    } else if (text.startsWith(delimiter, i)) {
+      fieldStart = true;
+      i += delimiter.length - 1;
+    } else if (ch === '"' && fieldStart) openedAt = line;
+    else if (ch !== ' ' && ch !== '\t' && ch !== '\r') fieldStart = false;
+  }
+  return openedAt;
+}
+
+function parseCsvTable(
+  text: string,
+  shown: string,
+  resolved: string,
+  delimiter: string,
+  labelColumnAsWritten: string,
+  wantedAsWritten?: readonly string[],
+): CsvTable {
+  // Column names compared in Unicode's composed form (NFC): "Température" typed in a job file and
+  // the same name in a file saved on macOS (decomposed, NFD) print alike, and used to differ.
+  const labelColumn = labelColumnAsWritten.normalize('NFC');
+  const wanted = wantedAsWritten?.map((f) => f.normalize('NFC'));
   let records: { record: string[]; info: { lines: number } }[];
   try {
     records = parse(text, { delimiter, bom: true, trim: true, skip_empty_lines: true, relax_column_count: true, info: true }) as unknown as typeof records;
   } catch (err) {
-    const line = err instanceof CsvError ? (err as CsvError & { lines?: number }).lines : undefined;
+    let line = err instanceof CsvError ? (err as CsvError & { lines?: number }).lines : undefined;
+    let message = err instanceof Error ? err.message : String(err);
+    // The parser says where it gave up: for a quote left open, the file's end. Said instead: the
+    // line where that quoted field began, which is where the stray quote is.
+    if (err instanceof CsvError && QUOTE_ERRORS.has(err.code)) {
+      const opened = quoteOpenedAt(text, delimiter, err.code === 'CSV_QUOTE_NOT_CLOSED' ? Number.POSITIVE_INFINITY : (line ?? Number.POSITIVE_INFINITY));
+      if (opened !== undefined && opened !== line) {
+        message = `a quoted field opens here and ${err.code === 'CSV_QUOTE_NOT_CLOSED' ? 'is never closed' : `runs on to line ${line}`} (a stray " ?); the parser said: ${message}`;
+        line = opened;
+      }
+    }
     const where = line !== undefined ? ` line ${line}` : '';
-    throw new WorkerError('CONSORT_W_DATA_ROW', `${shown}${where}: ${err instanceof Error ? err.message : String(err)}`, {
+    throw new WorkerError('CONSORT_W_DATA_ROW', `${shown}${where}: ${message}`, {
       file: resolved,
       ...(line !== undefined ? { line } : {}),
       cause: err,
@@ -53,7 +116,7 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
   if (first === undefined) {
     throw new WorkerError('CONSORT_W_DATA_EMPTY', `${shown}: the file is empty; a header row is required`, { file: resolved });
   }
-  const header = first.record;
+  const header = first.record.map((name) => name.normalize('NFC'));
   const seen = new Set<string>();
   header.forEach((name, i) => {
     if (name === '') {
@@ -103,7 +166,8 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
   const row = new Float64Array(d);
   for (let r = 1; r < records.length; r++) {
     const { record, info } = records[r]!;
-    const line = info.lines;
+    // A record that a quoted field carries over several lines is named by its first (info.lines is its last).
+    const line = info.lines - record.reduce((n, f) => n + newlines(f), 0);
     if (record.length !== header.length) {
       throw new WorkerError('CONSORT_W_DATA_ROW', `${shown} line ${line}: ${record.length} fields, but the header has ${header.length}`, {
         file: resolved,
@@ -125,6 +189,12 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
           file: resolved,
           line,
         });
+      } else if (newlines(field) > 0) {
+        throw new WorkerError(
+          'CONSORT_W_DATA_ROW',
+          `${shown} line ${line}: column "${header[c]}" opens a quote that runs on to line ${line + newlines(field)} (${quote(field)}): a stray " ?`,
+          { file: resolved, line },
+        );
       } else {
         throw new WorkerError(
           'CONSORT_W_DATA_ROW',
@@ -134,6 +204,13 @@ function parseCsvTable(text: string, shown: string, resolved: string, delimiter:
       }
     }
     const label = record[labelAt]!;
+    if (newlines(label) > 0) {
+      throw new WorkerError(
+        'CONSORT_W_DATA_ROW',
+        `${shown} line ${line}: label column "${labelColumn}" opens a quote that runs on to line ${line + newlines(label)} (${quote(label)}): a stray " ?`,
+        { file: resolved, line },
+      );
+    }
     if (label === '') {
       rejected[MISSING_LABEL] = (rejected[MISSING_LABEL] ?? 0) + 1;
       continue;
