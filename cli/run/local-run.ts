@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { ModelSpec } from '../../core/job/federated-job.ts';
 import { weightedMean } from '../../core/metrics/aggregate.ts';
-import { dataWarnings, scaleWarnings } from '../../core/job/warnings.ts';
+import { aucTargetWarnings, dataWarnings, scaleWarnings } from '../../core/job/warnings.ts';
 import { assembleRunReport } from '../../core/report/assemble.ts';
 import type { RunReport } from '../../core/report/run-report.ts';
 import type { SiteEvaluation } from '../../core/protocol/transport.ts';
@@ -61,6 +61,11 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
       classes,
       described.map((d, i) => ({ site: spec.sites[i]!.name, labels: d.quality.labels, trainLabels: d.quality.trainLabels })),
       spec.classes !== undefined,
+    ))
+      opts.warn?.(w);
+    for (const w of aucTargetWarnings(
+      spec,
+      described.map((d, i) => ({ site: spec.sites[i]!.name, labels: d.quality.labels, trainLabels: d.quality.trainLabels })),
     ))
       opts.warn?.(w);
     for (const w of scaleWarnings(described)) opts.warn?.(w);

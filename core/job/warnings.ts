@@ -72,6 +72,30 @@ export function dataWarnings(
   return warnings;
 }
 
+/**
+ * stopping.target on auc, against sites whose test split has one class: such a site ranks nothing
+ * and has no AUC, so the global AUC and the target are over the other sites; with none left, the
+ * target can never be reached. Needs the sites' label and train label counts (the test split's
+ * are the difference); sites that have not said them are left out.
+ */
+export function aucTargetWarnings(
+  spec: Pick<FederatedJobSpec, 'stopping'>,
+  sites: ReadonlyArray<{ site: string; labels?: Readonly<Record<string, number>> | undefined; trainLabels?: Readonly<Record<string, number>> | undefined }>,
+): string[] {
+  if (spec.stopping.target?.metric !== 'auc') return [];
+  const counted = sites.filter((s) => s.labels !== undefined && s.trainLabels !== undefined);
+  const oneClass = counted.flatMap((s) => {
+    const test = Object.entries(s.labels!).filter(([c, n]) => n - (s.trainLabels![c] ?? 0) > 0);
+    return test.length < 2 ? [`${s.site} (${test.length === 0 ? 'no test examples' : `only ${JSON.stringify(test[0]![0])}`})`] : [];
+  });
+  if (oneClass.length === 0) return [];
+  if (oneClass.length === counted.length && counted.length === sites.length)
+    return [`stopping.target on auc can never be reached: no site's test split has two classes (${oneClass.join(', ')}), so no AUC is measured`];
+  return [
+    `stopping.target on auc: the test split of ${oneClass.join(', ')} has one class, which no AUC ranks: the global AUC, and the target, are over the other sites`,
+  ];
+}
+
 /** A class as people mean it: "Yes", "yes" and " YES" are one (NFKC, case, runs of spaces, _ and -). */
 function meaning(c: string): string {
   return c

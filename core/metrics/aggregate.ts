@@ -37,14 +37,19 @@ export function spread(values: readonly number[]): Spread {
 export interface GlobalMetrics {
   loss: number;
   accuracy: number;
-  /** Only when every site reported one. */
+  /**
+   * Over the sites that reported one: a site whose test split has one class ranks nothing and has
+   * none. (Asked of every site, one such site hid the global AUC for good, and a stopping target
+   * on it never fired.)
+   */
   auc?: number;
 }
 
 /** Sample-weighted means of the sites' metrics. */
 export function globalMetrics(sites: readonly SiteMetrics[]): GlobalMetrics {
-  const of = (pick: (s: SiteMetrics) => number): number => weightedMean(sites.map((s) => ({ samples: s.samples, value: pick(s) })));
+  const of = (pick: (s: SiteMetrics) => number, from = sites): number => weightedMean(from.map((s) => ({ samples: s.samples, value: pick(s) })));
   const result: GlobalMetrics = { loss: of((s) => s.loss), accuracy: of((s) => s.accuracy) };
-  if (sites.length > 0 && sites.every((s) => s.auc !== undefined)) result.auc = of((s) => s.auc!);
+  const ranked = sites.filter((s) => s.auc !== undefined && s.samples > 0);
+  if (ranked.length > 0) result.auc = of((s) => s.auc!, ranked);
   return result;
 }

@@ -125,8 +125,19 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   out.push('## Evaluation', '');
   const testTotal = sum(Object.values(f.perSite).map((s) => s.samples));
   const globalParts = [`accuracy **${formatPercent(f.accuracy, 2)}**`, `loss ${formatNumber(f.loss)}`];
-  if (f.auc !== undefined)
-    globalParts.push(`AUC ${formatNumber(f.auc)}${report.model.classes.length > 2 ? ' (each class against the rest, averaged over the classes)' : ''}`);
+  if (f.auc !== undefined) {
+    const scored = Object.keys(f.perSite).length;
+    const unranked = Object.entries(f.perSite).flatMap(([site, m]) => (m.auc === undefined ? [site] : []));
+    const notes = [
+      ...(report.model.classes.length > 2 ? ['each class against the rest, averaged over the classes'] : []),
+      ...(unranked.length > 0
+        ? [
+            `over ${scored - unranked.length} of ${scored} sites: ${unranked.map(md).join(', ')} ${unranked.length === 1 ? 'has a test split' : 'have test splits'} of one class, which no AUC ranks`,
+          ]
+        : []),
+    ];
+    globalParts.push(`AUC ${formatNumber(f.auc)}${notes.length > 0 ? ` (${notes.join('; ')})` : ''}`);
+  }
   const missing = f.missing ?? [];
   out.push(
     `Final global model, on the sites' held-out test splits (${testTotal} examples; figures are sample-weighted over sites, loss is mean categorical cross-entropy): ${globalParts.join(', ')}.${missing.length > 0 ? ` **Not scored:** ${missing.map((m) => `${md(m.site)} (${md(m.reason)})`).join(', ')}: these figures leave ${missing.length === 1 ? 'it' : 'them'} out.` : ''}`,

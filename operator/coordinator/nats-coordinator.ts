@@ -24,7 +24,7 @@ import { decodeSafetensors, safetensorsParts } from '../../core/tensor/safetenso
 import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts';
 import { OperatorError } from '../errors.ts';
 import { weightsSha256 } from '../../core/report/assemble.ts';
-import { dataWarnings, scaleWarnings } from '../../core/job/warnings.ts';
+import { aucTargetWarnings, dataWarnings, scaleWarnings } from '../../core/job/warnings.ts';
 import { tuneGcForModel } from '../../core/gc-tuning.ts';
 import { type Checkpoint, type CheckpointStore, encodeRecordSegment, loadCheckpoint, readRecordSegment } from './checkpoint.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
@@ -577,6 +577,11 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
         Object.entries(joined).map(([site, j]) => ({ site, labels: j.quality?.labels, trainLabels: j.quality?.trainLabels })),
       ))
         log(`warning: ${w}`);
+    for (const w of aucTargetWarnings(
+      job.spec,
+      Object.entries(joined).map(([site, j]) => ({ site, labels: j.quality?.labels, trainLabels: j.quality?.trainLabels })),
+    ))
+      log(`warning: ${w}`);
     if (!resume) for (const w of scaleWarnings(siteNames.flatMap((s) => (joined[s] ? [{ site: s, ...joined[s] }] : [])))) log(`warning: ${w}`);
     // One input scaling for the whole run (tabular data): pooled, in the job's site order, from the
     // moments of the sites here as the rounds first start; a resumed run keeps its own.

@@ -1,7 +1,7 @@
 // Rules a valid job sets that cannot act as written are said before the job runs.
 import { describe, expect, it } from 'vitest';
 import { FederatedJobSpec } from '../../core/job/federated-job.ts';
-import { dataWarnings, jobWarnings, scaleWarnings } from '../../core/job/warnings.ts';
+import { aucTargetWarnings, dataWarnings, jobWarnings, scaleWarnings } from '../../core/job/warnings.ts';
 import { momentsOf } from '../../core/data/moments.ts';
 
 const spec = (extra: Record<string, unknown>) =>
@@ -174,5 +174,22 @@ describe('scaleWarnings', () => {
         { ...b, features: undefined },
       ])[0],
     ).toMatch(/^feature 1 differs in scale/);
+  });
+});
+
+describe('aucTargetWarnings', () => {
+  const target = { stopping: { target: { metric: 'auc' as const, value: 0.6 } } };
+  const two = { site: 'a', labels: { no: 60, yes: 40 }, trainLabels: { no: 48, yes: 32 } };
+  const oneTest = { site: 'c', labels: { no: 39, yes: 1 }, trainLabels: { no: 31, yes: 1 } };
+  it('names a site whose test split has one class: the AUC and the target are over the others', () => {
+    expect(aucTargetWarnings(target, [two, oneTest])).toEqual([
+      'stopping.target on auc: the test split of c (only "no") has one class, which no AUC ranks: the global AUC, and the target, are over the other sites',
+    ]);
+    expect(aucTargetWarnings(target, [{ ...oneTest, site: 'b' }, oneTest])[0]).toMatch(/can never be reached: no site's test split has two classes/);
+    // Only with a target on auc; sites that did not say their counts are not judged.
+    expect(aucTargetWarnings({ stopping: { target: { metric: 'accuracy', value: 0.6 } } }, [two, oneTest])).toEqual([]);
+    expect(aucTargetWarnings({ stopping: {} }, [two, oneTest])).toEqual([]);
+    expect(aucTargetWarnings(target, [two, { site: 'd', labels: undefined }])).toEqual([]);
+    expect(aucTargetWarnings(target, [two, two])).toEqual([]);
   });
 });
