@@ -2,9 +2,11 @@
 // the global model (round 1: core's seeded initialParameters), so the builder's own random
 // initialisers never decide anything.
 import { readFileSync } from 'node:fs';
+import { totalmem } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import type { ModelSpec } from '../core/job/federated-job.ts';
 import type { ParameterLayout } from '../core/model/layout.ts';
+import { builtInParameters, gigabytes, trainingBytes } from '../core/model/size.ts';
 import { WeightsError, WeightsManifest, weightsInLayout } from '../core/model/tfjs-weights.ts';
 import { tf } from './backend.ts';
 import { WorkerError } from './errors.ts';
@@ -55,7 +57,27 @@ export function layersTopology(json: unknown): object | undefined {
 export async function buildModel(spec: ModelSpec, inputShape: number[], classes: number, baseDir: string, o: { weights?: boolean } = {}): Promise<BuiltModel> {
   // A Layers file is read once, for its topology and its weights alike.
   const file = spec.type === 'layers' ? readLayersFile(spec, baseDir) : undefined;
-  const model = await buildLayers(spec, inputShape, classes, file);
+  // A model no machine here can hold is refused with its size (TF.js met it with a RangeError).
+  const parameters = builtInParameters(spec, inputShape, classes);
+  if (parameters !== undefined && trainingBytes(parameters) > totalmem()) {
+    throw new WorkerError(
+      'CONSORT_W_MODEL',
+      `spec.model: the ${spec.type} model has ${parameters.toLocaleString('en-US')} parameters for ${inputShape.join('x')} inputs and ${classes} classes (${gigabytes(4 * parameters)} of weights); training it needs about ${gigabytes(trainingBytes(parameters))}, more than this machine's ${gigabytes(totalmem())}: make the model smaller${spec.type === 'mlp' ? ' (spec.model.hidden)' : ''}`,
+    );
+  }
+  let model: tf.LayersModel;
+  try {
+    model = await buildLayers(spec, inputShape, classes, file);
+  } catch (err) {
+    if (err instanceof RangeError && /allocation failed|Invalid typed array length|Array buffer/i.test(err.message)) {
+      throw new WorkerError(
+        'CONSORT_W_MODEL',
+        `spec.model: out of memory building the model${parameters !== undefined ? ` (${parameters.toLocaleString('en-US')} parameters, ${gigabytes(4 * parameters)} of weights)` : ''}: make it smaller`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
   const layout = model.weights.map((w) => ({ name: w.originalName ?? w.name, shape: w.shape.map((d) => d ?? 1) }));
   // One input and one output: a site's examples are one tensor, its labels one class each.
   if (model.inputs.length !== 1 || model.outputs.length !== 1) {

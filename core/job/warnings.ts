@@ -2,6 +2,7 @@
 // coordinator's log), not refused, since the job still trains; a user who set the rule expects
 // it to act.
 import type { FeatureMoments } from '../data/moments.ts';
+import { gigabytes, hiddenParameters, trainingBytes } from '../model/size.ts';
 import type { FederatedJobSpec } from './federated-job.ts';
 
 export function jobWarnings(spec: FederatedJobSpec): string[] {
@@ -24,8 +25,18 @@ export function jobWarnings(spec: FederatedJobSpec): string[] {
       `sampling.fraction ${fraction} of ${spec.sites.length} sites asks ${asked} a round, fewer than sampling.minSites ${minSites}: each round asks ${minSites} sites instead (raise fraction to ${minSites / spec.sites.length}, or lower minSites, to say so)`,
     );
   }
+  // A floor on an mlp's size whatever the data: between its hidden layers alone.
+  const hidden = hiddenParameters(spec.model);
+  if (hidden >= LARGE_MODEL_PARAMETERS) {
+    out.push(
+      `spec.model.hidden [${spec.model.type === 'mlp' ? spec.model.hidden.join(', ') : ''}] has at least ${hidden.toLocaleString('en-US')} parameters between its hidden layers alone (${gigabytes(4 * hidden)} of weights); training needs about ${gigabytes(trainingBytes(hidden))} at each site: check the units`,
+    );
+  }
   return out;
 }
+
+/** From this many parameters (4 GB of weights) validate says how large a model is. */
+const LARGE_MODEL_PARAMETERS = 1e9;
 
 /**
  * What the sites' data says against the job, once their label counts are known: a class (of

@@ -177,6 +177,16 @@ describe('scaleWarnings', () => {
   });
 });
 
+describe('jobWarnings on the model', () => {
+  it('an mlp whose hidden layers alone hold a billion parameters or more', () => {
+    const mlp = (hidden: number[]) => spec({ model: { type: 'mlp', hidden } });
+    expect(jobWarnings(mlp([100_000, 100_000]))).toEqual([
+      'spec.model.hidden [100000, 100000] has at least 10,000,100,000 parameters between its hidden layers alone (40.0 GB of weights); training needs about 240.0 GB at each site: check the units',
+    ]);
+    expect(jobWarnings(mlp([1024, 1024, 1024]))).toEqual([]);
+  });
+});
+
 describe('aucTargetWarnings', () => {
   const target = { stopping: { target: { metric: 'auc' as const, value: 0.6 } } };
   const two = { site: 'a', labels: { no: 60, yes: 40 }, trainLabels: { no: 48, yes: 32 } };

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { FederatedJobSpec } from '../../core/job/federated-job.ts';
 import { initialParameters } from '../../core/model/layout.ts';
+import { builtInParameters } from '../../core/model/size.ts';
 import { Rng } from '../../core/rng.ts';
 import { proximalGradient, scaffoldControlUpdate, scaffoldCorrectedGradient } from '../../core/strategies/client-terms.ts';
 import { selectBackend, tf } from '../../worker/backend.ts';
@@ -307,5 +308,24 @@ describe('buildModel refuses a model that cannot take the data', () => {
       'a cnn of 3 blocks (model.filters) halves a 6x6 image 3 times, below one pixel; use at most 2 blocks, or larger images',
     );
     expect((await buildModel(cnn, [8, 8, 1], 3, '.')).layout.length).toBeGreaterThan(0);
+  });
+
+  it('a model no machine here can hold, with its size (TF.js met it with a RangeError); the count is what TF.js builds', async () => {
+    const huge = { type: 'mlp' as const, hidden: [100_000, 100_000], activation: 'relu' as const, dropout: 0 };
+    expect(await modelError(buildModel(huge, [3], 3, '.'))).toMatch(
+      /^spec\.model: the mlp model has 10,000,800,003 parameters for 3 inputs and 3 classes \(40\.0 GB of weights\); training it needs about 240\.0 GB, more than this machine's [\d.]+ GB: make the model smaller \(spec\.model\.hidden\)$/,
+    );
+    for (const [spec, shape, classes] of [
+      [{ type: 'logistic' }, [7], 3],
+      [{ type: 'logistic' }, [5, 4, 2], 4],
+      [{ type: 'mlp', hidden: [16, 8], activation: 'relu', dropout: 0.1 }, [11], 2],
+      [{ type: 'mlp', hidden: [5], activation: 'tanh', dropout: 0 }, [6, 6, 1], 5],
+      [{ type: 'cnn', filters: [4, 8], kernelSize: 3, dense: 16 }, [9, 7, 3], 4],
+      [{ type: 'cnn', filters: [2], kernelSize: 5, dense: 8 }, [8, 8, 1], 2],
+    ] as const) {
+      const built = await buildModel(spec as never, [...shape], classes, '.');
+      expect(builtInParameters(spec as never, shape, classes), JSON.stringify(spec)).toBe(built.model.countParams());
+      built.model.dispose();
+    }
   });
 });
