@@ -14,6 +14,7 @@ import { loadSiteData } from './data/load.ts';
 import { WorkerError } from './errors.ts';
 import { buildModel, isConvolutional } from './model.ts';
 import { LocalTrainer } from './trainer.ts';
+import { MAX_ABS_UPDATE_VALUE } from '../core/protocol/ingestion.ts';
 
 export interface SiteWorkerConfig {
   spec: FederatedJobSpec;
@@ -220,21 +221,30 @@ export class SiteWorker {
       proximalMu: task.proximalMu,
       ...(correction ? { correction } : {}),
     });
-    if (!Number.isFinite(trainLoss)) {
-      // FedProx's term pulls the weights back by learningRate x mu of their distance a step: at 1
-      // and more it overshoots the global model, past 2 further each step, whatever the data.
+    // FedProx's term pulls the weights back by learningRate x mu of their distance a step: at 1
+    // and more it overshoots the global model, past 2 further each step, whatever the data.
+    const diverged = (what: string) => {
       const mu = task.proximalMu;
       const pull = mu * spec.training.learningRate;
       const hint =
         pull >= 1
           ? `lower strategy.mu (${mu}): with training.learningRate ${spec.training.learningRate}, each step pulls the weights back by learningRate x mu = ${pull} times their distance from the global model, which must stay well below 1`
           : 'lower training.learningRate';
-      throw new WorkerError('CONSORT_W_TRAIN', `site "${site}" diverged in round ${task.round} (training loss ${trainLoss}); ${hint}`);
-    }
+      return new WorkerError('CONSORT_W_TRAIN', `site "${site}" diverged in round ${task.round} (${what}); ${hint}`);
+    };
+    if (!Number.isFinite(trainLoss)) throw diverged(`training loss ${trainLoss}`);
     // The trained weights become the delta in place: one model-sized allocation per task, not two.
     const delta = trainer.getWeights();
     const global = task.global;
-    for (let i = 0; i < delta.length; i++) delta[i] = delta[i]! - global[i]!;
+    let largest = 0;
+    for (let i = 0; i < delta.length; i++) {
+      delta[i] = delta[i]! - global[i]!;
+      const a = Math.abs(delta[i]!);
+      if (!(a <= largest)) largest = a;
+    }
+    // Finite but beyond what the aggregate takes: refused there as out of range, which named
+    // neither the cause nor the setting to change.
+    if (!(largest <= MAX_ABS_UPDATE_VALUE)) throw diverged(`its update changes a weight by ${largest.toPrecision(3)}, beyond the ±${MAX_ABS_UPDATE_VALUE} an update may`);
     const reply: FitReply = { site, samples: data.train.n, delta, trainLoss, steps };
     if (task.serverControl && cLocal) {
       // SCAFFOLD option II: c_i+ = c_i - c + (x - y) / (K lr).

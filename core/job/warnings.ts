@@ -25,6 +25,16 @@ export function jobWarnings(spec: FederatedJobSpec): string[] {
       `sampling.fraction ${fraction} of ${spec.sites.length} sites asks ${asked} a round, fewer than sampling.minSites ${minSites}: each round asks ${minSites} sites instead (raise fraction to ${minSites / spec.sites.length}, or lower minSites, to say so)`,
     );
   }
+  // FedProx's term pulls the weights back by learningRate x mu of their distance a step (plain
+  // and momentum SGD): at 1 it overshoots the global model, past 2 further each step.
+  if (spec.strategy.name === 'fedprox' && spec.training.optimizer !== 'adam') {
+    const pull = spec.strategy.mu * spec.training.learningRate;
+    if (pull >= 1) {
+      out.push(
+        `strategy.mu ${spec.strategy.mu} with training.learningRate ${spec.training.learningRate}: each step pulls the weights back by learningRate x mu = ${pull} times their distance from the global model, which overshoots it from 1 on (training diverges): keep it well below 1`,
+      );
+    }
+  }
   // A floor on an mlp's size whatever the data: between its hidden layers alone.
   const hidden = hiddenParameters(spec.model);
   if (hidden >= LARGE_MODEL_PARAMETERS) {

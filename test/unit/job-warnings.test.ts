@@ -187,6 +187,17 @@ describe('jobWarnings on the model', () => {
   });
 });
 
+describe('jobWarnings on FedProx', () => {
+  it('mu x learningRate from 1 on, with SGD: the pull overshoots', () => {
+    const prox = (mu: number, optimizer = 'sgd') => spec({ strategy: { name: 'fedprox', mu }, training: { optimizer, learningRate: 0.1 } });
+    expect(jobWarnings(prox(1000))).toEqual([
+      'strategy.mu 1000 with training.learningRate 0.1: each step pulls the weights back by learningRate x mu = 100 times their distance from the global model, which overshoots it from 1 on (training diverges): keep it well below 1',
+    ]);
+    expect(jobWarnings(prox(1))).toEqual([]);
+    expect(jobWarnings(prox(1000, 'adam'))).toEqual([]);
+  });
+});
+
 describe('aucTargetWarnings', () => {
   const target = { stopping: { target: { metric: 'auc' as const, value: 0.6 } } };
   const two = { site: 'a', labels: { no: 60, yes: 40 }, trainLabels: { no: 48, yes: 32 } };
