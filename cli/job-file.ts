@@ -2,8 +2,8 @@
 // accepted when exactly one document is a FederatedJob (others, e.g. a Namespace, are ignored).
 import { readFileSync } from 'node:fs';
 import { parseAllDocuments } from 'yaml';
-import { FederatedJob, FederatedJobSpec, KIND } from '../core/job/federated-job.ts';
-import { describeIssues } from '../core/job/issues.ts';
+import { FederatedJob, FederatedJobSpec, KIND, siteRuleIssues } from '../core/job/federated-job.ts';
+import { describeIssues, fieldPath } from '../core/job/issues.ts';
 import { CliError, fileProblem } from './errors.ts';
 
 export function readJobFile(path: string): FederatedJob {
@@ -39,6 +39,11 @@ function validate(value: unknown, source: string): FederatedJob {
   const parsed = FederatedJob.safeParse(value);
   if (!parsed.success) {
     const details = describeIssues(parsed.error);
+    // The rules between sites, which zod skipped for the field that failed: every problem at once.
+    for (const issue of siteRuleIssues((value as { spec?: { sites?: unknown } } | null)?.spec?.sites)) {
+      const line = `${fieldPath(['spec', ...issue.path])}: ${issue.message}`;
+      if (!details.includes(line)) details.push(line);
+    }
     throw new CliError('CONSORT_CLI_JOB_SPEC', `${source}: not a valid ${KIND} (${details.length} problem${details.length > 1 ? 's' : ''})`, { details });
   }
   return parsed.data;

@@ -244,7 +244,8 @@ export class SiteWorker {
     }
     // Finite but beyond what the aggregate takes: refused there as out of range, which named
     // neither the cause nor the setting to change.
-    if (!(largest <= MAX_ABS_UPDATE_VALUE)) throw diverged(`its update changes a weight by ${largest.toPrecision(3)}, beyond the ±${MAX_ABS_UPDATE_VALUE} an update may`);
+    if (!(largest <= MAX_ABS_UPDATE_VALUE))
+      throw diverged(`its update changes a weight by ${largest.toPrecision(3)}, beyond the ±${MAX_ABS_UPDATE_VALUE} an update may`);
     const reply: FitReply = { site, samples: data.train.n, delta, trainLoss, steps };
     if (task.serverControl && cLocal) {
       // SCAFFOLD option II: c_i+ = c_i - c + (x - y) / (K lr).

@@ -352,6 +352,33 @@ export const CoordinatorSpec = z
   .strict();
 export type CoordinatorSpec = z.infer<typeof CoordinatorSpec>;
 
+/**
+ * The rules between a job's sites (a name twice; test and testFraction both) on the sites as
+ * written. FederatedJobSpec applies them; a reader of a job file that fails on another field
+ * (cli/job-file.ts) applies them too, since zod skips an object's refinements once a field is
+ * wrong: one validate names every problem (behind a bad spec.seed, a duplicate site name used to
+ * show only once the seed was fixed). Each rule guards what it reads.
+ */
+export function siteRuleIssues(sites: unknown): Array<{ path: Array<string | number>; message: string }> {
+  if (!Array.isArray(sites)) return [];
+  const issues: Array<{ path: Array<string | number>; message: string }> = [];
+  const seen = new Map<string, number>();
+  sites.forEach((site: unknown, i) => {
+    const s = site as { name?: unknown; data?: { type?: unknown; test?: unknown; testFraction?: unknown } } | null;
+    if (typeof s?.name === 'string') {
+      const prev = seen.get(s.name);
+      if (prev !== undefined) issues.push({ path: ['sites', i, 'name'], message: `duplicate site name "${s.name}" (also sites[${prev}])` });
+      seen.set(s.name, i);
+    }
+    // A test set and a share of train to hold out: one of them would be ignored.
+    const d = s?.data;
+    if ((d?.type === 'csv' || d?.type === 'imageFolder') && d.test !== undefined && d.testFraction !== undefined) {
+      issues.push({ path: ['sites', i, 'data', 'testFraction'], message: 'set test or testFraction, not both: with a test set, none of train is held out' });
+    }
+  });
+  return issues;
+}
+
 export const FederatedJobSpec = z
   .object({
     model: ModelSpec,
@@ -389,25 +416,7 @@ export const FederatedJobSpec = z
   })
   .strict()
   .superRefine((spec, ctx) => {
-    const seen = new Map<string, number>();
-    spec.sites.forEach((s, i) => {
-      const prev = seen.get(s.name);
-      if (prev !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['sites', i, 'name'], message: `duplicate site name "${s.name}" (also sites[${prev}])` });
-      }
-      seen.set(s.name, i);
-    });
-    // A test set and a share of train to hold out: one of them would be ignored.
-    spec.sites.forEach((s, i) => {
-      const d = s.data as { test?: string; testFraction?: number };
-      if ((s.data.type === 'csv' || s.data.type === 'imageFolder') && d.test !== undefined && d.testFraction !== undefined) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['sites', i, 'data', 'testFraction'],
-          message: 'set test or testFraction, not both: with a test set, none of train is held out',
-        });
-      }
-    });
+    for (const issue of siteRuleIssues(spec.sites)) ctx.addIssue({ code: 'custom', ...issue });
     // One model, one input: what the job file alone says of the sites' examples.
     const images = spec.sites.flatMap((s, i) => (s.data.type === 'imageFolder' ? [{ i, name: s.name, d: s.data }] : []));
     const tables = spec.sites.filter((s) => s.data.type !== 'imageFolder');

@@ -63,6 +63,18 @@ describe('a job file with a wrong field', () => {
     for (const m of mentions) expect(message).toContain(m);
   });
 
+  it.concurrent('every problem at once: the rules between sites are named beside a wrong field (they used to wait for it to be fixed)', async () => {
+    const dir = tmp('bad-many');
+    const spec = hospitalSpec(undefined, { seed: 3.5 });
+    const sites = spec.sites as Array<{ name: string }>;
+    sites[1]!.name = sites[0]!.name;
+    const job = writeJob(dir, spec);
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toContain('(2 problems)');
+    expect(message).toMatch(/^ {2}spec\.seed: /m);
+    expect(message).toContain(`  spec.sites[1].name: duplicate site name "${sites[0]!.name}" (also sites[0])`);
+  });
+
   it.concurrent('a document that is not a FederatedJob', async () => {
     const dir = tmp('bad-kind');
     const job = join(dir, 'job.yaml');

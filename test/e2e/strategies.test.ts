@@ -71,12 +71,18 @@ describe('a run whose training diverges says which setting to change', () => {
     const dir = tmp('diverge');
     const fedprox = writeJob(
       dir,
-      hospitalSpec(undefined, { strategy: { name: 'fedprox', mu: 1000 }, training: { epochs: 1, batchSize: 16, optimizer: 'sgd', learningRate: 0.1 }, seed: 7 }),
+      hospitalSpec(undefined, {
+        strategy: { name: 'fedprox', mu: 1000 },
+        training: { epochs: 1, batchSize: 16, optimizer: 'sgd', learningRate: 0.1 },
+        seed: 7,
+      }),
       { file: 'fedprox.yaml', name: 'fedprox' },
     );
     const r = await runConsort(['run', fedprox, '--quiet', '--out', join(dir, 'out-fedprox')]);
     expect(r.code, transcript(r)).not.toBe(0);
-    expect(r.stderr).toMatch(/diverged in round 1 \(its update changes a weight by [\d.e+]+, beyond the ±1048576 an update may\); lower strategy\.mu \(1000\): with training\.learningRate 0\.1/);
+    expect(r.stderr).toMatch(
+      /diverged in round 1 \(its update changes a weight by [\d.e+]+, beyond the ±1048576 an update may\); lower strategy\.mu \(1000\): with training\.learningRate 0\.1/,
+    );
     expect(r.stderr).toMatch(/^warning: strategy\.mu 1000 with training\.learningRate 0\.1:/m);
     expect(r.stderr).not.toMatch(/exceeds ±1048576/);
   });
