@@ -138,13 +138,16 @@ describe('bad site data', () => {
     expect(message).toContain('"high"');
   });
 
-  it.concurrent('a number too large to read (1e400) names the file, the line and the column', async () => {
-    const dir = tmp('bad-data');
-    const good = '60,86,18,37.1,126,97,8.5,1.5,1.05,255,0.75,15,no';
-    const train = writeDataFile(dir, 'data/broken-site/train.csv', hospitalCsvText([good, good, '61,90,19,37.5,120,96,9.1,1e400,1.1,240,0.8,15,yes', good]));
-    const { message } = await expectBadInput(csvJob(dir, csvData({ train })), join(dir, 'out'));
-    expect(message).toContain(`${train} line 4: column "lactate" is "1e400", too large for a number`);
-  });
+  it.concurrent.each(['1e400', '-1e200'])(
+    'a number too large to read (%s: beyond a double, or beyond the float32 the model computes in) names the file, the line and the column',
+    async (huge) => {
+      const dir = tmp('bad-data');
+      const good = '60,86,18,37.1,126,97,8.5,1.5,1.05,255,0.75,15,no';
+      const train = writeDataFile(dir, 'data/broken-site/train.csv', hospitalCsvText([good, good, `61,90,19,37.5,120,96,9.1,${huge},1.1,240,0.8,15,yes`, good]));
+      const { message } = await expectBadInput(csvJob(dir, csvData({ train })), join(dir, 'out'));
+      expect(message).toContain(`${train} line 4: column "lactate" is "${huge}", too large for a number (the model computes in float32, up to ±3.4e38)`);
+    },
+  );
 
   it.concurrent('over --nats embedded, CSV sites without spec.classes are refused before anything starts', async () => {
     const dir = tmp('bad-data');

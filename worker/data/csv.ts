@@ -35,6 +35,9 @@ function newlines(field: string): number {
   return n;
 }
 
+/** The largest float32: a feature beyond it is Infinity to the model. */
+const FLOAT32_MAX = 3.4028234663852886e38;
+
 /** Past this many distinct labels, and more than one per two rows, the column holds measurements, not classes. */
 const MANY_LABELS = 20;
 
@@ -181,14 +184,17 @@ function parseCsvTable(
       if (field === '') {
         row[j] = Number.NaN;
         missingHere++;
-      } else if (NUMBER.test(field) && Number.isFinite(Number(field))) {
+      } else if (NUMBER.test(field) && Math.abs(Number(field)) <= FLOAT32_MAX) {
         row[j] = Number(field);
       } else if (NUMBER.test(field)) {
-        // 1e400 reads as Infinity, which would turn the pooled scaling, and every site's training, into NaN.
-        throw new WorkerError('CONSORT_W_DATA_ROW', `${shown} line ${line}: column "${header[c]}" is ${quote(field)}, too large for a number`, {
-          file: resolved,
-          line,
-        });
+        // 1e400 reads as Infinity, and 1e200 is one in float32 (what the model computes in) and
+        // overflows the column's variance: either turned the pooled scaling, and every site's
+        // training, into NaN (after a warning that the sites measured it on other scales).
+        throw new WorkerError(
+          'CONSORT_W_DATA_ROW',
+          `${shown} line ${line}: column "${header[c]}" is ${quote(field)}, too large for a number (the model computes in float32, up to ±3.4e38)`,
+          { file: resolved, line },
+        );
       } else if (newlines(field) > 0) {
         throw new WorkerError(
           'CONSORT_W_DATA_ROW',
