@@ -156,7 +156,7 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
             checkpointed = round;
             log(
               r
-                ? `round ${round}: loss ${r.globalLoss.toFixed(4)} accuracy ${r.globalAccuracy.toFixed(4)} (${r.participants.length} sites)`
+                ? `round ${round}: loss ${r.globalLoss.toFixed(4)} accuracy ${r.globalAccuracy.toFixed(4)} (${participation(r.participants)})`
                 : `round ${round} done`,
             );
           },
@@ -284,4 +284,11 @@ export async function siteCommand(raw: Record<string, unknown>): Promise<number>
   } catch (err) {
     return reportFailure(err);
   }
+}
+
+/** "3 sites", or "3 sites, 1 late update" when a buffered round folded an update of an earlier round (listed as site@rN). */
+function participation(participants: readonly string[]): string {
+  const sites = new Set(participants.map((p) => p.split('@')[0]!)).size;
+  const late = participants.filter((p) => p.includes('@')).length;
+  return `${sites} site${sites === 1 ? '' : 's'}${late > 0 ? `, ${late} late update${late === 1 ? '' : 's'}` : ''}`;
 }

@@ -1,6 +1,7 @@
 // `consort run`: a FederatedJob trained on one machine. Sites run in a thread pool behind the
 // in-process transport; the round loop is the same RoundCoordinator the operator runs.
 import { coarseInputsWarning, federationScaler } from '../../core/data/moments.ts';
+import { fixedInputScaler } from '../../core/data/reference-scalers.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters, layoutSize } from '../../core/model/layout.ts';
 import { tuneGcForModel } from '../../core/gc-tuning.ts';
@@ -72,7 +73,7 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
     const sampleShape = agreeOnShape(described);
     // One scaling for the federation (tabular data): the pooled moments of every site's train split.
     // A pre-trained model (its file carries weights) takes the inputs it was trained on, unscaled.
-    const inputScaler = modelFileHasWeights(spec.model, opts.baseDir) ? undefined : federationScaler(described);
+    const inputScaler = modelFileHasWeights(spec.model, opts.baseDir) ? undefined : (federationScaler(described) ?? fixedInputScaler(spec));
     const prepared = await pool.prepare(classes, sampleShape, inputScaler);
     // As the coordinator and the sites do over NATS (core/gc-tuning.ts): a large model, memory first.
     tuneGcForModel(4 * layoutSize(prepared.layout));

@@ -1,6 +1,7 @@
 // Builds report.json from what the round loop returns: shared by the local runner and the
 // NATS coordinator, so both write the same document for the same run.
 import type { InputScaler } from '../data/moments.ts';
+import { fixedInputScaler } from '../data/reference-scalers.ts';
 import type { FederatedJob } from '../job/federated-job.ts';
 import { globalMetrics, spread } from '../metrics/aggregate.ts';
 import { type ParameterLayout, layoutSize } from '../model/layout.ts';
@@ -80,7 +81,7 @@ export function assembleRunReport(f: RunFacts): RunReport {
       inputShape: f.sampleShape,
       classes: f.classes,
       ...(f.features ? { features: f.features } : {}),
-      ...(f.inputScaler ? { inputScaler: f.inputScaler } : {}),
+      ...(f.inputScaler ? { inputScaler: f.inputScaler, inputScalerFrom: fixedInputScaler(job.spec) ? ('reference' as const) : ('pooled' as const) } : {}),
       ...(f.tfjsTakesRawInputs !== undefined ? { tfjsTakesRawInputs: f.tfjsTakesRawInputs } : {}),
       initialWeights: f.initialWeights,
       ...(f.sampleShape.length === 3

@@ -295,6 +295,8 @@ footer { margin-top: 36px; padding-top: 10px; border-top: 1px solid var(--line);
 
 /** What the data-quality counts are, and what a missing value became: it depends on how the inputs were scaled. */
 function qualityNote(report: RunReport): string {
+  if (report.model.inputScaler && report.model.inputScalerFrom === 'reference')
+    return 'Counts only: no row or value left any site. The inputs were scaled by fixed reference values, the same at every site; rejected rows were not used.';
   if (report.model.inputScaler)
     return 'Counts only: no row or value left any site (each column\u2019s mean and variance did, pooled into one scaling). Missing values took the federation\u2019s mean; rejected rows were not used.';
   if (report.model.features)

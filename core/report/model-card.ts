@@ -44,7 +44,7 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
   out.push(`# Model card: ${md(report.job)}`, '');
   out.push(
     `A classifier (model type ${md(m.type)}) trained by federated learning with Consort across ${sites.length} site${sites.length === 1 ? '' : 's'}: ` +
-      `each site trained on its own data, and only model updates and aggregate counts${m.inputScaler ? " (and each feature's mean and variance over a site's training rows)" : ''} left a site.`,
+      `each site trained on its own data, and only model updates and aggregate counts${m.inputScaler && m.inputScalerFrom !== 'reference' ? " (and each feature's mean and variance over a site's training rows)" : ''} left a site.`,
     '',
   );
 
@@ -63,7 +63,9 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
     const scaler = m.inputScaler;
     out.push(
       scaler
-        ? `- **Features** (in input order), each given to the model as (x − mean) / std with the federation's mean and standard deviation (pooled from every site's training split; a missing value is the mean, 0 once scaled):`
+        ? m.inputScalerFrom === 'reference'
+          ? `- **Features** (in input order), each given to the model as (x − mean) / std with fixed reference values, the same at every site (not fitted on any site's data; a missing value is the mean, 0 once scaled):`
+          : `- **Features** (in input order), each given to the model as (x − mean) / std with the federation's mean and standard deviation (pooled from every site's training split; a missing value is the mean, 0 once scaled):`
         : `- **Features** (in input order), given to the model as they are, unscaled${m.initialWeights === 'model file' ? " (the model file's weights were trained on raw values)" : ''}; a missing value is the column's mean over that site's training rows: ${m.features.map(code).join(', ')}`,
     );
     if (scaler) {
@@ -205,7 +207,11 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
       parts.push(`${total} row${total === 1 ? '' : 's'} rejected (${rejected.map(([r, n]) => `${n} ${md(r)}`).join('; ')})`);
     }
     if (missing.length > 0) {
-      const fill = report.model.inputScaler ? "the federation's mean" : "the column's mean over this site's training rows";
+      const fill = report.model.inputScaler
+        ? report.model.inputScalerFrom === 'reference'
+          ? 'the reference mean'
+          : "the federation's mean"
+        : "the column's mean over this site's training rows";
       parts.push(`missing values filled with ${fill} (${missing.map(([c, n]) => `${md(c)}: ${n}`).join(', ')})`);
     }
     return [`- **${md(site)}:** ${parts.join('; ')}.`];

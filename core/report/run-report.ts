@@ -69,6 +69,8 @@ export const RunReport = z.object({
     features: z.array(z.string()).optional(),
     /** Tabular data scaled by the federation: (x - mean) / std per feature, what the model's inputs must be (core/data/moments.ts). */
     inputScaler: InputScaler.optional(),
+    /** Where inputScaler comes from: pooled from the sites' training moments, or fixed reference values every site scales by (the synthetic hospital generator's). */
+    inputScalerFrom: z.enum(['pooled', 'reference']).optional(),
     /** tfjs/model.json has inputScaler folded into its first layer, so it takes raw values (model.safetensors holds the weights as trained, for scaled values). */
     tfjsTakesRawInputs: z.boolean().optional(),
     /** Round 1 started from the weights the model file carries (a pre-trained model), or from seeded ones. */

@@ -5,6 +5,7 @@
 // every round, so a coordinator killed at any point carries on where it stopped.
 import { availableParallelism } from 'node:os';
 import { type FeatureMoments, federationScaler, InputScaler } from '../../core/data/moments.ts';
+import { fixedInputScaler } from '../../core/data/reference-scalers.ts';
 import { featuresDiffer } from '../../core/data/features.ts';
 import { jobTerms, termsDiffer } from '../../core/job/terms.ts';
 import { type Msg, type NatsConnection, nuid, type Subscription } from '@nats-io/transport-node';
@@ -588,8 +589,19 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     const savedScaler = InputScaler.safeParse(resumedState?.scaler);
     // A pre-trained model was trained on the inputs as they are: scaled, its weights would be wasted.
     const pretrained = startsFrom !== undefined && startsFrom !== 'seeded';
-    const inputScaler = savedScaler.success ? savedScaler.data : pretrained ? undefined : federationScaler(siteNames.map((s) => joined[s] ?? {}));
-    if (inputScaler && !savedScaler.success) log(`inputs scaled by the pooled moments of ${siteNames.filter((s) => joined[s]?.moments).length} sites`);
+    const inputScaler = savedScaler.success
+      ? savedScaler.data
+      : pretrained
+        ? undefined
+        : (federationScaler(siteNames.map((s) => joined[s] ?? {})) ?? fixedInputScaler(job.spec));
+    if (inputScaler && !savedScaler.success) {
+      const pooled = siteNames.filter((s) => joined[s]?.moments).length;
+      log(
+        pooled > 0
+          ? `inputs scaled by the pooled moments of ${pooled} sites`
+          : 'inputs scaled by the clinical reference values every site uses (synthetic hospitals)',
+      );
+    }
     if (pretrained && !inputScaler) log("inputs not scaled: the sites' model file carries weights, trained on the inputs as they are");
     const fromEnv = aggregationFromEnv();
     const parameters = layoutSize(layout!);

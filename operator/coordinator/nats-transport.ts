@@ -179,7 +179,7 @@ export class NatsTransport implements SiteTransport {
   private fitRound: OpenRound<FitAnswer> | undefined;
   private evalRound: OpenRound<SiteEvaluation> | undefined;
   /** Buffered mode: late updates that arrived between rounds, folded into the next one (with their share of the memory budget). */
-  private late: Array<{ result: FitAnswer; release: () => void }> = [];
+  private late: Array<{ result: FitAnswer & { round: number }; release: () => void }> = [];
   private readonly memory = new ByteBudget(UPDATE_MEMORY_BUDGET_BYTES);
   private readonly buffers: BufferPool;
   private readonly window = new ByteBudget(UPDATE_READ_WINDOW_BYTES);
@@ -420,7 +420,10 @@ export class NatsTransport implements SiteTransport {
     // arrives earlier (a site resending after a coordinator restart) is refused, and taken once
     // its task comes, rather than taken now and then answered as a duplicate and lost.
     this.o.ingestor.beginEvaluation(round, []);
-    for (const { result, release } of this.late) r.channel.push({ ok: true, value: { ...result, staleness: (result.staleness ?? 0) + 1 } }, release);
+    // Their staleness is the rounds between the one they were trained for and this one, counted
+    // here once: the ingestor's already counted the round they would be folded into, and adding
+    // one on top made a round-2 update folded into round 4 three rounds late (past maxStaleness 2).
+    for (const { result, release } of this.late) r.channel.push({ ok: true, value: { ...result, staleness: round - result.round } }, release);
     this.late = [];
     this.dispatch(r, async () => {
       const model = await this.publishModel(objectNames.global(round - 1), global);
@@ -688,8 +691,8 @@ export class NatsTransport implements SiteTransport {
       this.answered(r, site);
     } else if (this.o.spec.aggregation.mode === 'buffered' && (result.staleness ?? 0) >= 0) {
       // FedBuff: folded into the open round if there is one, else into the next.
-      if (r && !r.channel.isClosed) r.channel.push({ ok: true, value: { ...result, staleness: Math.max(1, result.staleness ?? 0) } }, release);
-      else this.late.push({ result: { ...result, staleness: Math.max(0, result.staleness ?? 0) }, release });
+      if (r && !r.channel.isClosed) r.channel.push({ ok: true, value: { ...result, staleness: Math.max(1, r.round - result.round) } }, release);
+      else this.late.push({ result, release });
     } else {
       release();
       const rej = this.o.ingestor.reject(env, 'CONSORT_R_STALE_ROUND', `round ${result.round} is closed`);

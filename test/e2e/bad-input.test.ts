@@ -143,7 +143,11 @@ describe('bad site data', () => {
     async (huge) => {
       const dir = tmp('bad-data');
       const good = '60,86,18,37.1,126,97,8.5,1.5,1.05,255,0.75,15,no';
-      const train = writeDataFile(dir, 'data/broken-site/train.csv', hospitalCsvText([good, good, `61,90,19,37.5,120,96,9.1,${huge},1.1,240,0.8,15,yes`, good]));
+      const train = writeDataFile(
+        dir,
+        'data/broken-site/train.csv',
+        hospitalCsvText([good, good, `61,90,19,37.5,120,96,9.1,${huge},1.1,240,0.8,15,yes`, good]),
+      );
       const { message } = await expectBadInput(csvJob(dir, csvData({ train })), join(dir, 'out'));
       expect(message).toContain(`${train} line 4: column "lactate" is "${huge}", too large for a number (the model computes in float32, up to ±3.4e38)`);
     },

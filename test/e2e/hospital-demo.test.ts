@@ -7,7 +7,10 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { RunReport } from '../../core/report/run-report.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
-import { hospitalSiteData } from '../../worker/data/synthetic/hospital.ts';
+import { HOSPITAL_CLASSES, HOSPITAL_FEATURES, hospitalPatients, hospitalSiteData } from '../../worker/data/synthetic/hospital.ts';
+import { splitIndices } from '../../worker/data/dataset.ts';
+import { selectRows } from '../../worker/data/tabular.ts';
+import { Rng } from '../../core/rng.ts';
 import { readJobFile } from '../../cli/job-file.ts';
 import { type CliResult, REPO_ROOT, runConsort, transcript } from '../helpers/consort-cli.ts';
 import { loadExportedModel, readReport } from '../helpers/jobs.ts';
@@ -104,11 +107,20 @@ describe('consort run manifests/examples/hospitals.yaml --baselines', () => {
     values.forEach((v, i) => le.writeFloatLE(v, i * 4));
     expect(createHash('sha256').update(le).digest('hex')).toBe(report.final.modelSha256);
     expect(metadata.sha256).toBe(report.final.modelSha256);
-    // The TF.js weights are the very same numbers.
-    expect(Buffer.compare(readFileSync(join(out, 'tfjs/weights.bin')), le)).toBe(0);
+    // The TF.js weights are the very same numbers but for the first layer's, into which the input
+    // scaling is folded (the exported model takes raw values).
+    expect(report.model.tfjsTakesRawInputs).toBe(true);
+    const firstLayer = layout.slice(0, 2).reduce((n, t) => n + 4 * t.shape.reduce((a, b) => a * b, 1), 0);
+    const bin = readFileSync(join(out, 'tfjs/weights.bin'));
+    expect(bin.length).toBe(le.length);
+    expect(Buffer.compare(bin.subarray(firstLayer), le.subarray(firstLayer))).toBe(0);
+    expect(Buffer.compare(bin.subarray(0, firstLayer), le.subarray(0, firstLayer))).not.toBe(0);
   });
 
-  it('saves a TF.js model that loads and reproduces the reported accuracy', async () => {
+  it('saves a TF.js model that loads and reproduces the reported accuracy on raw values, and says so with the scaling folded in', async () => {
+    expect(report.model.inputScaler?.mean).toEqual([60, 86, 18, 37.1, 126, 97, 8.5, 1.5, 1.05, 255, 0.75, 14.5]);
+    expect(report.model.tfjsTakesRawInputs).toBe(true);
+    expect(readFileSync(join(out, 'MODEL_CARD.md'), 'utf8')).not.toContain('unscaled');
     const model = await loadExportedModel(out);
     try {
       expect(model.inputs[0]!.shape).toEqual([null, ...report.model.inputShape]);
@@ -118,7 +130,17 @@ describe('consort run manifests/examples/hospitals.yaml --baselines', () => {
         if (site.data.type !== 'synthetic' || site.data.generator !== 'hospital') throw new Error('the example uses hospital sites');
         const data = hospitalSiteData(site.data, { site: site.name, jobSeed: job.spec.seed, baseDir: REPO_ROOT, classes: report.model.classes });
         expect(data.test.n).toBe(report.final.perSite[site.name]!.samples);
-        const probabilities = tf.tidy(() => model.predict(tf.tensor(data.test.x, [data.test.n, ...report.model.inputShape])) as tf.Tensor);
+        // The generator's raw values (clinical units), split as the site splits them: the model
+        // takes them as they are, its scaling folded in (it used to need them scaled, while the
+        // model card said "unscaled").
+        const patients = hospitalPatients(site.data, { site: site.name, jobSeed: job.spec.seed });
+        const raw = selectRows(
+          patients,
+          HOSPITAL_FEATURES.length,
+          splitIndices(patients.n, site.data.testFraction, Rng.from(job.spec.seed, 'split', site.name)).test,
+        );
+        expect([...raw.y].map((c) => report.model.classes.indexOf(HOSPITAL_CLASSES[c]!))).toEqual([...data.test.y]);
+        const probabilities = tf.tidy(() => model.predict(tf.tensor(Float32Array.from(raw.values), [data.test.n, ...report.model.inputShape])) as tf.Tensor);
         // Each row is a distribution over report.model.classes (the model ends in softmax).
         const rows = probabilities.arraySync() as number[][];
         for (const row of rows) {

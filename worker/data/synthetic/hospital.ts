@@ -21,7 +21,7 @@ import { Rng, streamHash } from '../../../core/rng.ts';
 import { WorkerError } from '../../errors.ts';
 import { type LoadContext, type SiteData, splitIndices } from '../dataset.ts';
 import { type RawSplit, selectRows, tabularSiteData } from '../tabular.ts';
-import type { Standardizer } from '../standardize.ts';
+import { HOSPITAL_REFERENCE } from '../../../core/data/reference-scalers.ts';
 
 export type HospitalSpec = Extract<SyntheticData, { generator: 'hospital' }>;
 
@@ -156,17 +156,6 @@ export function hospitalRows(
 export function toCsvText(table: { header: string[]; rows: (number | string)[][] }, delimiter = ','): string {
   return `${[table.header, ...table.rows].map((r) => r.join(delimiter)).join('\n')}\n`;
 }
-
-/**
- * Clinical reference values (typical adult inpatient mean and spread of each measurement), the
- * same at every hospital. Scaling by these rather than by each site's own statistics keeps a
- * scaled value meaning the same thing everywhere: with a site-fitted scaling, an older, sicker
- * hospital's "average" patient would look like another's and the shared model would be misled.
- */
-export const HOSPITAL_REFERENCE: Standardizer = {
-  mean: Float64Array.from([60, 86, 18, 37.1, 126, 97, 8.5, 1.5, 1.05, 255, 0.75, 14.5]),
-  std: Float64Array.from([17, 16, 4.5, 0.7, 19, 2.5, 3.2, 0.8, 0.45, 80, 0.45, 1.3]),
-};
 
 export function hospitalSiteData(spec: HospitalSpec, ctx: LoadContext): SiteData {
   const classes = ctx.classes ?? [...HOSPITAL_CLASSES];
