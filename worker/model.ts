@@ -95,7 +95,8 @@ export async function buildModel(spec: ModelSpec, inputShape: number[], classes:
   const expected = model.inputs[0]?.shape.slice(1) ?? [];
   if (expected.length !== inputShape.length || expected.some((d, i) => d !== null && d !== inputShape[i])) {
     const shown = expected.map((d) => d ?? 'any').join(', ');
-    throw new WorkerError('CONSORT_W_MODEL', `the model takes inputs of shape [${shown}], but the data's examples have shape [${inputShape.join(', ')}]`);
+    const from = spec.type === 'layers' ? `the model in ${resolve(baseDir, spec.path)} (spec.model.path)` : `the ${spec.type} model`;
+    throw new WorkerError('CONSORT_W_MODEL', `${from} takes inputs of shape [${shown}], but the data's examples have shape [${inputShape.join(', ')}]`);
   }
   const outputShape = model.outputs[0]?.shape ?? [];
   if (outputShape[outputShape.length - 1] !== classes) {

@@ -32,6 +32,9 @@ export class WeightsError extends Error {}
  * concatenated). Weights are matched by name; a file saved from another naming of the same
  * layers (a Keras export) falls back to the order, when every shape then agrees.
  */
+/** The largest |weight| a model file may start from. */
+const MAX_WEIGHT = 2 ** 20;
+
 export function weightsInLayout(manifest: WeightsManifest, groupBytes: readonly Uint8Array[], layout: ParameterLayout): Float32Array {
   const stored = new Map<string, { shape: number[]; values: Float32Array }>();
   const inOrder: Array<{ name: string; shape: number[]; values: Float32Array }> = [];
@@ -87,8 +90,18 @@ export function weightsInLayout(manifest: WeightsManifest, groupBytes: readonly 
     }
     out.set(w.values, offsets[i]!.offset);
   });
+  // Beyond what an update may change a weight by (ingestion's ±2^20), a weight is no trained
+  // model's: training from 1e30 diverged at once and was blamed on the learning rate.
   for (let i = 0; i < out.length; i++) {
-    if (!Number.isFinite(out[i]!)) throw new WeightsError(`the weights file holds a ${out[i]} (element ${i} of the model's weights)`);
+    const v = out[i]!;
+    if (Number.isFinite(v) && Math.abs(v) <= MAX_WEIGHT) continue;
+    const t = offsets.findIndex((o) => i < o.offset + o.size);
+    const where = `element ${i - offsets[t]!.offset} of "${layout[t]!.name}"`;
+    throw new WeightsError(
+      Number.isFinite(v)
+        ? `the weights file holds ${v} (${where}), beyond ±${MAX_WEIGHT}: no model trains from such weights (is the file another model's, or not float32?)`
+        : `the weights file holds a ${v} (${where})`,
+    );
   }
   return out;
 }

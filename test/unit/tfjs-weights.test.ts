@@ -55,6 +55,11 @@ describe('weightsInLayout', () => {
         bytes(1, 2, 3, 4, 5, 6),
       ),
     ).toThrow('weight "d/kernel" has shape [4] in the weights file, [2, 2] in the model');
-    expect(one(both(), bytes(1, Number.NaN, 3, 4, 5, 6))).toThrow("the weights file holds a NaN (element 1 of the model's weights)");
+    expect(one(both(), bytes(1, Number.NaN, 3, 4, 5, 6))).toThrow('the weights file holds a NaN (element 1 of "d/kernel")');
+    // Finite but no trained model's: training from them diverged, blamed on the learning rate.
+    expect(one(both(), bytes(1, 2, 3, 4, 5, 1e30))).toThrow(
+      'the weights file holds 1.0000000150474662e+30 (element 1 of "d/bias"), beyond ±1048576: no model trains from such weights (is the file another model\'s, or not float32?)',
+    );
+    expect(one(both(), bytes(1, 2, 3, 4, 5, -1048576))()).toHaveLength(6);
   });
 });

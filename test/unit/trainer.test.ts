@@ -178,7 +178,7 @@ describe('buildModel refuses a model that cannot take the data', () => {
       const m = tf.sequential({ layers: [tf.layers.dense({ units: 2, inputShape: [3] })] });
       writeFileSync(join(dir, 'model.json'), JSON.stringify(m.toJSON(null, false)));
       expect(await modelError(buildModel({ type: 'layers', path: 'model.json' }, [2], 2, dir))).toBe(
-        "the model takes inputs of shape [3], but the data's examples have shape [2]",
+        `the model in ${join(dir, 'model.json')} (spec.model.path) takes inputs of shape [3], but the data's examples have shape [2]`,
       );
       expect((await buildModel({ type: 'layers', path: 'model.json' }, [3], 2, dir)).layout).toHaveLength(2);
       expect(await modelError(buildModel({ type: 'layers', path: 'none.json' }, [3], 2, dir))).toMatch(
