@@ -1,5 +1,6 @@
 // report.html: one self-contained file that opens offline. Plots are inline SVG rendered here,
 // so nothing loads from a URL and no script runs in the reader's browser.
+import { participationNote } from './participation.ts';
 import { noBetterThanMajority } from './no-better.ts';
 import type { DataQuality } from '../data/quality.ts';
 import type { RunReport } from './run-report.ts';
@@ -178,6 +179,13 @@ function perSiteTable(report: RunReport): string {
   const warning = noBetterThanMajority(report);
   const sp = f.accuracySpread;
   const spread = `Accuracy spread over sites: min ${formatPercent(sp.min, 2)} · max ${formatPercent(sp.max, 2)} · range ${formatPoints(sp.max - sp.min).replace(/^[+±]/, '')} · std ${(sp.std * 100).toFixed(2)} pp`;
+  const missing = f.missing ?? [];
+  const notScored =
+    missing.length > 0
+      ? `\n<p class="warning"><strong>Not scored:</strong> ${escapeHtml(missing.map((m) => `${m.site} (${m.reason})`).join(', '))}: the figures above leave ${missing.length === 1 ? 'it' : 'them'} out.</p>`
+      : '';
+  const took = participationNote(report);
+  const participation = took ? `\n<p class="spread">Rounds: ${escapeHtml(took)}.</p>` : '';
   return `<table class="grid">
 <thead><tr>${head.map((h, i) => `<th scope="col"${i > 0 ? ' class="num"' : ''}>${escapeHtml(h)}</th>`).join('')}</tr></thead>
 <tbody>
@@ -185,7 +193,7 @@ ${body.join('\n')}
 </tbody>
 <tfoot><tr>${foot.join('')}</tr></tfoot>
 </table>
-<p class="spread">${escapeHtml(spread)}</p>${warning ? `\n<p class="warning"><strong>Warning:</strong> ${escapeHtml(warning)}.</p>` : ''}`;
+<p class="spread">${escapeHtml(spread)}</p>${participation}${notScored}${warning ? `\n<p class="warning"><strong>Warning:</strong> ${escapeHtml(warning)}.</p>` : ''}`;
 }
 
 function labelColours(report: RunReport): Map<string, string> {

@@ -1,5 +1,6 @@
 // MODEL_CARD.md: what the trained model is, how it was trained, how well it does where, and
 // what it must not be used for. Written for a reader who never sees report.json.
+import { participationNote } from './participation.ts';
 import { noBetterThanMajority } from './no-better.ts';
 import type { RunReport } from './run-report.ts';
 import {
@@ -100,6 +101,8 @@ export function renderModelCard(report: RunReport, opts: ModelCardOptions): stri
     );
   }
   out.push(`- **Rounds completed:** ${f.rounds}, stopped by **${f.stoppedBy}**: ${describeStop(report)}`);
+  const took = participationNote(report);
+  if (took) out.push(`- **Rounds taken part in:** ${md(took)} (a site not sampled, late, or down leaves a round without its update)`);
   const e = s?.evaluation;
   if (e)
     out.push(

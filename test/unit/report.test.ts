@@ -245,6 +245,27 @@ describe('renderModelCard', () => {
     expect(summaryTable(threeSitesPlain())).not.toContain('did not score');
   });
 
+  it('names, in the card and the page, a site that missed rounds and one that did not score the final model (the page said neither)', async () => {
+    const r = threeSitesPlain();
+    const [first, ...rest] = r.sites.map((s) => s.site);
+    expect(r.rounds.length).toBeGreaterThan(1);
+    // The first site's update is in round 1 only.
+    r.rounds = r.rounds.map((round, i) => ({ ...round, participants: i === 0 ? [first!, ...rest] : [...rest] }));
+    r.final = { ...r.final, missing: [{ site: first!, reason: 'no answer' }] };
+    const html = await renderReportHtml(r);
+    const card = renderModelCard(r, CARD_FILES);
+    const took = `${first} took part in 1 of ${r.rounds.length} rounds; the other sites in every round`;
+    expect(card).toContain(`- **Rounds taken part in:** ${took}`);
+    expect(html).toContain(`Rounds: ${took}.`);
+    expect(html).toContain(`<strong>Not scored:</strong> ${first} (no answer): the figures above leave it out.`);
+    const plain = threeSitesPlain();
+    expect(renderModelCard(plain, CARD_FILES)).not.toContain('Rounds taken part in');
+    expect(await renderReportHtml(plain)).not.toMatch(/Rounds: |Not scored/);
+    // A late update (site@rN) counts toward its site, once a round.
+    r.rounds = r.rounds.map((round) => ({ ...round, participants: [...rest, `${first}@r1`] }));
+    expect(renderModelCard(r, CARD_FILES)).not.toContain('Rounds taken part in');
+  });
+
   it('lists the sites in the summary in the job order, as the card and the page do', () => {
     const r = threeSitesPlain();
     const order = r.sites.map((s) => s.site);
