@@ -71,7 +71,9 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
     }
     progress.current = createProgress({ rounds: job.spec.rounds, stream: process.stderr, quiet: flags.quiet, evaluateEvery: job.spec.evaluation.every });
     const p = progress.current;
-    const served = flags.metricsPort !== undefined ? await serveMetrics(job, flags.metricsPort, flags.metricsAddress, p.phase) : undefined;
+    // Where the metrics are is said even with --quiet (with --metrics-port 0 nothing else tells the port).
+    const tell = flags.quiet ? (line: string) => process.stderr.write(`${line}\n`) : p.phase;
+    const served = flags.metricsPort !== undefined ? await serveMetrics(job, flags.metricsPort, flags.metricsAddress, tell) : undefined;
     let run: Awaited<ReturnType<typeof runLocal>>;
     try {
       run = await runLocal({
@@ -85,8 +87,10 @@ export async function runCommand(jobPath: string, rawFlags: Record<string, unkno
         warn: (w) => (flags.quiet ? process.stderr.write(`warning: ${w}\n`) : p.phase(`warning: ${w}`)),
       });
       served?.metrics.finished('Succeeded');
+      await served?.lastScrape(tell);
     } catch (err) {
       served?.metrics.finished('Failed');
+      await served?.lastScrape(tell);
       throw err;
     } finally {
       await served?.server.close();
@@ -108,8 +112,34 @@ async function serveMetrics(
   port: number,
   address: string,
   say: (line: string) => void,
-): Promise<{ metrics: LocalRunMetrics; server: ApiServer }> {
+): Promise<{ metrics: LocalRunMetrics; server: ApiServer; lastScrape: (say: (line: string) => void) => Promise<void> }> {
   const metrics = new LocalRunMetrics(job);
+  // The scrapes seen, so that a scraper's last look at the run sees how it ended: the server used
+  // to close in the tick the run finished, and Prometheus kept the job Running for good.
+  const scrapes: number[] = [];
+  const collect = metrics.registry.metrics.bind(metrics.registry);
+  let scraped: () => void = () => {};
+  metrics.registry.metrics = () => {
+    scrapes.push(Date.now());
+    scraped();
+    return collect();
+  };
+  const lastScrape = async (tell: (line: string) => void) => {
+    // Nobody scraped (no Prometheus): nothing to wait for.
+    if (scrapes.length === 0) return;
+    const gaps = scrapes.slice(1).map((t, i) => t - scrapes[i]!);
+    const interval = gaps.length > 0 ? gaps.sort((a, b) => a - b)[Math.floor(gaps.length / 2)]! : DEFAULT_SCRAPE_INTERVAL_MS;
+    const waitMs = Math.min(2 * interval + 1000, MAX_LAST_SCRAPE_WAIT_MS);
+    tell(`metrics: waiting up to ${Math.ceil(waitMs / 1000)} s for a last scrape of the final state`);
+    await new Promise<void>((done) => {
+      const timer = setTimeout(done, waitMs);
+      scraped = () => {
+        clearTimeout(timer);
+        // The answer goes out before the server closes.
+        setTimeout(done, 200);
+      };
+    });
+  };
   let server: ApiServer;
   try {
     server = await startApiServer({ registry: metrics.registry, ready: () => true, port, address });
@@ -118,8 +148,12 @@ async function serveMetrics(
   }
   const host = address.includes(':') ? `[${address}]` : address;
   say(`metrics on http://${host}:${server.port}/metrics while the job runs`);
-  return { metrics, server };
+  return { metrics, server, lastScrape };
 }
+
+/** Prometheus' default scrape interval: how long a run that was scraped once waits for the next. */
+const DEFAULT_SCRAPE_INTERVAL_MS = 15_000;
+const MAX_LAST_SCRAPE_WAIT_MS = 60_000;
 
 const pct = (x: number | undefined) => (x === undefined || Number.isNaN(x) ? '-' : `${(100 * x).toFixed(1)}%`);
 

@@ -26,6 +26,8 @@ export class LocalRunMetrics implements RoundEvents {
     this.#namespace = job.metadata.namespace ?? 'default';
     this.#name = job.metadata.name;
     this.#s = emptySnapshot('Pending', job.spec);
+    // A first round that never ends must show as stalled (ConsortJobStalled): the clock starts now.
+    this.#s.lastRoundAt = Date.now();
     this.#tally = tallyRounds(this.#s);
     this.#push();
   }

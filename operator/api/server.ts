@@ -74,7 +74,7 @@ const users = new WeakMap<FastifyRequest, Authenticated>();
 const fail = (code: ApiErrorCode, message: string, field?: string) => new OperatorError(code, message, field === undefined ? {} : { field });
 
 /** The requests counter, made once per registry (a test may build several servers on one). */
-function requestsCounter(registry: Registry): Counter<'route' | 'code'> {
+export function requestsCounter(registry: Registry): Counter<'route' | 'code'> {
   const existing = registry.getSingleMetric(REQUESTS_METRIC);
   if (existing) return existing as Counter<'route' | 'code'>;
   return new Counter({

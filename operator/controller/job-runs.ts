@@ -181,6 +181,9 @@ export class PodRun implements JobRun {
     this.uid = job.metadata.uid;
     this.#ctx = ctx;
     this.#key = jobKey(job.metadata);
+    // As InOperatorRun's: a Pod's loop stuck in its first round (or after a restart) shows as
+    // stalled too; the series was absent until a round finished, so ConsortJobStalled never fired.
+    this.progress.lastRoundAt = Date.now();
     this.#objm = new Objm(ctx.nc);
     this.#sub = ctx.nc.subscribe(subjects(this.#key).round, {
       callback: (_err, msg) => {

@@ -93,11 +93,30 @@ describe('Prometheus scrapes the operator while a job runs', () => {
     token = (minted.body as { status: { token: string } }).status.token;
     await cluster.startOperator({ args: ['--metrics-port', String(port), '--metrics-address', '127.0.0.1'] });
     prom = await PrometheusServer.start({
-      scrape: [{ jobName: 'consort-operator', targets: [`127.0.0.1:${port}`], bearerToken: token }],
+      // As the shipped ServiceMonitor scrapes it: the Prometheus Operator labels the target with
+      // the Service's namespace (consort-system), and the endpoint's honorLabels decides whether
+      // a job's own namespace label survives that.
+      scrape: [
+        {
+          jobName: 'consort-operator',
+          targets: [`127.0.0.1:${port}`],
+          bearerToken: token,
+          labels: { namespace: 'consort-system', service: 'consort-operator', endpoint: 'http' },
+          honorLabels: serviceMonitorEndpoint().honorLabels === true,
+        },
+      ],
       ruleFiles: [RULES],
     });
     await prom.waitForTargetsUp();
   }, 240_000);
+
+  /** The scrape endpoint of manifests/prometheus/servicemonitor.yaml. */
+  function serviceMonitorEndpoint(): { honorLabels?: boolean } {
+    const doc = parse(readFileSync(join(ROOT, 'manifests/prometheus/servicemonitor.yaml'), 'utf8')) as {
+      spec: { endpoints: Array<{ honorLabels?: boolean }> };
+    };
+    return doc.spec.endpoints[0]!;
+  }
 
   afterAll(async () => {
     await prom?.stop();

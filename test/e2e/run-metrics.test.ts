@@ -18,32 +18,36 @@ const sample = (text: string, series: string): number | undefined => {
 describe('consort run --metrics-port', () => {
   const tmp = useTmpDirs();
 
-  it('serves the job metrics while it runs, and stops serving when it ends', async () => {
+  it('serves the job metrics while it runs, lets a scraper see how it ended, and stops serving', async () => {
     const port = await freePort();
     const base = `http://127.0.0.1:${port}`;
     const run = runConsort(['run', EXAMPLE, '--rounds', String(ROUNDS), '--quiet', '--metrics-port', String(port), '--out', join(tmp(), 'out')]);
     const job = 'namespace="default",federatedjob="hospitals"';
     let seen: string | undefined;
+    let last: string | undefined;
     let ended = false;
     void run.then(() => {
       ended = true;
     });
+    // A scraper every 100 ms, as Prometheus would every 15 s.
     while (!ended) {
       const text = await fetch(`${base}/metrics`).then(
         (r) => (r.ok ? r.text() : undefined),
         () => undefined,
       );
+      if (text !== undefined) last = text;
       // Mid-run: a round done, not all of them.
       const round = text === undefined ? undefined : sample(text, `consort_job_round{${job}}`);
-      if (text && round !== undefined && round >= 1 && round < ROUNDS) {
+      if (!seen && text && round !== undefined && round >= 1 && round < ROUNDS) {
         seen = text;
         expect((await fetch(`${base}/healthz`)).status).toBe(200);
-        break;
       }
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 100));
     }
     const result = await run;
     expect(result.code, transcript(result)).toBe(0);
+    // Said with --quiet too: with --metrics-port 0 nothing else would tell the port.
+    expect(result.stderr).toContain(`metrics on http://127.0.0.1:${port}/metrics while the job runs`);
     expect(seen, 'no scrape caught the job mid-run').toBeDefined();
     const text = seen!;
     expect(sample(text, `consort_job_phase{${job},phase="Running"}`)).toBe(1);
@@ -53,6 +57,10 @@ describe('consort run --metrics-port', () => {
     expect(sample(text, `consort_site_accuracy{${job},site="st-mary"}`)).toBeGreaterThan(0);
     expect(sample(text, `consort_site_update_norm{${job},site="hillcrest"}`)).toBeGreaterThan(0);
     expect(text).toContain('process_resident_memory_bytes');
+    // The scraper's last look saw the end (the server used to close in the tick the run finished,
+    // and Prometheus kept the job Running).
+    expect(sample(last!, `consort_job_phase{${job},phase="Succeeded"}`)).toBe(1);
+    expect(sample(last!, `consort_job_round{${job}}`)).toBe(ROUNDS);
     // The run is over: nothing listens any more.
     await expect(fetch(`${base}/metrics`)).rejects.toThrow();
   });

@@ -27,6 +27,10 @@ export interface ScrapeTarget {
   metricsPath?: string;
   /** Sent as `Authorization: Bearer …` (a ServiceAccount token, as Prometheus in a cluster sends its own). */
   bearerToken?: string;
+  /** Target labels, as the Prometheus Operator gives a ServiceMonitor's targets (namespace, service, pod...). */
+  labels?: Record<string, string>;
+  /** honor_labels: the scraped series' own labels win over the target's. */
+  honorLabels?: boolean;
 }
 
 export interface PrometheusOptions {
@@ -101,7 +105,8 @@ export class PrometheusServer {
         job_name: s.jobName,
         ...(s.metricsPath ? { metrics_path: s.metricsPath } : {}),
         ...(s.bearerToken ? { authorization: { type: 'Bearer', credentials: s.bearerToken } } : {}),
-        static_configs: [{ targets: s.targets }],
+        ...(s.honorLabels ? { honor_labels: true } : {}),
+        static_configs: [{ targets: s.targets, ...(s.labels ? { labels: s.labels } : {}) }],
       })),
     };
     writeFileSync(join(dir, 'prometheus.yml'), stringify(config));

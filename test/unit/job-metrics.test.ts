@@ -3,6 +3,9 @@
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { type JobSnapshot, JobMetrics } from '../../operator/job-metrics.ts';
+import { LocalRunMetrics } from '../../cli/run/run-metrics.ts';
+import { FederatedJob } from '../../core/job/federated-job.ts';
+import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
 
 const record = (round: number, accuracy: number) => ({
   round,
@@ -98,5 +101,17 @@ describe('JobMetrics', () => {
     const text = await r.metrics();
     expect(text).not.toContain('federatedjob="gone"');
     expect(text).toContain('federatedjob="kept"');
+  });
+});
+
+describe('LocalRunMetrics (consort run --metrics-port)', () => {
+  it('stamps the last-round time at the start, so that a first round that never ends shows as stalled', async () => {
+    const job = FederatedJob.parse(jobManifest('stalled', hospitalSpec()));
+    const before = Date.now() / 1000;
+    const m = new LocalRunMetrics(job);
+    const stamped = await value(m.registry, 'consort_job_last_round_timestamp_seconds', { namespace: 'default', federatedjob: 'stalled' });
+    // ConsortJobStalled compares time() with this series: absent, the alert could never fire.
+    expect(stamped).toBeGreaterThanOrEqual(Math.floor(before));
+    expect(stamped).toBeLessThanOrEqual(Date.now() / 1000);
   });
 });
