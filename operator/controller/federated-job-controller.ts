@@ -215,13 +215,29 @@ export class FederatedJobController {
     await Promise.all([this.jobs, this.pods, this.secrets, this.configMaps].map((i) => i.stop()));
   }
 
+  /**
+   * A reconcile, measured, whose failure the job's Events show: an API server refusing its Pods (an
+   * admission policy, a missing ServiceAccount) left the job with no status and no Event, the
+   * reason only in the operator's log. A conflict (someone else's write first) is routine: retried
+   * without a word.
+   */
+  async #reconcileShown(key: string): Promise<{ requeueAfterMs?: number } | undefined> {
+    try {
+      return await this.reconcile(key);
+    } catch (err) {
+      const job = this.jobs.get(key);
+      if (job && !isConflict(err)) void this.#events.record(job, 'Warning', 'ReconcileFailed', `${(err as Error).message}`.slice(0, 1000));
+      throw err;
+    }
+  }
+
   async #measured(key: string): Promise<{ requeueAfterMs?: number } | undefined> {
     const metrics = this.#o.metrics;
-    if (!metrics) return await this.reconcile(key);
+    if (!metrics) return await this.#reconcileShown(key);
     const t0 = performance.now();
     let result: 'success' | 'error' = 'error';
     try {
-      const r = await this.reconcile(key);
+      const r = await this.#reconcileShown(key);
       result = 'success';
       return r;
     } finally {

@@ -1,4 +1,5 @@
-// Parts of the operator against a real API server, in this process: the finalizer never blocks a
+// Parts of the operator against a real API server, in this process: a reconcile the API server
+// refuses (an admission policy) shows as a Warning event; the finalizer never blocks a
 // deletion forever (NATS unreachable: given up after the cleanup timeout, with a Warning);
 // an informer's stall watchdog re-lists a silent watch; two Lease candidates never lead together
 // and a released lease passes at once; status is written only when it changes.
@@ -68,6 +69,84 @@ describe('operator parts on a real API server', () => {
     } finally {
       await controller.stop();
       await nc.close().catch(() => {});
+    }
+  });
+
+  it("a job whose Pods the API server refuses (a hospital's admission policy) says why in a Warning event, not only in the operator's log", async () => {
+    await cp.kubectlOk(['create', 'namespace', 'guarded']);
+    await cp.kubectlOk(['label', 'namespace', 'guarded', 'registry-policy=on']);
+    // No controller manager here: the namespace's default ServiceAccount is made by hand.
+    await cp.kubectlOk(['create', 'serviceaccount', 'default', '-n', 'guarded']);
+    await cp.kubectlOk(['apply', '-f', '-'], {
+      input: `apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: { name: hospital-registry }
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules: [{ apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods] }]
+  validations:
+    - expression: "object.spec.containers.all(c, c.image.startsWith('registry.hospital.local/'))"
+      message: images must come from registry.hospital.local
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: { name: hospital-registry }
+spec:
+  policyName: hospital-registry
+  validationActions: [Deny]
+  matchResources: { namespaceSelector: { matchLabels: { registry-policy: "on" } } }
+`,
+    });
+    const nats = await NatsServer.start();
+    const nc = await connect({ servers: nats.url });
+    const trust = await createNatsTrust();
+    const lines: string[] = [];
+    const controller = new FederatedJobController({
+      client,
+      nc,
+      signer: trust.signer,
+      pods: { natsUrl: nats.url },
+      namespace: 'guarded',
+      log: (l: string) => lines.push(l),
+    });
+    try {
+      await controller.startInformers();
+      controller.startReconciling();
+      // The policy takes a moment to be enforced after it is made: a job created until it is.
+      await waitUntil(
+        'a ReconcileFailed event naming the policy',
+        async () => {
+          await client
+            .create(resourcePath(Resources.federatedJobs, 'guarded'), {
+              apiVersion: 'consort.dev/v1alpha1',
+              kind: 'FederatedJob',
+              metadata: { name: 'refused' },
+              spec: { model: { type: 'logistic' }, sites: [{ name: 'a', data: { type: 'synthetic', generator: 'hospital' } }], rounds: 1 },
+            })
+            .catch(() => {});
+          const events = await cp.kubectlOk([
+            'get',
+            'events',
+            '-n',
+            'guarded',
+            '--field-selector',
+            'involvedObject.name=refused',
+            '-o',
+            'jsonpath={range .items[*]}{.type} {.reason}: {.message}{"\\n"}{end}',
+          ]);
+          return /Warning ReconcileFailed: .*hospital-registry.*images must come from registry\.hospital\.local/.test(events);
+        },
+        {
+          timeoutMs: 60_000,
+          intervalMs: 500,
+          describe: () => lines.join('\n'),
+        },
+      );
+    } finally {
+      await controller.stop();
+      await nc.close().catch(() => {});
+      await nats.stop();
     }
   });
 
