@@ -35,6 +35,8 @@ import { ApiErrorBody, BinaryBody, JobParams, JobView, TextBody } from './schema
 export const API_PREFIX = '/api/v1';
 const JOB_PATH = `${API_PREFIX}/namespaces/:namespace/federatedjobs/:name`;
 const REQUESTS_METRIC = 'consort_api_requests_total';
+/** The longest path segment the router takes (Fastify's default, 100, refused a long name with its own error body). */
+const MAX_PARAM_LENGTH = 1024;
 
 export interface ApiServerOptions {
   /** The registry served at /metrics; consort_api_requests_total joins it. */
@@ -95,7 +97,19 @@ export async function buildApiServer(o: ApiServerOptions): Promise<FastifyInstan
   const log = o.log ?? (() => {});
   const requests = requestsCounter(o.registry);
   const protection = new Map<string, Protection>();
-  const app = Fastify({ logger: false, forceCloseConnections: true, return503OnClosing: true, keepAliveTimeout: 5000 });
+  // A URL the router cannot read (bad percent-encoding; a path segment past maxParamLength) got
+  // Fastify's own body, uncounted; it is refused here as any bad parameter is. Names longer than
+  // a Kubernetes name (63) but within maxParamLength reach the route, after the token, and its
+  // schema names the field.
+  let frameworkErrorBody: ((err: Error, reply: FastifyReply) => FastifyReply) | undefined;
+  const app = Fastify({
+    logger: false,
+    forceCloseConnections: true,
+    return503OnClosing: true,
+    keepAliveTimeout: 5000,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    frameworkErrors: (err, _req, reply) => frameworkErrorBody!(err, reply),
+  });
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   await app.register(swagger, {
@@ -142,6 +156,13 @@ export async function buildApiServer(o: ApiServerOptions): Promise<FastifyInstan
     log(`api: ${req.method} ${req.url}: ${(err as Error).stack ?? err}`);
     return sendError(reply, fail('CONSORT_API_INTERNAL', 'internal error (see the operator log)'));
   });
+  frameworkErrorBody = (err, reply) => {
+    const code = (err as { code?: string }).code;
+    const what =
+      code === 'FST_ERR_MAX_PARAM_LENGTH' ? `a path segment is longer than ${MAX_PARAM_LENGTH} characters` : 'the URL cannot be decoded (bad percent-encoding)';
+    requests.inc({ route: 'unmatched', code: '400' });
+    return sendError(reply, fail('CONSORT_API_BAD_REQUEST', what, 'path'));
+  };
   app.setNotFoundHandler((req, reply) => sendError(reply, fail('CONSORT_API_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`)));
 
   app.addHook('onRequest', async (req) => {
