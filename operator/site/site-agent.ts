@@ -18,7 +18,12 @@ export interface SiteAgentOptions {
   namespace: string;
   policy: SitePolicy;
   log: (line: string) => void;
+  /** How often to look for jobs whose worker here has finished (tests: shorter). */
+  sweepMs?: number;
 }
+
+/** How often the agent looks for workers that have finished, to remove what it made for their jobs. */
+const SWEEP_MS = 10_000;
 
 export const JOB_UID_LABEL = 'consort.dev/job-uid';
 
@@ -28,6 +33,9 @@ export class SiteAgent {
   /** Assignments answered, by outcome (accepted, or the refusal code): the agent's counters. */
   readonly answered = new Map<string, number>();
   #queue: Promise<void> = Promise.resolve();
+  #sweeper: ReturnType<typeof setInterval> | undefined;
+  /** Why the last sweep failed (said once per reason). */
+  #sweepProblem: string | undefined;
 
   constructor(o: SiteAgentOptions) {
     this.#o = o;
@@ -41,11 +49,41 @@ export class SiteAgent {
       },
     });
     this.#o.log(`site agent for "${this.#o.site}" listening on ${assignmentSubject(this.#o.site)}`);
+    this.#sweeper = setInterval(() => {
+      this.#queue = this.#queue.then(() => this.#sweep());
+    }, this.#o.sweepMs ?? SWEEP_MS);
   }
 
   async stop(): Promise<void> {
     this.#sub?.unsubscribe();
+    clearInterval(this.#sweeper);
     await this.#queue;
+  }
+
+  /**
+   * A job whose worker here has succeeded is over for this site: its Pod, its credentials Secret
+   * and its ConfigMap go (by the job's uid label). They used to stay in the hospital's cluster
+   * for good, NATS credentials included. A failed worker is left for its logs to be read.
+   */
+  async #sweep(): Promise<void> {
+    const ns = this.#o.namespace;
+    try {
+      const pods = await this.#o.client.get<{ items: KubeObject[] }>(resourcePath(Resources.pods, ns), { labelSelector: JOB_UID_LABEL });
+      const done = new Set(
+        pods.items.flatMap((p) => ((p.status as { phase?: string } | undefined)?.phase === 'Succeeded' ? [p.metadata.labels?.[JOB_UID_LABEL] ?? ''] : [])),
+      );
+      for (const uid of done) {
+        if (!/^[A-Za-z0-9-]{1,63}$/.test(uid)) continue;
+        const selector = { labelSelector: `${JOB_UID_LABEL}=${uid}` };
+        for (const r of [Resources.pods, Resources.secrets, Resources.configMaps]) await this.#o.client.delete(resourcePath(r, ns), selector);
+        this.#o.log(`job ${uid} finished here: its worker Pod, credentials and config removed from namespace ${ns}`);
+      }
+      this.#sweepProblem = undefined;
+    } catch (err) {
+      const why = (err as Error).message;
+      if (why !== this.#sweepProblem) this.#o.log(`cannot clean up finished jobs in namespace ${ns}: ${why}`);
+      this.#sweepProblem = why;
+    }
   }
 
   #count(outcome: string): void {

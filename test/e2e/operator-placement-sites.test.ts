@@ -8,7 +8,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Objm } from '@nats-io/obj';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
+import { parse, parseAllDocuments, stringify } from 'yaml';
 import { connectAs } from '../../cli/nats/connect.ts';
 import { OPERATOR_USER, siteAgentPermissions } from '../../core/protocol/permissions.ts';
 import { buckets, jobKey } from '../../core/protocol/subjects.ts';
@@ -18,6 +18,7 @@ import { ConsortCluster } from '../helpers/consort-cluster.ts';
 import { HOSPITALS } from '../helpers/federation.ts';
 import { ManagedProcess, waitUntil } from '../helpers/managed-process.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
+import { REPO_ROOT } from '../helpers/consort-cli.ts';
 
 /** The bytes of a typed array itself (decoded tensors may be views into a larger buffer). */
 const bytesOf = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
@@ -38,7 +39,16 @@ describe('coordinator placement and site mode', () => {
   const agents: ManagedProcess[] = [];
 
   beforeAll(async () => {
-    cluster = await ConsortCluster.start();
+    // Lakeside's agent authenticates as the ServiceAccount of manifests/site-agent/ (a token user
+    // of that name: RBAC binds by user name), so it runs with exactly the Role shipped there.
+    cluster = await ConsortCluster.start({
+      users: {
+        'lakeside-agent': {
+          user: 'system:serviceaccount:site-lakeside:consort-site-agent',
+          groups: ['system:serviceaccounts', 'system:serviceaccounts:site-lakeside', 'system:authenticated'],
+        },
+      },
+    });
     await cluster.startOperator();
   }, 180_000);
   afterAll(async () => {
@@ -133,6 +143,19 @@ describe('coordinator placement and site mode', () => {
     const startAgent = async (site: string) => {
       const ns = `site-${site}`;
       await cluster.cp.kubectlOk(['create', 'namespace', ns]);
+      if (site === 'lakeside') {
+        // The shipped agent's ServiceAccount, Role and RoleBinding, in this site's namespace.
+        const shipped = parseAllDocuments(readFileSync(join(REPO_ROOT, 'manifests/site-agent/site-agent.yaml'), 'utf8')).map(
+          (d) => d.toJS() as { kind: string },
+        );
+        const rbac = shipped.filter((d) => ['ServiceAccount', 'Role', 'RoleBinding'].includes(d.kind));
+        expect(rbac).toHaveLength(3);
+        const here = (d: unknown) =>
+          stringify(d).replaceAll('consort-site', ns).replaceAll(`${ns}-agent`, 'consort-site-agent').replaceAll(`${ns}-policy`, 'consort-site-policy');
+        await cluster.cp.kubectlOk(['apply', '-f', '-'], { input: rbac.map(here).join('---\n') });
+        // The rest (the policy ConfigMap, the Deployment) is what the API server accepts.
+        await cluster.cp.kubectlOk(['apply', '--dry-run=server', '-f', '-'], { input: shipped.map(here).join('---\n') });
+      }
       await waitUntil('default ServiceAccount', async () => (await cluster.kubectl(['get', 'sa', 'default', '-n', ns])).code === 0, { timeoutMs: 30_000 });
       const creds = join(dir, `${site}.creds`);
       writeFileSync(creds, (await mintUserCreds(signer, { name: site, permissions: siteAgentPermissions(site) })).creds, { mode: 0o600 });
@@ -146,7 +169,7 @@ describe('coordinator placement and site mode', () => {
         '--site',
         site,
         '--kubeconfig',
-        cluster.cp.kubeconfig,
+        site === 'lakeside' ? cluster.cp.kubeconfigFor('lakeside-agent') : cluster.cp.kubeconfig,
         '--namespace',
         ns,
         '--nats',
@@ -201,6 +224,14 @@ describe('coordinator placement and site mode', () => {
     expect(sites.find((s) => s.name === 'hillcrest')).toMatchObject({ state: 'Refused' });
     expect(sites.find((s) => s.name === 'hillcrest')?.lastRound).toBeUndefined();
     expect((await cluster.kubectl(['describe', 'fj', 'multi'])).stdout).toMatch(/Warning\s+SiteRefused\s+.*hillcrest/);
+    // The job is over at lakeside: its agent removes the worker Pod, the credentials Secret and the
+    // ConfigMap it made there (they stayed in the hospital's cluster for good).
+    await expect
+      .poll(
+        async () => (await cluster.kubectl(['get', 'pods,secrets,configmaps', '-n', 'site-lakeside', '-l', 'consort.dev/job-uid', '-o', 'name'])).stdout.trim(),
+        { timeout: 40_000, interval: 500 },
+      )
+      .toBe('');
 
     // The same with the round loop in a Pod of its own: the operator tells it who refused (it
     // used to wait out its join timeout, here 600 s, for hillcrest).
