@@ -229,6 +229,9 @@ describe('the API server', () => {
     expect(m.body).toContain('consort_api_requests_total{route="/metrics",code="401"} 1');
     expect(m.body).toContain('consort_api_requests_total{route="/metrics",code="403"} 1');
     expect(m.body).toContain('consort_api_requests_total{route="/readyz",code="503"} 1');
+    // A review that cannot be asked answers 503: documented, as 401 and 403 are.
+    const doc = (await app.inject({ url: '/openapi.json' })).json() as { paths: Record<string, { get: { responses: Record<string, unknown> } }> };
+    expect(Object.keys(doc.paths['/metrics']!.get.responses).sort()).toEqual(['200', '401', '403', '503']);
   });
 
   it("the local runner's variant: metrics and probes only, open, documented as such", async () => {
