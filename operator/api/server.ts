@@ -212,7 +212,12 @@ export async function buildApiServer(o: ApiServerOptions): Promise<FastifyInstan
       schema: {
         summary: 'Prometheus metrics (text exposition format).',
         ...(o.authorizer && o.metricsAuth !== false ? { security: [{ bearer: [] }] } : {}),
-        response: { 200: { description: 'The exposition text.', content: { 'text/plain': { schema: TextBody } } }, 401: ApiErrorBody, 403: ApiErrorBody, 503: ApiErrorBody },
+        response: {
+          200: { description: 'The exposition text.', content: { 'text/plain': { schema: TextBody } } },
+          401: ApiErrorBody,
+          403: ApiErrorBody,
+          503: ApiErrorBody,
+        },
       },
     },
     async (_req, reply) => reply.type(o.registry.contentType).send(await o.registry.metrics()),
