@@ -1,6 +1,9 @@
 // `consort --help` and `consort run --help` explain the command and every flag of run.
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { runConsort, transcript } from '../helpers/consort-cli.ts';
+import { REPO_ROOT, runConsort, transcript } from '../helpers/consort-cli.ts';
 
 const RUN_FLAGS = ['--out', '--seed', '--rounds', '--baselines', '--backend', '--threads', '--quiet'];
 
@@ -23,5 +26,17 @@ describe('consort help', () => {
     }
     for (const backend of ['auto', 'tensorflow', 'wasm', 'cpu']) expect(r.stdout).toContain(`"${backend}"`);
     expect(r.stdout).toMatch(/exit status/i);
+  });
+
+  it('the package bin (npx consort) runs the CLI on the pinned Node, whatever node is first on PATH', async () => {
+    // No pinned Node on PATH: only the system's directories (an older node, or none at all).
+    const { stdout } = await promisify(execFile)('bash', [join(REPO_ROOT, 'cli/consort.sh'), '--help'], {
+      env: {
+        PATH: '/usr/local/bin:/usr/bin:/bin',
+        HOME: process.env.HOME ?? '/tmp',
+        ...(process.env.CONSORT_CACHE ? { CONSORT_CACHE: process.env.CONSORT_CACHE } : {}),
+      },
+    });
+    expect(stdout).toMatch(/Usage: consort/);
   });
 });
