@@ -111,20 +111,24 @@ spec:
       log: (l: string) => lines.push(l),
     });
     try {
+      // The policy takes a moment to be enforced after it is made: the job comes once a Pod of
+      // another registry's image is refused (a server-side dry run), or its Pods would be made.
+      await waitUntil(
+        'the admission policy enforced',
+        async () => (await cp.kubectl(['run', 'probe', '-n', 'guarded', '--image=busybox', '--dry-run=server'])).stderr.includes('registry.hospital.local'),
+        { timeoutMs: 60_000, intervalMs: 250 },
+      );
       await controller.startInformers();
       controller.startReconciling();
-      // The policy takes a moment to be enforced after it is made: a job created until it is.
+      await client.create(resourcePath(Resources.federatedJobs, 'guarded'), {
+        apiVersion: 'consort.dev/v1alpha1',
+        kind: 'FederatedJob',
+        metadata: { name: 'refused' },
+        spec: { model: { type: 'logistic' }, sites: [{ name: 'a', data: { type: 'synthetic', generator: 'hospital' } }], rounds: 1 },
+      });
       await waitUntil(
         'a ReconcileFailed event naming the policy',
         async () => {
-          await client
-            .create(resourcePath(Resources.federatedJobs, 'guarded'), {
-              apiVersion: 'consort.dev/v1alpha1',
-              kind: 'FederatedJob',
-              metadata: { name: 'refused' },
-              spec: { model: { type: 'logistic' }, sites: [{ name: 'a', data: { type: 'synthetic', generator: 'hospital' } }], rounds: 1 },
-            })
-            .catch(() => {});
           const events = await cp.kubectlOk([
             'get',
             'events',
