@@ -6,22 +6,36 @@ import { CliError } from './errors.ts';
 
 export function reportFailure(err: unknown, stream: NodeJS.WritableStream = process.stderr): number {
   if (err instanceof CliError) {
-    stream.write(`consort: ${err.message} [${err.code}]\n`);
-    for (const d of err.details) stream.write(`  ${d}\n`);
+    stream.write(`consort: ${printable(err.message)} [${err.code}]\n`);
+    for (const d of err.details) stream.write(`  ${printable(d)}\n`);
     return err.exitCode;
   }
   if (err instanceof WorkerError) {
     // The full path, unless the message already names the file (as the job wrote it: its name at least).
     const where =
       err.file && !err.message.includes(err.file) && !err.message.includes(basename(err.file)) ? ` (${err.file}${err.line ? ` line ${err.line}` : ''})` : '';
-    stream.write(`consort: ${err.message}${where} [${err.code}]\n`);
+    stream.write(`consort: ${printable(err.message)}${where} [${err.code}]\n`);
     // Data, schema and model problems are the user's input; a training failure is the run's.
     return err.code === 'CONSORT_W_TRAIN' || err.code === 'CONSORT_W_BACKEND' || err.code === 'CONSORT_W_JOB_FAILED' ? 1 : 2;
   }
   if (err instanceof OperatorError) {
-    stream.write(`consort: ${err.message} [${err.code}]\n`);
+    stream.write(`consort: ${printable(err.message)} [${err.code}]\n`);
     return 1;
   }
   stream.write(`consort: unexpected failure: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   return 1;
+}
+
+/** Past this many characters a message is cut: a 100 MB CSV line was repeated whole on stderr. */
+const MAX_MESSAGE_CHARS = 4000;
+
+/**
+ * A message as a terminal may show it: the control characters of what it quotes (a data file's
+ * header, a remote site's reason) written as escapes, since ESC sequences in a CSV header cleared
+ * the screen and printed fake output, and cut to MAX_MESSAGE_CHARS.
+ */
+export function printable(message: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: the control characters are the point
+  const safe = message.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return safe.length <= MAX_MESSAGE_CHARS ? safe : `${safe.slice(0, MAX_MESSAGE_CHARS)}… (${safe.length - MAX_MESSAGE_CHARS} more characters)`;
 }

@@ -5,7 +5,7 @@
 // embedded runs. `consort nats-config --cluster --out DIR`: the shared server of every job instead
 // (decentralized JWT auth, operator/nats/trust.ts), the Consort operator's user and the account
 // signing key that mints each job's users.
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createUser } from '@nats-io/nkeys';
 import { z } from 'zod';
@@ -206,8 +206,8 @@ export async function natsConfigCommand(jobPath: string | undefined, rawFlags: R
       const signer = readAccountSigner(flags.accountKey!);
       const user = await mintUserCreds(signer, { name: flags.siteAgent, permissions: siteAgentPermissions(flags.siteAgent) });
       mkdirSync(out, { recursive: true });
-      writeFileSync(join(out, file), user.creds, { mode: 0o600 });
-      chmodSync(join(out, file), 0o600);
+      // A new file only (O_EXCL): a link left in its place is not followed.
+      writeSecret(join(out, file), user.creds);
       process.stdout.write(
         [
           `wrote the credentials of site ${flags.siteAgent}'s agent to ${join(out, file)} (mode 0600; a secret: give it to that hospital only).`,
@@ -293,6 +293,9 @@ export function writeClusterConfigFiles(out: string, config: string, signer: Acc
 export function writeNatsConfigFiles(out: string, auth: NatsAuth): void {
   try {
     mkdirSync(join(out, 'sites'), { recursive: true });
+    // The seeds go into sites/ itself: a link there wrote them into whatever folder it names.
+    if (lstatSync(join(out, 'sites')).isSymbolicLink())
+      throw new Error(`${join(out, 'sites')} is a symbolic link: the site seeds go into a folder of --out itself`);
     writeFileSync(join(out, 'nats-server.conf'), auth.config, { flag: 'wx' });
     writeFileSync(join(out, 'keys.json'), `${JSON.stringify(auth.keys, null, 2)}\n`, { flag: 'wx' });
     writeSeed(join(out, 'coordinator.nk'), auth.coordinator.seed);

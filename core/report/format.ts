@@ -20,9 +20,14 @@ export function escapeHtml(value: unknown): string {
  * or GFM would read as markup (a `|` would split the cell, a `<b>` would render as HTML).
  */
 export function escapeMarkdown(value: unknown): string {
-  return String(value)
-    .replace(/[\\`*_[\]<>|#~!]/g, (ch) => `\\${ch}`)
-    .replace(/\r?\n/g, ' ');
+  return (
+    String(value)
+      .replace(/[\\`*_[\]<>|#~!]/g, (ch) => `\\${ch}`)
+      // Every line break and control character, a lone CR too: CommonMark breaks a line at one,
+      // and the text after it (a column name's "<img onerror=...>") was read as raw HTML.
+      // biome-ignore lint/suspicious/noControlCharactersInRegex: the control characters are the point
+      .replace(/[\u0000-\u001f\u007f\u2028\u2029]+/g, ' ')
+  );
 }
 
 /** A fraction in [0, 1] as a percentage: 0.8734 → "87.3%". */

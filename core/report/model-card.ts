@@ -26,7 +26,8 @@ export interface ModelCardOptions {
 
 /** Inline code when the text can be a code span (no backtick, no cell-splitting pipe); escaped text otherwise. */
 function code(text: string): string {
-  return /[`|\n]/.test(text) ? md(text) : `\`${text}\``;
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: a control character (a lone CR) ends a code span's line
+  return /[`|\u0000-\u001f\u007f\u2028\u2029]/.test(text) ? md(text) : `\`${text}\``;
 }
 
 function table(head: string[], rows: string[][], numeric: boolean[]): string {

@@ -1,6 +1,7 @@
 // Bad input: each mistake a user can make in a job file, its data or the flags gives exit status
 // 2, one clear message that names the field, flag, file or line, and no output folder (neither
 // the result folder nor its staging sibling) that could pass for a result.
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -113,7 +114,64 @@ describe('a job file that is not valid YAML', () => {
   });
 });
 
+describe('a job file that attacks the reader', () => {
+  it.concurrent('an alias bomb ("billion laughs") is refused as YAML, not an unexpected failure', async () => {
+    const dir = tmp('bad-yaml');
+    const job = join(dir, 'job.yaml');
+    const levels = 'abcdefghi'.split('');
+    const lines = [`a: &a [${Array(9).fill('"lol"').join(', ')}]`];
+    for (let i = 1; i < levels.length; i++)
+      lines.push(
+        `${levels[i]}: &${levels[i]} [${Array(9)
+          .fill(`*${levels[i - 1]}`)
+          .join(', ')}]`,
+      );
+    writeFileSync(job, `${lines.join('\n')}\napiVersion: consort.dev/v1alpha1\nkind: FederatedJob\nmetadata: { name: bomb }\nspec: *i\n`);
+    const { message } = await expectBadInput(job, join(dir, 'out'));
+    expect(message).toMatch(/not valid YAML: .*alias/i);
+  });
+
+  it.concurrent('a device, a FIFO or an oversized file as the job file is refused before it is read', async () => {
+    const dir = tmp('bad-yaml');
+    const fifo = join(dir, 'fifo.yaml');
+    execFileSync('mkfifo', [fifo]);
+    const huge = join(dir, 'huge.yaml');
+    writeFileSync(huge, `# ${'x'.repeat(5 * 1024 * 1024)}\n`);
+    for (const [job, why] of [
+      ['/dev/zero', 'is not a regular file (a device)'],
+      [fifo, 'is not a regular file (a FIFO)'],
+      [huge, 'more than a job file may have'],
+    ] as const) {
+      const { message } = await expectBadInput(job, join(dir, 'out'));
+      expect(message, job).toContain(`${job}: `);
+      expect(message, job).toContain(why);
+    }
+  });
+});
+
 describe('bad site data', () => {
+  it.concurrent('a device or a FIFO as a data file is refused before it is read (/dev/zero ran out of memory, a FIFO blocked for ever)', async () => {
+    const dir = tmp('bad-data');
+    const fifo = join(dir, 'fifo.csv');
+    execFileSync('mkfifo', [fifo]);
+    for (const [train, why] of [
+      ['/dev/zero', 'is not a regular file (a device)'],
+      [fifo, 'is not a regular file (a FIFO)'],
+    ] as const) {
+      const { message } = await expectBadInput(csvJob(dir, csvData({ train })), join(dir, `out-${why.length}`));
+      expect(message, train).toContain(why);
+    }
+  });
+
+  it.concurrent("a header's control characters reach the terminal as escapes (ESC sequences cleared the screen and printed fake text)", async () => {
+    const dir = tmp('bad-data');
+    const train = writeDataFile(dir, 'data/broken-site/train.csv', 'hr,\u001b[2J\u001b]0;PWNED\u0007fake,lab\n1,2,x\n');
+    const { message } = await expectBadInput(csvJob(dir, csvData({ train })), join(dir, 'out'));
+    expect(message).toContain('\\x1b[2J\\x1b]0;PWNED\\x07fake');
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: what must not reach the terminal
+    expect(message).not.toMatch(/[\u0000-\u0008\u000b-\u001f]/);
+  });
+
   it.concurrent('a missing CSV file names the path', async () => {
     const dir = tmp('bad-data');
     const job = csvJob(dir, csvData({ train: 'data/broken-site/nowhere.csv' }));

@@ -3,7 +3,7 @@
 // with --cluster the shared server's, its operator user and the users minted with account.nk),
 // and exit status 2 with the flag named for bad input.
 import { execFileSync } from 'node:child_process';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fromSeed } from '@nats-io/nkeys';
 import { describe, expect, it } from 'vitest';
@@ -82,6 +82,20 @@ describe.concurrent('consort nats-config', () => {
     expect(again.code, transcript(again)).toBe(2);
     expect(again.stderr).toMatch(/--out .* already holds a NATS configuration/);
     expect(readFileSync(join(out, 'coordinator.nk'), 'utf8')).toBe(seed);
+  });
+
+  it('a sites/ in --out that is a link is not followed: the seeds would be written where it points', async () => {
+    const dir = tmp('nats-config');
+    const job = writeJob(dir, hospitalSpec(), { name: 'clinic' });
+    const out = join(dir, 'nats');
+    const elsewhere = join(dir, 'elsewhere');
+    mkdirSync(out);
+    mkdirSync(elsewhere);
+    symlinkSync(elsewhere, join(out, 'sites'));
+    const r = await runConsort(['nats-config', job, '--out', out]);
+    expect(r.code, transcript(r)).not.toBe(0);
+    expect(r.stderr).toContain('is a symbolic link');
+    expect(readdirSync(elsewhere)).toEqual([]);
   });
 
   it.each([

@@ -36,6 +36,18 @@ describe('report formatting', () => {
   it('escapes HTML and markdown', () => {
     expect(escapeHtml(`<a href="x">'&'</a>`)).toBe('&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;');
     expect(escapeMarkdown('a|b <i>*c*</i>')).toBe('a\\|b \\<i\\>\\*c\\*\\</i\\>');
+    // A lone CR is a line break to CommonMark: what followed it was read as raw HTML.
+    expect(escapeMarkdown('x\r<img src=x onerror=alert(1)>')).toBe('x \\<img src=x onerror=alert(1)\\>');
+    expect(escapeMarkdown('a\r\nb\u2028c\td')).toBe('a b c d');
+  });
+
+  it('keeps a column name with a lone CR out of a code span in the card (its HTML was live)', () => {
+    const r = threeSitesPlain();
+    r.model = { ...r.model, inputShape: [1], features: ['x\r<img src=x onerror=alert(1)>'], inputScaler: { mean: [0], std: [1] } };
+    const card = renderModelCard(r, CARD_FILES);
+    expect(card).toContain('x \\<img src=x onerror=alert(1)\\>');
+    expect(card).not.toMatch(/(^|[^\\])<img/m);
+    expect(card).not.toContain('\r');
   });
 
   it('formats fractions, differences, losses and durations', () => {
