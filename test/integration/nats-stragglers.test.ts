@@ -176,3 +176,41 @@ describe('a task whose deadline passed before the site could start it (the site 
     }
   }, 90_000);
 });
+
+describe('a task that names a model object larger than the model', () => {
+  it('fails that task before anything is allocated (2^50 bytes was attempted), and the site carries on', async () => {
+    const job = FederatedJob.parse(jobManifest('huge-ref', hospitalSpec([{ name: 'north', samples: 80 }], { rounds: 1, aggregation: { mode: 'buffered' } })));
+    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const coordinator = await as(COORDINATOR_USER, auth.coordinator.seed);
+    const logs: string[] = [];
+    let said!: () => void;
+    const saidIt = new Promise<void>((resolve) => {
+      said = resolve;
+    });
+    const stop = new AbortController();
+    const site = runSite({
+      job,
+      site: 'north',
+      nc: await as('north', auth.sites.north!.seed),
+      seed: auth.sites.north!.seed,
+      baseDir: '.',
+      backend: 'cpu',
+      signal: stop.signal,
+      log: (l) => {
+        logs.push(l);
+        if (l.includes('failed')) said();
+      },
+    });
+    const model = { bucket: buckets(key).models, name: objectNames.global(0), sha256: '0'.repeat(64), size: 2 ** 50 };
+    const task = { protocol: 1, job: key, site: 'north', round: 1, model, deadline: Date.now() + 60_000, type: 'fit', taskId: newNonce(), proximalMu: 0 };
+    for (;;) {
+      const reply = await coordinator.request(subj.task('north'), encoder.encode(JSON.stringify(task)), { timeout: 1000 }).catch(() => undefined);
+      if (reply) break;
+    }
+    await saidIt;
+    expect(logs.join('\n')).toMatch(/fit of round 1 failed: the task names a model object of 1125899906842624 bytes; this model's are at most \d+/);
+    expect(logs.join('\n')).not.toContain('allocation failed');
+    stop.abort();
+    await site;
+  }, 60_000);
+});

@@ -255,7 +255,13 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
   // one costs page faults worth several times the copy. Tasks run one at a time, and nothing
   // keeps a task's model once it is done, so the next task may overwrite it.
   const buffers: Record<'model' | 'control', Uint8Array | undefined> = { model: undefined, control: undefined };
+  // A model object is this model's weights in safetensors: 4 bytes a parameter and a header. A
+  // task declaring more is refused before anything is allocated (2^50 bytes was attempted).
+  const modelBytesAtMost = 4 * layoutSize(prepared.layout) + 65_536 + 256 * prepared.layout.length;
   const fetchModel = async (ref: ObjectRef, deadline: number, slot: 'model' | 'control' = 'model'): Promise<Float32Array> => {
+    if (ref.size > modelBytesAtMost) {
+      throw new WorkerError('CONSORT_W_TRAIN', `the task names a ${slot} object of ${ref.size} bytes; this model's are at most ${modelBytesAtMost}`);
+    }
     const buffer = buffers[slot] && buffers[slot].length >= ref.size ? buffers[slot] : (buffers[slot] = new Uint8Array(ref.size));
     const bytes = await retrying(() => readModelObject(modelsWire, ref, buffer), patience(deadline));
     return decodeSafetensors(bytes).values;
