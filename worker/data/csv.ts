@@ -136,7 +136,9 @@ function parseCsvTable(
     }
     seen.add(name);
   });
-  const labelAt = header.indexOf(labelColumn);
+  // Each name's column, looked up once: a header of 200,000 columns took 92 s by indexOf.
+  const at = new Map(header.map((name, i) => [name, i]));
+  const labelAt = at.get(labelColumn) ?? -1;
   if (labelAt < 0) {
     throw new WorkerError(
       'CONSORT_W_DATA_COLUMN',
@@ -145,7 +147,7 @@ function parseCsvTable(
     );
   }
   if (wanted) {
-    const absent = wanted.filter((f) => f === labelColumn || !header.includes(f));
+    const absent = wanted.filter((f) => f === labelColumn || !at.has(f));
     if (absent.length > 0) {
       throw new WorkerError(
         'CONSORT_W_DATA_COLUMN',
@@ -160,7 +162,7 @@ function parseCsvTable(
   }
   const d = features.length;
   /** The header position of each feature, in the features' order. */
-  const columns = features.map((f) => header.indexOf(f));
+  const columns = features.map((f) => at.get(f)!);
   const values: number[] = [];
   const labels: string[] = [];
   const lines: number[] = [];
