@@ -10,6 +10,7 @@ import { featuresDiffer } from '../../core/data/features.ts';
 import { jobTerms, termsDiffer } from '../../core/job/terms.ts';
 import { type Msg, type NatsConnection, nuid, type Subscription } from '@nats-io/transport-node';
 import { Objm, type ObjectStore, setSha256Backend, StorageType } from '@nats-io/obj';
+import { jetstreamManager } from '@nats-io/jetstream';
 import type { DataQuality } from '../../core/data/quality.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters, layoutSize, type ParameterLayout } from '../../core/model/layout.ts';
@@ -168,6 +169,22 @@ export interface NatsCoordinatorResult extends CoordinatorResult {
   model: { bucket: string; object: string; sha256: string; weightsSha256: string; bytes: number };
 }
 
+/**
+ * Caps each site's update bucket at `bytes` once the model is known: a site may write into its own
+ * bucket, and nothing stopped it filling the server's disk within a round (40 MiB of garbage
+ * chunks were all taken). The streams discard new messages when full, so a site past its cap
+ * only fails its own writes. The cap is the updates a bucket can legitimately hold at once (one a
+ * round, up to maxStaleness rounds late, and a write retried) at their largest admissible size.
+ */
+async function capUpdateBuckets(nc: NatsConnection, names: readonly string[], bytes: number): Promise<void> {
+  const jsm = await jetstreamManager(nc);
+  for (const name of names) {
+    const info = await jsm.streams.info(`OBJ_${name}`);
+    if (info.config.max_bytes === bytes) continue;
+    await jsm.streams.update(`OBJ_${name}`, { ...info.config, max_bytes: bytes });
+  }
+}
+
 async function openOrCreate(objm: Objm, name: string): Promise<ObjectStore> {
   try {
     return await objm.create(name, { storage: StorageType.File });
@@ -300,6 +317,10 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
   const alive = () => siteNames.filter((s) => (lastSeen.get(s) ?? 0) > Date.now() - aliveMs);
 
   const makeIngestor = (l: ParameterLayout) => {
+    const maxUpdateBytes = o.maxUpdateBytes ?? 64 * 1024 * 1024 + l.reduce((n, t) => n + 16 * t.shape.reduce((a, b) => a * b, 1), 0);
+    void capUpdateBuckets(nc, siteNames.map(bucket.updates), (spec.aggregation.maxStaleness + 3) * maxUpdateBytes).catch((err: unknown) =>
+      log(`warning: the sites' update buckets keep no size limit: ${(err as Error).message}`),
+    );
     const ing = new UpdateIngestor({
       job: key,
       protocol: PROTOCOL_VERSION,
@@ -308,7 +329,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       codec: spec.compression.codec,
       topkFraction: spec.compression.topkFraction,
       control: spec.strategy.name === 'scaffold',
-      maxUpdateBytes: o.maxUpdateBytes ?? 64 * 1024 * 1024 + l.reduce((n, t) => n + 16 * t.shape.reduce((a, b) => a * b, 1), 0),
+      maxUpdateBytes,
       mode: spec.aggregation.mode,
       maxStaleness: spec.aggregation.maxStaleness,
     });
