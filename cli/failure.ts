@@ -3,6 +3,7 @@ import { basename } from 'node:path';
 import { OperatorError } from '../operator/errors.ts';
 import { WorkerError } from '../worker/errors.ts';
 import { CliError } from './errors.ts';
+import { printable } from '../core/printable.ts';
 
 export function reportFailure(err: unknown, stream: NodeJS.WritableStream = process.stderr): number {
   if (err instanceof CliError) {
@@ -24,18 +25,4 @@ export function reportFailure(err: unknown, stream: NodeJS.WritableStream = proc
   }
   stream.write(`consort: unexpected failure: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   return 1;
-}
-
-/** Past this many characters a message is cut: a 100 MB CSV line was repeated whole on stderr. */
-const MAX_MESSAGE_CHARS = 4000;
-
-/**
- * A message as a terminal may show it: the control characters of what it quotes (a data file's
- * header, a remote site's reason) written as escapes, since ESC sequences in a CSV header cleared
- * the screen and printed fake output, and cut to MAX_MESSAGE_CHARS.
- */
-export function printable(message: string): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: the control characters are the point
-  const safe = message.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
-  return safe.length <= MAX_MESSAGE_CHARS ? safe : `${safe.slice(0, MAX_MESSAGE_CHARS)}… (${safe.length - MAX_MESSAGE_CHARS} more characters)`;
 }

@@ -9,6 +9,7 @@
 // bucket a range at a time when the round closes (stored-updates.ts).
 import type { InputScaler } from '../../core/data/moments.ts';
 import { type JetStreamManager, jetstreamManager } from '@nats-io/jetstream';
+import { printable } from '../../core/printable.ts';
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { type ObjectStore, setSha256Backend } from '@nats-io/obj';
 import type { FederatedJobSpec } from '../../core/job/federated-job.ts';
@@ -787,7 +788,8 @@ export class NatsTransport implements SiteTransport {
       this.reply(msg, { type: 'ack', accepted: true, duplicate: true });
       return;
     }
-    this.o.log(`site "${site}" could not ${f.task === 'fit' ? 'train' : 'evaluate'} in round ${f.round}: ${f.reason}`);
+    // The site's own words, signed but not to be trusted with a terminal.
+    this.o.log(`site "${site}" could not ${f.task === 'fit' ? 'train' : 'evaluate'} in round ${f.round}: ${printable(f.reason)}`);
     r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_SITE_FAILED', reason: f.reason } });
     this.answered(r, site);
     this.reply(msg, { type: 'ack', accepted: true });
