@@ -57,12 +57,3 @@ describe('className: a label as a class', () => {
     }
   });
 });
-
-describe('printable: text from elsewhere as a terminal may show it', () => {
-  it('writes control characters as escapes (but newline and tab) and cuts long text', async () => {
-    const { printable } = await import('../../core/printable.ts');
-    expect(printable('hr,\u001b[2J\u001b]0;PWNED\u0007x\r')).toBe('hr,\\x1b[2J\\x1b]0;PWNED\\x07x\\x0d');
-    expect(printable('a\tb\nc')).toBe('a\tb\nc');
-    expect(printable('x'.repeat(10), 4)).toBe('xxxx… (6 more characters)');
-  });
-});
