@@ -89,6 +89,35 @@ async function straggle(mode: 'sync' | 'buffered') {
   return { result, acks, logs };
 }
 
+/** Site north's real runner, its log kept; `saidIt` resolves at the first line `until` picks. */
+async function northLogging(
+  job: FederatedJob,
+  auth: Awaited<ReturnType<typeof jobOnServer>>['auth'],
+  as: Awaited<ReturnType<typeof jobOnServer>>['as'],
+  until: (line: string) => boolean,
+) {
+  const logs: string[] = [];
+  let said!: () => void;
+  const saidIt = new Promise<void>((resolve) => {
+    said = resolve;
+  });
+  const stop = new AbortController();
+  const site = runSite({
+    job,
+    site: 'north',
+    nc: await as('north', auth.sites.north!.seed),
+    seed: auth.sites.north!.seed,
+    baseDir: '.',
+    backend: 'cpu',
+    signal: stop.signal,
+    log: (l) => {
+      logs.push(l);
+      if (until(l)) said();
+    },
+  });
+  return { logs, saidIt, stop, site };
+}
+
 describe('stragglers', () => {
   it('sync: an update for a closed round is refused with a reason and counted', async () => {
     const { result, acks, logs } = await straggle('sync');
@@ -128,25 +157,7 @@ describe('a task whose deadline passed before the site could start it (the site 
           answers.push(decoder.decode(m.data));
         },
       });
-      const logs: string[] = [];
-      let said!: () => void;
-      const saidIt = new Promise<void>((resolve) => {
-        said = resolve;
-      });
-      const stop = new AbortController();
-      const site = runSite({
-        job,
-        site: 'north',
-        nc: await as('north', auth.sites.north!.seed),
-        seed: auth.sites.north!.seed,
-        baseDir: '.',
-        backend: 'cpu',
-        signal: stop.signal,
-        log: (l) => {
-          logs.push(l);
-          if (l.includes('skipped') || l.includes('failed')) said();
-        },
-      });
+      const { logs, saidIt, stop, site } = await northLogging(job, auth, as, (l) => l.includes('skipped') || l.includes('failed'));
       const model = { bucket: buckets(key).models, name: objectNames.global(0), sha256: '0'.repeat(64), size: 8 };
       const base = { protocol: 1, job: key, site: 'north', round: 3, model, deadline: Date.now() - 5000 };
       const send = async (task: Record<string, unknown>) => {
@@ -182,25 +193,7 @@ describe('a task that names a model object larger than the model', () => {
     const job = FederatedJob.parse(jobManifest('huge-ref', hospitalSpec([{ name: 'north', samples: 80 }], { rounds: 1, aggregation: { mode: 'buffered' } })));
     const { key, subj, auth, as } = await jobOnServer(job, cleanup);
     const coordinator = await as(COORDINATOR_USER, auth.coordinator.seed);
-    const logs: string[] = [];
-    let said!: () => void;
-    const saidIt = new Promise<void>((resolve) => {
-      said = resolve;
-    });
-    const stop = new AbortController();
-    const site = runSite({
-      job,
-      site: 'north',
-      nc: await as('north', auth.sites.north!.seed),
-      seed: auth.sites.north!.seed,
-      baseDir: '.',
-      backend: 'cpu',
-      signal: stop.signal,
-      log: (l) => {
-        logs.push(l);
-        if (l.includes('failed')) said();
-      },
-    });
+    const { logs, saidIt, stop, site } = await northLogging(job, auth, as, (l) => l.includes('failed'));
     const model = { bucket: buckets(key).models, name: objectNames.global(0), sha256: '0'.repeat(64), size: 2 ** 50 };
     const task = { protocol: 1, job: key, site: 'north', round: 1, model, deadline: Date.now() + 60_000, type: 'fit', taskId: newNonce(), proximalMu: 0 };
     for (;;) {
