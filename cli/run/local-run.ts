@@ -58,17 +58,10 @@ export async function runLocal(opts: LocalRunOptions): Promise<LocalRunResult> {
     if (classes.length < 2) {
       throw new CliError('CONSORT_CLI_DATA', `the sites' data has only the label ${JSON.stringify(classes[0])}: a classifier needs at least two classes`);
     }
-    for (const w of dataWarnings(
-      classes,
-      described.map((d, i) => ({ site: spec.sites[i]!.name, labels: d.quality.labels, trainLabels: d.quality.trainLabels })),
-      spec.classes !== undefined,
-    ))
-      opts.warn?.(w);
-    for (const w of aucTargetWarnings(
-      spec,
-      described.map((d, i) => ({ site: spec.sites[i]!.name, labels: d.quality.labels, trainLabels: d.quality.trainLabels })),
-    ))
-      opts.warn?.(w);
+    // What each site said of its labels, for the warnings below.
+    const labelCounts = described.map((d, i) => ({ site: spec.sites[i]!.name, labels: d.quality.labels, trainLabels: d.quality.trainLabels }));
+    for (const w of dataWarnings(classes, labelCounts, spec.classes !== undefined)) opts.warn?.(w);
+    for (const w of aucTargetWarnings(spec, labelCounts)) opts.warn?.(w);
     for (const w of scaleWarnings(described)) opts.warn?.(w);
     const sampleShape = agreeOnShape(described);
     // One scaling for the federation (tabular data): the pooled moments of every site's train split.

@@ -97,18 +97,35 @@ export async function buildApiServer(o: ApiServerOptions): Promise<FastifyInstan
   const log = o.log ?? (() => {});
   const requests = requestsCounter(o.registry);
   const protection = new Map<string, Protection>();
+  const errorBody = (err: OperatorError): ApiErrorBody => ({
+    code: err.code as ApiErrorCode,
+    message: err.message,
+    ...(err.field !== undefined ? { field: err.field } : {}),
+  });
+  const sendError = (reply: FastifyReply, err: OperatorError) => {
+    const code = err.code as ApiErrorCode;
+    if (code === 'CONSORT_API_UNAUTHENTICATED') reply.header('www-authenticate', 'Bearer realm="consort"');
+    if (code === 'CONSORT_API_METHOD_NOT_ALLOWED') reply.header('allow', 'GET, HEAD');
+    return reply.code(API_ERROR_STATUS[code]).type('application/json; charset=utf-8').send(errorBody(err));
+  };
   // A URL the router cannot read (bad percent-encoding; a path segment past maxParamLength) got
   // Fastify's own body, uncounted; it is refused here as any bad parameter is. Names longer than
   // a Kubernetes name (63) but within maxParamLength reach the route, after the token, and its
   // schema names the field.
-  let frameworkErrorBody: ((err: Error, reply: FastifyReply) => FastifyReply) | undefined;
+  const badUrl = (err: Error, reply: FastifyReply) => {
+    const code = (err as { code?: string }).code;
+    const what =
+      code === 'FST_ERR_MAX_PARAM_LENGTH' ? `a path segment is longer than ${MAX_PARAM_LENGTH} characters` : 'the URL cannot be decoded (bad percent-encoding)';
+    requests.inc({ route: 'unmatched', code: '400' });
+    return sendError(reply, fail('CONSORT_API_BAD_REQUEST', what, 'path'));
+  };
   const app = Fastify({
     logger: false,
     forceCloseConnections: true,
     return503OnClosing: true,
     keepAliveTimeout: 5000,
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
-    frameworkErrors: (err, _req, reply) => frameworkErrorBody!(err, reply),
+    frameworkErrors: (err, _req, reply) => badUrl(err, reply),
   });
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
@@ -129,18 +146,6 @@ export async function buildApiServer(o: ApiServerOptions): Promise<FastifyInstan
     transformObject: jsonSchemaTransformObject,
   });
 
-  const errorBody = (err: OperatorError): ApiErrorBody => ({
-    code: err.code as ApiErrorCode,
-    message: err.message,
-    ...(err.field !== undefined ? { field: err.field } : {}),
-  });
-  const sendError = (reply: FastifyReply, err: OperatorError) => {
-    const code = err.code as ApiErrorCode;
-    if (code === 'CONSORT_API_UNAUTHENTICATED') reply.header('www-authenticate', 'Bearer realm="consort"');
-    if (code === 'CONSORT_API_METHOD_NOT_ALLOWED') reply.header('allow', 'GET, HEAD');
-    return reply.code(API_ERROR_STATUS[code]).type('application/json; charset=utf-8').send(errorBody(err));
-  };
-
   app.setErrorHandler((err, req, reply) => {
     if (hasZodFastifySchemaValidationErrors(err)) {
       const issue = err.validation[0]!;
@@ -156,13 +161,6 @@ export async function buildApiServer(o: ApiServerOptions): Promise<FastifyInstan
     log(`api: ${req.method} ${req.url}: ${(err as Error).stack ?? err}`);
     return sendError(reply, fail('CONSORT_API_INTERNAL', 'internal error (see the operator log)'));
   });
-  frameworkErrorBody = (err, reply) => {
-    const code = (err as { code?: string }).code;
-    const what =
-      code === 'FST_ERR_MAX_PARAM_LENGTH' ? `a path segment is longer than ${MAX_PARAM_LENGTH} characters` : 'the URL cannot be decoded (bad percent-encoding)';
-    requests.inc({ route: 'unmatched', code: '400' });
-    return sendError(reply, fail('CONSORT_API_BAD_REQUEST', what, 'path'));
-  };
   app.setNotFoundHandler((req, reply) => sendError(reply, fail('CONSORT_API_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`)));
 
   app.addHook('onRequest', async (req) => {

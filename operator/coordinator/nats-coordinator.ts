@@ -593,17 +593,10 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       asker?.stop();
     }
     log(`${alive().length} of ${siteNames.length} sites joined; ${resume ? `resuming after round ${resume.round}` : 'starting'}`);
-    if (job.spec.classes)
-      for (const w of dataWarnings(
-        job.spec.classes,
-        Object.entries(joined).map(([site, j]) => ({ site, labels: j.quality?.labels, trainLabels: j.quality?.trainLabels })),
-      ))
-        log(`warning: ${w}`);
-    for (const w of aucTargetWarnings(
-      job.spec,
-      Object.entries(joined).map(([site, j]) => ({ site, labels: j.quality?.labels, trainLabels: j.quality?.trainLabels })),
-    ))
-      log(`warning: ${w}`);
+    // What each site said of its labels, for the warnings below.
+    const labelCounts = Object.entries(joined).map(([site, j]) => ({ site, labels: j.quality?.labels, trainLabels: j.quality?.trainLabels }));
+    if (job.spec.classes) for (const w of dataWarnings(job.spec.classes, labelCounts)) log(`warning: ${w}`);
+    for (const w of aucTargetWarnings(job.spec, labelCounts)) log(`warning: ${w}`);
     if (!resume) for (const w of scaleWarnings(siteNames.flatMap((s) => (joined[s] ? [{ site: s, ...joined[s] }] : [])))) log(`warning: ${w}`);
     // One input scaling for the whole run (tabular data): pooled, in the job's site order, from the
     // moments of the sites here as the rounds first start; a resumed run keeps its own.
