@@ -1,6 +1,9 @@
 // SCAFFOLD (Karimireddy et al. 2020, Algorithm 1 with option II at the sites): the sites correct
 // their gradients with c - c_i (see client-terms.ts); the server steps x <- x + lr * meanDelta
-// and moves its control variate c <- c + (|S|/N) meanControlDelta.
+// and moves its control variate c <- c + (|S|/N) meanControlDelta, i.e. by the round's control
+// deltas summed over N. In buffered mode a late update counts in |S| beside its site's current
+// one (|S| may then pass N): its control delta too is a change of that c_i that happened, and c
+// stays the mean of the c_i only if every one of them is added once.
 import type { StrategySpec } from '../job/federated-job.ts';
 import { checkAggregate, checkModelSize, checkRange, restoreBuffer, restoreStep, serverStep, serverStepInto } from './server-step.ts';
 import type { FitInstructions, RangeAggregate, RoundAggregate, Strategy, StrategyState } from './strategy.ts';
@@ -52,9 +55,7 @@ export class Scaffold implements Strategy {
 
   /** c <- c + (|S|/N) meanControlDelta over [start, start + dc.length). */
   private moveControl(start: number, dc: Float64Array, sites: number): void {
-    if (sites > this.totalSites) {
-      throw new RangeError(`scaffold: ${sites} sites in a round of a ${this.totalSites}-site job`);
-    }
+    if (!Number.isSafeInteger(sites) || sites < 1) throw new RangeError(`scaffold: bad count of updates ${sites}`);
     const share = sites / this.totalSites;
     const c = this.c;
     for (let i = 0; i < dc.length; i++) c[start + i] = c[start + i]! + share * dc[i]!;

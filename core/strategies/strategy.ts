@@ -33,7 +33,7 @@ export interface RoundAggregate {
   meanDelta: Float64Array;
   /** SCAFFOLD: (1/|S|) Sum_k controlDelta_k (unweighted, as the paper defines it). */
   meanControlDelta?: Float64Array;
-  /** |S|: the sites whose updates were folded in. */
+  /** |S|: the updates folded in, one per site (buffered: a late update counts beside its site's current one). */
   sites: number;
   totalSamples: number;
 }

@@ -150,6 +150,37 @@ describe('SCAFFOLD', () => {
     expectClose(control, [0.3, -0.45], 1e-7);
     expect(() => strategy.aggregateFit(new Float32Array(2), aggregate([0, 0], { sites: 1 }))).toThrow(/meanControlDelta/);
   });
+
+  it("server, buffered: a late update beside its site's current one moves c by its own control delta / N too", () => {
+    // Both sites of a 2-site job answer round 2, and a's round-1 update comes late into it. Each
+    // control delta is a change of some c_i that happened, so c, the mean of the c_i, moves by
+    // their sum / N: (1/2) ([0.8, -1.9] + [0.4, 0.1] + [0.2, 0.6]) = [0.7, -0.6].
+    const strategy = createStrategy({ name: 'scaffold', serverLearningRate: 1 }, 2, 2);
+    const results = [
+      { site: 'a', samples: 10, delta: new Float32Array([1, 0]), controlDelta: new Float32Array([0.8, -1.9]), trainLoss: 0 },
+      { site: 'b', samples: 10, delta: new Float32Array([0, 1]), controlDelta: new Float32Array([0.4, 0.1]), trainLoss: 0 },
+      { site: 'a', samples: 10, delta: new Float32Array([2, 2]), controlDelta: new Float32Array([0.2, 0.6]), trainLoss: 0, staleness: 1 },
+    ];
+    const acc = new RoundAccumulator(2, { control: true });
+    for (const r of results) expect(acc.add(r)).toBe(true);
+    const agg = acc.finish(2);
+    expect(agg.sites).toBe(3);
+    strategy.aggregateFit(new Float32Array(2), agg);
+    expectClose(strategy.state().buffers.c!, [0.7, -0.6], 1e-7);
+    // The same a range at a time (a stored round's path).
+    const ranged = createStrategy({ name: 'scaffold', serverLearningRate: 1 }, 2, 2);
+    const global = new Float32Array(2);
+    for (const start of [0, 1]) {
+      ranged.aggregateFitRange(global, {
+        ...agg,
+        start,
+        meanDelta: agg.meanDelta.subarray(start, start + 1),
+        meanControlDelta: agg.meanControlDelta!.subarray(start, start + 1),
+      });
+    }
+    ranged.endRangeFit();
+    expect(ranged.state()).toEqual(strategy.state());
+  });
 });
 
 describe('strategy state', () => {
