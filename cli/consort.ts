@@ -144,7 +144,7 @@ program
   .option('--data-dir <dir>', "resolve the site's relative data paths against this folder (default: the job file's folder)")
   .option(
     '--state <dir>',
-    'keep what only this site holds between rounds (top-k residual, SCAFFOLD control variate) in this folder, so that a restarted site carries on where it stopped',
+    'keep what only this site holds between rounds (the error-feedback residual of top-k, int8 or fp16; SCAFFOLD control variate) in this folder, so that a restarted site carries on where it stopped',
   )
   .option('--quiet', 'no log lines', false)
   .addHelpText('after', '\nStarts before or after the coordinator; joins the next round; exits when the job is done.')

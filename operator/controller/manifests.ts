@@ -128,7 +128,7 @@ export function workerPod(job: JobObject, site: SiteSpec, s: PodSettings): KubeO
   const w = job.spec.worker;
   const { volumes, mounts } = baseVolumes(job, names.siteSecret(job.metadata.name, site.name));
   const args = ['site', '--job', `${JOB_MOUNT}/job.yaml`, '--site', site.name, '--nats', s.natsUrl, '--creds', `${NATS_MOUNT}/site.creds`];
-  // The site's own state between rounds (top-k residual, SCAFFOLD's c_i) on a volume of the Pod:
+  // The site's own state between rounds (a lossy codec's residual, SCAFFOLD's c_i) on a volume of the Pod:
   // a worker container that crashes and is restarted in place carries on where it stopped.
   volumes.push({ name: 'site-state', emptyDir: {} } as never);
   mounts.push({ name: 'site-state', mountPath: SITE_STATE_MOUNT } as never);

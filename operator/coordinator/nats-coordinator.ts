@@ -435,7 +435,10 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     if (before !== undefined && instance !== undefined && before !== instance) {
       // Site state that lives only in the site: a restart starts it over, unless the site keeps it on its disk (--state).
       const held = [
-        ...(spec.compression.codec === 'topk' ? ['its top-k residual (what its earlier updates left unsent)'] : []),
+        // Every lossy codec keeps one (error feedback): int8's and fp16's rounding is sent later as top-k's left-out values are.
+        ...(spec.compression.codec !== 'none'
+          ? [`its ${spec.compression.codec === 'topk' ? 'top-k' : spec.compression.codec} residual (what its earlier updates left unsent)`]
+          : []),
         ...(spec.strategy.name === 'scaffold' ? ['its SCAFFOLD control variate'] : []),
       ];
       log(

@@ -133,4 +133,34 @@ describe('a site killed mid-round (SIGKILL) and started again', () => {
       `site "${VICTIM}" started again; it keeps its top-k residual (what its earlier updates left unsent) and its SCAFFOLD control variate on its disk, and carries on from there`,
     );
   });
+
+  it("under int8 compression, a site that keeps its state (--state) keeps its quantisation residual too: the model is the uninterrupted run's", async () => {
+    const dir = tmp('nats-site-restart-int8');
+    const f = await federation({ rounds: ROUNDS, sampling: { minSites: 4 }, aggregation: { roundDeadlineSeconds: 120 }, compression: { codec: 'int8' } });
+    const reference = f.run(join(dir, 'reference'));
+    const out = join(dir, 'out');
+    const state = ['--state', join(dir, 'site-state')];
+    const sites = Object.fromEntries(
+      f.siteNames.map((s) => [s, f.site(s, [], { args: state, failpoints: s === VICTIM ? [`stop-before-answer:fit:${KILLED_IN}`] : [] })]),
+    );
+    const coordinator = f.coordinator(out);
+
+    // int8 keeps an error-feedback residual as top-k does (what rounding to 255 levels left out):
+    // it must be on the disk too, or the restarted site sends round 3 without it.
+    await sites[VICTIM]!.waitFor(new RegExp(`failpoint: stopped before answering the fit task of round ${KILLED_IN} \\(its update written`), 60_000, 0, () =>
+      f.logs(),
+    );
+    await sites[VICTIM]!.kill();
+    const again = f.site(VICTIM, [], { args: state });
+
+    const exit = await coordinator.exited;
+    expect(exit.code, f.logs()).toBe(0);
+    expect((await again.exited).code, again.tail()).toBe(0);
+    const { sha } = readOutput(out);
+    expect(sha).toBe((await reference).sha);
+    expect(again.tail(1000)).toContain(`site ${VICTIM}: carries on from its state after round ${KILLED_IN - 1} (`);
+    expect(coordinator.tail(1000)).toContain(
+      `site "${VICTIM}" started again; it keeps its int8 residual (what its earlier updates left unsent) on its disk, and carries on from there`,
+    );
+  });
 });

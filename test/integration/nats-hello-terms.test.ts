@@ -281,6 +281,20 @@ describe('a site restarted under top-k compression and SCAFFOLD', () => {
   }, 60_000);
 });
 
+describe('a site restarted under int8 compression', () => {
+  it('is said to have started its residual over: int8 keeps error feedback as top-k does', async () => {
+    const job = twoSites('restart-int8', ['north', 'south'], { rounds: 1, compression: { codec: 'int8' } });
+    const { logs, hello, stop, coordinator } = await hellosOfNorth(job);
+    expect((await hello('A'.repeat(22))).accepted).toBe(true);
+    expect((await hello('B'.repeat(22))).accepted).toBe(true);
+    expect(logs).toContain(
+      'site "north" started again: its int8 residual (what its earlier updates left unsent) ended with the old process and start over, so the run no longer ends in the bytes of an uninterrupted one (consort site --state DIR keeps them)',
+    );
+    stop.abort();
+    await expect(coordinator).rejects.toMatchObject({ code: 'CONSORT_C_ABORTED' });
+  }, 60_000);
+});
+
 describe('a second real process of a site', () => {
   it('stops at its refusal: it takes no more tasks (the one it held may still be answered), and settles before the job ends, which the first one finishes', async () => {
     const job = twoSites('site-twin', ['north', 'south'], { rounds: 5, training: { epochs: 300, batchSize: 16, learningRate: 0.05 } });

@@ -129,11 +129,11 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       sent.delete(old);
     }
   };
-  /** Top-k error feedback: what compression left out stays here. */
+  /** Error feedback of a lossy codec (top-k, int8, fp16): what compression left out stays here. */
   let residual: Float32Array | undefined;
   // What only the site holds between rounds, kept on its disk when asked (--state) and the job has any.
   const stateStore =
-    opts.stateDir !== undefined && (spec.compression.codec === 'topk' || spec.strategy.name === 'scaffold')
+    opts.stateDir !== undefined && (spec.compression.codec !== 'none' || spec.strategy.name === 'scaffold')
       ? new SiteStateStore(opts.stateDir, { job: key, site, parameters: layoutSize(prepared.layout) })
       : undefined;
   /** The round whose state (residual, c_i) this process holds; undefined until a fit task reads the kept one. */

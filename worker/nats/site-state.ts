@@ -1,5 +1,5 @@
-// What only a site holds from one round to the next: the top-k residual (error feedback: what its
-// updates left unsent) and SCAFFOLD's client control variate c_i. Neither may leave the site (the
+// What only a site holds from one round to the next: a lossy codec's residual (top-k, int8 or
+// fp16 error feedback: what its updates left unsent) and SCAFFOLD's client control variate c_i. Neither may leave the site (the
 // residual is exactly what compression withheld, c_i is built from its gradients), so with
 // `consort site --state DIR` they are kept on the site's own disk, and a restarted site process
 // carries on where the old one stopped: the job still ends in an uninterrupted run's bytes.
@@ -20,7 +20,7 @@ import { decodeTensors, type NamedTensor, tensorsParts } from '../../core/tensor
 
 export const SITE_STATE_FORMAT = 'consort-site-state/1';
 
-/** The state after one round: either part absent when the job has none (no top-k, not SCAFFOLD). */
+/** The state after one round: either part absent when the job has none (codec none, not SCAFFOLD). */
 export interface SiteState {
   round: number;
   residual?: Float32Array;
