@@ -212,14 +212,20 @@ export class SiteWorker {
       for (let i = 0; i < correction.length; i++) correction[i] = task.serverControl[i]! - cLocal[i]!;
     }
     trainer.setWeights(task.global);
-    const { trainLoss, steps } = await trainer.fit(data.train, classes.length, {
+    // SCAFFOLD's option II takes c_i+ as the mean of the local gradients. With plain SGD that is
+    // c_i - c + (x - y) / (K lr), read off the weights; a momentum or Adam step is not lr times
+    // its gradient, and that formula then made c_i some multiple of the gradients (10x under
+    // momentum 0.9): the correction outgrew them and training diverged. Under those, the trainer
+    // sums the gradients themselves.
+    const sgd = spec.training.optimizer === 'sgd';
+    const { trainLoss, steps, meanGradient } = await trainer.fit(data.train, classes.length, {
       epochs: spec.training.epochs,
       batchSize: spec.training.batchSize,
       optimizer: spec.training.optimizer,
       learningRate: spec.training.learningRate,
       shuffle: Rng.from(spec.seed, 'batches', task.round, site),
       proximalMu: task.proximalMu,
-      ...(correction ? { correction } : {}),
+      ...(correction ? { correction, meanGradient: !sgd } : {}),
     });
     // FedProx's term pulls the weights back by learningRate x mu of their distance a step: at 1
     // and more it overshoots the global model, past 2 further each step, whatever the data.
@@ -248,12 +254,12 @@ export class SiteWorker {
       throw diverged(`its update changes a weight by ${largest.toPrecision(3)}, beyond the ±${MAX_ABS_UPDATE_VALUE} an update may`);
     const reply: FitReply = { site, samples: data.train.n, delta, trainLoss, steps };
     if (task.serverControl && cLocal) {
-      // SCAFFOLD option II: c_i+ = c_i - c + (x - y) / (K lr).
+      // SCAFFOLD option II: c_i+ = c_i - c + (x - y) / (K lr) under SGD, the mean gradient else.
       const scale = 1 / (steps * spec.training.learningRate);
-      const next = new Float32Array(cLocal.length);
+      const next = meanGradient ?? new Float32Array(cLocal.length);
       const controlDelta = new Float32Array(cLocal.length);
       for (let i = 0; i < next.length; i++) {
-        next[i] = cLocal[i]! - task.serverControl[i]! - delta[i]! * scale;
+        if (!meanGradient) next[i] = cLocal[i]! - task.serverControl[i]! - delta[i]! * scale;
         controlDelta[i] = next[i]! - cLocal[i]!;
       }
       this.controls.set(task.siteIndex, next);

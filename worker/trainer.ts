@@ -20,6 +20,8 @@ export interface LocalFitOptions {
   proximalMu: number;
   /** SCAFFOLD: c - c_i over the flat layout, added to every gradient. */
   correction?: Float32Array;
+  /** SCAFFOLD under momentum or Adam: also return the mean of the loss's own gradients over the steps. */
+  meanGradient?: boolean;
 }
 
 export interface LocalFitResult {
@@ -27,6 +29,11 @@ export interface LocalFitResult {
   trainLoss: number;
   /** Optimizer steps taken (SCAFFOLD's K). */
   steps: number;
+  /**
+   * When asked: (1/K) Sum_k of the loss's gradients at the K local iterates (neither FedProx's
+   * term nor SCAFFOLD's correction in it), over the flat layout; 0 where a weight is not trainable.
+   */
+  meanGradient?: Float32Array;
 }
 
 export class LocalTrainer {
@@ -79,6 +86,8 @@ export class LocalTrainer {
           return tf.tensor(opts.correction!.subarray(offset, offset + size), layout[li]!.shape, 'float32');
         })
       : [];
+    // Summed in float32 on the backend, read once at the end.
+    const gradientSums = opts.meanGradient ? vars.map((v) => tf.tidy(() => tf.variable(tf.zerosLike(v), false))) : [];
     const optimizer = makeOptimizer(opts.optimizer, opts.learningRate);
     const mu = tf.scalar(opts.proximalMu);
     const order = new Int32Array(n);
@@ -107,6 +116,7 @@ export class LocalTrainer {
             const named: Record<string, tf.Tensor> = {};
             vars.forEach((v, i) => {
               let g = grads[v.name]!;
+              if (gradientSums.length > 0) gradientSums[i]!.assign(gradientSums[i]!.add(g));
               if (anchors.length > 0) g = g.add(v.sub(anchors[i]!).mul(mu));
               if (corrections.length > 0) g = g.add(corrections[i]!);
               named[v.name] = g;
@@ -119,7 +129,14 @@ export class LocalTrainer {
       }
       Math.random = random;
       const trainLoss = (await lastEpochLoss!.data())[0]! / Math.max(1, n);
-      return { trainLoss, steps };
+      if (gradientSums.length === 0) return { trainLoss, steps };
+      const meanGradient = new Float32Array(this.size);
+      for (const [i, li] of this.trainableIndex.entries()) {
+        const sum = (await gradientSums[i]!.data()) as Float32Array;
+        const { offset } = this.offsets[li]!;
+        for (let j = 0; j < sum.length; j++) meanGradient[offset + j] = sum[j]! / Math.max(1, steps);
+      }
+      return { trainLoss, steps, meanGradient };
     } finally {
       Math.random = random;
       lastEpochLoss?.dispose();
@@ -129,6 +146,7 @@ export class LocalTrainer {
       y.dispose();
       for (const t of anchors) t.dispose();
       for (const t of corrections) t.dispose();
+      for (const t of gradientSums) t.dispose();
     }
   }
 

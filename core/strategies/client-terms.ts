@@ -27,7 +27,9 @@ export function scaffoldCorrectedGradient(grad: Float32Array, cLocal: Float32Arr
 /**
  * SCAFFOLD option II (Karimireddy et al. 2020, Algorithm 1 line 12):
  * c_i+ = c_i - c + (x - y_i) / (K lr), with x the received global weights, y_i the trained
- * ones, K the local steps taken and lr the local learning rate.
+ * ones, K the local steps taken and lr the local learning rate. That is the mean of the K local
+ * gradients (x - y_i = lr Sum_k (g_k - c_i + c)) when each step is lr times its gradient, i.e.
+ * under plain SGD only: under momentum or Adam the worker sums the gradients themselves.
  */
 export function scaffoldControlUpdate(
   cLocal: Float32Array,

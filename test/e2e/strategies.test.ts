@@ -1,7 +1,9 @@
 // Every strategy end to end: a small three-hospital job trains for three rounds and ends better
 // than always answering the majority class.
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import type { RunReport } from '../../core/report/run-report.ts';
 import { hospitalSiteData } from '../../worker/data/synthetic/hospital.ts';
@@ -61,6 +63,24 @@ describe('every strategy trains a small hospital job', () => {
     // The strategy and its parameters reach the run: no two strategies end with the same weights.
     const hashes = STRATEGIES.map((s) => reports.get(String(s.name))!.final.modelSha256);
     expect(new Set(hashes).size).toBe(STRATEGIES.length);
+  });
+});
+
+describe('SCAFFOLD under a momentum local optimizer', () => {
+  const tmp = useTmpDirs('file');
+
+  it('learns: its client variate is the mean of the local gradients, not the SGD shortcut (x - y) / (K lr) that made it ten times theirs and diverged in round 11', async () => {
+    const dir = tmp('scaffold-momentum');
+    const manifest = parseYaml(readFileSync('manifests/examples/hospitals.yaml', 'utf8')) as { spec: Record<string, unknown> };
+    const spec = { ...manifest.spec, strategy: { name: 'scaffold' }, training: { epochs: 3, batchSize: 32, optimizer: 'momentum', learningRate: 0.1 } };
+    const majority = majorityRate(spec);
+    const job = writeJob(dir, spec, { file: 'scaffold-momentum.yaml', name: 'scaffold-momentum' });
+    const out = join(dir, 'out');
+    const r = await runConsort(['run', job, '--quiet', '--out', out]);
+    expect(r.code, transcript(r)).toBe(0);
+    const report = readReport(out);
+    expect(report.final.rounds).toBe(20);
+    expect(report.final.accuracy, `final accuracy against the majority-class rate ${majority.toFixed(3)}`).toBeGreaterThan(majority + 0.03);
   });
 });
 

@@ -114,6 +114,36 @@ describe('LocalTrainer (native TF.js backend)', () => {
     const want = byHand((g) => scaffoldCorrectedGradient(g, cLocal, cServer));
     got.forEach((v, i) => expect(v).toBeCloseTo(want[i]!, 5));
   });
+
+  it("SCAFFOLD under momentum: the mean of the loss's own gradients at the local iterates (option II's c_i+)", async () => {
+    const correction = Float32Array.from([0.05, -0.1, 0.2, 0, 0.1, -0.05, 0.02, 0]);
+    trainer.setWeights(start);
+    const { steps, meanGradient } = await trainer.fit(data, K, {
+      epochs: 2,
+      batchSize: data.n,
+      optimizer: 'momentum',
+      learningRate: lr,
+      shuffle: Rng.from(0, 'test'),
+      proximalMu: 0,
+      correction,
+      meanGradient: true,
+    });
+    expect(steps).toBe(2);
+    // By hand: TF.js's momentum 0.9 keeps a <- 0.9 a + g and steps w <- w - lr a, g corrected.
+    let w = Float64Array.from(start);
+    let a = new Float64Array(w.length);
+    const sum = new Float64Array(w.length);
+    for (let step = 0; step < 2; step++) {
+      const g = referenceGradient(w, data);
+      g.forEach((v, i) => (sum[i]! += v));
+      a = a.map((v, i) => 0.9 * v + g[i]! + correction[i]!);
+      w = w.map((v, i) => v - lr * a[i]!);
+    }
+    meanGradient!.forEach((v, i) => expect(v).toBeCloseTo(sum[i]! / 2, 5));
+    // What (x - y) / (K lr) - (c - c_i) reads off the weights is another thing under momentum.
+    const shortcut = w.map((v, i) => (start[i]! - v) / (2 * lr) - correction[i]!);
+    expect(Math.max(...shortcut.map((v, i) => Math.abs(v - sum[i]! / 2)))).toBeGreaterThan(1e-2);
+  });
 });
 
 describe('SiteWorker', () => {
