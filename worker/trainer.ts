@@ -141,6 +141,9 @@ export class LocalTrainer {
       Math.random = random;
       lastEpochLoss?.dispose();
       optimizer.dispose();
+      // TF.js's MomentumOptimizer.dispose() forgets its SGD part's learning-rate scalar: one
+      // tensor a round, for the life of the process.
+      if (opts.optimizer === 'momentum') (optimizer as unknown as { c?: tf.Tensor }).c?.dispose();
       mu.dispose();
       x.dispose();
       y.dispose();

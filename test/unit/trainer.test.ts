@@ -144,6 +144,15 @@ describe('LocalTrainer (native TF.js backend)', () => {
     const shortcut = w.map((v, i) => (start[i]! - v) / (2 * lr) - correction[i]!);
     expect(Math.max(...shortcut.map((v, i) => Math.abs(v - sum[i]! / 2)))).toBeGreaterThan(1e-2);
   });
+
+  it('under momentum, a task leaves no tensor behind (TF.js momentum optimizer kept its learning-rate scalar, one a task)', async () => {
+    const task = () =>
+      trainer.fit(data, K, { epochs: 2, batchSize: data.n, optimizer: 'momentum', learningRate: lr, shuffle: Rng.from(0, 'test'), proximalMu: 0 });
+    await task();
+    const alive = tf.memory().numTensors;
+    for (let round = 0; round < 3; round++) await task();
+    expect(tf.memory().numTensors).toBe(alive);
+  });
 });
 
 describe('SiteWorker', () => {
