@@ -129,7 +129,11 @@ export function contributionKey(result: { site: string; staleness?: number }): s
   return staleness > 0 ? `${result.site}~${staleness}` : result.site;
 }
 
-/** A result's weight in the mean: its samples; FedBuff's staleness weight for an update s rounds late, 1/sqrt(1 + s) as much. */
+/**
+ * A result's weight in the mean: its samples; FedBuff's staleness weight for an update s rounds
+ * late, 1/sqrt(1 + s) as much. The mean divides by the weights' sum, not by the count of updates
+ * as FedBuff does: the discount is relative to the round's other updates.
+ */
 export function contributionWeight(samples: number, staleness = 0): number {
   return staleness > 0 ? samples / Math.sqrt(1 + staleness) : samples;
 }
