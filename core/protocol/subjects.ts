@@ -36,11 +36,17 @@ export function subjects(job: string, v: number = PROTOCOL_VERSION) {
   };
 }
 
-/** Object Store buckets of a job: global models (sites read), one per site for its updates (only it writes, only the coordinator reads), coordinator state. */
+/**
+ * Object Store buckets of a job: global models (sites read), one per site for its updates (only it
+ * writes, only the coordinator reads), coordinator state. An update bucket's name has a second
+ * "_" (a job key has one, a site name none), so no two (job, site) pairs share a bucket: with
+ * "-up-" the update bucket of job "x"'s site "y-state" was job "x-up-y"'s state bucket, which
+ * that site could write and job x's cleanup destroyed, on a server shared by jobs.
+ */
 export function buckets(job: string) {
   return {
     models: `consort-${job}-models`,
-    updates: (site: string) => `consort-${job}-up-${site}`,
+    updates: (site: string) => `consort-${job}_up_${site}`,
     state: `consort-${job}-state`,
   };
 }

@@ -14,7 +14,7 @@ const envelope = {
   nonce: 'AAAAAAAAAAAAAAAAAAAAAA',
   samples: 120,
   trainLoss: 0.25,
-  object: { bucket: 'consort-default_demo-up-st-mary', name: 'update/r3/x', sha256: 'ab'.repeat(32), size: 100 },
+  object: { bucket: 'consort-default_demo_up_st-mary', name: 'update/r3/x', sha256: 'ab'.repeat(32), size: 100 },
 };
 
 describe('canonicalBytes', () => {
