@@ -196,6 +196,16 @@ async function openOrCreate(objm: Objm, name: string): Promise<ObjectStore> {
 /** How long a write of the coordinator's own (checkpoint, final model) is tried again before the job fails. */
 const WRITE_RETRY_MS = 60_000;
 
+/**
+ * A site's restarts (hellos from a new process) logged in a minute; more are counted and said in
+ * the next line logged. A genuine restart takes seconds, so a few a minute is already odd; a site
+ * whose every hello names a new process (each costs it only a signature) would otherwise write a
+ * line per hello.
+ */
+export const RESTART_LOGS_PER_MINUTE = 5;
+/** The processes of a site that replaced one another, remembered to tell a second process from a restart: the latest few. */
+const REPLACED_KEPT = 16;
+
 /** The job's checkpoint as one object in its state bucket (replaced atomically each round). */
 export class BucketCheckpointStore implements CheckpointStore {
   private readonly store: ObjectStore;
@@ -361,9 +371,34 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
   const initialCopies = new Map<string, NonNullable<Hello['initial']>>();
   /** Each site's process, as its hellos name it. */
   const instances = new Map<string, string>();
-  /** Per site, the processes a newer one replaced (a restart), and the "site\0instance"s refused for running beside an earlier one. */
+  /**
+   * Per site, the processes a newer one replaced (a restart), and those refused for running
+   * beside an earlier one: the latest REPLACED_KEPT of each, since a site may name a new process
+   * in every hello.
+   */
   const replaced = new Map<string, Set<string>>();
-  const twice = new Set<string>();
+  const twice = new Map<string, Set<string>>();
+  const remember = (m: Map<string, Set<string>>, site: string, instance: string) => {
+    const kept = m.get(site) ?? new Set<string>();
+    m.set(site, kept.add(instance));
+    for (const oldest of kept) if (kept.size > REPLACED_KEPT) kept.delete(oldest);
+  };
+  /** Per site, the restarts logged in the current minute (from `since`), and those past RESTART_LOGS_PER_MINUTE, counted. */
+  const restartLogs = new Map<string, { since: number; logged: number; unsaid: number }>();
+  const logRestart = (site: string, line: string) => {
+    const now = Date.now();
+    let w = restartLogs.get(site);
+    const unsaid = w && now - w.since >= 60_000 ? w.unsaid : 0;
+    if (!w || now - w.since >= 60_000) restartLogs.set(site, (w = { since: now, logged: 0, unsaid: 0 }));
+    if (w.logged < RESTART_LOGS_PER_MINUTE) {
+      w.logged++;
+      return log(unsaid > 0 ? `${line} (and ${unsaid} restarts before, not logged)` : line);
+    }
+    if (w.unsaid++ === 0)
+      log(
+        `site "${site}" started again more than ${RESTART_LOGS_PER_MINUTE} times within a minute: its further restarts are counted, and said in its next restart logged`,
+      );
+  };
   const onHello = (msg: Msg) => {
     const site = msg.subject.split('.').pop() ?? '';
     const raw = parseJson(msg.data) as { protocol?: unknown } | undefined;
@@ -413,7 +448,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     startsFrom = from;
     if (h.data.initial) initialCopies.set(site, h.data.initial);
     const instance = h.data.instance;
-    if (instance !== undefined && twice.has(`${site}\u0000${instance}`)) {
+    if (instance !== undefined && twice.get(site)?.has(instance)) {
       return refuse(
         'CONSORT_R_SITE_TWICE',
         `another process of site "${site}", started before this one, is still running (both say hello, and both would take its tasks): this one stops; a site runs once`,
@@ -423,7 +458,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     // stays the site; the later one is refused from its next hello on (it stops).
     const before = instances.get(site);
     if (instance !== undefined && before !== undefined && before !== instance && replaced.get(site)?.has(instance)) {
-      twice.add(`${site}\u0000${before}`);
+      remember(twice, site, before);
       instances.set(site, instance);
       lastSeen.set(site, Date.now());
       welcome(msg, { accepted: true });
@@ -441,7 +476,8 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
           : []),
         ...(spec.strategy.name === 'scaffold' ? ['its SCAFFOLD control variate'] : []),
       ];
-      log(
+      logRestart(
+        site,
         `site "${site}" started again${
           held.length === 0
             ? ''
@@ -450,7 +486,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
               : `: ${held.join(' and ')} ended with the old process and start over, so the run no longer ends in the bytes of an uninterrupted one (consort site --state DIR keeps them)`
         }`,
       );
-      replaced.set(site, (replaced.get(site) ?? new Set()).add(before));
+      remember(replaced, site, before);
       transport?.siteRestarted(site);
     }
     joined[site] = {

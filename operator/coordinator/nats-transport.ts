@@ -142,6 +142,8 @@ interface OpenRound<T> {
   opened: number;
   /** A site's task of this round, once what it refers to is published (to send it again to a site that restarted). */
   taskFor?: (site: string) => FitTask | EvaluateTask;
+  /** Sites whose task is being sent again: one resend at a time reaches whichever process listens now. */
+  resending: Set<string>;
 }
 
 export interface NatsTransportOptions {
@@ -299,6 +301,7 @@ export class NatsTransport implements SiteTransport {
       // Unref'd: a round left open by a run that stopped keeps no process alive.
       waiting: setInterval(() => this.sayWaiting(r), this.o.waitingLogMs ?? WAITING_LOG_MS).unref(),
       opened: Date.now(),
+      resending: new Set(),
     };
     return r;
   }
@@ -803,8 +806,12 @@ export class NatsTransport implements SiteTransport {
   siteRestarted(site: string): void {
     for (const r of [this.fitRound, this.evalRound] as Array<OpenRound<unknown> | undefined>) {
       if (!r?.taskFor || r.channel.isClosed || !r.sites.has(site) || r.answered.has(site)) continue;
+      // A resend under way is taken by the newest process: a site naming a new process in every
+      // hello gets one sending at a time, not one per hello (each tried until the deadline).
+      if (r.resending.has(site)) continue;
+      r.resending.add(site);
       this.o.log(`round ${r.round}: site "${site}" started again; its ${r.kind} task is sent again`);
-      void this.sendTask(r, site, r.taskFor(site));
+      void this.sendTask(r, site, r.taskFor(site)).finally(() => r.resending.delete(site));
     }
   }
 

@@ -1,0 +1,90 @@
+// A site with valid credentials that floods the coordinator with hellos, each naming a new process
+// (a fresh `instance`), while a round waits for its update: each would be a restart, and a restart
+// is logged and sends the site its task again. Over a real nats-server, the coordinator logs a few
+// of them and then that it counts the rest, and keeps one resend of the task under way at a time
+// (it used to log every one and start a resend per hello, each tried until the round's deadline).
+import type { Msg } from '@nats-io/transport-node';
+import { describe, expect, it } from 'vitest';
+import { FederatedJob } from '../../core/job/federated-job.ts';
+import { Task, Welcome } from '../../core/protocol/messages.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
+import { newNonce } from '../../core/protocol/signing.ts';
+import { RESTART_LOGS_PER_MINUTE, runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
+import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
+import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
+import { soon } from '../helpers/nats-clients.ts';
+import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+
+const decoder = new TextDecoder();
+const cleanup = useCleanup();
+const FLOOD = 200;
+
+describe('a site that floods hellos, each from a "new process"', () => {
+  it('is logged a few times and then counted, and its task is sent again once at a time, not once per hello', async () => {
+    const job = FederatedJob.parse(
+      jobManifest(
+        'hello-flood',
+        hospitalSpec(
+          [
+            { name: 'north', samples: 80 },
+            { name: 'south', samples: 80 },
+          ],
+          { rounds: 1, sampling: { minSites: 1 }, aggregation: { roundDeadlineSeconds: 20 } },
+        ),
+      ),
+    );
+    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const model = await siteModel(job, 0);
+    const logs: string[] = [];
+    const stop = new AbortController();
+    const coordinator = runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: (l) => logs.push(l),
+      joinTimeoutMs: 500,
+      signal: stop.signal,
+    });
+    coordinator.catch(() => {});
+    cleanup.push(async () => {
+      stop.abort();
+      await coordinator.catch(() => {});
+    });
+
+    // North by hand: acknowledges its first task, then none (as a site would that is gone).
+    const north = await as('north', auth.sites.north!.seed);
+    const tasks: Msg[] = [];
+    north.subscribe(subj.task('north'), {
+      callback: (_err, m) => {
+        tasks.push(m);
+        if (tasks.length === 1) m.respond('');
+      },
+    });
+    await north.flush();
+    const hello = async (instance: string) => {
+      for (;;) {
+        const reply = await north
+          .request(subj.hello('north'), signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance }), { timeout: 1000 })
+          .catch(() => undefined);
+        if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
+      }
+    };
+    expect((await hello(newNonce())).accepted).toBe(true);
+    await soon(() => tasks.length === 1, 'the fit task of round 1', 10_000);
+    expect(Task.parse(JSON.parse(decoder.decode(tasks[0]!.data)))).toMatchObject({ type: 'fit', round: 1 });
+
+    for (let i = 0; i < FLOOD; i++) expect((await hello(newNonce())).accepted).toBe(true);
+    // The resend under way (north does not answer it) is tried again every 2 s at most: in 3 s,
+    // a handful of sendings, where one resend per hello made hundreds.
+    const after = tasks.length;
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(tasks.length - after).toBeLessThanOrEqual(3);
+    expect(tasks.length).toBeLessThan(10);
+    const restarts = logs.filter((l) => l.startsWith('site "north" started again'));
+    expect(restarts.slice(0, RESTART_LOGS_PER_MINUTE)).toEqual(Array(RESTART_LOGS_PER_MINUTE).fill('site "north" started again'));
+    expect(restarts.slice(RESTART_LOGS_PER_MINUTE)).toEqual([
+      `site "north" started again more than ${RESTART_LOGS_PER_MINUTE} times within a minute: its further restarts are counted, and said in its next restart logged`,
+    ]);
+    expect(logs.filter((l) => l.includes('its fit task is sent again')).length).toBeLessThanOrEqual(3);
+  }, 60_000);
+});
