@@ -425,6 +425,14 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     const otherTerms = h.data.terms !== undefined ? termsDiffer(terms, h.data.terms, { here: 'at the coordinator', there: 'at the site' }) : undefined;
     if (otherTerms)
       return refuse('CONSORT_R_WRONG_JOB', `the site runs another version of the job: ${otherTerms}; every process must run the same job file and --seed`);
+    // Only a model file (layers) can carry weights. Taken, such a hello would make round 1 start
+    // from the site's weights, had it joined first, and every honest site be refused (and stop).
+    if (h.data.initial && spec.model.type !== 'layers') {
+      return refuse(
+        'CONSORT_R_WRONG_JOB',
+        `the site's hello names pre-trained weights, but the job's model (${spec.model.type}) is built from its spec and carries none`,
+      );
+    }
     if (!layout) {
       layout = h.data.layout;
       ingestor = makeIngestor(layout);
