@@ -161,6 +161,22 @@ export function deadlineOnSite(task: Pick<Task, 'deadline' | 'validForMs'>, rece
 /** A clock difference from which a site says that its clock or the coordinator's is off. */
 export const CLOCK_OFFSET_WORTH_SAYING_MS = 5_000;
 
+/**
+ * A loss a site reports (cross-entropy: never negative). Bounded so that samples × loss, summed
+ * over every site, stays finite: one site's 1e308 made the round's mean loss Infinity, which the
+ * checkpoint wrote as null, and the coordinator could resume the job from it no more.
+ */
+const loss = z
+  .number()
+  .min(0)
+  .max(2 ** 40);
+/** Examples a site reports: bounded like `loss`, for the same sums. */
+const samplesCount = z
+  .number()
+  .int()
+  .min(0)
+  .max(2 ** 40);
+
 /** What every signed envelope from a site carries: who, for which task, and a fresh nonce. */
 const envelopeBase = {
   protocol,
@@ -181,7 +197,7 @@ export const UpdateEnvelope = z
       .int()
       .positive()
       .max(2 ** 40),
-    trainLoss: z.number(),
+    trainLoss: loss,
     steps: z.number().int().min(0),
     codec: z.enum(['none', 'fp16', 'int8', 'topk']),
     /** The encoded update (safetensors) in the site's update bucket. */
@@ -194,12 +210,12 @@ export const EvaluationEnvelope = z
   .object({
     type: z.literal('evaluation'),
     ...envelopeBase,
-    samples: z.number().int().min(0),
-    loss: z.number(),
+    samples: samplesCount,
+    loss,
     accuracy: z.number().min(0).max(1),
     auc: z.number().min(0).max(1).optional(),
-    trainLoss: z.number().optional(),
-    trainSamples: z.number().int().min(0).optional(),
+    trainLoss: loss.optional(),
+    trainSamples: samplesCount.optional(),
   })
   .strict();
 export type EvaluationEnvelope = z.infer<typeof EvaluationEnvelope>;

@@ -10,7 +10,7 @@ import type { ParameterLayout } from '../../core/model/layout.ts';
 import { Objm } from '@nats-io/obj';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
-import { evaluationEnvelope, updateEnvelope } from '../../core/protocol/messages.ts';
+import { Ack, type EvaluationScores, evaluationEnvelope, updateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { afterEach } from 'vitest';
@@ -88,9 +88,15 @@ export function signedHello(
   return encoder.encode(JSON.stringify(signEnvelope(hello, seed)));
 }
 
-/** An evaluation of `task` by `site`, signed with its seed, with fixed metrics (10 samples, loss and accuracy 0.5). */
-export function signedEvaluation(key: string, site: string, seed: string, task: { round: number; taskId: string }): Uint8Array {
-  const evaluation = evaluationEnvelope(key, site, task, { samples: 10, loss: 0.5, accuracy: 0.5 });
+/** An evaluation of `task` by `site`, signed with its seed, with fixed metrics (10 samples, loss and accuracy 0.5) unless `scores` says otherwise. */
+export function signedEvaluation(
+  key: string,
+  site: string,
+  seed: string,
+  task: { round: number; taskId: string },
+  scores: Partial<EvaluationScores> = {},
+): Uint8Array {
+  const evaluation = evaluationEnvelope(key, site, task, { samples: 10, loss: 0.5, accuracy: 0.5, ...scores });
   return encoder.encode(JSON.stringify(signEnvelope(evaluation, seed)));
 }
 
@@ -104,7 +110,8 @@ export async function sendPlainUpdate(
   task: { round: number; taskId: string },
   delta: Float32Array,
   samples: number,
-): Promise<void> {
+  trainLoss = 0.5,
+): Promise<Ack> {
   const { key, site, seed, layout } = to;
   const { bytes } = encodeUpdate(delta, layout, { codec: 'none', topkFraction: 0.01 });
   const nonce = newNonce();
@@ -113,10 +120,16 @@ export async function sendPlainUpdate(
   await (await new Objm(nc).open(bucket)).putBlob({ name }, bytes);
   const env = updateEnvelope(key, site, task, nonce, {
     samples,
-    trainLoss: 0.5,
+    trainLoss,
     steps: 1,
     codec: 'none',
     object: { bucket, name, sha256: sha256Hex(bytes), size: bytes.length },
   });
-  await nc.request(subjects(key).update(site), encoder.encode(JSON.stringify(signEnvelope(env, seed))), { timeout: 10_000 });
+  return Ack.parse(
+    JSON.parse(
+      new TextDecoder().decode(
+        (await nc.request(subjects(key).update(site), encoder.encode(JSON.stringify(signEnvelope(env, seed))), { timeout: 10_000 })).data,
+      ),
+    ),
+  );
 }
