@@ -35,14 +35,17 @@ function objectPut(bucket: string): string[] {
   ];
 }
 
-/** What nats.js's Object Store needs to `open` a bucket and `get` from it, and readObject (object-read.ts) to read it. */
-function objectGet(bucket: string): string[] {
+/**
+ * What nats.js's Object Store needs to `open` a bucket, and readObject (object-read.ts) to read it.
+ * No consumer (nats.js's `get` makes one): the server does not check a push consumer's delivery
+ * subject, so a consumer's creator has the bucket's chunks delivered onto any subject, past
+ * publish permissions (another site's task subject, the round subject).
+ */
+function objectRead(bucket: string): string[] {
   const s = stream(bucket);
   return [
     `${JS}.STREAM.INFO.${s}`, // open()
-    `${JS}.STREAM.MSG.GET.${s}`, // get(), readObject(): the meta, by last message on the name's subject
-    `${JS}.CONSUMER.CREATE.${s}.*.$O.${bucket}.C.*`, // get(): an ordered push consumer on the object's chunks
-    `$JS.FC.${s}.>`, // that consumer's flow-control replies
+    `${JS}.STREAM.MSG.GET.${s}`, // readObject(): the meta, by last message on the name's subject
     `${JS}.DIRECT.GET.${s}`, // readObject(): the chunks, in batches (the stream's messages, which MSG.GET reads too)
   ];
 }
@@ -78,7 +81,7 @@ export function sitePermissions(job: string, site: string, inbox: string = inbox
       subj.update(site),
       subj.evaluation(site),
       `${JS}.INFO`, // jetstreamManager(), which Objm.open calls, checks that JetStream is there
-      ...objectGet(b.models),
+      ...objectRead(b.models),
       ...objectPut(b.updates(site)),
     ]),
     subscribe: [subj.task(site), subj.round, `${inbox}.>`],

@@ -17,7 +17,9 @@ import { connectAs, readSeed } from '../../cli/nats/connect.ts';
 import { runLocal } from '../../cli/run/local-run.ts';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { COORDINATOR_USER, coordinatorPermissions, OPERATOR_USER, sitePermissions } from '../../core/protocol/permissions.ts';
-import { buckets, inboxPrefix, jobInboxPrefix, jobKey, objectNames, subjects } from '../../core/protocol/subjects.ts';
+import { readObject } from '../../core/protocol/object-read.ts';
+import { objectWire } from '../../core/protocol/object-wire.ts';
+import { buckets, inboxPrefix, jobInboxPrefix, jobKey, OBJECT_READ_BATCH_BYTES, objectNames, subjects } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import {
   ACCOUNT_MEMORY_STORAGE_BYTES,
@@ -72,6 +74,10 @@ const MODEL = new Uint8Array(300_000).map((_, i) => (i * 7) % 251);
 const UPDATE_A = new Uint8Array(200_000).map((_, i) => (i * 13) % 251);
 const UPDATE_B = new Uint8Array(1000).fill(66);
 const inAnHour = () => new Date(Date.now() + 3600_000);
+
+/** An object read as the site runner reads models: direct get, through the connection's own inbox. */
+const siteReads = (c: WatchedClient, b: string, name: string) =>
+  readObject(objectWire(c.nc, b), b, name, { maxBytes: 64 * 1024 * 1024, batchBytes: OBJECT_READ_BATCH_BYTES });
 
 beforeAll(async () => {
   dir = tmp('consort-jwt');
@@ -190,14 +196,17 @@ describe('a site does what a site does, and nothing of another site or job', () 
     expect(coordinator.violations).toEqual([]);
   });
 
-  it('A reads the global model, also one large enough for flow control', { timeout: 30_000 }, async () => {
+  it('A reads the global model as the site runner does (direct get), also one of several read batches; not through a consumer', {
+    timeout: 30_000,
+  }, async () => {
     const before = siteA.violations.length;
-    const models = await new Objm(siteA.nc).open(bucket.models);
-    expect(digestOf(await models.getBlob(objectNames.global(1)))).toEqual(digestOf(MODEL));
-    const large = randomBytes(5 * 1024 * 1024);
+    expect(digestOf(await siteReads(siteA, bucket.models, objectNames.global(1)))).toEqual(digestOf(MODEL));
+    const large = randomBytes(OBJECT_READ_BATCH_BYTES + 3 * 1024 * 1024);
     await (await new Objm(coordinator.nc).open(bucket.models)).putBlob({ name: objectNames.global(0) }, large);
-    expect(digestOf(await models.getBlob(objectNames.global(0)))).toEqual(digestOf(large));
+    expect(digestOf(await siteReads(siteA, bucket.models, objectNames.global(0)))).toEqual(digestOf(large));
     expect(siteA.violations.slice(before)).toEqual([]);
+    // A consumer's creator could have it deliver onto any subject: a site may create none.
+    await expect((await new Objm(siteA.nc).open(bucket.models)).getBlob(objectNames.global(1))).rejects.toThrow(/CONSUMER\.CREATE/);
   });
 
   it("A puts its update into its own bucket, which the coordinator reads; not into B's, nor the models", async () => {
@@ -253,7 +262,7 @@ describe('a site does what a site does, and nothing of another site or job', () 
     }
     // Site A of the other job, with its own credentials, reads it.
     const otherA = await watchedClient(nats.url, A, credsFile(other.sites[A]!, 'other-a'));
-    expect(digestOf(await (await new Objm(otherA.nc).open(buckets(OTHER).models)).getBlob(objectNames.global(1)))).toEqual(digestOf(MODEL));
+    expect(digestOf(await siteReads(otherA, buckets(OTHER).models, objectNames.global(1)))).toEqual(digestOf(MODEL));
     // The same site name in two jobs is two users, and their replies (JetStream's deliveries of
     // object chunks included) go to two inboxes: neither may listen on the other's.
     expect([perm.sites[A]!.inboxPrefix, other.sites[A]!.inboxPrefix]).toEqual([`_INBOX_${KEY}_${A}`, `_INBOX_${OTHER}_${A}`]);
@@ -263,7 +272,7 @@ describe('a site does what a site does, and nothing of another site or job', () 
     otherCoordinator.nc.subscribe(`${jobInboxPrefix(KEY, COORDINATOR_USER)}.>`);
     await violation(otherCoordinator, 'subscription', `${jobInboxPrefix(KEY, COORDINATOR_USER)}.>`);
     // Meanwhile this job's site A reads its model, through its own inbox.
-    expect(digestOf(await (await new Objm(siteA.nc).open(bucket.models)).getBlob(objectNames.global(1)))).toEqual(digestOf(MODEL));
+    expect(digestOf(await siteReads(siteA, bucket.models, objectNames.global(1)))).toEqual(digestOf(MODEL));
     expect(spy.msgs).toEqual([]);
     await Promise.all([otherA.nc.close(), otherCoordinator.nc.close()]);
   });
