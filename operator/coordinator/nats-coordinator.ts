@@ -3,7 +3,7 @@
 // join, resumes from the last checkpoint if there is one, runs the RoundCoordinator over the
 // NatsTransport, and announces the end. A checkpoint goes into the job's state bucket after
 // every round, so a coordinator killed at any point carries on where it stopped.
-import { availableParallelism } from 'node:os';
+import { availableParallelism, totalmem } from 'node:os';
 import { type FeatureMoments, federationScaler, InputScaler } from '../../core/data/moments.ts';
 import { fixedInputScaler } from '../../core/data/reference-scalers.ts';
 import { featuresDiffer } from '../../core/data/features.ts';
@@ -14,6 +14,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import type { DataQuality } from '../../core/data/quality.ts';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters, layoutSize, type ParameterLayout } from '../../core/model/layout.ts';
+import { builtInParameters, gigabytes } from '../../core/model/size.ts';
 import { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import { CoordinatorStatus, Hello, type RoundNotice, STATUS_ROUND_SECONDS, type Welcome } from '../../core/protocol/messages.ts';
 import { emptyTally, type RoundTally, tallyRounds } from './round-tally.ts';
@@ -431,6 +432,23 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       return refuse(
         'CONSORT_R_WRONG_JOB',
         `the site's hello names pre-trained weights, but the job's model (${spec.model.type}) is built from its spec and carries none`,
+      );
+    }
+    // The first layout taken is the model: one the job's spec does not build, or one this process
+    // cannot hold (a hello may name 2^40 parameters), is refused before it becomes the reference.
+    const parameters = layoutSize(h.data.layout);
+    const classes = spec.classes?.length ?? h.data.labels.length;
+    const expected = builtInParameters(spec.model, h.data.sampleShape, classes);
+    if (expected !== undefined && parameters !== expected) {
+      return refuse(
+        'CONSORT_R_WRONG_SHAPE',
+        `the site's model has ${parameters} parameters; the job's ${spec.model.type} model for ${h.data.sampleShape.join('x')} inputs and ${classes} classes has ${expected}`,
+      );
+    }
+    if (4 * parameters > totalmem()) {
+      return refuse(
+        'CONSORT_R_OVERSIZED',
+        `the site's model has ${parameters} parameters (${gigabytes(4 * parameters)} of weights), more than this coordinator's ${gigabytes(totalmem())} of memory`,
       );
     }
     if (!layout) {
