@@ -105,6 +105,22 @@ export class ObjectNotFoundError extends Error {}
 /** The object's metadata is not the reference's, or its bytes are not what its metadata says. */
 export class ObjectMismatchError extends Error {}
 
+/** The object is cut into more chunks than its size may take (mostChunks). */
+export class ObjectChunkingError extends ObjectMismatchError {}
+
+/**
+ * Fewest bytes a chunk may hold on average. Writers cut objects into chunks of 1 MiB (nats.js:
+ * 128 KiB), but whoever writes a bucket chooses: an object cut into tiny chunks costs its reader a
+ * message each (a 64 MiB update in 16-byte chunks, four million of them, held the coordinator's
+ * read, and its memory budget, for many minutes).
+ */
+export const MIN_AVERAGE_CHUNK_BYTES = 16 * 1024;
+
+/** The most chunks an object of `size` bytes may be stored in. */
+export function mostChunks(size: number): number {
+  return Math.ceil(size / MIN_AVERAGE_CHUNK_BYTES) + 16;
+}
+
 export interface ReadObjectOptions {
   /** What the object must be (bucket, name, size, SHA-256), checked before its chunks are read. */
   expect?: { bucket: string; name: string; sha256: string; size: number };
@@ -133,6 +149,10 @@ export async function readObject(wire: ObjectReadWire, bucket: string, name: str
   }
   if (meta.size > o.maxBytes) throw new RangeError(`object ${name} in ${bucket}: ${meta.size} bytes, more than the ${o.maxBytes} allowed`);
   if (o.into && o.into.length < meta.size) throw new RangeError(`object ${name}: a buffer of ${o.into.length} bytes for ${meta.size}`);
+  const most = mostChunks(meta.size);
+  if (meta.chunks < 0 || meta.chunks > most) {
+    throw new ObjectChunkingError(`object ${name} in ${bucket}: stored in ${meta.chunks} chunks, more than the ${most} its ${meta.size} bytes may take`);
+  }
   const into = o.into ?? new Uint8Array(meta.size);
   const subject = objectChunkSubject(bucket, meta.nuid);
   const hash = sha256();
@@ -140,12 +160,18 @@ export async function readObject(wire: ObjectReadWire, bucket: string, name: str
   let chunks = 0;
   let seq = 0;
   let overflow = false;
-  while (size < meta.size && !overflow) {
+  let tooMany = false;
+  while (size < meta.size && !overflow && !tooMany) {
     const before = chunks;
     await wire.directBatch(subject, seq + 1, { batch: Math.max(1, meta.chunks - chunks), maxBytes: o.batchBytes }, (data, at) => {
-      if (overflow) return;
+      if (overflow || tooMany) return;
       if (size + data.length > meta.size) {
         overflow = true;
+        return;
+      }
+      // Past the metadata's count, each further chunk would be asked for alone.
+      if (chunks === meta.chunks) {
+        tooMany = true;
         return;
       }
       into.set(data, size);
@@ -158,6 +184,7 @@ export async function readObject(wire: ObjectReadWire, bucket: string, name: str
     if (chunks === before) break;
   }
   if (overflow) throw new ObjectMismatchError(`object ${name} in ${bucket}: its chunks are more than the ${meta.size} bytes its metadata declares`);
+  if (tooMany) throw new ObjectChunkingError(`object ${name} in ${bucket}: its chunks are more than the ${meta.chunks} its metadata declares`);
   // Chunks missing (never written, or purged): the object as declared is not there.
   if (size !== meta.size) throw new ObjectNotFoundError(`object ${name} in ${bucket}: ${size} of the ${meta.size} bytes its metadata declares are stored`);
   const digest = objectStoreDigest(hash.hex());

@@ -31,7 +31,7 @@ import { safetensorsHeaderBytes, safetensorsParts } from '../../core/tensor/safe
 import { Channel } from './channel.ts';
 import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
 import { objectWire } from '../../core/protocol/object-wire.ts';
-import { ObjectMismatchError, type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
+import { ObjectChunkingError, ObjectMismatchError, type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
 import { type BucketKind, RetentionMarks } from '../../core/protocol/retention.ts';
 
 // The Object Store checks every object it streams against its digest: with node's native SHA-256
@@ -617,7 +617,8 @@ export class NatsTransport implements SiteTransport {
       );
     } catch (err) {
       failure = (err as Error).message;
-      if (err instanceof RangeError || err instanceof ObjectMismatchError) code = 'CONSORT_R_HASH_MISMATCH';
+      if (err instanceof ObjectChunkingError) code = 'CONSORT_R_BAD_ENCODING';
+      else if (err instanceof RangeError || err instanceof ObjectMismatchError) code = 'CONSORT_R_HASH_MISMATCH';
     } finally {
       reading();
     }

@@ -27,14 +27,12 @@ import type { ObjectInfo } from '@nats-io/obj';
 import { StoredUpdateError } from '../../core/aggregation/stored-round.ts';
 import { sha256 } from '../../core/protocol/digest.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';
-import type { ObjectReadWire } from '../../core/protocol/object-read.ts';
 import { objectChunkSubject } from '../../core/protocol/object-put.ts';
+import { mostChunks, type ObjectReadWire } from '../../core/protocol/object-read.ts';
 import type { ByteCursor } from '../../core/protocol/update-stream.ts';
 
 /** Bytes asked for by one direct get (chunks of 1 MiB: four of them). */
 const BATCH_BYTES = 4 * 1024 * 1024;
-/** Fewest bytes a chunk may hold on average: bounds the index (20 bytes a chunk) of an object cut into tiny chunks. */
-const MIN_AVERAGE_CHUNK_BYTES = 16 * 1024;
 
 /** A bound on bytes in flight (nats-transport.ts's ByteBudget). */
 export interface ByteWindow {
@@ -86,7 +84,8 @@ export class StoredObjects {
    */
   async readOnce(bucket: string, info: ObjectInfo, sha256hex: string | undefined, take: (chunk: Uint8Array) => boolean): Promise<ChunkIndex | undefined> {
     const chunks = info.chunks;
-    const most = Math.ceil(info.size / MIN_AVERAGE_CHUNK_BYTES) + 16;
+    // Also bounds the index (20 bytes a chunk).
+    const most = mostChunks(info.size);
     if (!Number.isSafeInteger(chunks) || chunks < 0 || chunks > most) {
       throw new ObjectReadError('CONSORT_R_BAD_ENCODING', `stored in ${chunks} chunks, more than the ${most} its ${info.size} bytes may take`);
     }
