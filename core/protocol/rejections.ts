@@ -27,6 +27,7 @@ export const REJECTIONS = {
   CONSORT_R_NON_FINITE: 'contains NaN or Infinity',
   CONSORT_R_OUT_OF_RANGE: 'contains values beyond the magnitude the coordinator accepts',
   CONSORT_R_SITE_TWICE: 'another process of the same site (started before it) is still running: a site runs once',
+  CONSORT_R_HELLO_RATE: 'the site says hello with more bytes a second than the coordinator reads',
 } as const;
 
 export type RejectionCode = keyof typeof REJECTIONS;
@@ -34,7 +35,7 @@ export type RejectionCode = keyof typeof REJECTIONS;
 export const REJECTION_CODES = Object.keys(REJECTIONS) as RejectionCode[];
 
 /** Codes only a hello can get (the coordinator's, about the site's process): no update envelope reaches them. */
-export const HELLO_ONLY_REJECTIONS: ReadonlySet<RejectionCode> = new Set(['CONSORT_R_SITE_TWICE']);
+export const HELLO_ONLY_REJECTIONS: ReadonlySet<RejectionCode> = new Set(['CONSORT_R_SITE_TWICE', 'CONSORT_R_HELLO_RATE']);
 
 /** A refused message: a catalogue code and a reason that names what was wrong. */
 export interface Rejection {

@@ -207,6 +207,17 @@ export const RESTART_LOGS_PER_MINUTE = 5;
 /** The processes of a site that replaced one another, remembered to tell a second process from a restart: the latest few. */
 const REPLACED_KEPT = 16;
 
+/**
+ * What a site's hellos may cost the coordinator: a hello is read whole (JSON, schema, signature:
+ * about 20 ms for one of 1 MiB, which a wide table's column names and moments may make), and
+ * a site sending them back to back held the coordinator's only thread. Each hello costs its bytes
+ * (at least HELLO_MIN_COST_BYTES) from a budget of HELLO_BURST_BYTES a site, refilled at
+ * HELLO_BYTES_PER_SECOND: a heartbeat of 1 MiB a second passes, a flood is refused unread.
+ */
+const HELLO_BURST_BYTES = 8 * 1024 * 1024;
+const HELLO_BYTES_PER_SECOND = 2 * 1024 * 1024;
+const HELLO_MIN_COST_BYTES = 16 * 1024;
+
 /** The job's checkpoint as one object in its state bucket (replaced atomically each round). */
 export class BucketCheckpointStore implements CheckpointStore {
   private readonly store: ObjectStore;
@@ -400,9 +411,22 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
         `site "${site}" started again more than ${RESTART_LOGS_PER_MINUTE} times within a minute: its further restarts are counted, and said in its next restart logged`,
       );
   };
+  /** Per site, the bytes its hellos may still cost, as of `at`. */
+  const helloBudget = new Map<string, { bytes: number; at: number }>();
+  const helloAffordable = (site: string, size: number): boolean => {
+    if (!siteNames.includes(site)) return true;
+    const now = Date.now();
+    const b = helloBudget.get(site) ?? { bytes: HELLO_BURST_BYTES, at: now };
+    b.bytes = Math.min(HELLO_BURST_BYTES, b.bytes + ((now - b.at) / 1000) * HELLO_BYTES_PER_SECOND);
+    b.at = now;
+    helloBudget.set(site, b);
+    const cost = Math.max(size, HELLO_MIN_COST_BYTES);
+    if (b.bytes < cost) return false;
+    b.bytes -= cost;
+    return true;
+  };
   const onHello = (msg: Msg) => {
     const site = msg.subject.split('.').pop() ?? '';
-    const raw = parseJson(msg.data) as { protocol?: unknown } | undefined;
     const refuse = (code: RejectionCode, reason: string) => {
       countRefusal(code);
       if (siteNames.includes(site)) helloRefusals.set(site, `${reason} [${code}]`);
@@ -413,6 +437,13 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       }
       welcome(msg, { accepted: false, code, reason });
     };
+    if (!helloAffordable(site, msg.data.length)) {
+      return refuse(
+        'CONSORT_R_HELLO_RATE',
+        `the site's hellos come at more than ${HELLO_BYTES_PER_SECOND / (1024 * 1024)} MiB a second (each counted as at least ${HELLO_MIN_COST_BYTES / 1024} KiB): refused unread; one a second is plenty`,
+      );
+    }
+    const raw = parseJson(msg.data) as { protocol?: unknown } | undefined;
     if (raw && typeof raw.protocol === 'number' && raw.protocol !== PROTOCOL_VERSION) {
       return refuse('CONSORT_R_UNKNOWN_PROTOCOL', `the site speaks protocol v${raw.protocol}; this coordinator speaks v${PROTOCOL_VERSION}`);
     }

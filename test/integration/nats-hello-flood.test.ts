@@ -88,3 +88,63 @@ describe('a site that floods hellos, each from a "new process"', () => {
     expect(logs.filter((l) => l.includes('its fit task is sent again')).length).toBeLessThanOrEqual(3);
   }, 60_000);
 });
+
+describe('a site that floods the coordinator with hellos of 1 MiB', () => {
+  it('has them refused unread past its budget (CONSORT_R_HELLO_RATE), counted and logged once; another site is welcomed meanwhile', async () => {
+    const job = FederatedJob.parse(
+      jobManifest(
+        'hello-bytes',
+        hospitalSpec([
+          { name: 'north', samples: 80 },
+          { name: 'south', samples: 80 },
+        ]),
+      ),
+    );
+    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const model = await siteModel(job, 0);
+    const logs: string[] = [];
+    const stop = new AbortController();
+    const coordinator = runNatsCoordinator({
+      job,
+      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
+      siteKeys: auth.keys.sites,
+      log: (l) => logs.push(l),
+      joinTimeoutMs: 60_000,
+      signal: stop.signal,
+    });
+    coordinator.catch(() => {});
+    cleanup.push(async () => {
+      stop.abort();
+      await coordinator.catch(() => {});
+    });
+    const hello = async (site: 'north' | 'south', features: readonly string[]) => {
+      const nc = await as(site, auth.sites[site]!.seed);
+      const body = signedHello(key, site, auth.sites[site]!.seed, model, { features });
+      for (;;) {
+        const reply = await nc.request(subj.hello(site), body, { timeout: 2000 }).catch(() => undefined);
+        if (reply) return { body, welcome: Welcome.parse(JSON.parse(decoder.decode(reply.data))) };
+      }
+    };
+    // A wide table's column names: a hello of about 1 MiB (what a real site may send once a second).
+    const wide = Array.from({ length: 4000 }, (_, i) => `column-${i}-`.padEnd(250, 'x'));
+    const first = await hello('north', wide);
+    expect(first.body.length).toBeGreaterThan(1_000_000);
+    expect(first.welcome.accepted).toBe(true);
+    const north = await as('north', auth.sites.north!.seed);
+    const answers = await Promise.all(
+      Array.from({ length: 40 }, () =>
+        north.request(subj.hello('north'), first.body, { timeout: 10_000 }).then((m) => Welcome.parse(JSON.parse(decoder.decode(m.data)))),
+      ),
+    );
+    const refused = answers.filter((a) => !a.accepted);
+    // The budget takes about eight of them at once; the rest are refused, unread.
+    expect(refused.length).toBeGreaterThanOrEqual(25);
+    for (const a of refused) expect(a.code).toBe('CONSORT_R_HELLO_RATE');
+    expect((await hello('south', wide)).welcome.accepted).toBe(true);
+    expect(logs.filter((l) => l.includes('[CONSORT_R_HELLO_RATE]'))).toEqual([
+      `refused site "north": the site's hellos come at more than 2 MiB a second (each counted as at least 16 KiB): refused unread; one a second is plenty [CONSORT_R_HELLO_RATE]`,
+    ]);
+    const status = JSON.parse(decoder.decode((await (await as(COORDINATOR_USER, auth.coordinator.seed)).request(subj.status, '', { timeout: 5000 })).data));
+    expect(status.rejections.CONSORT_R_HELLO_RATE).toBe(refused.length);
+  }, 60_000);
+});
