@@ -22,6 +22,19 @@ const base64 = z
   .string()
   .regex(/^[A-Za-z0-9+/_-]+={0,2}$/)
   .max(512);
+/** The longest reason a Welcome, an Ack or a RoundNotice carries. */
+export const REASON_MAX_CHARS = 1000;
+const reasonText = z.string().max(REASON_MAX_CHARS);
+
+/**
+ * A reason cut to what the schema takes (marked "…"): a site parses what it is answered, and one
+ * whose Welcome said more (the column names that differ, of a wide table) dropped it as
+ * malformed, and said hello for ever without learning that it was refused.
+ */
+export function fitReason(reason: string): string {
+  return reason.length <= REASON_MAX_CHARS ? reason : `${reason.slice(0, REASON_MAX_CHARS - 1)}…`;
+}
+
 /** Envelopes say which version they speak; a coordinator refuses others by name. */
 const protocol = z.number().int().min(1).max(1000);
 
@@ -96,7 +109,7 @@ export const Welcome = z
     type: z.literal('welcome'),
     protocol,
     accepted: z.boolean(),
-    reason: z.string().max(1000).optional(),
+    reason: reasonText.optional(),
     code: z.string().max(64).optional(),
     /** The round the job is in (0 before the first). */
     round,
@@ -270,7 +283,7 @@ export const Ack = z
     /** True when this exact envelope was already counted (a redelivery): do not send it again. */
     duplicate: z.boolean().optional(),
     code: z.string().max(64).optional(),
-    reason: z.string().max(1000).optional(),
+    reason: reasonText.optional(),
   })
   .strict();
 export type Ack = z.infer<typeof Ack>;
@@ -284,7 +297,7 @@ export const RoundNotice = z
     phase: z.enum(['started', 'closed', 'done', 'failed']),
     sites: z.array(name).max(100_000).optional(),
     /** failed: why the coordinator ended the job (a quorum not met, say). */
-    reason: z.string().max(1000).optional(),
+    reason: reasonText.optional(),
   })
   .strict();
 export type RoundNotice = z.infer<typeof RoundNotice>;

@@ -16,7 +16,7 @@ import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters, layoutSize, type ParameterLayout } from '../../core/model/layout.ts';
 import { builtInParameters, gigabytes } from '../../core/model/size.ts';
 import { UpdateIngestor } from '../../core/protocol/ingestion.ts';
-import { CoordinatorStatus, Hello, type RoundNotice, STATUS_ROUND_SECONDS, type Welcome } from '../../core/protocol/messages.ts';
+import { CoordinatorStatus, fitReason, Hello, type RoundNotice, STATUS_ROUND_SECONDS, type Welcome } from '../../core/protocol/messages.ts';
 import { emptyTally, type RoundTally, tallyRounds } from './round-tally.ts';
 import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejections.ts';
 import { retrying } from '../../core/protocol/retry.ts';
@@ -370,7 +370,16 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
   };
 
   const welcome = (msg: Msg, w: Omit<Welcome, 'type' | 'protocol' | 'round' | 'done'>) =>
-    msg.respond(json({ type: 'welcome', protocol: PROTOCOL_VERSION, round, done, ...w } satisfies Welcome));
+    msg.respond(
+      json({
+        type: 'welcome',
+        protocol: PROTOCOL_VERSION,
+        round,
+        done,
+        ...w,
+        ...(w.reason !== undefined ? { reason: fitReason(w.reason) } : {}),
+      } satisfies Welcome),
+    );
   const refusedHello = new Set<string>();
   /** Per site, why its latest hello was refused (cleared when one is taken): what a task it cannot get fails with. */
   const helloRefusals = new Map<string, string>();
@@ -791,7 +800,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       if (err instanceof OperatorError && !RESUMABLE.has(err.code)) {
         // The last figures first: a watcher stops watching at the notice.
         nc.publish(subj.summary, json(statusNow()));
-        const notice: RoundNotice = { type: 'round', protocol: PROTOCOL_VERSION, job: key, round, phase: 'failed', reason: err.message.slice(0, 1000) };
+        const notice: RoundNotice = { type: 'round', protocol: PROTOCOL_VERSION, job: key, round, phase: 'failed', reason: fitReason(err.message) };
         nc.publish(subj.round, json(notice));
         await nc.flush().catch(() => {});
       }
