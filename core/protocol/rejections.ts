@@ -37,6 +37,24 @@ export const REJECTION_CODES = Object.keys(REJECTIONS) as RejectionCode[];
 /** Codes only a hello can get (the coordinator's, about the site's process): no update envelope reaches them. */
 export const HELLO_ONLY_REJECTIONS: ReadonlySet<RejectionCode> = new Set(['CONSORT_R_SITE_TWICE', 'CONSORT_R_HELLO_RATE']);
 
+/**
+ * Refusals of an update that leave its fate open: `NOT_READY` (the coordinator has no round open,
+ * say while it restarts: it may have counted this very update before a checkpoint, or take it when
+ * its round is open again) and `DUPLICATE` (another envelope of the same site and round was
+ * counted: the site's own, from the same state). Every other code says the update counts for
+ * nothing.
+ */
+const UPDATE_FATE_OPEN: ReadonlySet<RejectionCode> = new Set(['CONSORT_R_NOT_READY', 'CONSORT_R_DUPLICATE']);
+
+/**
+ * Whether an update refused with `code` is known never to be counted, so that the site may take
+ * back what it did to its own state for it (error-feedback residual, SCAFFOLD's c_i). A code this
+ * catalogue does not know (a newer coordinator's) tells nothing.
+ */
+export function refusedForGood(code: string | undefined): boolean {
+  return code !== undefined && isRejectionCode(code) && !UPDATE_FATE_OPEN.has(code);
+}
+
 /** A refused message: a catalogue code and a reason that names what was wrong. */
 export interface Rejection {
   code: RejectionCode;

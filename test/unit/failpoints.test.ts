@@ -22,7 +22,9 @@ describe('site failpoints (CONSORT_FAILPOINTS)', () => {
     ]) {
       const r = Failpoints.safeParse(bad);
       expect(r.success, bad).toBe(false);
-      expect(r.error?.issues[0]?.message).toMatch(/stop-after-ack:<fit\|evaluate>:<round>, stop-before-answer:fit:<round> or fail:<fit\|evaluate>:<round>/);
+      expect(r.error?.issues[0]?.message).toMatch(
+        /stop-after-ack:<fit\|evaluate>:<round>, stop-before-answer:fit:<round>, hold-before-answer:fit:<round> or fail:<fit\|evaluate>:<round>/,
+      );
     }
   });
 
@@ -52,5 +54,15 @@ describe('site failpoints (CONSORT_FAILPOINTS)', () => {
     expect(armed.beforeAnswer({ type: 'fit', round: 1 })).toBe(false);
     expect(armed.beforeAnswer({ type: 'fit', round: 2 })).toBe(true);
     expect(armed.beforeAnswer({ type: 'fit', round: 2 })).toBe(false);
+  });
+
+  it('a hold point before the answer fires there only, and is not a stop point', () => {
+    expect(Failpoints.parse('hold-before-answer:fit:3')).toEqual([{ action: 'hold-before-answer', task: 'fit', round: 3 }]);
+    const armed = new ArmedFailpoints(Failpoints.parse('hold-before-answer:fit:3'));
+    expect(armed.beforeAnswer({ type: 'fit', round: 3 })).toBe(false);
+    expect(armed.hit({ type: 'fit', round: 3 })).toBe(false);
+    expect(armed.holdsAnswer({ type: 'fit', round: 3 })).toBe(true);
+    expect(armed.holdsAnswer({ type: 'fit', round: 3 })).toBe(false);
+    expect(Failpoints.safeParse('hold-before-answer:evaluate:3').success).toBe(false);
   });
 });

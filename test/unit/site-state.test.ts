@@ -90,6 +90,19 @@ describe('SiteStateStore', () => {
     expect(() => store.save({ round: 3, control: new Float32Array(4) })).toThrow('site state: control has 4 values, the model 5');
   });
 
+  it('drops the state of a refused round: the next round starts from the one before, and keeps it beside its own', () => {
+    const store = new SiteStateStore(tmp('site-state'), id);
+    for (const r of [1, 2, 3]) store.save({ round: r, residual: values(r), control: values(-r) });
+    store.drop(3);
+    expect(store.rounds()).toEqual([2]);
+    expect(store.before(4)).toEqual({ round: 2, residual: values(2), control: values(-2) });
+    store.save({ round: 4, residual: values(4) });
+    expect(store.rounds()).toEqual([4, 2]);
+    // None to drop (a fit that failed before its state was written): nothing happens.
+    store.drop(5);
+    expect(store.rounds()).toEqual([4, 2]);
+  });
+
   it('keeps each job and site apart under one folder', () => {
     const root = tmp('site-state');
     new SiteStateStore(root, id).save({ round: 1, residual: values(1) });

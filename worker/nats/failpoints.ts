@@ -4,13 +4,15 @@
 // loaded machine can leave the test's own process waiting longer than that); a site that stops
 // itself right after acknowledging a task cannot have answered it. The same idea as etcd's gofail.
 // Off unless CONSORT_FAILPOINTS is set; the process goes on where it stopped on SIGCONT. A `fail`
-// point makes the task itself throw instead (a training that fails), as a broken model would.
+// point makes the task itself throw instead (a training that fails), as a broken model would. A
+// `hold` point keeps the process running (it still says hello, so the coordinator keeps it in the
+// job) but holds its answer until SIGCONT: an update late for its round, from a live site.
 import { z } from 'zod';
 
 /**
  * `stop-after-ack:<fit|evaluate>:<round>`, `stop-before-answer:fit:<round>` (its update written,
- * and its state kept, but not announced) or `fail:<fit|evaluate>:<round>`, comma-separated; each
- * fires once.
+ * and its state kept, but not announced), `hold-before-answer:fit:<round>` (the same, running,
+ * until SIGCONT) or `fail:<fit|evaluate>:<round>`, comma-separated; each fires once.
  */
 export const FAILPOINTS_ENV = 'CONSORT_FAILPOINTS';
 
@@ -18,12 +20,19 @@ const Point = z
   .string()
   .trim()
   .regex(
-    /^((stop-after-ack|fail):(fit|evaluate)|stop-before-answer:fit):[1-9]\d{0,8}$/,
-    'expected stop-after-ack:<fit|evaluate>:<round>, stop-before-answer:fit:<round> or fail:<fit|evaluate>:<round>, e.g. stop-after-ack:fit:3',
+    /^((stop-after-ack|fail):(fit|evaluate)|(stop|hold)-before-answer:fit):[1-9]\d{0,8}$/,
+    'expected stop-after-ack:<fit|evaluate>:<round>, stop-before-answer:fit:<round>, hold-before-answer:fit:<round> or fail:<fit|evaluate>:<round>, e.g. stop-after-ack:fit:3',
   )
   .transform((s) => {
     const [action, task, round] = s.split(':');
-    const as = action === 'fail' ? { action: 'fail' as const } : action === 'stop-before-answer' ? { action: 'before-answer' as const } : {};
+    const as =
+      action === 'fail'
+        ? { action: 'fail' as const }
+        : action === 'stop-before-answer'
+          ? { action: 'before-answer' as const }
+          : action === 'hold-before-answer'
+            ? { action: 'hold-before-answer' as const }
+            : {};
     return { ...as, task: task as 'fit' | 'evaluate', round: Number(round) };
   });
 
@@ -54,6 +63,11 @@ export class ArmedFailpoints {
   /** Whether a stop point before this task's answer fires (and disarms it). */
   beforeAnswer(task: { type: 'fit' | 'evaluate'; round: number }): boolean {
     return this.#take(task, 'before-answer');
+  }
+
+  /** Whether a hold point before this task's answer fires (and disarms it). */
+  holdsAnswer(task: { type: 'fit' | 'evaluate'; round: number }): boolean {
+    return this.#take(task, 'hold-before-answer');
   }
 
   #take(task: { type: 'fit' | 'evaluate'; round: number }, action: Failpoint['action']): boolean {

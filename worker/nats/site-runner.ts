@@ -5,7 +5,7 @@
 // (and tabular data's per-column moments, core/data/moments.ts).
 import { layoutSize } from '../../core/model/layout.ts';
 import { tuneGcForModel } from '../../core/gc-tuning.ts';
-import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { type Msg, type NatsConnection, RequestError, type Subscription } from '@nats-io/transport-node';
 import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { jobTerms } from '../../core/job/terms.ts';
 import { encodeUpdateParts } from '../../core/protocol/codecs.ts';
@@ -13,6 +13,7 @@ import { putObject } from '../../core/protocol/object-put.ts';
 import { type ObjectReadWire, readObject } from '../../core/protocol/object-read.ts';
 import { objectWire } from '../../core/protocol/object-wire.ts';
 
+import { refusedForGood } from '../../core/protocol/rejections.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { SiteStateStore } from './site-state.ts';
 import {
@@ -138,6 +139,13 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       : undefined;
   /** The round whose state (residual, c_i) this process holds; undefined until a fit task reads the kept one. */
   let stateRound: number | undefined;
+  /**
+   * The last update this process trained, its envelope once signed, and the state before it: put
+   * back when the coordinator refuses that update, since the state already counts it as sent.
+   * Cleared by the next fit (whose state builds on it) or once taken back.
+   */
+  let lastFit: { round: number; body?: Uint8Array; before: { round: number | undefined; residual?: Float32Array; control?: Float32Array } } | undefined;
+  const holdsState = spec.compression.codec !== 'none' || spec.strategy.name === 'scaffold';
   /** Before round `round`'s training: this site's state after its last round before it, from disk (a new process, or a round trained again). */
   const restoreState = (round: number) => {
     if (!stateStore || (stateRound !== undefined && stateRound < round)) return;
@@ -267,9 +275,14 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
     return decodeSafetensors(bytes).values;
   };
 
-  /** Sends an envelope until the coordinator answers, or the deadline passes. */
-  const deliver = async (subject: string, body: Uint8Array, deadline: number, what: string): Promise<void> => {
+  /**
+   * Sends an envelope until the coordinator answers, or the deadline passes (undefined; so is an
+   * answer that is no Ack). `alone`: no earlier copy sent by this call may have reached the
+   * coordinator unanswered, so the answer is about the only copy it saw.
+   */
+  const deliver = async (subject: string, body: Uint8Array, deadline: number, what: string): Promise<{ ack: Ack; alone: boolean } | undefined> => {
     let wait = 250;
+    let alone = true;
     while (Date.now() < deadline + 60_000 && !halt.signal.aborted) {
       try {
         const reply = await nc.request(subject, body, { timeout: 5000 });
@@ -278,21 +291,89 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
           summary.rejected++;
           log(`site ${site}: ${what} refused: ${ack.data.reason ?? ack.data.code}`);
         }
-        return;
-      } catch {
+        return ack.success ? { ack: ack.data, alone } : undefined;
+      } catch (err) {
+        // Only "no responders" says that no coordinator took the copy; one that timed out may have
+        // been counted, its answer lost.
+        if (!(err instanceof RequestError && err.isNoResponders())) alone = false;
         await new Promise((r) => setTimeout(r, wait));
         wait = Math.min(wait * 2, 5000);
       }
     }
+    return undefined;
+  };
+
+  /**
+   * Takes back what a fit did to the site's state (residual, c_i; the file on disk too) when its
+   * update will never count: refused for good, or never sent. Otherwise the residual has lost what
+   * the update carried, and c_i has moved by a control delta the server's c never got, for the
+   * rest of the job. The round's envelope is forgotten too: asked for that round again (a
+   * coordinator that resumed before it), the site trains it again from the state put back, and
+   * gives the same bytes. Nothing when a later fit has moved the state on since.
+   */
+  const takeBack = (fit: NonNullable<typeof lastFit>, why: string): void => {
+    if (lastFit !== fit) return;
+    lastFit = undefined;
+    residual = fit.before.residual;
+    worker.restoreControl(siteIndex, fit.before.control);
+    stateStore?.drop(fit.round);
+    stateRound = fit.before.round;
+    sent.delete(`fit/${fit.round}`);
+    if (holdsState) log(`site ${site}: ${why}: its state goes back to before round ${fit.round}${stateStore ? ' (on its disk too)' : ''}`);
+  };
+  /**
+   * After an update's answer: taken back when refused for good. Not when an earlier copy went
+   * unanswered: that copy may have been counted, and the coordinator forgets a round's updates a
+   * few rounds on (then refusing a copy of a counted one as stale). An unanswered or open-ended one
+   * stays counted too (core/protocol/README.md).
+   */
+  const settle = (fit: NonNullable<typeof lastFit>, answer: { ack: Ack; alone: boolean } | undefined): void => {
+    if (!answer?.alone || answer.ack.accepted || !refusedForGood(answer.ack.code)) return;
+    takeBack(fit, `its update of round ${fit.round} was refused [${answer.ack.code}]`);
   };
 
   const train = async (task: FitTask): Promise<void> => {
     const already = sent.get(`fit/${task.round}`);
-    if (already) return deliver(subj.update(site), already, task.deadline, `update of round ${task.round}`);
+    if (already) {
+      const fit = lastFit;
+      const ack = await deliver(subj.update(site), already, task.deadline, `update of round ${task.round}`);
+      // Only the last update's state can be taken back: one before it has a later round's state built on it.
+      if (fit?.body === already) settle(fit, ack);
+      return;
+    }
     if (task.scaler) worker.useScaler(task.scaler);
     restoreState(task.round);
     const global = await fetchModel(task.model, task.deadline);
     const serverControl = task.control ? await fetchModel(task.control, task.deadline, 'control') : undefined;
+    const control = worker.controlOf(siteIndex);
+    const fit: NonNullable<typeof lastFit> = {
+      round: task.round,
+      before: { round: stateRound, ...(residual ? { residual } : {}), ...(control ? { control } : {}) },
+    };
+    lastFit = fit;
+    try {
+      await fitAndPut(task, fit, global, serverControl);
+    } catch (err) {
+      takeBack(fit, `its fit of round ${task.round} sent no update`);
+      throw err;
+    }
+    summary.fits++;
+    if (failpoints.beforeAnswer(task)) {
+      log(`site ${site}: failpoint: stopped before answering the fit task of round ${task.round} (its update written${stateStore ? ', its state kept' : ''})`);
+      process.kill(process.pid, 'SIGSTOP');
+    }
+    if (failpoints.holdsAnswer(task)) {
+      const resumed = new Promise((resolve) => process.once('SIGCONT', resolve));
+      log(
+        `site ${site}: failpoint: holds its answer to the fit task of round ${task.round} until SIGCONT (its update written${stateStore ? ', its state kept' : ''})`,
+      );
+      await resumed;
+    }
+    settle(fit, await deliver(subj.update(site), fit.body!, task.deadline, `update of round ${task.round}`));
+  };
+
+  /** Trains, moves the state on (kept on disk first), writes the update object and signs its envelope into `fit.body`. */
+  const fitAndPut = async (task: FitTask, fit: NonNullable<typeof lastFit>, global: Float32Array, serverControl: Float32Array | undefined): Promise<void> => {
     const r = await worker.fit({ round: task.round, siteIndex, global, proximalMu: task.proximalMu, ...(serverControl ? { serverControl } : {}) });
     // Streamed from the delta itself (codec none): no copy of a large update is made.
     const encoded = encodeUpdateParts(r.delta, prepared.layout, spec.compression, {
@@ -317,19 +398,16 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       codec: spec.compression.codec,
       object: { bucket: bucket.updates(site), name, sha256, size: encoded.size },
     });
-    const body = json(signEnvelope(envelope, opts.seed));
-    remember(`fit/${task.round}`, body);
-    summary.fits++;
-    if (failpoints.beforeAnswer(task)) {
-      log(`site ${site}: failpoint: stopped before answering the fit task of round ${task.round} (its update written${stateStore ? ', its state kept' : ''})`);
-      process.kill(process.pid, 'SIGSTOP');
-    }
-    await deliver(subj.update(site), body, task.deadline, `update of round ${task.round}`);
+    fit.body = json(signEnvelope(envelope, opts.seed));
+    remember(`fit/${task.round}`, fit.body);
   };
 
   const score = async (task: EvaluateTask): Promise<void> => {
     const already = sent.get(`eval/${task.taskId}`);
-    if (already) return deliver(subj.evaluation(site), already, task.deadline, `evaluation of round ${task.round}`);
+    if (already) {
+      await deliver(subj.evaluation(site), already, task.deadline, `evaluation of round ${task.round}`);
+      return;
+    }
     if (task.scaler) worker.useScaler(task.scaler);
     const global = await fetchModel(task.model, task.deadline);
     const m = await worker.evaluate({ siteIndex, global, trainLoss: task.trainLoss });

@@ -9,7 +9,9 @@
 // announced, so that no update the coordinator counts is ever ahead of the state on disk. A task
 // of round r starts from the newest state of a round before r: a site that restarts after
 // writing round r's state but before its update was counted trains round r again from round
-// r-1's state, and gives the same bytes. The last two are kept (and none of a later round: a
+// r-1's state, and gives the same bytes. An update the coordinator refuses (late, say) takes its
+// round's file with it (`drop`): the next round starts from the state before the refused one, as
+// if that round had not been trained. The last two are kept (and none of a later round: a
 // coordinator that resumed from an earlier checkpoint made it a round that did not happen). A
 // file that is not this job's and site's state (another job, another model, damaged) is refused
 // with a reason and left alone: the site starts over, as without --state.
@@ -120,17 +122,37 @@ export class SiteStateStore {
     }
     renameSync(temporary, file);
     // The rename itself made durable: a crash now leaves the new file or the old set, never neither.
+    this.#syncDir();
+    // Kept: this round's and the newest before it (a retrained round starts from that one). A
+    // later round's is of a timeline that did not happen (the coordinator resumed before it): gone too.
+    const rounds = this.rounds();
+    const previous = rounds.find((r) => r < state.round);
+    for (const r of rounds) if (r !== state.round && r !== previous) rmSync(this.#file(r), { force: true });
+  }
+
+  /**
+   * Forgets the state after `round` (its update was refused, or never sent): a task after it
+   * starts from the one before, as it would had the round never been trained. Durable before it
+   * returns; nothing when there is none.
+   */
+  drop(round: number): void {
+    const file = this.#file(round);
+    try {
+      rmSync(file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    this.#syncDir();
+  }
+
+  #syncDir(): void {
     const dirFd = openSync(this.dir, 'r');
     try {
       fsyncSync(dirFd);
     } finally {
       closeSync(dirFd);
     }
-    // Kept: this round's and the newest before it (a retrained round starts from that one). A
-    // later round's is of a timeline that did not happen (the coordinator resumed before it): gone too.
-    const rounds = this.rounds();
-    const previous = rounds.find((r) => r < state.round);
-    for (const r of rounds) if (r !== state.round && r !== previous) rmSync(this.#file(r), { force: true });
   }
 
   #file(round: number): string {
