@@ -262,8 +262,16 @@ export const StrategySpec = z
     z.object({ name: z.literal('fedadam'), ...adaptive }).strict(),
     z.object({ name: z.literal('fedyogi'), ...adaptive }).strict(),
     // Adagrad's accumulator only grows; with momentum on top its first steps are a tenth of
-    // Adam's, so its default has none (as Flower's).
-    z.object({ name: z.literal('fedadagrad'), ...adaptive, beta1: z.number().min(0).lt(1).default(0) }).strict(),
+    // Adam's, so its default has none (as Flower's). It sums every squared delta (v <- v + D^2):
+    // there is no beta2 to set, and one given is refused, as any field another strategy takes.
+    z
+      .object({
+        name: z.literal('fedadagrad'),
+        serverLearningRate: adaptive.serverLearningRate,
+        beta1: z.number().min(0).lt(1).default(0),
+        tau: adaptive.tau,
+      })
+      .strict(),
     z.object({ name: z.literal('scaffold'), serverLearningRate }).strict(),
   ])
   .describe('How the coordinator turns site updates into the next global model.');

@@ -240,7 +240,7 @@ const STRATEGIES: StrategySpec[] = [
   { name: 'fedavgm', momentum: 0.9, serverLearningRate: 1 },
   { name: 'fedadam', beta1: 0.9, beta2: 0.99, tau: 1e-3, serverLearningRate: 0.01 },
   { name: 'fedyogi', beta1: 0.9, beta2: 0.99, tau: 1e-3, serverLearningRate: 0.01 },
-  { name: 'fedadagrad', beta1: 0.9, beta2: 0.99, tau: 1e-3, serverLearningRate: 0.01 },
+  { name: 'fedadagrad', beta1: 0.9, tau: 1e-3, serverLearningRate: 0.01 },
   { name: 'scaffold', serverLearningRate: 1 },
 ] as StrategySpec[];
 

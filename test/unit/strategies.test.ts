@@ -190,7 +190,7 @@ describe('strategy state', () => {
     { name: 'fedavgm', serverLearningRate: 1, momentum: 0.9 },
     { name: 'fedadam', serverLearningRate: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 },
     { name: 'fedyogi', serverLearningRate: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 },
-    { name: 'fedadagrad', serverLearningRate: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 },
+    { name: 'fedadagrad', serverLearningRate: 0.1, beta1: 0.9, tau: 1e-3 },
     { name: 'scaffold', serverLearningRate: 1 },
   ];
   const rounds = [0.3, -0.1, 0.02].map((s, r) =>

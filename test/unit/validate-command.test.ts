@@ -48,6 +48,15 @@ describe('consort validate', () => {
     expect(bad.text()).toContain('spec.classes[0]: a class name is text: write it in quotes ("0")');
     expect(bad.text()).toContain('spec.stopping.target.value: out of reach');
 
+    // FedAdagrad has no beta2 (its accumulator sums every squared delta): refused, as a field of
+    // another strategy is, rather than taken and ignored.
+    const adagrad = sink();
+    expect(validateCommand(job('  strategy: {name: fedadagrad, beta2: 0.9}\n'), sink().stream, adagrad.stream)).toBe(2);
+    expect(adagrad.text()).toContain('spec.strategy: Unrecognized key: "beta2"');
+    const adam = sink();
+    expect(validateCommand(job('  strategy: {name: fedadam, beta2: 0.9}\n'), sink().stream, adam.stream)).toBe(0);
+    expect(validateCommand(job('  strategy: {name: fedadagrad, beta1: 0.5}\n'), sink().stream, sink().stream)).toBe(0);
+
     // A model file the job names: read as a run would read it.
     const withModel = (path: string) => {
       const file = join(dir, `job-${Math.random().toString(36).slice(2)}.yaml`);
