@@ -35,6 +35,16 @@ export function jobWarnings(spec: FederatedJobSpec): string[] {
       );
     }
   }
+  // SCAFFOLD adds c - c_i to every local gradient, constant through a round. Adam divides each
+  // coordinate's step by that coordinate's running gradient magnitude, so wherever the data's
+  // gradient is small the correction alone is taken at a full step: the hospital example
+  // collapses under it at learning rates where FedAvg with Adam trains. SGD (SCAFFOLD's own) and
+  // momentum scale the correction as they scale the gradient.
+  if (spec.strategy.name === 'scaffold' && spec.training.optimizer === 'adam') {
+    out.push(
+      `strategy scaffold with training.optimizer adam: Adam scales each coordinate's step by its own gradient's magnitude, so SCAFFOLD's correction (c - c_i, the same every step of a round) is taken at full step size wherever the gradient is small, and training can collapse at learning rates where fedavg with adam trains: use training.optimizer sgd (SCAFFOLD's own) or momentum, or a far lower training.learningRate (${spec.training.learningRate} now)`,
+    );
+  }
   // A floor on an mlp's size whatever the data: between its hidden layers alone.
   const hidden = hiddenParameters(spec.model);
   if (hidden >= LARGE_MODEL_PARAMETERS) {

@@ -198,6 +198,18 @@ describe('jobWarnings on FedProx', () => {
   });
 });
 
+describe('jobWarnings on SCAFFOLD', () => {
+  it('with Adam: its per-coordinate scaling takes the constant correction at full step size', () => {
+    const scaffold = (optimizer: string, name = 'scaffold') => spec({ strategy: { name }, training: { optimizer, learningRate: 0.01 } });
+    expect(jobWarnings(scaffold('adam'))).toEqual([
+      "strategy scaffold with training.optimizer adam: Adam scales each coordinate's step by its own gradient's magnitude, so SCAFFOLD's correction (c - c_i, the same every step of a round) is taken at full step size wherever the gradient is small, and training can collapse at learning rates where fedavg with adam trains: use training.optimizer sgd (SCAFFOLD's own) or momentum, or a far lower training.learningRate (0.01 now)",
+    ]);
+    expect(jobWarnings(scaffold('sgd'))).toEqual([]);
+    expect(jobWarnings(scaffold('momentum'))).toEqual([]);
+    expect(jobWarnings(scaffold('adam', 'fedavg'))).toEqual([]);
+  });
+});
+
 describe('aucTargetWarnings', () => {
   const target = { stopping: { target: { metric: 'auc' as const, value: 0.6 } } };
   const two = { site: 'a', labels: { no: 60, yes: 40 }, trainLabels: { no: 48, yes: 32 } };
