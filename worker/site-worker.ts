@@ -49,6 +49,12 @@ export interface FitTask {
   global: Float32Array;
   proximalMu: number;
   serverControl?: Float32Array;
+  /**
+   * A round of this site's whose update was left out (past its deadline, or refused): the c_i
+   * its fit moved is put back first, if it was this site's last fit (the local runner's word for
+   * a refusal a site over NATS reads in its acknowledgement).
+   */
+  forget?: number;
 }
 
 export interface FitReply {
@@ -93,6 +99,8 @@ export class SiteWorker {
   private trainer: LocalTrainer | undefined;
   /** SCAFFOLD's client control variates c_i: site state that never leaves the site. */
   private readonly controls = new Map<number, Float32Array>();
+  /** Per site, the round of its last fit and its c_i before it: put back when that round's update is left out (`forget`). */
+  private readonly controlsBefore = new Map<number, { round: number; control: Float32Array | undefined }>();
 
   constructor(cfg: SiteWorkerConfig) {
     this.cfg = cfg;
@@ -106,6 +114,7 @@ export class SiteWorker {
 
   /** Puts back a kept control variate (or none: the site starts from c_i = 0, as at its first round). */
   restoreControl(siteIndex: number, control: Float32Array | undefined): void {
+    this.controlsBefore.delete(siteIndex);
     if (control) this.controls.set(siteIndex, control);
     else this.controls.delete(siteIndex);
   }
@@ -204,6 +213,9 @@ export class SiteWorker {
     const data = await this.load(task.siteIndex);
     const { spec } = this.cfg;
     const site = this.site(task.siteIndex).name;
+    if (task.forget !== undefined && this.controlsBefore.get(task.siteIndex)?.round === task.forget) {
+      this.restoreControl(task.siteIndex, this.controlsBefore.get(task.siteIndex)!.control);
+    }
     let correction: Float32Array | undefined;
     let cLocal: Float32Array | undefined;
     if (task.serverControl) {
@@ -262,6 +274,7 @@ export class SiteWorker {
         if (!meanGradient) next[i] = cLocal[i]! - task.serverControl[i]! - delta[i]! * scale;
         controlDelta[i] = next[i]! - cLocal[i]!;
       }
+      this.controlsBefore.set(task.siteIndex, { round: task.round, control: this.controls.get(task.siteIndex) });
       this.controls.set(task.siteIndex, next);
       reply.controlDelta = controlDelta;
     }

@@ -4,7 +4,10 @@
 // error-feedback residual, decoded as the coordinator decodes them), so that a run in one
 // process gives the model bytes of the same job over NATS. With a round deadline, a late update
 // is dropped (sync) or folded into the next round with its staleness weight (buffered, FedBuff),
-// as the NATS coordinator does.
+// as the NATS coordinator does. An update dropped (sync) or refused leaves its site as before its
+// round, as a site over NATS takes back a refused update: its residual is not kept, and its next
+// fit puts its SCAFFOLD c_i back first (`forget`). Buffered, an update too stale to fold when the
+// next round takes it keeps both: over NATS the coordinator refuses it on arrival instead.
 import type { CompressionSpec } from '../../core/job/federated-job.ts';
 import type { ParameterLayout } from '../../core/model/layout.ts';
 import { decodeUpdate, encodeUpdate } from '../../core/protocol/codecs.ts';
@@ -27,6 +30,8 @@ export class InProcessTransport implements SiteTransport {
   private readonly maxStaleness: number | undefined;
   /** Updates that came after their round's deadline (buffered mode), with the round they were trained for: folded into the next round. */
   private late: Array<{ round: number; value: SiteFitResult }> = [];
+  /** Per site, the round of its update left out since its last fit task: that fit's c_i change is undone by the next. */
+  private readonly leftOut = new Map<string, number>();
 
   constructor(
     pool: SitePool,
@@ -46,7 +51,7 @@ export class InProcessTransport implements SiteTransport {
    * coordinator's words): the site's task goes on in its thread, and its answer is dropped, or,
    * buffered, given to `onLate` to be folded later.
    */
-  private inTime<T>(site: string, answer: Promise<Outcome<T>>, onLate?: (value: T) => void): Promise<Outcome<T>> {
+  private inTime<T>(site: string, answer: Promise<Outcome<T>>, onLate?: (value: T) => void, onMissed?: () => void): Promise<Outcome<T>> {
     const ms = this.deadlineMs;
     if (ms === undefined) return answer;
     let timer: NodeJS.Timeout | undefined;
@@ -54,6 +59,7 @@ export class InProcessTransport implements SiteTransport {
     const late = new Promise<Outcome<T>>((done) => {
       timer = setTimeout(() => {
         missed = true;
+        onMissed?.();
         done({ ok: false, failure: { site, code: 'CONSORT_C_DEADLINE', reason: 'no answer before the round deadline' } });
       }, ms);
     });
@@ -70,16 +76,18 @@ export class InProcessTransport implements SiteTransport {
       .map((l) => Promise.resolve({ ok: true, value: { ...l.value, staleness: round - l.round } }));
   }
 
-  /** The update as the coordinator would have it after the wire: encoded, then decoded. */
-  private throughWire(r: SiteFitResult): SiteFitResult {
-    if (!this.wire) return r;
+  /** The update as the coordinator would have it after the wire: encoded, then decoded; and the site's residual after it, kept only if the update is taken. */
+  private throughWire(r: SiteFitResult): { value: SiteFitResult; residual?: Float32Array } {
+    if (!this.wire) return { value: r };
     const { layout, compression } = this.wire;
     const residual = this.residuals.get(r.site);
     const encoded = encodeUpdate(r.delta, layout, compression, { ...(residual ? { residual } : {}), ...(r.controlDelta ? { control: r.controlDelta } : {}) });
-    if (encoded.residual) this.residuals.set(r.site, encoded.residual);
     const decoded = decodeUpdate(encoded.bytes, layout, compression.codec, { maxBytes: encoded.bytes.length, topkFraction: compression.topkFraction });
     const { controlDelta: _, ...rest } = r;
-    return { ...rest, delta: decoded.delta, ...(decoded.control ? { controlDelta: decoded.control } : {}) };
+    return {
+      value: { ...rest, delta: decoded.delta, ...(decoded.control ? { controlDelta: decoded.control } : {}) },
+      ...(encoded.residual ? { residual: encoded.residual } : {}),
+    };
   }
 
   private siteIndex(site: string): number {
@@ -93,8 +101,19 @@ export class InProcessTransport implements SiteTransport {
     return asCompleted([
       // FedBuff, as over NATS: what came after an earlier round's deadline is folded here, weighted by its staleness.
       ...(this.maxStaleness !== undefined ? this.lateFor(round) : []),
-      ...sites.map((site) =>
-        this.inTime(
+      ...sites.map((site) => {
+        const forget = this.leftOut.get(site);
+        this.leftOut.delete(site);
+        // Sync: past the deadline the update is dropped, whenever it comes; known now, before the site's next task.
+        let dropped = false;
+        const missed =
+          this.maxStaleness === undefined
+            ? () => {
+                dropped = true;
+                this.leftOut.set(site, round);
+              }
+            : undefined;
+        return this.inTime(
           site,
           this.pool
             .fit({
@@ -103,24 +122,32 @@ export class InProcessTransport implements SiteTransport {
               global,
               proximalMu: instructions.proximalMu,
               ...(instructions.serverControl ? { serverControl: instructions.serverControl } : {}),
+              ...(forget !== undefined ? { forget } : {}),
             })
             .then(
               (r): Outcome<SiteFitResult> => {
                 try {
-                  const value = this.throughWire(r);
+                  const { value, residual } = this.throughWire(r);
+                  if (dropped) return failure(site, new Error('dropped: past the round deadline'));
                   // The coordinator's checks of values over NATS, here too: a run refuses alike either way.
                   const problem = updateValueProblem(value);
-                  if (problem) return { ok: false, failure: { site, code: problem.code, reason: `update refused: ${problem.reason}` } };
+                  if (problem) {
+                    this.leftOut.set(site, round);
+                    return { ok: false, failure: { site, code: problem.code, reason: `update refused: ${problem.reason}` } };
+                  }
+                  if (residual) this.residuals.set(site, residual);
                   return { ok: true, value };
                 } catch (err) {
+                  this.leftOut.set(site, round);
                   return failure(site, err);
                 }
               },
               (err: unknown): Outcome<SiteFitResult> => failure(site, err),
             ),
           onLate,
-        ),
-      ),
+          missed,
+        );
+      }),
     ]);
   }
 

@@ -182,6 +182,31 @@ describe('SiteWorker', () => {
     worker.dispose();
   });
 
+  it("forgets the c_i a left-out round moved before its next fit, and only that round's (the local runner's dropped update)", async () => {
+    const started = async () => {
+      const w = new SiteWorker({ spec, baseDir: '.', backend: 'tensorflow' });
+      const d = await w.describe(0);
+      return { w, layout: (await w.prepare(['no', 'yes'], d.sampleShape)).layout };
+    };
+    const { w: worker, layout } = await started();
+    const { w: fresh } = await started();
+    const global = initialParameters(layout, spec.seed);
+    const serverControl = Float32Array.from({ length: global.length }, (_, i) => ((i % 5) - 2) * 1e-3);
+    const task = (round: number, forget?: number) => ({ round, siteIndex: 0, global, proximalMu: 0, serverControl, ...(forget ? { forget } : {}) });
+    await worker.fit(task(1));
+    // Round 1's update was left out: round 2 trains as from a site that never fitted round 1.
+    const again = await worker.fit(task(2, 1));
+    const want = await fresh.fit(task(2));
+    expect(again.delta).toEqual(want.delta);
+    expect(again.controlDelta).toEqual(want.controlDelta);
+    // A round that is not its last fit's is not forgotten: c_i stays as round 2 left it.
+    const third = await worker.fit(task(3, 1));
+    const wantThird = await fresh.fit(task(3));
+    expect(third.controlDelta).toEqual(wantThird.controlDelta);
+    worker.dispose();
+    fresh.dispose();
+  });
+
   it('leaks no tensors: as many alive after round 10 as after round 1', async () => {
     const worker = new SiteWorker({ spec: { ...spec, strategy: { name: 'fedprox', mu: 0.1, serverLearningRate: 1 } }, baseDir: '.', backend: 'tensorflow' });
     const d = await worker.describe(0);
