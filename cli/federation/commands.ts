@@ -11,7 +11,7 @@ import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.
 import { exportLayersModel } from '../../worker/site-worker.ts';
 import { buildModel } from '../../worker/model.ts';
 import { LocalTrainer } from '../../worker/trainer.ts';
-import { FAILPOINTS_ENV, Failpoints } from '../../worker/nats/failpoints.ts';
+import { COORDINATOR_FAILPOINTS_ENV, CoordinatorFailpoints, FAILPOINTS_ENV, Failpoints } from '../../worker/nats/failpoints.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
 import { CliError, fileProblem } from '../errors.ts';
 import { OperatorError } from '../../operator/errors.ts';
@@ -108,6 +108,10 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
   allowWideSimd();
   try {
     const flags = parseFlags(CoordinatorFlags, raw);
+    const failpoints = CoordinatorFailpoints.safeParse(process.env[COORDINATOR_FAILPOINTS_ENV] ?? '');
+    if (!failpoints.success) {
+      throw new CliError('CONSORT_CLI_USAGE', `${COORDINATOR_FAILPOINTS_ENV}: invalid`, { details: describeIssues(failpoints.error) });
+    }
     const job = withOverrides(readJobFile(jobPath), flags);
     const keys = readKeys(flags.keys);
     const outDir = resolve(flags.out ?? `out/${job.metadata.name}`);
@@ -162,6 +166,10 @@ export async function coordinatorCommand(jobPath: string, raw: Record<string, un
           },
         },
       });
+      if (failpoints.data.includes('stop-before-outputs')) {
+        log('coordinator: failpoint: stopped before writing its outputs');
+        process.kill(process.pid, 'SIGSTOP');
+      }
       const first = Object.values(result.sites)[0];
       const classes = job.spec.classes ?? first?.labels ?? [];
       const sampleShape = first?.sampleShape ?? [];

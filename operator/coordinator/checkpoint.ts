@@ -6,7 +6,8 @@ import type { ObjectStore } from '@nats-io/obj';
 import { z } from 'zod';
 import { retrying } from '../../core/protocol/retry.ts';
 import { objectNames } from '../../core/protocol/subjects.ts';
-import { RoundRecord } from '../../core/report/run-report.ts';
+import type { SiteEvaluation, SiteFailure } from '../../core/protocol/transport.ts';
+import { RoundRecord, SiteMetrics } from '../../core/report/run-report.ts';
 import { concatBytes } from '../../core/tensor/safetensors.ts';
 import type { StrategyState } from '../../core/strategies/strategy.ts';
 
@@ -52,7 +53,23 @@ export interface Checkpoint {
   stoppedBy?: 'rounds' | 'target' | 'patience';
   /** The transport's own state (e.g. replay protection), opaque here. */
   transport?: unknown;
+  /**
+   * The job is over: every site's score of the final model (and who did not score it). Saved
+   * before the sites are told the job is done, so that a coordinator killed after that, its sites
+   * gone, finishes from here instead of waiting for them.
+   */
+  final?: FinalScores;
 }
+
+export interface FinalScores {
+  scores: SiteEvaluation[];
+  missing: SiteFailure[];
+}
+
+const FinalScores = z.object({
+  scores: z.array(SiteMetrics.extend({ trainLoss: z.number().optional(), trainSamples: z.number().int().min(0).optional() })),
+  missing: z.array(z.object({ site: z.string(), code: z.string(), reason: z.string() })),
+});
 
 const Header = z.object({
   format: z.literal(CHECKPOINT_FORMAT),
@@ -71,6 +88,7 @@ const Header = z.object({
   sinceBest: z.number().int().min(0),
   stoppedBy: z.enum(['rounds', 'target', 'patience']).optional(),
   transport: z.unknown().optional(),
+  final: FinalScores.optional(),
 });
 
 /** [u32 header length][header JSON][global float32][strategy buffers float64], little-endian. */
@@ -111,6 +129,7 @@ export function checkpointParts(c: Checkpoint): Uint8Array[] {
       sinceBest: c.sinceBest,
       ...(c.stoppedBy ? { stoppedBy: c.stoppedBy } : {}),
       ...(c.transport !== undefined ? { transport: c.transport } : {}),
+      ...(c.final ? { final: c.final } : {}),
     }),
   );
   const pad = (8 - ((4 + header.length) % 8)) % 8;
@@ -160,6 +179,7 @@ export function decodeCheckpoint(bytes: Uint8Array): Checkpoint {
     sinceBest: h.sinceBest,
     ...(h.stoppedBy ? { stoppedBy: h.stoppedBy } : {}),
     ...(h.transport !== undefined ? { transport: h.transport } : {}),
+    ...(h.final ? { final: h.final } : {}),
   };
 }
 

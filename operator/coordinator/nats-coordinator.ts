@@ -308,6 +308,8 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
   // What every process of this job must share; a checkpoint of other terms is another training.
   const terms = jobTerms(job.spec);
   let resume: Checkpoint | undefined;
+  /** The checkpoint is of a job that was over, its final scores in it: no site is needed to end it again. */
+  let finishedBefore = false;
   const saved = await loadCheckpoint(checkpoints);
   if (saved) {
     resume = saved;
@@ -320,7 +322,11 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       );
     }
     log(`resuming ${job.metadata.name} from its checkpoint after round ${resume.round}`);
-    if (resume.round >= spec.rounds || (resume.stoppedBy !== undefined && resume.stoppedBy !== 'rounds')) {
+    const over = resume.round >= spec.rounds || (resume.stoppedBy !== undefined && resume.stoppedBy !== 'rounds');
+    finishedBefore = over && resume.final !== undefined;
+    if (finishedBefore) {
+      log(`${job.metadata.name} was over (its final model scored by its sites, its scores in the checkpoint): it ends again without its sites`);
+    } else if (over) {
       log(
         `${job.metadata.name} already finished training (after round ${resume.round}${resume.stoppedBy && resume.stoppedBy !== 'rounds' ? `, stopped by ${resume.stoppedBy}` : ''}): its sites are needed only to score the final model again; to train anew, run it under another name, or delete its state bucket ${bucket.state}`,
       );
@@ -389,6 +395,8 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
    * those that carry weights each hold a copy round 1 can start from.
    */
   let startsFrom: string | undefined;
+  /** Round 1 started (or starts) from the weights the sites' model file carries: as their hellos say, or as they said before a resume. */
+  const pretrained = () => (startsFrom !== undefined ? startsFrom !== 'seeded' : Object.values(joined).some((j) => j.initialSha256 !== undefined));
   const initialCopies = new Map<string, NonNullable<Hello['initial']>>();
   /** Each site's process, as its hellos name it. */
   const instances = new Map<string, string>();
@@ -678,7 +686,8 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       for (;;) {
         if (o.signal?.aborted) throw new OperatorError('CONSORT_C_ABORTED', 'stopped before the sites joined');
         const n = alive().length;
-        if (layout && n === siteNames.length) break;
+        // A job that was over needs none of its sites: they were told so, and left.
+        if (layout && (n === siteNames.length || finishedBefore)) break;
         const refused = notComing();
         if (layout && refused && refused.size > 0 && n >= spec.sampling.minSites) {
           const here = new Set(alive());
@@ -707,10 +716,9 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     // moments of the sites here as the rounds first start; a resumed run keeps its own.
     const savedScaler = InputScaler.safeParse(resumedState?.scaler);
     // A pre-trained model was trained on the inputs as they are: scaled, its weights would be wasted.
-    const pretrained = startsFrom !== undefined && startsFrom !== 'seeded';
     const inputScaler = savedScaler.success
       ? savedScaler.data
-      : pretrained
+      : pretrained()
         ? undefined
         : (federationScaler(siteNames.map((s) => joined[s] ?? {})) ?? fixedInputScaler(job.spec));
     if (inputScaler && !savedScaler.success) {
@@ -721,7 +729,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
           : 'inputs scaled by the clinical reference values every site uses (synthetic hospitals)',
       );
     }
-    if (pretrained && !inputScaler) log("inputs not scaled: the sites' model file carries weights, trained on the inputs as they are");
+    if (pretrained() && !inputScaler) log("inputs not scaled: the sites' model file carries weights, trained on the inputs as they are");
     const fromEnv = aggregationFromEnv();
     const parameters = layoutSize(layout!);
     tuneGcForModel(4 * parameters);
@@ -829,7 +837,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       bytesIn: Object.fromEntries(transport.bytesIn),
       bytesOut: Object.fromEntries(transport.bytesOut),
       ...(inputScaler ? { inputScaler } : {}),
-      initialWeights: startsFrom !== undefined && startsFrom !== 'seeded' ? 'model file' : 'seeded',
+      initialWeights: pretrained() ? 'model file' : 'seeded',
       model: {
         bucket: bucket.models,
         object: o.finalModelName ?? FINAL_MODEL,

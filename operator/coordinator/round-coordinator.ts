@@ -140,6 +140,10 @@ export class RoundCoordinator {
     let sinceBest = this.resume?.sinceBest ?? 0;
     let last: { round: number; scores: SiteEvaluation[]; all: boolean } | undefined;
     let round = this.resume?.round ?? 0;
+    // Over already, its final scores saved: nothing is asked of the sites (they may be gone).
+    // (Unless the job now asks for more rounds than it ran: they are trained.)
+    const over = round < maxRounds && stoppedBy === 'rounds' ? undefined : this.resume?.final;
+    if (over) return { global: this.global, rounds: records, roundsCompleted: round, stoppedBy, final: over.scores, finalMissing: over.missing };
     while (round < maxRounds && stoppedBy === 'rounds') {
       round++;
       const started = performance.now();
@@ -176,6 +180,8 @@ export class RoundCoordinator {
     const finalMissing = finalSites
       .filter((s) => !final.some((e) => e.site === s))
       .map((site) => failed.get(site) ?? { site, code: 'CONSORT_C_UNREACHABLE', reason: 'no answer' });
+    // Before the transport tells the sites the job is done: a coordinator killed after that finishes from here.
+    await this.guard(this.saveCheckpoint({ round, records, best, sinceBest, stoppedBy, final: { scores: final, missing: finalMissing } }));
     return { global: this.global, rounds: records, roundsCompleted: round, stoppedBy, final, finalMissing };
   }
 
@@ -200,7 +206,7 @@ export class RoundCoordinator {
     });
   }
 
-  private async saveCheckpoint(c: Pick<Checkpoint, 'round' | 'records' | 'best' | 'sinceBest' | 'stoppedBy'>): Promise<void> {
+  private async saveCheckpoint(c: Pick<Checkpoint, 'round' | 'records' | 'best' | 'sinceBest' | 'stoppedBy' | 'final'>): Promise<void> {
     if (!this.checkpoints) return;
     // Each full segment of records goes apart once, before the checkpoint that counts it: the
     // checkpoint then holds fewer than RECORDS_PER_SEGMENT records, however long the job.

@@ -272,21 +272,18 @@ export class Federation {
 
   /** `consort coordinator JOB --nats URL --creds coordinator.nk --keys keys.json --out OUT`. */
   coordinator(out: string, ...flags: string[]): ConsortProcess {
+    return this.coordinatorWith({}, out, ...flags);
+  }
+
+  /** coordinator() with more environment (its failpoints: CONSORT_COORDINATOR_FAILPOINTS). */
+  coordinatorWith(env: Record<string, string>, out: string, ...flags: string[]): ConsortProcess {
     const n = join(this.dir, 'nats');
     const label = `coordinator #${this.processes.filter((p) => p.label.startsWith('coordinator')).length + 1}`;
-    return this.consort(label, [
-      'coordinator',
-      this.jobPath,
-      '--nats',
-      this.server.url,
-      '--creds',
-      join(n, 'coordinator.nk'),
-      '--keys',
-      join(n, 'keys.json'),
-      '--out',
-      out,
-      ...flags,
-    ]);
+    return this.consort(
+      label,
+      ['coordinator', this.jobPath, '--nats', this.server.url, '--creds', join(n, 'coordinator.nk'), '--keys', join(n, 'keys.json'), '--out', out, ...flags],
+      env,
+    );
   }
 
   /**

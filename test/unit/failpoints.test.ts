@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ArmedFailpoints, Failpoints } from '../../worker/nats/failpoints.ts';
+import { ArmedFailpoints, CoordinatorFailpoints, Failpoints } from '../../worker/nats/failpoints.ts';
 
 describe('site failpoints (CONSORT_FAILPOINTS)', () => {
   it('parses a comma-separated list; empty is none', () => {
@@ -64,5 +64,15 @@ describe('site failpoints (CONSORT_FAILPOINTS)', () => {
     expect(armed.holdsAnswer({ type: 'fit', round: 3 })).toBe(true);
     expect(armed.holdsAnswer({ type: 'fit', round: 3 })).toBe(false);
     expect(Failpoints.safeParse('hold-before-answer:evaluate:3').success).toBe(false);
+  });
+});
+
+describe('coordinator failpoints (CONSORT_COORDINATOR_FAILPOINTS)', () => {
+  it('takes stop-before-outputs, or none; refuses a site point, saying what it expected', () => {
+    expect(CoordinatorFailpoints.parse('')).toEqual([]);
+    expect(CoordinatorFailpoints.parse(' stop-before-outputs ')).toEqual(['stop-before-outputs']);
+    const r = CoordinatorFailpoints.safeParse('stop-after-ack:fit:3');
+    expect(r.success).toBe(false);
+    expect(r.error?.issues[0]?.message).toMatch(/expected stop-before-outputs/);
   });
 });

@@ -42,6 +42,23 @@ export const Failpoints = z
   .pipe(z.array(Point).max(64));
 export type Failpoint = z.output<typeof Point>;
 
+/**
+ * The coordinator's points, in a variable of their own (`consort run --nats` gives its processes
+ * one environment): `stop-before-outputs` stops `consort coordinator` once the job is over (its
+ * final model stored, the sites told) and before it writes --out.
+ */
+export const COORDINATOR_FAILPOINTS_ENV = 'CONSORT_COORDINATOR_FAILPOINTS';
+
+export const CoordinatorFailpoints = z
+  .string()
+  .transform((s) =>
+    s
+      .split(',')
+      .map((p) => p.trim())
+      .filter((p) => p !== ''),
+  )
+  .pipe(z.array(z.literal('stop-before-outputs', { error: 'expected stop-before-outputs (the only point of the coordinator)' })).max(1));
+
 /** Which failpoints are still armed; `hit` disarms the one a task matches and says whether it fired. */
 export class ArmedFailpoints {
   readonly #points: Failpoint[];
