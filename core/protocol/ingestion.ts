@@ -458,16 +458,29 @@ export class UpdateIngestor {
     return this.duplicateCount;
   }
 
-  /** Plain JSON, sorted, for the coordinator's checkpoint. Pending (uncommitted) updates are not carried. */
-  snapshot(): IngestorSnapshot {
+  /** Whether an update of `site` for `round` is counted (committed). */
+  counted(round: number, site: string): boolean {
+    return this.accepted.get(round)?.has(site) ?? false;
+  }
+
+  /**
+   * Plain JSON, sorted, for the coordinator's checkpoint. Pending (uncommitted) updates are not
+   * carried, nor the committed ones named in `uncounted` (late updates acknowledged but not yet
+   * folded into a round: after a restart, the same envelope is taken again as new).
+   */
+  snapshot(uncounted: ReadonlyArray<{ round: number; site: string; nonce: string }> = []): IngestorSnapshot {
+    const left = (round: number, site: string, nonce: string) => uncounted.some((u) => u.round === round && u.site === site && u.nonce === nonce);
     const byRound = (m: Map<number, Set<string>>) => [...m.entries()].sort(([a], [b]) => a - b).map(([r, s]) => [r, [...s].sort()] as [number, string[]]);
     const nonces: Array<[string, number, string[]]> = [];
     for (const site of [...this.nonces.keys()].sort()) {
-      for (const [round, set] of [...this.nonces.get(site)!.entries()].sort(([a], [b]) => a - b)) nonces.push([site, round, [...set].sort()]);
+      for (const [round, set] of [...this.nonces.get(site)!.entries()].sort(([a], [b]) => a - b)) {
+        const kept = [...set].filter((n) => !left(round, site, n)).sort();
+        if (kept.length > 0) nonces.push([site, round, kept]);
+      }
     }
     const accepted: IngestorSnapshot['accepted'] = [];
     for (const [round, m] of [...this.accepted.entries()].sort(([a], [b]) => a - b)) {
-      for (const site of [...m.keys()].sort()) accepted.push({ round, site, ...m.get(site)! });
+      for (const site of [...m.keys()].sort()) if (!left(round, site, m.get(site)!.nonce)) accepted.push({ round, site, ...m.get(site)! });
     }
     const evaluations: IngestorSnapshot['evaluations'] = [];
     for (const [round, m] of [...this.evaluations.entries()].sort(([a], [b]) => a - b)) {

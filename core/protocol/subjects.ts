@@ -82,6 +82,11 @@ export const objectNames = {
   checkpoint: 'checkpoint',
   /** The coordinator's round records kept apart from its checkpoint, RECORDS_PER_SEGMENT a segment (operator/coordinator/checkpoint.ts). */
   records: (segment: number) => `records/${segment}`,
+  /**
+   * Buffered mode: the signed envelope of `site`'s late update for `round`, kept in the state
+   * bucket from its acknowledgement until the round that folds it is checkpointed.
+   */
+  late: (round: number, site: string) => `late/r${round}/${site}`,
   /** A site's copy of the weights its model file carries (a pre-trained model), in its own bucket: round 1's global model. */
   initial: 'initial',
 };

@@ -31,7 +31,7 @@ import { aucTargetWarnings, dataWarnings, scaleWarnings } from '../../core/job/w
 import { tuneGcForModel } from '../../core/gc-tuning.ts';
 import { type Checkpoint, type CheckpointStore, encodeRecordSegment, loadCheckpoint, readRecordSegment } from './checkpoint.ts';
 import type { RoundRecord } from '../../core/report/run-report.ts';
-import { NatsTransport } from './nats-transport.ts';
+import { type LateEnvelopes, NatsTransport, type ResumedLate } from './nats-transport.ts';
 import { askAbsentSites } from './absent-sites.ts';
 import { AGGREGATION_RANGE, type CoordinatorResult, RoundCoordinator, type RoundEvents } from './round-coordinator.ts';
 import { decodeJson as parseJson, encodeJson as json } from '../../core/protocol/wire.ts';
@@ -737,6 +737,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     const aggregationRange = o.aggregationRange ?? fromEnv?.range ?? AGGREGATION_RANGE;
     if (storedUpdates) log(`${parameters} parameters: updates stay in their buckets, aggregated ${aggregationRange} parameters at a time`);
     const aggregationThreads = o.aggregationThreads ?? aggregationThreadsFromEnv() ?? defaultAggregationThreads();
+    const late = spec.aggregation.mode === 'buffered' ? await keptLateEnvelopes(state, bucket.state, objectWire(nc, bucket.state), ingestor!, log) : undefined;
     transport = new NatsTransport({
       nc,
       spec,
@@ -755,6 +756,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       storedUpdates,
       sharedBuffers: aggregationThreads > 1,
       ...(inputScaler ? { inputScaler } : {}),
+      ...(late ? { lateEnvelopes: late.keeper, resumedLate: late.resumed } : {}),
       log,
     });
     o.onCounters?.({ rejections, bytesIn: transport.bytesIn, bytesOut: transport.bytesOut });
@@ -792,7 +794,13 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
         store: checkpoints,
         job: key,
         transportState: () =>
-          ({ layout: layout!, ingestor: ingestor!.snapshot(), sites: joined, terms, ...(inputScaler ? { scaler: inputScaler } : {}) }) satisfies TransportState,
+          ({
+            layout: layout!,
+            ingestor: ingestor!.snapshot(transport?.unfolded()),
+            sites: joined,
+            terms,
+            ...(inputScaler ? { scaler: inputScaler } : {}),
+          }) satisfies TransportState,
       },
       ...(resume ? { resume } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
@@ -853,6 +861,41 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     await inbox;
     await transport?.settled();
   }
+}
+
+/**
+ * Buffered mode: the late updates' envelopes in the job's state bucket (LateEnvelopes), and those a
+ * coordinator that stopped kept there and its checkpoint does not count (to take again); those it
+ * counts were folded into a checkpointed round, and go.
+ */
+async function keptLateEnvelopes(
+  state: ObjectStore,
+  bucket: string,
+  wire: ObjectPutWire,
+  ingestor: UpdateIngestor,
+  log: (line: string) => void,
+): Promise<{ keeper: LateEnvelopes; resumed: ResumedLate[] }> {
+  const keeper: LateEnvelopes = {
+    keep: async (round, site, data) => {
+      await retrying(() => putObject(wire, bucket, objectNames.late(round, site), [data], OBJECT_PUT), { until: Date.now() + WRITE_RETRY_MS });
+    },
+    drop: async (round, site) => {
+      await retrying(() => state.delete(objectNames.late(round, site)), { until: Date.now() + WRITE_RETRY_MS });
+    },
+  };
+  const resumed: ResumedLate[] = [];
+  const kept = (await retrying(() => state.list(), { until: Date.now() + WRITE_RETRY_MS })).filter((i) => !i.deleted && i.name.startsWith('late/'));
+  for (const info of kept) {
+    const m = /^late\/r(\d+)\/(.+)$/.exec(info.name);
+    const data = m ? await retrying(() => state.getBlob(info.name), { until: Date.now() + WRITE_RETRY_MS }) : null;
+    if (!m || !data || ingestor.counted(Number(m[1]), m[2]!)) {
+      await state.delete(info.name).catch(() => {});
+      continue;
+    }
+    resumed.push({ site: m[2]!, round: Number(m[1]), data });
+  }
+  if (resumed.length > 0) log(`${resumed.length} late update(s) acknowledged before the restart and not yet folded into a round: taken again`);
+  return { keeper, resumed };
 }
 
 /** A status with nothing counted yet: what a coordinator answers before its state is loaded. */

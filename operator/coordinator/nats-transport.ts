@@ -172,7 +172,28 @@ export interface NatsTransportOptions {
   inputScaler?: InputScaler;
   /** Updates are read into SharedArrayBuffers, which the aggregation's helper threads can read. */
   sharedBuffers?: boolean;
+  /**
+   * Buffered mode: where a late update's signed envelope is kept, from before it is acknowledged
+   * until the round that folds it is checkpointed. The site, told its update is taken, never sends
+   * it again: a coordinator killed before that checkpoint takes it again from here (resumedLate).
+   */
+  lateEnvelopes?: LateEnvelopes;
+  /** Late envelopes a coordinator that stopped had kept: taken again, as sent, once the first round opens. */
+  resumedLate?: ReadonlyArray<ResumedLate>;
   log: (line: string) => void;
+}
+
+/** A late update's envelope a stopped coordinator kept: its site, the round it was trained for, the bytes as sent. */
+export interface ResumedLate {
+  site: string;
+  round: number;
+  data: Uint8Array;
+}
+
+/** The keeping of late updates' envelopes (buffered mode) between their acknowledgement and their round's checkpoint. */
+export interface LateEnvelopes {
+  keep(round: number, site: string, data: Uint8Array): Promise<void>;
+  drop(round: number, site: string): Promise<void>;
 }
 
 type FitAnswer = SiteFitResult | StoredFitResult;
@@ -182,7 +203,11 @@ export class NatsTransport implements SiteTransport {
   private fitRound: OpenRound<FitAnswer> | undefined;
   private evalRound: OpenRound<SiteEvaluation> | undefined;
   /** Buffered mode: late updates that arrived between rounds, folded into the next one (with their share of the memory budget). */
-  private late: Array<{ result: FitAnswer & { round: number }; release: () => void }> = [];
+  private late: Array<{ result: FitAnswer & { round: number }; release: () => void; env: UpdateEnvelope }> = [];
+  /** Kept late envelopes (lateEnvelopes) folded into an open round: dropped once that round is checkpointed. */
+  private readonly keptLate = new Map<string, { round: number; site: string; into: number }>();
+  /** Envelopes of a stopped coordinator's late updates, not yet taken again. */
+  private resumedLate: ReadonlyArray<ResumedLate>;
   private readonly memory = new ByteBudget(UPDATE_MEMORY_BUDGET_BYTES);
   private readonly buffers: BufferPool;
   private readonly window = new ByteBudget(UPDATE_READ_WINDOW_BYTES);
@@ -214,6 +239,7 @@ export class NatsTransport implements SiteTransport {
 
   constructor(o: NatsTransportOptions) {
     this.o = o;
+    this.resumedLate = o.resumedLate ?? [];
     this.buffers = new BufferPool(UPDATE_MEMORY_BUDGET_BYTES, o.sharedBuffers ?? false);
     if (o.storedUpdates) {
       this.objects = new StoredObjects({
@@ -427,8 +453,19 @@ export class NatsTransport implements SiteTransport {
     // Their staleness is the rounds between the one they were trained for and this one, counted
     // here once: the ingestor's already counted the round they would be folded into, and adding
     // one on top made a round-2 update folded into round 4 three rounds late (past maxStaleness 2).
-    for (const { result, release } of this.late) r.channel.push({ ok: true, value: { ...result, staleness: round - result.round } }, release);
+    for (const { result, release, env } of this.late) {
+      r.channel.push({ ok: true, value: { ...result, staleness: round - result.round } }, release);
+      this.foldedLate(env, round);
+    }
     this.late = [];
+    // A stopped coordinator's late updates, as their sites sent them: judged and read again, and
+    // folded into this round as they would have been (one it had folded already is a duplicate).
+    for (const { site, round: trained, data } of this.resumedLate) {
+      // Not needed once this round is checkpointed: folded into it, or refused.
+      this.keepUntil(site, trained, round);
+      void this.onUpdate(site, { data, subject: this.o.subjects.update(site), reply: '', respond: () => true } as unknown as Msg);
+    }
+    this.resumedLate = [];
     this.dispatch(r, async () => {
       const model = await this.publishModel(objectNames.global(round - 1), global);
       const control = instructions.serverControl ? await this.publishModel(objectNames.control(round), instructions.serverControl) : undefined;
@@ -572,6 +609,7 @@ export class NatsTransport implements SiteTransport {
    * the next round's purge takes what this one left.
    */
   async checkpointed(round: number): Promise<void> {
+    this.dropKeptLate((into) => into <= round);
     for (const { bucket, kind, next } of await this.nextSequences()) {
       if (next === undefined) continue;
       const below = this.retention.note(bucket, kind, round, next);
@@ -584,6 +622,10 @@ export class NatsTransport implements SiteTransport {
    * model, put next, stays), and this waits for the purges.
    */
   async finished(): Promise<void> {
+    // The job is over: no kept late envelope is needed any more, one never folded included.
+    for (const { env } of this.late) this.foldedLate(env, Number.POSITIVE_INFINITY);
+    for (const { site, round } of this.resumedLate) this.keepUntil(site, round, Number.POSITIVE_INFINITY);
+    this.dropKeptLate(() => true);
     for (const { bucket, next } of await this.nextSequences()) if (next !== undefined && next > 1) this.purgeBelow(bucket, next);
     await this.settled();
   }
@@ -632,7 +674,7 @@ export class NatsTransport implements SiteTransport {
       release();
       return this.reject(msg, site, obj.rejection.code, obj.rejection.reason);
     }
-    this.deliver(site, msg, env, obj.result, release, bytes.length);
+    await this.deliver(site, msg, env, obj.result, release, bytes.length);
   }
 
   /**
@@ -684,20 +726,35 @@ export class NatsTransport implements SiteTransport {
       (position) => objects.cursor(chunks, position, { before: () => Promise.allSettled([...this.publishing]), fault }),
       chunks.ends,
     );
-    this.deliver(site, msg, env, { ...result, round }, () => {}, env.object.size);
+    await this.deliver(site, msg, env, { ...result, round }, () => {}, env.object.size);
   }
 
   /** Hands a checked update to its round (or, buffered, the next), or refuses it as stale; then commits and acknowledges it. */
-  private deliver(site: string, msg: Msg, env: UpdateEnvelope, result: FitAnswer & { round: number }, release: () => void, bytes: number): void {
-    const r = this.fitRound;
+  private async deliver(site: string, msg: Msg, env: UpdateEnvelope, result: FitAnswer & { round: number }, release: () => void, bytes: number): Promise<void> {
+    let r = this.fitRound;
     const onTime = r && r.round === result.round && !r.channel.isClosed && r.sites.has(site) && !r.answered.has(site);
     if (onTime) {
-      r.channel.push({ ok: true, value: result }, release);
-      this.answered(r, site);
+      r!.channel.push({ ok: true, value: result }, release);
+      this.answered(r!, site);
     } else if (this.o.spec.aggregation.mode === 'buffered' && (result.staleness ?? 0) >= 0) {
+      // Kept before it is acknowledged: the site will not send it again.
+      if (this.o.lateEnvelopes) {
+        try {
+          await this.o.lateEnvelopes.keep(result.round, site, msg.data);
+        } catch (err) {
+          this.o.log(`the late update of site "${site}" for round ${result.round} is not kept for a restart: ${(err as Error).message}`);
+        }
+      }
       // FedBuff: folded into the open round if there is one, else into the next.
-      if (r && !r.channel.isClosed) r.channel.push({ ok: true, value: { ...result, staleness: Math.max(1, r.round - result.round) } }, release);
-      else this.late.push({ result, release });
+      r = this.fitRound;
+      if (r && !r.channel.isClosed) {
+        r.channel.push({ ok: true, value: { ...result, staleness: Math.max(1, r.round - result.round) } }, release);
+        this.foldedLate(env, r.round);
+      } else {
+        this.late.push({ result, release, env });
+        // Kept until it is folded (a kept envelope taken again may have been due to go with this round).
+        this.keepUntil(site, result.round, Number.POSITIVE_INFINITY);
+      }
     } else {
       release();
       const rej = this.o.ingestor.reject(env, 'CONSORT_R_STALE_ROUND', `round ${result.round} is closed`);
@@ -813,6 +870,35 @@ export class NatsTransport implements SiteTransport {
       r.resending.add(site);
       this.o.log(`round ${r.round}: site "${site}" started again; its ${r.kind} task is sent again`);
       void this.sendTask(r, site, r.taskFor(site)).finally(() => r.resending.delete(site));
+    }
+  }
+
+  /** The late updates acknowledged and not yet folded into a round: what a checkpoint must not count (ingestor.snapshot). */
+  unfolded(): Array<{ round: number; site: string; nonce: string }> {
+    return this.late.map(({ env }) => ({ round: env.round, site: env.site, nonce: env.nonce }));
+  }
+
+  private foldedLate(env: UpdateEnvelope, into: number): void {
+    this.keepUntil(env.site, env.round, into);
+  }
+
+  /** The kept envelope of `site`'s late update for `round` goes once round `into` is checkpointed. */
+  private keepUntil(site: string, round: number, into: number): void {
+    if (this.o.lateEnvelopes) this.keptLate.set(`${round}/${site}`, { round, site, into });
+  }
+
+  /** Drops the kept envelopes of late updates folded into a round `done` says is checkpointed (a failure leaves an object, logged). */
+  private dropKeptLate(done: (into: number) => boolean): void {
+    const keeper = this.o.lateEnvelopes;
+    if (!keeper) return;
+    const drop = [...this.keptLate].filter(([, k]) => done(k.into));
+    for (const [key, { round, site }] of drop) {
+      this.keptLate.delete(key);
+      const p = keeper
+        .drop(round, site)
+        .catch((err: unknown) => this.o.log(`the kept late update of site "${site}" for round ${round} stays: ${(err as Error).message}`));
+      this.purges.add(p);
+      void p.finally(() => this.purges.delete(p));
     }
   }
 
