@@ -150,6 +150,8 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
       });
     }
     const code = await exited(coordinator);
+    // Killed from outside (the OOM killer, kill -9), not stopped by this run: it said nothing itself.
+    const killedBy = !stopping && coordinator.signalCode ? coordinator.signalCode : undefined;
     if (refusedBy) {
       await Promise.all(children.map(exited));
       throw new CliError('CONSORT_CLI_DATA', `site "${refusedBy.site}" stopped on bad input, so the run stopped: ${refusedBy.why}`);
@@ -158,6 +160,16 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
     const grace = setTimeout(stopAll, code === 0 ? 10_000 : 0);
     await Promise.all(children.map(exited));
     clearTimeout(grace);
+    if (killedBy) {
+      throw new CliError(
+        'CONSORT_CLI_RUN',
+        `the coordinator's process was killed by ${killedBy} before the job ended${
+          o.nats === 'embedded'
+            ? ": the embedded nats-server's store, its checkpoints with it, goes with this run; run it again to start over (with --nats URL, a run started again goes on from the last checkpoint)"
+            : `; its checkpoints stay on ${url}: the same command, run again, goes on from the last one`
+        }`,
+      );
+    }
     // The coordinator's reason, said once by this process too: with --quiet nothing else says it.
     if (code === 1) throw new CliError('CONSORT_CLI_RUN', `the coordinator stopped: ${coordinator.lastError ?? `exit status ${code}, see its output above`}`);
     return code;

@@ -97,6 +97,47 @@ describe('consort run --nats embedded, one site process killed mid-job', () => {
   }, 60_000);
 });
 
+describe('consort run --nats embedded, its coordinator process killed mid-job', () => {
+  it('ends at once with a non-zero status, naming the signal and saying that nothing of the run is kept', async () => {
+    const dir = tmp('coordinator-killed');
+    const job = writeJob(dir, hospitalSpec(undefined, { rounds: 500 }));
+    const run = spawn(process.execPath, [CONSORT_BIN, 'run', job, '--nats', 'embedded', '--out', join(dir, 'out')], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2', NO_COLOR: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    group = run;
+    let stderr = '';
+    run.stderr!.setEncoding('utf8').on('data', (s: string) => {
+      stderr += s;
+    });
+    const ended = new Promise<{ code: number | null }>((done) => run.on('close', (code) => done({ code })));
+    // Once it has finished a round: a checkpoint is in the (embedded) store.
+    const started = Date.now();
+    while (!/^\[coordinator\] .*round 1\b/m.test(stderr) && Date.now() - started < 60_000) await new Promise((r) => setTimeout(r, 50));
+    const coordinatorPid = childPid('coordinator', job);
+    expect(coordinatorPid, stderr).toBeDefined();
+    process.kill(coordinatorPid!, 'SIGKILL');
+    const outcome = await Promise.race([ended, new Promise<'hung'>((done) => setTimeout(() => done('hung'), 30_000).unref())]);
+    expect(outcome === 'hung' ? 'hung' : outcome.code, stderr).toBe(1);
+    expect(stderr).toContain(
+      "consort: the coordinator's process was killed by SIGKILL before the job ended: the embedded nats-server's store, its checkpoints with it, goes with this run; run it again to start over",
+    );
+  }, 90_000);
+});
+
+/** The pid of the run's child whose command line is `consort <command> ...` of this job file. */
+function childPid(command: string, job: string): number | undefined {
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      if (argv.includes(command) && argv.includes(job)) return Number(pid);
+    } catch {}
+  }
+  return undefined;
+}
+
 describe('a run whose rounds cannot close (roundDeadlineSeconds far too short)', () => {
   it('fails alike in one process and over NATS, and says why even with --quiet', async () => {
     const dir = tmp('deadline');
