@@ -4,10 +4,12 @@
 // bit-exact, so a resumed job ends in the same bytes as an uninterrupted one.
 import type { ObjectStore } from '@nats-io/obj';
 import { z } from 'zod';
+import { describeIssues } from '../../core/job/issues.ts';
 import { retrying } from '../../core/protocol/retry.ts';
 import { objectNames } from '../../core/protocol/subjects.ts';
 import type { SiteEvaluation, SiteFailure } from '../../core/protocol/transport.ts';
 import { RoundRecord, SiteMetrics } from '../../core/report/run-report.ts';
+import { OperatorError } from '../errors.ts';
 import { concatBytes } from '../../core/tensor/safetensors.ts';
 import type { StrategyState } from '../../core/strategies/strategy.ts';
 
@@ -213,10 +215,27 @@ export async function readRecordSegment(store: Pick<ObjectStore, 'getBlob'>, ind
 }
 
 /** The stored checkpoint with all its round records (the archived ones put back in front), or undefined if there is none. */
+/**
+ * The store's checkpoint, its records put back; undefined when there is none. One that cannot be
+ * read (damaged, of another version, its segments gone) is refused CONSORT_C_CHECKPOINT, naming
+ * what is wrong: a coordinator resuming from it used to die on a bare ZodError or SyntaxError.
+ */
 export async function loadCheckpoint(store: CheckpointStore): Promise<Checkpoint | undefined> {
   const bytes = await store.load();
   if (!bytes) return undefined;
-  return withArchivedRecords(decodeCheckpoint(bytes), (i) => loadSegment(store, i));
+  try {
+    return await withArchivedRecords(decodeCheckpoint(bytes), (i) => loadSegment(store, i));
+  } catch (err) {
+    if (err instanceof OperatorError) throw err;
+    const why = err instanceof z.ZodError ? describeIssues(err).slice(0, 5).join('; ') : (err as Error).message;
+    throw new OperatorError(
+      'CONSORT_C_CHECKPOINT',
+      `the checkpoint cannot be read (${why}): start the job over under another name, or delete its state bucket`,
+      {
+        cause: err,
+      },
+    );
+  }
 }
 
 function loadSegment(store: CheckpointStore, index: number): Promise<RoundRecord[]> {

@@ -310,7 +310,11 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
   let resume: Checkpoint | undefined;
   /** The checkpoint is of a job that was over, its final scores in it: no site is needed to end it again. */
   let finishedBefore = false;
-  const saved = await loadCheckpoint(checkpoints);
+  const saved = await loadCheckpoint(checkpoints).catch((err: unknown) => {
+    throw err instanceof OperatorError && err.code === 'CONSORT_C_CHECKPOINT'
+      ? new OperatorError(err.code, `state bucket ${bucket.state}: ${err.message}`, { cause: err })
+      : err;
+  });
   if (saved) {
     resume = saved;
     const savedTerms = (resume.transport as Partial<TransportState> | undefined)?.terms;

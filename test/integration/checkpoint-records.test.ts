@@ -16,6 +16,7 @@ import {
   RECORDS_PER_SEGMENT,
 } from '../../operator/coordinator/checkpoint.ts';
 import { RoundCoordinator } from '../../operator/coordinator/round-coordinator.ts';
+import { OperatorError } from '../../operator/errors.ts';
 import { Objm, StorageType } from '@nats-io/obj';
 import { connect } from '@nats-io/transport-node';
 import { objectWire } from '../../core/protocol/object-wire.ts';
@@ -132,6 +133,34 @@ describe('round records kept apart from the checkpoint', () => {
     await expect(loadCheckpoint(plain)).rejects.toThrow('checkpoint: 1 or more record segments are kept apart, and this store cannot read them');
     expect(() => decodeRecordSegment(new TextEncoder().encode('[]'))).toThrow();
     expect(() => encodeRecordSegment([])).toThrow(`a record segment holds ${RECORDS_PER_SEGMENT} records, not 0`);
+  });
+
+  it('a damaged checkpoint is refused CONSORT_C_CHECKPOINT, naming what is wrong, not with a bare parse error', async () => {
+    const store = new MemoryStore();
+    await new RoundCoordinator({ spec, initial: initial.slice(), transport: new DeterministicSites(), checkpoints: { store, job: 'default_long' } }).run();
+    const good = store.bytes!;
+    const n = new DataView(good.buffer, good.byteOffset).getUint32(0, true);
+    const header = JSON.parse(new TextDecoder().decode(good.subarray(4, 4 + n)));
+    const withHeader = (text: string) => {
+      const h = new TextEncoder().encode(text);
+      const out = new Uint8Array(4 + h.length + good.length - 4 - n);
+      new DataView(out.buffer).setUint32(0, h.length, true);
+      out.set(h, 4);
+      out.set(good.subarray(4 + n), 4 + h.length);
+      return out;
+    };
+    const refusal = async (bytes: Uint8Array) => {
+      const err = await loadCheckpoint({ load: async () => bytes, save: async () => {} }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(OperatorError);
+      expect((err as OperatorError).code).toBe('CONSORT_C_CHECKPOINT');
+      return (err as Error).message;
+    };
+    expect(await refusal(withHeader(JSON.stringify({ ...header, round: 'seven' })))).toMatch(/cannot be read \(round: /);
+    expect(await refusal(withHeader('{"job": '))).toContain('cannot be read (');
+    expect(await refusal(good.subarray(0, good.length - 8))).toContain('the header describes');
   });
 
   describe("in a job's state bucket on a real nats-server", () => {
