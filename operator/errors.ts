@@ -10,8 +10,12 @@ export const OperatorErrorCodes = {
   CONSORT_C_PAUSED: 'the job was suspended after a round; its checkpoint is saved',
   CONSORT_C_ABORTED: 'the run was stopped (job deleted, or the operator is shutting down)',
   CONSORT_C_ANOTHER_COORDINATOR: 'another coordinator process of the job is running on this NATS server (a job has one; the later one stops)',
-  CONSORT_C_CHECKPOINT: "the job's checkpoint was written by the job with other terms (seed, model, training, strategy, compression)",
+  CONSORT_C_CHECKPOINT:
+    "the job's checkpoint cannot be resumed: written by the job with other terms (seed, model, training, strategy, compression), or unreadable (damaged, another version)",
   CONSORT_C_INITIAL_WEIGHTS: "the sites' model file carries weights (a pre-trained model), but no site's copy of them could be read",
+  CONSORT_C_DEADLINE: "a site's answer (update or evaluation) had not arrived, or was refused, when the round's deadline passed",
+  CONSORT_C_UNREACHABLE: "a site's task could not be delivered (no process of the site answered on its task subject, or its hello was refused)",
+  CONSORT_C_TASK_REFUSED: 'a site refused its task on receipt (one it could not read: another protocol version, another job or site)',
   CONSORT_API_BAD_REQUEST: 'a path or query parameter is invalid (the answer names it in `field`)',
   CONSORT_API_UNAUTHENTICATED: 'no bearer token, or one the API server does not accept (TokenReview)',
   CONSORT_API_FORBIDDEN: 'the user may not get this FederatedJob (or /metrics): SubjectAccessReview said no',

@@ -53,6 +53,8 @@ export const PolicyCodes = {
   CONSORT_P_IMAGE: 'the worker image is not allowed here',
   CONSORT_P_VOLUME: 'the data volume is not allowed here',
   CONSORT_P_SERVICE_ACCOUNT: 'the worker ServiceAccount is not allowed here',
+  CONSORT_P_MALFORMED: 'the assignment could not be read (not an assignment of this protocol version)',
+  CONSORT_P_REFUSED: 'the site refused the job without saying which rule (a site agent that gave no code)',
 } as const;
 export type PolicyCode = keyof typeof PolicyCodes;
 

@@ -19,7 +19,7 @@ import { type ObjectPutWire, putObject } from '../../core/protocol/object-put.ts
 import type { UpdateIngestor } from '../../core/protocol/ingestion.ts';
 import type { RejectionCode } from '../../core/protocol/rejections.ts';
 import { connectionFailed, retrying, storedObjectMismatch } from '../../core/protocol/retry.ts';
-import type { Ack, EvaluateTask, FitTask, ObjectRef, UpdateEnvelope } from '../../core/protocol/messages.ts';
+import { Ack, type EvaluateTask, type FitTask, fitReason, type ObjectRef, type UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
 import { buckets, OBJECT_PUT, OBJECT_READ_BATCH_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
 import type { Outcome, SiteEvaluation, SiteTransport } from '../../core/protocol/transport.ts';
@@ -376,9 +376,9 @@ export class NatsTransport implements SiteTransport {
     let wait = 200;
     let lastError = '';
     while (Date.now() < until && !r.channel.isClosed) {
+      let answer: Msg;
       try {
-        await this.o.nc.request(this.o.subjects.task(site), body(), { timeout: 2000 });
-        return;
+        answer = await this.o.nc.request(this.o.subjects.task(site), body(), { timeout: 2000 });
       } catch (err) {
         lastError = (err as Error).message;
         // A site that never joined or stopped saying hello is not waited for: it fails now
@@ -386,7 +386,20 @@ export class NatsTransport implements SiteTransport {
         if (!this.o.alive().includes(site)) break;
         await new Promise((res) => setTimeout(res, wait));
         wait = Math.min(wait * 2, 2000);
+        continue;
       }
+      // A site that could not read its task says so at once (another protocol version, another
+      // job's file): the round counts it as failed now instead of waiting out its deadline.
+      const ack = Ack.safeParse(parseJson(answer.data));
+      if (!ack.success || ack.data.accepted) return;
+      if (!r.answered.has(site) && !r.channel.isClosed) {
+        r.answered.add(site);
+        const why = `the site refused its ${task.type} task: ${printable(ack.data.reason ?? 'no reason given')}${ack.data.code ? ` [${printable(ack.data.code)}]` : ''}`;
+        this.o.log(`site "${site}": ${why}`);
+        r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_TASK_REFUSED', reason: why } });
+        if ([...r.sites].every((s) => r.answered.has(s))) this.close(r, '');
+      }
+      return;
     }
     if (!r.answered.has(site) && !r.channel.isClosed) {
       r.answered.add(site);
@@ -484,7 +497,8 @@ export class NatsTransport implements SiteTransport {
   }
 
   private reply(msg: Msg, ack: Ack): void {
-    if (msg.reply) msg.respond(json(ack));
+    // A site parses what it is answered: a reason past the schema's length would make it drop the answer.
+    if (msg.reply) msg.respond(json(ack.reason === undefined ? ack : { ...ack, reason: fitReason(ack.reason) }));
   }
 
   private reject(msg: Msg, site: string, code: RejectionCode, reason: string): void {

@@ -23,6 +23,7 @@ import {
   type EvaluateTask,
   evaluationEnvelope,
   type FitTask,
+  fitReason,
   type Hello,
   type TaskFailureEnvelope,
   type ObjectRef,
@@ -434,7 +435,7 @@ export async function runSite(opts: SiteRunnerOptions): Promise<SiteRunSummary> 
       task = Task.parse(parseJson(msg.data));
       if (task.site !== site || task.job !== key) throw new Error(`task for ${task.job}/${task.site}`);
     } catch (err) {
-      msg.respond(json({ type: 'ack', accepted: false, code: 'CONSORT_R_MALFORMED', reason: (err as Error).message }));
+      msg.respond(json({ type: 'ack', accepted: false, code: 'CONSORT_R_MALFORMED', reason: fitReason((err as Error).message) }));
       return;
     }
     msg.respond(json({ type: 'ack', accepted: true }));
