@@ -12,11 +12,21 @@ import { z } from 'zod';
 const MAX_FEATURES = 10_000;
 
 /** Per column of a train split: values present, their mean, and the sum of squared deviations from it. */
+/** The largest float32: a site's features are refused beyond it at load, so no honest mean lies further out. */
+const FLOAT32_MAX = 3.4028234663852886e38;
+/**
+ * Bounds a site's moments cannot pass honestly (2^40 rows of float32 values give a sum of squared
+ * deviations under 6e89), and within which pooling them stays finite: one site's mean of 1e308
+ * beside another's -1e308 pooled to NaN, which every task would have carried as the scaling.
+ */
+const MAX_ROWS = 2 ** 40;
+const MAX_M2 = 1e100;
+
 export const FeatureMoments = z
   .object({
-    count: z.array(z.number().int().min(0)).max(MAX_FEATURES),
-    mean: z.array(z.number()).max(MAX_FEATURES),
-    m2: z.array(z.number().min(0)).max(MAX_FEATURES),
+    count: z.array(z.number().int().min(0).max(MAX_ROWS)).max(MAX_FEATURES),
+    mean: z.array(z.number().min(-FLOAT32_MAX).max(FLOAT32_MAX)).max(MAX_FEATURES),
+    m2: z.array(z.number().min(0).max(MAX_M2)).max(MAX_FEATURES),
   })
   .strict()
   .refine((m) => m.mean.length === m.count.length && m.m2.length === m.count.length, { message: 'count, mean and m2 must have one entry per feature' });

@@ -58,4 +58,15 @@ describe('feature moments', () => {
     expect(FeatureMoments.safeParse({ count: [1], mean: [0], m2: [-1] }).success).toBe(false);
     expect(InputScaler.safeParse({ mean: [0], std: [0] }).success).toBe(false);
   });
+
+  it("refuses a site's moments beyond what float32 data can give; within the bounds, pooling stays finite", () => {
+    // One site's mean of 1e308 beside another's -1e308 pooled to NaN: every task's scaling.
+    expect(FeatureMoments.safeParse({ count: [10], mean: [1e308], m2: [0] }).success).toBe(false);
+    expect(FeatureMoments.safeParse({ count: [10], mean: [1], m2: [1e308] }).success).toBe(false);
+    expect(FeatureMoments.safeParse({ count: [2 ** 41], mean: [1], m2: [0] }).success).toBe(false);
+    const edge = (sign: number, count: number) => FeatureMoments.parse({ count: [count], mean: [sign * 3.4028234663852886e38], m2: [1e100] });
+    const s = federationScaler([{ moments: edge(1, 2 ** 40) }, { moments: edge(-1, 3) }, { moments: edge(1, 1) }])!;
+    expect(Number.isFinite(s.mean[0]) && Number.isFinite(s.std[0]) && s.std[0]! > 0).toBe(true);
+    expect(InputScaler.safeParse(s).success).toBe(true);
+  });
 });
