@@ -76,8 +76,14 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
   };
   // Held until the cleanup below is over (not once): a second Ctrl-C must not kill this process
   // before it has stopped the server and removed the folder that holds every site's key.
-  process.on('SIGINT', stopAll);
-  process.on('SIGTERM', stopAll);
+  /** The signal that stopped this run from outside (Ctrl-C, kill), if one did. */
+  let interruptedBy: NodeJS.Signals | undefined;
+  const onSignal = (signal: NodeJS.Signals) => {
+    interruptedBy ??= signal;
+    stopAll();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     let url = o.nats;
     // Keys for every run: sites sign their updates whether or not the server checks logins.
@@ -170,13 +176,25 @@ export async function runOverNats(o: NatsRunOptions): Promise<number> {
         }`,
       );
     }
+    // Stopped by the user before the job ended: say what a rerun does (there is no resuming from
+    // an embedded server's store, which goes with this run).
+    if (interruptedBy && code !== 0) {
+      throw new CliError(
+        'CONSORT_CLI_RUN',
+        `stopped by ${interruptedBy} before the job ended${
+          o.nats === 'embedded'
+            ? ": the embedded nats-server's store, its checkpoints with it, goes with this run, so running it again starts over (with --nats URL, a run stopped and started again goes on from the last checkpoint)"
+            : `; its checkpoints stay on ${url}: the same command, run again, goes on from the last one`
+        }`,
+      );
+    }
     // The coordinator's reason, said once by this process too: with --quiet nothing else says it.
     if (code === 1) throw new CliError('CONSORT_CLI_RUN', `the coordinator stopped: ${coordinator.lastError ?? `exit status ${code}, see its output above`}`);
     return code;
   } finally {
     stopAll();
-    process.off('SIGINT', stopAll);
-    process.off('SIGTERM', stopAll);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await server?.stop();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -47,6 +47,10 @@ describe('consort run --nats embedded, interrupted while the sites start', () =>
     const outcome = await Promise.race([ended, timeout]);
     expect(outcome, stderr).not.toBe('hung');
     expect(outcome === 'hung' ? 0 : outcome.code, stderr).not.toBe(0);
+    // It says a rerun starts over (the embedded store, checkpoints and all, goes with the run).
+    expect(stderr).toMatch(
+      /^consort: stopped by SIGINT before the job ended: the embedded nats-server's store, its checkpoints with it, goes with this run, so running it again starts over/m,
+    );
     const store = /JetStream in (\S+)\)/.exec(stderr)?.[1];
     expect(store, stderr).toBeDefined();
     expect(existsSync(store!), `${store} should be gone`).toBe(false);
