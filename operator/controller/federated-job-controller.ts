@@ -16,6 +16,7 @@ import { isConflict, isNotFound, type KubeClient, type KubeObject, resourcePath,
 import { EventRecorder } from '../kube/events.ts';
 import { Informer, keyOf } from '../kube/informer.ts';
 import { OwnWrites } from '../kube/own-writes.ts';
+import { StatusWrites } from '../kube/status-writes.ts';
 import { WorkQueue } from '../kube/work-queue.ts';
 import type { OperatorMetrics } from '../metrics.ts';
 import { type AccountSigner, mintJobCreds } from '../nats/trust.ts';
@@ -99,6 +100,8 @@ export class FederatedJobController {
   readonly #minted = new Map<string, StoredCredentials>();
   /** Our own creates and patches, whose echoes are not news. */
   readonly #own = new OwnWrites();
+  /** Our status writes the job cache has not shown yet (status-writes.ts). */
+  readonly #statusWrites = new StatusWrites<Record<string, unknown>>();
   #reconciling = false;
   /** Status writes and reconciles done, for tests and metrics. */
   statusWrites = 0;
@@ -150,11 +153,13 @@ export class FederatedJobController {
     const own = this.#own;
     this.jobs.on({
       upsert: (j, old) => {
+        if (j.metadata.uid) this.#statusWrites.seen(j.metadata.uid, j.metadata.resourceVersion);
         if (own.isEcho('federatedjobs', j)) return;
         if (!old || jobChanged(old, j)) this.queue.add(keyOf(j));
       },
       deleted: (j) => {
         own.forget('federatedjobs', j);
+        if (j.metadata.uid) this.#statusWrites.forget(j.metadata.uid);
         this.queue.add(keyOf(j));
       },
     });
@@ -261,8 +266,13 @@ export class FederatedJobController {
       return undefined;
     }
     if (cached.metadata.deletionTimestamp) return await this.#finalize(key, cached);
-    // A copy: the cache's objects are the informer's, never changed here.
+    // A copy: the cache's objects are the informer's, never changed here. Its status is the one
+    // we last wrote while the cache has not shown that write yet.
     const job: JobObject = { ...cached, metadata: { ...cached.metadata } };
+    if (cached.metadata.uid) {
+      const status = this.#statusWrites.current(cached.metadata.uid, cached.status);
+      if (status !== undefined) job.status = status;
+    }
     const ns = job.metadata.namespace!;
     // The finalizer must be on the job before anything outside Kubernetes (its NATS buckets) is
     // made; what Kubernetes holds is the garbage collector's by owner reference. So a new job's
@@ -511,9 +521,10 @@ export class FederatedJobController {
     });
     if (sameJson(job.status ?? {}, next)) return;
     try {
-      await this.#o.client.patch(resourcePath(Resources.federatedJobs, job.metadata.namespace, job.metadata.name, 'status'), {
+      const patched = await this.#o.client.patch<JobObject>(resourcePath(Resources.federatedJobs, job.metadata.namespace, job.metadata.name, 'status'), {
         status: next,
       });
+      if (job.metadata.uid) this.#statusWrites.wrote(job.metadata.uid, patched?.metadata?.resourceVersion, next);
       this.statusWrites++;
     } catch (err) {
       if (isNotFound(err)) return;
