@@ -36,7 +36,7 @@ export interface UpdateIngestorOptions {
   codec: Codec;
   /** topk: when given, k must be exactly the one this fraction gives. */
   topkFraction?: number;
-  /** Largest update object accepted, in bytes. */
+  /** Largest update object accepted, in bytes: the model's and codec's exact largest (update-size.ts's maxUpdateBytes). */
   maxUpdateBytes: number;
   /** sync: an update for a closed round is refused; buffered: taken with its staleness up to maxStaleness. */
   mode: 'sync' | 'buffered';
@@ -208,7 +208,11 @@ export class UpdateIngestor {
       return this.fail(site, 'CONSORT_R_WRONG_OBJECT', `object ${clip(env.object.bucket)}/${clip(env.object.name)}, expected ${bucket}/${name}`);
     }
     if (env.object.size > this.o.maxUpdateBytes) {
-      return this.fail(site, 'CONSORT_R_OVERSIZED', `object of ${env.object.size} bytes exceeds the limit of ${this.o.maxUpdateBytes}`);
+      return this.fail(
+        site,
+        'CONSORT_R_OVERSIZED',
+        `the envelope declares ${env.object.size} bytes; an update of this model with codec ${this.o.codec} has at most ${this.o.maxUpdateBytes}`,
+      );
     }
     const taken = this.accepted.get(env.round)?.get(site) ?? this.pending.get(env.round)?.get(site);
     if (taken) {

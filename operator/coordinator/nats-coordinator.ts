@@ -20,6 +20,7 @@ import { CoordinatorStatus, fitReason, Hello, type RoundNotice, STATUS_ROUND_SEC
 import { emptyTally, type RoundTally, tallyRounds } from './round-tally.ts';
 import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejections.ts';
 import { retrying } from '../../core/protocol/retry.ts';
+import { maxUpdateBytes as maxUpdateBytesFor, updateBucketCap } from '../../core/protocol/update-size.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, OBJECT_PUT, OBJECT_READ_BATCH_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { ObjectMismatchError, readObject } from '../../core/protocol/object-read.ts';
@@ -62,7 +63,7 @@ export interface NatsCoordinatorOptions {
   aliveMs?: number;
   /** How often to say who is still missing while the sites join (tests: shorter). */
   waitingLogMs?: number;
-  /** Largest update object accepted. */
+  /** Largest update object accepted (default: the exact largest of the model and codec, update-size.ts; tests: larger). */
   maxUpdateBytes?: number;
   signal?: AbortSignal;
   /** Asked after each round: true pauses the job there (OperatorError CONSORT_C_PAUSED). */
@@ -174,8 +175,8 @@ export interface NatsCoordinatorResult extends CoordinatorResult {
  * Caps each site's update bucket at `bytes` once the model is known: a site may write into its own
  * bucket, and nothing stopped it filling the server's disk within a round (40 MiB of garbage
  * chunks were all taken). The streams discard new messages when full, so a site past its cap
- * only fails its own writes. The cap is the updates a bucket can legitimately hold at once (one a
- * round, up to maxStaleness rounds late, and a write retried) at their largest admissible size.
+ * only fails its own writes. The cap is what a bucket can legitimately hold at once
+ * (update-size.ts): the updates of the rounds still open at their exact largest size.
  */
 async function capUpdateBuckets(nc: NatsConnection, names: readonly string[], bytes: number): Promise<void> {
   const jsm = await jetstreamManager(nc);
@@ -348,10 +349,13 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
   const aliveMs = o.aliveMs ?? 5000;
   const alive = () => siteNames.filter((s) => (lastSeen.get(s) ?? 0) > Date.now() - aliveMs);
 
+  /** The buckets capped for the model (makeIngestor): awaited before any task goes out, whose update the cap must let in. */
+  let bucketsCapped: Promise<void> = Promise.resolve();
   const makeIngestor = (l: ParameterLayout) => {
-    const maxUpdateBytes = o.maxUpdateBytes ?? 64 * 1024 * 1024 + l.reduce((n, t) => n + 16 * t.shape.reduce((a, b) => a * b, 1), 0);
-    void capUpdateBuckets(nc, siteNames.map(bucket.updates), (spec.aggregation.maxStaleness + 3) * maxUpdateBytes).catch((err: unknown) =>
-      log(`warning: the sites' update buckets keep no size limit: ${(err as Error).message}`),
+    const maxUpdateBytes = o.maxUpdateBytes ?? maxUpdateBytesFor(l, spec);
+    const cap = updateBucketCap(l, spec, maxUpdateBytes);
+    bucketsCapped = retrying(() => capUpdateBuckets(nc, siteNames.map(bucket.updates), cap), { until: Date.now() + WRITE_RETRY_MS }).catch((err: unknown) =>
+      log(`warning: the sites' update buckets could not be capped at ${cap} bytes for the model (their updates may be refused): ${(err as Error).message}`),
     );
     const ing = new UpdateIngestor({
       job: key,
@@ -734,6 +738,7 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
       );
     }
     if (pretrained() && !inputScaler) log("inputs not scaled: the sites' model file carries weights, trained on the inputs as they are");
+    await bucketsCapped;
     const fromEnv = aggregationFromEnv();
     const parameters = layoutSize(layout!);
     tuneGcForModel(4 * parameters);

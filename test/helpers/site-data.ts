@@ -94,10 +94,10 @@ export function writeHalvesImageFolder(folder: string, perClass: number, seed: n
   }
 }
 
-/** model.json + weights.bin in `dir`: a dense 12 -> 8 -> 2 model whose weights are `fill(i)`, as TF.js saves it. */
-export async function writePretrainedDense(dir: string, fill: (i: number) => number): Promise<Float32Array> {
+/** model.json + weights.bin in `dir`: a dense 12 -> `units` (8) -> 2 model whose weights are `fill(i)`, as TF.js saves it. */
+export async function writePretrainedDense(dir: string, fill: (i: number) => number, units = 8): Promise<Float32Array> {
   const model = tf.sequential({
-    layers: [tf.layers.dense({ units: 8, activation: 'relu', inputShape: [HOSPITAL_FEATURES.length], name: 'h' }), tf.layers.dense({ units: 2, name: 'out' })],
+    layers: [tf.layers.dense({ units, activation: 'relu', inputShape: [HOSPITAL_FEATURES.length], name: 'h' }), tf.layers.dense({ units: 2, name: 'out' })],
   });
   model.setWeights(
     model.weights.map((w) =>

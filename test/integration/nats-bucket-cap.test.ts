@@ -1,18 +1,19 @@
 // A site may write into its own update bucket, and nothing else bounded it: a site's credentials
 // filled the server's store with garbage chunks within a round (40 MiB were all taken). Once the
 // model is known the coordinator caps each site's bucket at what it can legitimately hold at once
-// (maxStaleness + 3 updates of the largest admissible size); past it the server refuses the site's
-// writes, and only the site's.
+// (maxStaleness + 3 updates of the largest admissible size, as stored: update-size.ts); past it the
+// server refuses the site's writes, and only the site's.
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { buckets } from '../../core/protocol/subjects.ts';
+import { updateBucketCap } from '../../core/protocol/update-size.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
 import { waitUntil } from '../helpers/managed-process.ts';
-import { jobOnServer, useCleanup } from '../helpers/nats-job.ts';
+import { jobOnServer, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
 const cleanup = useCleanup();
 
@@ -37,7 +38,8 @@ describe("a site's update bucket", () => {
     }).catch(() => {});
     try {
       const stream = `OBJ_${buckets(key).updates('north')}`;
-      const cap = (1 + 3) * maxUpdateBytes;
+      const cap = updateBucketCap((await siteModel(job, 0)).layout, job.spec, maxUpdateBytes);
+      expect(cap).toBeGreaterThan((1 + 3) * maxUpdateBytes);
       const jsm = await jetstreamManager(coordinatorNc);
       await waitUntil('the bucket capped', async () => (await jsm.streams.info(stream)).config.max_bytes === cap, { timeoutMs: 30_000 });
       // The site, with its own credentials, writes chunks no envelope will ever name.
