@@ -20,7 +20,7 @@ import { CoordinatorStatus, fitReason, Hello, type RoundNotice, STATUS_ROUND_SEC
 import { emptyTally, type RoundTally, tallyRounds } from './round-tally.ts';
 import { REJECTION_CODES, type RejectionCode } from '../../core/protocol/rejections.ts';
 import { retrying } from '../../core/protocol/retry.ts';
-import { maxUpdateBytes as maxUpdateBytesFor, updateBucketCap } from '../../core/protocol/update-size.ts';
+import { maxUpdateBytes as maxUpdateBytesFor, preLayoutBucketCap, updateBucketCap } from '../../core/protocol/update-size.ts';
 import { verifyEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, OBJECT_PUT, OBJECT_READ_BATCH_BYTES, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { ObjectMismatchError, readObject } from '../../core/protocol/object-read.ts';
@@ -172,11 +172,12 @@ export interface NatsCoordinatorResult extends CoordinatorResult {
 }
 
 /**
- * Caps each site's update bucket at `bytes` once the model is known: a site may write into its own
- * bucket, and nothing stopped it filling the server's disk within a round (40 MiB of garbage
- * chunks were all taken). The streams discard new messages when full, so a site past its cap
- * only fails its own writes. The cap is what a bucket can legitimately hold at once
- * (update-size.ts): the updates of the rounds still open at their exact largest size.
+ * Caps each site's update bucket at `bytes`: a site may write into its own bucket, and nothing
+ * stopped it filling the server's disk within a round (40 MiB of garbage chunks were all taken).
+ * The streams discard new messages when full, so a site past its cap only fails its own writes.
+ * The cap is what a bucket can legitimately hold at once (update-size.ts): before the model is
+ * known, next to nothing, or a model file's weights; then the updates of the rounds still open
+ * at their exact largest size.
  */
 async function capUpdateBuckets(nc: NatsConnection, names: readonly string[], bytes: number): Promise<void> {
   const jsm = await jetstreamManager(nc);
@@ -373,6 +374,12 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     return ing;
   };
   if (layout) ingestor = makeIngestor(layout);
+  else {
+    // Until a hello says what the model is, a bucket holds only what a site may put there before it.
+    await capUpdateBuckets(nc, siteNames.map(bucket.updates), preLayoutBucketCap(spec, totalmem())).catch((err: unknown) =>
+      log(`warning: the sites' update buckets keep no size limit until the model is known: ${(err as Error).message}`),
+    );
+  }
 
   // Refusals the ingestor never sees (hellos, envelopes before the round loop runs), counted
   // beside its own: every refused message is counted once, whichever part refused it.

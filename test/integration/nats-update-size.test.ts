@@ -1,12 +1,15 @@
 // The coordinator bounded a site's update only loosely: an envelope could declare 64 MiB plus 16
 // bytes a parameter, whatever the model and codec, and each site's bucket was capped at
 // (maxStaleness + 3) times that (hundreds of MiB of disk for a model of a few hundred
-// parameters). Over a real nats-server: once the model is known a bucket's cap is the exact
-// figure (update-size.ts), in place before any task goes out, and a declared size one byte over
-// an update's exact largest is refused OVERSIZED, counted, and the site's honest update then
-// taken; a model file's bucket keeps room for the copy of its weights put before the hello.
+// parameters), and not at all until the first hello was taken. Over a real nats-server: before
+// any hello a bucket of a model the spec builds has room for metadata only, a model file's for the
+// largest weights a hello may name; once the model is known its cap is the exact figure
+// (update-size.ts), in place before any task goes out, and a declared size one byte over an
+// update's exact largest is refused OVERSIZED, counted, and the site's honest update then taken;
+// a model file's bucket keeps room for the copy of its weights put before the hello.
+import { totalmem } from 'node:os';
 import { join } from 'node:path';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
@@ -18,9 +21,10 @@ import { objectWire } from '../../core/protocol/object-wire.ts';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, OBJECT_PUT, objectNames } from '../../core/protocol/subjects.ts';
-import { maxUpdateBytes, updateBucketCap } from '../../core/protocol/update-size.ts';
+import { maxUpdateBytes, PRE_LAYOUT_BYTES, preLayoutBucketCap, updateBucketCap } from '../../core/protocol/update-size.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
+import { waitUntil } from '../helpers/managed-process.ts';
 import { jobOnServer, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 import { writePretrainedDense } from '../helpers/site-data.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
@@ -32,6 +36,34 @@ const cleanup = useCleanup();
 
 describe("a site's update size", () => {
   const tmp = useTmpDirs();
+
+  it('is capped before any hello: a model the spec builds has room for metadata only', async () => {
+    const job = FederatedJob.parse(jobManifest('early', hospitalSpec([{ name: 'north', samples: 40 }], { rounds: 1 })));
+    const { key, auth, as } = await jobOnServer(job, cleanup);
+    const bucket = buckets(key).updates('north');
+    const nc = await as('north', auth.sites.north!.seed);
+    const coordinatorNc = await as(COORDINATOR_USER, auth.coordinator.seed);
+    const stop = new AbortController();
+    const run = runNatsCoordinator({ job, nc: coordinatorNc, siteKeys: auth.keys.sites, log: () => {}, signal: stop.signal }).catch(() => {});
+    try {
+      const jsm = await jetstreamManager(coordinatorNc);
+      const maxBytes = () =>
+        jsm.streams.info(`OBJ_${bucket}`).then(
+          (i) => i.config.max_bytes,
+          () => undefined,
+        );
+      // No hello yet: nothing in the bucket may be written before a round's task.
+      await waitUntil('the bucket capped before any hello', async () => (await maxBytes()) === PRE_LAYOUT_BYTES, { timeoutMs: 20_000 });
+      const refused = await jetstream(nc)
+        .publish(`$O.${bucket}.C.garbage`, new Uint8Array(PRE_LAYOUT_BYTES))
+        .then(() => undefined)
+        .catch((err: unknown) => (err as Error).message);
+      expect(refused, 'a bucket-sized chunk was taken before any hello').toMatch(/maximum bytes/i);
+    } finally {
+      stop.abort();
+      await run;
+    }
+  }, 60_000);
 
   it('is capped at the exact figure once the model is known; a declared size one byte over is refused OVERSIZED', async () => {
     const job = FederatedJob.parse(
@@ -118,7 +150,9 @@ describe("a site's update size", () => {
       aggregation: { roundDeadlineSeconds: 20 },
     });
     const job = FederatedJob.parse(jobManifest('pretrained-sizes', spec));
-    const { key, auth, as } = await jobOnServer(job, cleanup);
+    // A stream's max_bytes is reserved out of the server's store (75% of the free disk unless
+    // configured): room for this machine's memory, whatever its disk.
+    const { key, auth, as } = await jobOnServer(job, cleanup, { config: (c) => c.replace(/^jetstream: enabled$/m, 'jetstream { max_file_store: 1T }') });
     const coordinatorNc = await as(COORDINATOR_USER, auth.coordinator.seed);
     const jsm = await jetstreamManager(coordinatorNc);
     const maxBytes = () =>
@@ -129,6 +163,8 @@ describe("a site's update size", () => {
     const stop = new AbortController();
     const run = runNatsCoordinator({ job, nc: coordinatorNc, siteKeys: auth.keys.sites, log: () => {}, joinTimeoutMs: 20_000, signal: stop.signal });
     run.catch(() => {});
+    // Before any hello the bucket has room for the largest weights a hello may name.
+    await waitUntil('the bucket capped before any hello', async () => (await maxBytes()) === preLayoutBucketCap(job.spec, totalmem()), { timeoutMs: 20_000 });
     const site = runSite({
       job,
       site: 'north',
