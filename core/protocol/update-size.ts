@@ -6,7 +6,7 @@
 // read, and a bucket holds no more than the updates it can legitimately hold at once.
 import type { CompressionSpec } from '../job/federated-job.ts';
 import type { ParameterLayout } from '../model/layout.ts';
-import { bytesOfTensors, MAX_HEADER_BYTES } from '../tensor/safetensors.ts';
+import { bytesOfTensors } from '../tensor/safetensors.ts';
 import { bytesOfUpdate } from './codecs.ts';
 
 interface SizedSpec {
@@ -66,15 +66,16 @@ const STORED_MESSAGE_BYTES = 512;
 const MIN_CHUNK_BYTES = 64 * 1024;
 
 /**
- * What one site's update bucket may hold before the model is known (no hello taken yet). A model
- * the spec builds (logistic, mlp, cnn) takes its shape from the sites' data, unknown here, but no
- * site writes anything there before a round's task: room for the Object Store's metadata only. A
- * model file's pre-trained weights are put there before the site's first hello, of a size only
- * the file knows: the largest a hello may name (`maxModelBytes`, the coordinator refuses a model
- * beyond its memory), and a safetensors header of the reader's largest.
+ * What one site's update bucket may hold before the model is known (no hello taken yet), or
+ * undefined for no cap yet. A model the spec builds (logistic, mlp, cnn) takes its shape from the
+ * sites' data, unknown here, but no site writes anything there before a round's task: room for
+ * the Object Store's metadata only. A model file's pre-trained weights are put there before the
+ * site's first hello, of a size only the file knows: no cap until the hello names it (a cap as
+ * large as any model the coordinator could take, its memory, would be reserved out of the
+ * server's store for every site, taking it from every other job on the server, or refused).
  */
-export function preLayoutBucketCap(spec: Pick<SizedSpec, 'model'>, maxModelBytes: number): number {
-  return spec.model.type === 'layers' ? maxModelBytes + 8 + MAX_HEADER_BYTES : PRE_LAYOUT_BYTES;
+export function preLayoutBucketCap(spec: Pick<SizedSpec, 'model'>): number | undefined {
+  return spec.model.type === 'layers' ? undefined : PRE_LAYOUT_BYTES;
 }
 
 /** A bucket's room before the model is known, a model the spec builds: metadata only. */

@@ -33,7 +33,7 @@ export interface SafetensorsLimits {
 /** Bytes of one element of each dtype. */
 export const DTYPE_BYTES: Record<TensorDtype, number> = { F32: 4, F16: 2, I8: 1, I32: 4 };
 /** The reference implementation's own cap on the header. */
-export const MAX_HEADER_BYTES = 100_000_000;
+const MAX_HEADER_BYTES = 100_000_000;
 const MAX_RANK = 32;
 /** Whether this machine stores numbers little-endian, as safetensors does (views then need no swap). */
 export const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;

@@ -376,9 +376,12 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
   if (layout) ingestor = makeIngestor(layout);
   else {
     // Until a hello says what the model is, a bucket holds only what a site may put there before it.
-    await capUpdateBuckets(nc, siteNames.map(bucket.updates), preLayoutBucketCap(spec, totalmem())).catch((err: unknown) =>
-      log(`warning: the sites' update buckets keep no size limit until the model is known: ${(err as Error).message}`),
-    );
+    const cap = preLayoutBucketCap(spec);
+    if (cap !== undefined) {
+      await capUpdateBuckets(nc, siteNames.map(bucket.updates), cap).catch((err: unknown) =>
+        log(`warning: the sites' update buckets keep no size limit until the model is known: ${(err as Error).message}`),
+      );
+    }
   }
 
   // Refusals the ingestor never sees (hellos, envelopes before the round loop runs), counted

@@ -28,13 +28,13 @@ export function useCleanup(): Array<() => Promise<void>> {
 }
 
 /**
- * Starts a nats-server with `job`'s configuration (`o.config` may rewrite it); `as(user, seed)` connects as one of its users.
+ * Starts a nats-server with `job`'s configuration; `as(user, seed)` connects as one of its users.
  * The server stops, and every connection closes, when the functions pushed on `cleanup` run.
  */
-export async function jobOnServer(job: FederatedJob, cleanup: Array<() => Promise<void>>, o: { config?: (config: string) => string } = {}) {
+export async function jobOnServer(job: FederatedJob, cleanup: Array<() => Promise<void>>) {
   const key = jobKey(job.metadata);
   const auth = natsAuthFor(job);
-  const server = await NatsServer.start({ config: o.config ? o.config(auth.config) : auth.config });
+  const server = await NatsServer.start({ config: auth.config });
   cleanup.push(() => server.stop());
   const connections: NatsConnection[] = [];
   cleanup.push(async () => {

@@ -2,12 +2,11 @@
 // bytes a parameter, whatever the model and codec, and each site's bucket was capped at
 // (maxStaleness + 3) times that (hundreds of MiB of disk for a model of a few hundred
 // parameters), and not at all until the first hello was taken. Over a real nats-server: before
-// any hello a bucket of a model the spec builds has room for metadata only, a model file's for the
-// largest weights a hello may name; once the model is known its cap is the exact figure
+// any hello a bucket of a model the spec builds has room for metadata only (a model file's has no
+// cap until its hello names the weights' size); once the model is known its cap is the exact figure
 // (update-size.ts), in place before any task goes out, and a declared size one byte over an
 // update's exact largest is refused OVERSIZED, counted, and the site's honest update then taken;
 // a model file's bucket keeps room for the copy of its weights put before the hello.
-import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -150,9 +149,7 @@ describe("a site's update size", () => {
       aggregation: { roundDeadlineSeconds: 20 },
     });
     const job = FederatedJob.parse(jobManifest('pretrained-sizes', spec));
-    // A stream's max_bytes is reserved out of the server's store (75% of the free disk unless
-    // configured): room for this machine's memory, whatever its disk.
-    const { key, auth, as } = await jobOnServer(job, cleanup, { config: (c) => c.replace(/^jetstream: enabled$/m, 'jetstream { max_file_store: 1T }') });
+    const { key, auth, as } = await jobOnServer(job, cleanup);
     const coordinatorNc = await as(COORDINATOR_USER, auth.coordinator.seed);
     const jsm = await jetstreamManager(coordinatorNc);
     const maxBytes = () =>
@@ -163,8 +160,10 @@ describe("a site's update size", () => {
     const stop = new AbortController();
     const run = runNatsCoordinator({ job, nc: coordinatorNc, siteKeys: auth.keys.sites, log: () => {}, joinTimeoutMs: 20_000, signal: stop.signal });
     run.catch(() => {});
-    // Before any hello the bucket has room for the largest weights a hello may name.
-    await waitUntil('the bucket capped before any hello', async () => (await maxBytes()) === preLayoutBucketCap(job.spec, totalmem()), { timeoutMs: 20_000 });
+    // Before any hello the bucket has no cap (the weights' size is the file's; see preLayoutBucketCap).
+    await waitUntil('the bucket made', async () => (await maxBytes()) !== undefined, { timeoutMs: 20_000 });
+    expect(preLayoutBucketCap(job.spec)).toBeUndefined();
+    expect(await maxBytes()).toBe(-1);
     const site = runSite({
       job,
       site: 'north',
