@@ -4,7 +4,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { stringify } from 'yaml';
-import { API_VERSION, KIND } from '../../core/job/federated-job.ts';
+import { API_VERSION, FederatedJob, KIND } from '../../core/job/federated-job.ts';
 import { RunReport } from '../../core/report/run-report.ts';
 
 /** A FederatedJob with `spec` (loosely typed on purpose: tests also write invalid specs). */
@@ -47,6 +47,19 @@ export function hospitalSpec(sites: HospitalSite[] = SMALL_HOSPITALS, extra: Rec
     seed: 7,
     ...extra,
   };
+}
+
+/** A job of two hospital sites of 80 patients, with `extra` in its spec: the pair the NATS integration tests play. */
+export function twoSites(name: string, sites: [string, string], extra: Record<string, unknown> = {}): FederatedJob {
+  return FederatedJob.parse(
+    jobManifest(
+      name,
+      hospitalSpec(
+        sites.map((s) => ({ name: s, samples: 80 })),
+        extra,
+      ),
+    ),
+  );
 }
 
 /** report.json of a finished run, validated against the documented schema. */

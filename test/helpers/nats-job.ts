@@ -10,13 +10,17 @@ import type { ParameterLayout } from '../../core/model/layout.ts';
 import { Objm } from '@nats-io/obj';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
 import { sha256Hex } from '../../core/protocol/digest.ts';
-import { Ack, type EvaluationScores, evaluationEnvelope, updateEnvelope } from '../../core/protocol/messages.ts';
+import { Ack, type EvaluationScores, evaluationEnvelope, Task, updateEnvelope, Welcome } from '../../core/protocol/messages.ts';
+import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, jobKey, objectNames, PROTOCOL_VERSION, subjects } from '../../core/protocol/subjects.ts';
 import { afterEach } from 'vitest';
+import { type NatsCoordinatorOptions, runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
+import { runSite } from '../../worker/nats/site-runner.ts';
 import { SiteWorker } from '../../worker/site-worker.ts';
 
 const encoder = new TextEncoder();
+const decoder = new TextDecoder();
 
 /** A list of teardown steps run after each test of the file (last pushed first), whatever failed. */
 export function useCleanup(): Array<() => Promise<void>> {
@@ -46,6 +50,107 @@ export async function jobOnServer(job: FederatedJob, cleanup: Array<() => Promis
     return nc;
   };
   return { key, subj: subjects(key), auth, server, as };
+}
+
+/** What of `jobOnServer` starting a coordinator or a site needs: the job's credentials, and connecting as one of its users. */
+type JobServer = Pick<Awaited<ReturnType<typeof jobOnServer>>, 'auth' | 'as'>;
+
+/** How a test runs its coordinator: how long it waits for the sites is always the test's to say. */
+type CoordinatorOptions = Omit<NatsCoordinatorOptions, 'job' | 'nc' | 'siteKeys' | 'log'> & {
+  joinTimeoutMs: number;
+  log?: (line: string) => void;
+};
+
+/**
+ * `job`'s coordinator, connected as the job's coordinator user; its log lines gather in `logs`
+ * (and reach `options.log` as they come, for a test that acts on one).
+ */
+export async function startCoordinator(job: FederatedJob, on: JobServer, options: CoordinatorOptions) {
+  const { log, ...rest } = options;
+  const logs: string[] = [];
+  const coordinator = runNatsCoordinator({
+    job,
+    nc: await on.as(COORDINATOR_USER, on.auth.coordinator.seed),
+    siteKeys: on.auth.keys.sites,
+    log: (l) => {
+      logs.push(l);
+      log?.(l);
+    },
+    ...rest,
+  });
+  return { logs, coordinator };
+}
+
+/**
+ * `startCoordinator` for a test that plays sites against it and does not wait for the job to end:
+ * it runs until the test aborts it with `stop`, or the test ends and `cleanup` aborts it and waits
+ * for it to let go of the server. Its failure is the test's only where the test awaits `coordinator`.
+ */
+export async function coordinatorInBackground(job: FederatedJob, on: JobServer, cleanup: Array<() => Promise<void>>, options: CoordinatorOptions) {
+  const stop = new AbortController();
+  const { logs, coordinator } = await startCoordinator(job, on, { ...options, signal: stop.signal });
+  coordinator.catch(() => {});
+  cleanup.push(async () => {
+    stop.abort();
+    await coordinator.catch(() => {});
+  });
+  return { logs, coordinator, stop };
+}
+
+/** Site `site` of `job`, a real site runner on the CPU backend. */
+export async function realSite(job: FederatedJob, on: JobServer, site = 'real', log: (line: string) => void = () => {}) {
+  const { seed } = on.auth.sites[site]!;
+  return runSite({ job, site, nc: await on.as(site, seed), seed, baseDir: '.', backend: 'cpu', log });
+}
+
+/**
+ * The coordinator's Welcome to a hello, said again whenever `timeoutMs` passes unanswered (as a
+ * site runner does while the coordinator starts). `hello` as a function is signed anew each time.
+ */
+export async function helloUntilAnswered(nc: NatsConnection, subject: string, hello: Uint8Array | (() => Uint8Array), timeoutMs = 1000): Promise<Welcome> {
+  for (;;) {
+    const body = typeof hello === 'function' ? hello() : hello;
+    const reply = await nc.request(subject, body, { timeout: timeoutMs }).catch(() => undefined);
+    if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
+  }
+}
+
+/**
+ * A played site's hello every 100 ms until the test ends, as a live site runner's: the coordinator
+ * counts a site that falls silent as gone. None is said while `quiet()` holds (a site down).
+ */
+export function keepSayingHello(
+  nc: NatsConnection,
+  subject: string,
+  hello: () => Uint8Array,
+  cleanup: Array<() => Promise<void>>,
+  quiet: () => boolean = () => false,
+): void {
+  const beat = setInterval(() => {
+    if (quiet()) return;
+    nc.request(subject, hello(), { timeout: 1000 }).catch(() => {});
+  }, 100);
+  cleanup.push(async () => clearInterval(beat));
+}
+
+/**
+ * A played site's tasks on `subject`: each acknowledged at once, as the site runner does, then
+ * played by `play`. A failure of `play` is dropped: its requests may outlive the coordinator
+ * they answer, and what the coordinator took is what the test asserts.
+ */
+export function playTasks(nc: NatsConnection, subject: string, play: (task: Task) => Promise<unknown>): void {
+  nc.subscribe(subject, {
+    callback: (_e, m) => {
+      m.respond(encoder.encode(JSON.stringify({ type: 'ack', accepted: true })));
+      play(Task.parse(JSON.parse(decoder.decode(m.data)))).catch(() => {});
+    },
+  });
+}
+
+/** The coordinator's status (counters and all), asked for as its own user. */
+export async function coordinatorStatus(on: JobServer & { subj: { status: string } }) {
+  const nc = await on.as(COORDINATOR_USER, on.auth.coordinator.seed);
+  return JSON.parse(decoder.decode((await nc.request(on.subj.status, '', { timeout: 5000 })).data));
 }
 
 /** The model layout and sample shape a real site of `job` builds (site `siteIndex`'s data; labels no / yes). */

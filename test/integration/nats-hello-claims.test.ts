@@ -5,52 +5,23 @@
 // (It used to be taken: joined first, it made round 1 start from its weights, and every honest
 // site's hello was refused as "another model file", on which a site runner stops.)
 import { describe, expect, it } from 'vitest';
-import { FederatedJob } from '../../core/job/federated-job.ts';
-import { Welcome } from '../../core/protocol/messages.ts';
-import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
-import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { twoSites } from '../helpers/jobs.ts';
+import { coordinatorInBackground, coordinatorStatus, helloUntilAnswered, jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
-const decoder = new TextDecoder();
 const cleanup = useCleanup();
 
 describe('a hello that names pre-trained weights in a job whose model carries none', () => {
   it('is refused with CONSORT_R_WRONG_JOB, counted and logged once; the seeded sites after it are welcomed', async () => {
-    const job = FederatedJob.parse(
-      jobManifest(
-        'hello-claims',
-        hospitalSpec([
-          { name: 'north', samples: 80 },
-          { name: 'south', samples: 80 },
-        ]),
-      ),
-    );
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const job = twoSites('hello-claims', ['north', 'south']);
+    const on = await jobOnServer(job, cleanup);
+    const { key, subj, auth, as } = on;
     const model = await siteModel(job, 0);
-    const logs: string[] = [];
-    const stop = new AbortController();
-    const coordinator = runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
-      log: (l) => logs.push(l),
-      joinTimeoutMs: 60_000,
-      signal: stop.signal,
-    });
-    coordinator.catch(() => {});
-    cleanup.push(async () => {
-      stop.abort();
-      await coordinator.catch(() => {});
-    });
+    const { logs } = await coordinatorInBackground(job, on, cleanup, { joinTimeoutMs: 60_000 });
     const hello = async (site: 'north' | 'south', initial?: { sha256: string; size: number }) => {
       const nc = await as(site, auth.sites[site]!.seed);
       const body = signedHello(key, site, auth.sites[site]!.seed, model, { features: HOSPITAL_FEATURES, ...(initial ? { initial } : {}) });
-      for (;;) {
-        const reply = await nc.request(subj.hello(site), body, { timeout: 1000 }).catch(() => undefined);
-        if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
-      }
+      return helloUntilAnswered(nc, subj.hello(site), body);
     };
     const weights = { sha256: 'ab'.repeat(32), size: 4096 };
     for (let i = 0; i < 3; i++) {
@@ -62,7 +33,6 @@ describe('a hello that names pre-trained weights in a job whose model carries no
     expect(await hello('south')).toMatchObject({ accepted: true });
     expect(await hello('north')).toMatchObject({ accepted: true });
 
-    const status = JSON.parse(decoder.decode((await (await as(COORDINATOR_USER, auth.coordinator.seed)).request(subj.status, '', { timeout: 5000 })).data));
-    expect(status.rejections.CONSORT_R_WRONG_JOB).toBe(3);
+    expect((await coordinatorStatus(on)).rejections.CONSORT_R_WRONG_JOB).toBe(3);
   }, 60_000);
 });

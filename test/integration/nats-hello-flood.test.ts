@@ -5,15 +5,13 @@
 // (it used to log every one and start a resend per hello, each tried until the round's deadline).
 import type { Msg } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
-import { FederatedJob } from '../../core/job/federated-job.ts';
 import { Task, Welcome } from '../../core/protocol/messages.ts';
-import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
-import { RESTART_LOGS_PER_MINUTE, runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
+import { RESTART_LOGS_PER_MINUTE } from '../../operator/coordinator/nats-coordinator.ts';
 import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
-import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
+import { twoSites } from '../helpers/jobs.ts';
 import { soon } from '../helpers/nats-clients.ts';
-import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { coordinatorInBackground, coordinatorStatus, helloUntilAnswered, jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
 const cleanup = useCleanup();
@@ -21,35 +19,11 @@ const FLOOD = 200;
 
 describe('a site that floods hellos, each from a "new process"', () => {
   it('is logged a few times and then counted, and its task is sent again once at a time, not once per hello', async () => {
-    const job = FederatedJob.parse(
-      jobManifest(
-        'hello-flood',
-        hospitalSpec(
-          [
-            { name: 'north', samples: 80 },
-            { name: 'south', samples: 80 },
-          ],
-          { rounds: 1, sampling: { minSites: 1 }, aggregation: { roundDeadlineSeconds: 20 } },
-        ),
-      ),
-    );
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const job = twoSites('hello-flood', ['north', 'south'], { rounds: 1, sampling: { minSites: 1 }, aggregation: { roundDeadlineSeconds: 20 } });
+    const on = await jobOnServer(job, cleanup);
+    const { key, subj, auth, as } = on;
     const model = await siteModel(job, 0);
-    const logs: string[] = [];
-    const stop = new AbortController();
-    const coordinator = runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
-      log: (l) => logs.push(l),
-      joinTimeoutMs: 500,
-      signal: stop.signal,
-    });
-    coordinator.catch(() => {});
-    cleanup.push(async () => {
-      stop.abort();
-      await coordinator.catch(() => {});
-    });
+    const { logs } = await coordinatorInBackground(job, on, cleanup, { joinTimeoutMs: 500 });
 
     // North by hand: acknowledges its first task, then none (as a site would that is gone).
     const north = await as('north', auth.sites.north!.seed);
@@ -61,14 +35,8 @@ describe('a site that floods hellos, each from a "new process"', () => {
       },
     });
     await north.flush();
-    const hello = async (instance: string) => {
-      for (;;) {
-        const reply = await north
-          .request(subj.hello('north'), signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance }), { timeout: 1000 })
-          .catch(() => undefined);
-        if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
-      }
-    };
+    const hello = (instance: string) =>
+      helloUntilAnswered(north, subj.hello('north'), () => signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance }));
     expect((await hello(newNonce())).accepted).toBe(true);
     await soon(() => tasks.length === 1, 'the fit task of round 1', 10_000);
     expect(Task.parse(JSON.parse(decoder.decode(tasks[0]!.data)))).toMatchObject({ type: 'fit', round: 1 });
@@ -91,39 +59,15 @@ describe('a site that floods hellos, each from a "new process"', () => {
 
 describe('a site that floods the coordinator with hellos of 1 MiB', () => {
   it('has them refused unread past its budget (CONSORT_R_HELLO_RATE), counted and logged once; another site is welcomed meanwhile', async () => {
-    const job = FederatedJob.parse(
-      jobManifest(
-        'hello-bytes',
-        hospitalSpec([
-          { name: 'north', samples: 80 },
-          { name: 'south', samples: 80 },
-        ]),
-      ),
-    );
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const job = twoSites('hello-bytes', ['north', 'south']);
+    const on = await jobOnServer(job, cleanup);
+    const { key, subj, auth, as } = on;
     const model = await siteModel(job, 0);
-    const logs: string[] = [];
-    const stop = new AbortController();
-    const coordinator = runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
-      log: (l) => logs.push(l),
-      joinTimeoutMs: 60_000,
-      signal: stop.signal,
-    });
-    coordinator.catch(() => {});
-    cleanup.push(async () => {
-      stop.abort();
-      await coordinator.catch(() => {});
-    });
+    const { logs } = await coordinatorInBackground(job, on, cleanup, { joinTimeoutMs: 60_000 });
     const hello = async (site: 'north' | 'south', features: readonly string[]) => {
       const nc = await as(site, auth.sites[site]!.seed);
       const body = signedHello(key, site, auth.sites[site]!.seed, model, { features });
-      for (;;) {
-        const reply = await nc.request(subj.hello(site), body, { timeout: 2000 }).catch(() => undefined);
-        if (reply) return { body, welcome: Welcome.parse(JSON.parse(decoder.decode(reply.data))) };
-      }
+      return { body, welcome: await helloUntilAnswered(nc, subj.hello(site), body, 2000) };
     };
     // A wide table's column names: a hello of about 1 MiB (what a real site may send once a second).
     const wide = Array.from({ length: 4000 }, (_, i) => `column-${i}-`.padEnd(250, 'x'));
@@ -144,7 +88,6 @@ describe('a site that floods the coordinator with hellos of 1 MiB', () => {
     expect(logs.filter((l) => l.includes('[CONSORT_R_HELLO_RATE]'))).toEqual([
       `refused site "north": the site's hellos come at more than 2 MiB a second (each counted as at least 16 KiB): refused unread; one a second is plenty [CONSORT_R_HELLO_RATE]`,
     ]);
-    const status = JSON.parse(decoder.decode((await (await as(COORDINATOR_USER, auth.coordinator.seed)).request(subj.status, '', { timeout: 5000 })).data));
-    expect(status.rejections.CONSORT_R_HELLO_RATE).toBe(refused.length);
+    expect((await coordinatorStatus(on)).rejections.CONSORT_R_HELLO_RATE).toBe(refused.length);
   }, 60_000);
 });

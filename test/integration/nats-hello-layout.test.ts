@@ -6,58 +6,32 @@
 // the 2^40 parameters left the update buckets uncapped and the coordinator died of a RangeError
 // allocating the model, with no code.)
 import { describe, expect, it } from 'vitest';
-import { FederatedJob } from '../../core/job/federated-job.ts';
+import type { FederatedJob } from '../../core/job/federated-job.ts';
 import { layoutSize, type ParameterLayout } from '../../core/model/layout.ts';
-import { Welcome } from '../../core/protocol/messages.ts';
-import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
-import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { twoSites } from '../helpers/jobs.ts';
+import { coordinatorInBackground, coordinatorStatus, helloUntilAnswered, jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
-const decoder = new TextDecoder();
 const cleanup = useCleanup();
 const GIANT: ParameterLayout = [{ name: 'w', shape: [2 ** 20, 2 ** 20] }];
 
 /** A coordinator of `job` (sites north and south), and hellos of either by hand with a layout of choice. */
 async function helloes(job: FederatedJob, model: { layout: ParameterLayout; sampleShape: number[] }) {
-  const { key, subj, auth, as } = await jobOnServer(job, cleanup);
-  const logs: string[] = [];
-  const stop = new AbortController();
-  const coordinator = runNatsCoordinator({
-    job,
-    nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-    siteKeys: auth.keys.sites,
-    log: (l) => logs.push(l),
-    joinTimeoutMs: 60_000,
-    signal: stop.signal,
-  });
-  coordinator.catch(() => {});
-  cleanup.push(async () => {
-    stop.abort();
-    await coordinator.catch(() => {});
-  });
+  const on = await jobOnServer(job, cleanup);
+  const { key, subj, auth, as } = on;
+  const { logs } = await coordinatorInBackground(job, on, cleanup, { joinTimeoutMs: 60_000 });
   const hello = async (site: 'north' | 'south', layout: ParameterLayout = model.layout) => {
     const nc = await as(site, auth.sites[site]!.seed);
     const body = signedHello(key, site, auth.sites[site]!.seed, { ...model, layout }, { features: HOSPITAL_FEATURES });
-    for (;;) {
-      const reply = await nc.request(subj.hello(site), body, { timeout: 1000 }).catch(() => undefined);
-      if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
-    }
+    return helloUntilAnswered(nc, subj.hello(site), body);
   };
-  const status = async () =>
-    JSON.parse(decoder.decode((await (await as(COORDINATOR_USER, auth.coordinator.seed)).request(subj.status, '', { timeout: 5000 })).data));
+  const status = () => coordinatorStatus(on);
   return { logs, hello, status };
 }
 
-const sites = [
-  { name: 'north', samples: 80 },
-  { name: 'south', samples: 80 },
-];
-
 describe("a hello whose model layout is not the job's", () => {
   it('is refused WRONG_SHAPE (2^40 parameters, other hidden layers), counted and logged once; the honest site is welcomed', async () => {
-    const job = FederatedJob.parse(jobManifest('hello-layout', hospitalSpec(sites)));
+    const job = twoSites('hello-layout', ['north', 'south']);
     const model = await siteModel(job, 0);
     const { logs, hello, status } = await helloes(job, model);
     const giant = await hello('north', GIANT);
@@ -75,11 +49,9 @@ describe("a hello whose model layout is not the job's", () => {
   }, 60_000);
 
   it('in a job of a Layers file, is refused OVERSIZED when this coordinator could not hold it', async () => {
-    const seeded = FederatedJob.parse(jobManifest('hello-layout-file', hospitalSpec(sites)));
+    const seeded = twoSites('hello-layout-file', ['north', 'south']);
     // The coordinator never reads the file: its path is all the spec holds.
-    const job = FederatedJob.parse(
-      jobManifest('hello-layout-file', hospitalSpec(sites, { model: { type: 'layers', path: 'model.json' }, classes: ['no', 'yes'] })),
-    );
+    const job = twoSites('hello-layout-file', ['north', 'south'], { model: { type: 'layers', path: 'model.json' }, classes: ['no', 'yes'] });
     const { logs, hello, status } = await helloes(job, await siteModel(seeded, 0));
     const giant = await hello('north', GIANT);
     expect(giant).toMatchObject({ accepted: false, code: 'CONSORT_R_OVERSIZED' });

@@ -1,9 +1,3 @@
-// Every process of a job must run the same job: over a real nats-server, a site whose hello lists
-// the features of the site already joined in another order (or other ones), or whose copy of the
-// job has other terms (another seed, another model), is refused with a reason that says how they
-// differ, and counted; a real site so refused stops with that reason; and a coordinator does not
-// resume a checkpoint written under other terms.
-import type { NatsConnection } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { jobTerms } from '../../core/job/terms.ts';
@@ -13,29 +7,11 @@ import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
-import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { hospitalSpec, jobManifest, twoSites } from '../helpers/jobs.ts';
+import { coordinatorInBackground, helloUntilAnswered, jobOnServer, realSite, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
 const cleanup = useCleanup();
-
-/** Site "real" of `job`, a real site runner on the CPU backend. */
-async function realSite(job: FederatedJob, auth: { sites: Record<string, { seed: string }> }, as: (user: string, seed: string) => Promise<NatsConnection>) {
-  return runSite({ job, site: 'real', nc: await as('real', auth.sites.real!.seed), seed: auth.sites.real!.seed, baseDir: '.', backend: 'cpu', log: () => {} });
-}
-
-/** A job of two hospital sites of 80 patients, with `extra` in its spec. */
-function twoSites(name: string, sites: [string, string], extra: Record<string, unknown>): FederatedJob {
-  return FederatedJob.parse(
-    jobManifest(
-      name,
-      hospitalSpec(
-        sites.map((s) => ({ name: s, samples: 80 })),
-        extra,
-      ),
-    ),
-  );
-}
 
 describe('a hello whose feature columns differ from the joined sites', () => {
   it('is refused with CONSORT_R_WRONG_SHAPE, naming the difference, and counted; the same columns are welcomed', async () => {
@@ -57,7 +33,7 @@ describe('a hello whose feature columns differ from the joined sites', () => {
       },
       joinTimeoutMs: 60_000,
     });
-    const site = realSite(job, auth, as);
+    const site = realSite(job, { auth, as });
     await realJoined;
 
     const byHand = await as('by-hand', auth.sites['by-hand']!.seed);
@@ -145,33 +121,13 @@ describe('a hello whose feature columns differ from the joined sites', () => {
 describe('a site whose copy of the job has another seed', () => {
   it('is refused by the coordinator and stops with CONSORT_W_REFUSED, naming the seeds', async () => {
     const job = FederatedJob.parse(jobManifest('other-seed', hospitalSpec([{ name: 'alone', samples: 60 }], { rounds: 50 })));
-    const { auth, as } = await jobOnServer(job, cleanup);
-    const stop = new AbortController();
-    const coordinator = runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
-      log: () => {},
-      joinTimeoutMs: 60_000,
-      signal: stop.signal,
-    });
-    coordinator.catch(() => {});
-    cleanup.push(async () => {
-      stop.abort();
-      await coordinator.catch(() => {});
-    });
+    const on = await jobOnServer(job, cleanup);
+    await coordinatorInBackground(job, on, cleanup, { joinTimeoutMs: 60_000 });
     const reseeded = FederatedJob.parse({ ...job, spec: { ...job.spec, seed: 9 } });
-    await expect(
-      runSite({
-        job: reseeded,
-        site: 'alone',
-        nc: await as('alone', auth.sites.alone!.seed),
-        seed: auth.sites.alone!.seed,
-        baseDir: '.',
-        backend: 'cpu',
-        log: () => {},
-      }),
-    ).rejects.toMatchObject({ code: 'CONSORT_W_REFUSED', message: expect.stringContaining(`spec.seed (${job.spec.seed} at the coordinator, 9 at the site)`) });
+    await expect(realSite(reseeded, on, 'alone')).rejects.toMatchObject({
+      code: 'CONSORT_W_REFUSED',
+      message: expect.stringContaining(`spec.seed (${job.spec.seed} at the coordinator, 9 at the site)`),
+    });
   }, 60_000);
 });
 
@@ -192,7 +148,7 @@ describe('a site refused at its hello, and never taken', () => {
       },
       joinTimeoutMs: 3000,
     });
-    const site = realSite(job, auth, as);
+    const site = realSite(job, { auth, as });
     const result = await coordinator;
     await site;
     expect(result.finalMissing).toEqual([
@@ -209,30 +165,15 @@ describe('a site refused at its hello, and never taken', () => {
 
 /** A coordinator of `job` (its log lines in `logs`), and hellos of site north by hand, each with a process instance id. */
 async function hellosOfNorth(job: FederatedJob) {
-  const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+  const on = await jobOnServer(job, cleanup);
+  const { key, subj, auth, as } = on;
   const model = await siteModel(job, 0);
-  const logs: string[] = [];
-  const stop = new AbortController();
-  const coordinator = runNatsCoordinator({
-    job,
-    nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-    siteKeys: auth.keys.sites,
-    log: (l) => logs.push(l),
-    joinTimeoutMs: 60_000,
-    signal: stop.signal,
-  });
-  coordinator.catch(() => {});
+  const { logs, stop, coordinator } = await coordinatorInBackground(job, on, cleanup, { joinTimeoutMs: 60_000 });
   const north = await as('north', auth.sites.north!.seed);
-  const hello = async (instance: string, extra: { keepsState?: boolean } = {}) => {
-    for (;;) {
-      const reply = await north
-        .request(subj.hello('north'), signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance, ...extra }), {
-          timeout: 1000,
-        })
-        .catch(() => undefined);
-      if (reply) return Welcome.parse(JSON.parse(decoder.decode(reply.data)));
-    }
-  };
+  const hello = (instance: string, extra: { keepsState?: boolean } = {}) =>
+    helloUntilAnswered(north, subj.hello('north'), () =>
+      signedHello(key, 'north', auth.sites.north!.seed, model, { features: HOSPITAL_FEATURES, instance, ...extra }),
+    );
   return { logs, hello, stop, coordinator };
 }
 
@@ -399,7 +340,7 @@ async function withSiteByHand(name: string, extra: Record<string, unknown>, onTa
       onTask(JSON.parse(decoder.decode(m.data)) as { type: string; round: number; taskId: string });
     },
   });
-  const site = realSite(job, auth, as);
+  const site = realSite(job, { auth, as });
   site.catch(() => {});
   return { job, key, subj, auth, as, byHand, site, silence: () => clearInterval(beat) };
 }

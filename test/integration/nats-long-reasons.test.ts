@@ -5,66 +5,30 @@
 // cut and marked. (The coordinator used to send the whole reason, which the site dropped as
 // malformed: it said hello for ever without learning that it was refused.)
 import { describe, expect, it } from 'vitest';
-import { FederatedJob } from '../../core/job/federated-job.ts';
-import { REASON_MAX_CHARS, Welcome } from '../../core/protocol/messages.ts';
-import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
-import { runSite } from '../../worker/nats/site-runner.ts';
-import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { REASON_MAX_CHARS } from '../../core/protocol/messages.ts';
+import { twoSites } from '../helpers/jobs.ts';
+import { coordinatorInBackground, helloUntilAnswered, jobOnServer, realSite, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
-const decoder = new TextDecoder();
 const cleanup = useCleanup();
 
 describe('a refusal whose reason is longer than a Welcome takes', () => {
   it('reaches the site cut to REASON_MAX_CHARS, and the site stops with it', async () => {
-    const job = FederatedJob.parse(
-      jobManifest(
-        'long-reason',
-        hospitalSpec([
-          { name: 'wide', samples: 80 },
-          { name: 'real', samples: 80 },
-        ]),
-      ),
-    );
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const job = twoSites('long-reason', ['wide', 'real']);
+    const on = await jobOnServer(job, cleanup);
+    const { key, subj, auth, as } = on;
     const model = await siteModel(job, 0);
-    const stop = new AbortController();
-    const coordinator = runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
-      log: () => {},
-      joinTimeoutMs: 60_000,
-      signal: stop.signal,
-    });
-    coordinator.catch(() => {});
-    cleanup.push(async () => {
-      stop.abort();
-      await coordinator.catch(() => {});
-    });
+    await coordinatorInBackground(job, on, cleanup, { joinTimeoutMs: 60_000 });
     // Site "wide" joins first, by hand, with the names of a wide table's columns.
     const columns = Array.from({ length: 4000 }, (_, i) => `column-${i}-`.padEnd(250, 'x'));
     const wide = await as('wide', auth.sites.wide!.seed);
-    for (;;) {
-      const reply = await wide
-        .request(subj.hello('wide'), signedHello(key, 'wide', auth.sites.wide!.seed, model, { features: columns }), { timeout: 2000 })
-        .catch(() => undefined);
-      if (reply) {
-        expect(Welcome.parse(JSON.parse(decoder.decode(reply.data))).accepted).toBe(true);
-        break;
-      }
-    }
-    const logs: string[] = [];
-    const real = runSite({
-      job,
-      site: 'real',
-      nc: await as('real', auth.sites.real!.seed),
-      seed: auth.sites.real!.seed,
-      baseDir: '.',
-      backend: 'cpu',
-      log: (l) => logs.push(l),
-    });
+    const welcome = await helloUntilAnswered(
+      wide,
+      subj.hello('wide'),
+      () => signedHello(key, 'wide', auth.sites.wide!.seed, model, { features: columns }),
+      2000,
+    );
+    expect(welcome.accepted).toBe(true);
+    const real = realSite(job, on);
     const err = await Promise.race([
       real.then(
         () => undefined,

@@ -8,14 +8,11 @@ import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { initialParameters } from '../../core/model/layout.ts';
 import { Welcome } from '../../core/protocol/messages.ts';
-import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { decodeSafetensors } from '../../core/tensor/safetensors.ts';
-import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { HOSPITAL_FEATURES } from '../../worker/data/synthetic/hospital.ts';
-import { runSite } from '../../worker/nats/site-runner.ts';
 import { runConsort, transcript } from '../helpers/consort-cli.ts';
 import { hospitalSpec, jobManifest, writeJob } from '../helpers/jobs.ts';
-import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { jobOnServer, realSite, signedHello, siteModel, startCoordinator, useCleanup } from '../helpers/nats-job.ts';
 import { writePretrainedDense } from '../helpers/site-data.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 
@@ -43,32 +40,20 @@ describe("a user's pre-trained Layers model", () => {
       },
     );
     const job = FederatedJob.parse(jobManifest('pretrained', spec));
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
-    const logs: string[] = [];
+    const on = await jobOnServer(job, cleanup);
+    const { key, subj, auth, as } = on;
     let joined!: () => void;
     const realJoined = new Promise<void>((resolve) => {
       joined = resolve;
     });
-    const coordinator = runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
+    const { logs, coordinator } = await startCoordinator(job, on, {
       log: (l) => {
-        logs.push(l);
         if (l.includes('site "real" joined')) joined();
       },
       // Site by-hand is refused: the round starts with site real alone once this has passed.
       joinTimeoutMs: 8_000,
     });
-    const site = runSite({
-      job,
-      site: 'real',
-      nc: await as('real', auth.sites.real!.seed),
-      seed: auth.sites.real!.seed,
-      baseDir: '.',
-      backend: 'cpu',
-      log: () => {},
-    });
+    const site = realSite(job, on);
     await realJoined;
 
     // Site by-hand says hello as a site whose model file carries no weights, then other weights.

@@ -1,18 +1,22 @@
 // A round does not start without the sites its quorum needs: over a real nats-server, a site that
 // goes quiet between rounds (a crash and a restart, played here by its hellos stopping) is waited
 // for, up to the round deadline, rather than a round being started that cannot close.
-import type { NatsConnection } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { layoutSize } from '../../core/model/layout.ts';
-import { Task } from '../../core/protocol/messages.ts';
-import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, sendPlainUpdate, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import {
+  jobOnServer,
+  keepSayingHello,
+  playTasks,
+  sendPlainUpdate,
+  signedEvaluation,
+  signedHello,
+  siteModel,
+  startCoordinator,
+  useCleanup,
+} from '../helpers/nats-job.ts';
 
-const decoder = new TextDecoder();
-const encoder = new TextEncoder();
 const cleanup = useCleanup();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -30,45 +34,35 @@ describe('a round whose quorum needs a site that has gone quiet', () => {
         ),
       ),
     );
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const on = await jobOnServer(job, cleanup);
+    const { key, subj, auth, as } = on;
     const model = await siteModel(job, 0);
     const n = layoutSize(model.layout);
     /** south's hellos stop from its round-1 task until 2 s after it has answered round 1's evaluation. */
     let southQuiet = false;
     for (const site of ['north', 'south']) {
       const seed = auth.sites[site]!.seed;
-      const nc: NatsConnection = await as(site, seed);
-      const beat = setInterval(() => {
-        if (site === 'south' && southQuiet) return;
-        nc.request(subj.hello(site), signedHello(key, site, seed, model), { timeout: 1000 }).catch(() => {});
-      }, 100);
-      cleanup.push(async () => clearInterval(beat));
-      nc.subscribe(subj.task(site), {
-        callback: (_e, m) => {
-          m.respond(encoder.encode(JSON.stringify({ type: 'ack', accepted: true })));
-          const task = Task.parse(JSON.parse(decoder.decode(m.data)));
-          void (async () => {
-            if (task.type === 'evaluate') {
-              if (site === 'south' && task.round === 1) await sleep(1000);
-              await nc.request(subj.evaluation(site), signedEvaluation(key, site, seed, task), { timeout: 5000 }).catch(() => {});
-              if (site === 'south' && task.round === 1) setTimeout(() => (southQuiet = false), 2000);
-              return;
-            }
-            if (site === 'south' && task.round === 1) southQuiet = true;
-            await sendPlainUpdate(nc, { key, site, seed, layout: model.layout }, task, new Float32Array(n).fill(0.01), 10);
-          })();
-        },
+      const nc = await as(site, seed);
+      keepSayingHello(
+        nc,
+        subj.hello(site),
+        () => signedHello(key, site, seed, model),
+        cleanup,
+        () => site === 'south' && southQuiet,
+      );
+      playTasks(nc, subj.task(site), async (task) => {
+        if (task.type === 'evaluate') {
+          if (site === 'south' && task.round === 1) await sleep(1000);
+          await nc.request(subj.evaluation(site), signedEvaluation(key, site, seed, task), { timeout: 5000 }).catch(() => {});
+          if (site === 'south' && task.round === 1) setTimeout(() => (southQuiet = false), 2000);
+          return;
+        }
+        if (site === 'south' && task.round === 1) southQuiet = true;
+        await sendPlainUpdate(nc, { key, site, seed, layout: model.layout }, task, new Float32Array(n).fill(0.01), 10);
       });
     }
-    const logs: string[] = [];
-    const result = await runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
-      log: (l) => logs.push(l),
-      joinTimeoutMs: 20_000,
-      aliveMs: 500,
-    });
+    const { logs, coordinator } = await startCoordinator(job, on, { joinTimeoutMs: 20_000, aliveMs: 500 });
+    const result = await coordinator;
     expect(result.roundsCompleted).toBe(2);
     expect(result.rounds.map((r) => r.participants)).toEqual([
       ['north', 'south'],

@@ -7,14 +7,21 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { layoutSize } from '../../core/model/layout.ts';
-import { Ack, Task } from '../../core/protocol/messages.ts';
-import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
+import { Ack } from '../../core/protocol/messages.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, sendPlainUpdate, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import {
+  jobOnServer,
+  keepSayingHello,
+  playTasks,
+  sendPlainUpdate,
+  signedEvaluation,
+  signedHello,
+  siteModel,
+  startCoordinator,
+  useCleanup,
+} from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
-const encoder = new TextEncoder();
 const cleanup = useCleanup();
 
 describe('a site that reports a loss of 1e308', () => {
@@ -31,7 +38,8 @@ describe('a site that reports a loss of 1e308', () => {
         ),
       ),
     );
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const on = await jobOnServer(job, cleanup);
+    const { key, subj, auth, as } = on;
     const model = await siteModel(job, 0);
     const n = layoutSize(model.layout);
     /** North's answers that lied, and the coordinator's answer to each. */
@@ -39,45 +47,29 @@ describe('a site that reports a loss of 1e308', () => {
     for (const site of ['north', 'south']) {
       const seed = auth.sites[site]!.seed;
       const nc: NatsConnection = await as(site, seed);
-      const beat = setInterval(() => nc.request(subj.hello(site), signedHello(key, site, seed, model), { timeout: 1000 }).catch(() => {}), 100);
-      cleanup.push(async () => clearInterval(beat));
-      nc.subscribe(subj.task(site), {
-        callback: (_e, m) => {
-          m.respond(encoder.encode(JSON.stringify({ type: 'ack', accepted: true })));
-          const task = Task.parse(JSON.parse(decoder.decode(m.data)));
-          void (async () => {
-            if (task.type === 'evaluate') {
-              const evaluate = async (scores: { loss?: number; trainLoss?: number }) =>
-                Ack.parse(
-                  JSON.parse(
-                    decoder.decode((await nc.request(subj.evaluation(site), signedEvaluation(key, site, seed, task, scores), { timeout: 5000 })).data),
-                  ),
-                );
-              if (site === 'north') {
-                lies.push(await evaluate({ loss: 1e308 }));
-                lies.push(await evaluate({ trainLoss: 1e308 }));
-              }
-              await evaluate({});
-              return;
-            }
-            const update = (trainLoss: number) =>
-              sendPlainUpdate(nc, { key, site, seed, layout: model.layout }, task, new Float32Array(n).fill(0.01), 10, trainLoss);
-            if (site === 'north') lies.push(await update(1e308));
-            await update(0.5);
-          })().catch(() => {});
-        },
+      keepSayingHello(nc, subj.hello(site), () => signedHello(key, site, seed, model), cleanup);
+      playTasks(nc, subj.task(site), async (task) => {
+        if (task.type === 'evaluate') {
+          const evaluate = async (scores: { loss?: number; trainLoss?: number }) =>
+            Ack.parse(
+              JSON.parse(decoder.decode((await nc.request(subj.evaluation(site), signedEvaluation(key, site, seed, task, scores), { timeout: 5000 })).data)),
+            );
+          if (site === 'north') {
+            lies.push(await evaluate({ loss: 1e308 }));
+            lies.push(await evaluate({ trainLoss: 1e308 }));
+          }
+          await evaluate({});
+          return;
+        }
+        const update = (trainLoss: number) =>
+          sendPlainUpdate(nc, { key, site, seed, layout: model.layout }, task, new Float32Array(n).fill(0.01), 10, trainLoss);
+        if (site === 'north') lies.push(await update(1e308));
+        await update(0.5);
       });
     }
-    const run = async (logs: string[]) =>
-      runNatsCoordinator({
-        job,
-        nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-        siteKeys: auth.keys.sites,
-        log: (l) => logs.push(l),
-        joinTimeoutMs: 20_000,
-      });
-    const logs: string[] = [];
-    const result = await run(logs);
+    const run = () => startCoordinator(job, on, { joinTimeoutMs: 20_000 });
+    const { logs, coordinator } = await run();
+    const result = await coordinator;
     expect(lies).toHaveLength(3);
     for (const ack of lies) expect(ack).toMatchObject({ accepted: false, code: 'CONSORT_R_MALFORMED' });
     expect(lies.map((a) => a.reason)).toEqual([expect.stringMatching(/^trainLoss: /), expect.stringMatching(/^loss: /), expect.stringMatching(/^trainLoss: /)]);
@@ -87,7 +79,7 @@ describe('a site that reports a loss of 1e308', () => {
     expect(result.rounds[0]).toMatchObject({ participants: ['north', 'south'], fitLoss: 0.5, globalLoss: 0.5 });
 
     // The job again: its checkpoint reads, and the finished job only scores its final model again.
-    const again = await run([]);
+    const again = await (await run()).coordinator;
     expect(again.rounds).toEqual(result.rounds);
   }, 60_000);
 });

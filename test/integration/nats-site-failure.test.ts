@@ -6,12 +6,10 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import type { SiteFailure } from '../../core/protocol/transport.ts';
-import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import type { Failpoint } from '../../worker/nats/failpoints.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, useCleanup } from '../helpers/nats-job.ts';
+import { jobOnServer, startCoordinator, useCleanup } from '../helpers/nats-job.ts';
 
 const cleanup = useCleanup();
 
@@ -28,14 +26,10 @@ async function federation(name: string, minSites: number, failpoints: Record<str
       ),
     ),
   );
-  const { auth, as } = await jobOnServer(job, cleanup);
+  const on = await jobOnServer(job, cleanup);
+  const { auth, as } = on;
   const failures: Array<{ round: number } & SiteFailure> = [];
-  const logs: string[] = [];
-  const coordinator = runNatsCoordinator({
-    job,
-    nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-    siteKeys: auth.keys.sites,
-    log: (l) => logs.push(l),
+  const { logs, coordinator } = await startCoordinator(job, on, {
     joinTimeoutMs: 60_000,
     events: { siteFailed: (round, f) => failures.push({ round, ...f }) },
   });

@@ -4,13 +4,9 @@
 // delivery and waiting out the round's deadline for an update that cannot come.
 import type { Msg } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
-import { FederatedJob } from '../../core/job/federated-job.ts';
 import { jobTerms } from '../../core/job/terms.ts';
-import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
-import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
-import { runSite } from '../../worker/nats/site-runner.ts';
-import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { twoSites } from '../helpers/jobs.ts';
+import { jobOnServer, realSite, signedHello, siteModel, startCoordinator, useCleanup } from '../helpers/nats-job.ts';
 
 const cleanup = useCleanup();
 const encoder = new TextEncoder();
@@ -19,19 +15,9 @@ describe('a site that refuses its task on receipt', () => {
   it('is failed for that task at once, with its reason and CONSORT_C_TASK_REFUSED, and the round goes on without it', async () => {
     // A deadline far longer than the job takes: without the refusal being read, each of the two
     // tasks (fit, final evaluation) waits it out and fails CONSORT_C_DEADLINE.
-    const job = FederatedJob.parse(
-      jobManifest(
-        'task-refused',
-        hospitalSpec(
-          [
-            { name: 'real', samples: 80 },
-            { name: 'by-hand', samples: 80 },
-          ],
-          { rounds: 1, sampling: { minSites: 1 }, aggregation: { roundDeadlineSeconds: 20 } },
-        ),
-      ),
-    );
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const job = twoSites('task-refused', ['real', 'by-hand'], { rounds: 1, sampling: { minSites: 1 }, aggregation: { roundDeadlineSeconds: 20 } });
+    const on = await jobOnServer(job, cleanup);
+    const { key, subj, auth, as } = on;
     const model = await siteModel(job, 1);
     const byHand = await as('by-hand', auth.sites['by-hand']!.seed);
     const tasks: string[] = [];
@@ -43,27 +29,14 @@ describe('a site that refuses its task on receipt', () => {
     });
     await byHand.flush();
     const hello = () => signedHello(key, 'by-hand', auth.sites['by-hand']!.seed, model, { terms: jobTerms(job.spec) });
-    const logs: string[] = [];
-    const coordinator = runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
+    const { logs, coordinator } = await startCoordinator(job, on, {
       log: (l) => {
-        logs.push(l);
         // by-hand says hello once the real site is in (its layout is then the job's).
         if (l.includes('site "real" joined')) void byHand.request(subj.hello('by-hand'), hello(), { timeout: 5000 }).catch(() => {});
       },
       joinTimeoutMs: 60_000,
     });
-    const site = runSite({
-      job,
-      site: 'real',
-      nc: await as('real', auth.sites.real!.seed),
-      seed: auth.sites.real!.seed,
-      baseDir: '.',
-      backend: 'cpu',
-      log: () => {},
-    });
+    const site = realSite(job, on);
     const result = await coordinator;
     await site;
     expect(tasks).toEqual(['fit', 'evaluate']);

@@ -10,15 +10,13 @@ import { describe, expect, it } from 'vitest';
 import { FederatedJob } from '../../core/job/federated-job.ts';
 import { layoutSize } from '../../core/model/layout.ts';
 import { encodeUpdate } from '../../core/protocol/codecs.ts';
-import { Ack, Task, updateEnvelope } from '../../core/protocol/messages.ts';
+import { Ack, updateEnvelope } from '../../core/protocol/messages.ts';
 import { objectMetaSubject, putObject } from '../../core/protocol/object-put.ts';
 import { objectWire } from '../../core/protocol/object-wire.ts';
-import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { newNonce, signEnvelope } from '../../core/protocol/signing.ts';
 import { buckets, OBJECT_PUT, objectNames } from '../../core/protocol/subjects.ts';
-import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { jobOnServer, keepSayingHello, playTasks, signedEvaluation, signedHello, siteModel, startCoordinator, useCleanup } from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
@@ -27,14 +25,14 @@ const cleanup = useCleanup();
 describe('an update object cut into tiny chunks', () => {
   it('is refused BAD_ENCODING before it is read, as is one with more chunks than its metadata says; the site runner’s cut is taken', async () => {
     const job = FederatedJob.parse(jobManifest('tiny-chunks', hospitalSpec([{ name: 'north', samples: 40 }], { rounds: 1 })));
-    const { key, subj, auth, as } = await jobOnServer(job, cleanup);
+    const on = await jobOnServer(job, cleanup);
+    const { key, subj, auth, as } = on;
     const model = await siteModel(job, 0);
     const seed = auth.sites.north!.seed;
     const bucket = buckets(key).updates('north');
     const nc: NatsConnection = await as('north', seed);
     const wire = objectWire(nc, bucket);
-    const beat = setInterval(() => nc.request(subj.hello('north'), signedHello(key, 'north', seed, model), { timeout: 1000 }).catch(() => {}), 100);
-    cleanup.push(async () => clearInterval(beat));
+    keepSayingHello(nc, subj.hello('north'), () => signedHello(key, 'north', seed, model), cleanup);
     const acks: Ack[] = [];
     const send = async (task: { round: number; taskId: string }, cut: 'tiny' | 'miscounted' | 'runner') => {
       const { bytes } = encodeUpdate(new Float32Array(layoutSize(model.layout)).fill(0.01), model.layout, { codec: 'none', topkFraction: 0.01 });
@@ -54,29 +52,17 @@ describe('an update object cut into tiny chunks', () => {
       const reply = await nc.request(subj.update('north'), encoder.encode(JSON.stringify(signEnvelope(env, seed))), { timeout: 10_000 });
       acks.push(Ack.parse(JSON.parse(decoder.decode(reply.data))));
     };
-    nc.subscribe(subj.task('north'), {
-      callback: (_e, m) => {
-        m.respond(encoder.encode(JSON.stringify({ type: 'ack', accepted: true })));
-        const task = Task.parse(JSON.parse(decoder.decode(m.data)));
-        void (async () => {
-          if (task.type === 'evaluate') {
-            await nc.request(subj.evaluation('north'), signedEvaluation(key, 'north', seed, task), { timeout: 5000 });
-            return;
-          }
-          await send(task, 'tiny');
-          await send(task, 'miscounted');
-          await send(task, 'runner');
-        })().catch(() => {});
-      },
+    playTasks(nc, subj.task('north'), async (task) => {
+      if (task.type === 'evaluate') {
+        await nc.request(subj.evaluation('north'), signedEvaluation(key, 'north', seed, task), { timeout: 5000 });
+        return;
+      }
+      await send(task, 'tiny');
+      await send(task, 'miscounted');
+      await send(task, 'runner');
     });
-    const logs: string[] = [];
-    const result = await runNatsCoordinator({
-      job,
-      nc: await as(COORDINATOR_USER, auth.coordinator.seed),
-      siteKeys: auth.keys.sites,
-      log: (l) => logs.push(l),
-      joinTimeoutMs: 20_000,
-    });
+    const { logs, coordinator } = await startCoordinator(job, on, { joinTimeoutMs: 20_000 });
+    const result = await coordinator;
     expect(acks.map((a) => a.code)).toEqual(['CONSORT_R_BAD_ENCODING', 'CONSORT_R_BAD_ENCODING', undefined]);
     expect(acks[0]!.reason).toMatch(/: stored in \d+ chunks, more than the 17 its \d+ bytes may take$/);
     expect(acks[1]!.reason).toMatch(/: its chunks are more than the 1 its metadata declares$/);
