@@ -21,38 +21,55 @@ afterEach(() => {
   }
 });
 
+/**
+ * `consort run <job> --nats embedded <args>` in a process group of its own (as from a terminal:
+ * Ctrl-C reaches all of it, and afterEach kills what is left), its stderr gathered as it comes.
+ */
+function runInGroup(job: string, args: string[]): { run: ChildProcess; stderr: () => string } {
+  const run = spawn(process.execPath, [CONSORT_BIN, 'run', job, '--nats', 'embedded', ...args], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2', NO_COLOR: '1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  group = run;
+  let stderr = '';
+  run.stderr!.setEncoding('utf8').on('data', (s: string) => {
+    stderr += s;
+  });
+  return { run, stderr: () => stderr };
+}
+
+/** Probes `done` every `everyMs` until it holds or `withinMs` has passed. */
+async function until(done: () => boolean, withinMs: number, everyMs: number): Promise<void> {
+  const started = Date.now();
+  while (!done() && Date.now() - started < withinMs) await new Promise((r) => setTimeout(r, everyMs));
+}
+
 describe('consort run --nats embedded, interrupted while the sites start', () => {
   it('ends with a non-zero status, its nats-server stopped and its folder removed', async () => {
     const dir = tmp('interrupt');
     const job = writeJob(dir, hospitalSpec(undefined, { rounds: 200 }));
-    const run = spawn(process.execPath, [CONSORT_BIN, 'run', job, '--nats', 'embedded', '--out', join(dir, 'out')], {
-      cwd: REPO_ROOT,
-      env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2', NO_COLOR: '1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-    });
-    group = run;
-    let stderr = '';
+    const { run, stderr } = runInGroup(job, ['--out', join(dir, 'out')]);
     const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => run.on('close', (code, signal) => done({ code, signal })));
     // The children are up once one of them has said anything: then the whole group gets Ctrl-C.
     await new Promise<void>((ready, fail) => {
-      run.stderr!.setEncoding('utf8').on('data', (s: string) => {
-        stderr += s;
-        if (/^\[[a-z-]+\] /m.test(stderr)) ready();
+      run.stderr!.on('data', () => {
+        if (/^\[[a-z-]+\] /m.test(stderr())) ready();
       });
-      ended.then(() => fail(new Error(`the run ended before its children spoke:\n${stderr}`)));
+      ended.then(() => fail(new Error(`the run ended before its children spoke:\n${stderr()}`)));
     });
     process.kill(-run.pid!, 'SIGINT');
     const timeout = new Promise<'hung'>((done) => setTimeout(() => done('hung'), 30_000).unref());
     const outcome = await Promise.race([ended, timeout]);
-    expect(outcome, stderr).not.toBe('hung');
-    expect(outcome === 'hung' ? 0 : outcome.code, stderr).not.toBe(0);
+    expect(outcome, stderr()).not.toBe('hung');
+    expect(outcome === 'hung' ? 0 : outcome.code, stderr()).not.toBe(0);
     // It says a rerun starts over (the embedded store, checkpoints and all, goes with the run).
-    expect(stderr).toMatch(
+    expect(stderr()).toMatch(
       /^consort: stopped by SIGINT before the job ended: the embedded nats-server's store, its checkpoints with it, goes with this run, so running it again starts over/m,
     );
-    const store = /JetStream in (\S+)\)/.exec(stderr)?.[1];
-    expect(store, stderr).toBeDefined();
+    const store = /JetStream in (\S+)\)/.exec(stderr())?.[1];
+    expect(store, stderr()).toBeDefined();
     expect(existsSync(store!), `${store} should be gone`).toBe(false);
   }, 90_000);
 });
@@ -61,37 +78,16 @@ describe('consort run --nats embedded, one site process killed mid-job', () => {
   it('says so at once, naming the site and the signal, instead of at the round deadline', async () => {
     const dir = tmp('site-killed');
     const job = writeJob(dir, hospitalSpec(undefined, { rounds: 500, aggregation: { roundDeadlineSeconds: 300 } }));
-    const run = spawn(process.execPath, [CONSORT_BIN, 'run', job, '--nats', 'embedded', '--quiet', '--out', join(dir, 'out')], {
-      cwd: REPO_ROOT,
-      env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2', NO_COLOR: '1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-    });
-    group = run;
-    let stderr = '';
-    run.stderr!.setEncoding('utf8').on('data', (s: string) => {
-      stderr += s;
-    });
+    const { run, stderr } = runInGroup(job, ['--quiet', '--out', join(dir, 'out')]);
     // The site's process: a child of the run whose command line names it.
-    const sitePid = (): number | undefined => {
-      for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-        try {
-          const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-          if (argv.includes('site') && argv.includes('south') && argv.includes(job)) return Number(pid);
-        } catch {}
-      }
-      return undefined;
-    };
-    const started = Date.now();
     let pid: number | undefined;
-    while (!(pid = sitePid()) && Date.now() - started < 30_000) await new Promise((r) => setTimeout(r, 100));
-    expect(pid, stderr).toBeDefined();
+    await until(() => (pid = childPid(job, 'site', 'south')) !== undefined, 30_000, 100);
+    expect(pid, stderr()).toBeDefined();
     // Let it join and the rounds run, then kill it as the OOM killer would.
     await new Promise((r) => setTimeout(r, 3000));
     process.kill(pid!, 'SIGKILL');
-    const said = Date.now();
-    while (!stderr.includes('warning: site "south"') && Date.now() - said < 10_000) await new Promise((r) => setTimeout(r, 50));
-    expect(stderr).toContain(
+    await until(() => stderr().includes('warning: site "south"'), 10_000, 50);
+    expect(stderr()).toContain(
       `warning: site "south"'s process ended (killed by SIGKILL) before the job did: a round under way waits for it until its deadline (300 s); later rounds go on without it while sampling.minSites (1) allows`,
     );
     // Ctrl-C: the run stops and cleans up after itself (its nats-server and folder).
@@ -105,38 +101,27 @@ describe('consort run --nats embedded, its coordinator process killed mid-job', 
   it('ends at once with a non-zero status, naming the signal and saying that nothing of the run is kept', async () => {
     const dir = tmp('coordinator-killed');
     const job = writeJob(dir, hospitalSpec(undefined, { rounds: 500 }));
-    const run = spawn(process.execPath, [CONSORT_BIN, 'run', job, '--nats', 'embedded', '--out', join(dir, 'out')], {
-      cwd: REPO_ROOT,
-      env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: '2', NO_COLOR: '1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-    });
-    group = run;
-    let stderr = '';
-    run.stderr!.setEncoding('utf8').on('data', (s: string) => {
-      stderr += s;
-    });
+    const { run, stderr } = runInGroup(job, ['--out', join(dir, 'out')]);
     const ended = new Promise<{ code: number | null }>((done) => run.on('close', (code) => done({ code })));
     // Once it has finished a round: a checkpoint is in the (embedded) store.
-    const started = Date.now();
-    while (!/^\[coordinator\] .*round 1\b/m.test(stderr) && Date.now() - started < 60_000) await new Promise((r) => setTimeout(r, 50));
-    const coordinatorPid = childPid('coordinator', job);
-    expect(coordinatorPid, stderr).toBeDefined();
+    await until(() => /^\[coordinator\] .*round 1\b/m.test(stderr()), 60_000, 50);
+    const coordinatorPid = childPid(job, 'coordinator');
+    expect(coordinatorPid, stderr()).toBeDefined();
     process.kill(coordinatorPid!, 'SIGKILL');
     const outcome = await Promise.race([ended, new Promise<'hung'>((done) => setTimeout(() => done('hung'), 30_000).unref())]);
-    expect(outcome === 'hung' ? 'hung' : outcome.code, stderr).toBe(1);
-    expect(stderr).toContain(
+    expect(outcome === 'hung' ? 'hung' : outcome.code, stderr()).toBe(1);
+    expect(stderr()).toContain(
       "consort: the coordinator's process was killed by SIGKILL before the job ended: the embedded nats-server's store, its checkpoints with it, goes with this run; run it again to start over",
     );
   }, 90_000);
 });
 
-/** The pid of the run's child whose command line is `consort <command> ...` of this job file. */
-function childPid(command: string, job: string): number | undefined {
+/** The pid of the run's child whose command line names this job file and each of `words` (`coordinator`; `site`, `south`). */
+function childPid(job: string, ...words: string[]): number | undefined {
   for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
     try {
       const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      if (argv.includes(command) && argv.includes(job)) return Number(pid);
+      if (argv.includes(job) && words.every((w) => argv.includes(w))) return Number(pid);
     } catch {}
   }
   return undefined;

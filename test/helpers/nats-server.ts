@@ -2,6 +2,7 @@
 // does the work; `consort run --nats embedded` uses the same module).
 import { afterAll, beforeAll } from 'vitest';
 import { NatsServer, type NatsServerOptions } from '../../cli/nats/server.ts';
+import { createNatsTrust, type NatsTrust, renderClusterNatsConfig } from '../../operator/nats/trust.ts';
 
 export { freePort, NatsServer, type NatsServerOptions, natsServerBinary } from '../../cli/nats/server.ts';
 
@@ -30,6 +31,30 @@ export function useNatsServer(opts: NatsServerOptions | (() => NatsServerOptions
     },
     get url() {
       return get().url;
+    },
+  };
+}
+
+/**
+ * A server for a test file configured as `consort nats-config --cluster` renders it, of a trust
+ * made for the file: its users log in with .creds minted from `trust.signer` (from beforeAll on).
+ */
+export function useClusterNatsServer(): NatsServerHandle & { readonly trust: NatsTrust } {
+  let trust: NatsTrust | undefined;
+  const nats = useNatsServer(async () => {
+    trust = await createNatsTrust();
+    return { config: renderClusterNatsConfig(trust, { listen: '127.0.0.1:4222', storeDir: '/var/lib/nats' }) };
+  });
+  return {
+    get server() {
+      return nats.server;
+    },
+    get url() {
+      return nats.url;
+    },
+    get trust() {
+      if (!trust) throw new Error('useClusterNatsServer: the trust is made in beforeAll; use it inside tests or hooks');
+      return trust;
     },
   };
 }

@@ -10,9 +10,9 @@ import { Objm } from '@nats-io/obj';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { COORDINATOR_USER } from '../../core/protocol/permissions.ts';
 import { buckets, jobKey, objectNames } from '../../core/protocol/subjects.ts';
-import { createNatsTrust, type MintedUser, mintJobCreds, type NatsTrust, renderClusterNatsConfig } from '../../operator/nats/trust.ts';
+import { type MintedUser, mintJobCreds } from '../../operator/nats/trust.ts';
 import { digestOf, type WatchedClient, watchedClient } from '../helpers/nats-clients.ts';
-import { useNatsServer } from '../helpers/nats-server.ts';
+import { useClusterNatsServer } from '../helpers/nats-server.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 
 const X = jobKey({ namespace: 'lab', name: 'x' });
@@ -20,12 +20,8 @@ const OTHER = jobKey({ namespace: 'lab', name: 'x-up-y' });
 const SITES_X = ['y-state', 'y-models'];
 
 const tmp = useTmpDirs('file');
-let trust: NatsTrust;
 let dir: string;
-const nats = useNatsServer(async () => {
-  trust = await createNatsTrust();
-  return { config: renderClusterNatsConfig(trust, { listen: '127.0.0.1:4222', storeDir: '/var/lib/nats' }) };
-});
+const nats = useClusterNatsServer();
 
 let coordinatorX: WatchedClient;
 let coordinatorOther: WatchedClient;
@@ -45,8 +41,8 @@ function credsFile(u: MintedUser, label: string): string {
 beforeAll(async () => {
   dir = tmp('consort-bucket-names');
   const inAnHour = new Date(Date.now() + 3600_000);
-  const x = await mintJobCreds(trust.signer, X, SITES_X, { expiresAt: inAnHour });
-  const other = await mintJobCreds(trust.signer, OTHER, ['a'], { expiresAt: inAnHour });
+  const x = await mintJobCreds(nats.trust.signer, X, SITES_X, { expiresAt: inAnHour });
+  const other = await mintJobCreds(nats.trust.signer, OTHER, ['a'], { expiresAt: inAnHour });
   coordinatorX = await watchedClient(nats.url, COORDINATOR_USER, credsFile(x.coordinator, 'x-coordinator'));
   coordinatorOther = await watchedClient(nats.url, COORDINATOR_USER, credsFile(other.coordinator, 'other-coordinator'));
   for (const s of SITES_X) sitesX[s] = await watchedClient(nats.url, s, credsFile(x.sites[s]!, `x-${s}`));

@@ -29,15 +29,13 @@ import {
   mintJobCreds,
   mintOperatorCreds,
   mintUserCreds,
-  type NatsTrust,
   parseAccountSigner,
   renderAccountSigner,
-  renderClusterNatsConfig,
 } from '../../operator/nats/trust.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
 import { hospitalSpec, jobManifest, SMALL_HOSPITALS } from '../helpers/jobs.ts';
 import { collect, digestOf, soon, violation, type WatchedClient, watchedClient } from '../helpers/nats-clients.ts';
-import { useNatsServer } from '../helpers/nats-server.ts';
+import { useClusterNatsServer } from '../helpers/nats-server.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
 
 const A = 'site-a';
@@ -48,12 +46,8 @@ const subj = subjects(KEY);
 const bucket = buckets(KEY);
 
 const tmp = useTmpDirs('file');
-let trust: NatsTrust;
 let dir: string;
-const nats = useNatsServer(async () => {
-  trust = await createNatsTrust();
-  return { config: renderClusterNatsConfig(trust, { listen: '127.0.0.1:4222', storeDir: '/var/lib/nats' }) };
-});
+const nats = useClusterNatsServer();
 
 /** A minted user's .creds written to a file, as a site's Secret mounts it: connections log in from the file. */
 function credsFile(u: MintedUser, label = u.name): string {
@@ -81,9 +75,9 @@ const siteReads = (c: WatchedClient, b: string, name: string) =>
 
 beforeAll(async () => {
   dir = tmp('consort-jwt');
-  perm = await mintJobCreds(trust.signer, KEY, [A, B], { expiresAt: inAnHour() });
-  other = await mintJobCreds(trust.signer, OTHER, [A], { expiresAt: inAnHour() });
-  operatorUser = await mintOperatorCreds(trust.signer);
+  perm = await mintJobCreds(nats.trust.signer, KEY, [A, B], { expiresAt: inAnHour() });
+  other = await mintJobCreds(nats.trust.signer, OTHER, [A], { expiresAt: inAnHour() });
+  operatorUser = await mintOperatorCreds(nats.trust.signer);
   coordinator = await watchedClient(nats.url, COORDINATOR_USER, credsFile(perm.coordinator, 'perm-coordinator'));
   siteA = await watchedClient(nats.url, A, credsFile(perm.sites[A]!, 'perm-a'));
   siteB = await watchedClient(nats.url, B, credsFile(perm.sites[B]!, 'perm-b'));
@@ -109,8 +103,8 @@ describe('the trust', () => {
   });
 
   it('a user minted with the signing key read back from account.nk logs in; one of another trust, none or an expired one does not', async () => {
-    const signer = parseAccountSigner(renderAccountSigner(trust.signer));
-    expect(signer).toEqual(trust.signer);
+    const signer = parseAccountSigner(renderAccountSigner(nats.trust.signer));
+    expect(signer).toEqual(nats.trust.signer);
     const again = await mintUserCreds(signer, { name: A, permissions: sitePermissions(KEY, A) });
     const ok = await connectAs(nats.url, credsFile(again, 'again'), A);
     await ok.flush();
@@ -124,7 +118,7 @@ describe('the trust', () => {
     };
     const foreign = await createNatsTrust();
     await refused(credsFile(await mintUserCreds(foreign.signer, { name: A, permissions: sitePermissions(KEY, A) }), 'foreign'));
-    const expired = await mintUserCreds(trust.signer, { name: A, permissions: sitePermissions(KEY, A), expiresAt: new Date(Date.now() - 1000) });
+    const expired = await mintUserCreds(nats.trust.signer, { name: A, permissions: sitePermissions(KEY, A), expiresAt: new Date(Date.now() - 1000) });
     await refused(credsFile(expired, 'expired'));
     await expect(connect({ servers: nats.url, maxReconnectAttempts: 0 })).rejects.toBeInstanceOf(AuthorizationError);
     // The plain NKey seed of a minted user is no login either: the server wants its JWT.
@@ -132,14 +126,14 @@ describe('the trust', () => {
   });
 
   it('a connection is closed when its JWT expires, and comes back with the renewed .creds file (same key)', async () => {
-    const first = await mintUserCreds(trust.signer, { name: A, permissions: sitePermissions(KEY, A), expiresAt: new Date(Date.now() + 2000) });
+    const first = await mintUserCreds(nats.trust.signer, { name: A, permissions: sitePermissions(KEY, A), expiresAt: new Date(Date.now() + 2000) });
     const path = credsFile(first, 'renewed');
     const nc = await connectAs(nats.url, path, A);
     const events: string[] = [];
     (async () => {
       for await (const s of nc.status()) events.push(s.type === 'error' ? `error ${s.error.name}` : s.type);
     })();
-    const renewed = await mintUserCreds(trust.signer, { name: A, permissions: sitePermissions(KEY, A), expiresAt: inAnHour(), seed: first.seed });
+    const renewed = await mintUserCreds(nats.trust.signer, { name: A, permissions: sitePermissions(KEY, A), expiresAt: inAnHour(), seed: first.seed });
     expect(renewed.publicKey).toBe(first.publicKey);
     expect(readSeed(path)).toBe(first.seed);
     writeFileSync(path, renewed.creds);
@@ -156,13 +150,13 @@ describe('the trust', () => {
 
   it("a coordinator of 200 sites logs in (its JWT, about 150 KB, travels in the CONNECT line); a JWT past the server's line limit is refused when minted", async () => {
     const many = Array.from({ length: 200 }, (_, i) => `hospital-${i}`);
-    const big = await mintUserCreds(trust.signer, { name: COORDINATOR_USER, permissions: coordinatorPermissions(KEY, many) });
+    const big = await mintUserCreds(nats.trust.signer, { name: COORDINATOR_USER, permissions: coordinatorPermissions(KEY, many) });
     expect(big.jwt.length).toBeGreaterThan(100_000);
     const nc = await connectAs(nats.url, credsFile(big, 'big-coordinator'), COORDINATOR_USER);
     await nc.flush();
     await nc.close();
     const tooMany = Array.from({ length: 2000 }, (_, i) => `hospital-${i}`);
-    const refused = await mintUserCreds(trust.signer, { name: COORDINATOR_USER, permissions: coordinatorPermissions(KEY, tooMany) }).then(
+    const refused = await mintUserCreds(nats.trust.signer, { name: COORDINATOR_USER, permissions: coordinatorPermissions(KEY, tooMany) }).then(
       () => undefined,
       (e: unknown) => e as Error & { code?: string },
     );
@@ -325,7 +319,7 @@ describe('federated runs over JWT auth', () => {
       const start = async (j: FederatedJob, nc: NatsConnection | undefined) => {
         const key = jobKey(j.metadata);
         const names = j.spec.sites.map((s) => s.name);
-        const creds = await mintJobCreds(trust.signer, key, names, { expiresAt: inAnHour() });
+        const creds = await mintJobCreds(nats.trust.signer, key, names, { expiresAt: inAnHour() });
         const sites = names.map(async (s) => {
           const file = credsFile(creds.sites[s]!, `${key}-${s}`);
           return runSite({ job: j, site: s, nc: await as(s, file), seed: readSeed(file), baseDir: '.', backend: 'cpu', log: () => {} });
