@@ -331,7 +331,9 @@ async function coordinate(o: NatsCoordinatorOptions, status: StatusAnswer): Prom
     const over = resume.round >= spec.rounds || (resume.stoppedBy !== undefined && resume.stoppedBy !== 'rounds');
     finishedBefore = over && resume.final !== undefined;
     if (finishedBefore) {
-      log(`${job.metadata.name} was over (its final model scored by its sites, its scores in the checkpoint): it ends again without its sites`);
+      log(
+        `${job.metadata.name} was over (its final model scored by its sites, its scores in the checkpoint): it ends again without its sites; to train anew, run it under another name, or delete its state bucket ${bucket.state}`,
+      );
     } else if (over) {
       log(
         `${job.metadata.name} already finished training (after round ${resume.round}${resume.stoppedBy && resume.stoppedBy !== 'rounds' ? `, stopped by ${resume.stoppedBy}` : ''}): its sites are needed only to score the final model again; to train anew, run it under another name, or delete its state bucket ${bucket.state}`,
