@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { Objm } from '@nats-io/obj';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { afterAll, afterEach } from 'vitest';
@@ -354,6 +355,18 @@ export class Federation {
     const nc = await connectAs(this.server.url, this.auth.sites[name]!.seed, name);
     this.#clients.push(nc);
     return nc;
+  }
+
+  /**
+   * Lifts the cap the coordinator put on `site`'s update bucket (what a site may store at once:
+   * the updates of the rounds still open), with the coordinator's credentials: for a test that
+   * plants more objects there than a site ever could, to see what the coordinator makes of each.
+   */
+  async liftUpdateCap(site: string): Promise<void> {
+    const jsm = await jetstreamManager(this.observer);
+    const stream = `OBJ_${this.bucket.updates(site)}`;
+    const { config } = await jsm.streams.info(stream);
+    await jsm.streams.update(stream, { ...config, max_bytes: -1 });
   }
 
   /** The coordinator's status (a request on subjects(job).status); undefined when no coordinator answers. */

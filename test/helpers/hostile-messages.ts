@@ -67,6 +67,10 @@ export function hostileMessages(c: HostileContext, counts: { envelopes: number }
     probes.push({ channel, body: typeof body === 'string' ? encoder.encode(body) : body, expect, what });
   const sign = <T extends object>(e: T) => signEnvelope(e, c.seed);
 
+  // A size an honest update of this model could declare (its float32 bytes at most): an envelope
+  // that is wrong only in its round, say, must be refused for that, not for a size past the
+  // model's exact largest (core/protocol/update-size.ts), which is checked first.
+  const plausibleBytes = 4 * c.layout.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
   const update = (round: number, patch: Partial<UpdateEnvelope> = {}): Omit<UpdateEnvelope, 'signature'> => {
     const n = patch.nonce ?? nonce();
     return {
@@ -81,7 +85,7 @@ export function hostileMessages(c: HostileContext, counts: { envelopes: number }
       trainLoss: rng.uniform(),
       steps: rng.int(100),
       codec: 'none',
-      object: { bucket, name: objectNames.update(round, n), sha256: sha256Hex(text(n)), size: 1000 + rng.int(10_000) },
+      object: { bucket, name: objectNames.update(round, n), sha256: sha256Hex(text(n)), size: 100 + rng.int(plausibleBytes - 100) },
       ...patch,
     };
   };
