@@ -50,7 +50,7 @@ export function benchJob(name: string, count: number, spec: Record<string, unkno
     kind: 'FederatedJob',
     metadata: { name },
     spec: {
-      model: { type: 'mlp', hidden: [8] },
+      model: { type: 'logistic' },
       sites: siteNames(count).map((s) => ({ name: s, data: { type: 'synthetic', generator: 'hospital', samples: 100 } })),
       rounds: 1,
       training: { epochs: 1, batchSize: 32, optimizer: 'sgd', learningRate: 0.1 },
@@ -83,11 +83,21 @@ export function siteNames(count: number): string[] {
 }
 
 /** A flat float32 model of `n` parameters as `tensors` tensors of (nearly) equal size. */
-export function benchLayout(n: number, tensors = 4): ParameterLayout {
-  const each = Math.ceil(n / tensors);
-  const layout: ParameterLayout = [];
-  for (let i = 0, left = n; left > 0; i++, left -= each) layout.push({ name: `layer${i}.weight`, shape: [Math.min(each, left)] });
-  return layout;
+export function benchLayout(n: number): ParameterLayout {
+  // The job's own model (benchJob: logistic regression, 2 classes) for n / 2 - 1 inputs: the
+  // coordinator takes only a layout the job's spec builds (its parameter count) for the sampleShape
+  // a hello names (benchSampleShape).
+  if (!Number.isInteger(n / 2) || n < 4) throw new RangeError(`benchLayout: ${n} parameters is no logistic model of 2 classes`);
+  const inputs = n / 2 - 1;
+  return [
+    { name: 'dense_Dense1/kernel', shape: [inputs, 2] },
+    { name: 'dense_Dense1/bias', shape: [2] },
+  ];
+}
+
+/** The input shape whose logistic model of 2 classes is `layout` (benchLayout): what the sites' hellos name. */
+export function benchSampleShape(layout: ParameterLayout): number[] {
+  return [layout[0]!.shape[0]!];
 }
 
 /** Values in [-0.05, 0.05) (xorshift32): a model whose bytes do not compress. */
@@ -276,7 +286,7 @@ async function consortSite(o: ConsortSiteOptions): Promise<void> {
           site,
           nonce: newNonce(),
           sentAt: Date.now(),
-          sampleShape: [1],
+          sampleShape: benchSampleShape(layout),
           labels: ['0', '1'],
           layout,
           codecs: ['none', 'fp16', 'int8', 'topk'],
