@@ -49,6 +49,8 @@ export interface CoordinatorFigures {
   idleRssBytes: number;
   seconds: number;
   rejections: number;
+  /** The refusals by code (a figure of load: retried envelopes answered NOT_READY, say). */
+  rejectionCodes: Record<string, number>;
   participants: number;
   /** process.memoryUsage() at each event, and the largest RSS seen by a 50 ms sampler. */
   samples: Sample[];
@@ -97,6 +99,7 @@ export async function coordinator(a: CoordinatorArgs): Promise<CoordinatorFigure
       idleRssBytes,
       seconds: (performance.now() - t0) / 1000,
       rejections: Object.values(result.rejections).reduce((x, y) => x + y, 0),
+      rejectionCodes: Object.fromEntries(Object.entries(result.rejections).filter(([, n]) => n > 0)),
       participants: result.rounds[0]?.participants.length ?? 0,
       samples,
       sampledPeakRss,
@@ -198,7 +201,13 @@ export async function run(args: RssArgs): Promise<unknown> {
       `target: <= 1.5 x model + 200 MB, flat as sites grow${results.some((r) => r.params === 250_000_000 && r.sites === 50) ? '' : '; a 1 GB model with 50 sites (50 GB through the disk store) only with CONSORT_RSS_1G_50=1, see the header of coordinator-rss.ts'}`,
       ...results.map(
         (r) =>
-          `${fixed(r.modelBytes / MB, 0)} MB x ${r.sites}: ${r.participants} updates folded, ${r.rejections} refused, ${r.siteRetries} site retries; RSS at ${r.samples.map((s) => `${s.at} ${fixed(s.rss / MB, 0)}`).join(', ')} MB`,
+          `${fixed(r.modelBytes / MB, 0)} MB x ${r.sites}: ${r.participants} updates folded, ${r.rejections} refused${
+            r.rejections > 0
+              ? ` (${Object.entries(r.rejectionCodes)
+                  .map(([c, n]) => `${c} ${n}`)
+                  .join(', ')})`
+              : ''
+          }, ${r.siteRetries} site retries; RSS at ${r.samples.map((s) => `${s.at} ${fixed(s.rss / MB, 0)}`).join(', ')} MB`,
       ),
       "where it goes: the global model (4 bytes a parameter, stepped in place) and nothing else model-sized: updates are checked as they stream in and read again from their buckets when the round closes, a range of 256Ki parameters at a time (two 4 MiB exact sums, a few 1 MiB buffers, ranges ending on the updates' chunk ends); the rest is what reading leaves to the garbage collector (nats.js assembles each 1 MiB chunk in a buffer it grows by doubling: ~4.5 bytes allocated per byte read) and what the allocator keeps of it; the published model, checkpoint and final model are streamed from the model itself",
     ],
