@@ -97,10 +97,10 @@ export async function coordinatorInBackground(job: FederatedJob, on: JobServer, 
   return { logs, coordinator, stop };
 }
 
-/** Site `site` of `job`, a real site runner on the CPU backend. */
-export async function realSite(job: FederatedJob, on: JobServer, site = 'real', log: (line: string) => void = () => {}) {
+/** Site `site` of `job`, a real site runner on the CPU backend (stopped by `signal`, if given). */
+export async function realSite(job: FederatedJob, on: JobServer, site = 'real', log: (line: string) => void = () => {}, signal?: AbortSignal) {
   const { seed } = on.auth.sites[site]!;
-  return runSite({ job, site, nc: await on.as(site, seed), seed, baseDir: '.', backend: 'cpu', log });
+  return runSite({ job, site, nc: await on.as(site, seed), seed, baseDir: '.', backend: 'cpu', log, ...(signal ? { signal } : {}) });
 }
 
 /**

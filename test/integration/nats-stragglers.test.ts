@@ -14,7 +14,7 @@ import { buckets, objectNames } from '../../core/protocol/subjects.ts';
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { runSite } from '../../worker/nats/site-runner.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
-import { jobOnServer, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { jobOnServer, realSite, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
@@ -102,19 +102,16 @@ async function northLogging(
     said = resolve;
   });
   const stop = new AbortController();
-  const site = runSite({
+  const site = realSite(
     job,
-    site: 'north',
-    nc: await as('north', auth.sites.north!.seed),
-    seed: auth.sites.north!.seed,
-    baseDir: '.',
-    backend: 'cpu',
-    signal: stop.signal,
-    log: (l) => {
+    { auth, as },
+    'north',
+    (l) => {
       logs.push(l);
       if (until(l)) said();
     },
-  });
+    stop.signal,
+  );
   return { logs, saidIt, stop, site };
 }
 

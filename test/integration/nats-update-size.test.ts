@@ -24,10 +24,9 @@ import { maxUpdateBytes, PRE_LAYOUT_BYTES, preLayoutBucketCap, updateBucketCap }
 import { runNatsCoordinator } from '../../operator/coordinator/nats-coordinator.ts';
 import { hospitalSpec, jobManifest } from '../helpers/jobs.ts';
 import { waitUntil } from '../helpers/managed-process.ts';
-import { jobOnServer, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
+import { jobOnServer, realSite, signedEvaluation, signedHello, siteModel, useCleanup } from '../helpers/nats-job.ts';
 import { writePretrainedDense } from '../helpers/site-data.ts';
 import { useTmpDirs } from '../helpers/tmp-dirs.ts';
-import { runSite } from '../../worker/nats/site-runner.ts';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
@@ -164,16 +163,7 @@ describe("a site's update size", () => {
     await waitUntil('the bucket made', async () => (await maxBytes()) !== undefined, { timeoutMs: 20_000 });
     expect(preLayoutBucketCap(job.spec)).toBeUndefined();
     expect(await maxBytes()).toBe(-1);
-    const site = runSite({
-      job,
-      site: 'north',
-      nc: await as('north', auth.sites.north!.seed),
-      seed: auth.sites.north!.seed,
-      baseDir: '.',
-      backend: 'cpu',
-      log: () => {},
-      signal: stop.signal,
-    }).catch(() => {});
+    const site = realSite(job, { auth, as }, 'north', () => {}, stop.signal).catch(() => {});
     try {
       const result = await run;
       expect(result.initialWeights).toBe('model file');
