@@ -22,7 +22,7 @@ import { connectionFailed, retrying, storedObjectMismatch } from '../../core/pro
 import { Ack, type EvaluateTask, type FitTask, fitReason, type ObjectRef, type UpdateEnvelope } from '../../core/protocol/messages.ts';
 import { newNonce } from '../../core/protocol/signing.ts';
 import { buckets, OBJECT_PUT, OBJECT_READ_BATCH_BYTES, objectNames, PROTOCOL_VERSION, type subjects } from '../../core/protocol/subjects.ts';
-import type { Outcome, SiteEvaluation, SiteTransport } from '../../core/protocol/transport.ts';
+import type { Outcome, SiteEvaluation, SiteFailure, SiteTransport } from '../../core/protocol/transport.ts';
 import type { FitInstructions, SiteFitResult } from '../../core/strategies/strategy.ts';
 import type { StoredFitResult, StoredUpdateError } from '../../core/aggregation/stored-round.ts';
 import { storedResult } from '../../core/protocol/update-stream.ts';
@@ -392,23 +392,21 @@ export class NatsTransport implements SiteTransport {
       // job's file): the round counts it as failed now instead of waiting out its deadline.
       const ack = Ack.safeParse(parseJson(answer.data));
       if (!ack.success || ack.data.accepted) return;
-      if (!r.answered.has(site) && !r.channel.isClosed) {
-        r.answered.add(site);
-        const why = `the site refused its ${task.type} task: ${printable(ack.data.reason ?? 'no reason given')}${ack.data.code ? ` [${printable(ack.data.code)}]` : ''}`;
-        this.o.log(`site "${site}": ${why}`);
-        r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_TASK_REFUSED', reason: why } });
-        if ([...r.sites].every((s) => r.answered.has(s))) this.close(r, '');
-      }
-      return;
+      if (r.answered.has(site) || r.channel.isClosed) return;
+      const why = `the site refused its ${task.type} task: ${printable(ack.data.reason ?? 'no reason given')}${ack.data.code ? ` [${printable(ack.data.code)}]` : ''}`;
+      this.o.log(`site "${site}": ${why}`);
+      return this.taskFailed(r, { site, code: 'CONSORT_C_TASK_REFUSED', reason: why });
     }
-    if (!r.answered.has(site) && !r.channel.isClosed) {
-      r.answered.add(site);
-      // A site refused at its hello (other columns, another job file) says so, not "no responders".
-      const refused = this.o.whyAbsent?.(site);
-      const reason = refused ? `its hello was refused: ${refused}` : `task not delivered: ${lastError}`;
-      r.channel.push({ ok: false, failure: { site, code: 'CONSORT_C_UNREACHABLE', reason } });
-      if ([...r.sites].every((s) => r.answered.has(s))) this.close(r, '');
-    }
+    // A site refused at its hello (other columns, another job file) says so, not "no responders".
+    const refused = this.o.whyAbsent?.(site);
+    this.taskFailed(r, { site, code: 'CONSORT_C_UNREACHABLE', reason: refused ? `its hello was refused: ${refused}` : `task not delivered: ${lastError}` });
+  }
+
+  /** The site's task failed before it could answer: the round counts it at once (once). */
+  private taskFailed<T>(r: OpenRound<T>, failure: SiteFailure): void {
+    if (r.answered.has(failure.site) || r.channel.isClosed) return;
+    r.channel.push({ ok: false, failure });
+    this.answered(r, failure.site);
   }
 
   /**
